@@ -1,0 +1,32 @@
+#ifndef DFC_CLIENTS_COMMANDS_H_
+#define DFC_CLIENTS_COMMANDS_H_
+
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+#include "absl/status/status.h"
+
+namespace dfc {
+
+// Exit codes of `dfc`, documented in the README.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;     // the work failed (I/O, internal)
+inline constexpr int kExitBadInput = 2;    // bad flags, missing files, malformed input
+inline constexpr int kExitCorrupt = 3;     // `shard verify` found corruption
+inline constexpr int kExitPartial = 4;     // `predict`: some images failed
+
+// Prints "dfc: <message>" to stderr and returns the exit code for `status`.
+int ReportError(const absl::Status& status);
+
+// Each Add*Command registers a subcommand on `app` and sets *run to the
+// function main() calls when that subcommand was chosen.
+using RunFn = std::function<int()>;
+void AddPredictCommand(CLI::App& app, RunFn* run);
+void AddSynthCommand(CLI::App& app, RunFn* run);
+void AddShardCommand(CLI::App& app, RunFn* run);
+void AddTrainCommand(CLI::App& app, RunFn* run);
+
+}  // namespace dfc
+
+#endif  // DFC_CLIENTS_COMMANDS_H_

@@ -1,0 +1,49 @@
+// dfc: the DFC command-line client (offline tools today; cluster commands
+// arrive with the coordinator).
+#include <cstdio>
+
+#include "clients/commands.h"
+
+namespace dfc {
+
+int ReportError(const absl::Status& status) {
+  std::fprintf(stderr, "dfc: %s\n", std::string(status.message()).c_str());
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kResourceExhausted:
+      return kExitBadInput;
+    case absl::StatusCode::kDataLoss:
+      return kExitCorrupt;
+    default:
+      return kExitFailure;
+  }
+}
+
+}  // namespace dfc
+
+int main(int argc, char** argv) {
+  CLI::App app{"dfc: train and run deepfake detectors (MesoNet, VGGFace ResNet-50)"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "dfc 0.1.0");
+  dfc::RunFn run;
+  dfc::AddPredictCommand(app, &run);
+  dfc::AddSynthCommand(app, &run);
+  dfc::AddShardCommand(app, &run);
+  dfc::AddTrainCommand(app, &run);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return dfc::kExitBadInput;
+  }
+  return run ? run() : dfc::kExitBadInput;
+}

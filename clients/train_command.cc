@@ -1,0 +1,83 @@
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "clients/commands.h"
+#include "common/progress.h"
+#include "worker/trainer.h"
+
+namespace dfc {
+namespace {
+
+// Prints one line per epoch to stdout and a live bar on a terminal.
+class ConsoleObserver : public TrainObserver {
+ public:
+  void OnPhase(const std::string& d) override { std::printf("== %s\n", d.c_str()); std::fflush(stdout); }
+  void OnEpochStart(int epoch, int max_epochs, int64_t steps) override {
+    bar_ = std::make_unique<ProgressBar>("epoch " + std::to_string(epoch) + "/" + std::to_string(max_epochs), steps);
+    max_epochs_ = max_epochs;
+  }
+  void OnStep(int, int64_t step, int64_t, double loss, double acc) override {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "loss %.4f acc %.4f", loss, acc);
+    if (bar_) bar_->Update(step, buf);
+  }
+  void OnEpoch(const EpochMetrics& m) override {
+    if (bar_) bar_->Finish();
+    std::printf("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s  "
+                "data-wait %.1f%%  lr %.3g  %s\n",
+                m.epoch, max_epochs_, m.loss, m.accuracy, m.val_loss, m.val_accuracy, m.val_auc,
+                m.images_per_second, 100 * m.data_wait_share, m.lr, FormatDuration(m.seconds).c_str());
+    std::fflush(stdout);
+  }
+
+ private:
+  std::unique_ptr<ProgressBar> bar_;
+  int max_epochs_ = 0;
+};
+
+int RunTrain(const TrainOptions& o) {
+  ConsoleObserver obs;
+  auto result = RunTraining(o, &obs);
+  if (!result.ok()) return ReportError(result.status());
+  std::printf("%s\n", result->ToJson().c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+void AddTrainCommand(CLI::App& app, RunFn* run) {
+  auto o = std::make_shared<TrainOptions>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a detector in this process on a shard directory");
+  cmd->add_option("--model", o->arch, "mesoinception4, meso4 or resnet50-vggface")->check(CLI::IsMember(DetectorNames()));
+  cmd->add_option("--data", o->data_dir, "Shard directory (from `dfc shard`)")->required();
+  cmd->add_option("--out", o->out_dir, "Output directory for checkpoints and metrics.jsonl")->required();
+  cmd->add_option("--epochs", o->epochs, "Maximum epochs")->check(CLI::Range(1, 100000));
+  cmd->add_option("--batch-size", o->batch_size, "Images per step")->check(CLI::Range(1, 4096));
+  cmd->add_option("--lr", o->lr, "Adam learning rate (default: 1e-3 MesoNet, 1e-5 ResNet)")->check(CLI::Range(1e-12, 10.0));
+  cmd->add_option("--adam-eps", o->adam_eps, "Adam epsilon (default: 1e-7 MesoNet, 1e-9 ResNet)")->check(CLI::Range(1e-20, 1.0));
+  cmd->add_option("--loss", o->loss, "bce or mse")->check(CLI::IsMember({"bce", "mse"}));
+  cmd->add_option("--lr-schedule", o->lr_schedule, "constant or notebook (x e^-0.2 per epoch after 2)")
+      ->check(CLI::IsMember({"constant", "notebook"}));
+  cmd->add_option("--early-stopping-patience", o->early_stopping_patience, "Epochs without val accuracy gain (0 = off)")
+      ->check(CLI::Range(0, 100000));
+  cmd->add_option("--init", o->init_weights, "Start from Keras .h5 weights or a DFC checkpoint");
+  cmd->add_flag("--resume", o->resume, "Continue from OUT/latest.ckpt");
+  cmd->add_option("--threads", o->threads, "Intra-op threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  cmd->add_option("--loader-threads", o->loader_threads, "Decode threads (0 = half the cores)")->check(CLI::Range(0, 1024));
+  cmd->add_option("--seed", o->seed, "Random seed (init, shuffle, dropout)");
+  cmd->add_option("--recipe", o->recipe, "notebook: choose epochs on a 50/50 split, retrain on all")
+      ->check(CLI::IsMember({"notebook"}));
+  cmd->add_option("--max-train-images", o->max_train_images, "Train on a deterministic subset (0 = all)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
+  cmd->add_option("--max-val-images", o->max_val_images, "Validate on a deterministic subset (0 = all)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
+  cmd->add_option("--freeze-keras-layers", o->detector.freeze_keras_layers,
+                  "ResNet: freeze non-BatchNorm layers among the first N Keras layers")
+      ->check(CLI::Range(0, 100000));
+  cmd->callback([run, o] { *run = [o] { return RunTrain(*o); }; });
+}
+
+}  // namespace dfc

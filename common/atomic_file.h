@@ -1,0 +1,26 @@
+#ifndef DFC_COMMON_ATOMIC_FILE_H_
+#define DFC_COMMON_ATOMIC_FILE_H_
+
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace dfc {
+
+// Writes `contents` to `path` so that readers see either the old file or the
+// whole new one: write to a temporary file beside it, fsync, rename, fsync dir.
+absl::Status WriteFileAtomically(const std::string& path, std::string_view contents);
+
+// Reads a whole file; NOT_FOUND when it does not exist, RESOURCE_EXHAUSTED when
+// it is larger than `max_bytes`.
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     size_t max_bytes = size_t{1} << 31);
+
+// Appends one line (a '\n' is added) and flushes it to disk.
+absl::Status AppendLine(const std::string& path, std::string_view line);
+
+}  // namespace dfc
+
+#endif  // DFC_COMMON_ATOMIC_FILE_H_

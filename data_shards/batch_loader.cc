@@ -1,0 +1,159 @@
+#include "data_shards/batch_loader.h"
+
+#include <chrono>
+#include <cstring>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "data_shards/image_codec.h"
+#include "data_shards/shuffle.h"
+
+namespace dfc {
+namespace {
+
+double Since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+BatchLoader::BatchLoader(const ShardSet* shards, std::vector<RecordRef> records, BatchLoaderOptions options)
+    : shards_(shards), records_(std::move(records)), options_(options) {}
+
+BatchLoader::~BatchLoader() { StopWorkers(); }
+
+int64_t BatchLoader::batches_per_epoch() const {
+  const int64_t n = static_cast<int64_t>(records_.size());
+  const int64_t b = options_.batch_size;
+  return options_.drop_last ? n / b : (n + b - 1) / b;
+}
+
+LoaderStats BatchLoader::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+std::vector<uint32_t> BatchLoader::order() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return order_;
+}
+
+void BatchLoader::StopWorkers() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+}
+
+void BatchLoader::StartEpoch(uint64_t epoch) {
+  StopWorkers();
+  uint64_t gen;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = false;
+    gen = ++generation_;
+    if (options_.shuffle) {
+      order_ = EpochPermutation(static_cast<uint32_t>(records_.size()), options_.seed, epoch);
+    } else {
+      order_.resize(records_.size());
+      std::iota(order_.begin(), order_.end(), 0u);
+    }
+    next_to_claim_ = 0;
+    next_to_deliver_ = 0;
+    ready_.clear();
+  }
+  for (int t = 0; t < std::max(1, options_.threads); ++t) {
+    workers_.emplace_back([this, gen] { WorkerLoop(gen); });
+  }
+}
+
+void BatchLoader::WorkerLoop(uint64_t generation) {
+  const int64_t total = batches_per_epoch();
+  for (;;) {
+    int64_t index;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] {
+        return stop_ || next_to_claim_ >= total ||
+               next_to_claim_ < next_to_deliver_ + options_.prefetch_batches;
+      });
+      if (stop_ || next_to_claim_ >= total) return;
+      index = next_to_claim_++;
+    }
+    Batch batch;
+    auto t0 = std::chrono::steady_clock::now();
+    absl::Status st = Fill(index, &batch, generation);
+    double secs = Since(t0);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (generation != generation_) return;
+      stats_.decode_seconds += secs;
+      if (st.ok()) {
+        stats_.images += batch.count;
+        ready_.emplace(index, std::move(batch));
+      } else {
+        ready_.emplace(index, st);
+      }
+    }
+    cv_.notify_all();
+  }
+}
+
+absl::Status BatchLoader::Fill(int64_t batch_index, Batch* batch, uint64_t generation) {
+  std::vector<uint32_t> positions;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (generation != generation_) return absl::CancelledError("epoch abandoned");
+    const size_t begin = static_cast<size_t>(batch_index) * options_.batch_size;
+    const size_t end = std::min(order_.size(), begin + options_.batch_size);
+    positions.assign(order_.begin() + begin, order_.begin() + end);
+  }
+  const int size = options_.image_size;
+  const size_t image_bytes = static_cast<size_t>(size) * size * 3;
+  batch->index = batch_index;
+  batch->count = static_cast<int>(positions.size());
+  batch->image_size = size;
+  batch->pixels.resize(image_bytes * positions.size());
+  batch->labels.resize(positions.size());
+  batch->positions = positions;
+  for (size_t i = 0; i < positions.size(); ++i) {
+    const RecordRef& ref = records_[positions[i]];
+    auto rec = shards_->Read(ref);
+    if (!rec.ok()) return rec.status();
+    batch->labels[i] = rec->label;
+    uint8_t* out = batch->pixels.data() + i * image_bytes;
+    if (rec->format == RecordFormat::kRgb8 && rec->width == size && rec->height == size) {
+      std::memcpy(out, rec->payload.data(), image_bytes);
+    } else if (rec->format == RecordFormat::kRgb8) {
+      RgbImage src{rec->width, rec->height, std::vector<uint8_t>(rec->payload.begin(), rec->payload.end())};
+      RgbImage resized = ResizeNearestExact(src, size);
+      std::memcpy(out, resized.pixels.data(), image_bytes);
+    } else if (absl::Status st = DecodeResizeInto(rec->payload, size, out); !st.ok()) {
+      return absl::DataLossError(absl::StrCat("record '", rec->name, "' (shard ",
+                                              shards_->manifest().shards[ref.shard].file, " offset ",
+                                              ref.offset, "): ", st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<Batch>> BatchLoader::Next() {
+  auto t0 = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> lock(mu_);
+  const int64_t total = batches_per_epoch();
+  if (next_to_deliver_ >= total) return std::optional<Batch>();
+  if (workers_.empty()) return absl::FailedPreconditionError("BatchLoader::Next() before StartEpoch()");
+  cv_.wait(lock, [&] { return ready_.count(next_to_deliver_) > 0; });
+  auto node = ready_.extract(next_to_deliver_);
+  next_to_deliver_++;
+  stats_.consumer_wait_seconds += Since(t0);
+  lock.unlock();
+  cv_.notify_all();
+  if (!node.mapped().ok()) return node.mapped().status();
+  return std::optional<Batch>(std::move(node.mapped()).value());
+}
+
+}  // namespace dfc

@@ -1,0 +1,161 @@
+#include "data_shards/dataset_scan.h"
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <system_error>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace dfc {
+namespace fs = std::filesystem;
+namespace {
+
+bool HasImageExtension(const std::string& name) {
+  std::string lower = name;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (const char* ext : {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff"}) {
+    const size_t n = std::char_traits<char>::length(ext);
+    if (lower.size() >= n && lower.compare(lower.size() - n, n, ext) == 0) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<std::vector<std::string>> SortedSubdirs(const fs::path& dir) {
+  std::error_code ec;
+  std::vector<std::string> out;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->is_directory(ec)) out.push_back(it->path().filename().string());
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat("cannot list '", dir.string(), "': ", ec.message()));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Keras walks os.walk sorted by directory path, files sorted by name.
+absl::Status ListImagesRecursive(const fs::path& class_dir, std::vector<fs::path>* out) {
+  std::error_code ec;
+  std::vector<fs::path> files;
+  for (fs::recursive_directory_iterator it(class_dir, fs::directory_options::follow_directory_symlink, ec), end;
+       !ec && it != end; it.increment(ec)) {
+    if (it->is_regular_file(ec) && HasImageExtension(it->path().filename().string())) {
+      files.push_back(it->path());
+    }
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat("cannot list '", class_dir.string(), "': ", ec.message()));
+  std::sort(files.begin(), files.end(), [](const fs::path& a, const fs::path& b) {
+    const std::string da = a.parent_path().string(), db = b.parent_path().string();
+    if (da != db) return da < db;
+    return a.filename().string() < b.filename().string();
+  });
+  out->insert(out->end(), files.begin(), files.end());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<SourceImage>> ListClassFolders(const std::string& root,
+                                                          std::vector<std::string>* classes) {
+  const fs::path base(root);
+  std::error_code ec;
+  if (!fs::is_directory(base, ec)) {
+    return absl::NotFoundError(absl::StrCat("dataset folder '", root, "' does not exist"));
+  }
+  auto found = SortedSubdirs(base);
+  if (!found.ok()) return found.status();
+  if (classes->empty()) {
+    *classes = *found;
+  } else if (*found != *classes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "class folders of '", root, "' are [", absl::StrJoin(*found, ", "),
+        "] but the dataset's classes are [", absl::StrJoin(*classes, ", "), "]"));
+  }
+  if (classes->size() < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", root, "' needs at least two class folders (found ", classes->size(), ")"));
+  }
+  std::vector<SourceImage> images;
+  for (size_t c = 0; c < classes->size(); ++c) {
+    std::vector<fs::path> files;
+    const fs::path class_dir = base / (*classes)[c];
+    if (absl::Status st = ListImagesRecursive(class_dir, &files); !st.ok()) return st;
+    for (const fs::path& f : files) {
+      images.push_back({f.string(), fs::relative(f, base).string(), static_cast<int>(c)});
+    }
+  }
+  return images;
+}
+
+void SplitLikeKeras(const std::vector<SourceImage>& all, int num_classes, double fraction,
+                    bool from_end, std::vector<SourceImage>* train,
+                    std::vector<SourceImage>* validation) {
+  for (int c = 0; c < num_classes; ++c) {
+    std::vector<const SourceImage*> of_class;
+    for (const SourceImage& img : all) {
+      if (img.label == c) of_class.push_back(&img);
+    }
+    const size_t n = of_class.size();
+    // Keras: start, stop = int(split[0] * n), int(split[1] * n) with
+    // validation = (0, F) and training = (F, 1).
+    const size_t num_val = static_cast<size_t>(fraction * static_cast<double>(n));
+    for (size_t i = 0; i < n; ++i) {
+      bool is_val = from_end ? i >= n - num_val : i < num_val;
+      (is_val ? validation : train)->push_back(*of_class[i]);
+    }
+  }
+}
+
+absl::StatusOr<ScannedDataset> ScanDataset(const std::string& root, const ScanOptions& options) {
+  const fs::path base(root);
+  std::error_code ec;
+  if (!fs::is_directory(base, ec)) {
+    return absl::NotFoundError(absl::StrCat("dataset folder '", root, "' does not exist"));
+  }
+  if (options.validation_split >= 1.0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--validation-split must be in [0, 1), got ", options.validation_split));
+  }
+  ScannedDataset ds;
+  fs::path train_dir = base;
+  for (const char* name : {"train:test", "train"}) {
+    if (fs::is_directory(base / name, ec)) {
+      train_dir = base / name;
+      break;
+    }
+  }
+  const bool has_validation_dir = train_dir != base && fs::is_directory(base / "validation", ec);
+  auto all = ListClassFolders(train_dir.string(), &ds.classes);
+  if (!all.ok()) return all.status();
+
+  double fraction = options.validation_split;
+  if (fraction < 0) fraction = has_validation_dir ? 0.0 : 0.2;
+  ds.train_source = fs::relative(train_dir, base).string();
+  if (has_validation_dir) {
+    if (fraction > 0) {
+      return absl::InvalidArgumentError(
+          "--validation-split given but the dataset has a validation/ folder; use one or the other");
+    }
+    ds.train = std::move(*all);
+    auto val = ListClassFolders((base / "validation").string(), &ds.classes);
+    if (!val.ok()) return val.status();
+    ds.validation = std::move(*val);
+    // Paths relative to the dataset root, so both splits read the same way.
+    for (SourceImage& img : ds.validation) img.relative_path = "validation/" + img.relative_path;
+    ds.validation_source = "validation";
+  } else {
+    SplitLikeKeras(*all, static_cast<int>(ds.classes.size()), fraction,
+                   options.validation_from_end, &ds.train, &ds.validation);
+    ds.validation_source = absl::StrCat("validation_split=", fraction, " of ", ds.train_source);
+  }
+  if (train_dir != base) {
+    for (SourceImage& img : ds.train) img.relative_path = ds.train_source + "/" + img.relative_path;
+  }
+  if (ds.train.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("no training images found under '", root, "'"));
+  }
+  return ds;
+}
+
+}  // namespace dfc

@@ -1,0 +1,157 @@
+#include "data_shards/image_codec.h"
+
+#include <cstring>
+
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace dfc {
+namespace {
+
+uint32_t Be16(const unsigned char* p) { return (uint32_t{p[0]} << 8) | p[1]; }
+uint32_t Be32(const unsigned char* p) { return (Be16(p) << 16) | Be16(p + 2); }
+uint32_t Le32(const unsigned char* p) {
+  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+}
+
+absl::Status PeekJpeg(const unsigned char* p, size_t n, int* w, int* h) {
+  size_t i = 2;
+  while (i + 4 <= n) {
+    if (p[i] != 0xFF) return absl::InvalidArgumentError("corrupt JPEG: bad marker");
+    unsigned char marker = p[i + 1];
+    if (marker == 0xFF) {  // fill byte
+      ++i;
+      continue;
+    }
+    if (marker == 0xD8 || (marker >= 0xD0 && marker <= 0xD7) || marker == 0x01) {
+      i += 2;
+      continue;
+    }
+    uint32_t len = Be16(p + i + 2);
+    bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 &&
+               marker != 0xCC;
+    if (sof) {
+      if (i + 9 > n) break;
+      *h = static_cast<int>(Be16(p + i + 5));
+      *w = static_cast<int>(Be16(p + i + 7));
+      return absl::OkStatus();
+    }
+    if (marker == 0xD9 || marker == 0xDA) break;
+    i += 2 + len;
+  }
+  return absl::InvalidArgumentError("truncated JPEG: no frame header");
+}
+
+}  // namespace
+
+absl::Status PeekImageSize(std::string_view bytes, int* width, int* height) {
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  if (n == 0) return absl::InvalidArgumentError("empty image");
+  if (n >= 24 && std::memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0) {
+    if (std::memcmp(p + 12, "IHDR", 4) != 0) return absl::InvalidArgumentError("corrupt PNG header");
+    *width = static_cast<int>(std::min<uint32_t>(Be32(p + 16), 1u << 30));
+    *height = static_cast<int>(std::min<uint32_t>(Be32(p + 20), 1u << 30));
+    return absl::OkStatus();
+  }
+  if (n >= 4 && p[0] == 0xFF && p[1] == 0xD8) return PeekJpeg(p, n, width, height);
+  if (n >= 26 && p[0] == 'B' && p[1] == 'M') {
+    *width = static_cast<int>(std::min<uint32_t>(Le32(p + 18), 1u << 30));
+    int32_t hh = static_cast<int32_t>(Le32(p + 22));
+    *height = static_cast<int>(std::min<int64_t>(hh < 0 ? -int64_t{hh} : hh, 1 << 30));
+    return absl::OkStatus();
+  }
+  if (n >= 2 && p[0] == 'P' && p[1] >= '1' && p[1] <= '6') {
+    // PPM/PGM: magic, then width and height as ASCII (comments skipped).
+    size_t i = 2;
+    int vals[2] = {0, 0};
+    for (int& v : vals) {
+      while (i < n && (std::isspace(p[i]) || p[i] == '#')) {
+        if (p[i] == '#') while (i < n && p[i] != '\n') ++i;
+        else ++i;
+      }
+      int64_t x = 0;
+      while (i < n && std::isdigit(p[i]) && x < (1 << 30)) x = x * 10 + (p[i++] - '0');
+      v = static_cast<int>(x);
+    }
+    *width = vals[0];
+    *height = vals[1];
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError("not a supported image (expected JPEG, PNG, BMP or PPM)");
+}
+
+absl::StatusOr<RgbImage> DecodeImage(std::string_view bytes, const ImageLimits& limits) {
+  if (bytes.size() > limits.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("image is ", bytes.size(),
+                                                     " bytes, over the limit of ",
+                                                     limits.max_bytes));
+  }
+  int w = 0, h = 0;
+  if (absl::Status st = PeekImageSize(bytes, &w, &h); !st.ok()) return st;
+  if (w <= 0 || h <= 0) return absl::InvalidArgumentError("image header has a zero dimension");
+  if (int64_t{w} * h > limits.max_pixels) {
+    return absl::ResourceExhaustedError(absl::StrCat("image is ", w, "x", h,
+                                                     " pixels, over the limit of ",
+                                                     limits.max_pixels));
+  }
+  cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1,
+              const_cast<char*>(bytes.data()));
+  cv::Mat bgr;
+  try {
+    bgr = cv::imdecode(raw, cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION);
+  } catch (const cv::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot decode image: ", e.what()));
+  }
+  if (bgr.empty()) return absl::InvalidArgumentError("cannot decode image: corrupt or truncated data");
+  RgbImage out;
+  out.width = bgr.cols;
+  out.height = bgr.rows;
+  out.pixels.resize(static_cast<size_t>(out.width) * out.height * 3);
+  cv::Mat rgb(out.height, out.width, CV_8UC3, out.pixels.data());
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  return out;
+}
+
+RgbImage ResizeNearestExact(const RgbImage& src, int size) {
+  RgbImage out;
+  out.width = out.height = size;
+  out.pixels.resize(static_cast<size_t>(size) * size * 3);
+  cv::Mat in(src.height, src.width, CV_8UC3, const_cast<uint8_t*>(src.pixels.data()));
+  cv::Mat dst(size, size, CV_8UC3, out.pixels.data());
+  cv::resize(in, dst, cv::Size(size, size), 0, 0, cv::INTER_NEAREST_EXACT);
+  return out;
+}
+
+absl::Status DecodeResizeInto(std::string_view bytes, int size, uint8_t* out,
+                              const ImageLimits& limits) {
+  absl::StatusOr<RgbImage> img = DecodeImage(bytes, limits);
+  if (!img.ok()) return img.status();
+  const size_t n = static_cast<size_t>(size) * size * 3;
+  if (img->width == size && img->height == size) {
+    std::memcpy(out, img->pixels.data(), n);
+    return absl::OkStatus();
+  }
+  cv::Mat in(img->height, img->width, CV_8UC3, img->pixels.data());
+  cv::Mat dst(size, size, CV_8UC3, out);
+  cv::resize(in, dst, cv::Size(size, size), 0, 0, cv::INTER_NEAREST_EXACT);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> EncodeImage(const RgbImage& img, const std::string& ext, int quality) {
+  cv::Mat rgb(img.height, img.width, CV_8UC3, const_cast<uint8_t*>(img.pixels.data()));
+  cv::Mat bgr;
+  cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+  std::vector<int> params;
+  if (ext == ".jpg" || ext == ".jpeg") params = {cv::IMWRITE_JPEG_QUALITY, quality};
+  std::vector<uchar> buf;
+  if (!cv::imencode(ext, bgr, buf, params)) {
+    return absl::InternalError(absl::StrCat("cannot encode image as ", ext));
+  }
+  return std::string(buf.begin(), buf.end());
+}
+
+}  // namespace dfc

@@ -1,0 +1,55 @@
+#include "worker/inference.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "worker/checkpoint.h"
+#include "worker/keras_h5.h"
+#include "worker/tensor_batch.h"
+
+namespace dfc {
+
+absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string& weights,
+                                      const DetectorOptions& options) {
+  DFC_ASSIGN_OR_RETURN(Detector model, MakeDetector(arch, options));
+  if (LooksLikeHdf5(weights)) {
+    DFC_RETURN_IF_ERROR(ImportKerasWeights(*model, weights));
+  } else {
+    DFC_RETURN_IF_ERROR(LoadCheckpoint(weights, *model, nullptr, false).status());
+  }
+  model->to(DefaultDevice());
+  model->eval();
+  return model;
+}
+
+std::vector<float> PredictLogits(DetectorImpl& model, const uint8_t* pixels, int64_t n) {
+  torch::NoGradGuard no_grad;
+  model.eval();
+  const torch::Device device = model.parameters().front().device();
+  torch::Tensor logits = model.forward(PixelsToTensor(pixels, n, model.input_size(), device)).to(torch::kCPU).contiguous();
+  return std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+}
+
+std::vector<Prediction> PredictEncoded(DetectorImpl& model, const std::vector<std::string>& images,
+                                       const ImageLimits& limits) {
+  const int size = model.input_size();
+  const size_t image_bytes = static_cast<size_t>(size) * size * 3;
+  std::vector<Prediction> out(images.size());
+  std::vector<uint8_t> pixels;
+  std::vector<size_t> ok;
+  for (size_t i = 0; i < images.size(); ++i) {
+    pixels.resize((ok.size() + 1) * image_bytes);
+    out[i].status = DecodeResizeInto(images[i], size, pixels.data() + ok.size() * image_bytes, limits);
+    if (out[i].status.ok()) ok.push_back(i);
+  }
+  if (ok.empty()) return out;
+  std::vector<float> logits = PredictLogits(model, pixels.data(), static_cast<int64_t>(ok.size()));
+  for (size_t j = 0; j < ok.size(); ++j) {
+    out[ok[j]].logit = logits[j];
+    out[ok[j]].p_real = 1.0f / (1.0f + std::exp(-logits[j]));
+  }
+  return out;
+}
+
+}  // namespace dfc

@@ -1,0 +1,72 @@
+#include "worker/models/detector.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "worker/models/meso_net.h"
+#include "worker/models/resnet50_vggface.h"
+
+namespace dfc {
+
+KerasLayer KerasConvBinding(const std::string& name, torch::Tensor kernel, torch::Tensor bias) {
+  return {name, {{"kernel", kernel, KerasLayout::kConvKernel}, {"bias", bias, KerasLayout::kVector}}};
+}
+
+KerasLayer KerasBnBinding(const std::string& name, const torch::nn::BatchNorm2d& bn) {
+  return {name,
+          {{"gamma", bn->weight, KerasLayout::kVector},
+           {"beta", bn->bias, KerasLayout::kVector},
+           {"moving_mean", bn->running_mean, KerasLayout::kVector},
+           {"moving_variance", bn->running_var, KerasLayout::kVector}}};
+}
+
+KerasLayer KerasDenseBinding(const std::string& name, const torch::nn::Linear& fc) {
+  return {name, {{"kernel", fc->weight, KerasLayout::kDenseKernel}, {"bias", fc->bias, KerasLayout::kVector}}};
+}
+
+const std::vector<std::string>& DetectorNames() {
+  static const std::vector<std::string> kNames = {"mesoinception4", "meso4", "resnet50-vggface"};
+  return kNames;
+}
+
+absl::StatusOr<Detector> MakeDetector(const std::string& arch, const DetectorOptions& options) {
+  Detector model;
+  if (arch == "mesoinception4" || arch == "meso4") {
+    model = std::make_shared<MesoNetImpl>(arch == "mesoinception4");
+  } else if (arch == "resnet50-vggface") {
+    if (options.resnet_width < 1 || options.resnet_blocks.size() != 4) {
+      return absl::InvalidArgumentError("resnet50-vggface needs a positive width and 4 stages");
+    }
+    model = std::make_shared<ResNet50VggFaceImpl>(options);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unknown model '", arch, "' (known: ",
+                                                   absl::StrJoin(DetectorNames(), ", "), ")"));
+  }
+  // Keras initialisers: glorot_uniform kernels, zero biases, so that training
+  // from scratch starts where the notebook's did.
+  torch::NoGradGuard no_grad;
+  for (KerasLayer& layer : model->KerasLayers()) {
+    for (KerasWeight& w : layer.weights) {
+      if (w.name != "kernel") continue;
+      // Views of fused parameters are initialised slice by slice, each with
+      // its own Keras fan-in/fan-out.
+      torch::Tensor t = w.target;
+      int64_t fan_in, fan_out;
+      if (w.layout == KerasLayout::kConvKernel) {
+        const int64_t rf = t.size(2) * t.size(3);
+        fan_in = t.size(1) * rf;
+        fan_out = t.size(0) * rf;
+      } else {
+        fan_in = t.size(1);
+        fan_out = t.size(0);
+      }
+      const double limit = std::sqrt(6.0 / static_cast<double>(fan_in + fan_out));
+      t.uniform_(-limit, limit);
+    }
+    for (KerasWeight& w : layer.weights) {
+      if (w.name == "bias") w.target.zero_();
+    }
+  }
+  return model;
+}
+
+}  // namespace dfc

@@ -1,0 +1,115 @@
+#include "worker/models/meso_net.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace dfc {
+namespace F = torch::nn::functional;
+namespace {
+
+KerasConv2d Conv(int64_t in, int64_t out, int64_t k, int64_t dilation = 1) {
+  KerasConv2dOptions o;
+  o.in = in;
+  o.out = out;
+  o.kernel = k;
+  o.dilation = dilation;
+  return KerasConv2d(o);
+}
+
+}  // namespace
+
+InceptionBlockImpl::InceptionBlockImpl(int64_t in, int64_t a, int64_t b, int64_t c, int64_t d)
+    : a_(a), b_(b), c_(c), d_(d) {
+  reduce_ = register_module("reduce", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, a + b + c + d, 1)));
+  conv_b_ = register_module("conv_b", Conv(b, b, 3, 1));
+  conv_c_ = register_module("conv_c", Conv(c, c, 3, 2));
+  conv_d_ = register_module("conv_d", Conv(d, d, 3, 3));
+}
+
+torch::Tensor InceptionBlockImpl::forward(const torch::Tensor& x) {
+  torch::Tensor y = torch::relu(reduce_->forward(x));
+  std::vector<torch::Tensor> parts = y.split_with_sizes({a_, b_, c_, d_}, 1);
+  return torch::cat({parts[0], torch::relu(conv_b_->forward(parts[1])), torch::relu(conv_c_->forward(parts[2])),
+                     torch::relu(conv_d_->forward(parts[3]))},
+                    1);
+}
+
+void InceptionBlockImpl::AppendKerasLayers(int* n, std::vector<KerasLayer>* out) {
+  auto w = reduce_->weight;
+  auto bias = reduce_->bias;
+  auto name = [&] { return absl::StrCat("conv2d_", (*n)++); };
+  // classifiers.py creates: x1 1x1; x2 1x1, 3x3; x3 1x1, 3x3 d2; x4 1x1, 3x3 d3.
+  out->push_back(KerasConvBinding(name(), w.narrow(0, 0, a_), bias.narrow(0, 0, a_)));
+  out->push_back(KerasConvBinding(name(), w.narrow(0, a_, b_), bias.narrow(0, a_, b_)));
+  out->push_back(KerasConvBinding(name(), conv_b_->conv->weight, conv_b_->conv->bias));
+  out->push_back(KerasConvBinding(name(), w.narrow(0, a_ + b_, c_), bias.narrow(0, a_ + b_, c_)));
+  out->push_back(KerasConvBinding(name(), conv_c_->conv->weight, conv_c_->conv->bias));
+  out->push_back(KerasConvBinding(name(), w.narrow(0, a_ + b_ + c_, d_), bias.narrow(0, a_ + b_ + c_, d_)));
+  out->push_back(KerasConvBinding(name(), conv_d_->conv->weight, conv_d_->conv->bias));
+}
+
+MesoNetImpl::MesoNetImpl(bool inception) : inception_(inception) {
+  int64_t c2;
+  if (inception_) {
+    inc1_ = register_module("inc1", InceptionBlock(3, 1, 4, 4, 2));
+    bn1_ = register_module("bn1", KerasBatchNorm(11));
+    inc2_ = register_module("inc2", InceptionBlock(11, 2, 4, 4, 2));
+    bn2_ = register_module("bn2", KerasBatchNorm(12));
+    c2 = 12;
+  } else {
+    conv1_ = register_module("conv1", Conv(3, 8, 3));
+    bn1_ = register_module("bn1", KerasBatchNorm(8));
+    conv2_ = register_module("conv2", Conv(8, 8, 5));
+    bn2_ = register_module("bn2", KerasBatchNorm(8));
+    c2 = 8;
+  }
+  conv3_ = register_module("conv3", Conv(c2, 16, 5));
+  bn3_ = register_module("bn3", KerasBatchNorm(16));
+  conv4_ = register_module("conv4", Conv(16, 16, 5));
+  bn4_ = register_module("bn4", KerasBatchNorm(16));
+  fc1_ = register_module("fc1", torch::nn::Linear(16 * 8 * 8, 16));
+  fc2_ = register_module("fc2", torch::nn::Linear(16, 1));
+}
+
+torch::Tensor MesoNetImpl::forward(torch::Tensor rgb) {
+  torch::Tensor x = rgb / 255.0;
+  if (inception_) {
+    x = KerasMaxPoolSame(bn1_->forward(inc1_->forward(x)), 2);
+    x = KerasMaxPoolSame(bn2_->forward(inc2_->forward(x)), 2);
+  } else {
+    x = KerasMaxPoolSame(bn1_->forward(torch::relu(conv1_->forward(x))), 2);
+    x = KerasMaxPoolSame(bn2_->forward(torch::relu(conv2_->forward(x))), 2);
+  }
+  x = KerasMaxPoolSame(bn3_->forward(torch::relu(conv3_->forward(x))), 2);
+  x = KerasMaxPoolSame(bn4_->forward(torch::relu(conv4_->forward(x))), 4);
+  x = F::dropout(FlattenNhwc(x), F::DropoutFuncOptions().p(0.5).training(is_training()));
+  x = F::leaky_relu(fc1_->forward(x), F::LeakyReLUFuncOptions().negative_slope(0.1));
+  x = F::dropout(x, F::DropoutFuncOptions().p(0.5).training(is_training()));
+  return fc2_->forward(x).squeeze(1);
+}
+
+std::vector<KerasLayer> MesoNetImpl::KerasLayers() {
+  std::vector<KerasLayer> out;
+  int conv = 1, bn = 1;
+  auto conv_name = [&] { return absl::StrCat("conv2d_", conv++); };
+  auto bn_name = [&] { return absl::StrCat("batch_normalization_", bn++); };
+  if (inception_) {
+    inc1_->AppendKerasLayers(&conv, &out);
+    out.push_back(KerasBnBinding(bn_name(), bn1_));
+    inc2_->AppendKerasLayers(&conv, &out);
+    out.push_back(KerasBnBinding(bn_name(), bn2_));
+  } else {
+    out.push_back(KerasConvBinding(conv_name(), conv1_->conv->weight, conv1_->conv->bias));
+    out.push_back(KerasBnBinding(bn_name(), bn1_));
+    out.push_back(KerasConvBinding(conv_name(), conv2_->conv->weight, conv2_->conv->bias));
+    out.push_back(KerasBnBinding(bn_name(), bn2_));
+  }
+  out.push_back(KerasConvBinding(conv_name(), conv3_->conv->weight, conv3_->conv->bias));
+  out.push_back(KerasBnBinding(bn_name(), bn3_));
+  out.push_back(KerasConvBinding(conv_name(), conv4_->conv->weight, conv4_->conv->bias));
+  out.push_back(KerasBnBinding(bn_name(), bn4_));
+  out.push_back(KerasDenseBinding("dense_1", fc1_));
+  out.push_back(KerasDenseBinding("dense_2", fc2_));
+  return out;
+}
+
+}  // namespace dfc

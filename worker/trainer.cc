@@ -1,0 +1,383 @@
+#include "worker/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "common/atomic_file.h"
+#include "common/metrics.h"
+#include "common/status_macros.h"
+#include "data_shards/batch_loader.h"
+#include "data_shards/dataset_scan.h"
+#include "data_shards/shuffle.h"
+#include "worker/checkpoint.h"
+#include "worker/keras_h5.h"
+#include "worker/tensor_batch.h"
+
+namespace dfc {
+namespace fs = std::filesystem;
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+bool IsResNet(const std::string& arch) { return arch == "resnet50-vggface"; }
+
+absl::Status ValidateOptions(const TrainOptions& o) {
+  auto bad = [](const std::string& flag, const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", why));
+  };
+  if (o.data_dir.empty()) return bad("--data", "a shard directory is required");
+  if (o.out_dir.empty()) return bad("--out", "an output directory is required");
+  if (o.epochs < 1 || o.epochs > 100000) return bad("--epochs", absl::StrCat("must be in [1, 100000], got ", o.epochs));
+  if (o.batch_size < 1 || o.batch_size > 4096) {
+    return bad("--batch-size", absl::StrCat("must be in [1, 4096], got ", o.batch_size));
+  }
+  if (o.lr < 0 || o.lr > 10 || !std::isfinite(o.lr)) return bad("--lr", absl::StrCat("must be in (0, 10], got ", o.lr));
+  if (o.adam_eps < 0 || o.adam_eps > 1) return bad("--adam-eps", absl::StrCat("must be in (0, 1], got ", o.adam_eps));
+  if (o.loss != "bce" && o.loss != "mse") return bad("--loss", absl::StrCat("must be bce or mse, got '", o.loss, "'"));
+  if (o.lr_schedule != "constant" && o.lr_schedule != "notebook") {
+    return bad("--lr-schedule", absl::StrCat("must be constant or notebook, got '", o.lr_schedule, "'"));
+  }
+  if (o.early_stopping_patience < 0) return bad("--early-stopping-patience", "must be >= 0");
+  if (o.threads < 0 || o.threads > 1024) return bad("--threads", absl::StrCat("must be in [0, 1024], got ", o.threads));
+  if (!o.recipe.empty() && o.recipe != "notebook") {
+    return bad("--recipe", absl::StrCat("must be notebook, got '", o.recipe, "'"));
+  }
+  if (o.resume && !o.recipe.empty()) return bad("--resume", "cannot be combined with --recipe");
+  return absl::OkStatus();
+}
+
+// A deterministic subset of at most `max` records that keeps their order
+// (and so the Keras per-class order).
+std::vector<RecordRef> Subset(const std::vector<RecordRef>& all, int64_t max, uint64_t seed) {
+  if (max <= 0 || static_cast<int64_t>(all.size()) <= max) return all;
+  std::vector<uint32_t> perm = EpochPermutation(static_cast<uint32_t>(all.size()), seed, 0xFFFF);
+  perm.resize(static_cast<size_t>(max));
+  std::sort(perm.begin(), perm.end());
+  std::vector<RecordRef> out;
+  for (uint32_t i : perm) out.push_back(all[i]);
+  return out;
+}
+
+// Keras validation_split on records that are in class-then-name order.
+void SplitRecords(const std::vector<RecordRef>& all, int num_classes, double fraction, std::vector<RecordRef>* train,
+                  std::vector<RecordRef>* val) {
+  for (int c = 0; c < num_classes; ++c) {
+    std::vector<RecordRef> of_class;
+    for (const RecordRef& r : all) {
+      if (r.label == c) of_class.push_back(r);
+    }
+    const size_t num_val = static_cast<size_t>(fraction * static_cast<double>(of_class.size()));
+    for (size_t i = 0; i < of_class.size(); ++i) (i < num_val ? val : train)->push_back(of_class[i]);
+  }
+}
+
+torch::Tensor Loss(const std::string& kind, const torch::Tensor& logits, const torch::Tensor& targets) {
+  if (kind == "mse") return torch::mse_loss(torch::sigmoid(logits), targets);
+  return torch::binary_cross_entropy_with_logits(logits, targets);
+}
+
+struct EvalResult {
+  double loss = 0, accuracy = 0, auc = 0;
+};
+
+absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, const std::string& loss_kind,
+                                    const torch::Device& device) {
+  model.eval();
+  torch::NoGradGuard no_grad;
+  loader.StartEpoch(0);
+  std::vector<float> scores;
+  std::vector<int32_t> labels;
+  double loss_sum = 0;
+  for (;;) {
+    DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, loader.Next());
+    if (!batch) break;
+    torch::Tensor x = PixelsToTensor(batch->pixels.data(), batch->count, batch->image_size, device);
+    torch::Tensor y = torch::tensor(batch->labels, torch::kFloat32).to(device);
+    torch::Tensor logits = model.forward(x);
+    loss_sum += Loss(loss_kind, logits, y).item<double>() * batch->count;
+    torch::Tensor p = torch::sigmoid(logits).to(torch::kCPU).contiguous();
+    scores.insert(scores.end(), p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
+    labels.insert(labels.end(), batch->labels.begin(), batch->labels.end());
+  }
+  EvalResult r;
+  if (scores.empty()) return r;
+  r.loss = loss_sum / static_cast<double>(scores.size());
+  r.accuracy = CountConfusion(scores, labels, 0.5f).accuracy();
+  r.auc = BinaryAuc(scores, labels);
+  return r;
+}
+
+// One training run over fixed train/validation records.
+struct Phase {
+  std::vector<RecordRef> train, val;
+  int epochs = 0;
+  int patience = 0;
+  std::string out_dir;
+  bool resume = false;
+};
+
+absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& shards, const Phase& phase,
+                                       TrainObserver* obs) {
+  const auto t_start = Clock::now();
+  const torch::Device device = DefaultDevice();
+  torch::manual_seed(o.seed);
+  DFC_ASSIGN_OR_RETURN(Detector model, MakeDetector(o.arch, o.detector));
+  const double base_lr = o.lr > 0 ? o.lr : (IsResNet(o.arch) ? 1e-5 : 1e-3);
+  const double eps = o.adam_eps > 0 ? o.adam_eps : (IsResNet(o.arch) ? 1e-9 : 1e-7);
+  if (!o.init_weights.empty()) {
+    if (LooksLikeHdf5(o.init_weights)) {
+      DFC_RETURN_IF_ERROR(ImportKerasWeights(*model, o.init_weights));
+    } else {
+      DFC_RETURN_IF_ERROR(LoadCheckpoint(o.init_weights, *model, nullptr, false).status());
+    }
+  }
+  model->to(device);
+  std::vector<torch::Tensor> trainable;
+  for (auto& p : model->parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  torch::optim::Adam optimizer(trainable, torch::optim::AdamOptions(base_lr).eps(eps));
+
+  std::error_code ec;
+  fs::create_directories(phase.out_dir, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("--out: cannot create '", phase.out_dir, "': ", ec.message()));
+  const std::string latest = (fs::path(phase.out_dir) / "latest.ckpt").string();
+  const std::string best = (fs::path(phase.out_dir) / "best.ckpt").string();
+  const std::string metrics_path = (fs::path(phase.out_dir) / "metrics.jsonl").string();
+
+  TrainResult result;
+  int start_epoch = 0;
+  int64_t step = 0;
+  nlohmann::json history = nlohmann::json::array();
+  if (phase.resume) {
+    auto meta = LoadCheckpoint(latest, *model, &optimizer, /*restore_rng=*/true);
+    if (!meta.ok()) return absl::Status(meta.status().code(), absl::StrCat("--resume: ", meta.status().message()));
+    start_epoch = static_cast<int>(meta->epoch);
+    step = meta->step;
+    history = nlohmann::json::parse(meta->metrics_json, nullptr, false);
+    if (history.is_discarded()) history = nlohmann::json::array();
+    for (const auto& h : history) {
+      EpochMetrics m;
+      m.epoch = h.value("epoch", 0);
+      m.val_accuracy = h.value("val_accuracy", 0.0);
+      m.val_auc = h.value("val_auc", 0.0);
+      m.val_loss = h.value("val_loss", 0.0);
+      m.images_per_second = h.value("images_per_second", 0.0);
+      result.history.push_back(m);
+    }
+  } else if (fs::exists(metrics_path, ec)) {
+    fs::remove(metrics_path, ec);
+  }
+
+  const int num_threads = o.loader_threads > 0 ? o.loader_threads
+                                                : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 2);
+  BatchLoaderOptions lo;
+  lo.batch_size = o.batch_size;
+  lo.image_size = model->input_size();
+  lo.seed = o.seed;
+  lo.threads = num_threads;
+  BatchLoader train_loader(&shards, phase.train, lo);
+  lo.shuffle = false;
+  BatchLoader val_loader(&shards, phase.val, lo);
+  result.train_images = static_cast<int64_t>(phase.train.size());
+  result.val_images = static_cast<int64_t>(phase.val.size());
+
+  double best_acc = -1;
+  int best_epoch = 0;
+  for (const EpochMetrics& m : result.history) {
+    if (m.val_accuracy > best_acc) {
+      best_acc = m.val_accuracy;
+      best_epoch = m.epoch;
+    }
+  }
+  for (int epoch = start_epoch; epoch < phase.epochs; ++epoch) {
+    if (phase.patience > 0 && best_epoch > 0 && epoch - best_epoch >= phase.patience) break;
+    const double lr = ScheduledLr(o.lr_schedule, base_lr, epoch);
+    for (auto& group : optimizer.param_groups()) {
+      static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+    }
+    model->train();
+    train_loader.StartEpoch(static_cast<uint64_t>(epoch));
+    const LoaderStats before = train_loader.stats();
+    const int64_t steps = train_loader.batches_per_epoch();
+    if (obs) obs->OnEpochStart(epoch + 1, phase.epochs, steps);
+    const auto t0 = Clock::now();
+    double loss_sum = 0, correct = 0;
+    int64_t seen = 0, s = 0;
+    for (;;) {
+      DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, train_loader.Next());
+      if (!batch) break;
+      torch::Tensor x = PixelsToTensor(batch->pixels.data(), batch->count, batch->image_size, device);
+      torch::Tensor y = torch::tensor(batch->labels, torch::kFloat32).to(device);
+      optimizer.zero_grad();
+      torch::Tensor logits = model->forward(x);
+      torch::Tensor loss = Loss(o.loss, logits, y);
+      loss.backward();
+      optimizer.step();
+      ++step;
+      ++s;
+      loss_sum += loss.item<double>() * batch->count;
+      correct += ((logits > 0).to(torch::kFloat32) == y).sum().item<double>();
+      seen += batch->count;
+      if (obs) obs->OnStep(epoch + 1, s, steps, loss_sum / seen, correct / seen);
+    }
+    const double train_seconds = Seconds(t0, Clock::now());
+    const LoaderStats after = train_loader.stats();
+    DFC_ASSIGN_OR_RETURN(EvalResult ev, Evaluate(*model, val_loader, o.loss, device));
+    EpochMetrics m;
+    m.epoch = epoch + 1;
+    m.lr = lr;
+    m.loss = seen ? loss_sum / seen : 0;
+    m.accuracy = seen ? correct / seen : 0;
+    m.val_loss = ev.loss;
+    m.val_accuracy = ev.accuracy;
+    m.val_auc = ev.auc;
+    m.images_per_second = train_seconds > 0 ? seen / train_seconds : 0;
+    m.data_wait_share = train_seconds > 0 ? (after.consumer_wait_seconds - before.consumer_wait_seconds) / train_seconds : 0;
+    m.seconds = Seconds(t0, Clock::now());
+    m.step = step;
+    result.history.push_back(m);
+    history.push_back(nlohmann::json::parse(m.ToJson()));
+    DFC_RETURN_IF_ERROR(AppendLine(metrics_path, m.ToJson()));
+
+    CheckpointMeta meta;
+    meta.arch = o.arch;
+    meta.epoch = epoch + 1;
+    meta.step = step;
+    meta.lr = lr;
+    meta.metrics_json = history.dump();
+    meta.options_json = o.ToJson();
+    DFC_RETURN_IF_ERROR(SaveCheckpoint(latest, *model, &optimizer, meta));
+    if (m.val_accuracy > best_acc) {
+      best_acc = m.val_accuracy;
+      best_epoch = m.epoch;
+      DFC_RETURN_IF_ERROR(SaveCheckpoint(best, *model, &optimizer, meta));
+    }
+    if (obs) obs->OnEpoch(m);
+  }
+  if (result.history.empty()) return absl::FailedPreconditionError("no epoch was trained");
+  const EpochMetrics& last = result.history.back();
+  result.epochs = last.epoch;
+  result.best_epoch = best_epoch;
+  result.val_accuracy = last.val_accuracy;
+  result.val_auc = last.val_auc;
+  result.val_loss = last.val_loss;
+  double ips = 0;
+  int counted = 0;
+  for (const EpochMetrics& e : result.history) {
+    if (e.images_per_second > 0) {
+      ips += e.images_per_second;
+      ++counted;
+    }
+  }
+  result.images_per_second = counted ? ips / counted : 0;
+  result.seconds = Seconds(t_start, Clock::now());
+  result.checkpoint = latest;
+  return result;
+}
+
+}  // namespace
+
+double ScheduledLr(const std::string& schedule, double base_lr, int epoch) {
+  if (schedule != "notebook" || epoch < 2) return base_lr;
+  // The notebook's scheduler returns lr * exp(-0.2) from the third epoch on.
+  return base_lr * std::exp(-0.2 * (epoch - 1));
+}
+
+std::string TrainOptions::ToJson() const {
+  nlohmann::ordered_json j = {{"model", arch},
+                              {"data", data_dir},
+                              {"epochs", epochs},
+                              {"batch_size", batch_size},
+                              {"lr", lr},
+                              {"adam_eps", adam_eps},
+                              {"loss", loss},
+                              {"lr_schedule", lr_schedule},
+                              {"early_stopping_patience", early_stopping_patience},
+                              {"init", init_weights},
+                              {"seed", seed},
+                              {"recipe", recipe}};
+  return j.dump();
+}
+
+std::string EpochMetrics::ToJson() const {
+  auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
+  nlohmann::ordered_json j = {{"epoch", epoch},
+                              {"lr", lr},
+                              {"loss", num(loss)},
+                              {"accuracy", num(accuracy)},
+                              {"val_loss", num(val_loss)},
+                              {"val_accuracy", num(val_accuracy)},
+                              {"val_auc", num(val_auc)},
+                              {"images_per_second", num(images_per_second)},
+                              {"data_wait_share", num(data_wait_share)},
+                              {"seconds", num(seconds)},
+                              {"step", step}};
+  return j.dump();
+}
+
+std::string TrainResult::ToJson() const {
+  auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
+  nlohmann::ordered_json j = {{"val_accuracy", num(val_accuracy)},
+                              {"val_auc", num(val_auc)},
+                              {"val_loss", num(val_loss)},
+                              {"epochs", epochs},
+                              {"best_epoch", best_epoch},
+                              {"images_per_second", num(images_per_second)},
+                              {"train_images", train_images},
+                              {"val_images", val_images},
+                              {"seconds", num(seconds)},
+                              {"checkpoint", checkpoint}};
+  return j.dump();
+}
+
+absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o, TrainObserver* obs) {
+  DFC_RETURN_IF_ERROR(ValidateOptions(o));
+  torch::set_num_threads(o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+  DFC_ASSIGN_OR_RETURN(std::unique_ptr<ShardSet> shards, ShardSet::Open(o.data_dir));
+  if (shards->manifest().classes.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("--data: the detectors are binary; '", o.data_dir, "' has ",
+                                                   shards->manifest().classes.size(), " classes"));
+  }
+  const std::vector<RecordRef> train = Subset(shards->Records("train"), o.max_train_images, o.seed);
+  const std::vector<RecordRef> val = Subset(shards->Records("validation"), o.max_val_images, o.seed);
+  if (train.empty()) return absl::InvalidArgumentError(absl::StrCat("--data: '", o.data_dir, "' has no training records"));
+  if (val.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--data: '", o.data_dir,
+                                                   "' has no validation records (shard with --validation-split > 0)"));
+  }
+  if (o.recipe != "notebook") {
+    Phase phase{train, val, o.epochs, o.early_stopping_patience, o.out_dir, o.resume};
+    if (o.resume && !fs::exists(fs::path(o.out_dir) / "latest.ckpt")) {
+      return absl::NotFoundError(absl::StrCat("--resume: no checkpoint at '", o.out_dir, "/latest.ckpt'"));
+    }
+    return TrainPhase(o, *shards, phase, obs);
+  }
+  // The notebook's protocol: choose the epoch count on a 50/50 split of the
+  // training split, then retrain from scratch on all of it.
+  Phase select;
+  SplitRecords(train, 2, 0.5, &select.train, &select.val);
+  select.epochs = o.epochs;
+  select.patience = o.early_stopping_patience > 0 ? o.early_stopping_patience : 5;
+  select.out_dir = (fs::path(o.out_dir) / "selection").string();
+  if (obs) obs->OnPhase(absl::StrCat("selecting the epoch count on a 50/50 split of the training split (",
+                                     select.train.size(), " / ", select.val.size(), " images, patience ",
+                                     select.patience, ")"));
+  DFC_ASSIGN_OR_RETURN(TrainResult chosen, TrainPhase(o, *shards, select, obs));
+  Phase final_phase{train, val, std::max(1, chosen.best_epoch), 0, o.out_dir, false};
+  if (obs) obs->OnPhase(absl::StrCat("retraining on the whole training split (", train.size(), " images) for ",
+                                     final_phase.epochs, " epochs, evaluating on the validation split (", val.size(),
+                                     " images)"));
+  DFC_ASSIGN_OR_RETURN(TrainResult result, TrainPhase(o, *shards, final_phase, obs));
+  result.seconds += chosen.seconds;
+  return result;
+}
+
+}  // namespace dfc
