@@ -77,6 +77,9 @@ void AddTrainCommand(CLI::App& app, RunFn* run) {
   cmd->add_option("--freeze-keras-layers", o->detector.freeze_keras_layers,
                   "ResNet: freeze non-BatchNorm layers among the first N Keras layers")
       ->check(CLI::Range(0, 100000));
+  cmd->add_option("--bn-momentum", o->detector.bn_momentum,
+                  "BatchNorm moving-average momentum, Keras convention (Keras default 0.99)")
+      ->check(CLI::Range(0.0, 0.9999));
   cmd->callback([run, o] { *run = [o] { return RunTrain(*o); }; });
 }
 

@@ -98,6 +98,16 @@ absl::StatusOr<RgbImage> DecodeImage(std::string_view bytes, const ImageLimits& 
                                                      " pixels, over the limit of ",
                                                      limits.max_pixels));
   }
+  // libjpeg decodes a cut-off JPEG into grey fill with only a warning; PIL
+  // (and so Keras) refuses it. Refuse it too: a JPEG ends with EOI (FF D9),
+  // possibly followed by a little padding.
+  if (bytes.size() >= 2 && static_cast<unsigned char>(bytes[0]) == 0xFF &&
+      static_cast<unsigned char>(bytes[1]) == 0xD8) {
+    const size_t tail = std::min<size_t>(bytes.size(), 4096);
+    if (bytes.substr(bytes.size() - tail).find("\xFF\xD9") == std::string_view::npos) {
+      return absl::InvalidArgumentError("truncated JPEG: no end-of-image marker");
+    }
+  }
   cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1,
               const_cast<char*>(bytes.data()));
   cv::Mat bgr;

@@ -108,7 +108,7 @@ Face DrawFace(Uniform& u, cv::RNG& noise_rng, int s, cv::Mat* img) {
 // The face-swap pipeline: low-resolution re-render, upscale, colour shift,
 // feathered blend.
 void FakeFace(Uniform& u, const Face& f, int s, cv::Mat* img) {
-  const double factor = u(1.7, 4.5);
+  const double factor = u(1.3, 3.2);
   cv::Mat small, up;
   cv::resize(*img, small, cv::Size(), 1.0 / factor, 1.0 / factor, cv::INTER_AREA);
   cv::resize(small, up, img->size(), 0, 0, cv::INTER_LINEAR);
@@ -144,12 +144,23 @@ absl::Status MakeOne(const SynthOptions& opt, int index) {
   cv::Mat img;
   const int s = opt.image_size;
   Face face = DrawFace(u, noise_rng, s, &img);
+  // Some real photos are soft all over (focus, motion): blur alone must not
+  // give a fake away, only blur that stops at the face's edge.
+  if (!fake && u(0, 1) < 0.35) cv::GaussianBlur(img, img, cv::Size(0, 0), u(0.4, 1.2));
   if (fake) {
     // The swapped face was itself once compressed, then pasted and saved again.
     std::vector<uchar> buf;
     cv::imencode(".jpg", img, buf, {cv::IMWRITE_JPEG_QUALITY, u.Int(70, 95)});
     img = cv::imdecode(buf, cv::IMREAD_COLOR);
     FakeFace(u, face, s, &img);
+    // Careful forgers add grain back over the whole frame.
+    if (u(0, 1) < 0.3) {
+      cv::Mat grain(s, s, CV_16SC3), img16;
+      noise_rng.fill(grain, cv::RNG::NORMAL, cv::Scalar::all(0), cv::Scalar::all(u(1.0, 3.0)));
+      img.convertTo(img16, CV_16SC3);
+      img16 += grain;
+      img16.convertTo(img, CV_8UC3);
+    }
   }
   const std::string dir = (fs::path(opt.out_dir) / (fake ? "df" : "real")).string();
   const std::string path = (fs::path(dir) / absl::StrFormat("%06d.jpg", index / 2)).string();

@@ -33,23 +33,23 @@ void WriteMeta(torch::serialize::OutputArchive& a, const CheckpointMeta& m) {
 }
 
 absl::StatusOr<CheckpointMeta> ReadMeta(torch::serialize::InputArchive& a, const std::string& path) {
-  CheckpointMeta m;
-  torch::Tensor t;
-  if (!a.try_read("dfc/version", t) || t.item<int64_t>() != kFormatVersion) {
+  // A fresh tensor per key: InputArchive::read() set_()s into a defined one.
+  auto get = [&](const char* key) {
+    torch::Tensor t;
+    a.read(key, t);
+    return t;
+  };
+  torch::Tensor version;
+  if (!a.try_read("dfc/version", version) || version.item<int64_t>() != kFormatVersion) {
     return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a DFC checkpoint of version ", kFormatVersion));
   }
-  a.read("dfc/arch", t);
-  m.arch = TensorString(t);
-  a.read("dfc/epoch", t);
-  m.epoch = t.item<int64_t>();
-  a.read("dfc/step", t);
-  m.step = t.item<int64_t>();
-  a.read("dfc/lr", t);
-  m.lr = t.item<double>();
-  a.read("dfc/metrics", t);
-  m.metrics_json = TensorString(t);
-  a.read("dfc/options", t);
-  m.options_json = TensorString(t);
+  CheckpointMeta m;
+  m.arch = TensorString(get("dfc/arch"));
+  m.epoch = get("dfc/epoch").item<int64_t>();
+  m.step = get("dfc/step").item<int64_t>();
+  m.lr = get("dfc/lr").item<double>();
+  m.metrics_json = TensorString(get("dfc/metrics"));
+  m.options_json = TensorString(get("dfc/options"));
   return m;
 }
 

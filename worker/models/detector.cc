@@ -31,7 +31,10 @@ const std::vector<std::string>& DetectorNames() {
 absl::StatusOr<Detector> MakeDetector(const std::string& arch, const DetectorOptions& options) {
   Detector model;
   if (arch == "mesoinception4" || arch == "meso4") {
-    model = std::make_shared<MesoNetImpl>(arch == "mesoinception4");
+    if (options.bn_momentum < 0 || options.bn_momentum >= 1) {
+      return absl::InvalidArgumentError("bn_momentum must be in [0, 1)");
+    }
+    model = std::make_shared<MesoNetImpl>(arch == "mesoinception4", options.bn_momentum);
   } else if (arch == "resnet50-vggface") {
     if (options.resnet_width < 1 || options.resnet_blocks.size() != 4) {
       return absl::InvalidArgumentError("resnet50-vggface needs a positive width and 4 stages");

@@ -65,6 +65,10 @@ struct DetectorOptions {
   // boundary falls inside block conv4_2: conv4_2_1x1_increase is the last
   // frozen conv and conv4_3_1x1_reduce the first trainable one.
   int freeze_keras_layers = 100;
+  // BatchNormalization moving-average momentum, Keras convention (0.99 is
+  // Keras's default: the statistics average over ~100 steps, so a run of a
+  // few hundred steps evaluates with partly initial statistics).
+  double bn_momentum = 0.99;
 };
 
 // The models DFC knows: "mesoinception4", "meso4", "resnet50-vggface".

@@ -35,8 +35,8 @@ torch::Tensor KerasConv2dImpl::forward(torch::Tensor x) {
   return conv->forward(x);
 }
 
-torch::nn::BatchNorm2d KerasBatchNorm(int64_t channels) {
-  return torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(channels).eps(1e-3).momentum(0.01));
+torch::nn::BatchNorm2d KerasBatchNorm(int64_t channels, double keras_momentum) {
+  return torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(channels).eps(1e-3).momentum(1.0 - keras_momentum));
 }
 
 torch::Tensor KerasMaxPoolSame(const torch::Tensor& x, int64_t k) {

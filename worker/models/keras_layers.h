@@ -34,8 +34,8 @@ class KerasConv2dImpl : public torch::nn::Module {
 TORCH_MODULE(KerasConv2d);
 
 // BatchNormalization with Keras defaults: epsilon 1e-3, momentum 0.99
-// (LibTorch's momentum is 1 - Keras's).
-torch::nn::BatchNorm2d KerasBatchNorm(int64_t channels);
+// (given in Keras's convention; LibTorch's momentum is 1 - Keras's).
+torch::nn::BatchNorm2d KerasBatchNorm(int64_t channels, double keras_momentum = 0.99);
 
 // MaxPooling2D(pool_size=k, padding='same') (stride = k); padded cells never win.
 torch::Tensor KerasMaxPoolSame(const torch::Tensor& x, int64_t k);

@@ -47,25 +47,25 @@ void InceptionBlockImpl::AppendKerasLayers(int* n, std::vector<KerasLayer>* out)
   out->push_back(KerasConvBinding(name(), conv_d_->conv->weight, conv_d_->conv->bias));
 }
 
-MesoNetImpl::MesoNetImpl(bool inception) : inception_(inception) {
+MesoNetImpl::MesoNetImpl(bool inception, double bn_momentum) : inception_(inception) {
   int64_t c2;
   if (inception_) {
     inc1_ = register_module("inc1", InceptionBlock(3, 1, 4, 4, 2));
-    bn1_ = register_module("bn1", KerasBatchNorm(11));
+    bn1_ = register_module("bn1", KerasBatchNorm(11, bn_momentum));
     inc2_ = register_module("inc2", InceptionBlock(11, 2, 4, 4, 2));
-    bn2_ = register_module("bn2", KerasBatchNorm(12));
+    bn2_ = register_module("bn2", KerasBatchNorm(12, bn_momentum));
     c2 = 12;
   } else {
     conv1_ = register_module("conv1", Conv(3, 8, 3));
-    bn1_ = register_module("bn1", KerasBatchNorm(8));
+    bn1_ = register_module("bn1", KerasBatchNorm(8, bn_momentum));
     conv2_ = register_module("conv2", Conv(8, 8, 5));
-    bn2_ = register_module("bn2", KerasBatchNorm(8));
+    bn2_ = register_module("bn2", KerasBatchNorm(8, bn_momentum));
     c2 = 8;
   }
   conv3_ = register_module("conv3", Conv(c2, 16, 5));
-  bn3_ = register_module("bn3", KerasBatchNorm(16));
+  bn3_ = register_module("bn3", KerasBatchNorm(16, bn_momentum));
   conv4_ = register_module("conv4", Conv(16, 16, 5));
-  bn4_ = register_module("bn4", KerasBatchNorm(16));
+  bn4_ = register_module("bn4", KerasBatchNorm(16, bn_momentum));
   fc1_ = register_module("fc1", torch::nn::Linear(16 * 8 * 8, 16));
   fc2_ = register_module("fc2", torch::nn::Linear(16, 1));
 }

@@ -35,7 +35,7 @@ TORCH_MODULE(InceptionBlock);
 // Dense(16), LeakyReLU(0.1), Dropout(0.5), Dense(1). Input 256x256 scaled to [0,1].
 class MesoNetImpl : public DetectorImpl {
  public:
-  explicit MesoNetImpl(bool inception);
+  MesoNetImpl(bool inception, double bn_momentum);
   torch::Tensor forward(torch::Tensor rgb) override;
   int input_size() const override { return 256; }
   std::string arch() const override { return inception_ ? "mesoinception4" : "meso4"; }

@@ -25,28 +25,28 @@ void CountLayer(int* keras_index, int freeze_below, KerasConv2d* conv = nullptr)
 }  // namespace
 
 VggBottleneckImpl::VggBottleneckImpl(int stage, int block, int64_t in, int64_t mid, int64_t out, int64_t stride,
-                                     bool projection, int* k, int freeze_below)
+                                     bool projection, int* k, int freeze_below, double bn_momentum)
     : prefix_(absl::StrCat("conv", stage, "_", block)) {
   // Creation order in keras-vggface: reduce, bn, relu, 3x3, bn, relu,
   // increase, bn, [proj, bn], add, relu.
   reduce_ = register_module("reduce", NoBiasConv(in, mid, 1, stride, false));
   CountLayer(k, freeze_below, &reduce_);
-  reduce_bn_ = register_module("reduce_bn", KerasBatchNorm(mid));
+  reduce_bn_ = register_module("reduce_bn", KerasBatchNorm(mid, bn_momentum));
   CountLayer(k, freeze_below);
   CountLayer(k, freeze_below);  // relu
   conv3x3_ = register_module("conv3x3", NoBiasConv(mid, mid, 3, 1, true));
   CountLayer(k, freeze_below, &conv3x3_);
-  conv3x3_bn_ = register_module("conv3x3_bn", KerasBatchNorm(mid));
+  conv3x3_bn_ = register_module("conv3x3_bn", KerasBatchNorm(mid, bn_momentum));
   CountLayer(k, freeze_below);
   CountLayer(k, freeze_below);  // relu
   increase_ = register_module("increase", NoBiasConv(mid, out, 1, 1, false));
   CountLayer(k, freeze_below, &increase_);
-  increase_bn_ = register_module("increase_bn", KerasBatchNorm(out));
+  increase_bn_ = register_module("increase_bn", KerasBatchNorm(out, bn_momentum));
   CountLayer(k, freeze_below);
   if (projection) {
     proj_ = register_module("proj", NoBiasConv(in, out, 1, stride, false));
     CountLayer(k, freeze_below, &proj_);
-    proj_bn_ = register_module("proj_bn", KerasBatchNorm(out));
+    proj_bn_ = register_module("proj_bn", KerasBatchNorm(out, bn_momentum));
     CountLayer(k, freeze_below);
   }
   CountLayer(k, freeze_below);  // add
@@ -79,7 +79,7 @@ ResNet50VggFaceImpl::ResNet50VggFaceImpl(const DetectorOptions& opt) {
   CountLayer(&k, freeze);  // Input
   stem_ = register_module("stem", NoBiasConv(3, opt.resnet_width, 7, 2, true));
   CountLayer(&k, freeze, &stem_);
-  stem_bn_ = register_module("stem_bn", KerasBatchNorm(opt.resnet_width));
+  stem_bn_ = register_module("stem_bn", KerasBatchNorm(opt.resnet_width, opt.bn_momentum));
   CountLayer(&k, freeze);
   CountLayer(&k, freeze);  // relu
   CountLayer(&k, freeze);  // max pool
@@ -90,7 +90,7 @@ ResNet50VggFaceImpl::ResNet50VggFaceImpl(const DetectorOptions& opt) {
     const int64_t out = mid * 4;
     for (int b = 0; b < opt.resnet_blocks[s]; ++b) {
       const int64_t stride = (b == 0 && s > 0) ? 2 : 1;
-      VggBottleneck block(static_cast<int>(s) + 2, b + 1, in, mid, out, stride, b == 0, &k, freeze);
+      VggBottleneck block(static_cast<int>(s) + 2, b + 1, in, mid, out, stride, b == 0, &k, freeze, opt.bn_momentum);
       blocks_->push_back(block);
       block_list_.push_back(block);
       in = out;

@@ -17,7 +17,7 @@ class VggBottleneckImpl : public torch::nn::Module {
   // `keras_index` is the running count of Keras layers; convs whose index is
   // below `freeze_below` are frozen.
   VggBottleneckImpl(int stage, int block, int64_t in, int64_t mid, int64_t out, int64_t stride, bool projection,
-                    int* keras_index, int freeze_below);
+                    int* keras_index, int freeze_below, double bn_momentum);
   torch::Tensor forward(const torch::Tensor& x);
   void AppendKerasLayers(std::vector<KerasLayer>* out);
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs DFC's Debian 12 packages (when missing) and builds it into build/.
+# Usage: scripts/setup.sh [--with-bench]   (bench adds Debian's python3-torch)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  cmake ninja-build g++ pkg-config ccache
+  libtorch-dev libhdf5-dev libabsl-dev libcli11-dev nlohmann-json3-dev
+  libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
+  libgtest-dev libgmock-dev libtcmalloc-minimal4
+  python3-h5py python3-pil python3-numpy
+)
+if [[ "${1:-}" == "--with-bench" ]]; then packages+=(python3-torch); fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+# LibTorch translation units need ~1.5 GiB each: one job per 2 GiB of memory.
+jobs=$(( $(nproc) < 8 ? $(nproc) : 8 ))
+ninja -C build -j "$jobs"

@@ -1,0 +1,163 @@
+// The `dfc` binary as a user runs it: output formats, exit codes, errors.
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <regex>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "tests/test_util.h"
+
+namespace dfc {
+namespace {
+
+using testing::Run;
+
+std::string Dfc() { return testing::DfcBinary(); }
+std::string Samples() { return testing::SharedDir() + "/data/mesonet-samples"; }
+std::string Weights(const std::string& f) { return testing::SharedDir() + "/weights/mesonet/" + f; }
+bool HaveShared() { return std::ifstream(Weights("MesoInception_DF.h5")).good(); }
+
+struct Line {
+  std::string path;
+  double p = 0, logit = 0;
+};
+
+std::vector<Line> ParsePredictions(const std::string& out) {
+  std::vector<Line> lines;
+  static const std::regex kLine(R"(^([^\t]+)\t([01]\.[0-9]{6})\t(-?[0-9]+\.[0-9]{6})$)");
+  for (const std::string& l : testing::SplitLines(out)) {
+    std::smatch m;
+    EXPECT_TRUE(std::regex_match(l, m, kLine)) << "bad line: " << l;
+    if (m.empty()) continue;
+    lines.push_back({m[1], std::stod(m[2]), std::stod(m[3])});
+  }
+  return lines;
+}
+
+std::string SampleArgs() {
+  return Samples() + "/df/df00204.jpg " + Samples() + "/df/df01254.jpg " + Samples() + "/real/real00240.jpg " +
+         Samples() + "/real/real00772.jpg";
+}
+
+TEST(DfcCliTest, PredictSeparatesTheSharedSamples) {
+  if (!HaveShared()) GTEST_SKIP() << "../shared not present";
+  for (const auto& [arch, file] : std::vector<std::pair<std::string, std::string>>{
+           {"mesoinception4", "MesoInception_DF.h5"}, {"meso4", "Meso4_DF.h5"}}) {
+    auto r = Run(Dfc() + " predict --model " + arch + " --weights " + Weights(file) + " " + SampleArgs());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto lines = ParsePredictions(r.out);
+    ASSERT_EQ(lines.size(), 4u);
+    EXPECT_LT(lines[0].p, 0.5) << arch;
+    EXPECT_LT(lines[1].p, 0.5) << arch;
+    EXPECT_GT(lines[2].p, 0.5) << arch;
+    EXPECT_GT(lines[3].p, 0.5) << arch;
+    for (const Line& l : lines) EXPECT_NEAR(l.p, 1 / (1 + std::exp(-l.logit)), 2e-6);
+  }
+}
+
+// scripts/keras_reference.py is an independent NumPy implementation of the
+// Keras models (PIL loading, NHWC, TensorFlow padding); DFC must agree with it.
+TEST(DfcCliTest, PredictMatchesIndependentKerasReference) {
+  if (!HaveShared()) GTEST_SKIP() << "../shared not present";
+  if (Run("/usr/bin/python3 -c 'import h5py, PIL, numpy'").exit_code != 0) {
+    GTEST_FAIL() << "the reference needs python3-h5py, python3-pil, python3-numpy (scripts/setup.sh installs them)";
+  }
+  for (const auto& [arch, file] : std::vector<std::pair<std::string, std::string>>{
+           {"mesoinception4", "MesoInception_DF.h5"},
+           {"mesoinception4", "MesoInception_F2F.h5"},
+           {"meso4", "Meso4_DF.h5"},
+           {"meso4", "Meso4_F2F.h5"}}) {
+    auto ours = Run(Dfc() + " predict --model " + arch + " --weights " + Weights(file) + " " + SampleArgs());
+    auto ref = Run("/usr/bin/python3 " + testing::SourceDir() + "/scripts/keras_reference.py " + arch + " " +
+                   Weights(file) + " " + SampleArgs());
+    ASSERT_EQ(ours.exit_code, 0) << ours.err;
+    ASSERT_EQ(ref.exit_code, 0) << ref.err;
+    auto a = ParsePredictions(ours.out), b = ParsePredictions(ref.out);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].path, b[i].path);
+      EXPECT_NEAR(a[i].p, b[i].p, 1e-5) << file << " " << a[i].path;
+      EXPECT_NEAR(a[i].logit, b[i].logit, 1e-4 * std::max(1.0, std::abs(b[i].logit))) << file << " " << a[i].path;
+    }
+  }
+}
+
+TEST(DfcCliTest, PredictBadInputsGetClearErrors) {
+  auto unknown = Run(Dfc() + " predict --model vgg --weights x.h5 a.jpg");
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.err.find("vgg"), std::string::npos) << unknown.err;
+
+  auto missing = Run(Dfc() + " predict --model meso4 --weights /nonexistent/w.h5 a.jpg");
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_NE(missing.err.find("/nonexistent/w.h5"), std::string::npos) << missing.err;
+
+  if (!HaveShared()) return;
+  testing::TempDir dir;
+  testing::WriteFileOrDie(dir.Join("notes.jpg"), "plain text");
+  auto partial = Run(Dfc() + " predict --model meso4 --weights " + Weights("Meso4_DF.h5") + " " + dir.Join("notes.jpg") +
+                     " " + Samples() + "/real/real00240.jpg " + dir.Join("absent.jpg"));
+  EXPECT_EQ(partial.exit_code, 4);
+  EXPECT_EQ(ParsePredictions(partial.out).size(), 1u);  // the good image is still scored
+  EXPECT_NE(partial.err.find("notes.jpg: not a supported image"), std::string::npos) << partial.err;
+  EXPECT_NE(partial.err.find("absent.jpg"), std::string::npos) << partial.err;
+}
+
+TEST(DfcCliTest, SynthShardVerifyAndCorruption) {
+  testing::TempDir dir;
+  auto synth = Run(Dfc() + " synth --out " + dir.Join("syn") + " --count 20 --seed 3 --image-size 64");
+  ASSERT_EQ(synth.exit_code, 0) << synth.err;
+  auto shard = Run(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") +
+                   " --validation-split 0.2 --shard-size 6 --image-size 64");
+  ASSERT_EQ(shard.exit_code, 0) << shard.err;
+  EXPECT_NE(shard.out.find("train      16 images (df 8, real 8)"), std::string::npos) << shard.out;
+  EXPECT_NE(shard.out.find("validation 4 images (df 2, real 2)"), std::string::npos) << shard.out;
+  auto ok = Run(Dfc() + " shard verify " + dir.Join("sh"));
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("OK: 20 records in 4 shards"), std::string::npos) << ok.out;
+
+  // Flip one byte in the middle of train-00001.dfcs.
+  const std::string shard_file = dir.Join("sh/train-00001.dfcs");
+  std::string bytes = testing::ReadFileOrDie(shard_file);
+  bytes[bytes.size() / 2] ^= 0x20;
+  testing::WriteFileOrDie(shard_file, bytes);
+  auto bad = Run(Dfc() + " shard verify " + dir.Join("sh"));
+  EXPECT_EQ(bad.exit_code, 3);
+  EXPECT_TRUE(std::regex_search(bad.out, std::regex("CORRUPT: shard train-00001.dfcs, record at offset [0-9]+: ")))
+      << bad.out;
+
+  auto again = Run(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh"));
+  EXPECT_EQ(again.exit_code, 2);
+  EXPECT_NE(again.err.find("already holds shards"), std::string::npos) << again.err;
+  auto no_src = Run(Dfc() + " shard --src " + dir.Join("nothing") + " --out " + dir.Join("sh2"));
+  EXPECT_EQ(no_src.exit_code, 2);
+  EXPECT_NE(no_src.err.find("nothing"), std::string::npos) << no_src.err;
+  auto bad_size = Run(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh3") + " --shard-size lots");
+  EXPECT_EQ(bad_size.exit_code, 2);
+  EXPECT_NE(bad_size.err.find("--shard-size"), std::string::npos) << bad_size.err;
+}
+
+TEST(DfcCliTest, ShardsTheMesoNetLayoutAsItIs) {
+  if (!HaveShared()) GTEST_SKIP() << "../shared not present";
+  testing::TempDir dir;
+  auto r = Run(Dfc() + " shard --src " + testing::SharedDir() + "/data/mesonet-deepfake --out " + dir.Join("sh") +
+               " --validation-split 0.2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // 5,103 df and 7,250 real in train:test/, split per class like Keras.
+  EXPECT_NE(r.out.find("train      9883 images (df 4083, real 5800)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("validation 2470 images (df 1020, real 1450)"), std::string::npos) << r.out;
+}
+
+TEST(DfcCliTest, TrainRejectsAbsurdFlags) {
+  auto r = Run(Dfc() + " train --data /tmp --out /tmp/x --batch-size 0");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--batch-size"), std::string::npos) << r.err;
+  r = Run(Dfc() + " train --data /nonexistent-shards --out /tmp/x");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("/nonexistent-shards"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace dfc

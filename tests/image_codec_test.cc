@@ -1,0 +1,107 @@
+#include "data_shards/image_codec.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/test_util.h"
+
+namespace dfc {
+namespace {
+
+RgbImage Gradient(int w, int h) {
+  RgbImage img{w, h, std::vector<uint8_t>(static_cast<size_t>(w) * h * 3)};
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x)
+      for (int c = 0; c < 3; ++c) img.pixels[(y * w + x) * 3 + c] = static_cast<uint8_t>(y * 16 + x + c * 50);
+  return img;
+}
+
+// A PNG whose header claims width x height (no pixel data).
+std::string PngHeader(uint32_t width, uint32_t height) {
+  std::string s("\x89PNG\r\n\x1a\n", 8);
+  s += std::string("\0\0\0\x0dIHDR", 8);
+  for (uint32_t v : {width, height}) {
+    s.push_back(static_cast<char>(v >> 24));
+    s.push_back(static_cast<char>(v >> 16));
+    s.push_back(static_cast<char>(v >> 8));
+    s.push_back(static_cast<char>(v));
+  }
+  s += std::string("\x08\x02\0\0\0", 5);
+  return s;
+}
+
+TEST(ImageCodecTest, PngRoundTripIsExactAndRgb) {
+  RgbImage img = Gradient(5, 3);
+  auto png = EncodeImage(img, ".png", 0);
+  ASSERT_TRUE(png.ok());
+  int w = 0, h = 0;
+  ASSERT_TRUE(PeekImageSize(*png, &w, &h).ok());
+  EXPECT_EQ(w, 5);
+  EXPECT_EQ(h, 3);
+  auto back = DecodeImage(*png);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->pixels, img.pixels);  // channel order survives encode + decode
+}
+
+TEST(ImageCodecTest, JpegHeaderSize) {
+  auto jpg = EncodeImage(Gradient(7, 4), ".jpg", 90);
+  ASSERT_TRUE(jpg.ok());
+  int w = 0, h = 0;
+  ASSERT_TRUE(PeekImageSize(*jpg, &w, &h).ok());
+  EXPECT_EQ(w, 7);
+  EXPECT_EQ(h, 4);
+}
+
+TEST(ImageCodecTest, NearestExactMatchesPil) {
+  // PIL NEAREST samples source floor((i + 0.5) * W / size): 4 -> 2 takes 1 and 3.
+  RgbImage img = Gradient(4, 4);
+  RgbImage out = ResizeNearestExact(img, 2);
+  auto at = [&](const RgbImage& im, int x, int y, int c) { return im.pixels[(y * im.width + x) * 3 + c]; };
+  for (int y = 0; y < 2; ++y)
+    for (int x = 0; x < 2; ++x)
+      for (int c = 0; c < 3; ++c) EXPECT_EQ(at(out, x, y, c), at(img, 2 * x + 1, 2 * y + 1, c));
+  // Upscaling 3 -> 7: floor((i + 0.5) * 3 / 7) = 0,0,1,1,2,2,2.
+  RgbImage up = ResizeNearestExact(Gradient(3, 3), 7);
+  const int src[7] = {0, 0, 1, 1, 2, 2, 2};
+  for (int x = 0; x < 7; ++x) EXPECT_EQ(at(up, x, 0, 0), at(Gradient(3, 3), src[x], 0, 0)) << x;
+}
+
+TEST(ImageCodecTest, HugeHeaderRejectedBeforeDecoding) {
+  auto r = DecodeImage(PngHeader(20000, 20000));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("20000x20000"), std::string::npos) << r.status();
+}
+
+TEST(ImageCodecTest, BadInputsNameTheReason) {
+  auto text = DecodeImage("hello, this is not an image");
+  ASSERT_FALSE(text.ok());
+  EXPECT_NE(text.status().message().find("not a supported image"), std::string::npos);
+  EXPECT_FALSE(DecodeImage("").ok());
+  auto jpg = EncodeImage(Gradient(64, 64), ".jpg", 90);
+  ASSERT_TRUE(jpg.ok());
+  auto truncated = DecodeImage(jpg->substr(0, jpg->size() / 3));
+  ASSERT_FALSE(truncated.ok());
+  EXPECT_NE(truncated.status().message().find("truncated"), std::string::npos) << truncated.status();
+  auto header_only = DecodeImage(jpg->substr(0, 20));
+  ASSERT_FALSE(header_only.ok());
+  ImageLimits small;
+  small.max_bytes = 100;
+  auto big = DecodeImage(*jpg, small);
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(ImageCodecTest, SharedSampleDecodes) {
+  const std::string path = testing::SharedDir() + "/data/mesonet-samples/df/df00204.jpg";
+  std::string bytes;
+  try {
+    bytes = testing::ReadFileOrDie(path);
+  } catch (...) {
+    GTEST_SKIP() << "shared data not present at " << path;
+  }
+  std::vector<uint8_t> out(256 * 256 * 3);
+  ASSERT_TRUE(DecodeResizeInto(bytes, 256, out.data()).ok());
+}
+
+}  // namespace
+}  // namespace dfc

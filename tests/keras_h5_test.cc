@@ -1,0 +1,207 @@
+#include "worker/keras_h5.h"
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "tests/test_util.h"
+#include "worker/inference.h"
+#include "worker/models/detector.h"
+
+namespace dfc {
+namespace {
+
+std::string MesoWeights(const std::string& file) { return testing::SharedDir() + "/weights/mesonet/" + file; }
+
+bool HaveShared() { return std::ifstream(MesoWeights("MesoInception_DF.h5")).good(); }
+
+torch::Tensor Forward(DetectorImpl& m, const torch::Tensor& x) {
+  torch::NoGradGuard g;
+  m.eval();
+  return m.forward(x);
+}
+
+H5Array Array(const std::string& name, std::vector<int64_t> shape, float start) {
+  H5Array a;
+  a.name = name;
+  a.shape = shape;
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  for (int64_t i = 0; i < n; ++i) a.data.push_back(start + 0.001f * static_cast<float>(i % 97));
+  return a;
+}
+
+TEST(KerasH5Test, ExportImportRoundTripRenumberedLikeAKerasSession) {
+  auto a = MakeDetector("mesoinception4");
+  auto b = MakeDetector("mesoinception4");
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::vector<H5Layer> layers = ExportKerasLayers(**a);
+  // A file saved after other models were built: conv2d_17.., dense_3..
+  for (H5Layer& l : layers) {
+    const size_t us = l.name.rfind('_');
+    l.name = absl::StrCat(l.name.substr(0, us), "_", std::stoi(l.name.substr(us + 1)) + 16);
+  }
+  layers.insert(layers.begin(), H5Layer{"input_3", {}});
+  testing::TempDir dir;
+  const std::string path = dir.Join("w.h5");
+  ASSERT_TRUE(WriteKerasH5(path, layers).ok());
+  ASSERT_TRUE(ImportKerasWeights(**b, path).ok());
+  torch::Tensor x = torch::rand({2, 3, 256, 256}) * 255;
+  EXPECT_TRUE(torch::equal(Forward(**a, x), Forward(**b, x)));
+}
+
+TEST(KerasH5Test, ConvKernelIsTransposedFromHwio) {
+  auto m = MakeDetector("meso4");
+  ASSERT_TRUE(m.ok());
+  std::vector<H5Layer> layers = ExportKerasLayers(**m);
+  // Put a distinct value at Keras kernel[kh=0][kw=2][in=1][out=5] of conv2d_1 (3x3x3x8).
+  H5Array& k = layers[0].weights[0];
+  ASSERT_EQ(k.shape, (std::vector<int64_t>{3, 3, 3, 8}));
+  std::fill(k.data.begin(), k.data.end(), 0.0f);
+  k.data[((0 * 3 + 2) * 3 + 1) * 8 + 5] = 7.0f;
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteKerasH5(dir.Join("w.h5"), layers).ok());
+  ASSERT_TRUE(ImportKerasWeights(**m, dir.Join("w.h5")).ok());
+  torch::Tensor w = (*m)->KerasLayers()[0].weights[0].target;  // OIHW
+  EXPECT_FLOAT_EQ(w[5][1][0][2].item<float>(), 7.0f);
+  EXPECT_FLOAT_EQ(w.abs().sum().item<float>(), 7.0f);
+}
+
+TEST(KerasH5Test, ErrorsNameLayerAndBothShapes) {
+  auto m = MakeDetector("mesoinception4");
+  ASSERT_TRUE(m.ok());
+  testing::TempDir dir;
+  std::vector<H5Layer> layers = ExportKerasLayers(**m);
+  // Wrong shape in conv2d_3 (the 3x3 conv of branch 2: [3,3,4,4]).
+  std::vector<H5Layer> bad_shape = layers;
+  ASSERT_EQ(bad_shape[2].name, "conv2d_3");
+  bad_shape[2].weights[0] = Array("kernel", {3, 3, 3, 4}, 0);
+  ASSERT_TRUE(WriteKerasH5(dir.Join("shape.h5"), bad_shape).ok());
+  torch::Tensor before = (*m)->KerasLayers()[0].weights[0].target.clone();
+  auto st = ImportKerasWeights(**m, dir.Join("shape.h5"));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("conv2d_3"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("[3,3,3,4]"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("[3,3,4,4]"), std::string::npos) << st;
+  // Nothing was copied: the check runs before any weight is written.
+  EXPECT_TRUE(torch::equal(before, (*m)->KerasLayers()[0].weights[0].target));
+
+  std::vector<H5Layer> missing = layers;
+  missing.erase(missing.begin() + 7);  // batch_normalization_1
+  ASSERT_TRUE(WriteKerasH5(dir.Join("missing.h5"), missing).ok());
+  st = ImportKerasWeights(**m, dir.Join("missing.h5"));
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("batch_normalization"), std::string::npos) << st;
+
+  std::vector<H5Layer> no_bias = layers;
+  no_bias[0].weights.pop_back();
+  ASSERT_TRUE(WriteKerasH5(dir.Join("nobias.h5"), no_bias).ok());
+  st = ImportKerasWeights(**m, dir.Join("nobias.h5"));
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("conv2d_1"), std::string::npos) << st;
+
+  st = ImportKerasWeights(**m, dir.Join("absent.h5"));
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
+  testing::WriteFileOrDie(dir.Join("text.h5"), "not hdf5 at all");
+  st = ImportKerasWeights(**m, dir.Join("text.h5"));
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("not an HDF5 file"), std::string::npos);
+}
+
+// The keras-vggface rcmalli_vggface_tf_notop_resnet50.h5 layout, written from
+// an independent description of RESNET50's layer names, for a small width.
+std::vector<H5Layer> VggFaceNotopLayout(int64_t width, const std::vector<int>& blocks) {
+  std::vector<H5Layer> out;
+  auto conv = [&](const std::string& name, int64_t k, int64_t in, int64_t o) {
+    out.push_back({name, {Array("kernel", {k, k, in, o}, 0.01f * static_cast<float>(out.size() % 7))}});
+  };
+  auto bn = [&](const std::string& name, int64_t c) {
+    out.push_back({name,
+                   {Array("gamma", {c}, 1.0f), Array("beta", {c}, 0.1f), Array("moving_mean", {c}, 0.2f),
+                    Array("moving_variance", {c}, 1.5f)}});
+  };
+  out.push_back({"input_1", {}});
+  conv("conv1/7x7_s2", 7, 3, width);
+  bn("conv1/7x7_s2/bn", width);
+  out.push_back({"activation_1", {}});
+  out.push_back({"max_pooling2d_1", {}});
+  int64_t in = width;
+  for (int s = 0; s < 4; ++s) {
+    const int64_t f1 = width << s, f3 = f1 * 4;
+    for (int b = 1; b <= blocks[s]; ++b) {
+      const std::string p = absl::StrCat("conv", s + 2, "_", b);
+      conv(p + "_1x1_reduce", 1, in, f1);
+      bn(p + "_1x1_reduce/bn", f1);
+      conv(p + "_3x3", 3, f1, f1);
+      bn(p + "_3x3/bn", f1);
+      conv(p + "_1x1_increase", 1, f1, f3);
+      bn(p + "_1x1_increase/bn", f3);
+      if (b == 1) {
+        conv(p + "_1x1_proj", 1, in, f3);
+        bn(p + "_1x1_proj/bn", f3);
+      }
+      in = f3;
+    }
+  }
+  out.push_back({"avg_pool", {}});
+  return out;
+}
+
+TEST(KerasH5Test, LoadsVggFaceNotopLayout) {
+  DetectorOptions small;
+  small.resnet_width = 4;
+  small.resnet_blocks = {2, 1, 2, 1};
+  auto m = MakeDetector("resnet50-vggface", small);
+  ASSERT_TRUE(m.ok());
+  testing::TempDir dir;
+  auto layout = VggFaceNotopLayout(4, small.resnet_blocks);
+  ASSERT_TRUE(WriteKerasH5(dir.Join("vggface.h5"), layout).ok());
+  auto st = ImportKerasWeights(**m, dir.Join("vggface.h5"));
+  ASSERT_TRUE(st.ok()) << st;
+  // Every backbone weight came from the file; the head (absent in a no-top file) kept its init.
+  auto layers = (*m)->KerasLayers();
+  auto find = [&](const std::string& name) -> const KerasLayer& {
+    for (const auto& l : layers)
+      if (l.name == name) return l;
+    throw std::runtime_error(name);
+  };
+  EXPECT_FLOAT_EQ(find("conv3_1_1x1_proj/bn").weights[3].target[0].item<float>(), 1.5f);  // moving_variance
+  EXPECT_FLOAT_EQ(find("conv2_2_3x3/bn").weights[1].target[2].item<float>(), 0.1f + 0.002f);
+  // A file for another width fails naming the first mismatched layer and shapes.
+  auto wide = VggFaceNotopLayout(8, small.resnet_blocks);
+  ASSERT_TRUE(WriteKerasH5(dir.Join("wide.h5"), wide).ok());
+  st = ImportKerasWeights(**m, dir.Join("wide.h5"));
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("conv1/7x7_s2"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("[7,7,3,8]"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("[7,7,3,4]"), std::string::npos) << st;
+  // The full-size model's layer names are exactly the keras-vggface ones.
+  auto full = MakeDetector("resnet50-vggface");
+  ASSERT_TRUE(full.ok());
+  std::vector<std::string> expected, got;
+  for (const auto& l : VggFaceNotopLayout(64, {3, 4, 6, 3}))
+    if (!l.weights.empty()) expected.push_back(l.name);
+  for (const auto& l : (*full)->KerasLayers())
+    if (!l.optional) got.push_back(l.name);
+  EXPECT_EQ(got, expected);
+}
+
+TEST(KerasH5Test, LoadsTheMesoNetAuthorsFiles) {
+  if (!HaveShared()) GTEST_SKIP() << "../shared weights not present";
+  for (const auto& [file, arch] : std::vector<std::pair<std::string, std::string>>{
+           {"MesoInception_DF.h5", "mesoinception4"},
+           {"MesoInception_F2F.h5", "mesoinception4"},
+           {"Meso4_DF.h5", "meso4"},
+           {"Meso4_F2F.h5", "meso4"}}) {
+    auto m = MakeDetector(arch);
+    ASSERT_TRUE(m.ok());
+    EXPECT_TRUE(ImportKerasWeights(**m, MesoWeights(file)).ok()) << file;
+  }
+  auto wrong = MakeDetector("mesoinception4");
+  auto st = ImportKerasWeights(**wrong, MesoWeights("Meso4_DF.h5"));
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("layer"), std::string::npos) << st;
+}
+
+}  // namespace
+}  // namespace dfc

@@ -1,0 +1,44 @@
+#ifndef DFC_TESTS_TEST_UTIL_H_
+#define DFC_TESTS_TEST_UTIL_H_
+
+#include <string>
+#include <vector>
+
+namespace dfc::testing {
+
+// A fresh directory under $TMPDIR, removed with everything in it when the
+// object goes away.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string Join(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// ../shared beside the source tree (real data and weights; read-only).
+std::string SharedDir();
+// The source tree root and the built `dfc` binary.
+std::string SourceDir();
+std::string DfcBinary();
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+// Runs a shell command line, capturing stdout and stderr.
+CommandResult Run(const std::string& command_line);
+
+std::vector<std::string> SplitLines(const std::string& text);
+void WriteFileOrDie(const std::string& path, const std::string& contents);
+std::string ReadFileOrDie(const std::string& path);
+
+}  // namespace dfc::testing
+
+#endif  // DFC_TESTS_TEST_UTIL_H_

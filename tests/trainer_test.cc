@@ -1,0 +1,157 @@
+#include "worker/trainer.h"
+
+#include <cmath>
+
+#include <gtest/gtest.h>
+
+#include "data_shards/dataset_scan.h"
+#include "data_shards/shard_format.h"
+#include "data_shards/synth.h"
+#include "tests/test_util.h"
+#include "worker/checkpoint.h"
+#include "worker/inference.h"
+
+namespace dfc {
+namespace {
+
+// 64 synthetic images (48 train / 16 validation), shared by the suite.
+class TrainerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    SynthOptions s;
+    s.count = 64;
+    s.seed = 5;
+    s.out_dir = dir_->Join("src");
+    ASSERT_TRUE(GenerateSyntheticDataset(s).ok());
+    ScanOptions scan;
+    scan.validation_split = 0.25;
+    auto ds = ScanDataset(s.out_dir, scan);
+    ASSERT_TRUE(ds.ok());
+    ShardWriterOptions w;
+    w.out_dir = dir_->Join("shards");
+    ASSERT_TRUE(WriteShards(*ds, s.out_dir, w).ok());
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  TrainOptions Options(const std::string& out) {
+    TrainOptions o;
+    o.arch = "mesoinception4";
+    o.data_dir = dir_->Join("shards");
+    o.out_dir = out;
+    o.batch_size = 16;
+    o.threads = 1;  // bit-for-bit repeatable
+    o.loader_threads = 2;
+    o.seed = 9;
+    return o;
+  }
+
+  static std::vector<torch::Tensor> Params(const std::string& ckpt) {
+    auto model = MakeDetector("mesoinception4");
+    EXPECT_TRUE(model.ok());
+    auto meta = LoadCheckpoint(ckpt, **model, nullptr, false);
+    EXPECT_TRUE(meta.ok()) << meta.status();
+    std::vector<torch::Tensor> out;
+    for (const auto& p : (*model)->named_parameters()) out.push_back(p.value().clone());
+    for (const auto& b : (*model)->named_buffers()) out.push_back(b.value().clone());
+    return out;
+  }
+
+  static testing::TempDir* dir_;
+};
+testing::TempDir* TrainerTest::dir_ = nullptr;
+
+TEST(ScheduleTest, NotebookScheduleHoldsTwoEpochsThenDecays) {
+  EXPECT_DOUBLE_EQ(ScheduledLr("notebook", 1e-5, 0), 1e-5);
+  EXPECT_DOUBLE_EQ(ScheduledLr("notebook", 1e-5, 1), 1e-5);
+  EXPECT_NEAR(ScheduledLr("notebook", 1e-5, 2), 1e-5 * std::exp(-0.2), 1e-20);
+  EXPECT_NEAR(ScheduledLr("notebook", 1e-5, 4), 1e-5 * std::exp(-0.6), 1e-20);
+  EXPECT_DOUBLE_EQ(ScheduledLr("constant", 1e-5, 9), 1e-5);
+}
+
+TEST_F(TrainerTest, LossGoesDown) {
+  testing::TempDir out;
+  TrainOptions o = Options(out.path());
+  o.epochs = 4;
+  auto r = RunTraining(o, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->history.size(), 4u);
+  EXPECT_LT(r->history.back().loss, 0.8 * r->history.front().loss);
+  EXPECT_EQ(r->train_images, 48);
+  EXPECT_EQ(r->val_images, 16);
+  // metrics.jsonl has one line per epoch; the checkpoint loads for prediction.
+  EXPECT_EQ(testing::SplitLines(testing::ReadFileOrDie(out.Join("metrics.jsonl"))).size(), 4u);
+  EXPECT_TRUE(LoadDetector("mesoinception4", r->checkpoint).ok());
+}
+
+TEST_F(TrainerTest, ResumedCheckpointTakesTheSameNextSteps) {
+  testing::TempDir straight, split;
+  TrainOptions o = Options(straight.path());
+  o.epochs = 3;
+  ASSERT_TRUE(RunTraining(o, nullptr).ok());
+
+  TrainOptions first = Options(split.path());
+  first.epochs = 2;
+  ASSERT_TRUE(RunTraining(first, nullptr).ok());
+  // Scramble the global RNG as another process would have it.
+  torch::manual_seed(12345);
+  torch::rand({100});
+  TrainOptions resumed = Options(split.path());
+  resumed.epochs = 3;
+  resumed.resume = true;
+  auto r = RunTraining(resumed, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->history.size(), 3u);  // two restored + one trained
+
+  auto a = Params(straight.Join("latest.ckpt"));
+  auto b = Params(split.Join("latest.ckpt"));
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "tensor " << i;
+  auto meta_a = ReadCheckpointMeta(straight.Join("latest.ckpt"));
+  auto meta_b = ReadCheckpointMeta(split.Join("latest.ckpt"));
+  ASSERT_TRUE(meta_a.ok() && meta_b.ok());
+  EXPECT_EQ(meta_a->step, meta_b->step);
+  EXPECT_EQ(meta_b->epoch, 3);
+}
+
+TEST_F(TrainerTest, NotebookRecipeChoosesEpochsThenRetrains) {
+  testing::TempDir out;
+  TrainOptions o = Options(out.path());
+  o.recipe = "notebook";
+  o.epochs = 2;
+  o.early_stopping_patience = 1;
+  auto r = RunTraining(o, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GE(r->best_epoch, 1);
+  EXPECT_EQ(r->train_images, 48);
+  // The final phase trained as many epochs as the selection phase's best epoch.
+  auto selection = testing::SplitLines(testing::ReadFileOrDie(out.Join("selection/metrics.jsonl")));
+  EXPECT_GE(selection.size(), 1u);
+  EXPECT_EQ(testing::SplitLines(testing::ReadFileOrDie(out.Join("metrics.jsonl"))).size(),
+            static_cast<size_t>(r->epochs));
+}
+
+TEST_F(TrainerTest, BadOptionsNameTheFlag) {
+  testing::TempDir out;
+  TrainOptions o = Options(out.path());
+  o.batch_size = 0;
+  auto r = RunTraining(o, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("--batch-size"), std::string::npos);
+  o = Options(out.path());
+  o.data_dir = out.Join("nowhere");
+  r = RunTraining(o, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("nowhere"), std::string::npos);
+  o = Options(out.path());
+  o.resume = true;
+  r = RunTraining(o, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("--resume"), std::string::npos);
+  o = Options(out.path());
+  o.loss = "hinge";
+  EXPECT_FALSE(RunTraining(o, nullptr).ok());
+}
+
+}  // namespace
+}  // namespace dfc
