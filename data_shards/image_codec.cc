@@ -126,13 +126,37 @@ absl::StatusOr<RgbImage> DecodeImage(std::string_view bytes, const ImageLimits& 
   return out;
 }
 
+namespace {
+
+// PIL's NEAREST resize (Pillow Resample.c -> ImagingScaleAffine): source
+// index (int)(scale * (i + 0.5)) with scale = (double)src / dst, computed in
+// double exactly as Pillow does. OpenCV 4.6's INTER_NEAREST_EXACT is meant to
+// match it but is off by one whenever (i + 0.5) * src / dst is an integer
+// (a 512 px image resized to 256 samples the even pixels instead of the odd
+// ones), so DFC does not use it.
+std::vector<int> NearestTable(int src, int dst) {
+  std::vector<int> table(static_cast<size_t>(dst));
+  const double scale = static_cast<double>(src) / dst;
+  for (int i = 0; i < dst; ++i) table[i] = std::min(src - 1, static_cast<int>(scale * (i + 0.5)));
+  return table;
+}
+
+void ResizeNearestPil(const uint8_t* in, int width, int height, int size, uint8_t* out) {
+  const std::vector<int> xs = NearestTable(width, size), ys = NearestTable(height, size);
+  for (int y = 0; y < size; ++y) {
+    const uint8_t* row = in + static_cast<size_t>(ys[y]) * width * 3;
+    uint8_t* dst = out + static_cast<size_t>(y) * size * 3;
+    for (int x = 0; x < size; ++x) std::memcpy(dst + x * 3, row + xs[x] * 3, 3);
+  }
+}
+
+}  // namespace
+
 RgbImage ResizeNearestExact(const RgbImage& src, int size) {
   RgbImage out;
   out.width = out.height = size;
   out.pixels.resize(static_cast<size_t>(size) * size * 3);
-  cv::Mat in(src.height, src.width, CV_8UC3, const_cast<uint8_t*>(src.pixels.data()));
-  cv::Mat dst(size, size, CV_8UC3, out.pixels.data());
-  cv::resize(in, dst, cv::Size(size, size), 0, 0, cv::INTER_NEAREST_EXACT);
+  ResizeNearestPil(src.pixels.data(), src.width, src.height, size, out.pixels.data());
   return out;
 }
 
@@ -140,14 +164,11 @@ absl::Status DecodeResizeInto(std::string_view bytes, int size, uint8_t* out,
                               const ImageLimits& limits) {
   absl::StatusOr<RgbImage> img = DecodeImage(bytes, limits);
   if (!img.ok()) return img.status();
-  const size_t n = static_cast<size_t>(size) * size * 3;
   if (img->width == size && img->height == size) {
-    std::memcpy(out, img->pixels.data(), n);
-    return absl::OkStatus();
+    std::memcpy(out, img->pixels.data(), static_cast<size_t>(size) * size * 3);
+  } else {
+    ResizeNearestPil(img->pixels.data(), img->width, img->height, size, out);
   }
-  cv::Mat in(img->height, img->width, CV_8UC3, img->pixels.data());
-  cv::Mat dst(size, size, CV_8UC3, out);
-  cv::resize(in, dst, cv::Size(size, size), 0, 0, cv::INTER_NEAREST_EXACT);
   return absl::OkStatus();
 }
 

@@ -34,8 +34,8 @@ absl::Status PeekImageSize(std::string_view bytes, int* width, int* height);
 // as PIL does). Errors name the reason: empty, too large, not an image.
 absl::StatusOr<RgbImage> DecodeImage(std::string_view bytes, const ImageLimits& limits = {});
 
-// Keras/PIL NEAREST resize: output pixel i samples source floor((i+0.5)*W/size).
-// This is OpenCV's INTER_NEAREST_EXACT.
+// Keras/PIL NEAREST resize: output pixel i samples source floor((i+0.5)*W/size),
+// bit-exact with Pillow (OpenCV 4.6's INTER_NEAREST_EXACT is not; see .cc).
 RgbImage ResizeNearestExact(const RgbImage& src, int size);
 
 // Decode + resize to size x size into `out` (size*size*3 bytes), the one

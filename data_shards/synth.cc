@@ -93,7 +93,7 @@ Face DrawFace(Uniform& u, cv::RNG& noise_rng, int s, cv::Mat* img) {
   cv::line(*img, f.center + cv::Point(0, -ey / 2), f.center + cv::Point(u.Int(-3, 3), f.axes.height / 6),
            skin * 0.7, std::max(2, s / 100), cv::LINE_AA);
   cv::ellipse(*img, f.center + cv::Point(0, f.axes.height * 11 / 20),
-              cv::Size(f.axes.width / 3 + u.Int(-4, 4), f.axes.height / 10 + u.Int(0, 4)), 0, 0, 180,
+              cv::Size(std::max(1, f.axes.width / 3 + u.Int(-4, 4)), std::max(1, f.axes.height / 10 + u.Int(0, 4))), 0, 0, 180,
               Jitter(u, cv::Scalar(80, 80, 170), 30), std::max(2, s / 64), cv::LINE_AA);
   // Skin texture and sensor noise: the high-frequency detail that a face swap loses.
   cv::Mat noise(s, s, CV_16SC3);
@@ -136,7 +136,7 @@ absl::Status WriteJpeg(const cv::Mat& img, int quality, const std::string& path)
   return WriteFileAtomically(path, std::string_view(reinterpret_cast<const char*>(buf.data()), buf.size()));
 }
 
-absl::Status MakeOne(const SynthOptions& opt, int index) {
+absl::Status MakeOneOrThrow(const SynthOptions& opt, int index) {
   const bool fake = index % 2 == 0;
   const uint64_t stream = opt.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(index);
   Uniform u(stream);
@@ -165,6 +165,14 @@ absl::Status MakeOne(const SynthOptions& opt, int index) {
   const std::string dir = (fs::path(opt.out_dir) / (fake ? "df" : "real")).string();
   const std::string path = (fs::path(dir) / absl::StrFormat("%06d.jpg", index / 2)).string();
   return WriteJpeg(img, u.Int(70, 95), path);
+}
+
+absl::Status MakeOne(const SynthOptions& opt, int index) {
+  try {
+    return MakeOneOrThrow(opt, index);
+  } catch (const cv::Exception& e) {
+    return absl::InternalError(absl::StrCat("synthetic image ", index, ": ", e.what()));
+  }
 }
 
 }  // namespace

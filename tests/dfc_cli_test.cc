@@ -13,7 +13,7 @@
 namespace dfc {
 namespace {
 
-using testing::Run;
+using testing::RunCommand;
 
 std::string Dfc() { return testing::DfcBinary(); }
 std::string Samples() { return testing::SharedDir() + "/data/mesonet-samples"; }
@@ -46,7 +46,7 @@ TEST(DfcCliTest, PredictSeparatesTheSharedSamples) {
   if (!HaveShared()) GTEST_SKIP() << "../shared not present";
   for (const auto& [arch, file] : std::vector<std::pair<std::string, std::string>>{
            {"mesoinception4", "MesoInception_DF.h5"}, {"meso4", "Meso4_DF.h5"}}) {
-    auto r = Run(Dfc() + " predict --model " + arch + " --weights " + Weights(file) + " " + SampleArgs());
+    auto r = RunCommand(Dfc() + " predict --model " + arch + " --weights " + Weights(file) + " " + SampleArgs());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto lines = ParsePredictions(r.out);
     ASSERT_EQ(lines.size(), 4u);
@@ -62,7 +62,7 @@ TEST(DfcCliTest, PredictSeparatesTheSharedSamples) {
 // Keras models (PIL loading, NHWC, TensorFlow padding); DFC must agree with it.
 TEST(DfcCliTest, PredictMatchesIndependentKerasReference) {
   if (!HaveShared()) GTEST_SKIP() << "../shared not present";
-  if (Run("/usr/bin/python3 -c 'import h5py, PIL, numpy'").exit_code != 0) {
+  if (RunCommand("/usr/bin/python3 -c 'import h5py, PIL, numpy'").exit_code != 0) {
     GTEST_FAIL() << "the reference needs python3-h5py, python3-pil, python3-numpy (scripts/setup.sh installs them)";
   }
   for (const auto& [arch, file] : std::vector<std::pair<std::string, std::string>>{
@@ -70,8 +70,8 @@ TEST(DfcCliTest, PredictMatchesIndependentKerasReference) {
            {"mesoinception4", "MesoInception_F2F.h5"},
            {"meso4", "Meso4_DF.h5"},
            {"meso4", "Meso4_F2F.h5"}}) {
-    auto ours = Run(Dfc() + " predict --model " + arch + " --weights " + Weights(file) + " " + SampleArgs());
-    auto ref = Run("/usr/bin/python3 " + testing::SourceDir() + "/scripts/keras_reference.py " + arch + " " +
+    auto ours = RunCommand(Dfc() + " predict --model " + arch + " --weights " + Weights(file) + " " + SampleArgs());
+    auto ref = RunCommand("/usr/bin/python3 " + testing::SourceDir() + "/scripts/keras_reference.py " + arch + " " +
                    Weights(file) + " " + SampleArgs());
     ASSERT_EQ(ours.exit_code, 0) << ours.err;
     ASSERT_EQ(ref.exit_code, 0) << ref.err;
@@ -86,18 +86,18 @@ TEST(DfcCliTest, PredictMatchesIndependentKerasReference) {
 }
 
 TEST(DfcCliTest, PredictBadInputsGetClearErrors) {
-  auto unknown = Run(Dfc() + " predict --model vgg --weights x.h5 a.jpg");
+  auto unknown = RunCommand(Dfc() + " predict --model vgg --weights x.h5 a.jpg");
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_NE(unknown.err.find("vgg"), std::string::npos) << unknown.err;
 
-  auto missing = Run(Dfc() + " predict --model meso4 --weights /nonexistent/w.h5 a.jpg");
+  auto missing = RunCommand(Dfc() + " predict --model meso4 --weights /nonexistent/w.h5 a.jpg");
   EXPECT_EQ(missing.exit_code, 2);
   EXPECT_NE(missing.err.find("/nonexistent/w.h5"), std::string::npos) << missing.err;
 
   if (!HaveShared()) return;
   testing::TempDir dir;
   testing::WriteFileOrDie(dir.Join("notes.jpg"), "plain text");
-  auto partial = Run(Dfc() + " predict --model meso4 --weights " + Weights("Meso4_DF.h5") + " " + dir.Join("notes.jpg") +
+  auto partial = RunCommand(Dfc() + " predict --model meso4 --weights " + Weights("Meso4_DF.h5") + " " + dir.Join("notes.jpg") +
                      " " + Samples() + "/real/real00240.jpg " + dir.Join("absent.jpg"));
   EXPECT_EQ(partial.exit_code, 4);
   EXPECT_EQ(ParsePredictions(partial.out).size(), 1u);  // the good image is still scored
@@ -107,14 +107,14 @@ TEST(DfcCliTest, PredictBadInputsGetClearErrors) {
 
 TEST(DfcCliTest, SynthShardVerifyAndCorruption) {
   testing::TempDir dir;
-  auto synth = Run(Dfc() + " synth --out " + dir.Join("syn") + " --count 20 --seed 3 --image-size 64");
+  auto synth = RunCommand(Dfc() + " synth --out " + dir.Join("syn") + " --count 20 --seed 3 --image-size 64");
   ASSERT_EQ(synth.exit_code, 0) << synth.err;
-  auto shard = Run(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") +
+  auto shard = RunCommand(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") +
                    " --validation-split 0.2 --shard-size 6 --image-size 64");
   ASSERT_EQ(shard.exit_code, 0) << shard.err;
   EXPECT_NE(shard.out.find("train      16 images (df 8, real 8)"), std::string::npos) << shard.out;
   EXPECT_NE(shard.out.find("validation 4 images (df 2, real 2)"), std::string::npos) << shard.out;
-  auto ok = Run(Dfc() + " shard verify " + dir.Join("sh"));
+  auto ok = RunCommand(Dfc() + " shard verify " + dir.Join("sh"));
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_NE(ok.out.find("OK: 20 records in 4 shards"), std::string::npos) << ok.out;
 
@@ -123,18 +123,18 @@ TEST(DfcCliTest, SynthShardVerifyAndCorruption) {
   std::string bytes = testing::ReadFileOrDie(shard_file);
   bytes[bytes.size() / 2] ^= 0x20;
   testing::WriteFileOrDie(shard_file, bytes);
-  auto bad = Run(Dfc() + " shard verify " + dir.Join("sh"));
+  auto bad = RunCommand(Dfc() + " shard verify " + dir.Join("sh"));
   EXPECT_EQ(bad.exit_code, 3);
   EXPECT_TRUE(std::regex_search(bad.out, std::regex("CORRUPT: shard train-00001.dfcs, record at offset [0-9]+: ")))
       << bad.out;
 
-  auto again = Run(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh"));
+  auto again = RunCommand(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh"));
   EXPECT_EQ(again.exit_code, 2);
   EXPECT_NE(again.err.find("already holds shards"), std::string::npos) << again.err;
-  auto no_src = Run(Dfc() + " shard --src " + dir.Join("nothing") + " --out " + dir.Join("sh2"));
+  auto no_src = RunCommand(Dfc() + " shard --src " + dir.Join("nothing") + " --out " + dir.Join("sh2"));
   EXPECT_EQ(no_src.exit_code, 2);
   EXPECT_NE(no_src.err.find("nothing"), std::string::npos) << no_src.err;
-  auto bad_size = Run(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh3") + " --shard-size lots");
+  auto bad_size = RunCommand(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh3") + " --shard-size lots");
   EXPECT_EQ(bad_size.exit_code, 2);
   EXPECT_NE(bad_size.err.find("--shard-size"), std::string::npos) << bad_size.err;
 }
@@ -142,7 +142,7 @@ TEST(DfcCliTest, SynthShardVerifyAndCorruption) {
 TEST(DfcCliTest, ShardsTheMesoNetLayoutAsItIs) {
   if (!HaveShared()) GTEST_SKIP() << "../shared not present";
   testing::TempDir dir;
-  auto r = Run(Dfc() + " shard --src " + testing::SharedDir() + "/data/mesonet-deepfake --out " + dir.Join("sh") +
+  auto r = RunCommand(Dfc() + " shard --src " + testing::SharedDir() + "/data/mesonet-deepfake --out " + dir.Join("sh") +
                " --validation-split 0.2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // 5,103 df and 7,250 real in train:test/, split per class like Keras.
@@ -151,10 +151,10 @@ TEST(DfcCliTest, ShardsTheMesoNetLayoutAsItIs) {
 }
 
 TEST(DfcCliTest, TrainRejectsAbsurdFlags) {
-  auto r = Run(Dfc() + " train --data /tmp --out /tmp/x --batch-size 0");
+  auto r = RunCommand(Dfc() + " train --data /tmp --out /tmp/x --batch-size 0");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--batch-size"), std::string::npos) << r.err;
-  r = Run(Dfc() + " train --data /nonexistent-shards --out /tmp/x");
+  r = RunCommand(Dfc() + " train --data /nonexistent-shards --out /tmp/x");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("/nonexistent-shards"), std::string::npos) << r.err;
 }

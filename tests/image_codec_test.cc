@@ -59,10 +59,23 @@ TEST(ImageCodecTest, NearestExactMatchesPil) {
   for (int y = 0; y < 2; ++y)
     for (int x = 0; x < 2; ++x)
       for (int c = 0; c < 3; ++c) EXPECT_EQ(at(out, x, y, c), at(img, 2 * x + 1, 2 * y + 1, c));
-  // Upscaling 3 -> 7: floor((i + 0.5) * 3 / 7) = 0,0,1,1,2,2,2.
+  // Upscaling 3 -> 7: floor((i + 0.5) * 3 / 7) = 0,0,1,1,1,2,2.
   RgbImage up = ResizeNearestExact(Gradient(3, 3), 7);
-  const int src[7] = {0, 0, 1, 1, 2, 2, 2};
+  const int src[7] = {0, 0, 1, 1, 1, 2, 2};
   for (int x = 0; x < 7; ++x) EXPECT_EQ(at(up, x, 0, 0), at(Gradient(3, 3), src[x], 0, 0)) << x;
+  // 512 -> 256 takes the odd pixels, as Pillow does (OpenCV 4.6's
+  // INTER_NEAREST_EXACT takes the even ones); 6 -> 3 takes 1, 3, 5.
+  RgbImage wide{512, 1, std::vector<uint8_t>(512 * 3)};
+  for (int x = 0; x < 512; ++x) wide.pixels[x * 3] = static_cast<uint8_t>(x / 2 + (x % 2) * 128);
+  RgbImage half = ResizeNearestExact(wide, 256);
+  for (int x = 0; x < 256; ++x) ASSERT_EQ(half.pixels[(0 * 256 + x) * 3], wide.pixels[(2 * x + 1) * 3]) << x;
+  RgbImage six{6, 6, std::vector<uint8_t>(6 * 6 * 3)};
+  for (int y = 0; y < 6; ++y)
+    for (int x = 0; x < 6; ++x) six.pixels[(y * 6 + x) * 3] = static_cast<uint8_t>(10 * x);
+  RgbImage three = ResizeNearestExact(six, 3);
+  EXPECT_EQ(three.pixels[0], 10);
+  EXPECT_EQ(three.pixels[3], 30);
+  EXPECT_EQ(three.pixels[6], 50);
 }
 
 TEST(ImageCodecTest, HugeHeaderRejectedBeforeDecoding) {

@@ -1,5 +1,7 @@
 #include "worker/keras_h5.h"
 
+#include <fstream>
+
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"

@@ -151,7 +151,8 @@ TEST(ResNetTest, KerasNamesAndFreezeBoundary) {
   // model.layers[:100]: the 100th Keras layer is the Add of block conv4_2, so
   // its last conv (the 1x1 increase) is the last one frozen.
   EXPECT_EQ(frozen.back(), "conv4_2_1x1_increase");
-  EXPECT_EQ(frozen.size(), 1u + 3 * 4 + 4 * 3 + 2 * 3 + 2);  // stem, stage 2 (3 blocks + proj), stage 3, conv4_1, conv4_2
+  // stem + stage 2 (3 blocks of 3 convs + proj) + stage 3 (4 blocks + proj) + conv4_1 (+ proj) + conv4_2
+  EXPECT_EQ(frozen.size(), 1u + (3 * 3 + 1) + (4 * 3 + 1) + (3 + 1) + 3);
   int convs = 0, trainable_bn = 0, bns = 0;
   for (const auto& l : (*model)->KerasLayers()) {
     if (l.name.size() > 3 && l.name.substr(l.name.size() - 3) == "/bn") {

@@ -29,7 +29,7 @@ std::string SourceDir() { return DFC_SOURCE_DIR; }
 std::string SharedDir() { return fs::path(DFC_SOURCE_DIR).parent_path().string() + "/shared"; }
 std::string DfcBinary() { return DFC_BINARY; }
 
-CommandResult Run(const std::string& command_line) {
+CommandResult RunCommand(const std::string& command_line) {
   TempDir tmp;
   const std::string out = tmp.Join("out"), err = tmp.Join("err");
   const std::string full = "(" + command_line + ") >" + out + " 2>" + err + " </dev/null";

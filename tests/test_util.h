@@ -33,7 +33,7 @@ struct CommandResult {
   std::string err;  // stderr
 };
 // Runs a shell command line, capturing stdout and stderr.
-CommandResult Run(const std::string& command_line);
+CommandResult RunCommand(const std::string& command_line);
 
 std::vector<std::string> SplitLines(const std::string& text);
 void WriteFileOrDie(const std::string& path, const std::string& contents);
