@@ -92,7 +92,7 @@ TEST(KerasBatchNormTest, EpsilonAndMomentum) {
   EXPECT_NEAR(bn->running_var.item<float>(), 1.01, 1e-6);
 }
 
-TEST(InceptionBlockTest, FusedReductionEqualsSeparateBranches) {
+TEST(InceptionBlockTest, MatchesTheBranchesOfClassifiersPy) {
   torch::manual_seed(0);
   InceptionBlock block(3, 1, 4, 4, 2);
   std::vector<KerasLayer> layers;

@@ -4,8 +4,10 @@ namespace dfc {
 
 torch::Tensor PixelsToTensor(const uint8_t* pixels, int64_t n, int64_t size, const torch::Device& device) {
   torch::Tensor t = torch::from_blob(const_cast<uint8_t*>(pixels), {n, size, size, 3}, torch::kUInt8);
-  // Convert on the device: a uint8 copy is a quarter of a float one.
-  return t.to(device).permute({0, 3, 1, 2}).to(torch::kFloat32).contiguous();
+  // Convert on the device: a uint8 copy is a quarter of a float one. The
+  // result is NCHW-shaped with NHWC (channels-last) memory, the layout the
+  // models' parameters use.
+  return t.to(device).permute({0, 3, 1, 2}).to(torch::kFloat32).contiguous(torch::MemoryFormat::ChannelsLast);
 }
 
 torch::Device DefaultDevice() {

@@ -17,34 +17,30 @@ KerasConv2d Conv(int64_t in, int64_t out, int64_t k, int64_t dilation = 1) {
 
 }  // namespace
 
-InceptionBlockImpl::InceptionBlockImpl(int64_t in, int64_t a, int64_t b, int64_t c, int64_t d)
-    : a_(a), b_(b), c_(c), d_(d) {
-  reduce_ = register_module("reduce", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, a + b + c + d, 1)));
+InceptionBlockImpl::InceptionBlockImpl(int64_t in, int64_t a, int64_t b, int64_t c, int64_t d) {
+  branch_a_ = register_module("branch_a", Conv(in, a, 1));
+  reduce_b_ = register_module("reduce_b", Conv(in, b, 1));
   conv_b_ = register_module("conv_b", Conv(b, b, 3, 1));
+  reduce_c_ = register_module("reduce_c", Conv(in, c, 1));
   conv_c_ = register_module("conv_c", Conv(c, c, 3, 2));
+  reduce_d_ = register_module("reduce_d", Conv(in, d, 1));
   conv_d_ = register_module("conv_d", Conv(d, d, 3, 3));
 }
 
 torch::Tensor InceptionBlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y = torch::relu(reduce_->forward(x));
-  std::vector<torch::Tensor> parts = y.split_with_sizes({a_, b_, c_, d_}, 1);
-  return torch::cat({parts[0], torch::relu(conv_b_->forward(parts[1])), torch::relu(conv_c_->forward(parts[2])),
-                     torch::relu(conv_d_->forward(parts[3]))},
+  auto branch = [&](KerasConv2d& reduce, KerasConv2d& conv) {
+    return torch::relu(conv->forward(torch::relu(reduce->forward(x))));
+  };
+  return torch::cat({torch::relu(branch_a_->forward(x)), branch(reduce_b_, conv_b_), branch(reduce_c_, conv_c_),
+                     branch(reduce_d_, conv_d_)},
                     1);
 }
 
 void InceptionBlockImpl::AppendKerasLayers(int* n, std::vector<KerasLayer>* out) {
-  auto w = reduce_->weight;
-  auto bias = reduce_->bias;
-  auto name = [&] { return absl::StrCat("conv2d_", (*n)++); };
   // classifiers.py creates: x1 1x1; x2 1x1, 3x3; x3 1x1, 3x3 d2; x4 1x1, 3x3 d3.
-  out->push_back(KerasConvBinding(name(), w.narrow(0, 0, a_), bias.narrow(0, 0, a_)));
-  out->push_back(KerasConvBinding(name(), w.narrow(0, a_, b_), bias.narrow(0, a_, b_)));
-  out->push_back(KerasConvBinding(name(), conv_b_->conv->weight, conv_b_->conv->bias));
-  out->push_back(KerasConvBinding(name(), w.narrow(0, a_ + b_, c_), bias.narrow(0, a_ + b_, c_)));
-  out->push_back(KerasConvBinding(name(), conv_c_->conv->weight, conv_c_->conv->bias));
-  out->push_back(KerasConvBinding(name(), w.narrow(0, a_ + b_ + c_, d_), bias.narrow(0, a_ + b_ + c_, d_)));
-  out->push_back(KerasConvBinding(name(), conv_d_->conv->weight, conv_d_->conv->bias));
+  for (KerasConv2d* conv : {&branch_a_, &reduce_b_, &conv_b_, &reduce_c_, &conv_c_, &reduce_d_, &conv_d_}) {
+    out->push_back(KerasConvBinding(absl::StrCat("conv2d_", (*n)++), (*conv)->conv->weight, (*conv)->conv->bias));
+  }
 }
 
 MesoNetImpl::MesoNetImpl(bool inception, double bn_momentum) : inception_(inception) {

@@ -23,8 +23,7 @@ class InceptionBlockImpl : public torch::nn::Module {
   void AppendKerasLayers(int* conv_counter, std::vector<KerasLayer>* out);
 
  private:
-  const int64_t a_, b_, c_, d_;
-  torch::nn::Conv2d reduce_{nullptr};  // fused 1x1 convolutions, out = a+b+c+d
+  KerasConv2d branch_a_{nullptr}, reduce_b_{nullptr}, reduce_c_{nullptr}, reduce_d_{nullptr};
   KerasConv2d conv_b_{nullptr}, conv_c_{nullptr}, conv_d_{nullptr};
 };
 TORCH_MODULE(InceptionBlock);
