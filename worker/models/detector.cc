@@ -11,7 +11,7 @@ KerasLayer KerasConvBinding(const std::string& name, torch::Tensor kernel, torch
   return {name, {{"kernel", kernel, KerasLayout::kConvKernel}, {"bias", bias, KerasLayout::kVector}}};
 }
 
-KerasLayer KerasBnBinding(const std::string& name, const torch::nn::BatchNorm2d& bn) {
+KerasLayer KerasBnBinding(const std::string& name, const KerasBatchNorm& bn) {
   return {name,
           {{"gamma", bn->weight, KerasLayout::kVector},
            {"beta", bn->bias, KerasLayout::kVector},
@@ -21,6 +21,22 @@ KerasLayer KerasBnBinding(const std::string& name, const torch::nn::BatchNorm2d&
 
 KerasLayer KerasDenseBinding(const std::string& name, const torch::nn::Linear& fc) {
   return {name, {{"kernel", fc->weight, KerasLayout::kDenseKernel}, {"bias", fc->bias, KerasLayout::kVector}}};
+}
+
+void DetectorImpl::SetBatchNormAllReduce(const AllReduceSumFn& fn) {
+  for (auto& m : modules()) {
+    if (auto* bn = m->as<KerasBatchNormImpl>()) bn->set_all_reduce(fn);
+  }
+}
+
+torch::Tensor DetectorImpl::ShardedDropout(const torch::Tensor& x, double p) {
+  if (!is_training() || p == 0) return x;
+  const int64_t n = x.size(0);
+  const int64_t global = std::max(shard_global_batch_, shard_offset_ + n);
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape[0] = global;
+  torch::Tensor keep = torch::empty(shape, x.options()).bernoulli_(1 - p).narrow(0, shard_offset_, n);
+  return x * keep / (1 - p);
 }
 
 const std::vector<std::string>& DetectorNames() {

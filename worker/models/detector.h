@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "absl/status/statusor.h"
+#include "worker/models/keras_layers.h"
 
 namespace dfc {
 
@@ -36,7 +37,7 @@ struct KerasLayer {
 
 // Bindings for the common Keras layer kinds (weights named as Keras names them).
 KerasLayer KerasConvBinding(const std::string& name, torch::Tensor kernel, torch::Tensor bias);
-KerasLayer KerasBnBinding(const std::string& name, const torch::nn::BatchNorm2d& bn);
+KerasLayer KerasBnBinding(const std::string& name, const KerasBatchNorm& bn);
 KerasLayer KerasDenseBinding(const std::string& name, const torch::nn::Linear& fc);
 
 // A binary deepfake detector. Input: float NCHW RGB in [0, 255] at
@@ -50,6 +51,25 @@ class DetectorImpl : public torch::nn::Module {
   virtual std::string arch() const = 0;
   // Every Keras layer with weights, in the order the Keras model creates them.
   virtual std::vector<KerasLayer> KerasLayers() = 0;
+
+  // Data-parallel training: this rank's images are rows [offset, offset + n)
+  // of a global batch of `global_batch` rows. Models whose training draws
+  // random numbers per image (dropout) draw them for the global batch and
+  // keep their rows, so N ranks reproduce one process on the whole batch.
+  void SetBatchShard(int64_t offset, int64_t global_batch) {
+    shard_offset_ = offset;
+    shard_global_batch_ = global_batch;
+  }
+  // Synchronises every BatchNorm layer's statistics through `fn` (empty: local).
+  void SetBatchNormAllReduce(const AllReduceSumFn& fn);
+
+ protected:
+  // Dropout whose mask is drawn for the global batch (see SetBatchShard).
+  torch::Tensor ShardedDropout(const torch::Tensor& x, double p);
+
+ private:
+  int64_t shard_offset_ = 0;
+  int64_t shard_global_batch_ = 0;  // 0: the local batch is the whole batch
 };
 using Detector = std::shared_ptr<DetectorImpl>;
 

@@ -1,6 +1,7 @@
 #ifndef DFC_WORKER_MODELS_KERAS_LAYERS_H_
 #define DFC_WORKER_MODELS_KERAS_LAYERS_H_
 
+#include <functional>
 #include <utility>
 
 #include <torch/torch.h>
@@ -33,9 +34,28 @@ class KerasConv2dImpl : public torch::nn::Module {
 };
 TORCH_MODULE(KerasConv2d);
 
-// BatchNormalization with Keras defaults: epsilon 1e-3, momentum 0.99
-// (given in Keras's convention; LibTorch's momentum is 1 - Keras's).
-torch::nn::BatchNorm2d KerasBatchNorm(int64_t channels, double keras_momentum = 0.99);
+// Sums a tensor across the ranks of a data-parallel job, in place.
+using AllReduceSumFn = std::function<void(torch::Tensor&)>;
+
+// BatchNormalization with Keras semantics: epsilon 1e-3, moving averages with
+// Keras's momentum (0.99 by default; LibTorch's momentum is 1 - Keras's).
+// With an all-reduce set (data-parallel training) the batch statistics are
+// those of the global batch (synchronised BatchNorm), so N ranks with 1/N of
+// a batch each compute what one process computes on the whole batch, and the
+// moving averages stay identical on every rank.
+class KerasBatchNormImpl : public torch::nn::Module {
+ public:
+  explicit KerasBatchNormImpl(int64_t channels, double keras_momentum = 0.99);
+  torch::Tensor forward(const torch::Tensor& x);
+  void set_all_reduce(AllReduceSumFn fn) { all_reduce_ = std::move(fn); }
+
+  torch::Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+
+ private:
+  const double momentum_;  // LibTorch convention
+  AllReduceSumFn all_reduce_;
+};
+TORCH_MODULE(KerasBatchNorm);
 
 // MaxPooling2D(pool_size=k, padding='same') (stride = k); padded cells never win.
 torch::Tensor KerasMaxPoolSame(const torch::Tensor& x, int64_t k);

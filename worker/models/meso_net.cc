@@ -77,9 +77,9 @@ torch::Tensor MesoNetImpl::forward(torch::Tensor rgb) {
   }
   x = KerasMaxPoolSame(bn3_->forward(torch::relu(conv3_->forward(x))), 2);
   x = KerasMaxPoolSame(bn4_->forward(torch::relu(conv4_->forward(x))), 4);
-  x = F::dropout(FlattenNhwc(x), F::DropoutFuncOptions().p(0.5).training(is_training()));
+  x = ShardedDropout(FlattenNhwc(x), 0.5);
   x = F::leaky_relu(fc1_->forward(x), F::LeakyReLUFuncOptions().negative_slope(0.1));
-  x = F::dropout(x, F::DropoutFuncOptions().p(0.5).training(is_training()));
+  x = ShardedDropout(x, 0.5);
   return fc2_->forward(x).squeeze(1);
 }
 

@@ -45,7 +45,7 @@ class MesoNetImpl : public DetectorImpl {
   InceptionBlock inc1_{nullptr}, inc2_{nullptr};  // MesoInception-4
   KerasConv2d conv1_{nullptr}, conv2_{nullptr};   // Meso4
   KerasConv2d conv3_{nullptr}, conv4_{nullptr};
-  torch::nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr}, bn3_{nullptr}, bn4_{nullptr};
+  KerasBatchNorm bn1_{nullptr}, bn2_{nullptr}, bn3_{nullptr}, bn4_{nullptr};
   torch::nn::Linear fc1_{nullptr}, fc2_{nullptr};
 };
 

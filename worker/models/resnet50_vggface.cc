@@ -62,7 +62,7 @@ torch::Tensor VggBottleneckImpl::forward(const torch::Tensor& x) {
 }
 
 void VggBottleneckImpl::AppendKerasLayers(std::vector<KerasLayer>* out) {
-  auto add = [&](const std::string& suffix, const KerasConv2d& conv, const torch::nn::BatchNorm2d& bn) {
+  auto add = [&](const std::string& suffix, const KerasConv2d& conv, const KerasBatchNorm& bn) {
     const std::string name = absl::StrCat(prefix_, suffix);
     out->push_back({name, {{"kernel", conv->conv->weight, KerasLayout::kConvKernel}}});
     out->push_back(KerasBnBinding(name + "/bn", bn));

@@ -24,7 +24,7 @@ class VggBottleneckImpl : public torch::nn::Module {
  private:
   const std::string prefix_;
   KerasConv2d reduce_{nullptr}, conv3x3_{nullptr}, increase_{nullptr}, proj_{nullptr};
-  torch::nn::BatchNorm2d reduce_bn_{nullptr}, conv3x3_bn_{nullptr}, increase_bn_{nullptr}, proj_bn_{nullptr};
+  KerasBatchNorm reduce_bn_{nullptr}, conv3x3_bn_{nullptr}, increase_bn_{nullptr}, proj_bn_{nullptr};
 };
 TORCH_MODULE(VggBottleneck);
 
@@ -44,7 +44,7 @@ class ResNet50VggFaceImpl : public DetectorImpl {
 
  private:
   KerasConv2d stem_{nullptr};
-  torch::nn::BatchNorm2d stem_bn_{nullptr};
+  KerasBatchNorm stem_bn_{nullptr};
   torch::nn::ModuleList blocks_;
   std::vector<VggBottleneck> block_list_;
   torch::nn::Linear head_{nullptr};
