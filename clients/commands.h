@@ -2,6 +2,8 @@
 #define DFC_CLIENTS_COMMANDS_H_
 
 #include <functional>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -18,6 +20,9 @@ inline constexpr int kExitPartial = 4;     // `predict`: some images failed
 
 // Prints "dfc: <message>" to stderr and returns the exit code for `status`.
 int ReportError(const absl::Status& status);
+
+// The process's own command line (argv), for commands that re-launch it.
+std::vector<std::string>& CommandLine();
 
 // Each Add*Command registers a subcommand on `app` and sets *run to the
 // function main() calls when that subcommand was chosen.

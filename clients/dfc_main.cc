@@ -6,6 +6,11 @@
 
 namespace dfc {
 
+std::vector<std::string>& CommandLine() {
+  static std::vector<std::string> args;
+  return args;
+}
+
 int ReportError(const absl::Status& status) {
   std::fprintf(stderr, "dfc: %s\n", std::string(status.message()).c_str());
   switch (status.code()) {
@@ -28,6 +33,7 @@ int main(int argc, char** argv) {
   CLI::App app{"dfc: train and run deepfake detectors (MesoNet, VGGFace ResNet-50)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "dfc 0.1.0");
+  dfc::CommandLine().assign(argv, argv + argc);
   dfc::RunFn run;
   dfc::AddPredictCommand(app, &run);
   dfc::AddSynthCommand(app, &run);

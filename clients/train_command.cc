@@ -6,6 +6,8 @@
 
 #include "clients/commands.h"
 #include "common/progress.h"
+#include "worker/collective.h"
+#include "worker/rank_launcher.h"
 #include "worker/trainer.h"
 
 namespace dfc {
@@ -38,11 +40,42 @@ class ConsoleObserver : public TrainObserver {
   int max_epochs_ = 0;
 };
 
-int RunTrain(const TrainOptions& o) {
+struct DistributedArgs {
+  int world_size = 1;
+  int rank = -1;        // set by the launcher in each rank process
+  int master_port = 0;  // the rendezvous store, served by rank 0
+};
+
+int RunTrain(TrainOptions o, const DistributedArgs& d) {
+  if (d.world_size > 1 && d.rank < 0) {
+    // Launcher: one process per rank on this machine, supervised.
+    RankLaunchOptions lo;
+    lo.argv = CommandLine();
+    lo.argv[0] = "/proc/self/exe";
+    char exe[4096];
+    ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0) lo.argv[0].assign(exe, static_cast<size_t>(n));
+    lo.world_size = d.world_size;
+    absl::Status st = LaunchRanks(lo);
+    if (!st.ok()) return ReportError(st);
+    return kExitOk;
+  }
+  std::unique_ptr<Collective> collective;
+  if (d.world_size > 1) {
+    CollectiveOptions co;
+    co.rank = d.rank;
+    co.world_size = d.world_size;
+    co.store_port = d.master_port;
+    auto c = Collective::Connect(co);
+    if (!c.ok()) return ReportError(c.status());
+    collective = std::move(*c);
+    o.collective = collective.get();
+  }
   ConsoleObserver obs;
-  auto result = RunTraining(o, &obs);
+  const bool talk = d.rank <= 0;
+  auto result = RunTraining(o, talk ? &obs : nullptr);
   if (!result.ok()) return ReportError(result.status());
-  std::printf("%s\n", result->ToJson().c_str());
+  if (talk) std::printf("%s\n", result->ToJson().c_str());
   return kExitOk;
 }
 
@@ -80,7 +113,14 @@ void AddTrainCommand(CLI::App& app, RunFn* run) {
   cmd->add_option("--bn-momentum", o->detector.bn_momentum,
                   "BatchNorm moving-average momentum, Keras convention (Keras default 0.99)")
       ->check(CLI::Range(0.0, 0.9999));
-  cmd->callback([run, o] { *run = [o] { return RunTrain(*o); }; });
+  auto d = std::make_shared<DistributedArgs>();
+  cmd->add_option("--world-size", d->world_size, "Data-parallel ranks on this machine (Gloo on loopback)")
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("--bucket-bytes", o->bucket_bytes, "Gradient all-reduce bucket size in bytes (25 MiB)")
+      ->check(CLI::Range(int64_t{1024}, int64_t{1} << 32));
+  cmd->add_option("--rank", d->rank)->group("");  // set by the launcher
+  cmd->add_option("--master-port", d->master_port)->group("");
+  cmd->callback([run, o, d] { *run = [o, d] { return RunTrain(*o, *d); }; });
 }
 
 }  // namespace dfc

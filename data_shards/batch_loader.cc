@@ -23,6 +23,10 @@ BatchLoader::BatchLoader(const ShardSet* shards, std::vector<RecordRef> records,
 BatchLoader::~BatchLoader() { StopWorkers(); }
 
 int64_t BatchLoader::batches_per_epoch() const {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (generation_ > 0) return static_cast<int64_t>(batches_.size());
+  }
   const int64_t n = static_cast<int64_t>(records_.size());
   const int64_t b = options_.batch_size;
   return options_.drop_last ? n / b : (n + b - 1) / b;
@@ -35,7 +39,9 @@ LoaderStats BatchLoader::stats() const {
 
 std::vector<uint32_t> BatchLoader::order() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return order_;
+  std::vector<uint32_t> out;
+  for (const auto& b : batches_) out.insert(out.end(), b.begin(), b.end());
+  return out;
 }
 
 void BatchLoader::StopWorkers() {
@@ -49,29 +55,43 @@ void BatchLoader::StopWorkers() {
 }
 
 void BatchLoader::StartEpoch(uint64_t epoch) {
+  std::vector<uint32_t> order;
+  if (options_.shuffle) {
+    order = EpochPermutation(static_cast<uint32_t>(records_.size()), options_.seed, epoch);
+  } else {
+    order.resize(records_.size());
+    std::iota(order.begin(), order.end(), 0u);
+  }
+  std::vector<std::vector<uint32_t>> batches;
+  const size_t b = static_cast<size_t>(options_.batch_size);
+  for (size_t begin = 0; begin < order.size(); begin += b) {
+    const size_t end = std::min(order.size(), begin + b);
+    if (options_.drop_last && end - begin < b) break;
+    batches.emplace_back(order.begin() + begin, order.begin() + end);
+  }
+  StartEpochWithBatches(std::move(batches));
+}
+
+void BatchLoader::StartEpochWithBatches(std::vector<std::vector<uint32_t>> batches) {
   StopWorkers();
   uint64_t gen;
+  int64_t total;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = false;
     gen = ++generation_;
-    if (options_.shuffle) {
-      order_ = EpochPermutation(static_cast<uint32_t>(records_.size()), options_.seed, epoch);
-    } else {
-      order_.resize(records_.size());
-      std::iota(order_.begin(), order_.end(), 0u);
-    }
+    batches_ = std::move(batches);
+    total = static_cast<int64_t>(batches_.size());
     next_to_claim_ = 0;
     next_to_deliver_ = 0;
     ready_.clear();
   }
   for (int t = 0; t < std::max(1, options_.threads); ++t) {
-    workers_.emplace_back([this, gen] { WorkerLoop(gen); });
+    workers_.emplace_back([this, gen, total] { WorkerLoop(gen, total); });
   }
 }
 
-void BatchLoader::WorkerLoop(uint64_t generation) {
-  const int64_t total = batches_per_epoch();
+void BatchLoader::WorkerLoop(uint64_t generation, int64_t total) {
   for (;;) {
     int64_t index;
     {
@@ -107,9 +127,7 @@ absl::Status BatchLoader::Fill(int64_t batch_index, Batch* batch, uint64_t gener
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (generation != generation_) return absl::CancelledError("epoch abandoned");
-    const size_t begin = static_cast<size_t>(batch_index) * options_.batch_size;
-    const size_t end = std::min(order_.size(), begin + options_.batch_size);
-    positions.assign(order_.begin() + begin, order_.begin() + end);
+    positions = batches_[static_cast<size_t>(batch_index)];
   }
   const int size = options_.image_size;
   const size_t image_bytes = static_cast<size_t>(size) * size * 3;
@@ -143,7 +161,7 @@ absl::Status BatchLoader::Fill(int64_t batch_index, Batch* batch, uint64_t gener
 absl::StatusOr<std::optional<Batch>> BatchLoader::Next() {
   auto t0 = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mu_);
-  const int64_t total = batches_per_epoch();
+  const int64_t total = static_cast<int64_t>(batches_.size());
   if (next_to_deliver_ >= total) return std::optional<Batch>();
   if (workers_.empty()) return absl::FailedPreconditionError("BatchLoader::Next() before StartEpoch()");
   cv_.wait(lock, [&] { return ready_.count(next_to_deliver_) > 0; });

@@ -60,10 +60,14 @@ class BatchLoader {
 
   // Begins an epoch; abandons whatever the previous epoch had left.
   void StartEpoch(uint64_t epoch);
+  // Begins an epoch whose batches are given as positions into the record
+  // list (a data-parallel rank's plan); a batch may be empty.
+  void StartEpochWithBatches(std::vector<std::vector<uint32_t>> batches);
   // The next batch in order, nullopt at the end of the epoch, or an error
   // (a corrupt record) naming the shard and offset.
   absl::StatusOr<std::optional<Batch>> Next();
 
+  // Batches of the current epoch (of a StartEpoch() epoch before the first).
   int64_t batches_per_epoch() const;
   size_t size() const { return records_.size(); }
   LoaderStats stats() const;
@@ -72,7 +76,7 @@ class BatchLoader {
 
  private:
   void StopWorkers();
-  void WorkerLoop(uint64_t generation);
+  void WorkerLoop(uint64_t generation, int64_t total);
   absl::Status Fill(int64_t batch_index, Batch* batch, uint64_t generation);
 
   const ShardSet* const shards_;
@@ -82,7 +86,7 @@ class BatchLoader {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<uint32_t> order_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::vector<uint32_t>> batches_ ABSL_GUARDED_BY(mu_);
   int64_t next_to_claim_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t next_to_deliver_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<int64_t, absl::StatusOr<Batch>> ready_ ABSL_GUARDED_BY(mu_);

@@ -2,7 +2,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <chrono>
 #include <regex>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -148,6 +150,75 @@ TEST(DfcCliTest, ShardsTheMesoNetLayoutAsItIs) {
   // 5,103 df and 7,250 real in train:test/, split per class like Keras.
   EXPECT_NE(r.out.find("train      9883 images (df 4083, real 5800)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("validation 2470 images (df 1020, real 1450)"), std::string::npos) << r.out;
+}
+
+// A small shard directory made through the CLI.
+std::string MakeShards(testing::TempDir& dir, int count) {
+  auto synth = RunCommand(Dfc() + " synth --out " + dir.Join("syn") + " --count " + std::to_string(count) + " --seed 4");
+  EXPECT_EQ(synth.exit_code, 0) << synth.err;
+  auto shard = RunCommand(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") + " --validation-split 0.25");
+  EXPECT_EQ(shard.exit_code, 0) << shard.err;
+  return dir.Join("sh");
+}
+
+std::vector<std::string> MetricLines(const std::string& path) {
+  return testing::SplitLines(testing::ReadFileOrDie(path));
+}
+
+double Field(const std::string& json_line, const std::string& key) {
+  std::smatch m;
+  EXPECT_TRUE(std::regex_search(json_line, m, std::regex("\"" + key + "\":([-0-9.e]+)"))) << key << " in " << json_line;
+  return m.empty() ? 0 : std::stod(m[1]);
+}
+
+TEST(DfcCliTest, TwoRanksTrainLikeOneProcess) {
+  testing::TempDir dir;
+  const std::string shards = MakeShards(dir, 48);
+  const std::string common = " train --model mesoinception4 --data " + shards + " --epochs 2 --batch-size 12 --threads 1 --seed 3";
+  auto one = RunCommand(Dfc() + common + " --out " + dir.Join("one"));
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  auto two = RunCommand(Dfc() + common + " --out " + dir.Join("two") + " --world-size 2 --bucket-bytes 8192");
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  auto a = MetricLines(dir.Join("one/metrics.jsonl")), b = MetricLines(dir.Join("two/metrics.jsonl"));
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);  // rank 0 alone writes
+  EXPECT_EQ(Field(b[0], "world_size"), 2);
+  // Same global batches, synchronised BatchNorm and dropout: the same
+  // training up to float rounding.
+  for (const char* key : {"loss", "accuracy"}) EXPECT_NEAR(Field(a[0], key), Field(b[0], key), 1e-4) << key;
+  for (const char* key : {"loss", "val_loss"}) EXPECT_NEAR(Field(a[1], key), Field(b[1], key), 2e-2) << key;
+  auto predict = RunCommand(Dfc() + " predict --model mesoinception4 --weights " + dir.Join("two/latest.ckpt") + " " +
+                            dir.Join("syn/df/000000.jpg"));
+  EXPECT_EQ(predict.exit_code, 0) << predict.err;
+}
+
+TEST(DfcCliTest, ADeadRankStopsTheOthers) {
+  testing::TempDir dir;
+  const std::string shards = MakeShards(dir, 400);
+  const std::string out = dir.Join("dead");
+  testing::CommandResult result;
+  const auto start = std::chrono::steady_clock::now();
+  std::thread run([&] {
+    result = RunCommand(Dfc() + " train --model mesoinception4 --data " + shards + " --epochs 5 --batch-size 16 " +
+                        "--threads 1 --world-size 2 --out " + out);
+  });
+  // Kill rank 1 once it is training.
+  bool killed = false;
+  for (int i = 0; i < 300 && !killed; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    // [k]: the pattern must not match this pgrep's own command line.
+    auto pid = RunCommand("pgrep -f -- '--out " + out + " --ran[k] 1 '");
+    if (pid.exit_code == 0 && !pid.out.empty() && i > 20) {
+      killed = RunCommand("kill -9 " + testing::SplitLines(pid.out)[0]).exit_code == 0;
+    }
+  }
+  run.join();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(killed) << "rank 1 never appeared";
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_NE(result.err.find("rank 1 was killed by signal 9"), std::string::npos) << result.err;
+  EXPECT_LT(seconds, 120) << "the surviving rank hung";
+  EXPECT_EQ(RunCommand("pgrep -f -- '--out " + out + " --ran[k]'").exit_code, 1) << "a rank is still running";
 }
 
 TEST(DfcCliTest, TrainRejectsAbsurdFlags) {

@@ -13,7 +13,9 @@
 #include "common/status_macros.h"
 #include "data_shards/batch_loader.h"
 #include "data_shards/dataset_scan.h"
+#include "data_shards/shard_planner.h"
 #include "data_shards/shuffle.h"
+#include "worker/gradient_sync.h"
 #include "worker/checkpoint.h"
 #include "worker/keras_h5.h"
 #include "worker/tensor_batch.h"
@@ -87,30 +89,57 @@ struct EvalResult {
   double loss = 0, accuracy = 0, auc = 0;
 };
 
-absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, const std::string& loss_kind,
-                                    const torch::Device& device) {
+// Throws on a collective failure inside autograd; caught around each step.
+void AllReduceOrThrow(Collective* c, torch::Tensor& t) {
+  absl::Status st = c->AllReduceSum(t);
+  if (!st.ok()) throw std::runtime_error(std::string(st.message()));
+}
+
+// Evaluates `records` (in order); with a collective each rank scores its
+// share and the scores are summed into place so every rank sees them all.
+absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, size_t num_records,
+                                    const std::string& loss_kind, const torch::Device& device, Collective* collective,
+                                    int64_t batch_size) {
   model.eval();
   torch::NoGradGuard no_grad;
-  loader.StartEpoch(0);
-  std::vector<float> scores;
-  std::vector<int32_t> labels;
+  const int world = collective ? collective->world_size() : 1;
+  const int rank = collective ? collective->rank() : 0;
+  RankEpochPlan plan = PlanRankEpoch(static_cast<uint32_t>(num_records), static_cast<int>(batch_size) * world, world,
+                                     rank, 0, 0, /*shuffle=*/false);
+  loader.StartEpochWithBatches(plan.steps);
+  torch::Tensor scores = torch::zeros({static_cast<int64_t>(num_records) + 1}, torch::kFloat64);
+  torch::Tensor labels = torch::zeros({static_cast<int64_t>(num_records)}, torch::kFloat64);
   double loss_sum = 0;
   for (;;) {
     DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, loader.Next());
     if (!batch) break;
+    if (batch->count == 0) continue;
     torch::Tensor x = PixelsToTensor(batch->pixels.data(), batch->count, batch->image_size, device);
     torch::Tensor y = torch::tensor(batch->labels, torch::kFloat32).to(device);
     torch::Tensor logits = model.forward(x);
     loss_sum += Loss(loss_kind, logits, y).item<double>() * batch->count;
-    torch::Tensor p = torch::sigmoid(logits).to(torch::kCPU).contiguous();
-    scores.insert(scores.end(), p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
-    labels.insert(labels.end(), batch->labels.begin(), batch->labels.end());
+    torch::Tensor p = torch::sigmoid(logits).to(torch::kCPU).to(torch::kFloat64);
+    for (int i = 0; i < batch->count; ++i) {
+      scores[batch->positions[i]] = p[i];
+      labels[batch->positions[i]] = batch->labels[i];
+    }
+  }
+  scores[static_cast<int64_t>(num_records)] = loss_sum;
+  if (collective && world > 1) {
+    DFC_RETURN_IF_ERROR(collective->AllReduceSum(scores));
+    DFC_RETURN_IF_ERROR(collective->AllReduceSum(labels));
   }
   EvalResult r;
-  if (scores.empty()) return r;
-  r.loss = loss_sum / static_cast<double>(scores.size());
-  r.accuracy = CountConfusion(scores, labels, 0.5f).accuracy();
-  r.auc = BinaryAuc(scores, labels);
+  if (num_records == 0) return r;
+  std::vector<float> s(num_records);
+  std::vector<int32_t> l(num_records);
+  for (size_t i = 0; i < num_records; ++i) {
+    s[i] = static_cast<float>(scores[static_cast<int64_t>(i)].item<double>());
+    l[i] = static_cast<int32_t>(labels[static_cast<int64_t>(i)].item<double>());
+  }
+  r.loss = scores[static_cast<int64_t>(num_records)].item<double>() / static_cast<double>(num_records);
+  r.accuracy = CountConfusion(s, l, 0.5f).accuracy();
+  r.auc = BinaryAuc(s, l);
   return r;
 }
 
@@ -139,6 +168,19 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
     }
   }
   model->to(device);
+  Collective* const collective = o.collective;
+  const int world = collective ? collective->world_size() : 1;
+  const int rank = collective ? collective->rank() : 0;
+  const bool writer = rank == 0;  // rank 0 alone writes checkpoints and metrics
+  std::unique_ptr<GradientSynchronizer> sync;
+  if (world > 1) {
+    std::vector<torch::Tensor> state;
+    for (auto& p : model->parameters()) state.push_back(p.data());
+    for (auto& b : model->buffers()) state.push_back(b);
+    DFC_RETURN_IF_ERROR(collective->Broadcast(state, 0));
+    model->SetBatchNormAllReduce([collective](torch::Tensor& t) { AllReduceOrThrow(collective, t); });
+    sync = std::make_unique<GradientSynchronizer>(collective, model->parameters(), o.bucket_bytes);
+  }
   std::vector<torch::Tensor> trainable;
   for (auto& p : model->parameters()) {
     if (p.requires_grad()) trainable.push_back(p);
@@ -172,14 +214,14 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
       m.images_per_second = h.value("images_per_second", 0.0);
       result.history.push_back(m);
     }
-  } else if (fs::exists(metrics_path, ec)) {
+  } else if (writer && fs::exists(metrics_path, ec)) {
     fs::remove(metrics_path, ec);
   }
 
   const int num_threads = o.loader_threads > 0 ? o.loader_threads
                                                 : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 2);
   BatchLoaderOptions lo;
-  lo.batch_size = o.batch_size;
+  lo.batch_size = std::max(1, o.batch_size / world);
   lo.image_size = model->input_size();
   lo.seed = o.seed;
   lo.threads = num_threads;
@@ -204,33 +246,56 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
       static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
     }
     model->train();
-    train_loader.StartEpoch(static_cast<uint64_t>(epoch));
-    const LoaderStats before = train_loader.stats();
-    const int64_t steps = train_loader.batches_per_epoch();
+    const RankEpochPlan plan = PlanRankEpoch(static_cast<uint32_t>(phase.train.size()), o.batch_size, world, rank,
+                                             o.seed, static_cast<uint64_t>(epoch));
+    train_loader.StartEpochWithBatches(plan.steps);
+    const int64_t steps = static_cast<int64_t>(plan.steps.size());
     if (obs) obs->OnEpochStart(epoch + 1, phase.epochs, steps);
     const auto t0 = Clock::now();
-    double loss_sum = 0, correct = 0;
-    int64_t seen = 0, s = 0;
-    for (;;) {
+    double loss_sum = 0, correct = 0, seen = 0, data_s = 0, compute_s = 0, wait_s = 0;
+    for (int64_t s = 0; s < steps; ++s) {
+      const auto t_data = Clock::now();
       DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, train_loader.Next());
-      if (!batch) break;
+      if (!batch) return absl::InternalError("the loader ended before the epoch's plan");
+      const auto t_compute = Clock::now();
+      data_s += Seconds(t_data, t_compute);
       torch::Tensor x = PixelsToTensor(batch->pixels.data(), batch->count, batch->image_size, device);
       torch::Tensor y = torch::tensor(batch->labels, torch::kFloat32).to(device);
+      model->SetBatchShard(plan.offset[s], plan.global_batch[s]);
       optimizer.zero_grad();
-      torch::Tensor logits = model->forward(x);
-      torch::Tensor loss = Loss(o.loss, logits, y);
-      loss.backward();
-      optimizer.step();
-      ++step;
-      ++s;
-      loss_sum += loss.item<double>() * batch->count;
-      correct += ((logits > 0).to(torch::kFloat32) == y).sum().item<double>();
+      try {
+        torch::Tensor logits = model->forward(x);
+        // Each rank's share of the global batch's mean loss; the gradient
+        // all-reduce averages over ranks, hence the factor world / global.
+        const double scale = static_cast<double>(world) / static_cast<double>(plan.global_batch[s]);
+        torch::Tensor loss_sum_t = o.loss == "mse"
+            ? torch::mse_loss(torch::sigmoid(logits), y, torch::Reduction::Sum)
+            : torch::binary_cross_entropy_with_logits(logits, y, {}, {}, torch::Reduction::Sum);
+        if (sync) sync->BeginStep();
+        (loss_sum_t * scale).backward();
+        if (sync) DFC_RETURN_IF_ERROR(sync->Finish());
+        optimizer.step();
+        loss_sum += loss_sum_t.item<double>();
+        correct += ((logits > 0).to(torch::kFloat32) == y).sum().item<double>();
+      } catch (const std::exception& e) {
+        return absl::UnavailableError(absl::StrCat("training step ", step + 1, " failed: ", e.what()));
+      }
       seen += batch->count;
-      if (obs) obs->OnStep(epoch + 1, s, steps, loss_sum / seen, correct / seen);
+      ++step;
+      compute_s += Seconds(t_compute, Clock::now());
+      if (sync) wait_s += sync->last_wait_seconds();
+      if (obs && seen > 0) obs->OnStep(epoch + 1, s + 1, steps, loss_sum / seen, correct / seen);
     }
     const double train_seconds = Seconds(t0, Clock::now());
-    const LoaderStats after = train_loader.stats();
-    DFC_ASSIGN_OR_RETURN(EvalResult ev, Evaluate(*model, val_loader, o.loss, device));
+    if (world > 1) {
+      torch::Tensor totals = torch::tensor({loss_sum, correct, seen}, torch::kFloat64);
+      DFC_RETURN_IF_ERROR(collective->AllReduceSum(totals));
+      loss_sum = totals[0].item<double>();
+      correct = totals[1].item<double>();
+      seen = totals[2].item<double>();
+    }
+    DFC_ASSIGN_OR_RETURN(EvalResult ev, Evaluate(*model, val_loader, phase.val.size(), o.loss, device, collective,
+                                                 std::max(1, o.batch_size / world)));
     EpochMetrics m;
     m.epoch = epoch + 1;
     m.lr = lr;
@@ -240,12 +305,16 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
     m.val_accuracy = ev.accuracy;
     m.val_auc = ev.auc;
     m.images_per_second = train_seconds > 0 ? seen / train_seconds : 0;
-    m.data_wait_share = train_seconds > 0 ? (after.consumer_wait_seconds - before.consumer_wait_seconds) / train_seconds : 0;
+    m.data_wait_share = train_seconds > 0 ? data_s / train_seconds : 0;
+    m.step_data_seconds = steps ? data_s / steps : 0;
+    m.step_compute_seconds = steps ? (compute_s - wait_s) / steps : 0;
+    m.step_allreduce_wait_seconds = steps ? wait_s / steps : 0;
+    m.world_size = world;
     m.seconds = Seconds(t0, Clock::now());
     m.step = step;
     result.history.push_back(m);
     history.push_back(nlohmann::json::parse(m.ToJson()));
-    DFC_RETURN_IF_ERROR(AppendLine(metrics_path, m.ToJson()));
+    if (writer) DFC_RETURN_IF_ERROR(AppendLine(metrics_path, m.ToJson()));
 
     CheckpointMeta meta;
     meta.arch = o.arch;
@@ -254,12 +323,14 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
     meta.lr = lr;
     meta.metrics_json = history.dump();
     meta.options_json = o.ToJson();
-    DFC_RETURN_IF_ERROR(SaveCheckpoint(latest, *model, &optimizer, meta));
+    if (writer) DFC_RETURN_IF_ERROR(SaveCheckpoint(latest, *model, &optimizer, meta));
     if (m.val_accuracy > best_acc) {
       best_acc = m.val_accuracy;
       best_epoch = m.epoch;
-      DFC_RETURN_IF_ERROR(SaveCheckpoint(best, *model, &optimizer, meta));
+      if (writer) DFC_RETURN_IF_ERROR(SaveCheckpoint(best, *model, &optimizer, meta));
     }
+    // Everyone waits for rank 0's checkpoint, so a restart finds it complete.
+    if (world > 1) DFC_RETURN_IF_ERROR(collective->Barrier());
     if (obs) obs->OnEpoch(m);
   }
   if (result.history.empty()) return absl::FailedPreconditionError("no epoch was trained");
@@ -319,7 +390,11 @@ std::string EpochMetrics::ToJson() const {
                               {"images_per_second", num(images_per_second)},
                               {"data_wait_share", num(data_wait_share)},
                               {"seconds", num(seconds)},
-                              {"step", step}};
+                              {"step", step},
+                              {"world_size", world_size},
+                              {"step_data_seconds", num(step_data_seconds)},
+                              {"step_compute_seconds", num(step_compute_seconds)},
+                              {"step_allreduce_wait_seconds", num(step_allreduce_wait_seconds)}};
   return j.dump();
 }
 
@@ -340,7 +415,9 @@ std::string TrainResult::ToJson() const {
 
 absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o, TrainObserver* obs) {
   DFC_RETURN_IF_ERROR(ValidateOptions(o));
-  torch::set_num_threads(o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+  const int ranks_here = o.collective ? o.collective->world_size() : 1;
+  torch::set_num_threads(o.threads > 0 ? o.threads
+                                       : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / ranks_here));
   DFC_ASSIGN_OR_RETURN(std::unique_ptr<ShardSet> shards, ShardSet::Open(o.data_dir));
   if (shards->manifest().classes.size() != 2) {
     return absl::InvalidArgumentError(absl::StrCat("--data: the detectors are binary; '", o.data_dir, "' has ",

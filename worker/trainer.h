@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "data_shards/shard_format.h"
+#include "worker/collective.h"
 #include "worker/models/detector.h"
 
 namespace dfc {
@@ -37,6 +38,11 @@ struct TrainOptions {
   int64_t max_train_images = 0;
   int64_t max_val_images = 0;
   DetectorOptions detector;
+  // Data-parallel training: this process is one rank of `collective` (not
+  // owned; null = a single process). --batch-size is then the global batch,
+  // split between the ranks by the shard planner.
+  Collective* collective = nullptr;
+  int64_t bucket_bytes = int64_t{25} << 20;  // gradient all-reduce bucket size
 
   std::string ToJson() const;
 };
@@ -48,6 +54,11 @@ struct EpochMetrics {
   double val_loss = 0, val_accuracy = 0, val_auc = 0;
   double images_per_second = 0;  // training images / training seconds
   double data_wait_share = 0;    // share of the training time spent waiting for data
+  // Mean seconds per step: waiting for data, forward+backward (including the
+  // all-reduce hidden behind backward), and waiting for the all-reduce after
+  // backward ended (the exposed part). On rank 0 of a data-parallel job.
+  double step_data_seconds = 0, step_compute_seconds = 0, step_allreduce_wait_seconds = 0;
+  int world_size = 1;
   double seconds = 0;
   int64_t step = 0;
 
