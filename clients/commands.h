@@ -17,6 +17,8 @@ inline constexpr int kExitFailure = 1;     // the work failed (I/O, internal)
 inline constexpr int kExitBadInput = 2;    // bad flags, missing files, malformed input
 inline constexpr int kExitCorrupt = 3;     // `shard verify` found corruption
 inline constexpr int kExitPartial = 4;     // `predict`: some images failed
+inline constexpr int kExitJobFailed = 5;   // `watch`: the job ended FAILED or CANCELLED
+inline constexpr int kExitUnavailable = 6; // the coordinator cannot be reached
 
 // Prints "dfc: <message>" to stderr and returns the exit code for `status`.
 int ReportError(const absl::Status& status);
@@ -31,6 +33,7 @@ void AddPredictCommand(CLI::App& app, RunFn* run);
 void AddSynthCommand(CLI::App& app, RunFn* run);
 void AddShardCommand(CLI::App& app, RunFn* run);
 void AddTrainCommand(CLI::App& app, RunFn* run);
+void AddClusterCommands(CLI::App& app, RunFn* run);
 
 }  // namespace dfc
 

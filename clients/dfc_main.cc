@@ -22,6 +22,9 @@ int ReportError(const absl::Status& status) {
       return kExitBadInput;
     case absl::StatusCode::kDataLoss:
       return kExitCorrupt;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      return kExitUnavailable;
     default:
       return kExitFailure;
   }
@@ -39,6 +42,7 @@ int main(int argc, char** argv) {
   dfc::AddSynthCommand(app, &run);
   dfc::AddShardCommand(app, &run);
   dfc::AddTrainCommand(app, &run);
+  dfc::AddClusterCommands(app, &run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

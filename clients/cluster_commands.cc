@@ -1,0 +1,385 @@
+// The cluster commands: submit, list, status, watch, cancel (gRPC clients of
+// the coordinator) and `cluster up/down` (a local cluster on loopback).
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "clients/commands.h"
+#include "common/atomic_file.h"
+#include "common/progress.h"
+#include "common/rpc/rpc_util.h"
+#include "dfc/v1/dfc.grpc.pb.h"
+
+namespace dfc {
+namespace fs = std::filesystem;
+namespace {
+
+struct ClientArgs {
+  std::string coordinator;
+  RpcSecurity security;
+  std::string token_file;
+  bool json = false;
+};
+
+absl::StatusOr<std::unique_ptr<v1::JobService::Stub>> Connect(ClientArgs& c) {
+  if (!c.token_file.empty()) {
+    auto t = ReadFile(c.token_file, 4096);
+    if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("--token-file: ", t.status().message()));
+    c.security.token = std::string(t->substr(0, t->find_last_not_of(" \n\r\t") + 1));
+  }
+  auto channel = MakeChannel(c.coordinator, c.security);
+  if (!channel.ok()) return channel.status();
+  return v1::JobService::NewStub(*channel);
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.always_print_primitive_fields = true;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+int ReportRpc(const grpc::Status& st) { return ReportError(FromGrpc(st)); }
+
+void PrintJob(const v1::Job& j) {
+  std::printf("job %s  %s  model %s  world %d  restarts %d/%d\n", j.job_id().c_str(),
+              v1::JobState_Name(j.state()).c_str(), j.config().model().c_str(), j.world_size(), j.restarts(),
+              j.max_restarts());
+  if (!j.reason().empty()) std::printf("reason: %s\n", j.reason().c_str());
+  std::printf("output: %s\n", j.output_dir().c_str());
+  for (const auto& e : j.epochs()) {
+    std::printf("epoch %d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s  "
+                "step: data %.3fs compute %.3fs all-reduce wait %.3fs\n",
+                e.epoch(), e.loss(), e.accuracy(), e.val_loss(), e.val_accuracy(), e.val_auc(), e.images_per_second(),
+                e.step_data_seconds(), e.step_compute_seconds(), e.step_allreduce_wait_seconds());
+  }
+}
+
+int ExitForState(v1::JobState s) {
+  if (s == v1::SUCCEEDED) return kExitOk;
+  return kExitJobFailed;
+}
+
+struct SubmitArgs {
+  v1::SubmitJobRequest req;
+};
+
+int RunSubmit(ClientArgs& c, SubmitArgs& s) {
+  auto stub = Connect(c);
+  if (!stub.ok()) return ReportError(stub.status());
+  // Workers read the data path as given: make it absolute.
+  if (!s.req.config().data().empty()) {
+    s.req.mutable_config()->set_data(fs::absolute(s.req.config().data()).lexically_normal().string());
+  }
+  if (!s.req.config().init().empty()) {
+    s.req.mutable_config()->set_init(fs::absolute(s.req.config().init()).lexically_normal().string());
+  }
+  v1::SubmitJobResponse resp;
+  auto ctx = MakeContext(c.security);
+  grpc::Status st = (*stub)->SubmitJob(ctx.get(), s.req, &resp);
+  if (!st.ok()) return ReportRpc(st);
+  if (c.json) std::printf("%s\n", ToJson(resp).c_str());
+  else std::printf("%s\n", resp.job_id().c_str());
+  return kExitOk;
+}
+
+int RunList(ClientArgs& c) {
+  auto stub = Connect(c);
+  if (!stub.ok()) return ReportError(stub.status());
+  v1::ListJobsResponse resp;
+  auto ctx = MakeContext(c.security);
+  grpc::Status st = (*stub)->ListJobs(ctx.get(), v1::ListJobsRequest(), &resp);
+  if (!st.ok()) return ReportRpc(st);
+  if (c.json) {
+    std::printf("%s\n", ToJson(resp).c_str());
+    return kExitOk;
+  }
+  std::printf("%-18s %-10s %-17s %5s %8s %6s %8s\n", "JOB", "STATE", "MODEL", "WORLD", "RESTARTS", "EPOCHS", "VAL_ACC");
+  for (const auto& j : resp.jobs()) {
+    std::printf("%-18s %-10s %-17s %5d %8d %6d %8s\n", j.job_id().c_str(), v1::JobState_Name(j.state()).c_str(),
+                j.config().model().c_str(), j.world_size(), j.restarts(), j.epochs_size(),
+                j.epochs_size() ? absl::StrCat(j.epochs(j.epochs_size() - 1).val_accuracy()).c_str() : "-");
+  }
+  return kExitOk;
+}
+
+int RunStatus(ClientArgs& c, const std::string& job_id) {
+  auto stub = Connect(c);
+  if (!stub.ok()) return ReportError(stub.status());
+  v1::GetJobRequest req;
+  req.set_job_id(job_id);
+  v1::Job job;
+  auto ctx = MakeContext(c.security);
+  grpc::Status st = (*stub)->GetJob(ctx.get(), req, &job);
+  if (!st.ok()) return ReportRpc(st);
+  if (c.json) std::printf("%s\n", ToJson(job).c_str());
+  else PrintJob(job);
+  return kExitOk;
+}
+
+int RunCancel(ClientArgs& c, const std::string& job_id) {
+  auto stub = Connect(c);
+  if (!stub.ok()) return ReportError(stub.status());
+  v1::CancelJobRequest req;
+  req.set_job_id(job_id);
+  v1::CancelJobResponse resp;
+  auto ctx = MakeContext(c.security);
+  grpc::Status st = (*stub)->CancelJob(ctx.get(), req, &resp);
+  if (!st.ok()) return ReportRpc(st);
+  if (c.json) std::printf("%s\n", ToJson(resp.job()).c_str());
+  else std::printf("%s %s\n", job_id.c_str(), v1::JobState_Name(resp.job().state()).c_str());
+  return kExitOk;
+}
+
+int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
+  auto stub = Connect(c);
+  if (!stub.ok()) return ReportError(stub.status());
+  v1::WatchJobRequest req;
+  req.set_job_id(job_id);
+  auto ctx = MakeContext(c.security, std::chrono::seconds(timeout_s));
+  auto reader = (*stub)->WatchJob(ctx.get(), req);
+  v1::JobEvent ev;
+  v1::JobState last_state = v1::JOB_STATE_UNSPECIFIED;
+  int printed = 0;
+  std::unique_ptr<ProgressBar> bar;
+  v1::Job job;
+  while (reader->Read(&ev)) {
+    job = ev.job();
+    if (job.state() != last_state) {
+      if (bar) bar->Finish();
+      if (c.json) std::printf("{\"state\":\"%s\",\"restarts\":%d}\n", v1::JobState_Name(job.state()).c_str(), job.restarts());
+      else std::printf("%s %s%s\n", job_id.c_str(), v1::JobState_Name(job.state()).c_str(),
+                       job.restarts() ? absl::StrCat(" (restart ", job.restarts(), ")").c_str() : "");
+      last_state = job.state();
+    }
+    for (; printed < job.epochs_size(); ++printed) {
+      const auto& e = job.epochs(printed);
+      if (bar) bar->Finish();
+      if (c.json) {
+        std::printf("%s\n", ToJson(e).c_str());
+      } else {
+        std::printf("epoch %d/%d  loss %.4f  acc %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s\n", e.epoch(),
+                    job.config().epochs(), e.loss(), e.accuracy(), e.val_accuracy(), e.val_auc(), e.images_per_second());
+      }
+    }
+    std::fflush(stdout);
+    if (!c.json && job.state() == v1::RUNNING) {
+      if (!bar) bar = std::make_unique<ProgressBar>("epochs", job.config().epochs(), stderr);
+      bar->Update(job.epochs_size(), "");
+    }
+  }
+  if (bar) bar->Finish();
+  grpc::Status st = reader->Finish();
+  if (!st.ok()) return ReportRpc(st);
+  if (!c.json) PrintJob(job);
+  return ExitForState(job.state());
+}
+
+// ---- local cluster ----
+
+struct ClusterArgs {
+  std::string listen = "127.0.0.1:50051";
+  int workers = 2;
+  int cpu_slots = 1;
+  std::string state;
+  int wait_s = 60;
+};
+
+std::string SiblingBinary(const std::string& name) {
+  char exe[4096];
+  ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  std::string self = n > 0 ? std::string(exe, static_cast<size_t>(n)) : "dfc";
+  return (fs::path(self).parent_path() / name).string();
+}
+
+pid_t SpawnDaemon(const std::vector<std::string>& args, const std::string& log) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setsid();
+    FILE* f = std::fopen(log.c_str(), "a");
+    if (f) {
+      ::dup2(::fileno(f), 1);
+      ::dup2(::fileno(f), 2);
+    }
+    std::vector<char*> cargs;
+    for (const auto& a : args) cargs.push_back(const_cast<char*>(a.c_str()));
+    cargs.push_back(nullptr);
+    ::execv(cargs[0], cargs.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+int RunClusterUp(const ClusterArgs& a) {
+  if (a.state.empty()) return ReportError(absl::InvalidArgumentError("cluster up: --state is required"));
+  const fs::path state = fs::absolute(a.state);
+  std::error_code ec;
+  fs::create_directories(state / "logs", ec);
+  if (ec) return ReportError(absl::InvalidArgumentError(absl::StrCat("--state: ", ec.message())));
+  if (fs::exists(state / "cluster.pids")) {
+    return ReportError(absl::AlreadyExistsError(absl::StrCat("a cluster is already up in ", state.string(),
+                                                             " (dfc cluster down --state ", a.state, ")")));
+  }
+  std::vector<pid_t> pids;
+  pids.push_back(SpawnDaemon({SiblingBinary("dfc-coordinator"), "--listen", a.listen, "--state", state.string()},
+                             (state / "logs/coordinator.log").string()));
+  for (int w = 0; w < a.workers; ++w) {
+    pids.push_back(SpawnDaemon({SiblingBinary("dfc-worker"), "--coordinator", a.listen, "--cpu-slots",
+                                std::to_string(a.cpu_slots)},
+                               (state / absl::StrCat("logs/worker-", w, ".log")).string()));
+  }
+  std::string pid_text;
+  for (pid_t p : pids) pid_text += std::to_string(p) + "\n";
+  if (absl::Status st = WriteFileAtomically((state / "cluster.pids").string(), pid_text); !st.ok()) return ReportError(st);
+  // Ready when every worker says it registered.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(a.wait_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int registered = 0;
+    for (int w = 0; w < a.workers; ++w) {
+      std::ifstream f(state / absl::StrCat("logs/worker-", w, ".log"));
+      std::stringstream s;
+      s << f.rdbuf();
+      registered += s.str().find("registered as") != std::string::npos;
+    }
+    int status;
+    if (::waitpid(pids[0], &status, WNOHANG) == pids[0]) {
+      return ReportError(absl::UnavailableError(absl::StrCat("the coordinator exited; see ",
+                                                             (state / "logs/coordinator.log").string())));
+    }
+    if (registered == a.workers) {
+      std::printf("cluster up: coordinator %s, %d worker(s) x %d slot(s), state %s\n", a.listen.c_str(), a.workers,
+                  a.cpu_slots, state.c_str());
+      return kExitOk;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return ReportError(absl::DeadlineExceededError("cluster up: workers did not register in time; see the logs in " +
+                                                 (state / "logs").string()));
+}
+
+int RunClusterDown(const ClusterArgs& a) {
+  const fs::path pids_file = fs::path(a.state) / "cluster.pids";
+  auto text = ReadFile(pids_file.string());
+  if (!text.ok()) return ReportError(text.status());
+  std::vector<pid_t> pids;
+  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) pids.push_back(std::stoi(std::string(line)));
+  // Workers first (they stop their ranks), the coordinator last.
+  for (size_t i = pids.size(); i-- > 0;) ::kill(pids[i], SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (pid_t p : pids) {
+    while (::kill(p, 0) == 0 && std::chrono::steady_clock::now() < deadline) {
+      ::waitpid(p, nullptr, WNOHANG);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (::kill(p, 0) == 0) ::kill(p, SIGKILL);
+  }
+  std::error_code ec;
+  fs::remove(pids_file, ec);
+  std::printf("cluster down: stopped %zu process(es)\n", pids.size());
+  return kExitOk;
+}
+
+void AddClientFlags(CLI::App* cmd, ClientArgs* c) {
+  cmd->add_flag("--json", c->json, "Machine-readable output");
+}
+
+}  // namespace
+
+void AddClusterCommands(CLI::App& app, RunFn* run) {
+  auto c = std::make_shared<ClientArgs>();
+  app.add_option("--coordinator", c->coordinator, "Coordinator address host:port")->envname("DFC_COORDINATOR");
+  app.add_option("--tls-ca", c->security.tls_ca, "CA (PEM) to verify the coordinator; enables TLS");
+  app.add_option("--tls-cert", c->security.tls_cert, "Client certificate (PEM)");
+  app.add_option("--tls-key", c->security.tls_key, "Client key (PEM)");
+  app.add_option("--token-file", c->token_file, "File holding the API bearer token");
+
+  auto s = std::make_shared<SubmitArgs>();
+  s->req.mutable_config()->set_model("mesoinception4");
+  s->req.mutable_config()->set_epochs(10);
+  s->req.mutable_config()->set_batch_size(32);
+  s->req.mutable_config()->set_seed(1);
+  s->req.set_world_size(1);
+  CLI::App* submit = app.add_subcommand("submit", "Submit a training job to the coordinator; prints its id");
+  auto* cfg = s->req.mutable_config();
+  submit->add_option_function<std::string>("--model", [cfg](const std::string& v) { cfg->set_model(v); }, "Model");
+  submit->add_option_function<std::string>("--data", [cfg](const std::string& v) { cfg->set_data(v); }, "Shard directory")
+      ->required();
+  submit->add_option_function<int>("--epochs", [cfg](int v) { cfg->set_epochs(v); }, "Maximum epochs");
+  submit->add_option_function<int>("--batch-size", [cfg](int v) { cfg->set_batch_size(v); }, "Global batch");
+  submit->add_option_function<double>("--lr", [cfg](double v) { cfg->set_lr(v); }, "Learning rate");
+  submit->add_option_function<double>("--adam-eps", [cfg](double v) { cfg->set_adam_eps(v); }, "Adam epsilon");
+  submit->add_option_function<std::string>("--loss", [cfg](const std::string& v) { cfg->set_loss(v); }, "bce or mse");
+  submit->add_option_function<std::string>("--lr-schedule", [cfg](const std::string& v) { cfg->set_lr_schedule(v); },
+                                           "constant or notebook");
+  submit->add_option_function<int>("--early-stopping-patience",
+                                   [cfg](int v) { cfg->set_early_stopping_patience(v); }, "Patience (0 = off)");
+  submit->add_option_function<std::string>("--init", [cfg](const std::string& v) { cfg->set_init(v); }, "Initial weights");
+  submit->add_option_function<uint64_t>("--seed", [cfg](uint64_t v) { cfg->set_seed(v); }, "Seed");
+  submit->add_option_function<double>("--bn-momentum", [cfg](double v) { cfg->set_bn_momentum(v); },
+                                      "BatchNorm momentum (Keras convention)");
+  submit->add_option_function<int64_t>("--max-train-images", [cfg](int64_t v) { cfg->set_max_train_images(v); }, "Subset");
+  submit->add_option_function<int64_t>("--max-val-images", [cfg](int64_t v) { cfg->set_max_val_images(v); }, "Subset");
+  submit->add_option_function<int>("--threads", [cfg](int v) { cfg->set_threads_per_rank(v); }, "Threads per rank");
+  submit->add_option_function<int>("--world-size", [s](int v) { s->req.set_world_size(v); }, "Ranks");
+  submit->add_option_function<int>("--max-restarts", [s](int v) { s->req.set_max_restarts(v); }, "Restarts on failure");
+  submit->add_option_function<int>("--priority", [s](int v) { s->req.set_priority(v); }, "Higher runs first");
+  submit->add_option_function<std::string>("--idempotency-key",
+                                           [s](const std::string& v) { s->req.set_idempotency_key(v); },
+                                           "A retried submit with this key returns the same job");
+  AddClientFlags(submit, c.get());
+  submit->callback([run, c, s] { *run = [c, s] { return RunSubmit(*c, *s); }; });
+
+  CLI::App* list = app.add_subcommand("list", "List jobs");
+  AddClientFlags(list, c.get());
+  list->callback([run, c] { *run = [c] { return RunList(*c); }; });
+
+  auto job_id = std::make_shared<std::string>();
+  CLI::App* status = app.add_subcommand("status", "Show a job and its per-epoch metrics");
+  status->add_option("job", *job_id, "Job id")->required();
+  AddClientFlags(status, c.get());
+  status->callback([run, c, job_id] { *run = [c, job_id] { return RunStatus(*c, *job_id); }; });
+
+  auto watch_timeout = std::make_shared<int>(86400);
+  CLI::App* watch = app.add_subcommand("watch", "Follow a job live until it ends (exit 0 if it succeeded)");
+  watch->add_option("job", *job_id, "Job id")->required();
+  watch->add_option("--timeout", *watch_timeout, "Give up after this many seconds")->check(CLI::Range(1, 604800));
+  AddClientFlags(watch, c.get());
+  watch->callback([run, c, job_id, watch_timeout] {
+    *run = [c, job_id, watch_timeout] { return RunWatch(*c, *job_id, *watch_timeout); };
+  });
+
+  CLI::App* cancel = app.add_subcommand("cancel", "Cancel a job; its ranks stop within seconds");
+  cancel->add_option("job", *job_id, "Job id")->required();
+  AddClientFlags(cancel, c.get());
+  cancel->callback([run, c, job_id] { *run = [c, job_id] { return RunCancel(*c, *job_id); }; });
+
+  auto k = std::make_shared<ClusterArgs>();
+  CLI::App* cluster = app.add_subcommand("cluster", "A local cluster on loopback");
+  cluster->require_subcommand(1);
+  CLI::App* up = cluster->add_subcommand("up", "Start a coordinator and workers; returns once they registered");
+  up->add_option("--listen", k->listen, "Coordinator address");
+  up->add_option("--workers", k->workers, "Worker processes")->check(CLI::Range(1, 64));
+  up->add_option("--cpu-slots", k->cpu_slots, "Ranks per worker")->check(CLI::Range(1, 64));
+  up->add_option("--state", k->state, "State directory (jobs.db, logs, job outputs)")->required();
+  up->callback([run, k] { *run = [k] { return RunClusterUp(*k); }; });
+  CLI::App* down = cluster->add_subcommand("down", "Stop the local cluster started in --state");
+  down->add_option("--state", k->state, "State directory")->required();
+  down->callback([run, k] { *run = [k] { return RunClusterDown(*k); }; });
+}
+
+}  // namespace dfc

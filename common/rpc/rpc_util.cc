@@ -1,0 +1,83 @@
+#include "common/rpc/rpc_util.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/atomic_file.h"
+
+namespace dfc {
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
+  if (path.empty()) return std::string();
+  auto pem = ReadFile(path, 1 << 20);
+  if (!pem.ok()) return absl::InvalidArgumentError(absl::StrCat(flag, ": ", pem.status().message()));
+  return *pem;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const RpcSecurity& s) {
+  if (s.insecure()) return grpc::InsecureServerCredentials();
+  auto cert = ReadPem(s.tls_cert, "--tls-cert");
+  auto key = ReadPem(s.tls_key, "--tls-key");
+  auto ca = ReadPem(s.tls_ca, "--tls-ca");
+  if (!cert.ok()) return cert.status();
+  if (!key.ok()) return key.status();
+  if (!ca.ok()) return ca.status();
+  if (cert->empty() || key->empty()) return absl::InvalidArgumentError("--tls-cert and --tls-key are both required for TLS");
+  grpc::SslServerCredentialsOptions opts(ca->empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                                     : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  opts.pem_root_certs = *ca;
+  opts.pem_key_cert_pairs.push_back({*key, *cert});
+  return grpc::SslServerCredentials(opts);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const RpcSecurity& s) {
+  if (address.empty()) return absl::InvalidArgumentError("--coordinator: an address is required (or set DFC_COORDINATOR)");
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (s.insecure()) {
+    creds = grpc::InsecureChannelCredentials();
+  } else {
+    auto ca = ReadPem(s.tls_ca, "--tls-ca");
+    auto cert = ReadPem(s.tls_cert, "--tls-cert");
+    auto key = ReadPem(s.tls_key, "--tls-key");
+    if (!ca.ok()) return ca.status();
+    if (!cert.ok()) return cert.status();
+    if (!key.ok()) return key.status();
+    grpc::SslCredentialsOptions opts;
+    opts.pem_root_certs = *ca;
+    opts.pem_cert_chain = *cert;
+    opts.pem_private_key = *key;
+    creds = grpc::SslCredentials(opts);
+  }
+  return grpc::CreateCustomChannel(address, creds, args);
+}
+
+std::unique_ptr<grpc::ClientContext> MakeContext(const RpcSecurity& s, std::chrono::milliseconds deadline) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + deadline);
+  if (!s.token.empty()) ctx->AddMetadata("authorization", "Bearer " + s.token);
+  return ctx;
+}
+
+grpc::Status CheckToken(const grpc::ServerContext& context, const std::string& token) {
+  if (token.empty()) return grpc::Status::OK;
+  auto it = context.client_metadata().find("authorization");
+  if (it == context.client_metadata().end() ||
+      std::string(it->second.data(), it->second.size()) != "Bearer " + token) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "a valid bearer token is required");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+}  // namespace dfc

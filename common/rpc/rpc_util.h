@@ -1,0 +1,46 @@
+#ifndef DFC_COMMON_RPC_RPC_UTIL_H_
+#define DFC_COMMON_RPC_RPC_UTIL_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace dfc {
+
+// Message size limit on every channel and server (images and metrics only;
+// checkpoints travel on the shared volume, never over gRPC).
+inline constexpr int kMaxMessageBytes = 16 << 20;
+// Default deadline of a unary call.
+inline constexpr std::chrono::milliseconds kRpcDeadline{10000};
+
+// TLS and token settings shared by every endpoint's flags.
+struct RpcSecurity {
+  std::string tls_cert;   // PEM file: server certificate (server) / client certificate (client, optional)
+  std::string tls_key;    // PEM file: its key
+  std::string tls_ca;     // PEM file: CA to verify the peer; on a server, set => client certificates required
+  std::string token;      // bearer token; empty = none
+  bool insecure() const { return tls_cert.empty() && tls_ca.empty(); }
+};
+
+// Server side: credentials from the flags (insecure when no TLS flag is set).
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const RpcSecurity& security);
+// Client side: a channel with size limits, TLS when a CA is given.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const RpcSecurity& security);
+// A client context with the deadline and the bearer token.
+std::unique_ptr<grpc::ClientContext> MakeContext(const RpcSecurity& security,
+                                                 std::chrono::milliseconds deadline = kRpcDeadline);
+// Server side: OK when no token is configured or the call carries it.
+grpc::Status CheckToken(const grpc::ServerContext& context, const std::string& token);
+
+// The one place an absl::Status becomes a grpc::Status, and back.
+grpc::Status ToGrpc(const absl::Status& status);
+absl::Status FromGrpc(const grpc::Status& status);
+
+}  // namespace dfc
+
+#endif  // DFC_COMMON_RPC_RPC_UTIL_H_

@@ -1,0 +1,386 @@
+#include "coordinator/coordinator.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "data_shards/shard_format.h"
+
+namespace dfc {
+namespace fs = std::filesystem;
+
+bool Coordinator::IsTerminal(v1::JobState s) {
+  return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED;
+}
+
+absl::Status ValidateSubmit(const v1::SubmitJobRequest& r) {
+  const auto& c = r.config();
+  static const std::set<std::string> kModels = {"mesoinception4", "meso4", "resnet50-vggface"};
+  if (!kModels.count(c.model())) {
+    return absl::InvalidArgumentError(absl::StrCat("config.model: unknown model '", c.model(),
+                                                   "' (known: mesoinception4, meso4, resnet50-vggface)"));
+  }
+  if (r.world_size() < 1 || r.world_size() > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("world_size: must be in [1, 1024], got ", r.world_size()));
+  }
+  if (c.batch_size() < 1 || c.batch_size() > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat("config.batch_size: must be in [1, 4096], got ", c.batch_size()));
+  }
+  if (c.batch_size() < r.world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("config.batch_size: ", c.batch_size(),
+                                                   " is smaller than world_size ", r.world_size()));
+  }
+  if (c.epochs() < 1 || c.epochs() > 100000) {
+    return absl::InvalidArgumentError(absl::StrCat("config.epochs: must be in [1, 100000], got ", c.epochs()));
+  }
+  if (c.lr() < 0 || c.lr() > 10) return absl::InvalidArgumentError("config.lr: must be in [0, 10]");
+  if (!c.loss().empty() && c.loss() != "bce" && c.loss() != "mse") {
+    return absl::InvalidArgumentError(absl::StrCat("config.loss: must be bce or mse, got '", c.loss(), "'"));
+  }
+  if (!c.lr_schedule().empty() && c.lr_schedule() != "constant" && c.lr_schedule() != "notebook") {
+    return absl::InvalidArgumentError("config.lr_schedule: must be constant or notebook");
+  }
+  if (r.max_restarts() < 0 || r.max_restarts() > 100) {
+    return absl::InvalidArgumentError(absl::StrCat("max_restarts: must be in [0, 100], got ", r.max_restarts()));
+  }
+  if (r.idempotency_key().size() > 256) return absl::InvalidArgumentError("idempotency_key: longer than 256 bytes");
+  if (c.data().empty()) return absl::InvalidArgumentError("config.data: a shard directory is required");
+  auto manifest = ReadManifest(c.data());
+  if (!manifest.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("config.data: ", manifest.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const CoordinatorOptions& in) {
+  CoordinatorOptions o = in;
+  if (!o.now_ms) {
+    o.now_ms = [] {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+          .count();
+    };
+  }
+  if (o.output_root.empty()) o.output_root = (fs::path(o.state_dir) / "jobs").string();
+  std::error_code ec;
+  fs::create_directories(o.state_dir, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("--state: cannot create '", o.state_dir, "': ", ec.message()));
+  fs::create_directories(o.output_root, ec);
+  o.output_root = fs::absolute(o.output_root).string();
+  DFC_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open((fs::path(o.state_dir) / "jobs.db").string()));
+  std::unique_ptr<Coordinator> c(new Coordinator(std::move(o), std::move(store)));
+  DFC_ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c->store_->List());
+  std::lock_guard<std::mutex> lock(c->mu_);
+  for (v1::Job& job : jobs) {
+    // Ranks of a job that was placed when the coordinator died are orphans
+    // now: the job goes back to the queue and resumes from its checkpoint.
+    if (job.state() == v1::SCHEDULED || job.state() == v1::RUNNING) {
+      job.set_state(v1::QUEUED);
+      job.clear_workers();
+      DFC_RETURN_IF_ERROR(c->Save(job));
+    }
+    c->jobs_[job.job_id()] = job;
+  }
+  return c;
+}
+
+absl::Status Coordinator::Save(v1::Job& job) {
+  DFC_RETURN_IF_ERROR(store_->Update(job));
+  v1::Job cached = job;
+  cached.mutable_epochs()->CopyFrom(jobs_[job.job_id()].epochs());
+  if (job.epochs_size() > 0) cached.mutable_epochs()->CopyFrom(job.epochs());
+  jobs_[job.job_id()] = cached;
+  versions_[job.job_id()]++;
+  changed_.notify_all();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobRequest& request) {
+  DFC_RETURN_IF_ERROR(ValidateSubmit(request));
+  std::lock_guard<std::mutex> lock(mu_);
+  DFC_ASSIGN_OR_RETURN(auto created, store_->Create(request, options_.output_root, Now()));
+  v1::SubmitJobResponse resp;
+  resp.set_job_id(created.first.job_id());
+  resp.set_existing(created.second);
+  if (!created.second) {
+    jobs_[created.first.job_id()] = created.first;
+    versions_[created.first.job_id()]++;
+    ScheduleLocked();
+  }
+  return resp;
+}
+
+absl::StatusOr<v1::Job> Coordinator::GetJob(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+  return it->second;
+}
+
+absl::StatusOr<std::vector<v1::Job>> Coordinator::ListJobs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<v1::Job> out;
+  for (const auto& [id, job] : jobs_) out.push_back(job);
+  std::sort(out.begin(), out.end(),
+            [](const v1::Job& a, const v1::Job& b) { return a.created_unix_ms() < b.created_unix_ms(); });
+  return out;
+}
+
+absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+  v1::Job job = it->second;
+  if (IsTerminal(job.state())) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already ended (",
+                                                      v1::JobState_Name(job.state()), ")"));
+  }
+  StopRanks(job_id);
+  job.set_state(v1::CANCELLED);
+  job.set_reason("cancelled by request");
+  job.set_finished_unix_ms(Now());
+  DFC_RETURN_IF_ERROR(Save(job));
+  ScheduleLocked();
+  return jobs_[job_id];
+}
+
+absl::StatusOr<v1::Job> Coordinator::WaitForChange(const std::string& job_id, int64_t* version,
+                                                   std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!jobs_.count(job_id)) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+  changed_.wait_for(lock, timeout, [&] { return versions_[job_id] != *version; });
+  *version = versions_[job_id];
+  return jobs_[job_id];
+}
+
+absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1::RegisterWorkerRequest& r) {
+  const int slots = r.gpus() > 0 ? r.gpus() : r.cpu_slots();
+  if (slots < 1 || slots > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("cpu_slots/gpus: a worker needs 1..1024 slots, got ", slots));
+  }
+  if (r.address().empty()) return absl::InvalidArgumentError("address: required");
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string id = absl::StrCat("worker-", next_worker_++, "-", Now() % 100000);
+  workers_[id] = WorkerInfo{r.address(), slots, Now()};
+  v1::RegisterWorkerResponse resp;
+  resp.set_worker_id(id);
+  resp.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
+  ScheduleLocked();
+  return resp;
+}
+
+int Coordinator::FreeSlots(const std::string& worker_id) const {
+  auto w = workers_.find(worker_id);
+  if (w == workers_.end()) return 0;
+  int used = 0;
+  for (const auto& [id, a] : active_) {
+    for (const RankSlot& s : a.ranks) used += s.worker_id == worker_id;
+  }
+  return w->second.slots - used;
+}
+
+void Coordinator::StopRanks(const std::string& job_id) {
+  auto it = active_.find(job_id);
+  if (it == active_.end()) return;
+  for (const RankSlot& s : it->second.ranks) stop_[s.worker_id].insert(job_id);
+  active_.erase(it);
+}
+
+void Coordinator::FailAttempt(const std::string& job_id, const std::string& reason) {
+  StopRanks(job_id);
+  v1::Job job = jobs_[job_id];
+  if (job.reason().empty()) job.set_reason(reason);  // the first error is kept
+  if (job.restarts() < job.max_restarts()) {
+    job.set_restarts(job.restarts() + 1);
+    job.set_state(v1::QUEUED);
+  } else {
+    job.set_state(v1::FAILED);
+    job.set_finished_unix_ms(Now());
+  }
+  job.clear_workers();
+  (void)Save(job);
+}
+
+void Coordinator::ExpireWorkersLocked() {
+  const int64_t now = Now();
+  std::vector<std::string> dead;
+  for (const auto& [id, w] : workers_) {
+    if (now - w.last_seen_ms > options_.worker_timeout.count()) dead.push_back(id);
+  }
+  for (const std::string& id : dead) {
+    workers_.erase(id);
+    std::vector<std::string> hit;
+    for (const auto& [job_id, a] : active_) {
+      for (const RankSlot& s : a.ranks) {
+        if (s.worker_id == id) {
+          hit.push_back(job_id);
+          break;
+        }
+      }
+    }
+    for (const std::string& job_id : hit) FailAttempt(job_id, absl::StrCat("worker ", id, " stopped responding"));
+    stop_.erase(id);
+  }
+}
+
+void Coordinator::ScheduleLocked() {
+  std::vector<const v1::Job*> queued;
+  for (const auto& [id, job] : jobs_) {
+    if (job.state() == v1::QUEUED) queued.push_back(&job);
+  }
+  // Priority, then FIFO. Strict: a job that does not fit blocks those behind
+  // it, so a large job is never starved by a stream of small ones.
+  std::sort(queued.begin(), queued.end(), [](const v1::Job* a, const v1::Job* b) {
+    if (a->priority() != b->priority()) return a->priority() > b->priority();
+    return a->created_unix_ms() < b->created_unix_ms();
+  });
+  std::vector<std::string> ids;
+  for (const v1::Job* j : queued) ids.push_back(j->job_id());
+  for (const std::string& id : ids) {
+    v1::Job job = jobs_[id];
+    std::vector<std::pair<int, std::string>> free;
+    int total = 0;
+    for (const auto& [wid, w] : workers_) {
+      const int f = FreeSlots(wid);
+      if (f > 0) {
+        free.emplace_back(f, wid);
+        total += f;
+      }
+    }
+    if (total < job.world_size()) break;  // gang: all ranks or none
+    std::sort(free.begin(), free.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    ActiveJob a;
+    a.attempt = job.attempt() + 1;
+    for (auto& [f, wid] : free) {
+      while (f > 0 && static_cast<int>(a.ranks.size()) < job.world_size()) {
+        RankSlot s;
+        s.worker_id = wid;
+        a.ranks.push_back(s);
+        --f;
+      }
+    }
+    a.store_host = workers_[a.ranks[0].worker_id].address;
+    job.set_attempt(a.attempt);
+    job.set_state(v1::SCHEDULED);
+    job.clear_workers();
+    for (const RankSlot& s : a.ranks) job.add_workers(s.worker_id);
+    active_[id] = std::move(a);
+    (void)Save(job);
+  }
+}
+
+void Coordinator::Tick() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireWorkersLocked();
+  ScheduleLocked();
+}
+
+absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::HeartbeatRequest& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  v1::HeartbeatResponse resp;
+  auto w = workers_.find(r.worker_id());
+  if (w == workers_.end()) {
+    resp.set_reregister(true);
+    return resp;
+  }
+  w->second.last_seen_ms = Now();
+  for (const v1::RankStatus& st : r.ranks()) {
+    auto a = active_.find(st.job_id());
+    if (a == active_.end() || a->second.attempt != st.attempt() || st.rank() < 0 ||
+        st.rank() >= static_cast<int>(a->second.ranks.size()) ||
+        a->second.ranks[st.rank()].worker_id != r.worker_id()) {
+      if (st.running()) resp.add_stop_jobs(st.job_id());  // a stale rank
+      continue;
+    }
+    RankSlot& slot = a->second.ranks[st.rank()];
+    slot.running = st.running();
+    if (st.rank() == 0 && st.store_port() > 0) a->second.store_port = st.store_port();
+    if (st.exited() && !slot.exited) {
+      slot.exited = true;
+      slot.exit_code = st.exit_code();
+      slot.error = st.error();
+    }
+  }
+  // Job transitions from what the ranks report.
+  std::vector<std::string> ids;
+  for (const auto& [id, a] : active_) ids.push_back(id);
+  for (const std::string& id : ids) {
+    ActiveJob& a = active_[id];
+    bool all_running = true, all_ok = true, failed = false;
+    std::string error;
+    for (size_t i = 0; i < a.ranks.size(); ++i) {
+      const RankSlot& s = a.ranks[i];
+      all_running &= s.running || s.exited;
+      all_ok &= s.exited && s.exit_code == 0;
+      if (s.exited && s.exit_code != 0 && !failed) {
+        failed = true;
+        error = absl::StrCat("rank ", i, " exited with status ", s.exit_code, s.error.empty() ? "" : ": ", s.error);
+      }
+    }
+    v1::Job job = jobs_[id];
+    if (failed) {
+      FailAttempt(id, error);
+    } else if (all_ok) {
+      active_.erase(id);
+      job.set_state(v1::SUCCEEDED);
+      job.set_finished_unix_ms(Now());
+      (void)Save(job);
+    } else if (all_running && job.state() == v1::SCHEDULED) {
+      job.set_state(v1::RUNNING);
+      if (job.started_unix_ms() == 0) job.set_started_unix_ms(Now());
+      (void)Save(job);
+    }
+  }
+  ExpireWorkersLocked();
+  ScheduleLocked();
+  // Ranks this worker should start: rank 0 first (it picks the store port),
+  // the others once rank 0's port is known.
+  for (auto& [id, a] : active_) {
+    for (size_t i = 0; i < a.ranks.size(); ++i) {
+      RankSlot& s = a.ranks[i];
+      if (s.worker_id != r.worker_id() || s.sent) continue;
+      if (i > 0 && a.store_port == 0) continue;
+      const v1::Job& job = jobs_[id];
+      v1::RankAssignment* as = resp.add_start();
+      as->set_job_id(id);
+      as->set_attempt(a.attempt);
+      as->set_rank(static_cast<int>(i));
+      as->set_world_size(static_cast<int>(a.ranks.size()));
+      as->set_store_host(a.store_host);
+      as->set_store_port(a.store_port);
+      *as->mutable_config() = job.config();
+      as->set_output_dir(job.output_dir());
+      as->set_resume(fs::exists(fs::path(job.output_dir()) / "latest.ckpt"));
+      s.sent = true;
+    }
+  }
+  auto stops = stop_.find(r.worker_id());
+  if (stops != stop_.end()) {
+    for (const std::string& id : stops->second) resp.add_stop_jobs(id);
+    stop_.erase(stops);
+  }
+  return resp;
+}
+
+absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(r.job_id());
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", r.job_id(), "'"));
+  if (r.attempt() != it->second.attempt()) return absl::OkStatus();  // a stale rank
+  DFC_RETURN_IF_ERROR(store_->PutEpoch(r.job_id(), r.epoch()));
+  v1::Job& job = it->second;
+  bool replaced = false;
+  for (auto& e : *job.mutable_epochs()) {
+    if (e.epoch() == r.epoch().epoch()) {
+      e = r.epoch();
+      replaced = true;
+    }
+  }
+  if (!replaced) *job.add_epochs() = r.epoch();
+  versions_[r.job_id()]++;
+  changed_.notify_all();
+  return absl::OkStatus();
+}
+
+}  // namespace dfc

@@ -1,0 +1,103 @@
+#ifndef DFC_COORDINATOR_COORDINATOR_H_
+#define DFC_COORDINATOR_COORDINATOR_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "coordinator/job_store.h"
+#include "dfc/v1/dfc.pb.h"
+
+namespace dfc {
+
+struct CoordinatorOptions {
+  std::string state_dir;   // jobs.db lives here
+  std::string output_root; // job output dirs (default: STATE/jobs); must be shared with workers
+  std::chrono::milliseconds heartbeat_interval{500};
+  // A worker not heard from for this long is dead; its jobs restart or fail.
+  std::chrono::milliseconds worker_timeout{3000};
+  std::function<int64_t()> now_ms;  // clock (tests may fake it); default: system clock
+};
+
+// The coordinator's domain logic: the durable job queue and state machine
+// (QUEUED -> SCHEDULED -> RUNNING -> SUCCEEDED/FAILED/CANCELLED), the worker
+// registry with liveness, gang scheduling (all ranks of a job placed at once,
+// priority then FIFO, strict order so that no two jobs each hold half the
+// slots), rank-0 store rendezvous and restarts. No gRPC here: the services
+// translate. Thread-safe; one mutex guards all state.
+class Coordinator {
+ public:
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(const CoordinatorOptions& options);
+
+  absl::StatusOr<v1::SubmitJobResponse> Submit(const v1::SubmitJobRequest& request);
+  absl::StatusOr<v1::Job> GetJob(const std::string& job_id);
+  absl::StatusOr<std::vector<v1::Job>> ListJobs();
+  absl::StatusOr<v1::Job> Cancel(const std::string& job_id);
+  // Returns the job once its version passes *version (or at timeout),
+  // updating *version. Starts with *version = 0 for the current job.
+  absl::StatusOr<v1::Job> WaitForChange(const std::string& job_id, int64_t* version,
+                                        std::chrono::milliseconds timeout);
+
+  absl::StatusOr<v1::RegisterWorkerResponse> RegisterWorker(const v1::RegisterWorkerRequest& request);
+  absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
+  absl::Status ReportMetrics(const v1::ReportMetricsRequest& request);
+  // Expires dead workers and schedules; also run by a timer.
+  void Tick();
+
+  static bool IsTerminal(v1::JobState s);
+
+ private:
+  struct WorkerInfo {
+    std::string address;
+    int slots = 0;
+    int64_t last_seen_ms = 0;
+  };
+  struct RankSlot {
+    std::string worker_id;
+    bool sent = false, running = false, exited = false;
+    int exit_code = 0;
+    std::string error;
+  };
+  struct ActiveJob {
+    int attempt = 0;
+    std::vector<RankSlot> ranks;
+    int store_port = 0;
+    std::string store_host;
+  };
+
+  explicit Coordinator(CoordinatorOptions options, std::unique_ptr<JobStore> store)
+      : options_(std::move(options)), store_(std::move(store)) {}
+  int64_t Now() const { return options_.now_ms(); }
+  absl::Status Save(v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FailAttempt(const std::string& job_id, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StopRanks(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpireWorkersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int FreeSlots(const std::string& worker_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const CoordinatorOptions options_;
+  const std::unique_ptr<JobStore> store_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::map<std::string, v1::Job> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int64_t> versions_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, ActiveJob> active_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::set<std::string>> stop_ ABSL_GUARDED_BY(mu_);  // worker -> jobs to stop
+  int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+// Checks a submission: model, data, sizes. INVALID_ARGUMENT names the field.
+absl::Status ValidateSubmit(const v1::SubmitJobRequest& request);
+
+}  // namespace dfc
+
+#endif  // DFC_COORDINATOR_COORDINATOR_H_

@@ -1,0 +1,79 @@
+// dfc-coordinator: job queue, scheduler and API server.
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "common/atomic_file.h"
+#include "coordinator/coordinator_service.h"
+
+namespace {
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"dfc-coordinator: schedules DFC training jobs across workers"};
+  std::string listen = "127.0.0.1:50051";
+  dfc::CoordinatorOptions opts;
+  dfc::RpcSecurity sec;
+  int heartbeat_ms = 500, worker_timeout_ms = 3000;
+  app.add_option("--listen", listen, "Address to serve gRPC on");
+  app.add_option("--state", opts.state_dir, "State directory (SQLite job database)")->required();
+  app.add_option("--output-root", opts.output_root, "Where job outputs go (shared with workers; default STATE/jobs)");
+  app.add_option("--heartbeat-ms", heartbeat_ms, "Worker heartbeat interval")->check(CLI::Range(50, 60000));
+  app.add_option("--worker-timeout-ms", worker_timeout_ms, "A silent worker is dead after this")->check(CLI::Range(200, 600000));
+  app.add_option("--tls-cert", sec.tls_cert, "Server certificate (PEM); enables TLS");
+  app.add_option("--tls-key", sec.tls_key, "Server key (PEM)");
+  app.add_option("--tls-ca", sec.tls_ca, "CA (PEM) that client certificates must chain to; requires them");
+  app.add_option("--token-file", sec.token, "File holding the bearer token callers must present")
+      ->check(CLI::ExistingFile);
+  CLI11_PARSE(app, argc, argv);
+  if (!sec.token.empty()) {
+    auto t = dfc::ReadFile(sec.token, 4096);
+    if (!t.ok()) {
+      std::fprintf(stderr, "dfc-coordinator: --token-file: %s\n", std::string(t.status().message()).c_str());
+      return 2;
+    }
+    sec.token = std::string(t->substr(0, t->find_last_not_of(" \n\r\t") + 1));
+  }
+  opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
+  opts.worker_timeout = std::chrono::milliseconds(worker_timeout_ms);
+  auto coordinator = dfc::Coordinator::Create(opts);
+  if (!coordinator.ok()) {
+    std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(coordinator.status().message()).c_str());
+    return 2;
+  }
+  auto creds = dfc::MakeServerCredentials(sec);
+  if (!creds.ok()) {
+    std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(creds.status().message()).c_str());
+    return 2;
+  }
+  dfc::JobServiceImpl jobs(coordinator->get(), sec.token);
+  dfc::WorkerServiceImpl workers(coordinator->get(), sec.token);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, *creds, &port);
+  builder.SetMaxReceiveMessageSize(dfc::kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(dfc::kMaxMessageBytes);
+  builder.RegisterService(&jobs);
+  builder.RegisterService(&workers);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    std::fprintf(stderr, "dfc-coordinator: cannot listen on %s\n", listen.c_str());
+    return 1;
+  }
+  std::printf("dfc-coordinator listening on %s (state %s)\n", listen.c_str(), opts.state_dir.c_str());
+  std::fflush(stdout);
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  while (!g_stop) {
+    (*coordinator)->Tick();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}

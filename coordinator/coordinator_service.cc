@@ -1,0 +1,84 @@
+#include "coordinator/coordinator_service.h"
+
+namespace dfc {
+
+#define DFC_CHECK_TOKEN(ctx)                                   \
+  do {                                                         \
+    grpc::Status auth_ = CheckToken(*(ctx), token_);           \
+    if (!auth_.ok()) return auth_;                             \
+  } while (0)
+
+grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* req,
+                                       v1::SubmitJobResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->Submit(*req);
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = *r;
+  return grpc::Status::OK;
+}
+
+grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::Job* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->GetJob(req->job_id());
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = *r;
+  return grpc::Status::OK;
+}
+
+grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest*, v1::ListJobsResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->ListJobs();
+  if (!r.ok()) return ToGrpc(r.status());
+  for (auto& j : *r) *resp->add_jobs() = std::move(j);
+  return grpc::Status::OK;
+}
+
+grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req,
+                                       v1::CancelJobResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->Cancel(req->job_id());
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp->mutable_job() = *r;
+  return grpc::Status::OK;
+}
+
+grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
+                                      grpc::ServerWriter<v1::JobEvent>* writer) {
+  DFC_CHECK_TOKEN(ctx);
+  int64_t version = -1;
+  while (!ctx->IsCancelled()) {
+    auto job = coordinator_->WaitForChange(req->job_id(), &version, std::chrono::milliseconds(1000));
+    if (!job.ok()) return ToGrpc(job.status());
+    v1::JobEvent ev;
+    *ev.mutable_job() = *job;
+    if (!writer->Write(ev)) return grpc::Status::OK;  // the client went away
+    if (Coordinator::IsTerminal(job->state())) return grpc::Status::OK;
+  }
+  return grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled");
+}
+
+grpc::Status WorkerServiceImpl::RegisterWorker(grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
+                                               v1::RegisterWorkerResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->RegisterWorker(*req);
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = *r;
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
+                                          v1::HeartbeatResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->Heartbeat(*req);
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = *r;
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::ReportMetrics(grpc::ServerContext* ctx, const v1::ReportMetricsRequest* req,
+                                              v1::ReportMetricsResponse*) {
+  DFC_CHECK_TOKEN(ctx);
+  return ToGrpc(coordinator_->ReportMetrics(*req));
+}
+
+}  // namespace dfc

@@ -1,0 +1,46 @@
+#ifndef DFC_COORDINATOR_COORDINATOR_SERVICE_H_
+#define DFC_COORDINATOR_COORDINATOR_SERVICE_H_
+
+#include <string>
+
+#include "common/rpc/rpc_util.h"
+#include "coordinator/coordinator.h"
+#include "dfc/v1/dfc.grpc.pb.h"
+
+namespace dfc {
+
+// The user-facing gRPC edge: checks the token, calls one Coordinator
+// function, converts its status. Thread-safe as the Coordinator is.
+class JobServiceImpl final : public v1::JobService::Service {
+ public:
+  JobServiceImpl(Coordinator* coordinator, std::string token) : coordinator_(coordinator), token_(std::move(token)) {}
+  grpc::Status SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* req, v1::SubmitJobResponse* resp) override;
+  grpc::Status GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::Job* resp) override;
+  grpc::Status ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req, v1::ListJobsResponse* resp) override;
+  grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req, v1::CancelJobResponse* resp) override;
+  grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
+                        grpc::ServerWriter<v1::JobEvent>* writer) override;
+
+ private:
+  Coordinator* const coordinator_;
+  const std::string token_;
+};
+
+// The worker-facing gRPC edge.
+class WorkerServiceImpl final : public v1::WorkerService::Service {
+ public:
+  WorkerServiceImpl(Coordinator* coordinator, std::string token) : coordinator_(coordinator), token_(std::move(token)) {}
+  grpc::Status RegisterWorker(grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
+                              v1::RegisterWorkerResponse* resp) override;
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) override;
+  grpc::Status ReportMetrics(grpc::ServerContext* ctx, const v1::ReportMetricsRequest* req,
+                             v1::ReportMetricsResponse* resp) override;
+
+ private:
+  Coordinator* const coordinator_;
+  const std::string token_;
+};
+
+}  // namespace dfc
+
+#endif  // DFC_COORDINATOR_COORDINATOR_SERVICE_H_

@@ -1,0 +1,180 @@
+#include "coordinator/job_store.h"
+
+#include <sqlite3.h>
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+
+namespace dfc {
+namespace {
+
+// A prepared statement that finalises itself.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) { rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr); }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  absl::Status status() const {
+    return rc_ == SQLITE_OK ? absl::OkStatus() : absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+  void Bind(int i, const std::string& s) { sqlite3_bind_blob(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT); }
+  void BindText(int i, const std::string& s) { sqlite3_bind_text(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT); }
+  void Bind(int i, int64_t v) { sqlite3_bind_int64(stmt_, i, v); }
+  void BindNull(int i) { sqlite3_bind_null(stmt_, i); }
+  int Step() { return sqlite3_step(stmt_); }
+  std::string Blob(int col) {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    return std::string(static_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(stmt_, col)));
+  }
+  absl::Status Done() {
+    int rc = Step();
+    return rc == SQLITE_DONE ? absl::OkStatus() : absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+std::string NewJobId() {
+  static std::mt19937_64 rng{std::random_device{}()};
+  return absl::StrFormat("job-%012x", rng() & 0xFFFFFFFFFFFFULL);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr) !=
+      SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::UnavailableError(absl::StrCat("cannot open state database '", path, "': ", msg));
+  }
+  std::unique_ptr<JobStore> store(new JobStore(db));
+  std::lock_guard<std::mutex> lock(store->mu_);
+  sqlite3_busy_timeout(db, 5000);
+  DFC_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
+  DFC_RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
+  // The job is kept as its protobuf (the schema evolves with the proto); the
+  // columns are what queries need.
+  DFC_RETURN_IF_ERROR(store->Exec(
+      "CREATE TABLE IF NOT EXISTS jobs ("
+      " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+      " job_id TEXT UNIQUE NOT NULL,"
+      " idempotency_key TEXT UNIQUE,"
+      " job BLOB NOT NULL)"));
+  DFC_RETURN_IF_ERROR(store->Exec(
+      "CREATE TABLE IF NOT EXISTS epochs ("
+      " job_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics BLOB NOT NULL,"
+      " PRIMARY KEY (job_id, epoch))"));
+  return store;
+}
+
+JobStore::~JobStore() { sqlite3_close(db_); }
+
+absl::Status JobStore::Exec(const std::string& sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    return absl::InternalError(absl::StrCat("sqlite: ", msg, " in: ", sql));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::pair<v1::Job, bool>> JobStore::Create(const v1::SubmitJobRequest& r, const std::string& output_root,
+                                                          int64_t now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!r.idempotency_key().empty()) {
+    Stmt q(db_, "SELECT job_id FROM jobs WHERE idempotency_key = ?");
+    DFC_RETURN_IF_ERROR(q.status());
+    q.BindText(1, r.idempotency_key());
+    if (q.Step() == SQLITE_ROW) {
+      DFC_ASSIGN_OR_RETURN(v1::Job existing, GetLocked(q.Blob(0)));
+      return std::make_pair(existing, true);
+    }
+  }
+  v1::Job job;
+  job.set_job_id(NewJobId());
+  *job.mutable_config() = r.config();
+  job.set_world_size(r.world_size());
+  job.set_max_restarts(r.max_restarts());
+  job.set_priority(r.priority());
+  job.set_state(v1::QUEUED);
+  job.set_created_unix_ms(now_ms);
+  job.set_output_dir(output_root + "/" + job.job_id());
+  Stmt ins(db_, "INSERT INTO jobs (job_id, idempotency_key, job) VALUES (?, ?, ?)");
+  DFC_RETURN_IF_ERROR(ins.status());
+  ins.BindText(1, job.job_id());
+  if (r.idempotency_key().empty()) ins.BindNull(2);
+  else ins.BindText(2, r.idempotency_key());
+  ins.Bind(3, job.SerializeAsString());
+  DFC_RETURN_IF_ERROR(ins.Done());
+  return std::make_pair(job, false);
+}
+
+absl::StatusOr<v1::Job> JobStore::GetLocked(const std::string& job_id) {
+  Stmt q(db_, "SELECT job FROM jobs WHERE job_id = ?");
+  DFC_RETURN_IF_ERROR(q.status());
+  q.BindText(1, job_id);
+  if (q.Step() != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+  v1::Job job;
+  if (!job.ParseFromString(q.Blob(0))) return absl::DataLossError(absl::StrCat("job '", job_id, "' is unreadable"));
+  Stmt e(db_, "SELECT metrics FROM epochs WHERE job_id = ? ORDER BY epoch");
+  DFC_RETURN_IF_ERROR(e.status());
+  e.BindText(1, job_id);
+  while (e.Step() == SQLITE_ROW) job.add_epochs()->ParseFromString(e.Blob(0));
+  return job;
+}
+
+absl::StatusOr<v1::Job> JobStore::Get(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return GetLocked(job_id);
+}
+
+absl::StatusOr<std::vector<v1::Job>> JobStore::List() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> ids;
+  {
+    Stmt q(db_, "SELECT job_id FROM jobs ORDER BY seq");
+    DFC_RETURN_IF_ERROR(q.status());
+    while (q.Step() == SQLITE_ROW) ids.push_back(q.Blob(0));
+  }
+  std::vector<v1::Job> out;
+  for (const auto& id : ids) {
+    DFC_ASSIGN_OR_RETURN(v1::Job j, GetLocked(id));
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+absl::Status JobStore::Update(const v1::Job& job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  v1::Job stored = job;
+  stored.clear_epochs();  // kept in their own table
+  Stmt u(db_, "UPDATE jobs SET job = ? WHERE job_id = ?");
+  DFC_RETURN_IF_ERROR(u.status());
+  u.Bind(1, stored.SerializeAsString());
+  u.BindText(2, job.job_id());
+  DFC_RETURN_IF_ERROR(u.Done());
+  if (sqlite3_changes(db_) != 1) return absl::NotFoundError(absl::StrCat("job_id: no job '", job.job_id(), "'"));
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::PutEpoch(const std::string& job_id, const v1::EpochMetrics& m) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt u(db_, "INSERT OR REPLACE INTO epochs (job_id, epoch, metrics) VALUES (?, ?, ?)");
+  DFC_RETURN_IF_ERROR(u.status());
+  u.BindText(1, job_id);
+  u.Bind(2, static_cast<int64_t>(m.epoch()));
+  u.Bind(3, m.SerializeAsString());
+  return u.Done();
+}
+
+}  // namespace dfc

@@ -1,0 +1,51 @@
+#ifndef DFC_COORDINATOR_JOB_STORE_H_
+#define DFC_COORDINATOR_JOB_STORE_H_
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "dfc/v1/dfc.pb.h"
+
+struct sqlite3;
+
+namespace dfc {
+
+// Durable job records in SQLite (WAL, synchronous=FULL): a job is on disk
+// before SubmitJob answers, so a SIGKILL of the coordinator loses no
+// acknowledged job. Thread-safe (one connection behind a mutex).
+class JobStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path);
+  ~JobStore();
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+
+  // Creates a QUEUED job, or returns the existing one with the same
+  // idempotency key (second = true).
+  absl::StatusOr<std::pair<v1::Job, bool>> Create(const v1::SubmitJobRequest& request, const std::string& output_root,
+                                                  int64_t now_ms);
+  absl::StatusOr<v1::Job> Get(const std::string& job_id);
+  // Every job, oldest first.
+  absl::StatusOr<std::vector<v1::Job>> List();
+  // Writes the job's mutable fields (state, reason, restarts, times, workers).
+  absl::Status Update(const v1::Job& job);
+  // Records one epoch's metrics (replacing a re-run of the same epoch).
+  absl::Status PutEpoch(const std::string& job_id, const v1::EpochMetrics& m);
+
+ private:
+  explicit JobStore(sqlite3* db) : db_(db) {}
+  absl::Status Exec(const std::string& sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<v1::Job> GetLocked(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  std::mutex mu_;
+  sqlite3* const db_;
+};
+
+}  // namespace dfc
+
+#endif  // DFC_COORDINATOR_JOB_STORE_H_

@@ -1,0 +1,238 @@
+#include "worker/worker_agent.h"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "worker/collective.h"
+#include "worker/rank_launcher.h"
+
+namespace dfc {
+
+TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& c) {
+  TrainOptions o;
+  o.arch = c.model();
+  o.data_dir = c.data();
+  o.epochs = c.epochs();
+  o.batch_size = c.batch_size();
+  o.lr = c.lr();
+  o.adam_eps = c.adam_eps();
+  if (!c.loss().empty()) o.loss = c.loss();
+  if (!c.lr_schedule().empty()) o.lr_schedule = c.lr_schedule();
+  o.early_stopping_patience = c.early_stopping_patience();
+  o.init_weights = c.init();
+  o.seed = c.seed();
+  if (c.bn_momentum() > 0) o.detector.bn_momentum = c.bn_momentum();
+  o.max_train_images = c.max_train_images();
+  o.max_val_images = c.max_val_images();
+  o.threads = c.threads_per_rank();
+  return o;
+}
+
+absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
+  v1::RegisterWorkerRequest req;
+  req.set_address(options_.advertise_host);
+  req.set_cpu_slots(options_.cpu_slots);
+  req.set_gpus(options_.gpus);
+  v1::RegisterWorkerResponse resp;
+  auto ctx = MakeContext(options_.security);
+  absl::Status st = FromGrpc(stub.RegisterWorker(ctx.get(), req, &resp));
+  if (!st.ok()) return st;
+  worker_id_ = resp.worker_id();
+  interval_ = std::chrono::milliseconds(std::max(50, resp.heartbeat_interval_ms()));
+  std::fprintf(stderr, "dfc-worker: registered as %s with %d slot(s)\n", worker_id_.c_str(),
+               options_.gpus > 0 ? options_.gpus : options_.cpu_slots);
+  return absl::OkStatus();
+}
+
+void WorkerAgent::StartRank(const v1::RankAssignment& a) {
+  Rank r;
+  r.assignment = a;
+  if (a.rank() == 0 && a.store_port() == 0) {
+    r.store_port = PickFreePort();
+    r.assignment.set_store_port(r.store_port);
+    r.assignment.set_store_host(options_.advertise_host);
+  }
+  const std::string encoded = absl::Base64Escape(r.assignment.SerializeAsString());
+  std::vector<std::string> args = {options_.rank_binary, "--coordinator", options_.coordinator};
+  if (!options_.security.tls_ca.empty()) args.insert(args.end(), {"--tls-ca", options_.security.tls_ca});
+  if (!options_.security.tls_cert.empty()) args.insert(args.end(), {"--tls-cert", options_.security.tls_cert});
+  if (!options_.security.tls_key.empty()) args.insert(args.end(), {"--tls-key", options_.security.tls_key});
+  args.insert(args.end(), {"rank", "--assignment", encoded});
+  std::vector<char*> cargs;
+  for (auto& s : args) cargs.push_back(s.data());
+  cargs.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    // A rank never outlives its worker: if the worker dies, so do its ranks,
+    // and their peers' collectives fail instead of waiting.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (!options_.security.token.empty()) ::setenv("DFC_TOKEN", options_.security.token.c_str(), 1);
+    ::execv(cargs[0], cargs.data());
+    ::_exit(127);
+  }
+  if (pid < 0) {
+    r.exited = true;
+    r.exit_code = 127;
+  }
+  r.pid = pid;
+  std::fprintf(stderr, "dfc-worker: started %s attempt %d rank %d/%d (pid %d)\n", a.job_id().c_str(), a.attempt(),
+               a.rank(), a.world_size(), static_cast<int>(pid));
+  ranks_.push_back(std::move(r));
+}
+
+void WorkerAgent::StopJob(const std::string& job_id) {
+  for (Rank& r : ranks_) {
+    if (r.assignment.job_id() == job_id && !r.exited && r.pid > 0) {
+      ::kill(r.pid, SIGTERM);
+      r.kill_at = std::chrono::steady_clock::now() + options_.kill_grace;
+    }
+  }
+}
+
+void WorkerAgent::Reap() {
+  const auto now = std::chrono::steady_clock::now();
+  for (Rank& r : ranks_) {
+    if (r.exited || r.pid <= 0) continue;
+    int status = 0;
+    pid_t p = ::waitpid(r.pid, &status, WNOHANG);
+    if (p == r.pid) {
+      r.exited = true;
+      r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    } else if (now > r.kill_at) {
+      ::kill(r.pid, SIGKILL);
+    }
+  }
+}
+
+absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
+  auto channel = MakeChannel(options_.coordinator, options_.security);
+  if (!channel.ok()) return channel.status();
+  auto stub = v1::WorkerService::NewStub(*channel);
+  // Keep trying: the coordinator may start after the worker, or restart.
+  while (!*stop) {
+    absl::Status st = Register(*stub);
+    if (st.ok()) break;
+    std::fprintf(stderr, "dfc-worker: cannot register with %s: %s (retrying)\n", options_.coordinator.c_str(),
+                 std::string(st.message()).c_str());
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  std::vector<Rank> finished_reported;
+  while (!*stop) {
+    Reap();
+    v1::HeartbeatRequest req;
+    req.set_worker_id(worker_id_);
+    for (const Rank& r : ranks_) {
+      v1::RankStatus* s = req.add_ranks();
+      s->set_job_id(r.assignment.job_id());
+      s->set_attempt(r.assignment.attempt());
+      s->set_rank(r.assignment.rank());
+      s->set_running(!r.exited);
+      s->set_exited(r.exited);
+      s->set_exit_code(r.exit_code);
+      s->set_store_port(r.store_port);
+    }
+    v1::HeartbeatResponse resp;
+    auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
+    absl::Status st = FromGrpc(stub->Heartbeat(ctx.get(), req, &resp));
+    if (st.ok()) {
+      // Exited ranks were reported; forget them.
+      std::vector<Rank> keep;
+      for (Rank& r : ranks_) {
+        if (!r.exited) keep.push_back(std::move(r));
+      }
+      ranks_ = std::move(keep);
+      for (const std::string& job : resp.stop_jobs()) StopJob(job);
+      for (const v1::RankAssignment& a : resp.start()) StartRank(a);
+      if (resp.reregister()) (void)Register(*stub);
+    }
+    std::this_thread::sleep_for(interval_);
+  }
+  for (Rank& r : ranks_) {
+    if (!r.exited && r.pid > 0) ::kill(r.pid, SIGTERM);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + options_.kill_grace;
+  for (Rank& r : ranks_) {
+    while (!r.exited && r.pid > 0) {
+      int status;
+      if (::waitpid(r.pid, &status, WNOHANG) == r.pid) break;
+      if (std::chrono::steady_clock::now() > deadline) ::kill(r.pid, SIGKILL);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Sends rank 0's epoch metrics to the coordinator.
+class ReportingObserver : public TrainObserver {
+ public:
+  ReportingObserver(v1::WorkerService::Stub* stub, const RpcSecurity* sec, std::string job_id, int attempt)
+      : stub_(stub), sec_(sec), job_id_(std::move(job_id)), attempt_(attempt) {}
+  void OnEpoch(const EpochMetrics& m) override {
+    v1::ReportMetricsRequest req;
+    req.set_job_id(job_id_);
+    req.set_attempt(attempt_);
+    v1::EpochMetrics* e = req.mutable_epoch();
+    e->set_epoch(m.epoch);
+    e->set_loss(m.loss);
+    e->set_accuracy(m.accuracy);
+    e->set_val_loss(m.val_loss);
+    e->set_val_accuracy(m.val_accuracy);
+    e->set_val_auc(m.val_auc);
+    e->set_images_per_second(m.images_per_second);
+    e->set_step_data_seconds(m.step_data_seconds);
+    e->set_step_compute_seconds(m.step_compute_seconds);
+    e->set_step_allreduce_wait_seconds(m.step_allreduce_wait_seconds);
+    e->set_lr(m.lr);
+    v1::ReportMetricsResponse resp;
+    auto ctx = MakeContext(*sec_);
+    grpc::Status st = stub_->ReportMetrics(ctx.get(), req, &resp);
+    if (!st.ok()) std::fprintf(stderr, "dfc-worker rank: cannot report metrics: %s\n", st.error_message().c_str());
+  }
+
+ private:
+  v1::WorkerService::Stub* stub_;
+  const RpcSecurity* sec_;
+  const std::string job_id_;
+  const int attempt_;
+};
+
+}  // namespace
+
+absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator, const RpcSecurity& security) {
+  TrainOptions o = TrainOptionsFromConfig(a.config());
+  o.out_dir = a.output_dir();
+  o.resume = a.resume();
+  std::unique_ptr<Collective> collective;
+  if (a.world_size() > 1) {
+    CollectiveOptions co;
+    co.rank = a.rank();
+    co.world_size = a.world_size();
+    co.store_host = a.store_host();
+    co.store_port = a.store_port();
+    auto c = Collective::Connect(co);
+    if (!c.ok()) return c.status();
+    collective = std::move(*c);
+    o.collective = collective.get();
+  }
+  std::unique_ptr<ReportingObserver> observer;
+  std::unique_ptr<v1::WorkerService::Stub> stub;
+  if (a.rank() == 0) {
+    auto channel = MakeChannel(coordinator, security);
+    if (!channel.ok()) return channel.status();
+    stub = v1::WorkerService::NewStub(*channel);
+    observer = std::make_unique<ReportingObserver>(stub.get(), &security, a.job_id(), a.attempt());
+  }
+  auto result = RunTraining(o, observer.get());
+  return result.status();
+}
+
+}  // namespace dfc

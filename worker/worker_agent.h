@@ -1,0 +1,70 @@
+#ifndef DFC_WORKER_WORKER_AGENT_H_
+#define DFC_WORKER_WORKER_AGENT_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/rpc/rpc_util.h"
+#include "dfc/v1/dfc.grpc.pb.h"
+#include "worker/trainer.h"
+
+namespace dfc {
+
+struct WorkerAgentOptions {
+  std::string coordinator;        // host:port
+  RpcSecurity security;
+  std::string advertise_host = "127.0.0.1";  // where this worker's rank 0 store is reachable
+  int cpu_slots = 1;
+  int gpus = 0;
+  std::string rank_binary;        // the dfc-worker executable (runs `rank`)
+  std::chrono::milliseconds kill_grace{3000};  // SIGTERM -> SIGKILL for stopped ranks
+};
+
+// dfc-worker's supervisor: registers with the coordinator, heartbeats the
+// state of its rank processes, starts the ranks it is assigned (one process
+// per slot, the torchrun model) and stops the ones it is told to. One thread
+// (Run) owns all state.
+class WorkerAgent {
+ public:
+  explicit WorkerAgent(WorkerAgentOptions options) : options_(std::move(options)) {}
+  // Runs until *stop becomes true; then stops its ranks.
+  absl::Status Run(const std::atomic<bool>* stop);
+
+ private:
+  struct Rank {
+    v1::RankAssignment assignment;
+    pid_t pid = -1;
+    bool exited = false;
+    int exit_code = 0;
+    int store_port = 0;
+    std::chrono::steady_clock::time_point kill_at = std::chrono::steady_clock::time_point::max();
+  };
+  absl::Status Register(v1::WorkerService::Stub& stub);
+  void StartRank(const v1::RankAssignment& a);
+  void StopJob(const std::string& job_id);
+  void Reap();
+
+  const WorkerAgentOptions options_;
+  std::string worker_id_;
+  std::chrono::milliseconds interval_{500};
+  std::vector<Rank> ranks_;
+};
+
+// The training options a rank runs with, from the job's config.
+TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& config);
+
+// `dfc-worker rank`: one rank of a job. Joins the process group, trains and,
+// on rank 0, reports each epoch's metrics to the coordinator.
+absl::Status RunRank(const v1::RankAssignment& assignment, const std::string& coordinator,
+                     const RpcSecurity& security);
+
+}  // namespace dfc
+
+#endif  // DFC_WORKER_WORKER_AGENT_H_

@@ -1,0 +1,76 @@
+// dfc-worker: runs the training ranks the coordinator assigns to this machine.
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+
+#include "absl/strings/escaping.h"
+#include "common/atomic_file.h"
+#include "worker/worker_agent.h"
+
+namespace {
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"dfc-worker: runs DFC training ranks for a coordinator"};
+  dfc::WorkerAgentOptions opts;
+  std::string token_file;
+  app.add_option("--coordinator", opts.coordinator, "Coordinator address host:port")->envname("DFC_COORDINATOR");
+  app.add_option("--cpu-slots", opts.cpu_slots, "CPU ranks this worker runs")->check(CLI::Range(1, 1024));
+  app.add_option("--gpus", opts.gpus, "GPU ranks (one per GPU; needs a CUDA build)")->check(CLI::Range(0, 64));
+  app.add_option("--advertise-host", opts.advertise_host, "Address other ranks reach this machine on");
+  app.add_option("--tls-ca", opts.security.tls_ca, "CA (PEM) of the coordinator's certificate; enables TLS");
+  app.add_option("--tls-cert", opts.security.tls_cert, "Client certificate (PEM)");
+  app.add_option("--tls-key", opts.security.tls_key, "Client key (PEM)");
+  app.add_option("--token-file", token_file, "File holding the bearer token")->check(CLI::ExistingFile);
+  CLI::App* rank_cmd = app.add_subcommand("rank", "Run one rank (started by the worker itself)");
+  std::string assignment_b64;
+  rank_cmd->add_option("--assignment", assignment_b64)->required();
+  CLI11_PARSE(app, argc, argv);
+  if (!token_file.empty()) {
+    auto t = dfc::ReadFile(token_file, 4096);
+    if (!t.ok()) return 2;
+    opts.security.token = std::string(t->substr(0, t->find_last_not_of(" \n\r\t") + 1));
+  } else if (const char* tok = std::getenv("DFC_TOKEN")) {
+    opts.security.token = tok;
+  }
+  if (opts.coordinator.empty()) {
+    std::fprintf(stderr, "dfc-worker: --coordinator is required\n");
+    return 2;
+  }
+  if (rank_cmd->parsed()) {
+    std::string bytes;
+    dfc::v1::RankAssignment a;
+    if (!absl::Base64Unescape(assignment_b64, &bytes) || !a.ParseFromString(bytes)) {
+      std::fprintf(stderr, "dfc-worker rank: --assignment is not a valid assignment\n");
+      return 2;
+    }
+    absl::Status st = dfc::RunRank(a, opts.coordinator, opts.security);
+    if (!st.ok()) {
+      std::fprintf(stderr, "dfc-worker rank %d of %s: %s\n", a.rank(), a.job_id().c_str(),
+                   std::string(st.message()).c_str());
+      return 1;
+    }
+    return 0;
+  }
+  if (opts.gpus > 0 && !torch::cuda::is_available()) {
+    std::fprintf(stderr, "dfc-worker: --gpus %d but this build/machine has no CUDA\n", opts.gpus);
+    return 2;
+  }
+  char exe[4096];
+  ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  opts.rank_binary = n > 0 ? std::string(exe, static_cast<size_t>(n)) : argv[0];
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  dfc::WorkerAgent agent(opts);
+  absl::Status st = agent.Run(&g_stop);
+  if (!st.ok()) {
+    std::fprintf(stderr, "dfc-worker: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
