@@ -194,6 +194,7 @@ void Coordinator::FailAttempt(const std::string& job_id, const std::string& reas
   if (job.restarts() < job.max_restarts()) {
     job.set_restarts(job.restarts() + 1);
     job.set_state(v1::QUEUED);
+    not_before_ms_[job_id] = Now() + 3 * options_.heartbeat_interval.count();
   } else {
     job.set_state(v1::FAILED);
     job.set_finished_unix_ms(Now());
@@ -237,11 +238,16 @@ void Coordinator::ScheduleLocked() {
   });
   std::vector<std::string> ids;
   for (const v1::Job* j : queued) ids.push_back(j->job_id());
+  const int64_t now = Now();
   for (const std::string& id : ids) {
     v1::Job job = jobs_[id];
+    auto wait = not_before_ms_.find(id);
+    if (wait != not_before_ms_.end() && now < wait->second) break;  // strict order: nobody overtakes
     std::vector<std::pair<int, std::string>> free;
     int total = 0;
     for (const auto& [wid, w] : workers_) {
+      // Only workers heard from within two heartbeats take new ranks.
+      if (now - w.last_seen_ms > 2 * options_.heartbeat_interval.count()) continue;
       const int f = FreeSlots(wid);
       if (f > 0) {
         free.emplace_back(f, wid);
@@ -261,6 +267,7 @@ void Coordinator::ScheduleLocked() {
       }
     }
     a.store_host = workers_[a.ranks[0].worker_id].address;
+    not_before_ms_.erase(id);
     job.set_attempt(a.attempt);
     job.set_state(v1::SCHEDULED);
     job.clear_workers();

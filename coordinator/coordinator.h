@@ -93,6 +93,9 @@ class Coordinator {
   std::map<std::string, ActiveJob> active_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::set<std::string>> stop_ ABSL_GUARDED_BY(mu_);  // worker -> jobs to stop
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
+  // A restarted job waits a couple of heartbeats before it is placed again,
+  // so that a worker that just died has stopped looking alive.
+  std::map<std::string, int64_t> not_before_ms_ ABSL_GUARDED_BY(mu_);
 };
 
 // Checks a submission: model, data, sizes. INVALID_ARGUMENT names the field.

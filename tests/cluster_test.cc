@@ -1,0 +1,269 @@
+// The cluster as users run it: dfc-coordinator, dfc-worker and dfc as
+// separate processes on loopback, with real SQLite state and Gloo ranks.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <regex>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "tests/test_util.h"
+#include "worker/rank_launcher.h"
+
+namespace dfc {
+namespace {
+
+using testing::RunCommand;
+
+std::string Bin(const std::string& name) {
+  return (std::filesystem::path(testing::DfcBinary()).parent_path() / name).string();
+}
+
+pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    FILE* f = std::fopen(log.c_str(), "a");
+    if (f) {
+      ::dup2(::fileno(f), 1);
+      ::dup2(::fileno(f), 2);
+    }
+    std::vector<char*> cargs;
+    for (const auto& a : args) cargs.push_back(const_cast<char*>(a.c_str()));
+    cargs.push_back(nullptr);
+    ::execv(cargs[0], cargs.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+void Kill(pid_t pid, int sig) {
+  if (pid <= 0) return;
+  ::kill(pid, sig);
+  for (int i = 0; i < 200; ++i) {
+    if (::waitpid(pid, nullptr, WNOHANG) == pid) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+}
+
+// A coordinator and workers in a temporary state directory.
+class Cluster {
+ public:
+  explicit Cluster(int workers) : port_(PickFreePort()) {
+    StartCoordinator();
+    for (int w = 0; w < workers; ++w) AddWorker();
+  }
+  ~Cluster() {
+    for (pid_t p : workers_) Kill(p, SIGTERM);
+    Kill(coordinator_, SIGTERM);
+  }
+  void StartCoordinator() {
+    coordinator_ = Spawn({Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state"),
+                          "--heartbeat-ms", "200", "--worker-timeout-ms", "1500"},
+                         dir_.Join("coordinator.log"));
+  }
+  void KillCoordinator() {
+    Kill(coordinator_, SIGKILL);
+    coordinator_ = -1;
+  }
+  void AddWorker() {
+    workers_.push_back(Spawn({Bin("dfc-worker"), "--coordinator", address(), "--cpu-slots", "1"},
+                             dir_.Join("worker-" + std::to_string(workers_.size()) + ".log")));
+  }
+  // The worker process running `job_id`'s rank `rank`, from the worker logs.
+  pid_t WorkerOf(const std::string& job_id, int rank) {
+    for (size_t w = 0; w < workers_.size(); ++w) {
+      std::string log = testing::ReadFileOrDie(dir_.Join("worker-" + std::to_string(w) + ".log"));
+      if (log.find("started " + job_id + " attempt 1 rank " + std::to_string(rank) + "/") != std::string::npos) {
+        return workers_[w];
+      }
+    }
+    return -1;
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string Dfc(const std::string& args) const { return testing::DfcBinary() + " --coordinator " + address() + " " + args; }
+  testing::TempDir& dir() { return dir_; }
+
+ private:
+  testing::TempDir dir_;
+  const int port_;
+  pid_t coordinator_ = -1;
+  std::vector<pid_t> workers_;
+};
+
+std::string Shards(testing::TempDir& dir, int count) {
+  EXPECT_EQ(RunCommand(testing::DfcBinary() + " synth --out " + dir.Join("syn") + " --count " + std::to_string(count)).exit_code, 0);
+  EXPECT_EQ(RunCommand(testing::DfcBinary() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") +
+                       " --validation-split 0.25").exit_code, 0);
+  return dir.Join("sh");
+}
+
+std::string JsonString(const std::string& json, const std::string& key) {
+  std::smatch m;
+  if (!std::regex_search(json, m, std::regex("\"" + key + "\":\"([^\"]*)\""))) return "";
+  return m[1];
+}
+
+int JsonInt(const std::string& json, const std::string& key) {
+  std::smatch m;
+  if (!std::regex_search(json, m, std::regex("\"" + key + "\":([0-9]+)"))) return -1;
+  return std::stoi(m[1]);
+}
+
+int CountEpochs(const std::string& status_json) {
+  static const std::regex kEpoch("\"val_auc\"");
+  int n = 0;
+  for (std::sregex_iterator it(status_json.begin(), status_json.end(), kEpoch), end; it != end; ++it) ++n;
+  return n;
+}
+
+std::string WaitForState(Cluster& c, const std::string& job, const std::string& state, int seconds) {
+  std::string json;
+  for (int i = 0; i < seconds * 10; ++i) {
+    json = RunCommand(c.Dfc("status --json " + job)).out;
+    if (JsonString(json, "state") == state) return json;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return json;
+}
+
+TEST(ClusterTest, EndToEndJobSucceedsAndItsCheckpointPredicts) {
+  Cluster c(2);
+  const std::string shards = Shards(c.dir(), 48);
+  auto submit = c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                      " --world-size 2 --epochs 2 --batch-size 12 --bn-momentum 0.9");
+  auto r = RunCommand(submit);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  ASSERT_FALSE(job.empty()) << r.out;
+  auto watch = RunCommand(c.Dfc("watch --timeout 240 " + job));
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err;
+  EXPECT_NE(watch.out.find("SUCCEEDED"), std::string::npos) << watch.out;
+  auto status = RunCommand(c.Dfc("status --json " + job));
+  ASSERT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_EQ(JsonString(status.out, "state"), "SUCCEEDED");
+  EXPECT_EQ(JsonInt(status.out, "restarts"), 0);
+  EXPECT_EQ(CountEpochs(status.out), 2) << status.out;
+  const std::string out_dir = JsonString(status.out, "output_dir");
+  auto predict = RunCommand(testing::DfcBinary() + " predict --model mesoinception4 --weights " + out_dir +
+                            "/latest.ckpt " + c.dir().Join("syn/df/000000.jpg"));
+  EXPECT_EQ(predict.exit_code, 0) << predict.err;
+  // A retried submit with the same key is the same job.
+  auto a = RunCommand(submit + " --idempotency-key k1");
+  auto b = RunCommand(submit + " --idempotency-key k1");
+  EXPECT_EQ(JsonString(a.out, "job_id"), JsonString(b.out, "job_id"));
+  EXPECT_NE(b.out.find("\"existing\":true"), std::string::npos) << b.out;
+  auto cancel = RunCommand(c.Dfc("cancel " + JsonString(a.out, "job_id")));
+  EXPECT_EQ(cancel.exit_code, 0) << cancel.err;
+}
+
+TEST(ClusterTest, BadRequestsNameTheFieldAndCreateNothing) {
+  Cluster c(1);
+  const std::string shards = Shards(c.dir(), 8);
+  struct Case {
+    std::string args, field;
+  };
+  for (const Case& bad : std::vector<Case>{{"--model vgg --data " + shards, "config.model"},
+                                           {"--data " + c.dir().Join("missing"), "config.data"},
+                                           {"--data " + shards + " --world-size 0", "world_size"},
+                                           {"--data " + shards + " --batch-size 100000", "config.batch_size"},
+                                           {"--data " + shards + " --epochs -3", "config.epochs"}}) {
+    auto r = RunCommand(c.Dfc("submit " + bad.args));
+    EXPECT_EQ(r.exit_code, 2) << bad.args << ": " << r.err;
+    EXPECT_NE(r.err.find(bad.field), std::string::npos) << bad.args << ": " << r.err;
+  }
+  auto unknown = RunCommand(c.Dfc("status job-000000000000"));
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.err.find("job_id"), std::string::npos) << unknown.err;
+  auto list = RunCommand(c.Dfc("list --json"));
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_EQ(list.out.find("job_id"), std::string::npos) << "a bad request left a job: " << list.out;
+  auto down = RunCommand(testing::DfcBinary() + " --coordinator 127.0.0.1:1 list");
+  EXPECT_EQ(down.exit_code, 6) << down.err;
+}
+
+TEST(ClusterTest, KilledWorkerRestartsTheJobFromItsCheckpoint) {
+  Cluster c(3);  // two for the job, one spare
+  const std::string shards = Shards(c.dir(), 480);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 2 --epochs 3 --batch-size 16 --bn-momentum 0.9 --max-restarts 2 --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  // Wait for the first epoch's checkpoint, then kill rank 1's worker.
+  std::string status;
+  for (int i = 0; i < 1800 && CountEpochs(status) < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    status = RunCommand(c.Dfc("status --json " + job)).out;
+  }
+  ASSERT_GE(CountEpochs(status), 1) << status;
+  const std::string out_dir = JsonString(status, "output_dir");
+  const std::string first_epoch = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/metrics.jsonl"))[0];
+  const pid_t victim = c.WorkerOf(job, 1);
+  ASSERT_GT(victim, 0);
+  Kill(victim, SIGKILL);
+  const auto killed_at = std::chrono::steady_clock::now();
+  auto watch = RunCommand(c.Dfc("watch --timeout 400 " + job));
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err;
+  auto final_status = RunCommand(c.Dfc("status --json " + job)).out;
+  EXPECT_EQ(JsonString(final_status, "state"), "SUCCEEDED") << final_status;
+  EXPECT_EQ(JsonInt(final_status, "restarts"), 1) << final_status;
+  EXPECT_EQ(CountEpochs(final_status), 3) << final_status;
+  // Resumed, not restarted from scratch: epoch 1 was not trained again.
+  auto lines = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/metrics.jsonl"));
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0], first_epoch);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count(), 400);
+}
+
+TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
+  Cluster c(2);
+  const std::string shards = Shards(c.dir(), 96);
+  const std::string args = "submit --json --model mesoinception4 --data " + shards +
+                           " --world-size 2 --epochs 2 --batch-size 16 --bn-momentum 0.9 --threads 1";
+  auto a = RunCommand(c.Dfc(args));
+  auto b = RunCommand(c.Dfc(args));
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  const std::string ja = JsonString(a.out, "job_id"), jb = JsonString(b.out, "job_id");
+  WaitForState(c, ja, "RUNNING", 60);
+  EXPECT_EQ(JsonString(RunCommand(c.Dfc("status --json " + jb)).out, "state"), "QUEUED");
+  c.KillCoordinator();
+  c.StartCoordinator();
+  for (const std::string& job : {ja, jb}) {
+    auto watch = RunCommand(c.Dfc("watch --timeout 400 " + job));
+    EXPECT_EQ(watch.exit_code, 0) << job << ": " << watch.out << watch.err;
+    EXPECT_EQ(JsonString(RunCommand(c.Dfc("status --json " + job)).out, "state"), "SUCCEEDED");
+  }
+}
+
+TEST(ClusterTest, CancelStopsEveryRankWithinSeconds) {
+  Cluster c(2);
+  const std::string shards = Shards(c.dir(), 400);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 2 --epochs 50 --batch-size 16 --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  WaitForState(c, job, "RUNNING", 60);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto cancel = RunCommand(c.Dfc("cancel --json " + job));
+  EXPECT_EQ(cancel.exit_code, 0) << cancel.err;
+  EXPECT_EQ(JsonString(cancel.out, "state"), "CANCELLED");
+  bool gone = false;
+  while (!gone && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(15)) {
+    // [a]: the pattern must not match this pgrep's own command line.
+    gone = RunCommand("pgrep -f 'dfc-worker.*r[a]nk --assignment'").exit_code == 1 ||
+           RunCommand("pgrep -f -- '" + job + "'").exit_code == 1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_TRUE(gone) << "ranks still running 15 s after cancel";
+  auto watch = RunCommand(c.Dfc("watch " + job));
+  EXPECT_EQ(watch.exit_code, 5);
+}
+
+}  // namespace
+}  // namespace dfc
