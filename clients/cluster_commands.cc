@@ -16,6 +16,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "clients/commands.h"
 #include "common/atomic_file.h"
@@ -157,6 +158,7 @@ int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
   v1::JobState last_state = v1::JOB_STATE_UNSPECIFIED;
   int printed = 0;
   std::unique_ptr<ProgressBar> bar;
+  int bar_epoch = 0;
   v1::Job job;
   while (reader->Read(&ev)) {
     job = ev.job();
@@ -178,9 +180,15 @@ int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
       }
     }
     std::fflush(stdout);
-    if (!c.json && job.state() == v1::RUNNING) {
-      if (!bar) bar = std::make_unique<ProgressBar>("epochs", job.config().epochs(), stderr);
-      bar->Update(job.epochs_size(), "");
+    const v1::StepProgress& p = job.progress();
+    if (!c.json && job.state() == v1::RUNNING && p.steps() > 0 && p.epoch() > job.epochs_size()) {
+      if (!bar || bar_epoch != p.epoch()) {
+        if (bar) bar->Finish();
+        bar = std::make_unique<ProgressBar>(absl::StrCat("epoch ", p.epoch(), "/", job.config().epochs()), p.steps(),
+                                            stderr);
+        bar_epoch = p.epoch();
+      }
+      bar->Update(p.step(), absl::StrFormat("loss %.4f acc %.4f", p.loss(), p.accuracy()));
     }
   }
   if (bar) bar->Finish();

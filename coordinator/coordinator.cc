@@ -375,8 +375,14 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
   auto it = jobs_.find(r.job_id());
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", r.job_id(), "'"));
   if (r.attempt() != it->second.attempt()) return absl::OkStatus();  // a stale rank
-  DFC_RETURN_IF_ERROR(store_->PutEpoch(r.job_id(), r.epoch()));
   v1::Job& job = it->second;
+  if (r.has_progress()) *job.mutable_progress() = r.progress();
+  if (!r.has_epoch()) {
+    versions_[r.job_id()]++;
+    changed_.notify_all();
+    return absl::OkStatus();
+  }
+  DFC_RETURN_IF_ERROR(store_->PutEpoch(r.job_id(), r.epoch()));
   bool replaced = false;
   for (auto& e : *job.mutable_epochs()) {
     if (e.epoch() == r.epoch().epoch()) {

@@ -265,5 +265,45 @@ TEST(ClusterTest, CancelStopsEveryRankWithinSeconds) {
   EXPECT_EQ(watch.exit_code, 5);
 }
 
+// TLS with client certificates and a bearer token, on every endpoint.
+TEST(ClusterTest, TlsAndTokenAreEnforced) {
+  testing::TempDir dir;
+  const std::string d = dir.path();
+  // A CA, a server certificate for 127.0.0.1 and a client certificate.
+  const std::string gen =
+      "cd " + d + " && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=dfc-ca" +
+      " && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost" +
+      " && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > san.ext" +
+      " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext" +
+      " && openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=dfc-client" +
+      " && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2" +
+      " && printf 's3cret\\n' > token";
+  auto g = RunCommand(gen);
+  ASSERT_EQ(g.exit_code, 0) << g.err;
+  const int port = PickFreePort();
+  const std::string addr = "127.0.0.1:" + std::to_string(port);
+  pid_t coordinator = Spawn({Bin("dfc-coordinator"), "--listen", addr, "--state", d + "/state", "--tls-cert",
+                             d + "/server.pem", "--tls-key", d + "/server.key", "--tls-ca", d + "/ca.pem",
+                             "--token-file", d + "/token"},
+                            d + "/coordinator.log");
+  const std::string dfc = testing::DfcBinary() + " --coordinator " + addr;
+  const std::string tls = " --tls-ca " + d + "/ca.pem --tls-cert " + d + "/client.pem --tls-key " + d + "/client.key";
+  testing::CommandResult ok;
+  for (int i = 0; i < 50; ++i) {  // until the server is up
+    ok = RunCommand(dfc + tls + " --token-file " + d + "/token list");
+    if (ok.exit_code == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  auto no_token = RunCommand(dfc + tls + " list");
+  EXPECT_NE(no_token.exit_code, 0);
+  EXPECT_NE(no_token.err.find("token"), std::string::npos) << no_token.err;
+  auto plaintext = RunCommand(dfc + " --token-file " + d + "/token list");
+  EXPECT_NE(plaintext.exit_code, 0) << "a plaintext client got through";
+  auto no_client_cert = RunCommand(dfc + " --tls-ca " + d + "/ca.pem --token-file " + d + "/token list");
+  EXPECT_NE(no_client_cert.exit_code, 0) << "a client without a certificate got through";
+  Kill(coordinator, SIGTERM);
+}
+
 }  // namespace
 }  // namespace dfc

@@ -192,17 +192,37 @@ class ReportingObserver : public TrainObserver {
     e->set_step_compute_seconds(m.step_compute_seconds);
     e->set_step_allreduce_wait_seconds(m.step_allreduce_wait_seconds);
     e->set_lr(m.lr);
+    Send(req);
+  }
+  void OnStep(int epoch, int64_t step, int64_t steps, double loss, double accuracy) override {
+    const auto now = std::chrono::steady_clock::now();
+    if (step != steps && now - last_progress_ < std::chrono::seconds(1)) return;
+    last_progress_ = now;
+    v1::ReportMetricsRequest req;
+    req.set_job_id(job_id_);
+    req.set_attempt(attempt_);
+    v1::StepProgress* p = req.mutable_progress();
+    p->set_epoch(epoch);
+    p->set_step(step);
+    p->set_steps(steps);
+    p->set_loss(loss);
+    p->set_accuracy(accuracy);
+    Send(req);
+  }
+
+ private:
+  void Send(const v1::ReportMetricsRequest& req) {
     v1::ReportMetricsResponse resp;
     auto ctx = MakeContext(*sec_);
     grpc::Status st = stub_->ReportMetrics(ctx.get(), req, &resp);
     if (!st.ok()) std::fprintf(stderr, "dfc-worker rank: cannot report metrics: %s\n", st.error_message().c_str());
   }
 
- private:
   v1::WorkerService::Stub* stub_;
   const RpcSecurity* sec_;
   const std::string job_id_;
   const int attempt_;
+  std::chrono::steady_clock::time_point last_progress_;
 };
 
 }  // namespace
