@@ -118,6 +118,8 @@ void AddTrainCommand(CLI::App& app, RunFn* run) {
       ->check(CLI::Range(1, 64));
   cmd->add_option("--bucket-bytes", o->bucket_bytes, "Gradient all-reduce bucket size in bytes (25 MiB)")
       ->check(CLI::Range(int64_t{1024}, int64_t{1} << 32));
+  cmd->add_flag("--no-overlap", [o](int64_t) { o->overlap_allreduce = false; },
+                "Start gradient all-reduces only after backward (to measure what overlap hides)");
   cmd->add_option("--rank", d->rank)->group("");  // set by the launcher
   cmd->add_option("--master-port", d->master_port)->group("");
   cmd->callback([run, o, d] { *run = [o, d] { return RunTrain(*o, *d); }; });

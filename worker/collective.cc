@@ -2,6 +2,9 @@
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef DFC_WITH_CUDA
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include "absl/strings/str_cat.h"
 
@@ -37,17 +40,28 @@ class FailedWork : public CollectiveWork {
   absl::Status st_;
 };
 
+// The process-group type differs across LibTorch versions (1.13:
+// ProcessGroup subclasses; 2.x: Backend subclasses) but the calls used here
+// are the same, so the wrapper is a template over it. `on_device` is where
+// the backend wants tensors (CPU for Gloo, CUDA for NCCL); others are copied.
+template <typename PG>
 class C10dCollective : public Collective {
  public:
-  C10dCollective(c10::intrusive_ptr<c10d::Store> store, c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank,
-                 int world)
-      : store_(std::move(store)), pg_(std::move(pg)), rank_(rank), world_(world) {}
+  C10dCollective(c10::intrusive_ptr<c10d::Store> store, c10::intrusive_ptr<PG> pg, int rank, int world,
+                 torch::Device on_device)
+      : store_(std::move(store)), pg_(std::move(pg)), rank_(rank), world_(world), device_(on_device) {}
 
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
 
   std::unique_ptr<CollectiveWork> AllReduceSumAsync(torch::Tensor t) override {
     try {
+      if (t.device() != device_) {
+        // A staged copy: all-reduce on the backend's device, copy back on wait.
+        torch::Tensor staged = t.to(device_);
+        std::vector<at::Tensor> tensors = {staged};
+        return std::make_unique<StagedWork>(pg_->allreduce(tensors), staged, t);
+      }
       std::vector<at::Tensor> tensors = {std::move(t)};
       return std::make_unique<C10dWork>(pg_->allreduce(tensors));
     } catch (const std::exception& e) {
@@ -58,10 +72,12 @@ class C10dCollective : public Collective {
   absl::Status Broadcast(std::vector<torch::Tensor> tensors, int root) override {
     try {
       for (auto& t : tensors) {
-        std::vector<at::Tensor> one = {t};
+        torch::Tensor staged = t.device() == device_ ? t : t.to(device_);
+        std::vector<at::Tensor> one = {staged};
         c10d::BroadcastOptions opts;
         opts.rootRank = root;
         pg_->broadcast(one, opts)->wait();
+        if (!staged.is_same(t)) t.copy_(staged);
       }
     } catch (const std::exception& e) {
       return FromException("broadcast failed", e);
@@ -79,9 +95,25 @@ class C10dCollective : public Collective {
   }
 
  private:
+  class StagedWork : public CollectiveWork {
+   public:
+    StagedWork(c10::intrusive_ptr<c10d::Work> work, torch::Tensor staged, torch::Tensor dst)
+        : inner_(std::move(work)), staged_(std::move(staged)), dst_(std::move(dst)) {}
+    absl::Status Wait() override {
+      absl::Status st = inner_.Wait();
+      if (st.ok()) dst_.copy_(staged_);
+      return st;
+    }
+
+   private:
+    C10dWork inner_;
+    torch::Tensor staged_, dst_;
+  };
+
   c10::intrusive_ptr<c10d::Store> store_;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  c10::intrusive_ptr<PG> pg_;
   const int rank_, world_;
+  const torch::Device device_;
 };
 
 }  // namespace
@@ -93,10 +125,14 @@ absl::StatusOr<std::unique_ptr<Collective>> Collective::Connect(const Collective
   if (o.store_port <= 0 || o.store_port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("store port ", o.store_port, " is not a TCP port"));
   }
-  if (o.backend != "gloo") {
-    return absl::UnimplementedError(absl::StrCat("collective backend '", o.backend,
-                                                 "' is not built in (this LibTorch has no CUDA)"));
+  if (o.backend != "gloo" && o.backend != "nccl") {
+    return absl::InvalidArgumentError(absl::StrCat("collective backend '", o.backend, "' is not gloo or nccl"));
   }
+#ifndef DFC_WITH_CUDA
+  if (o.backend == "nccl") {
+    return absl::UnimplementedError("the nccl backend needs a CUDA LibTorch build (this one is CPU-only)");
+  }
+#endif
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(o.store_port);
@@ -105,11 +141,21 @@ absl::StatusOr<std::unique_ptr<Collective>> Collective::Connect(const Collective
     so.waitWorkers = true;
     so.timeout = o.timeout;
     auto store = c10::make_intrusive<c10d::TCPStore>(o.store_host, so);
+#ifdef DFC_WITH_CUDA
+    if (o.backend == "nccl") {
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = o.timeout;
+      auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, o.rank, o.world_size, options);
+      return std::unique_ptr<Collective>(new C10dCollective<c10d::ProcessGroupNCCL>(
+          store, pg, o.rank, o.world_size, torch::Device(torch::kCUDA, 0)));
+    }
+#endif
     auto options = c10d::ProcessGroupGloo::Options::create(o.timeout);
     options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o.bind_host));
     options->threads = 2;
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, o.rank, o.world_size, options);
-    return std::unique_ptr<Collective>(new C10dCollective(store, pg, o.rank, o.world_size));
+    return std::unique_ptr<Collective>(
+        new C10dCollective<c10d::ProcessGroupGloo>(store, pg, o.rank, o.world_size, torch::Device(torch::kCPU)));
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("rank ", o.rank, " cannot join the process group at ", o.store_host,
                                                ":", o.store_port, ": ", e.what()));

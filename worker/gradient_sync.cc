@@ -5,8 +5,8 @@
 namespace dfc {
 
 GradientSynchronizer::GradientSynchronizer(Collective* collective, const std::vector<torch::Tensor>& parameters,
-                                           int64_t bucket_bytes)
-    : collective_(collective) {
+                                           int64_t bucket_bytes, bool overlap)
+    : collective_(collective), overlap_(overlap) {
   for (const auto& p : parameters) {
     if (p.requires_grad()) params_.push_back(p);
   }
@@ -71,7 +71,7 @@ void GradientSynchronizer::OnGradient(size_t i, const torch::Tensor& grad) {
   }
   seen_[i] = true;
   dst.copy_(grad.reshape({-1}));
-  if (--b.pending == 0) LaunchReadyLocked();
+  if (--b.pending == 0 && overlap_) LaunchReadyLocked();
 }
 
 void GradientSynchronizer::LaunchReadyLocked() {

@@ -28,8 +28,10 @@ class GradientSynchronizer {
  public:
   static constexpr int64_t kDefaultBucketBytes = int64_t{25} << 20;
 
+  // With `overlap` false every all-reduce starts in Finish(), after backward
+  // (the baseline that shows how much the overlap hides).
   GradientSynchronizer(Collective* collective, const std::vector<torch::Tensor>& parameters,
-                       int64_t bucket_bytes = kDefaultBucketBytes);
+                       int64_t bucket_bytes = kDefaultBucketBytes, bool overlap = true);
   ~GradientSynchronizer();
   GradientSynchronizer(const GradientSynchronizer&) = delete;
   GradientSynchronizer& operator=(const GradientSynchronizer&) = delete;
@@ -57,6 +59,7 @@ class GradientSynchronizer {
   void LaunchReadyLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Collective* const collective_;
+  const bool overlap_;
   std::vector<torch::Tensor> params_;
   std::vector<size_t> bucket_of_;  // param index -> bucket
   std::mutex mu_;

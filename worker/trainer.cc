@@ -179,7 +179,7 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
     for (auto& b : model->buffers()) state.push_back(b);
     DFC_RETURN_IF_ERROR(collective->Broadcast(state, 0));
     model->SetBatchNormAllReduce([collective](torch::Tensor& t) { AllReduceOrThrow(collective, t); });
-    sync = std::make_unique<GradientSynchronizer>(collective, model->parameters(), o.bucket_bytes);
+    sync = std::make_unique<GradientSynchronizer>(collective, model->parameters(), o.bucket_bytes, o.overlap_allreduce);
   }
   std::vector<torch::Tensor> trainable;
   for (auto& p : model->parameters()) {

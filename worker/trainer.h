@@ -43,6 +43,7 @@ struct TrainOptions {
   // split between the ranks by the shard planner.
   Collective* collective = nullptr;
   int64_t bucket_bytes = int64_t{25} << 20;  // gradient all-reduce bucket size
+  bool overlap_allreduce = true;             // start buckets during backward (false: after, for measurement)
 
   std::string ToJson() const;
 };

@@ -59,6 +59,15 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
     r.assignment.set_store_port(r.store_port);
     r.assignment.set_store_host(options_.advertise_host);
   }
+  if (options_.gpus > 0) {
+    std::vector<bool> used(static_cast<size_t>(options_.gpus), false);
+    for (const Rank& other : ranks_) {
+      if (!other.exited && other.gpu >= 0 && other.gpu < options_.gpus) used[other.gpu] = true;
+    }
+    for (int g = 0; g < options_.gpus && r.gpu < 0; ++g) {
+      if (!used[g]) r.gpu = g;
+    }
+  }
   const std::string encoded = absl::Base64Escape(r.assignment.SerializeAsString());
   std::vector<std::string> args = {options_.rank_binary, "--coordinator", options_.coordinator};
   if (!options_.security.tls_ca.empty()) args.insert(args.end(), {"--tls-ca", options_.security.tls_ca});
@@ -73,6 +82,7 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
     // A rank never outlives its worker: if the worker dies, so do its ranks,
     // and their peers' collectives fail instead of waiting.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (r.gpu >= 0) ::setenv("CUDA_VISIBLE_DEVICES", std::to_string(r.gpu).c_str(), 1);
     if (!options_.security.token.empty()) ::setenv("DFC_TOKEN", options_.security.token.c_str(), 1);
     ::execv(cargs[0], cargs.data());
     ::_exit(127);
@@ -238,6 +248,9 @@ absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator
     co.world_size = a.world_size();
     co.store_host = a.store_host();
     co.store_port = a.store_port();
+    // One GPU per rank (the worker sets CUDA_VISIBLE_DEVICES): NCCL there,
+    // Gloo on CPU.
+    co.backend = torch::cuda::is_available() ? "nccl" : "gloo";
     auto c = Collective::Connect(co);
     if (!c.ok()) return c.status();
     collective = std::move(*c);

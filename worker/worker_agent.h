@@ -44,6 +44,7 @@ class WorkerAgent {
     bool exited = false;
     int exit_code = 0;
     int store_port = 0;
+    int gpu = -1;  // the GPU this rank owns (CUDA_VISIBLE_DEVICES), -1 on CPU
     std::chrono::steady_clock::time_point kill_at = std::chrono::steady_clock::time_point::max();
   };
   absl::Status Register(v1::WorkerService::Stub& stub);
