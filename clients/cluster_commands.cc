@@ -21,6 +21,7 @@
 #include "clients/commands.h"
 #include "common/atomic_file.h"
 #include "common/progress.h"
+#include "common/subprocess.h"
 #include "common/rpc/rpc_util.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 
@@ -37,9 +38,9 @@ struct ClientArgs {
 
 absl::StatusOr<std::unique_ptr<v1::JobService::Stub>> Connect(ClientArgs& c) {
   if (!c.token_file.empty()) {
-    auto t = ReadFile(c.token_file, 4096);
-    if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("--token-file: ", t.status().message()));
-    c.security.token = std::string(t->substr(0, t->find_last_not_of(" \n\r\t") + 1));
+    auto t = ReadTokenFile(c.token_file);
+    if (!t.ok()) return t.status();
+    c.security.token = *t;
   }
   auto channel = MakeChannel(c.coordinator, c.security);
   if (!channel.ok()) return channel.status();
@@ -215,24 +216,6 @@ std::string SiblingBinary(const std::string& name) {
   return (fs::path(self).parent_path() / name).string();
 }
 
-pid_t SpawnDaemon(const std::vector<std::string>& args, const std::string& log) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::setsid();
-    FILE* f = std::fopen(log.c_str(), "a");
-    if (f) {
-      ::dup2(::fileno(f), 1);
-      ::dup2(::fileno(f), 2);
-    }
-    std::vector<char*> cargs;
-    for (const auto& a : args) cargs.push_back(const_cast<char*>(a.c_str()));
-    cargs.push_back(nullptr);
-    ::execv(cargs[0], cargs.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
 int RunClusterUp(const ClusterArgs& a) {
   if (a.state.empty()) return ReportError(absl::InvalidArgumentError("cluster up: --state is required"));
   const fs::path state = fs::absolute(a.state);
@@ -244,12 +227,12 @@ int RunClusterUp(const ClusterArgs& a) {
                                                              " (dfc cluster down --state ", a.state, ")")));
   }
   std::vector<pid_t> pids;
-  pids.push_back(SpawnDaemon({SiblingBinary("dfc-coordinator"), "--listen", a.listen, "--state", state.string()},
-                             (state / "logs/coordinator.log").string()));
+  pids.push_back(SpawnProcess({SiblingBinary("dfc-coordinator"), "--listen", a.listen, "--state", state.string()},
+                             (state / "logs/coordinator.log").string(), /*new_session=*/true));
   for (int w = 0; w < a.workers; ++w) {
-    pids.push_back(SpawnDaemon({SiblingBinary("dfc-worker"), "--coordinator", a.listen, "--cpu-slots",
+    pids.push_back(SpawnProcess({SiblingBinary("dfc-worker"), "--coordinator", a.listen, "--cpu-slots",
                                 std::to_string(a.cpu_slots)},
-                               (state / absl::StrCat("logs/worker-", w, ".log")).string()));
+                               (state / absl::StrCat("logs/worker-", w, ".log")).string(), /*new_session=*/true));
   }
   std::string pid_text;
   for (pid_t p : pids) pid_text += std::to_string(p) + "\n";
@@ -267,7 +250,7 @@ int RunClusterUp(const ClusterArgs& a) {
     int status;
     if (::waitpid(pids[0], &status, WNOHANG) == pids[0]) {
       return ReportError(absl::UnavailableError(absl::StrCat("the coordinator exited; see ",
-                                                             (state / "logs/coordinator.log").string())));
+                                                             (state / "logs/coordinator.log").string(), /*new_session=*/true)));
     }
     if (registered == a.workers) {
       std::printf("cluster up: coordinator %s, %d worker(s) x %d slot(s), state %s\n", a.listen.c_str(), a.workers,

@@ -32,12 +32,12 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   CLI11_PARSE(app, argc, argv);
   if (!sec.token.empty()) {
-    auto t = dfc::ReadFile(sec.token, 4096);
+    auto t = dfc::ReadTokenFile(sec.token);
     if (!t.ok()) {
-      std::fprintf(stderr, "dfc-coordinator: --token-file: %s\n", std::string(t.status().message()).c_str());
+      std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(t.status().message()).c_str());
       return 2;
     }
-    sec.token = std::string(t->substr(0, t->find_last_not_of(" \n\r\t") + 1));
+    sec.token = *t;
   }
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   opts.worker_timeout = std::chrono::milliseconds(worker_timeout_ms);

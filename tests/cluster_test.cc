@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/subprocess.h"
 #include "tests/test_util.h"
 #include "worker/rank_launcher.h"
 
@@ -24,20 +25,7 @@ std::string Bin(const std::string& name) {
 }
 
 pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    FILE* f = std::fopen(log.c_str(), "a");
-    if (f) {
-      ::dup2(::fileno(f), 1);
-      ::dup2(::fileno(f), 2);
-    }
-    std::vector<char*> cargs;
-    for (const auto& a : args) cargs.push_back(const_cast<char*>(a.c_str()));
-    cargs.push_back(nullptr);
-    ::execv(cargs[0], cargs.data());
-    ::_exit(127);
-  }
-  return pid;
+  return SpawnProcess(args, log, /*new_session=*/false);
 }
 
 void Kill(pid_t pid, int sig) {

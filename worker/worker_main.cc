@@ -32,9 +32,12 @@ int main(int argc, char** argv) {
   rank_cmd->add_option("--assignment", assignment_b64)->required();
   CLI11_PARSE(app, argc, argv);
   if (!token_file.empty()) {
-    auto t = dfc::ReadFile(token_file, 4096);
-    if (!t.ok()) return 2;
-    opts.security.token = std::string(t->substr(0, t->find_last_not_of(" \n\r\t") + 1));
+    auto t = dfc::ReadTokenFile(token_file);
+    if (!t.ok()) {
+      std::fprintf(stderr, "dfc-worker: %s\n", std::string(t.status().message()).c_str());
+      return 2;
+    }
+    opts.security.token = *t;
   } else if (const char* tok = std::getenv("DFC_TOKEN")) {
     opts.security.token = tok;
   }

@@ -72,6 +72,14 @@ grpc::Status CheckToken(const grpc::ServerContext& context, const std::string& t
   return grpc::Status::OK;
 }
 
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  auto text = ReadFile(path, 4096);
+  if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("--token-file: ", text.status().message()));
+  const size_t begin = text->find_first_not_of(" \n\r\t");
+  if (begin == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("--token-file: '", path, "' is empty"));
+  return text->substr(begin, text->find_last_not_of(" \n\r\t") + 1 - begin);
+}
+
 grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }

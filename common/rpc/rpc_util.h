@@ -37,6 +37,9 @@ std::unique_ptr<grpc::ClientContext> MakeContext(const RpcSecurity& security,
 // Server side: OK when no token is configured or the call carries it.
 grpc::Status CheckToken(const grpc::ServerContext& context, const std::string& token);
 
+// The bearer token in `path` (surrounding whitespace removed); errors name --token-file.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
+
 // The one place an absl::Status becomes a grpc::Status, and back.
 grpc::Status ToGrpc(const absl::Status& status);
 absl::Status FromGrpc(const grpc::Status& status);

@@ -1,0 +1,26 @@
+#include "common/subprocess.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace dfc {
+
+pid_t SpawnProcess(const std::vector<std::string>& args, const std::string& log_path, bool new_session) {
+  std::vector<char*> cargs;
+  for (const auto& a : args) cargs.push_back(const_cast<char*>(a.c_str()));
+  cargs.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid != 0) return pid;
+  if (new_session) ::setsid();
+  if (!log_path.empty()) {
+    if (FILE* f = std::fopen(log_path.c_str(), "a")) {
+      ::dup2(::fileno(f), 1);
+      ::dup2(::fileno(f), 2);
+    }
+  }
+  ::execv(cargs[0], cargs.data());
+  ::_exit(127);
+}
+
+}  // namespace dfc

@@ -1,0 +1,19 @@
+#ifndef DFC_COMMON_SUBPROCESS_H_
+#define DFC_COMMON_SUBPROCESS_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace dfc {
+
+// Starts args[0] with args (no shell), stdout and stderr appended to
+// `log_path` (inherited when empty). With `new_session` the child leaves the
+// caller's session (a daemon that outlives the terminal). Returns the pid, or
+// -1 when fork failed; an exec failure makes the child exit 127.
+pid_t SpawnProcess(const std::vector<std::string>& args, const std::string& log_path, bool new_session);
+
+}  // namespace dfc
+
+#endif  // DFC_COMMON_SUBPROCESS_H_
