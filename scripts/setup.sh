@@ -14,6 +14,10 @@ packages=(
 )
 if [[ "${1:-}" == "--with-bench" ]]; then packages+=(python3-torch); fi
 
+# kubectl renders the Kubernetes manifests in a test; any recent one will do.
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
+command -v npm >/dev/null || packages+=(nodejs npm)
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +28,11 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The manifest test's schema validator (kubernetes-models), pinned by the lock file.
+if [[ ! -d tests/k8s/node_modules ]]; then
+  (cd tests/k8s && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release

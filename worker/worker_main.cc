@@ -21,7 +21,8 @@ int main(int argc, char** argv) {
   std::string token_file;
   app.add_option("--coordinator", opts.coordinator, "Coordinator address host:port")->envname("DFC_COORDINATOR");
   app.add_option("--cpu-slots", opts.cpu_slots, "CPU ranks this worker runs")->check(CLI::Range(1, 1024));
-  app.add_option("--gpus", opts.gpus, "GPU ranks (one per GPU; needs a CUDA build)")->check(CLI::Range(0, 64));
+  app.add_option("--gpus", opts.gpus, "GPU ranks, one per GPU (-1: every visible GPU; needs a CUDA build)")
+      ->check(CLI::Range(-1, 64));
   app.add_option("--advertise-host", opts.advertise_host, "Address other ranks reach this machine on");
   app.add_option("--tls-ca", opts.security.tls_ca, "CA (PEM) of the coordinator's certificate; enables TLS");
   app.add_option("--tls-cert", opts.security.tls_cert, "Client certificate (PEM)");
@@ -59,6 +60,13 @@ int main(int argc, char** argv) {
       return 1;
     }
     return 0;
+  }
+  if (opts.gpus == -1) {
+    opts.gpus = static_cast<int>(torch::cuda::device_count());
+    if (opts.gpus == 0) {
+      std::fprintf(stderr, "dfc-worker: --gpus -1 but no GPU is visible to this process\n");
+      return 2;
+    }
   }
   if (opts.gpus > 0 && !torch::cuda::is_available()) {
     std::fprintf(stderr, "dfc-worker: --gpus %d but this build/machine has no CUDA\n", opts.gpus);

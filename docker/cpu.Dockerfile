@@ -1,0 +1,21 @@
+# DFC on Debian 12, CPU (Gloo). Build from the repository root:
+#   docker build -f docker/cpu.Dockerfile -t REGISTRY/dfc:cpu .
+# The build stage runs the same scripts/setup.sh as the README and CI.
+FROM debian:12 AS build
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends ca-certificates sudo && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN scripts/setup.sh && strip build/bin/dfc build/bin/dfc-coordinator build/bin/dfc-worker
+
+# Runtime: the shared libraries the binaries link, nothing to build with.
+FROM debian:12
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends \
+      libtorch1.13 libgrpc++1.51 libprotobuf32 libsqlite3-0 libhdf5-103-1 \
+      libopencv-imgcodecs406 libopencv-imgproc406 libopencv-core406 \
+      libabsl20220623 libtcmalloc-minimal4 libopenblas0-openmp libgloo0 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin dfc
+COPY --from=build /src/build/bin/dfc /src/build/bin/dfc-coordinator /src/build/bin/dfc-worker /opt/dfc/bin/
+ENV PATH=/opt/dfc/bin:$PATH
+USER 10001:10001
+ENTRYPOINT ["/opt/dfc/bin/dfc"]

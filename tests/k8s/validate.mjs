@@ -1,0 +1,96 @@
+// Renders each overlay with `kubectl kustomize`, validates every object
+// against the Kubernetes API schemas (kubernetes-models), and checks DFC's
+// own rules. Prints one line per check and "N passed, M failed"; exits 1 on
+// any failure. Usage: node validate.mjs K8S_DIR
+import { execFileSync } from "node:child_process";
+import yaml from "js-yaml";
+
+const dir = process.argv[2];
+let passed = 0;
+let failed = 0;
+function check(ok, what) {
+  if (ok) passed++;
+  else failed++;
+  console.log(`${ok ? "ok  " : "FAIL"} ${what}`);
+}
+
+async function modelFor(apiVersion, kind) {
+  const [group, version] = apiVersion.includes("/") ? apiVersion.split("/") : [null, apiVersion];
+  const path = group ? `kubernetes-models/${group}/${version}/${kind}` : `kubernetes-models/${version}/${kind}`;
+  return (await import(path))[kind];
+}
+
+function podSpec(o) {
+  return o.spec?.template?.spec;
+}
+
+for (const overlay of ["cpu", "gpu"]) {
+  const text = execFileSync("kubectl", ["kustomize", `${dir}/overlays/${overlay}`], { encoding: "utf8" });
+  const objects = yaml.loadAll(text).filter(Boolean);
+  check(objects.length > 0, `${overlay}: rendered ${objects.length} objects`);
+  for (const o of objects) {
+    const name = `${overlay}: ${o.kind}/${o.metadata?.name}`;
+    try {
+      const Model = await modelFor(o.apiVersion, o.kind);
+      new Model(o).validate();
+      check(true, `${name} matches the ${o.apiVersion} schema`);
+    } catch (e) {
+      check(false, `${name} schema: ${e.message}`);
+    }
+  }
+  const workloads = objects.filter((o) => podSpec(o));
+  const byName = (n) => workloads.find((o) => o.metadata.name === n);
+  for (const w of workloads) {
+    const spec = podSpec(w);
+    const nonRoot = spec.securityContext?.runAsNonRoot === true && spec.securityContext?.runAsUser > 0;
+    check(nonRoot, `${overlay}: ${w.metadata.name} runs as a non-root user`);
+    for (const c of spec.containers) {
+      const n = `${overlay}: ${w.metadata.name}/${c.name}`;
+      check(Boolean(c.readinessProbe && c.livenessProbe), `${n} has readiness and liveness probes`);
+      check(Boolean(c.resources?.requests && c.resources?.limits), `${n} has resource requests and limits`);
+      check(c.securityContext?.allowPrivilegeEscalation === false, `${n} cannot escalate privileges`);
+    }
+  }
+  const coordinator = byName("dfc-coordinator");
+  const worker = byName("dfc-worker");
+  check(Boolean(coordinator && worker), `${overlay}: coordinator and worker workloads exist`);
+  if (!coordinator || !worker) continue;
+  const cc = podSpec(coordinator).containers[0];
+  check(coordinator.kind === "StatefulSet" && coordinator.spec.replicas === 1 &&
+        coordinator.spec.volumeClaimTemplates?.length === 1,
+        `${overlay}: coordinator is a one-replica StatefulSet with a PVC for its state`);
+  check(Boolean(cc.readinessProbe.grpc && cc.livenessProbe.grpc), `${overlay}: coordinator probes use gRPC health`);
+  const gpuOf = (c) => c.resources?.limits?.["nvidia.com/gpu"];
+  check(!gpuOf(cc), `${overlay}: the coordinator requests no GPU`);
+  for (const c of podSpec(worker).containers) {
+    if (overlay === "gpu") {
+      check(Number(gpuOf(c)) > 0 && c.resources.requests?.["nvidia.com/gpu"] === gpuOf(c),
+            `gpu: worker ${c.name} requests nvidia.com/gpu`);
+      check(c.args.includes("--gpus=-1"), `gpu: worker ${c.name} runs one rank per GPU of its limit`);
+      check(podSpec(worker).tolerations?.some((t) => t.key === "nvidia.com/gpu") &&
+            Boolean(podSpec(worker).nodeSelector), "gpu: workers tolerate and select GPU nodes");
+    } else {
+      check(!gpuOf(c), `cpu: worker ${c.name} requests no GPU`);
+    }
+  }
+  // The TLS Secret is mounted where the coordinator's flags point.
+  const secrets = Object.fromEntries(objects.filter((o) => o.kind === "Secret").map((s) => [s.metadata.name, s]));
+  for (const flag of ["--tls-cert", "--tls-key", "--tls-ca", "--token-file"]) {
+    const arg = cc.args.find((a) => a.startsWith(`${flag}=`));
+    const path = arg?.split("=")[1] ?? "";
+    const mount = cc.volumeMounts.find((m) => path.startsWith(m.mountPath + "/"));
+    const volume = mount && podSpec(coordinator).volumes.find((v) => v.name === mount.name);
+    const secret = volume?.secret && secrets[volume.secret.secretName];
+    const key = path.slice((mount?.mountPath.length ?? 0) + 1);
+    check(Boolean(secret && (secret.stringData?.[key] !== undefined || secret.data?.[key] !== undefined)),
+          `${overlay}: coordinator ${flag} ${path} is key '${key}' of a mounted Secret`);
+  }
+  const svc = objects.find((o) => o.kind === "Service" && o.metadata.name === "dfc-coordinator");
+  check(Boolean(svc && svc.spec.ports.some((p) => p.port === 50051)), `${overlay}: a Service exposes the coordinator's gRPC port`);
+  check(objects.some((o) => o.kind === "PodDisruptionBudget") && objects.some((o) => o.kind === "NetworkPolicy"),
+        `${overlay}: PodDisruptionBudget and NetworkPolicy present`);
+  check(objects.some((o) => o.kind === "PersistentVolumeClaim" && o.spec.accessModes.includes("ReadWriteMany")),
+        `${overlay}: a ReadWriteMany volume for shards and checkpoints`);
+}
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);
