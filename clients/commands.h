@@ -33,6 +33,7 @@ void AddPredictCommand(CLI::App& app, RunFn* run);
 void AddSynthCommand(CLI::App& app, RunFn* run);
 void AddShardCommand(CLI::App& app, RunFn* run);
 void AddTrainCommand(CLI::App& app, RunFn* run);
+void AddPlotCommand(CLI::App& app, RunFn* run);
 void AddClusterCommands(CLI::App& app, RunFn* run);
 
 }  // namespace dfc

@@ -1,5 +1,6 @@
 // `dfc synth` and `dfc shard [verify]`.
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -7,6 +8,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "clients/commands.h"
+#include "common/atomic_file.h"
+#include "common/learning_curves.h"
 #include "common/progress.h"
 #include "data_shards/dataset_scan.h"
 #include "data_shards/shard_format.h"
@@ -108,6 +111,23 @@ int RunShard(const ShardArgs& a) {
   return kExitOk;
 }
 
+int RunPlot(const std::string& input, const std::string& out) {
+  // A run directory or its metrics.jsonl.
+  std::string path = input;
+  std::error_code ec;
+  if (std::filesystem::is_directory(input, ec)) path = (std::filesystem::path(input) / "metrics.jsonl").string();
+  auto text = ReadFile(path, 64u << 20);
+  if (!text.ok()) return ReportError(text.status());
+  auto curves = ParseMetricsJsonl(*text);
+  if (!curves.ok()) return ReportError(absl::InvalidArgumentError(absl::StrCat(path, ": ", curves.status().message())));
+  if (absl::Status st = WriteFileAtomically(out, RenderLearningCurvesSvg(*curves, "DFC learning curves: " + input));
+      !st.ok()) {
+    return ReportError(st);
+  }
+  std::printf("wrote %s (%zu epochs)\n", out.c_str(), curves->epochs.size());
+  return kExitOk;
+}
+
 int RunVerify(const std::string& dir) {
   auto report = VerifyShards(dir);
   if (!report.ok()) return ReportError(report.status());
@@ -132,6 +152,15 @@ void AddSynthCommand(CLI::App& app, RunFn* run) {
   cmd->add_option("--image-size", args->opt.image_size, "Image side in pixels")->check(CLI::Range(32, 2048));
   cmd->add_option("--threads", args->opt.threads, "Worker threads (0 = all cores)")->check(CLI::Range(0, 1024));
   cmd->callback([run, args] { *run = [args] { return RunSynth(*args); }; });
+}
+
+void AddPlotCommand(CLI::App& app, RunFn* run) {
+  auto in = std::make_shared<std::string>();
+  auto out = std::make_shared<std::string>("learning_curves.svg");
+  CLI::App* cmd = app.add_subcommand("plot", "Plot learning curves (loss, accuracy, AUC per epoch) as SVG");
+  cmd->add_option("metrics", *in, "A training output directory or its metrics.jsonl")->required();
+  cmd->add_option("--out", *out, "SVG file to write");
+  cmd->callback([run, in, out] { *run = [in, out] { return RunPlot(*in, *out); }; });
 }
 
 void AddShardCommand(CLI::App& app, RunFn* run) {

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   dfc::AddSynthCommand(app, &run);
   dfc::AddShardCommand(app, &run);
   dfc::AddTrainCommand(app, &run);
+  dfc::AddPlotCommand(app, &run);
   dfc::AddClusterCommands(app, &run);
   try {
     app.parse(argc, argv);

@@ -190,6 +190,9 @@ TEST(DfcCliTest, TwoRanksTrainLikeOneProcess) {
   auto predict = RunCommand(Dfc() + " predict --model mesoinception4 --weights " + dir.Join("two/latest.ckpt") + " " +
                             dir.Join("syn/df/000000.jpg"));
   EXPECT_EQ(predict.exit_code, 0) << predict.err;
+  auto plot = RunCommand(Dfc() + " plot " + dir.Join("two") + " --out " + dir.Join("curves.svg"));
+  EXPECT_EQ(plot.exit_code, 0) << plot.err;
+  EXPECT_NE(testing::ReadFileOrDie(dir.Join("curves.svg")).find("class=\"val_loss\""), std::string::npos);
 }
 
 TEST(DfcCliTest, ADeadRankStopsTheOthers) {
