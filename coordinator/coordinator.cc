@@ -85,12 +85,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
   return c;
 }
 
-absl::Status Coordinator::Save(v1::Job& job) {
+absl::Status Coordinator::Save(const v1::Job& job) {
   DFC_RETURN_IF_ERROR(store_->Update(job));
-  v1::Job cached = job;
-  cached.mutable_epochs()->CopyFrom(jobs_[job.job_id()].epochs());
-  if (job.epochs_size() > 0) cached.mutable_epochs()->CopyFrom(job.epochs());
-  jobs_[job.job_id()] = cached;
+  jobs_[job.job_id()] = job;  // callers pass a copy of the cached job, epochs included
   versions_[job.job_id()]++;
   changed_.notify_all();
   return absl::OkStatus();

@@ -76,7 +76,7 @@ class Coordinator {
   explicit Coordinator(CoordinatorOptions options, std::unique_ptr<JobStore> store)
       : options_(std::move(options)), store_(std::move(store)) {}
   int64_t Now() const { return options_.now_ms(); }
-  absl::Status Save(v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Save(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailAttempt(const std::string& job_id, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StopRanks(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
