@@ -210,10 +210,7 @@ struct ClusterArgs {
 };
 
 std::string SiblingBinary(const std::string& name) {
-  char exe[4096];
-  ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  std::string self = n > 0 ? std::string(exe, static_cast<size_t>(n)) : "dfc";
-  return (fs::path(self).parent_path() / name).string();
+  return (fs::path(SelfExecutable()).parent_path() / name).string();
 }
 
 int RunClusterUp(const ClusterArgs& a) {

@@ -6,6 +6,7 @@
 
 #include "clients/commands.h"
 #include "common/progress.h"
+#include "common/subprocess.h"
 #include "worker/collective.h"
 #include "worker/rank_launcher.h"
 #include "worker/trainer.h"
@@ -51,10 +52,7 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
     // Launcher: one process per rank on this machine, supervised.
     RankLaunchOptions lo;
     lo.argv = CommandLine();
-    lo.argv[0] = "/proc/self/exe";
-    char exe[4096];
-    ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n > 0) lo.argv[0].assign(exe, static_cast<size_t>(n));
+    lo.argv[0] = SelfExecutable();
     lo.world_size = d.world_size;
     absl::Status st = LaunchRanks(lo);
     if (!st.ok()) return ReportError(st);

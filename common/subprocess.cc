@@ -6,6 +6,12 @@
 
 namespace dfc {
 
+std::string SelfExecutable() {
+  char exe[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  return n > 0 ? std::string(exe, static_cast<size_t>(n)) : "/proc/self/exe";
+}
+
 pid_t SpawnProcess(const std::vector<std::string>& args, const std::string& log_path, bool new_session) {
   std::vector<char*> cargs;
   for (const auto& a : args) cargs.push_back(const_cast<char*>(a.c_str()));

@@ -12,6 +12,10 @@ namespace dfc {
 // `log_path` (inherited when empty). With `new_session` the child leaves the
 // caller's session (a daemon that outlives the terminal). Returns the pid, or
 // -1 when fork failed; an exec failure makes the child exit 127.
+// The absolute path of the running executable (to re-launch it or find its
+// sibling binaries); "/proc/self/exe" if it cannot be read.
+std::string SelfExecutable();
+
 pid_t SpawnProcess(const std::vector<std::string>& args, const std::string& log_path, bool new_session);
 
 }  // namespace dfc

@@ -6,7 +6,6 @@
 #include <CLI/CLI.hpp>
 #include <grpcpp/health_check_service_interface.h>
 
-#include "common/atomic_file.h"
 #include "coordinator/coordinator_service.h"
 
 namespace {

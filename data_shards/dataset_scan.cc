@@ -88,21 +88,30 @@ absl::StatusOr<std::vector<SourceImage>> ListClassFolders(const std::string& roo
   return images;
 }
 
-void SplitLikeKeras(const std::vector<SourceImage>& all, int num_classes, double fraction,
-                    bool from_end, std::vector<SourceImage>* train,
-                    std::vector<SourceImage>* validation) {
-  for (int c = 0; c < num_classes; ++c) {
-    std::vector<const SourceImage*> of_class;
-    for (const SourceImage& img : all) {
-      if (img.label == c) of_class.push_back(&img);
-    }
-    const size_t n = of_class.size();
+std::vector<bool> KerasValidationMask(const std::vector<int32_t>& labels, int num_classes, double fraction,
+                                      bool from_end) {
+  std::vector<size_t> count(static_cast<size_t>(num_classes), 0), seen(static_cast<size_t>(num_classes), 0);
+  for (int32_t l : labels) count[static_cast<size_t>(l)]++;
+  std::vector<bool> mask(labels.size());
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const size_t c = static_cast<size_t>(labels[i]);
     // Keras: start, stop = int(split[0] * n), int(split[1] * n) with
     // validation = (0, F) and training = (F, 1).
-    const size_t num_val = static_cast<size_t>(fraction * static_cast<double>(n));
-    for (size_t i = 0; i < n; ++i) {
-      bool is_val = from_end ? i >= n - num_val : i < num_val;
-      (is_val ? validation : train)->push_back(*of_class[i]);
+    const size_t n = count[c], num_val = static_cast<size_t>(fraction * static_cast<double>(n));
+    const size_t k = seen[c]++;
+    mask[i] = from_end ? k >= n - num_val : k < num_val;
+  }
+  return mask;
+}
+
+void SplitLikeKeras(const std::vector<SourceImage>& all, int num_classes, double fraction, bool from_end,
+                    std::vector<SourceImage>* train, std::vector<SourceImage>* validation) {
+  std::vector<int32_t> labels;
+  for (const SourceImage& img : all) labels.push_back(img.label);
+  const std::vector<bool> is_val = KerasValidationMask(labels, num_classes, fraction, from_end);
+  for (int c = 0; c < num_classes; ++c) {  // class by class, as Keras lists them
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (all[i].label == c) (is_val[i] ? validation : train)->push_back(all[i]);
     }
   }
 }

@@ -51,6 +51,12 @@ absl::StatusOr<ScannedDataset> ScanDataset(const std::string& root, const ScanOp
 absl::StatusOr<std::vector<SourceImage>> ListClassFolders(const std::string& root,
                                                           std::vector<std::string>* classes);
 
+// Keras validation_split over items in class-then-name order: element i is
+// validation when it falls in the held-out fraction of its class (the first
+// int(F * n) of the class, or the last with `from_end`).
+std::vector<bool> KerasValidationMask(const std::vector<int32_t>& labels, int num_classes, double fraction,
+                                      bool from_end);
+
 // Keras split of one class-sorted list: returns {train, validation}.
 void SplitLikeKeras(const std::vector<SourceImage>& all, int num_classes, double fraction,
                     bool from_end, std::vector<SourceImage>* train,

@@ -10,10 +10,6 @@
 // real error in the algorithm shows. In float32 (production precision) the
 // test requires bit-identical ranks.
 
-#include <sys/socket.h>
-#include <netinet/in.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <thread>
 
@@ -22,21 +18,10 @@
 #include "tests/test_util.h"
 #include "worker/checkpoint.h"
 #include "worker/models/detector.h"
+#include "worker/rank_launcher.h"
 
 namespace dfc {
 namespace {
-
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 std::vector<std::pair<std::string, torch::Tensor>> Load(const std::string& arch, const std::string& path) {
   DetectorOptions dopt;
@@ -80,7 +65,7 @@ TEST_P(DdpParityTest, RanksMatchEachOtherAndTheSingleProcess) {
            std::to_string(c.bucket_bytes) + " --steps 3 --out " + out;
   };
   auto run_ranks = [&](const std::string& precision) {
-    const int port = FreePort();
+    const int port = PickFreePort();
     std::vector<testing::CommandResult> results(c.world);
     std::vector<std::thread> ranks;
     for (int r = 0; r < c.world; ++r) {
@@ -92,7 +77,7 @@ TEST_P(DdpParityTest, RanksMatchEachOtherAndTheSingleProcess) {
     for (auto& t : ranks) t.join();
     for (int r = 0; r < c.world; ++r) ASSERT_EQ(results[r].exit_code, 0) << "rank " << r << ": " << results[r].err;
   };
-  auto single = testing::RunCommand(cmd(0, 1, FreePort(), dir.Join("float64-single.ckpt"), "float64"));
+  auto single = testing::RunCommand(cmd(0, 1, PickFreePort(), dir.Join("float64-single.ckpt"), "float64"));
   ASSERT_EQ(single.exit_code, 0) << single.err;
   run_ranks("float64");
   run_ranks("float32");

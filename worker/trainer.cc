@@ -67,22 +67,10 @@ std::vector<RecordRef> Subset(const std::vector<RecordRef>& all, int64_t max, ui
   return out;
 }
 
-// Keras validation_split on records that are in class-then-name order.
-void SplitRecords(const std::vector<RecordRef>& all, int num_classes, double fraction, std::vector<RecordRef>* train,
-                  std::vector<RecordRef>* val) {
-  for (int c = 0; c < num_classes; ++c) {
-    std::vector<RecordRef> of_class;
-    for (const RecordRef& r : all) {
-      if (r.label == c) of_class.push_back(r);
-    }
-    const size_t num_val = static_cast<size_t>(fraction * static_cast<double>(of_class.size()));
-    for (size_t i = 0; i < of_class.size(); ++i) (i < num_val ? val : train)->push_back(of_class[i]);
-  }
-}
-
-torch::Tensor Loss(const std::string& kind, const torch::Tensor& logits, const torch::Tensor& targets) {
-  if (kind == "mse") return torch::mse_loss(torch::sigmoid(logits), targets);
-  return torch::binary_cross_entropy_with_logits(logits, targets);
+// The summed loss of a batch (callers scale it to a mean).
+torch::Tensor LossSum(const std::string& kind, const torch::Tensor& logits, const torch::Tensor& targets) {
+  if (kind == "mse") return torch::mse_loss(torch::sigmoid(logits), targets, torch::Reduction::Sum);
+  return torch::binary_cross_entropy_with_logits(logits, targets, {}, {}, torch::Reduction::Sum);
 }
 
 struct EvalResult {
@@ -95,11 +83,13 @@ void AllReduceOrThrow(Collective* c, torch::Tensor& t) {
   if (!st.ok()) throw std::runtime_error(std::string(st.message()));
 }
 
-// Evaluates `records` (in order); with a collective each rank scores its
-// share and the scores are summed into place so every rank sees them all.
-absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, size_t num_records,
+// Evaluates the loader's `records` (in order); with a collective each rank
+// scores its share and the scores are summed into place so every rank sees
+// them all.
+absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, const std::vector<RecordRef>& records,
                                     const std::string& loss_kind, const torch::Device& device, Collective* collective,
                                     int64_t batch_size) {
+  const size_t num_records = records.size();
   model.eval();
   torch::NoGradGuard no_grad;
   const int world = collective ? collective->world_size() : 1;
@@ -107,9 +97,8 @@ absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, si
   RankEpochPlan plan = PlanRankEpoch(static_cast<uint32_t>(num_records), static_cast<int>(batch_size) * world, world,
                                      rank, 0, 0, /*shuffle=*/false);
   loader.StartEpochWithBatches(plan.steps);
-  torch::Tensor scores = torch::zeros({static_cast<int64_t>(num_records) + 1}, torch::kFloat64);
-  torch::Tensor labels = torch::zeros({static_cast<int64_t>(num_records)}, torch::kFloat64);
-  double loss_sum = 0;
+  // Scores by record position, then the summed loss: one all-reduce for both.
+  std::vector<double> scores(num_records + 1, 0.0);
   for (;;) {
     DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, loader.Next());
     if (!batch) break;
@@ -117,27 +106,21 @@ absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, si
     torch::Tensor x = PixelsToTensor(batch->pixels.data(), batch->count, batch->image_size, device);
     torch::Tensor y = torch::tensor(batch->labels, torch::kFloat32).to(device);
     torch::Tensor logits = model.forward(x);
-    loss_sum += Loss(loss_kind, logits, y).item<double>() * batch->count;
-    torch::Tensor p = torch::sigmoid(logits).to(torch::kCPU).to(torch::kFloat64);
-    for (int i = 0; i < batch->count; ++i) {
-      scores[batch->positions[i]] = p[i];
-      labels[batch->positions[i]] = batch->labels[i];
-    }
+    scores[num_records] += LossSum(loss_kind, logits, y).item<double>();
+    torch::Tensor p = torch::sigmoid(logits).to(torch::kCPU).to(torch::kFloat64).contiguous();
+    const double* pp = p.data_ptr<double>();
+    for (int i = 0; i < batch->count; ++i) scores[batch->positions[i]] = pp[i];
   }
-  scores[static_cast<int64_t>(num_records)] = loss_sum;
   if (collective && world > 1) {
-    DFC_RETURN_IF_ERROR(collective->AllReduceSum(scores));
-    DFC_RETURN_IF_ERROR(collective->AllReduceSum(labels));
+    DFC_RETURN_IF_ERROR(collective->AllReduceSum(
+        torch::from_blob(scores.data(), {static_cast<int64_t>(scores.size())}, torch::kFloat64)));
   }
   EvalResult r;
   if (num_records == 0) return r;
-  std::vector<float> s(num_records);
+  const std::vector<float> s(scores.begin(), scores.begin() + static_cast<std::ptrdiff_t>(num_records));
   std::vector<int32_t> l(num_records);
-  for (size_t i = 0; i < num_records; ++i) {
-    s[i] = static_cast<float>(scores[static_cast<int64_t>(i)].item<double>());
-    l[i] = static_cast<int32_t>(labels[static_cast<int64_t>(i)].item<double>());
-  }
-  r.loss = scores[static_cast<int64_t>(num_records)].item<double>() / static_cast<double>(num_records);
+  for (size_t i = 0; i < num_records; ++i) l[i] = records[i].label;
+  r.loss = scores[num_records] / static_cast<double>(num_records);
   r.accuracy = CountConfusion(s, l, 0.5f).accuracy();
   r.auc = BinaryAuc(s, l);
   return r;
@@ -268,9 +251,7 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
         // Each rank's share of the global batch's mean loss; the gradient
         // all-reduce averages over ranks, hence the factor world / global.
         const double scale = static_cast<double>(world) / static_cast<double>(plan.global_batch[s]);
-        torch::Tensor loss_sum_t = o.loss == "mse"
-            ? torch::mse_loss(torch::sigmoid(logits), y, torch::Reduction::Sum)
-            : torch::binary_cross_entropy_with_logits(logits, y, {}, {}, torch::Reduction::Sum);
+        torch::Tensor loss_sum_t = LossSum(o.loss, logits, y);
         if (sync) sync->BeginStep();
         (loss_sum_t * scale).backward();
         if (sync) DFC_RETURN_IF_ERROR(sync->Finish());
@@ -294,7 +275,7 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
       correct = totals[1].item<double>();
       seen = totals[2].item<double>();
     }
-    DFC_ASSIGN_OR_RETURN(EvalResult ev, Evaluate(*model, val_loader, phase.val.size(), o.loss, device, collective,
+    DFC_ASSIGN_OR_RETURN(EvalResult ev, Evaluate(*model, val_loader, phase.val, o.loss, device, collective,
                                                  std::max(1, o.batch_size / world)));
     EpochMetrics m;
     m.epoch = epoch + 1;
@@ -440,7 +421,10 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o, TrainObserver* ob
   // The notebook's protocol: choose the epoch count on a 50/50 split of the
   // training split, then retrain from scratch on all of it.
   Phase select;
-  SplitRecords(train, 2, 0.5, &select.train, &select.val);
+  std::vector<int32_t> labels;
+  for (const RecordRef& r : train) labels.push_back(r.label);
+  const std::vector<bool> is_val = KerasValidationMask(labels, 2, 0.5, /*from_end=*/false);
+  for (size_t i = 0; i < train.size(); ++i) (is_val[i] ? select.val : select.train).push_back(train[i]);
   select.epochs = o.epochs;
   select.patience = o.early_stopping_patience > 0 ? o.early_stopping_patience : 5;
   select.out_dir = (fs::path(o.out_dir) / "selection").string();

@@ -7,7 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "absl/strings/escaping.h"
-#include "common/atomic_file.h"
+#include "common/subprocess.h"
 #include "worker/worker_agent.h"
 
 namespace {
@@ -72,9 +72,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dfc-worker: --gpus %d but this build/machine has no CUDA\n", opts.gpus);
     return 2;
   }
-  char exe[4096];
-  ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  opts.rank_binary = n > 0 ? std::string(exe, static_cast<size_t>(n)) : argv[0];
+  opts.rank_binary = dfc::SelfExecutable();
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   dfc::WorkerAgent agent(opts);
