@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "clients/client_rpc.h"
 #include "clients/commands.h"
 #include "common/atomic_file.h"
 #include "common/progress.h"
@@ -29,31 +30,10 @@ namespace dfc {
 namespace fs = std::filesystem;
 namespace {
 
-struct ClientArgs {
-  std::string coordinator;
-  RpcSecurity security;
-  std::string token_file;
-  bool json = false;
-};
-
 absl::StatusOr<std::unique_ptr<v1::JobService::Stub>> Connect(ClientArgs& c) {
-  if (!c.token_file.empty()) {
-    auto t = ReadTokenFile(c.token_file);
-    if (!t.ok()) return t.status();
-    c.security.token = *t;
-  }
-  auto channel = MakeChannel(c.coordinator, c.security);
+  auto channel = OpenChannel(c);
   if (!channel.ok()) return channel.status();
   return v1::JobService::NewStub(*channel);
-}
-
-std::string ToJson(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions o;
-  o.always_print_primitive_fields = true;
-  o.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
-  return out;
 }
 
 int ReportRpc(const grpc::Status& st) { return ReportError(FromGrpc(st)); }
@@ -288,13 +268,35 @@ void AddClientFlags(CLI::App* cmd, ClientArgs* c) {
 
 }  // namespace
 
-void AddClusterCommands(CLI::App& app, RunFn* run) {
+std::shared_ptr<ClientArgs> AddCoordinatorOptions(CLI::App& app) {
   auto c = std::make_shared<ClientArgs>();
   app.add_option("--coordinator", c->coordinator, "Coordinator address host:port")->envname("DFC_COORDINATOR");
   app.add_option("--tls-ca", c->security.tls_ca, "CA (PEM) to verify the coordinator; enables TLS");
   app.add_option("--tls-cert", c->security.tls_cert, "Client certificate (PEM)");
   app.add_option("--tls-key", c->security.tls_key, "Client key (PEM)");
   app.add_option("--token-file", c->token_file, "File holding the API bearer token");
+  return c;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(ClientArgs& c) {
+  if (!c.token_file.empty() && c.security.token.empty()) {
+    auto t = ReadTokenFile(c.token_file);
+    if (!t.ok()) return t.status();
+    c.security.token = *t;
+  }
+  return MakeChannel(c.coordinator, c.security);
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.always_print_primitive_fields = true;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c) {
 
   auto s = std::make_shared<SubmitArgs>();
   s->req.mutable_config()->set_model("mesoinception4");

@@ -2,6 +2,7 @@
 #define DFC_CLIENTS_COMMANDS_H_
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,7 +35,10 @@ void AddSynthCommand(CLI::App& app, RunFn* run);
 void AddShardCommand(CLI::App& app, RunFn* run);
 void AddTrainCommand(CLI::App& app, RunFn* run);
 void AddPlotCommand(CLI::App& app, RunFn* run);
-void AddClusterCommands(CLI::App& app, RunFn* run);
+struct ClientArgs;
+void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> client);
+// evaluate, import, models: the evaluation API.
+void AddEvaluateCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> client);
 
 }  // namespace dfc
 

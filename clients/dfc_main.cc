@@ -1,7 +1,7 @@
-// dfc: the DFC command-line client (offline tools today; cluster commands
-// arrive with the coordinator).
+// dfc: the DFC command-line client: offline tools, cluster commands and evaluation.
 #include <cstdio>
 
+#include "clients/client_rpc.h"
 #include "clients/commands.h"
 
 namespace dfc {
@@ -43,7 +43,9 @@ int main(int argc, char** argv) {
   dfc::AddShardCommand(app, &run);
   dfc::AddTrainCommand(app, &run);
   dfc::AddPlotCommand(app, &run);
-  dfc::AddClusterCommands(app, &run);
+  auto client = dfc::AddCoordinatorOptions(app);
+  dfc::AddClusterCommands(app, &run, client);
+  dfc::AddEvaluateCommands(app, &run, client);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

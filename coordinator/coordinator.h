@@ -54,6 +54,10 @@ class Coordinator {
 
   static bool IsTerminal(v1::JobState s);
 
+  // The durable store (jobs and the imported-model catalogue).
+  JobStore* store() { return store_.get(); }
+  const CoordinatorOptions& options() const { return options_; }
+
  private:
   struct WorkerInfo {
     std::string address;

@@ -73,6 +73,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
       "CREATE TABLE IF NOT EXISTS epochs ("
       " job_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics BLOB NOT NULL,"
       " PRIMARY KEY (job_id, epoch))"));
+  DFC_RETURN_IF_ERROR(store->Exec("CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, info BLOB NOT NULL)"));
   return store;
 }
 
@@ -175,6 +176,38 @@ absl::Status JobStore::PutEpoch(const std::string& job_id, const v1::EpochMetric
   u.Bind(2, static_cast<int64_t>(m.epoch()));
   u.Bind(3, m.SerializeAsString());
   return u.Done();
+}
+
+absl::Status JobStore::PutModel(const v1::ModelInfo& model) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt u(db_, "INSERT OR REPLACE INTO models (name, info) VALUES (?, ?)");
+  DFC_RETURN_IF_ERROR(u.status());
+  u.BindText(1, model.name());
+  u.Bind(2, model.SerializeAsString());
+  return u.Done();
+}
+
+absl::StatusOr<v1::ModelInfo> JobStore::GetModel(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "SELECT info FROM models WHERE name = ?");
+  DFC_RETURN_IF_ERROR(q.status());
+  q.BindText(1, name);
+  if (q.Step() != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("model: no imported model '", name, "'"));
+  v1::ModelInfo info;
+  if (!info.ParseFromString(q.Blob(0))) return absl::DataLossError(absl::StrCat("model '", name, "' is unreadable"));
+  return info;
+}
+
+absl::StatusOr<std::vector<v1::ModelInfo>> JobStore::ListModels() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "SELECT info FROM models ORDER BY name");
+  DFC_RETURN_IF_ERROR(q.status());
+  std::vector<v1::ModelInfo> out;
+  while (q.Step() == SQLITE_ROW) {
+    out.emplace_back();
+    if (!out.back().ParseFromString(q.Blob(0))) return absl::DataLossError("an imported model record is unreadable");
+  }
+  return out;
 }
 
 }  // namespace dfc

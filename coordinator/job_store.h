@@ -15,7 +15,7 @@ struct sqlite3;
 
 namespace dfc {
 
-// Durable job records in SQLite (WAL, synchronous=FULL): a job is on disk
+// Durable job records (and the imported-model catalogue) in SQLite (WAL, synchronous=FULL): a job is on disk
 // before SubmitJob answers, so a SIGKILL of the coordinator loses no
 // acknowledged job. Thread-safe (one connection behind a mutex).
 class JobStore {
@@ -36,6 +36,11 @@ class JobStore {
   absl::Status Update(const v1::Job& job);
   // Records one epoch's metrics (replacing a re-run of the same epoch).
   absl::Status PutEpoch(const std::string& job_id, const v1::EpochMetrics& m);
+
+  // Imported models (ImportModel), by name.
+  absl::Status PutModel(const v1::ModelInfo& model);
+  absl::StatusOr<v1::ModelInfo> GetModel(const std::string& name);
+  absl::StatusOr<std::vector<v1::ModelInfo>> ListModels();
 
  private:
   explicit JobStore(sqlite3* db) : db_(db) {}

@@ -1,0 +1,35 @@
+#ifndef DFC_CLIENTS_CLIENT_RPC_H_
+#define DFC_CLIENTS_CLIENT_RPC_H_
+
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <google/protobuf/message.h>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "common/rpc/rpc_util.h"
+
+namespace dfc {
+
+// How `dfc` reaches the coordinator: the global flags every RPC command shares.
+struct ClientArgs {
+  std::string coordinator;
+  RpcSecurity security;
+  std::string token_file;
+  bool json = false;
+};
+
+// Registers --coordinator (or DFC_COORDINATOR), --tls-* and --token-file on `app`.
+std::shared_ptr<ClientArgs> AddCoordinatorOptions(CLI::App& app);
+
+// A channel to the coordinator (reads the token file first).
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(ClientArgs& c);
+
+// A message as JSON with the proto field names and every field printed.
+std::string ToJson(const google::protobuf::Message& m);
+
+}  // namespace dfc
+
+#endif  // DFC_CLIENTS_CLIENT_RPC_H_

@@ -1,0 +1,430 @@
+// The evaluation commands: `evaluate` (stream images to the coordinator,
+// summarise the predictions), `import` (register weights) and `models`.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "clients/client_rpc.h"
+#include "clients/commands.h"
+#include "common/atomic_file.h"
+#include "common/metrics.h"
+#include "common/progress.h"
+#include "data_shards/dataset_scan.h"
+#include "dfc/v1/dfc.grpc.pb.h"
+
+namespace dfc {
+namespace fs = std::filesystem;
+namespace {
+
+struct EvaluateArgs {
+  std::string job;
+  std::string checkpoint = "latest";
+  std::string model;
+  std::vector<std::string> paths;
+  std::string out_csv;
+  int concurrency = 1;
+  double validation_split = -1;
+  bool validation_from_end = false;
+  int timeout_s = 86400;
+};
+
+// One image to evaluate and, once answered, its outcome.
+struct Item {
+  Item(std::string p, std::optional<int32_t> l) : path(std::move(p)), label(l) {}
+  std::string path;
+  std::optional<int32_t> label;
+  bool done = false;
+  float p_real = 0, logit = 0;
+  std::string error;
+};
+
+bool HasImageExtension(const fs::path& p) {
+  const std::string ext = absl::AsciiStrToLower(p.extension().string());
+  for (const char* e : {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff"}) {
+    if (ext == e) return true;
+  }
+  return false;
+}
+
+// Files as given; folders of class folders labelled as training labels them
+// (sorted names: the first is fake = 0, the second real = 1), optionally only
+// their Keras validation split; a folder without subfolders: its images, unlabelled.
+absl::Status GatherItems(const EvaluateArgs& a, std::vector<Item>* items, std::vector<std::string>* classes) {
+  for (const std::string& p : a.paths) {
+    std::error_code ec;
+    if (fs::is_regular_file(p, ec)) {
+      if (a.validation_split >= 0) {
+        return absl::InvalidArgumentError(absl::StrCat("--validation-split needs dataset folders; '", p, "' is a file"));
+      }
+      items->push_back({p, std::nullopt});
+      continue;
+    }
+    if (!fs::is_directory(p, ec)) return absl::NotFoundError(absl::StrCat("'", p, "': no such file or folder"));
+    bool has_subdirs = false;
+    for (const auto& e : fs::directory_iterator(p, ec)) has_subdirs |= e.is_directory();
+    if (!has_subdirs) {
+      std::vector<std::string> files;
+      for (const auto& e : fs::directory_iterator(p, ec)) {
+        if (e.is_regular_file() && HasImageExtension(e.path())) files.push_back(e.path().string());
+      }
+      std::sort(files.begin(), files.end());
+      if (files.empty()) return absl::NotFoundError(absl::StrCat("'", p, "' holds no images"));
+      for (auto& f : files) items->push_back({std::move(f), std::nullopt});
+      continue;
+    }
+    std::vector<SourceImage> images;
+    std::vector<std::string> found;
+    if (a.validation_split >= 0) {
+      ScanOptions o;
+      o.validation_split = a.validation_split;
+      o.validation_from_end = a.validation_from_end;
+      auto ds = ScanDataset(p, o);
+      if (!ds.ok()) return ds.status();
+      images = std::move(ds->validation);
+      found = ds->classes;
+    } else {
+      auto listed = ListClassFolders(p, &found);
+      if (!listed.ok()) return listed.status();
+      images = std::move(*listed);
+    }
+    if (found.size() != 2) {
+      return absl::InvalidArgumentError(absl::StrCat("'", p, "' has ", found.size(),
+                                                     " class folders; a detector needs two (fake, real)"));
+    }
+    if (!classes->empty() && *classes != found) {
+      return absl::InvalidArgumentError(absl::StrCat("'", p, "' has classes ", found[0], ", ", found[1],
+                                                     " but an earlier folder has ", (*classes)[0], ", ", (*classes)[1]));
+    }
+    *classes = found;
+    for (auto& img : images) items->push_back({std::move(img.path), img.label});
+  }
+  if (items->empty()) return absl::InvalidArgumentError("no images to evaluate");
+  return absl::OkStatus();
+}
+
+// One Evaluate stream: sends items taken from the shared counter, records results.
+class StreamRunner {
+ public:
+  StreamRunner(v1::EvaluationService::Stub* stub, ClientArgs& c, const EvaluateArgs& a, std::vector<Item>* items,
+               std::atomic<size_t>* next, std::atomic<size_t>* done)
+      : stub_(stub), c_(c), a_(a), items_(items), next_(next), done_(done) {}
+
+  // The stream's final status; items it sent but got no answer for get an error.
+  grpc::Status Run(v1::ModelInfo* info) {
+    auto ctx = MakeContext(c_.security, std::chrono::seconds(a_.timeout_s));
+    auto stream = stub_->Evaluate(ctx.get());
+    v1::EvaluateRequest first;
+    if (!a_.model.empty()) {
+      first.mutable_model()->set_name(a_.model);
+    } else {
+      first.mutable_model()->mutable_job()->set_job_id(a_.job);
+      first.mutable_model()->mutable_job()->set_checkpoint(a_.checkpoint);
+    }
+    std::vector<size_t> sent;
+    std::mutex sent_mu;
+    std::thread reader([&] {
+      v1::EvaluateResponse resp;
+      while (stream->Read(&resp)) {
+        if (resp.has_model()) {
+          *info = resp.model();
+          continue;
+        }
+        const v1::EvaluateResult& r = resp.result();
+        size_t index = 0;
+        if (!absl::SimpleAtoi(r.id(), &index) || index >= items_->size()) continue;  // not ours
+        Item& item = (*items_)[index];
+        item.p_real = r.p_real();
+        item.logit = r.logit();
+        item.error = r.error();
+        item.done = true;
+        ++*done_;
+      }
+    });
+    bool ok = stream->Write(first);
+    while (ok) {
+      const size_t i = next_->fetch_add(1);
+      if (i >= items_->size()) break;
+      Item& item = (*items_)[i];
+      auto bytes = ReadFile(item.path, kMaxMessageBytes - 4096);
+      if (!bytes.ok()) {
+        item.error = std::string(bytes.status().message());
+        item.done = true;
+        ++*done_;
+        continue;
+      }
+      v1::EvaluateRequest req;
+      req.set_id(absl::StrCat(i));
+      *req.mutable_image() = std::move(*bytes);
+      if (item.label) req.set_label(*item.label);
+      {
+        std::lock_guard<std::mutex> lock(sent_mu);
+        sent.push_back(i);
+      }
+      ok = stream->Write(req);
+    }
+    stream->WritesDone();
+    reader.join();
+    grpc::Status st = stream->Finish();
+    for (size_t i : sent) {
+      Item& item = (*items_)[i];
+      if (!item.done) {
+        item.error = absl::StrCat("no result: the stream ended: ", st.ok() ? "early" : st.error_message());
+        item.done = true;
+        ++*done_;
+      }
+    }
+    return st;
+  }
+
+ private:
+  v1::EvaluationService::Stub* stub_;
+  ClientArgs& c_;
+  const EvaluateArgs& a_;
+  std::vector<Item>* items_;
+  std::atomic<size_t>* next_;
+  std::atomic<size_t>* done_;
+};
+
+std::string CsvField(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char ch : s) {
+    if (ch == '"') out += '"';
+    out += ch;
+  }
+  return out + "\"";
+}
+
+double Ratio(int64_t a, int64_t b) { return b ? static_cast<double>(a) / static_cast<double>(b) : std::nan(""); }
+
+int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
+  if (a.job.empty() == a.model.empty()) {
+    return ReportError(absl::InvalidArgumentError("evaluate: give either --job or --model"));
+  }
+  std::vector<Item> items;
+  std::vector<std::string> classes;
+  if (absl::Status st = GatherItems(a, &items, &classes); !st.ok()) return ReportError(st);
+  if (classes.empty()) classes = {"fake", "real"};
+  auto channel = OpenChannel(c);
+  if (!channel.ok()) return ReportError(channel.status());
+  auto stub = v1::EvaluationService::NewStub(*channel);
+
+  const auto start = std::chrono::steady_clock::now();
+  std::atomic<size_t> next{0}, done{0};
+  const int streams = std::max(1, std::min<int>(a.concurrency, static_cast<int>(items.size())));
+  std::vector<grpc::Status> status(streams);
+  std::vector<v1::ModelInfo> infos(streams);
+  std::vector<std::thread> threads;
+  std::atomic<int> running{streams};
+  for (int s = 0; s < streams; ++s) {
+    threads.emplace_back([&, s] {
+      StreamRunner runner(stub.get(), c, a, &items, &next, &done);
+      status[s] = runner.Run(&infos[s]);
+      --running;
+    });
+  }
+  {
+    ProgressBar bar("evaluate", static_cast<int64_t>(items.size()));
+    while (running.load() > 0) {
+      bar.Update(static_cast<int64_t>(done.load()));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    bar.Finish();
+  }
+  for (auto& t : threads) t.join();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // A stream-level failure (unknown model, bad token, unreachable) is the command's error.
+  for (const grpc::Status& st : status) {
+    if (!st.ok() && done.load() == 0) return ReportError(FromGrpc(st));
+  }
+  for (Item& item : items) {
+    if (!item.done) item.error = "not sent: every stream ended before it";
+  }
+  v1::ModelInfo info;
+  for (const auto& i : infos) {
+    if (!i.arch().empty()) info = i;
+  }
+
+  std::vector<float> scores;
+  std::vector<int32_t> labels;
+  int64_t errors = 0;
+  for (const Item& item : items) {
+    if (!item.error.empty()) {
+      ++errors;
+      std::fprintf(stderr, "dfc: %s: %s\n", item.path.c_str(), item.error.c_str());
+      continue;
+    }
+    if (item.label) {
+      scores.push_back(item.p_real);
+      labels.push_back(*item.label);
+    }
+  }
+  if (!a.out_csv.empty()) {
+    std::string csv = "path,label,p_real,logit,error\n";
+    for (const Item& item : items) {
+      absl::StrAppend(&csv, CsvField(item.path), ",", item.label ? classes[*item.label] : "", ",",
+                      item.error.empty() ? absl::StrFormat("%.6f", item.p_real) : "", ",",
+                      item.error.empty() ? absl::StrFormat("%.6f", item.logit) : "", ",", CsvField(item.error), "\n");
+    }
+    if (absl::Status st = WriteFileAtomically(a.out_csv, csv); !st.ok()) return ReportError(st);
+  }
+  const Confusion m = CountConfusion(scores, labels, 0.5f);
+  const double auc = BinaryAuc(scores, labels);
+  const double accuracy = labels.empty() ? std::nan("") : m.accuracy();
+  // Per class: 0 = fake (predicted when P(real) <= 0.5), 1 = real.
+  const double precision[2] = {Ratio(m.tn, m.tn + m.fn), Ratio(m.tp, m.tp + m.fp)};
+  const double recall[2] = {Ratio(m.tn, m.tn + m.fp), Ratio(m.tp, m.tp + m.fn)};
+  const int64_t support[2] = {m.tn + m.fp, m.tp + m.fn};
+  if (c.json) {
+    nlohmann::json j;
+    j["model"] = {{"name", info.name()}, {"arch", info.arch()}, {"epoch", info.epoch()}, {"format", info.format()}};
+    j["count"] = items.size();
+    j["errors"] = errors;
+    j["labelled"] = labels.size();
+    j["accuracy"] = accuracy;
+    j["auc"] = auc;
+    j["threshold"] = 0.5;
+    for (int k = 0; k < 2; ++k) {
+      j["classes"].push_back({{"name", classes[k]}, {"label", k}, {"precision", precision[k]},
+                              {"recall", recall[k]}, {"support", support[k]}});
+    }
+    j["confusion"] = {{m.tn, m.fp}, {m.fn, m.tp}};
+    j["seconds"] = seconds;
+    j["images_per_second"] = static_cast<double>(items.size()) / seconds;
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("model %s (%s, %s, epoch %lld)\n", info.name().c_str(), info.arch().c_str(), info.format().c_str(),
+                static_cast<long long>(info.epoch()));
+    std::printf("count %zu  errors %lld  labelled %zu  %.1f s  %.1f img/s\n", items.size(),
+                static_cast<long long>(errors), labels.size(), seconds, static_cast<double>(items.size()) / seconds);
+    if (!labels.empty()) {
+      std::printf("accuracy %.4f  AUC %.4f  (threshold 0.5 on P(real))\n", accuracy, auc);
+      std::printf("%-12s %9s %9s %9s\n", "class", "precision", "recall", "support");
+      for (int k = 0; k < 2; ++k) {
+        std::printf("%-12s %9.4f %9.4f %9lld\n", absl::StrCat(classes[k], " (", k, ")").c_str(), precision[k],
+                    recall[k], static_cast<long long>(support[k]));
+      }
+      std::printf("confusion (rows: true, columns: predicted)\n%-12s %9s %9s\n", "", classes[0].c_str(),
+                  classes[1].c_str());
+      std::printf("%-12s %9lld %9lld\n%-12s %9lld %9lld\n", classes[0].c_str(), static_cast<long long>(m.tn),
+                  static_cast<long long>(m.fp), classes[1].c_str(), static_cast<long long>(m.fn),
+                  static_cast<long long>(m.tp));
+    }
+  }
+  std::fflush(stdout);
+  return errors == 0 ? kExitOk : kExitPartial;
+}
+
+struct ImportArgs {
+  std::string name, arch, weights;
+  bool replace = false;
+};
+
+int RunImport(ClientArgs& c, const ImportArgs& a) {
+  std::error_code ec;
+  const auto size = fs::file_size(a.weights, ec);
+  if (ec) return ReportError(absl::NotFoundError(absl::StrCat("--weights '", a.weights, "': ", ec.message())));
+  std::FILE* f = std::fopen(a.weights.c_str(), "rb");
+  if (!f) return ReportError(absl::NotFoundError(absl::StrCat("--weights '", a.weights, "': cannot open")));
+  auto channel = OpenChannel(c);
+  if (!channel.ok()) {
+    std::fclose(f);
+    return ReportError(channel.status());
+  }
+  auto stub = v1::EvaluationService::NewStub(*channel);
+  // A generous deadline: a ResNet-50 .h5 is ~100 MB.
+  auto ctx = MakeContext(c.security, std::chrono::seconds(600));
+  v1::ModelInfo info;
+  auto writer = stub->ImportModel(ctx.get(), &info);
+  v1::ImportModelRequest req;
+  auto* h = req.mutable_header();
+  h->set_name(a.name);
+  h->set_arch(a.arch);
+  h->set_replace(a.replace);
+  h->set_size_bytes(static_cast<int64_t>(size));
+  bool ok = writer->Write(req);
+  std::vector<char> buf(1 << 20);
+  while (ok) {
+    const size_t n = std::fread(buf.data(), 1, buf.size(), f);
+    if (n == 0) break;
+    req.set_chunk(buf.data(), n);
+    ok = writer->Write(req);
+  }
+  std::fclose(f);
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  if (!st.ok()) return ReportError(FromGrpc(st));
+  if (c.json) std::printf("%s\n", ToJson(info).c_str());
+  else std::printf("imported %s: %s, %s, %lld bytes\n", info.name().c_str(), info.arch().c_str(), info.format().c_str(),
+                   static_cast<long long>(info.size_bytes()));
+  return kExitOk;
+}
+
+int RunModels(ClientArgs& c) {
+  auto channel = OpenChannel(c);
+  if (!channel.ok()) return ReportError(channel.status());
+  auto stub = v1::EvaluationService::NewStub(*channel);
+  auto ctx = MakeContext(c.security);
+  v1::ListModelsResponse resp;
+  grpc::Status st = stub->ListModels(ctx.get(), v1::ListModelsRequest(), &resp);
+  if (!st.ok()) return ReportError(FromGrpc(st));
+  if (c.json) {
+    std::printf("%s\n", ToJson(resp).c_str());
+    return kExitOk;
+  }
+  std::printf("%-24s %-17s %-10s %12s\n", "NAME", "ARCH", "FORMAT", "BYTES");
+  for (const auto& m : resp.models()) {
+    std::printf("%-24s %-17s %-10s %12lld\n", m.name().c_str(), m.arch().c_str(), m.format().c_str(),
+                static_cast<long long>(m.size_bytes()));
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void AddEvaluateCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c) {
+  auto e = std::make_shared<EvaluateArgs>();
+  CLI::App* eval = app.add_subcommand(
+      "evaluate", "Stream images to the coordinator and summarise the predictions (accuracy, AUC, confusion)");
+  auto* job = eval->add_option("--job", e->job, "Evaluate this job's checkpoint");
+  eval->add_option("--checkpoint", e->checkpoint, "latest, best or an epoch number")->needs(job);
+  eval->add_option("--model", e->model, "Evaluate an imported model")->excludes(job);
+  eval->add_option("paths", e->paths, "Image files or class folders (labels from folder names)")->required();
+  eval->add_option("--out", e->out_csv, "Write every prediction as CSV: path,label,p_real,logit,error");
+  eval->add_option("--concurrency", e->concurrency, "Streams to open")->check(CLI::Range(1, 256));
+  eval->add_option("--validation-split", e->validation_split,
+                   "Only the Keras validation split of each class folder (as `dfc shard` held it out)")
+      ->check(CLI::Range(0.0, 1.0));
+  eval->add_flag("--validation-from-end", e->validation_from_end, "The split is the end of each class");
+  eval->add_option("--timeout", e->timeout_s, "Give up after this many seconds")->check(CLI::Range(1, 604800));
+  eval->add_flag("--json", c->json, "Print the summary as JSON");
+  eval->callback([run, c, e] { *run = [c, e] { return RunEvaluate(*c, *e); }; });
+
+  auto i = std::make_shared<ImportArgs>();
+  CLI::App* imp = app.add_subcommand("import", "Register Keras .h5 weights or a DFC checkpoint as a named model");
+  imp->add_option("--name", i->name, "Model name")->required();
+  imp->add_option("--model", i->arch, "Architecture")->required()->check(CLI::IsMember({"mesoinception4", "meso4", "resnet50-vggface"}));
+  imp->add_option("--weights", i->weights, "Weights file")->required();
+  imp->add_flag("--replace", i->replace, "Overwrite a model of that name");
+  imp->add_flag("--json", c->json, "Print the model as JSON");
+  imp->callback([run, c, i] { *run = [c, i] { return RunImport(*c, *i); }; });
+
+  CLI::App* models = app.add_subcommand("models", "List imported models");
+  models->add_flag("--json", c->json, "Machine-readable output");
+  models->callback([run, c] { *run = [c] { return RunModels(*c); }; });
+}
+
+}  // namespace dfc
