@@ -247,8 +247,11 @@ int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
   for (auto& t : threads) t.join();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // A stream-level failure (unknown model, bad token, unreachable) is the command's error.
-  for (const grpc::Status& st : status) {
-    if (!st.ok() && done.load() == 0) return ReportError(FromGrpc(st));
+  // (no stream got as far as the model).
+  if (std::all_of(infos.begin(), infos.end(), [](const v1::ModelInfo& i) { return i.arch().empty(); })) {
+    for (const grpc::Status& st : status) {
+      if (!st.ok()) return ReportError(FromGrpc(st));
+    }
   }
   for (Item& item : items) {
     if (!item.done) item.error = "not sent: every stream ended before it";

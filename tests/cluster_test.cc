@@ -10,6 +10,7 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "common/subprocess.h"
 #include "tests/test_util.h"
@@ -141,6 +142,23 @@ TEST(ClusterTest, EndToEndJobSucceedsAndItsCheckpointPredicts) {
   auto predict = RunCommand(testing::DfcBinary() + " predict --model mesoinception4 --weights " + out_dir +
                             "/latest.ckpt " + c.dir().Join("syn/df/000000.jpg"));
   EXPECT_EQ(predict.exit_code, 0) << predict.err;
+  // Evaluating a checkpoint on the validation split through the Evaluate
+  // stream reports the accuracy training reported for that epoch.
+  const auto epochs = nlohmann::json::parse(status.out)["epochs"];
+  for (const std::string checkpoint : {"best", "latest"}) {
+    auto eval = RunCommand(c.Dfc("evaluate --json --job " + job + " --checkpoint " + checkpoint +
+                                 " --validation-split 0.25 " + c.dir().Join("syn")));
+    ASSERT_EQ(eval.exit_code, 0) << eval.err;
+    auto summary = nlohmann::json::parse(eval.out);
+    const int epoch = summary["model"]["epoch"].get<int>();
+    ASSERT_GE(epoch, 1) << eval.out;
+    ASSERT_LE(epoch, static_cast<int>(epochs.size())) << eval.out;
+    EXPECT_EQ(summary["count"], 12) << eval.out;
+    EXPECT_EQ(summary["errors"], 0) << eval.out;
+    EXPECT_NEAR(summary["accuracy"].get<double>(), epochs[epoch - 1]["val_accuracy"].get<double>(), 1e-9)
+        << checkpoint << " (epoch " << epoch << "): " << eval.out;
+    EXPECT_NEAR(summary["auc"].get<double>(), epochs[epoch - 1]["val_auc"].get<double>(), 1e-6) << eval.out;
+  }
   // A retried submit with the same key is the same job.
   auto a = RunCommand(submit + " --idempotency-key k1");
   auto b = RunCommand(submit + " --idempotency-key k1");

@@ -1,0 +1,333 @@
+// The evaluation API as users reach it: a real dfc-coordinator process on
+// loopback, `dfc import/evaluate/predict`, and raw gRPC streams.
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/atomic_file.h"
+#include "common/rpc/rpc_util.h"
+#include "common/subprocess.h"
+#include "dfc/v1/dfc.grpc.pb.h"
+#include "tests/test_util.h"
+
+namespace dfc {
+namespace {
+
+using testing::RunCommand;
+namespace fs = std::filesystem;
+
+std::string Samples() { return testing::SharedDir() + "/data/mesonet-samples"; }
+std::string Weights(const std::string& f) { return testing::SharedDir() + "/weights/mesonet/" + f; }
+bool HaveShared() { return fs::exists(Weights("MesoInception_DF.h5")); }
+std::string Bin(const std::string& name) { return (fs::path(testing::DfcBinary()).parent_path() / name).string(); }
+
+std::vector<std::string> SampleFiles() {
+  return {Samples() + "/df/df00204.jpg", Samples() + "/df/df01254.jpg", Samples() + "/real/real00240.jpg",
+          Samples() + "/real/real00772.jpg"};
+}
+
+// A PNG whose header claims width x height (no pixel data).
+std::string PngHeader(uint32_t width, uint32_t height) {
+  std::string s("\x89PNG\r\n\x1a\n", 8);
+  s += std::string("\0\0\0\x0dIHDR", 8);
+  for (uint32_t v : {width, height}) {
+    for (int shift : {24, 16, 8, 0}) s.push_back(static_cast<char>(v >> shift));
+  }
+  s += std::string("\x08\x02\0\0\0", 5);
+  return s;
+}
+
+// A port nothing listens on now (the kernel's pick for port 0).
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// A coordinator with a free port and its own state; MesoInception_DF.h5 imported as "meso-df".
+class EvaluationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HaveShared()) GTEST_SKIP() << "../shared not present";
+    port_ = FreePort();
+    pid_ = SpawnProcess({Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state"),
+                         "--eval-max-batch", "8", "--eval-max-delay-us", "2000"},
+                        dir_.Join("coordinator.log"), /*new_session=*/false);
+    channel_ = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+    ASSERT_TRUE(channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(20)))
+        << testing::ReadFileOrDie(dir_.Join("coordinator.log"));
+    stub_ = v1::EvaluationService::NewStub(channel_);
+    auto r = RunCommand(Dfc("import --name meso-df --model mesoinception4 --weights " + Weights("MesoInception_DF.h5")));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  void TearDown() override {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string Dfc(const std::string& args) const {
+    return testing::DfcBinary() + " --coordinator " + address() + " " + args;
+  }
+  // The server still answers: health-checked by a unary call.
+  bool Healthy() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ListModelsResponse resp;
+    return stub_->ListModels(&ctx, v1::ListModelsRequest(), &resp).ok() && resp.models_size() == 1;
+  }
+
+  testing::TempDir dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::EvaluationService::Stub> stub_;
+};
+
+// P(real) and logit per path from `dfc predict` output.
+std::map<std::string, std::pair<double, double>> ParsePredict(const std::string& out) {
+  std::map<std::string, std::pair<double, double>> m;
+  for (const std::string& line : testing::SplitLines(out)) {
+    const size_t a = line.find('\t'), b = line.rfind('\t');
+    if (a == std::string::npos || a == b) continue;
+    m[line.substr(0, a)] = {std::stod(line.substr(a + 1, b - a - 1)), std::stod(line.substr(b + 1))};
+  }
+  return m;
+}
+
+TEST_F(EvaluationTest, ImportedModelGivesTheSameNumbersAsPredict) {
+  auto eval = RunCommand(Dfc("evaluate --json --model meso-df --out " + dir_.Join("p.csv") + " " + Samples()));
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  auto summary = nlohmann::json::parse(eval.out);
+  EXPECT_EQ(summary["count"], 4);
+  EXPECT_EQ(summary["errors"], 0);
+  EXPECT_DOUBLE_EQ(summary["accuracy"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(summary["auc"].get<double>(), 1.0);
+  auto predict = RunCommand(testing::DfcBinary() + " predict --model mesoinception4 --weights " +
+                            Weights("MesoInception_DF.h5") + " " + Samples() + "/*/*");
+  ASSERT_EQ(predict.exit_code, 0) << predict.err;
+  auto expected = ParsePredict(predict.out);
+  ASSERT_EQ(expected.size(), 4u);
+  auto csv = testing::SplitLines(testing::ReadFileOrDie(dir_.Join("p.csv")));
+  ASSERT_EQ(csv.size(), 5u);
+  EXPECT_EQ(csv[0], "path,label,p_real,logit,error");
+  for (size_t i = 1; i < csv.size(); ++i) {
+    std::vector<std::string> f;
+    std::stringstream ss(csv[i]);
+    for (std::string field; std::getline(ss, field, ',');) f.push_back(field);
+    ASSERT_GE(f.size(), 4u) << csv[i];
+    ASSERT_TRUE(expected.count(f[0])) << f[0];
+    EXPECT_NEAR(std::stod(f[2]), expected[f[0]].first, 1e-5) << f[0];
+    EXPECT_NEAR(std::stod(f[3]), expected[f[0]].second, 1e-5) << f[0];
+    EXPECT_EQ(f[1], f[0].find("/df/") != std::string::npos ? "df" : "real");
+  }
+}
+
+TEST_F(EvaluationTest, BadItemsGetErrorsTheRestGoOn) {
+  const std::string good = testing::ReadFileOrDie(SampleFiles()[0]);
+  const std::string good2 = testing::ReadFileOrDie(SampleFiles()[3]);
+  struct Case {
+    std::string id, bytes, error;  // error: a substring of the expected error; empty = a prediction
+    int label = -1;
+  };
+  std::vector<Case> cases = {
+      {"good-1", good, ""},
+      {"text", "this is a text file, not an image\n", "not a supported image"},
+      {"truncated", good.substr(0, good.size() / 2), "truncated JPEG"},
+      {"huge-png", PngHeader(20000, 20000), "20000x20000"},
+      {"empty", "", "empty image"},
+      {"bad-label", good, "label 7", 7},
+      {"good-2", good2, "", 1},
+  };
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = stub_->Evaluate(&ctx);
+  v1::EvaluateRequest req;
+  req.mutable_model()->set_name("meso-df");
+  ASSERT_TRUE(stream->Write(req));
+  for (const Case& c : cases) {
+    v1::EvaluateRequest r;
+    r.set_id(c.id);
+    r.set_image(c.bytes);
+    if (c.label >= 0) r.set_label(c.label);
+    ASSERT_TRUE(stream->Write(r));
+  }
+  stream->WritesDone();
+  std::map<std::string, v1::EvaluateResult> got;
+  v1::EvaluateResponse resp;
+  int results = 0;
+  while (stream->Read(&resp)) {
+    if (resp.has_model()) {
+      EXPECT_EQ(resp.model().arch(), "mesoinception4");
+      EXPECT_EQ(resp.model().input_size(), 256);
+      continue;
+    }
+    ++results;
+    got[resp.result().id()] = resp.result();
+  }
+  grpc::Status st = stream->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(results, static_cast<int>(cases.size())) << "one result per item";
+  for (const Case& c : cases) {
+    ASSERT_TRUE(got.count(c.id)) << c.id;
+    const v1::EvaluateResult& r = got[c.id];
+    if (c.error.empty()) {
+      EXPECT_EQ(r.error(), "") << c.id;
+    } else {
+      EXPECT_NE(r.error().find(c.error), std::string::npos) << c.id << ": " << r.error();
+    }
+  }
+  EXPECT_NEAR(got["good-1"].p_real(), 0.026218, 1e-5);
+  EXPECT_TRUE(got["good-2"].has_label());
+  EXPECT_EQ(got["good-2"].label(), 1);
+  EXPECT_NEAR(got["good-2"].p_real(), 1.0, 1e-5);
+  EXPECT_TRUE(Healthy());
+}
+
+TEST_F(EvaluationTest, StreamLevelErrorsNameTheProblem) {
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub_->Evaluate(&ctx);
+    v1::EvaluateRequest r;
+    r.set_id("x");
+    r.set_image("abc");
+    stream->Write(r);
+    stream->WritesDone();
+    v1::EvaluateResponse resp;
+    while (stream->Read(&resp)) {
+    }
+    grpc::Status st = stream->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("first message must name the model"), std::string::npos) << st.error_message();
+  }
+  auto r = RunCommand(Dfc("evaluate --model no-such-model " + Samples()));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("no imported model 'no-such-model'"), std::string::npos) << r.err;
+  r = RunCommand(Dfc("evaluate --job job-000000000000 " + Samples()));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("no job"), std::string::npos) << r.err;
+  // Weights of another architecture are refused at import, naming the problem; nothing is registered.
+  r = RunCommand(Dfc("import --name wrong --model meso4 --weights " + Weights("MesoInception_DF.h5")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("do not load as meso4"), std::string::npos) << r.err;
+  r = RunCommand(Dfc("import --name meso-df --model mesoinception4 --weights " + Weights("MesoInception_DF.h5")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("exists"), std::string::npos) << r.err;
+  r = RunCommand(Dfc("import --name ../evil --model meso4 --weights " + Weights("Meso4_DF.h5")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_TRUE(Healthy());
+}
+
+TEST_F(EvaluationTest, ConcurrentStreamsGetOnlyTheirOwnResults) {
+  std::vector<std::string> images;
+  for (const auto& f : SampleFiles()) images.push_back(testing::ReadFileOrDie(f));
+  const double expected[4] = {-3.614732, -6.956028, 21.596182, 45.603153};  // `dfc predict` logits
+  constexpr int kStreams = 8, kPerStream = 12;
+  std::vector<std::map<std::string, float>> got(kStreams);
+  std::vector<grpc::Status> status(kStreams);
+  std::vector<std::thread> threads;
+  for (int s = 0; s < kStreams; ++s) {
+    threads.emplace_back([&, s] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+      auto stream = stub_->Evaluate(&ctx);
+      std::thread reader([&] {
+        v1::EvaluateResponse resp;
+        while (stream->Read(&resp)) {
+          if (resp.has_result()) got[s][resp.result().id()] = resp.result().logit();
+        }
+      });
+      v1::EvaluateRequest req;
+      req.mutable_model()->set_name("meso-df");
+      stream->Write(req);
+      for (int i = 0; i < kPerStream; ++i) {
+        v1::EvaluateRequest r;
+        r.set_id("s" + std::to_string(s) + "-" + std::to_string(i));
+        r.set_image(images[(s + i) % 4]);
+        stream->Write(r);
+      }
+      stream->WritesDone();
+      reader.join();
+      status[s] = stream->Finish();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int s = 0; s < kStreams; ++s) {
+    ASSERT_TRUE(status[s].ok()) << status[s].error_message();
+    ASSERT_EQ(got[s].size(), static_cast<size_t>(kPerStream)) << "stream " << s;
+    for (int i = 0; i < kPerStream; ++i) {
+      const std::string id = "s" + std::to_string(s) + "-" + std::to_string(i);
+      ASSERT_TRUE(got[s].count(id)) << id;
+      EXPECT_NEAR(got[s][id], expected[(s + i) % 4], 1e-4) << id;
+    }
+  }
+  EXPECT_TRUE(Healthy());
+}
+
+TEST_F(EvaluationTest, ACancelledStreamLeavesTheServerServing) {
+  const std::string image = testing::ReadFileOrDie(SampleFiles()[2]);
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub_->Evaluate(&ctx);
+    v1::EvaluateRequest req;
+    req.mutable_model()->set_name("meso-df");
+    stream->Write(req);
+    for (int i = 0; i < 200; ++i) {
+      v1::EvaluateRequest r;
+      r.set_id(std::to_string(i));
+      r.set_image(image);
+      if (!stream->Write(r)) break;  // back-pressure may stop us earlier; that is fine
+      if (i == 50) break;
+    }
+    ctx.TryCancel();
+    v1::EvaluateResponse resp;
+    while (stream->Read(&resp)) {
+    }
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  auto r = RunCommand(Dfc("evaluate --json --concurrency 2 --model meso-df " + Samples()));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["count"], 4);
+  EXPECT_TRUE(Healthy());
+}
+
+TEST_F(EvaluationTest, EvaluateCliReportsBadFilesAndKeepsGoing) {
+  testing::WriteFileOrDie(dir_.Join("in/notes.png"), "not an image");
+  fs::copy_file(SampleFiles()[0], dir_.Join("in/a.jpg"));
+  auto r = RunCommand(Dfc("evaluate --json --concurrency 3 --model meso-df --out " + dir_.Join("o.csv") + " " +
+                          dir_.Join("in") + " " + dir_.Join("in/missing.jpg")));
+  // A missing path is refused before anything is sent.
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("missing.jpg"), std::string::npos);
+  r = RunCommand(Dfc("evaluate --json --concurrency 3 --model meso-df --out " + dir_.Join("o.csv") + " " +
+                     dir_.Join("in")));
+  EXPECT_EQ(r.exit_code, 4) << r.err;  // partial: one bad image
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["count"], 2);
+  EXPECT_EQ(j["errors"], 1);
+  EXPECT_NE(r.err.find("notes.png: image: not a supported image"), std::string::npos) << r.err;
+  EXPECT_NE(testing::ReadFileOrDie(dir_.Join("o.csv")).find("not a supported image"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dfc
