@@ -75,8 +75,8 @@ class ResultQueue {
 class InferenceBatcher {
  public:
   struct Options {
-    int max_batch = 32;
-    std::chrono::microseconds max_delay{5000};
+    int max_batch = 8;  // CPU sweet spot for MesoInception-4 (docs/BENCH.md); raise on GPUs
+    std::chrono::microseconds max_delay{0};  // 0: greedy, run as soon as the model is free
     int max_queued = 256;
   };
   struct Stats {

@@ -35,14 +35,14 @@ int main(int argc, char** argv) {
   dfc::ModelRegistryOptions serve;
   dfc::InferenceBatcher::Options batching;
   dfc::EvaluationOptions eval;
-  int max_delay_us = 5000;
+  int max_delay_us = 0;
   int64_t max_image_bytes = static_cast<int64_t>(eval.limits.max_bytes);
   app.add_option("--eval-threads", serve.threads, "Inference threads for Evaluate (0 = all cores)")
       ->check(CLI::Range(0, 1024));
   app.add_option("--eval-max-batch", batching.max_batch, "Largest batch the evaluation batcher forms")
       ->check(CLI::Range(1, 1024));
   app.add_option("--eval-max-delay-us", max_delay_us,
-                 "Longest an image waits for its batch to fill, in microseconds (0 = never wait)")
+                 "Longest an image waits for its batch to fill, in microseconds (0 = greedy: run whenever the model is free, with whatever queued meanwhile)")
       ->check(CLI::Range(0, 10000000));
   app.add_option("--eval-max-queued", batching.max_queued, "Images queued for inference across all streams")
       ->check(CLI::Range(1, 1 << 20));
