@@ -113,10 +113,11 @@ absl::StatusOr<std::pair<std::shared_ptr<ServedModel>, v1::ModelInfo>> ModelRegi
                                                 v1::JobState_Name(job.state()), ")"));
       }
     } else if (absl::SimpleAtoi(which, &epoch) && epoch > 0) {
-      // Epoch N is whichever kept checkpoint (latest or best) finished epoch N.
+      // epoch-N.ckpt (weights kept after every epoch), else whichever of
+      // best/latest finished epoch N (outputs of older versions).
       std::string kept;
-      for (const char* name : {"best", "latest"}) {
-        const std::string p = (dir / (std::string(name) + ".ckpt")).string();
+      for (const std::string name : {absl::StrCat("epoch-", epoch), std::string("best"), std::string("latest")}) {
+        const std::string p = (dir / (name + ".ckpt")).string();
         auto meta = ReadCheckpointMeta(p);
         if (!meta.ok()) continue;
         absl::StrAppend(&kept, kept.empty() ? "" : ", ", name, " = epoch ", meta->epoch);

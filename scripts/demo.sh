@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: set-up, then a local DFC cluster (one coordinator, two
 # workers) trains MesoInception-4 with 2 data-parallel ranks on the built-in
-# synthetic dataset, with live progress, then the trained checkpoint scores
-# validation images. Everything lands in demo/ (override with DFC_DEMO_DIR).
+# synthetic dataset, with live progress, then the best checkpoint is evaluated
+# on the validation split through the coordinator's Evaluate stream.
+# Everything lands in demo/ (override with DFC_DEMO_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -31,8 +32,8 @@ job=$($bin/dfc submit --model mesoinception4 --data "$dir/shards" --world-size 2
   --batch-size 32 --bn-momentum 0.9 --seed 1)
 echo "submitted $job"
 $bin/dfc watch "$job"
-echo "== 5/5 evaluation: the job's checkpoint on validation images"
-out=$($bin/dfc status --json "$job" | sed -n 's/.*"output_dir":"\([^"]*\)".*/\1/p')
-$bin/dfc predict --model mesoinception4 --weights "$out/latest.ckpt" \
-  "$dir"/synth/df/00000[0-4].jpg "$dir"/synth/real/00000[0-4].jpg
+echo "== 5/5 evaluation: the best checkpoint streamed the validation split (Evaluate RPC)"
+$bin/dfc evaluate --job "$job" --checkpoint best --validation-split 0.2 --concurrency 2 \
+  --out "$dir/predictions.csv" "$dir/synth"
+echo "every prediction: $dir/predictions.csv"
 $bin/dfc list

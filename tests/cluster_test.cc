@@ -145,7 +145,7 @@ TEST(ClusterTest, EndToEndJobSucceedsAndItsCheckpointPredicts) {
   // Evaluating a checkpoint on the validation split through the Evaluate
   // stream reports the accuracy training reported for that epoch.
   const auto epochs = nlohmann::json::parse(status.out)["epochs"];
-  for (const std::string checkpoint : {"best", "latest"}) {
+  for (const std::string checkpoint : {"best", "latest", "1"}) {
     auto eval = RunCommand(c.Dfc("evaluate --json --job " + job + " --checkpoint " + checkpoint +
                                  " --validation-split 0.25 " + c.dir().Join("syn")));
     ASSERT_EQ(eval.exit_code, 0) << eval.err;
@@ -159,6 +159,9 @@ TEST(ClusterTest, EndToEndJobSucceedsAndItsCheckpointPredicts) {
         << checkpoint << " (epoch " << epoch << "): " << eval.out;
     EXPECT_NEAR(summary["auc"].get<double>(), epochs[epoch - 1]["val_auc"].get<double>(), 1e-6) << eval.out;
   }
+  auto missing = RunCommand(c.Dfc("evaluate --job " + job + " --checkpoint 99 " + c.dir().Join("syn")));
+  EXPECT_EQ(missing.exit_code, 2) << missing.err;
+  EXPECT_NE(missing.err.find("no checkpoint of epoch 99"), std::string::npos) << missing.err;
   // A retried submit with the same key is the same job.
   auto a = RunCommand(submit + " --idempotency-key k1");
   auto b = RunCommand(submit + " --idempotency-key k1");

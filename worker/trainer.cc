@@ -305,6 +305,11 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
     meta.metrics_json = history.dump();
     meta.options_json = o.ToJson();
     if (writer) DFC_RETURN_IF_ERROR(SaveCheckpoint(latest, *model, &optimizer, meta));
+    // Weights only, so that any epoch can be evaluated later (`--checkpoint N`).
+    if (writer) {
+      DFC_RETURN_IF_ERROR(SaveCheckpoint((fs::path(phase.out_dir) / absl::StrCat("epoch-", epoch + 1, ".ckpt")).string(),
+                                         *model, nullptr, meta));
+    }
     if (m.val_accuracy > best_acc) {
       best_acc = m.val_accuracy;
       best_epoch = m.epoch;
