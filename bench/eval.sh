@@ -42,8 +42,11 @@ done
 echo
 echo "| Python PyTorch loop (PIL decode + forward) | img/s | p50 ms | p99 ms |"
 echo "|---|---|---|---|"
-for b in 1 32; do
-  r=$($py bench/eval_bench.py --batch "$b" --images 512 --threads "$threads" "${images[@]}")
-  printf "| batch %d | %.1f | %.1f | %.1f |\n" "$b" "$(echo "$r" | field images_per_second)" \
-    "$(echo "$r" | field p50_ms)" "$(echo "$r" | field p99_ms)"
+tcmalloc=$(ls /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 2>/dev/null || true)
+for b in 1 8 32; do
+  for pre in "" "$tcmalloc"; do
+    r=$(LD_PRELOAD=$pre $py bench/eval_bench.py --batch "$b" --images 512 --threads "$threads" "${images[@]}")
+    printf "| batch %d%s | %.1f | %.1f | %.1f |\n" "$b" "${pre:+ + tcmalloc}" "$(echo "$r" | field images_per_second)" \
+      "$(echo "$r" | field p50_ms)" "$(echo "$r" | field p99_ms)"
+  done
 done

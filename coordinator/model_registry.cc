@@ -116,7 +116,7 @@ absl::StatusOr<std::pair<std::shared_ptr<ServedModel>, v1::ModelInfo>> ModelRegi
       // epoch-N.ckpt (weights kept after every epoch), else whichever of
       // best/latest finished epoch N (outputs of older versions).
       std::string kept;
-      for (const std::string name : {absl::StrCat("epoch-", epoch), std::string("best"), std::string("latest")}) {
+      for (const std::string& name : {absl::StrCat("epoch-", epoch), std::string("best"), std::string("latest")}) {
         const std::string p = (dir / (name + ".ckpt")).string();
         auto meta = ReadCheckpointMeta(p);
         if (!meta.ok()) continue;

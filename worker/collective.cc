@@ -2,8 +2,8 @@
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#ifdef DFC_WITH_CUDA
-#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#ifdef DFC_WITH_NCCL
+#include "worker/nccl_collective.h"
 #endif
 
 #include "absl/strings/str_cat.h"
@@ -43,7 +43,8 @@ class FailedWork : public CollectiveWork {
 // The process-group type differs across LibTorch versions (1.13:
 // ProcessGroup subclasses; 2.x: Backend subclasses) but the calls used here
 // are the same, so the wrapper is a template over it. `on_device` is where
-// the backend wants tensors (CPU for Gloo, CUDA for NCCL); others are copied.
+// the backend wants tensors (CPU for Gloo); others are copied. (NCCL is
+// called directly: worker/nccl_collective.cc.)
 template <typename PG>
 class C10dCollective : public Collective {
  public:
@@ -128,9 +129,9 @@ absl::StatusOr<std::unique_ptr<Collective>> Collective::Connect(const Collective
   if (o.backend != "gloo" && o.backend != "nccl") {
     return absl::InvalidArgumentError(absl::StrCat("collective backend '", o.backend, "' is not gloo or nccl"));
   }
-#ifndef DFC_WITH_CUDA
+#ifndef DFC_WITH_NCCL
   if (o.backend == "nccl") {
-    return absl::UnimplementedError("the nccl backend needs a CUDA LibTorch build (this one is CPU-only)");
+    return absl::UnimplementedError("the nccl backend was not built (no CUDA toolkit with NCCL at build time)");
   }
 #endif
   try {
@@ -141,14 +142,8 @@ absl::StatusOr<std::unique_ptr<Collective>> Collective::Connect(const Collective
     so.waitWorkers = true;
     so.timeout = o.timeout;
     auto store = c10::make_intrusive<c10d::TCPStore>(o.store_host, so);
-#ifdef DFC_WITH_CUDA
-    if (o.backend == "nccl") {
-      auto options = c10d::ProcessGroupNCCL::Options::create();
-      options->timeout = o.timeout;
-      auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, o.rank, o.world_size, options);
-      return std::unique_ptr<Collective>(new C10dCollective<c10d::ProcessGroupNCCL>(
-          store, pg, o.rank, o.world_size, torch::Device(torch::kCUDA, 0)));
-    }
+#ifdef DFC_WITH_NCCL
+    if (o.backend == "nccl") return ConnectNccl(store, o);
 #endif
     auto options = c10d::ProcessGroupGloo::Options::create(o.timeout);
     options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o.bind_host));

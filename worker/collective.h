@@ -25,8 +25,9 @@ struct CollectiveOptions {
   // Every collective and the rendezvous fail after this long: a dead peer
   // ends the job with an error instead of a hang.
   std::chrono::milliseconds timeout{60000};
-  // "gloo" (CPU tensors) or "nccl" (CUDA tensors; builds with a CUDA
-  // LibTorch). Tensors on the other device are staged through a copy.
+  // "gloo" (CPU tensors) or "nccl" (CUDA tensors; built wherever a CUDA
+  // toolkit with NCCL is found). Tensors on the other device are staged
+  // through a copy.
   std::string backend = "gloo";
 };
 
