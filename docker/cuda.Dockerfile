@@ -1,27 +1,46 @@
-# DFC with CUDA (NCCL). LibTorch comes from a PyTorch wheel's libtorch (the
-# same source as ../shared/GPU.md's machine); scripts/build_cuda.sh builds
-# against it. Build from the repository root:
+# DFC with CUDA (NCCL), built the way ../shared/GPU.md's machine builds it:
+# LibTorch is the one inside a PyTorch CUDA wheel, the Debian 12 libraries the
+# build needs come from scripts/gather_cuda_deps.sh, and scripts/build_cuda.sh
+# unpacks them into a prefix and builds. Build from the repository root:
 #   docker build -f docker/cuda.Dockerfile -t REGISTRY/dfc:cuda .
-ARG CUDA_IMAGE=nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04
-ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
-FROM ${CUDA_IMAGE} AS build
-ARG TORCH_VERSION=2.5.1
-RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3-pip cmake ninja-build g++ \
-      libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libsqlite3-dev libhdf5-dev libabsl-dev \
-      libopencv-dev nlohmann-json3-dev libgtest-dev libgloo-dev libtcmalloc-minimal4 \
+# (Not built on the project's machines: they run no container engine. CI runs
+# both scripts -- tests/cuda_build_test.cc -- with a CPU LibTorch standing in.)
+ARG CUDA_VERSION=13.0.1
+ARG UBUNTU=ubuntu24.04
+
+# 1. The Debian 12 packages, with the same script the GPU machine's build uses.
+FROM debian:12 AS deps
+RUN apt-get update -q
+WORKDIR /src
+COPY scripts/gather_cuda_deps.sh scripts/
+RUN scripts/gather_cuda_deps.sh --out /deps
+
+# 2. Build: CUDA toolkit + PyTorch (its LibTorch, NCCL and cuDNN) + build_cuda.sh.
+FROM nvidia/cuda:${CUDA_VERSION}-cudnn-devel-${UBUNTU} AS build
+ARG TORCH_VERSION=2.11.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3-venv cmake ninja-build g++ \
     && rm -rf /var/lib/apt/lists/* \
-    && pip3 install --no-cache-dir "torch==${TORCH_VERSION}"
+    && python3 -m venv /opt/torch \
+    && /opt/torch/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 WORKDIR /src
 COPY . .
-RUN scripts/build_cuda.sh --no-gather
+COPY --from=deps /deps /src/deps
+RUN PYTHON=/opt/torch/bin/python scripts/build_cuda.sh --deps deps \
+    && strip build-cuda/bin/dfc build-cuda/bin/dfc-coordinator build-cuda/bin/dfc-worker \
+    && mkdir -p /opt/dfc/deps \
+    && cp -a deps/root/usr/lib/x86_64-linux-gnu/*.so.* /opt/dfc/deps/
 
-FROM ${CUDA_RUNTIME_IMAGE}
-RUN apt-get update -q && apt-get install -y -q --no-install-recommends python3-pip libgrpc++1 libsqlite3-0 \
-      libhdf5-103 libopencv-imgcodecs4.5d libopencv-imgproc4.5d libopencv-core4.5d libtcmalloc-minimal4 \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin dfc
-COPY --from=build /usr/local/lib/python3.10/dist-packages/torch/lib /opt/dfc/lib
+# 3. Runtime: the binaries, LibTorch with the NVIDIA libraries it loads
+#    (kept in their site-packages layout, which LibTorch's RPATHs expect) and
+#    the Debian runtime libraries; no compiler, no headers.
+FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-${UBUNTU}
+COPY --from=build /opt/torch/lib/python3.12/site-packages/torch/lib /opt/dfc/site-packages/torch/lib
+COPY --from=build /opt/torch/lib/python3.12/site-packages/nvidia /opt/dfc/site-packages/nvidia
+COPY --from=build /opt/dfc/deps /opt/dfc/deps
 COPY --from=build /src/build-cuda/bin/dfc /src/build-cuda/bin/dfc-coordinator /src/build-cuda/bin/dfc-worker /opt/dfc/bin/
-ENV PATH=/opt/dfc/bin:$PATH LD_LIBRARY_PATH=/opt/dfc/lib
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin dfc
+ENV PATH=/opt/dfc/bin:$PATH \
+    LD_LIBRARY_PATH=/opt/dfc/site-packages/torch/lib:/opt/dfc/site-packages/nvidia/nccl/lib:/opt/dfc/deps
 USER 10001:10001
 ENTRYPOINT ["/opt/dfc/bin/dfc"]
