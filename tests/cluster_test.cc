@@ -311,6 +311,15 @@ TEST(ClusterTest, TlsAndTokenAreEnforced) {
   EXPECT_NE(plaintext.exit_code, 0) << "a plaintext client got through";
   auto no_client_cert = RunCommand(dfc + " --tls-ca " + d + "/ca.pem --token-file " + d + "/token list");
   EXPECT_NE(no_client_cert.exit_code, 0) << "a client without a certificate got through";
+  // The evaluation service sits behind the same TLS and token.
+  auto models = RunCommand(dfc + tls + " --token-file " + d + "/token models --json");
+  EXPECT_EQ(models.exit_code, 0) << models.err;
+  auto models_no_token = RunCommand(dfc + tls + " models");
+  EXPECT_NE(models_no_token.exit_code, 0);
+  EXPECT_NE(models_no_token.err.find("token"), std::string::npos) << models_no_token.err;
+  testing::WriteFileOrDie(d + "/img/a.png", "x");
+  auto eval_no_token = RunCommand(dfc + tls + " evaluate --model m " + d + "/img");
+  EXPECT_NE(eval_no_token.err.find("token"), std::string::npos) << eval_no_token.err;
   Kill(coordinator, SIGTERM);
 }
 
