@@ -1,10 +1,14 @@
 #include "data_shards/image_codec.h"
 
+#include <algorithm>
+#include <cctype>
+#include <csetjmp>
+#include <cstdlib>
+#include <cstdio>
 #include <cstring>
 
-#include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
+#include <jpeglib.h>
+#include <png.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -43,6 +47,299 @@ absl::Status PeekJpeg(const unsigned char* p, size_t n, int* w, int* h) {
     i += 2 + len;
   }
   return absl::InvalidArgumentError("truncated JPEG: no frame header");
+}
+
+// ---- JPEG (libjpeg-turbo, as Pillow: ISLOW DCT, fancy upsampling; EXIF
+// orientation ignored) ----
+
+struct JpegError {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void JpegErrorExit(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegError*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+void JpegSilent(j_common_ptr, int) {}  // warnings (e.g. extraneous bytes) are not fatal, as in Pillow
+
+absl::Status DecodeJpeg(const unsigned char* p, size_t n, RgbImage* out) {
+  jpeg_decompress_struct cinfo;
+  JpegError err;
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = JpegErrorExit;
+  err.mgr.emit_message = JpegSilent;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return absl::InvalidArgumentError(absl::StrCat("cannot decode JPEG: ", err.message));
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, p, static_cast<unsigned long>(n));
+  jpeg_read_header(&cinfo, TRUE);
+  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
+    jpeg_destroy_decompress(&cinfo);
+    return absl::InvalidArgumentError("cannot decode JPEG: CMYK JPEGs are not supported");
+  }
+  cinfo.out_color_space = JCS_RGB;
+  jpeg_start_decompress(&cinfo);
+  out->width = static_cast<int>(cinfo.output_width);
+  out->height = static_cast<int>(cinfo.output_height);
+  out->pixels.resize(static_cast<size_t>(out->width) * out->height * 3);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = out->pixels.data() + static_cast<size_t>(cinfo.output_scanline) * out->width * 3;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> EncodeJpeg(const RgbImage& img, int quality) {
+  jpeg_compress_struct cinfo;
+  JpegError err;
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = JpegErrorExit;
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_compress(&cinfo);
+    std::free(buf);
+    return absl::InternalError(absl::StrCat("cannot encode JPEG: ", err.message));
+  }
+  jpeg_create_compress(&cinfo);
+  jpeg_mem_dest(&cinfo, &buf, &size);
+  cinfo.image_width = static_cast<JDIMENSION>(img.width);
+  cinfo.image_height = static_cast<JDIMENSION>(img.height);
+  cinfo.input_components = 3;
+  cinfo.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&cinfo);
+  jpeg_set_quality(&cinfo, std::clamp(quality, 1, 100), TRUE);
+  jpeg_start_compress(&cinfo, TRUE);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    JSAMPROW row = const_cast<uint8_t*>(img.pixels.data()) + static_cast<size_t>(cinfo.next_scanline) * img.width * 3;
+    jpeg_write_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  std::string out(reinterpret_cast<char*>(buf), size);
+  jpeg_destroy_compress(&cinfo);
+  std::free(buf);
+  return out;
+}
+
+// ---- PNG (libpng): any bit depth and colour type to 8-bit RGB as Pillow's
+// convert("RGB"): alpha dropped, 16-bit samples cut to their high byte
+// (16-bit greyscale clipped at 255) ----
+
+struct PngReader {
+  const unsigned char* p;
+  size_t n, pos;
+};
+
+void PngRead(png_structp png, png_bytep data, png_size_t len) {
+  auto* r = static_cast<PngReader*>(png_get_io_ptr(png));
+  if (r->pos + len > r->n) png_error(png, "truncated PNG data");
+  std::memcpy(data, r->p + r->pos, len);
+  r->pos += len;
+}
+
+void PngErrorFn(png_structp png, png_const_charp msg) {
+  auto* message = static_cast<std::string*>(png_get_error_ptr(png));
+  *message = msg;
+  png_longjmp(png, 1);
+}
+
+void PngWarningFn(png_structp, png_const_charp) {}
+
+absl::Status DecodePng(const unsigned char* p, size_t n, RgbImage* out) {
+  std::string message;
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &message, PngErrorFn, PngWarningFn);
+  if (png == nullptr) return absl::ResourceExhaustedError("cannot decode PNG: out of memory");
+  png_infop info = png_create_info_struct(png);
+  PngReader reader{p, n, 0};
+  std::vector<png_bytep> rows;
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    return absl::InvalidArgumentError(absl::StrCat("cannot decode PNG: ", message));
+  }
+  png_set_read_fn(png, &reader, PngRead);
+  png_read_info(png, info);
+  const int color = png_get_color_type(png, info);
+  const int depth = png_get_bit_depth(png, info);
+  // Pillow opens 16-bit greyscale as mode I;16 and converts it to RGB by
+  // clipping at 255; every other 16-bit PNG keeps the high byte.
+  const bool gray16 = color == PNG_COLOR_TYPE_GRAY && depth == 16;
+  if (gray16) {
+    png_set_interlace_handling(png);
+    png_read_update_info(png, info);
+    const int w = static_cast<int>(png_get_image_width(png, info)), h = static_cast<int>(png_get_image_height(png, info));
+    if (png_get_rowbytes(png, info) != static_cast<size_t>(w) * 2) png_error(png, "unexpected row layout");
+    std::vector<uint8_t> wide(static_cast<size_t>(w) * h * 2);
+    rows.resize(static_cast<size_t>(h));
+    for (int y = 0; y < h; ++y) rows[y] = wide.data() + static_cast<size_t>(y) * w * 2;
+    png_read_image(png, rows.data());
+    png_read_end(png, nullptr);
+    png_destroy_read_struct(&png, &info, nullptr);
+    out->width = w;
+    out->height = h;
+    out->pixels.resize(static_cast<size_t>(w) * h * 3);
+    for (size_t i = 0; i < static_cast<size_t>(w) * h; ++i) {
+      const unsigned v = (unsigned{wide[2 * i]} << 8) | wide[2 * i + 1];
+      std::memset(out->pixels.data() + 3 * i, static_cast<int>(std::min(v, 255u)), 3);
+    }
+    return absl::OkStatus();
+  }
+  if (depth == 16) png_set_strip_16(png);
+  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(png);
+  if (color & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  if (png_get_rowbytes(png, info) != static_cast<size_t>(png_get_image_width(png, info)) * 3) {
+    png_error(png, "unexpected row layout");
+  }
+  out->width = static_cast<int>(png_get_image_width(png, info));
+  out->height = static_cast<int>(png_get_image_height(png, info));
+  out->pixels.resize(static_cast<size_t>(out->width) * out->height * 3);
+  rows.resize(static_cast<size_t>(out->height));
+  for (int y = 0; y < out->height; ++y) rows[y] = out->pixels.data() + static_cast<size_t>(y) * out->width * 3;
+  png_read_image(png, rows.data());
+  png_read_end(png, nullptr);
+  png_destroy_read_struct(&png, &info, nullptr);
+  return absl::OkStatus();
+}
+
+void PngWrite(png_structp png, png_bytep data, png_size_t len) {
+  static_cast<std::string*>(png_get_io_ptr(png))->append(reinterpret_cast<const char*>(data), len);
+}
+
+void PngFlush(png_structp) {}
+
+absl::StatusOr<std::string> EncodePng(const RgbImage& img) {
+  std::string message, out;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &message, PngErrorFn, PngWarningFn);
+  if (png == nullptr) return absl::ResourceExhaustedError("cannot encode PNG: out of memory");
+  png_infop info = png_create_info_struct(png);
+  std::vector<png_bytep> rows(static_cast<size_t>(img.height));
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    return absl::InternalError(absl::StrCat("cannot encode PNG: ", message));
+  }
+  png_set_write_fn(png, &out, PngWrite, PngFlush);
+  png_set_IHDR(png, info, static_cast<png_uint_32>(img.width), static_cast<png_uint_32>(img.height), 8,
+               PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  for (int y = 0; y < img.height; ++y) {
+    rows[y] = const_cast<uint8_t*>(img.pixels.data()) + static_cast<size_t>(y) * img.width * 3;
+  }
+  png_write_image(png, rows.data());
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  return out;
+}
+
+// ---- BMP: uncompressed 24/32-bit and 1/4/8-bit palette images (BI_RGB, or
+// BI_BITFIELDS with the standard 8-bit masks) ----
+
+uint16_t Le16(const unsigned char* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+
+absl::Status DecodeBmp(const unsigned char* p, size_t n, RgbImage* out) {
+  auto bad = [](const std::string& why) { return absl::InvalidArgumentError("cannot decode BMP: " + why); };
+  if (n < 54) return bad("truncated header");
+  const uint32_t data_offset = Le32(p + 10);
+  const uint32_t header = Le32(p + 14);
+  if (header < 40 || 14 + header > n) return bad("unsupported header (OS/2 BMP?)");
+  const int32_t width = static_cast<int32_t>(Le32(p + 18));
+  const int32_t raw_height = static_cast<int32_t>(Le32(p + 22));
+  const int bpp = Le16(p + 28);
+  const uint32_t compression = Le32(p + 30);
+  if (width <= 0 || raw_height == 0 || raw_height == INT32_MIN) return bad("zero dimension");
+  const bool bottom_up = raw_height > 0;
+  const int height = bottom_up ? raw_height : -raw_height;
+  if (compression == 3 && bpp == 32) {
+    if (header < 52 || Le32(p + 54) != 0x00FF0000 || Le32(p + 58) != 0x0000FF00 || Le32(p + 62) != 0x000000FF) {
+      return bad("BI_BITFIELDS masks other than 8-bit BGR are not supported");
+    }
+  } else if (compression != 0) {
+    return bad("compressed (RLE) BMPs are not supported");
+  }
+  if (bpp != 1 && bpp != 4 && bpp != 8 && bpp != 24 && bpp != 32) return bad(absl::StrCat(bpp, " bits per pixel"));
+  const size_t stride = ((static_cast<size_t>(width) * bpp + 31) / 32) * 4;
+  if (data_offset > n || stride * static_cast<size_t>(height) > n - data_offset) return bad("truncated pixel data");
+  std::vector<uint8_t> palette;  // RGB triples
+  if (bpp <= 8) {
+    uint32_t colors = Le32(p + 46);
+    if (colors == 0) colors = 1u << bpp;
+    if (colors > 256 || 14 + header + size_t{colors} * 4 > data_offset) return bad("bad palette");
+    for (uint32_t i = 0; i < colors; ++i) {
+      const unsigned char* c = p + 14 + header + i * 4;
+      palette.insert(palette.end(), {c[2], c[1], c[0]});
+    }
+  }
+  out->width = width;
+  out->height = height;
+  out->pixels.resize(static_cast<size_t>(width) * height * 3);
+  for (int y = 0; y < height; ++y) {
+    const unsigned char* row = p + data_offset + stride * static_cast<size_t>(bottom_up ? height - 1 - y : y);
+    uint8_t* dst = out->pixels.data() + static_cast<size_t>(y) * width * 3;
+    for (int x = 0; x < width; ++x, dst += 3) {
+      if (bpp >= 24) {
+        const unsigned char* px = row + static_cast<size_t>(x) * (bpp / 8);
+        dst[0] = px[2];
+        dst[1] = px[1];
+        dst[2] = px[0];
+      } else {
+        const int per_byte = 8 / bpp;
+        const int shift = (per_byte - 1 - x % per_byte) * bpp;
+        const unsigned index = (row[x / per_byte] >> shift) & ((1u << bpp) - 1);
+        if (index * 3 + 2 >= palette.size()) return bad("pixel index outside the palette");
+        std::memcpy(dst, palette.data() + index * 3, 3);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---- PPM/PGM: binary P6 and P5, maxval up to 65535 (scaled to 8 bits as
+// Pillow does) ----
+
+absl::Status DecodePnm(const unsigned char* p, size_t n, RgbImage* out) {
+  auto bad = [](const std::string& why) { return absl::InvalidArgumentError("cannot decode PPM: " + why); };
+  if (n < 2 || p[0] != 'P' || (p[1] != '5' && p[1] != '6')) return bad("only binary P5/P6 files are supported");
+  const bool color = p[1] == '6';
+  size_t i = 2;
+  int64_t vals[3] = {0, 0, 0};
+  for (int64_t& v : vals) {
+    while (i < n && (std::isspace(p[i]) || p[i] == '#')) {
+      if (p[i] == '#') while (i < n && p[i] != '\n') ++i;
+      else ++i;
+    }
+    if (i >= n || !std::isdigit(p[i])) return bad("malformed header");
+    while (i < n && std::isdigit(p[i]) && v < (int64_t{1} << 30)) v = v * 10 + (p[i++] - '0');
+  }
+  if (i >= n || !std::isspace(p[i])) return bad("malformed header");
+  ++i;  // exactly one whitespace byte before the samples
+  const int64_t maxval = vals[2];
+  if (vals[0] <= 0 || vals[1] <= 0 || maxval <= 0 || maxval > 65535) return bad("bad size or maxval");
+  const size_t channels = color ? 3 : 1, bytes_per = maxval > 255 ? 2 : 1;
+  const size_t count = static_cast<size_t>(vals[0]) * static_cast<size_t>(vals[1]) * channels;
+  if (n - i < count * bytes_per) return bad("truncated pixel data");
+  out->width = static_cast<int>(vals[0]);
+  out->height = static_cast<int>(vals[1]);
+  out->pixels.resize(static_cast<size_t>(out->width) * out->height * 3);
+  for (size_t k = 0; k < count; ++k) {
+    int64_t v = bytes_per == 2 ? (p[i + 2 * k] << 8) | p[i + 2 * k + 1] : p[i + k];
+    const auto b = static_cast<uint8_t>(maxval == 255 ? v : std::min<int64_t>(255, v * 255 / maxval));
+    if (color) {
+      out->pixels[k] = b;
+    } else {
+      std::memset(out->pixels.data() + k * 3, b, 3);
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -108,21 +405,18 @@ absl::StatusOr<RgbImage> DecodeImage(std::string_view bytes, const ImageLimits& 
       return absl::InvalidArgumentError("truncated JPEG: no end-of-image marker");
     }
   }
-  cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1,
-              const_cast<char*>(bytes.data()));
-  cv::Mat bgr;
-  try {
-    bgr = cv::imdecode(raw, cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION);
-  } catch (const cv::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot decode image: ", e.what()));
-  }
-  if (bgr.empty()) return absl::InvalidArgumentError("cannot decode image: corrupt or truncated data");
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
   RgbImage out;
-  out.width = bgr.cols;
-  out.height = bgr.rows;
-  out.pixels.resize(static_cast<size_t>(out.width) * out.height * 3);
-  cv::Mat rgb(out.height, out.width, CV_8UC3, out.pixels.data());
-  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  absl::Status st;
+  if (p[0] == 0xFF) st = DecodeJpeg(p, bytes.size(), &out);
+  else if (p[0] == 0x89) st = DecodePng(p, bytes.size(), &out);
+  else if (p[0] == 'B') st = DecodeBmp(p, bytes.size(), &out);
+  else st = DecodePnm(p, bytes.size(), &out);
+  if (!st.ok()) return st;
+  if (out.width != w || out.height != h) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot decode image: its header says ", w, "x", h,
+                                                   " but the data is ", out.width, "x", out.height));
+  }
   return out;
 }
 
@@ -173,16 +467,13 @@ absl::Status DecodeResizeInto(std::string_view bytes, int size, uint8_t* out,
 }
 
 absl::StatusOr<std::string> EncodeImage(const RgbImage& img, const std::string& ext, int quality) {
-  cv::Mat rgb(img.height, img.width, CV_8UC3, const_cast<uint8_t*>(img.pixels.data()));
-  cv::Mat bgr;
-  cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
-  std::vector<int> params;
-  if (ext == ".jpg" || ext == ".jpeg") params = {cv::IMWRITE_JPEG_QUALITY, quality};
-  std::vector<uchar> buf;
-  if (!cv::imencode(ext, bgr, buf, params)) {
-    return absl::InternalError(absl::StrCat("cannot encode image as ", ext));
+  if (img.width <= 0 || img.height <= 0 ||
+      img.pixels.size() != static_cast<size_t>(img.width) * img.height * 3) {
+    return absl::InvalidArgumentError("cannot encode: the image is empty or its pixels do not match its size");
   }
-  return std::string(buf.begin(), buf.end());
+  if (ext == ".jpg" || ext == ".jpeg") return EncodeJpeg(img, quality);
+  if (ext == ".png") return EncodePng(img);
+  return absl::InvalidArgumentError(absl::StrCat("cannot encode image as ", ext, " (use .jpg or .png)"));
 }
 
 }  // namespace dfc

@@ -8,12 +8,12 @@
 #include <vector>
 
 #include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/atomic_file.h"
+#include "data_shards/image_codec.h"
 #include "data_shards/shuffle.h"
 
 namespace dfc {
@@ -128,12 +128,21 @@ void FakeFace(Uniform& u, const Face& f, int s, cv::Mat* img) {
   blended.convertTo(*img, CV_8UC3);
 }
 
+// JPEG bytes of a BGR image, through the project's codec.
+absl::StatusOr<std::string> EncodeBgrJpeg(const cv::Mat& bgr, int quality) {
+  RgbImage rgb;
+  rgb.width = bgr.cols;
+  rgb.height = bgr.rows;
+  rgb.pixels.resize(static_cast<size_t>(bgr.cols) * bgr.rows * 3);
+  cv::Mat view(bgr.rows, bgr.cols, CV_8UC3, rgb.pixels.data());
+  cv::cvtColor(bgr, view, cv::COLOR_BGR2RGB);
+  return EncodeImage(rgb, ".jpg", quality);
+}
+
 absl::Status WriteJpeg(const cv::Mat& img, int quality, const std::string& path) {
-  std::vector<uchar> buf;
-  if (!cv::imencode(".jpg", img, buf, {cv::IMWRITE_JPEG_QUALITY, quality})) {
-    return absl::InternalError("cannot encode a synthetic image");
-  }
-  return WriteFileAtomically(path, std::string_view(reinterpret_cast<const char*>(buf.data()), buf.size()));
+  auto jpeg = EncodeBgrJpeg(img, quality);
+  if (!jpeg.ok()) return jpeg.status();
+  return WriteFileAtomically(path, *jpeg);
 }
 
 absl::Status MakeOneOrThrow(const SynthOptions& opt, int index) {
@@ -149,9 +158,11 @@ absl::Status MakeOneOrThrow(const SynthOptions& opt, int index) {
   if (!fake && u(0, 1) < 0.35) cv::GaussianBlur(img, img, cv::Size(0, 0), u(0.4, 1.2));
   if (fake) {
     // The swapped face was itself once compressed, then pasted and saved again.
-    std::vector<uchar> buf;
-    cv::imencode(".jpg", img, buf, {cv::IMWRITE_JPEG_QUALITY, u.Int(70, 95)});
-    img = cv::imdecode(buf, cv::IMREAD_COLOR);
+    auto jpeg = EncodeBgrJpeg(img, u.Int(70, 95));
+    if (!jpeg.ok()) return jpeg.status();
+    auto decoded = DecodeImage(*jpeg);
+    if (!decoded.ok()) return decoded.status();
+    cv::cvtColor(cv::Mat(s, s, CV_8UC3, decoded->pixels.data()), img, cv::COLOR_RGB2BGR);
     FakeFace(u, face, s, &img);
     // Careful forgers add grain back over the whole frame.
     if (u(0, 1) < 0.3) {

@@ -11,7 +11,7 @@ RUN scripts/setup.sh && strip build/bin/dfc build/bin/dfc-coordinator build/bin/
 FROM debian:12
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends \
       libtorch1.13 libgrpc++1.51 libprotobuf32 libsqlite3-0 libhdf5-103-1 \
-      libopencv-imgcodecs406 libopencv-imgproc406 libopencv-core406 \
+      libjpeg62-turbo libpng16-16 libopencv-imgproc406 libopencv-core406 \
       libabsl20220623 libtcmalloc-minimal4 libopenblas0-openmp libgloo0 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin dfc

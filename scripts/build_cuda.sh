@@ -34,6 +34,7 @@ if [[ -z $torch_prefix ]]; then
   nccl=$($py -c 'import os, nvidia.nccl as n; print(os.path.dirname(n.__file__) if n.__file__ else list(n.__path__)[0])' \
          2>/dev/null || true)
   [[ -n $nccl && -f $nccl/include/nccl.h ]] && export NCCL_ROOT=$nccl
+  torch_include=$($py -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "include"))')
 fi
 if [[ $abi != 1 ]]; then
   # Debian's gRPC, Protobuf and Abseil are built with the C++11 ABI.
@@ -48,6 +49,8 @@ if [[ $gather == 1 ]]; then
   debs=("$deps"/*.deb)
   (( ${#debs[@]} )) || { echo "build_cuda: no .deb files in $deps (run scripts/gather_cuda_deps.sh)" >&2; exit 2; }
   for deb in "${debs[@]}"; do dpkg -x "$deb" "$root"; done
+  # LibTorch was compiled against the gloo it ships; never mix in Debian's headers.
+  if [[ -n ${torch_include:-} && -d $torch_include/gloo ]]; then rm -rf "$root/usr/include/gloo"; fi
   lib=$root/usr/lib/x86_64-linux-gnu
   prefix="$prefix;$root/usr;$lib/cmake"
   export PKG_CONFIG_PATH=$lib/pkgconfig

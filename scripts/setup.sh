@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(
   cmake ninja-build g++ pkg-config ccache
   libtorch-dev libhdf5-dev libabsl-dev libcli11-dev nlohmann-json3-dev
-  libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
+  libopencv-core-dev libopencv-imgproc-dev libjpeg62-turbo-dev libpng-dev
   libgtest-dev libgmock-dev libtcmalloc-minimal4 libgloo-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libsqlite3-dev
   python3-h5py python3-pil python3-numpy

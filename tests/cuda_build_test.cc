@@ -1,5 +1,6 @@
 // The CUDA build's own scripts, run the way the GPU machine and the CUDA
-// image run them: gather the Debian packages (must fit in 64 MiB), unpack
+// image run them: gather the Debian packages (must fit in 64 MiB, with their
+// whole library closure), unpack
 // them into a prefix, configure against that prefix (never /usr) and build
 // the gRPC/Protobuf targets with the prefix's protoc and plugin. A CPU
 // LibTorch stands in for the CUDA one, which no CPU machine has.
@@ -29,6 +30,8 @@ TEST(CudaBuildTest, GatheredPackagesFitAndTheBuildUsesOnlyThePrefix) {
   std::smatch m;
   ASSERT_TRUE(std::regex_search(gather.out, m, std::regex("([0-9]+) MiB"))) << gather.out;
   EXPECT_LE(std::stoi(m[1]), 64) << gather.out;
+  // Every library the unpacked ones load is there too (or is glibc/libstdc++/zlib/OpenSSL).
+  EXPECT_NE(gather.out.find("closure complete"), std::string::npos) << gather.out;
 
   auto build = RunCommand(src + "/scripts/build_cuda.sh --deps " + dir.Join("deps") + " --build-dir " +
                           dir.Join("build") + " --torch-prefix /usr/lib/x86_64-linux-gnu/cmake/Torch" +
@@ -37,7 +40,7 @@ TEST(CudaBuildTest, GatheredPackagesFitAndTheBuildUsesOnlyThePrefix) {
   const std::string cache = testing::ReadFileOrDie(dir.Join("build/CMakeCache.txt"));
   const std::string root = dir.Join("deps/root/");
   for (const char* key : {"gRPC_DIR", "absl_DIR", "Protobuf_PROTOC_EXECUTABLE", "DFC_GRPC_CPP_PLUGIN",
-                          "OpenCV_imgcodecs_LIBRARY", "HDF5_C_LIBRARY_hdf5", "SQLite3_LIBRARY", "CLI11_DIR"}) {
+                          "OpenCV_imgproc_LIBRARY", "JPEG_LIBRARY_RELEASE", "PNG_LIBRARY_RELEASE", "HDF5_C_LIBRARY_hdf5", "SQLite3_LIBRARY", "CLI11_DIR"}) {
     EXPECT_EQ(CacheValue(cache, key).rfind(root, 0), 0u) << key << " = " << CacheValue(cache, key);
   }
   EXPECT_TRUE(std::filesystem::exists(dir.Join("build/proto/dfc/v1/dfc.grpc.pb.h")));

@@ -1,5 +1,8 @@
 #include "data_shards/image_codec.h"
 
+#include <cstring>
+#include <filesystem>
+
 #include <gtest/gtest.h>
 
 #include "tests/test_util.h"
@@ -102,6 +105,28 @@ TEST(ImageCodecTest, BadInputsNameTheReason) {
   auto big = DecodeImage(*jpg, small);
   ASSERT_FALSE(big.ok());
   EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+// Every format and mode Pillow writes decodes to exactly Pillow's RGB pixels
+// (the preprocessing Keras used), byte for byte.
+TEST(ImageCodecTest, EveryFormatDecodesExactlyAsPillow) {
+  testing::TempDir dir;
+  auto gen = testing::RunCommand("/usr/bin/python3 " + testing::SourceDir() + "/tests/pil_formats.py " + dir.path());
+  ASSERT_EQ(gen.exit_code, 0) << "needs python3-pil and python3-numpy (scripts/setup.sh): " << gen.err;
+  int checked = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    if (e.path().extension() == ".raw") continue;
+    const std::string name = e.path().filename().string();
+    auto img = DecodeImage(testing::ReadFileOrDie(e.path().string()));
+    ASSERT_TRUE(img.ok()) << name << ": " << img.status();
+    EXPECT_EQ(img->width, 53) << name;
+    EXPECT_EQ(img->height, 37) << name;
+    const std::string pil = testing::ReadFileOrDie(e.path().string() + ".raw");
+    ASSERT_EQ(pil.size(), img->pixels.size()) << name;
+    EXPECT_EQ(std::memcmp(pil.data(), img->pixels.data(), pil.size()), 0) << name << " differs from Pillow";
+    ++checked;
+  }
+  EXPECT_EQ(checked, 15);
 }
 
 TEST(ImageCodecTest, SharedSampleDecodes) {
