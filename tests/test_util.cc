@@ -26,7 +26,10 @@ TempDir::~TempDir() {
 }
 
 std::string SourceDir() { return DFC_SOURCE_DIR; }
-std::string SharedDir() { return fs::path(DFC_SOURCE_DIR).parent_path().string() + "/shared"; }
+std::string SharedDir() {
+  if (const char* dir = std::getenv("DFC_SHARED_DIR"); dir != nullptr && *dir != '\0') return dir;
+  return fs::path(DFC_SOURCE_DIR).parent_path().string() + "/shared";
+}
 std::string DfcBinary() { return DFC_BINARY; }
 
 CommandResult RunCommand(const std::string& command_line) {

@@ -21,7 +21,7 @@ class TempDir {
   std::string path_;
 };
 
-// ../shared beside the source tree (real data and weights; read-only).
+// ../shared beside the source tree, or $DFC_SHARED_DIR (real data and weights; read-only).
 std::string SharedDir();
 // The source tree root and the built `dfc` binary.
 std::string SourceDir();

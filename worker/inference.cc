@@ -18,7 +18,13 @@ absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string
   } else {
     DFC_RETURN_IF_ERROR(LoadCheckpoint(weights, *model, nullptr, false).status());
   }
-  model->to(DefaultDevice());
+  const torch::Device device = DefaultDevice();
+  if (device.is_cuda()) {
+    // Scores must match the CPU build (tested to 1e-4): no TF32 in inference.
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
+  }
+  model->to(device);
   model->eval();
   return model;
 }
