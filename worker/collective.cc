@@ -1,5 +1,7 @@
 #include "worker/collective.h"
 
+#include <type_traits>
+
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef DFC_WITH_NCCL
@@ -117,6 +119,23 @@ class C10dCollective : public Collective {
   const torch::Device device_;
 };
 
+// LibTorch >= 2.6 adds a `lazyInit` parameter to createDeviceForHostname;
+// call whichever form the found LibTorch has (the one place the c10d API of
+// 1.13 and 2.x differ for what DFC uses).
+template <typename PG, typename = void>
+struct HasLazyInit : std::false_type {};
+template <typename PG>
+struct HasLazyInit<PG, std::void_t<decltype(PG::createDeviceForHostname(std::string(), false))>> : std::true_type {};
+
+template <typename PG>
+auto GlooDeviceFor(const std::string& host) {
+  if constexpr (HasLazyInit<PG>::value) {
+    return PG::createDeviceForHostname(host, /*lazyInit=*/false);
+  } else {
+    return PG::createDeviceForHostname(host);
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Collective>> Collective::Connect(const CollectiveOptions& o) {
@@ -146,7 +165,7 @@ absl::StatusOr<std::unique_ptr<Collective>> Collective::Connect(const Collective
     if (o.backend == "nccl") return ConnectNccl(store, o);
 #endif
     auto options = c10d::ProcessGroupGloo::Options::create(o.timeout);
-    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o.bind_host));
+    options->devices.push_back(GlooDeviceFor<c10d::ProcessGroupGloo>(o.bind_host));
     options->threads = 2;
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, o.rank, o.world_size, options);
     return std::unique_ptr<Collective>(
