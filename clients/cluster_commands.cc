@@ -133,48 +133,65 @@ int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
   if (!stub.ok()) return ReportError(stub.status());
   v1::WatchJobRequest req;
   req.set_job_id(job_id);
-  auto ctx = MakeContext(c.security, std::chrono::seconds(timeout_s));
-  auto reader = (*stub)->WatchJob(ctx.get(), req);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   v1::JobEvent ev;
   v1::JobState last_state = v1::JOB_STATE_UNSPECIFIED;
   int printed = 0;
   std::unique_ptr<ProgressBar> bar;
   int bar_epoch = 0;
   v1::Job job;
-  while (reader->Read(&ev)) {
-    job = ev.job();
-    if (job.state() != last_state) {
-      if (bar) bar->Finish();
-      if (c.json) std::printf("{\"state\":\"%s\",\"restarts\":%d}\n", v1::JobState_Name(job.state()).c_str(), job.restarts());
-      else std::printf("%s %s%s\n", job_id.c_str(), v1::JobState_Name(job.state()).c_str(),
-                       job.restarts() ? absl::StrCat(" (restart ", job.restarts(), ")").c_str() : "");
-      last_state = job.state();
-    }
-    for (; printed < job.epochs_size(); ++printed) {
-      const auto& e = job.epochs(printed);
-      if (bar) bar->Finish();
-      if (c.json) {
-        std::printf("%s\n", ToJson(e).c_str());
-      } else {
-        std::printf("epoch %d/%d  loss %.4f  acc %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s\n", e.epoch(),
-                    job.config().epochs(), e.loss(), e.accuracy(), e.val_accuracy(), e.val_auc(), e.images_per_second());
-      }
-    }
-    std::fflush(stdout);
-    const v1::StepProgress& p = job.progress();
-    if (!c.json && job.state() == v1::RUNNING && p.steps() > 0 && p.epoch() > job.epochs_size()) {
-      if (!bar || bar_epoch != p.epoch()) {
+  bool said_retrying = false;
+  // A coordinator that restarts (or is briefly unreachable) does not end the
+  // watch: it reconnects until the timeout.
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto ctx = MakeContext(c.security, std::max(left, std::chrono::milliseconds(1)));
+    auto reader = (*stub)->WatchJob(ctx.get(), req);
+    while (reader->Read(&ev)) {
+      said_retrying = false;
+      job = ev.job();
+      if (job.state() != last_state) {
         if (bar) bar->Finish();
-        bar = std::make_unique<ProgressBar>(absl::StrCat("epoch ", p.epoch(), "/", job.config().epochs()), p.steps(),
-                                            stderr);
-        bar_epoch = p.epoch();
+        if (c.json) std::printf("{\"state\":\"%s\",\"restarts\":%d}\n", v1::JobState_Name(job.state()).c_str(), job.restarts());
+        else std::printf("%s %s%s\n", job_id.c_str(), v1::JobState_Name(job.state()).c_str(),
+                         job.restarts() ? absl::StrCat(" (restart ", job.restarts(), ")").c_str() : "");
+        last_state = job.state();
       }
-      bar->Update(p.step(), absl::StrFormat("loss %.4f acc %.4f", p.loss(), p.accuracy()));
+      for (; printed < job.epochs_size(); ++printed) {
+        const auto& e = job.epochs(printed);
+        if (bar) bar->Finish();
+        if (c.json) {
+          std::printf("%s\n", ToJson(e).c_str());
+        } else {
+          std::printf("epoch %d/%d  loss %.4f  acc %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s\n", e.epoch(),
+                      job.config().epochs(), e.loss(), e.accuracy(), e.val_accuracy(), e.val_auc(), e.images_per_second());
+        }
+      }
+      std::fflush(stdout);
+      const v1::StepProgress& p = job.progress();
+      if (!c.json && job.state() == v1::RUNNING && p.steps() > 0 && p.epoch() > job.epochs_size()) {
+        if (!bar || bar_epoch != p.epoch()) {
+          if (bar) bar->Finish();
+          bar = std::make_unique<ProgressBar>(absl::StrCat("epoch ", p.epoch(), "/", job.config().epochs()), p.steps(),
+                                              stderr);
+          bar_epoch = p.epoch();
+        }
+        bar->Update(p.step(), absl::StrFormat("loss %.4f acc %.4f", p.loss(), p.accuracy()));
+      }
     }
+    grpc::Status st = reader->Finish();
+    if (st.ok()) break;
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE &&
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(500) < deadline) {
+      if (!said_retrying) std::fprintf(stderr, "dfc: coordinator unavailable (%s); reconnecting\n", st.error_message().c_str());
+      said_retrying = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      continue;
+    }
+    if (bar) bar->Finish();
+    return ReportRpc(st);
   }
   if (bar) bar->Finish();
-  grpc::Status st = reader->Finish();
-  if (!st.ok()) return ReportRpc(st);
   if (!c.json) PrintJob(job);
   return ExitForState(job.state());
 }

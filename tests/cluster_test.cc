@@ -51,10 +51,15 @@ class Cluster {
     for (pid_t p : workers_) Kill(p, SIGTERM);
     Kill(coordinator_, SIGTERM);
   }
+  // Returns once the coordinator answers (it loads LibTorch for evaluation, so
+  // it takes a moment).
   void StartCoordinator() {
     coordinator_ = Spawn({Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state"),
                           "--heartbeat-ms", "200", "--worker-timeout-ms", "1500"},
                          dir_.Join("coordinator.log"));
+    for (int i = 0; i < 300 && RunCommand(Dfc("list")).exit_code != 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
   void KillCoordinator() {
     Kill(coordinator_, SIGKILL);
@@ -241,6 +246,10 @@ TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
   const std::string ja = JsonString(a.out, "job_id"), jb = JsonString(b.out, "job_id");
   WaitForState(c, ja, "RUNNING", 60);
   EXPECT_EQ(JsonString(RunCommand(c.Dfc("status --json " + jb)).out, "state"), "QUEUED");
+  // A watch that is running when the coordinator dies reconnects to the new one.
+  const pid_t watcher = Spawn({testing::DfcBinary(), "--coordinator", c.address(), "watch", "--timeout", "400", ja},
+                              c.dir().Join("watch.log"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   c.KillCoordinator();
   c.StartCoordinator();
   for (const std::string& job : {ja, jb}) {
@@ -248,6 +257,12 @@ TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
     EXPECT_EQ(watch.exit_code, 0) << job << ": " << watch.out << watch.err;
     EXPECT_EQ(JsonString(RunCommand(c.Dfc("status --json " + job)).out, "state"), "SUCCEEDED");
   }
+  int status = 0;
+  ASSERT_EQ(::waitpid(watcher, &status, 0), watcher);
+  const std::string watch_log = testing::ReadFileOrDie(c.dir().Join("watch.log"));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << watch_log;
+  EXPECT_NE(watch_log.find("reconnecting"), std::string::npos) << watch_log;
+  EXPECT_NE(watch_log.find("SUCCEEDED"), std::string::npos) << watch_log;
 }
 
 TEST(ClusterTest, CancelStopsEveryRankWithinSeconds) {
