@@ -14,7 +14,6 @@
 
 #include "common/subprocess.h"
 #include "tests/test_util.h"
-#include "worker/rank_launcher.h"
 
 namespace dfc {
 namespace {

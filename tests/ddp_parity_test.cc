@@ -18,7 +18,7 @@
 #include "tests/test_util.h"
 #include "worker/checkpoint.h"
 #include "worker/models/detector.h"
-#include "worker/rank_launcher.h"
+#include "common/subprocess.h"
 
 namespace dfc {
 namespace {

@@ -1,8 +1,6 @@
 // The evaluation API as users reach it: a real dfc-coordinator process on
 // loopback, `dfc import/evaluate/predict`, and raw gRPC streams.
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -80,19 +78,6 @@ std::string PngHeader(uint32_t width, uint32_t height) {
   return s;
 }
 
-// A port nothing listens on now (the kernel's pick for port 0).
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // P(real) and logit per path from `dfc predict` output.
 std::map<std::string, std::pair<double, double>> ParsePredict(const std::string& out) {
   std::map<std::string, std::pair<double, double>> m;
@@ -117,7 +102,7 @@ class EvaluationTest : public ::testing::Test {
     ASSERT_EQ(predict.exit_code, 0) << predict.err;
     expected_ = ParsePredict(predict.out);
     ASSERT_EQ(expected_.size(), 4u) << predict.out;
-    port_ = FreePort();
+    port_ = PickFreePort();
     pid_ = SpawnProcess({Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state"),
                          "--eval-max-batch", "8", "--eval-max-delay-us", "2000"},
                         dir_.Join("coordinator.log"), /*new_session=*/false);

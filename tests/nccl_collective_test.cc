@@ -8,7 +8,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "worker/collective.h"
-#include "worker/rank_launcher.h"
+#include "common/subprocess.h"
 
 namespace dfc {
 namespace {

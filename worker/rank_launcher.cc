@@ -1,8 +1,6 @@
 #include "worker/rank_launcher.h"
 
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,24 +10,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/subprocess.h"
 
 namespace dfc {
-
-int PickFreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 0;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
 
 absl::Status LaunchRanks(const RankLaunchOptions& o) {
   if (o.argv.empty()) return absl::InvalidArgumentError("no command to launch");

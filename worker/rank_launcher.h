@@ -25,9 +25,6 @@ struct RankLaunchOptions {
 // exit code or signal) after stopping the rest.
 absl::Status LaunchRanks(const RankLaunchOptions& options);
 
-// A TCP port on 127.0.0.1 that was free a moment ago.
-int PickFreePort();
-
 }  // namespace dfc
 
 #endif  // DFC_WORKER_RANK_LAUNCHER_H_

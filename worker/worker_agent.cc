@@ -11,7 +11,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "worker/collective.h"
-#include "worker/rank_launcher.h"
+#include "common/subprocess.h"
 
 namespace dfc {
 
