@@ -13,7 +13,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -51,14 +50,6 @@ struct Item {
   std::string error;
 };
 
-bool HasImageExtension(const fs::path& p) {
-  const std::string ext = absl::AsciiStrToLower(p.extension().string());
-  for (const char* e : {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff"}) {
-    if (ext == e) return true;
-  }
-  return false;
-}
-
 // Files as given; folders of class folders labelled as training labels them
 // (sorted names: the first is fake = 0, the second real = 1), optionally only
 // their Keras validation split; a folder without subfolders: its images, unlabelled.
@@ -78,7 +69,7 @@ absl::Status GatherItems(const EvaluateArgs& a, std::vector<Item>* items, std::v
     if (!has_subdirs) {
       std::vector<std::string> files;
       for (const auto& e : fs::directory_iterator(p, ec)) {
-        if (e.is_regular_file() && HasImageExtension(e.path())) files.push_back(e.path().string());
+        if (e.is_regular_file() && HasImageExtension(e.path().filename().string())) files.push_back(e.path().string());
       }
       std::sort(files.begin(), files.end());
       if (files.empty()) return absl::NotFoundError(absl::StrCat("'", p, "' holds no images"));

@@ -10,7 +10,6 @@
 
 namespace dfc {
 namespace fs = std::filesystem;
-namespace {
 
 bool HasImageExtension(const std::string& name) {
   std::string lower = name;
@@ -22,6 +21,8 @@ bool HasImageExtension(const std::string& name) {
   }
   return false;
 }
+
+namespace {
 
 absl::StatusOr<std::vector<std::string>> SortedSubdirs(const fs::path& dir) {
   std::error_code ec;
@@ -55,6 +56,7 @@ absl::Status ListImagesRecursive(const fs::path& class_dir, std::vector<fs::path
 }
 
 }  // namespace
+
 
 absl::StatusOr<std::vector<SourceImage>> ListClassFolders(const std::string& root,
                                                           std::vector<std::string>* classes) {

@@ -46,6 +46,10 @@ struct ScanOptions {
 // found recursively with Keras's extensions (png jpg jpeg bmp ppm tif tiff).
 absl::StatusOr<ScannedDataset> ScanDataset(const std::string& root, const ScanOptions& options);
 
+// Whether a file name has one of Keras's image extensions (png jpg jpeg bmp
+// ppm tif tiff, any case).
+bool HasImageExtension(const std::string& name);
+
 // Lists one class-folder tree (ROOT/<class>/...), with the given class list
 // or, when empty, the sorted folder names.
 absl::StatusOr<std::vector<SourceImage>> ListClassFolders(const std::string& root,

@@ -22,23 +22,6 @@ std::string Samples() { return testing::SharedDir() + "/data/mesonet-samples"; }
 std::string Weights(const std::string& f) { return testing::SharedDir() + "/weights/mesonet/" + f; }
 bool HaveShared() { return std::ifstream(Weights("MesoInception_DF.h5")).good(); }
 
-struct Line {
-  std::string path;
-  double p = 0, logit = 0;
-};
-
-std::vector<Line> ParsePredictions(const std::string& out) {
-  std::vector<Line> lines;
-  static const std::regex kLine(R"(^([^\t]+)\t([01]\.[0-9]{6})\t(-?[0-9]+\.[0-9]{6})$)");
-  for (const std::string& l : testing::SplitLines(out)) {
-    std::smatch m;
-    EXPECT_TRUE(std::regex_match(l, m, kLine)) << "bad line: " << l;
-    if (m.empty()) continue;
-    lines.push_back({m[1], std::stod(m[2]), std::stod(m[3])});
-  }
-  return lines;
-}
-
 std::string SampleArgs() {
   return Samples() + "/df/df00204.jpg " + Samples() + "/df/df01254.jpg " + Samples() + "/real/real00240.jpg " +
          Samples() + "/real/real00772.jpg";
@@ -50,13 +33,13 @@ TEST(DfcCliTest, PredictSeparatesTheSharedSamples) {
            {"mesoinception4", "MesoInception_DF.h5"}, {"meso4", "Meso4_DF.h5"}}) {
     auto r = RunCommand(Dfc() + " predict --model " + arch + " --weights " + Weights(file) + " " + SampleArgs());
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    auto lines = ParsePredictions(r.out);
+    auto lines = testing::ParsePredictions(r.out);
     ASSERT_EQ(lines.size(), 4u);
     EXPECT_LT(lines[0].p, 0.5) << arch;
     EXPECT_LT(lines[1].p, 0.5) << arch;
     EXPECT_GT(lines[2].p, 0.5) << arch;
     EXPECT_GT(lines[3].p, 0.5) << arch;
-    for (const Line& l : lines) EXPECT_NEAR(l.p, 1 / (1 + std::exp(-l.logit)), 2e-6);
+    for (const testing::PredictLine& l : lines) EXPECT_NEAR(l.p, 1 / (1 + std::exp(-l.logit)), 2e-6);
   }
 }
 
@@ -77,7 +60,7 @@ TEST(DfcCliTest, PredictMatchesIndependentKerasReference) {
                    Weights(file) + " " + SampleArgs());
     ASSERT_EQ(ours.exit_code, 0) << ours.err;
     ASSERT_EQ(ref.exit_code, 0) << ref.err;
-    auto a = ParsePredictions(ours.out), b = ParsePredictions(ref.out);
+    auto a = testing::ParsePredictions(ours.out), b = testing::ParsePredictions(ref.out);
     ASSERT_EQ(a.size(), b.size());
     for (size_t i = 0; i < a.size(); ++i) {
       EXPECT_EQ(a[i].path, b[i].path);
@@ -102,7 +85,7 @@ TEST(DfcCliTest, PredictBadInputsGetClearErrors) {
   auto partial = RunCommand(Dfc() + " predict --model meso4 --weights " + Weights("Meso4_DF.h5") + " " + dir.Join("notes.jpg") +
                      " " + Samples() + "/real/real00240.jpg " + dir.Join("absent.jpg"));
   EXPECT_EQ(partial.exit_code, 4);
-  EXPECT_EQ(ParsePredictions(partial.out).size(), 1u);  // the good image is still scored
+  EXPECT_EQ(testing::ParsePredictions(partial.out).size(), 1u);  // the good image is still scored
   EXPECT_NE(partial.err.find("notes.jpg: not a supported image"), std::string::npos) << partial.err;
   EXPECT_NE(partial.err.find("absent.jpg"), std::string::npos) << partial.err;
 }

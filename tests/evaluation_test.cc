@@ -67,27 +67,6 @@ TestData MakeTestData(testing::TempDir& dir) {
   return d;
 }
 
-// A PNG whose header claims width x height (no pixel data).
-std::string PngHeader(uint32_t width, uint32_t height) {
-  std::string s("\x89PNG\r\n\x1a\n", 8);
-  s += std::string("\0\0\0\x0dIHDR", 8);
-  for (uint32_t v : {width, height}) {
-    for (int shift : {24, 16, 8, 0}) s.push_back(static_cast<char>(v >> shift));
-  }
-  s += std::string("\x08\x02\0\0\0", 5);
-  return s;
-}
-
-// P(real) and logit per path from `dfc predict` output.
-std::map<std::string, std::pair<double, double>> ParsePredict(const std::string& out) {
-  std::map<std::string, std::pair<double, double>> m;
-  for (const std::string& line : testing::SplitLines(out)) {
-    const size_t a = line.find('\t'), b = line.rfind('\t');
-    if (a == std::string::npos || a == b) continue;
-    m[line.substr(0, a)] = {std::stod(line.substr(a + 1, b - a - 1)), std::stod(line.substr(b + 1))};
-  }
-  return m;
-}
 
 // A coordinator with a free port and its own state; the test weights
 // imported as "meso-df"; `dfc predict`'s numbers for the test images.
@@ -100,7 +79,7 @@ class EvaluationTest : public ::testing::Test {
                               " " + data_.images[0] + " " + data_.images[1] + " " + data_.images[2] + " " +
                               data_.images[3]);
     ASSERT_EQ(predict.exit_code, 0) << predict.err;
-    expected_ = ParsePredict(predict.out);
+    for (const testing::PredictLine& l : testing::ParsePredictions(predict.out)) expected_[l.path] = {l.p, l.logit};
     ASSERT_EQ(expected_.size(), 4u) << predict.out;
     port_ = PickFreePort();
     pid_ = SpawnProcess({Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state"),
@@ -183,7 +162,7 @@ TEST_F(EvaluationTest, BadItemsGetErrorsTheRestGoOn) {
       {"good-1", good, ""},
       {"text", "this is a text file, not an image\n", "not a supported image"},
       {"truncated", good.substr(0, good.size() / 2), "truncated JPEG"},
-      {"huge-png", PngHeader(20000, 20000), "20000x20000"},
+      {"huge-png", testing::PngHeader(20000, 20000), "20000x20000"},
       {"empty", "", "empty image"},
       {"bad-label", good, "label 7", 7},
       {"good-2", good2, "", 1},

@@ -18,19 +18,6 @@ RgbImage Gradient(int w, int h) {
   return img;
 }
 
-// A PNG whose header claims width x height (no pixel data).
-std::string PngHeader(uint32_t width, uint32_t height) {
-  std::string s("\x89PNG\r\n\x1a\n", 8);
-  s += std::string("\0\0\0\x0dIHDR", 8);
-  for (uint32_t v : {width, height}) {
-    s.push_back(static_cast<char>(v >> 24));
-    s.push_back(static_cast<char>(v >> 16));
-    s.push_back(static_cast<char>(v >> 8));
-    s.push_back(static_cast<char>(v));
-  }
-  s += std::string("\x08\x02\0\0\0", 5);
-  return s;
-}
 
 TEST(ImageCodecTest, PngRoundTripIsExactAndRgb) {
   RgbImage img = Gradient(5, 3);
@@ -82,7 +69,7 @@ TEST(ImageCodecTest, NearestExactMatchesPil) {
 }
 
 TEST(ImageCodecTest, HugeHeaderRejectedBeforeDecoding) {
-  auto r = DecodeImage(PngHeader(20000, 20000));
+  auto r = DecodeImage(testing::PngHeader(20000, 20000));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(r.status().message().find("20000x20000"), std::string::npos) << r.status();

@@ -8,7 +8,10 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <regex>
 #include <stdexcept>
+
+#include <gtest/gtest.h>
 
 namespace dfc::testing {
 namespace fs = std::filesystem;
@@ -42,6 +45,28 @@ CommandResult RunCommand(const std::string& command_line) {
   r.out = ReadFileOrDie(out);
   r.err = ReadFileOrDie(err);
   return r;
+}
+
+std::vector<PredictLine> ParsePredictions(const std::string& out) {
+  std::vector<PredictLine> lines;
+  static const std::regex kLine(R"(^([^\t]+)\t([01]\.[0-9]{6})\t(-?[0-9]+\.[0-9]{6})$)");
+  for (const std::string& l : SplitLines(out)) {
+    std::smatch m;
+    EXPECT_TRUE(std::regex_match(l, m, kLine)) << "bad line: " << l;
+    if (m.empty()) continue;
+    lines.push_back({m[1], std::stod(m[2]), std::stod(m[3])});
+  }
+  return lines;
+}
+
+std::string PngHeader(uint32_t width, uint32_t height) {
+  std::string s("\x89PNG\r\n\x1a\n", 8);
+  s += std::string("\0\0\0\x0dIHDR", 8);
+  for (uint32_t v : {width, height}) {
+    for (int shift : {24, 16, 8, 0}) s.push_back(static_cast<char>(v >> shift));
+  }
+  s += std::string("\x08\x02\0\0\0", 5);
+  return s;
 }
 
 std::vector<std::string> SplitLines(const std::string& text) {

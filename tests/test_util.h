@@ -1,6 +1,7 @@
 #ifndef DFC_TESTS_TEST_UTIL_H_
 #define DFC_TESTS_TEST_UTIL_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,17 @@ struct CommandResult {
 CommandResult RunCommand(const std::string& command_line);
 
 std::vector<std::string> SplitLines(const std::string& text);
+
+// One line of `dfc predict`: PATH<TAB>P(real)<TAB>logit (6 decimals).
+struct PredictLine {
+  std::string path;
+  double p = 0, logit = 0;
+};
+// Parses `dfc predict` output; a line of any other shape fails the test.
+std::vector<PredictLine> ParsePredictions(const std::string& out);
+
+// A PNG whose header claims width x height (no pixel data).
+std::string PngHeader(uint32_t width, uint32_t height);
 void WriteFileOrDie(const std::string& path, const std::string& contents);
 std::string ReadFileOrDie(const std::string& path);
 
