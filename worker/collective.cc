@@ -68,7 +68,7 @@ class C10dCollective : public Collective {
       std::vector<at::Tensor> tensors = {std::move(t)};
       return std::make_unique<C10dWork>(pg_->allreduce(tensors));
     } catch (const std::exception& e) {
-      return std::make_unique<FailedWork>(FromException("allreduce failed", e));
+      return FailedCollectiveWork(FromException("allreduce failed", e));
     }
   }
 
@@ -137,6 +137,10 @@ auto GlooDeviceFor(const std::string& host) {
 }
 
 }  // namespace
+
+std::unique_ptr<CollectiveWork> FailedCollectiveWork(absl::Status status) {
+  return std::make_unique<FailedWork>(std::move(status));
+}
 
 absl::StatusOr<std::unique_ptr<Collective>> Collective::Connect(const CollectiveOptions& o) {
   if (o.world_size < 1 || o.rank < 0 || o.rank >= o.world_size) {

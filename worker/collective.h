@@ -38,6 +38,9 @@ class CollectiveWork {
   virtual absl::Status Wait() = 0;
 };
 
+// Work that already failed with `status` (a collective that could not start).
+std::unique_ptr<CollectiveWork> FailedCollectiveWork(absl::Status status);
+
 // The data-parallel process group of one job: Gloo on CPU, NCCL on CUDA,
 // behind one interface. Not thread-safe except that work may be waited on from
 // any thread; calls must be made in the same order on every rank.

@@ -76,15 +76,6 @@ class NcclWork : public CollectiveWork {
   absl::Status status_;
 };
 
-class FailedNcclWork : public CollectiveWork {
- public:
-  explicit FailedNcclWork(absl::Status st) : st_(std::move(st)) {}
-  absl::Status Wait() override { return st_; }
-
- private:
-  absl::Status st_;
-};
-
 class NcclCollective : public Collective {
  public:
   NcclCollective(c10::intrusive_ptr<c10d::Store> store, ncclComm_t comm, cudaStream_t stream, int rank, int world,
@@ -103,7 +94,7 @@ class NcclCollective : public Collective {
     auto work = Launch(std::move(t), [&](void* p, size_t n, ncclDataType_t type) {
       return ncclAllReduce(p, p, n, type, ncclSum, comm_, stream_);
     });
-    if (!work.ok()) return std::make_unique<FailedNcclWork>(work.status());
+    if (!work.ok()) return FailedCollectiveWork(work.status());
     return std::move(*work);
   }
 
