@@ -1,10 +1,15 @@
 #ifndef DFC_COMMON_METRICS_H_
 #define DFC_COMMON_METRICS_H_
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
 namespace dfc {
+
+// P(real) from a detector's logit: the one sigmoid `dfc predict` and the
+// Evaluate stream both print, so their numbers agree.
+inline float PRealFromLogit(float logit) { return 1.0f / (1.0f + std::exp(-logit)); }
 
 // Area under the ROC curve for binary labels (1 = positive), ties counted as
 // half (the Mann-Whitney statistic). NaN when one class is absent.

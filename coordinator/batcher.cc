@@ -1,8 +1,9 @@
 #include "coordinator/batcher.h"
 
-#include <cmath>
 #include <cstring>
 #include <exception>
+
+#include "common/metrics.h"
 
 namespace dfc {
 
@@ -163,7 +164,7 @@ void InferenceBatcher::Loop() {
       out.label = batch[i].label;
       if (logits.ok()) {
         out.logit = (*logits)[i];
-        out.p_real = 1.0f / (1.0f + std::exp(-out.logit));
+        out.p_real = PRealFromLogit(out.logit);
       } else {
         out.error = std::string(logits.status().message());
       }

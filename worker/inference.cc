@@ -1,8 +1,8 @@
 #include "worker/inference.h"
 
-#include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/metrics.h"
 #include "common/status_macros.h"
 #include "worker/checkpoint.h"
 #include "worker/keras_h5.h"
@@ -53,7 +53,7 @@ std::vector<Prediction> PredictEncoded(DetectorImpl& model, const std::vector<st
   std::vector<float> logits = PredictLogits(model, pixels.data(), static_cast<int64_t>(ok.size()));
   for (size_t j = 0; j < ok.size(); ++j) {
     out[ok[j]].logit = logits[j];
-    out[ok[j]].p_real = 1.0f / (1.0f + std::exp(-logits[j]));
+    out[ok[j]].p_real = PRealFromLogit(logits[j]);
   }
   return out;
 }
