@@ -81,19 +81,17 @@ grpc::Status EvaluationServiceImpl::Evaluate(
   int64_t index = 0;
   bool first = true;
   do {
-    const bool header_only = first && req.image().empty() && req.id().empty() && !req.has_label();
-    if (!first && req.has_model()) {
-      if (!results->Acquire()) break;
-      PushError(*results, req.id().empty() ? absl::StrCat(index) : req.id(), std::nullopt,
-                "model: only the first message may name the model");
-      ++index;
-      continue;
-    }
+    const bool is_first = first;
     first = false;
-    if (header_only) continue;
+    // The first message may carry the model alone.
+    if (is_first && req.image().empty() && req.id().empty() && !req.has_label()) continue;
     if (!results->Acquire()) break;  // blocks while this stream has too much in flight
     std::string id = req.id().empty() ? absl::StrCat(index) : req.id();
     ++index;
+    if (!is_first && req.has_model()) {
+      PushError(*results, std::move(id), std::nullopt, "model: only the first message may name the model");
+      continue;
+    }
     std::optional<int32_t> label;
     if (req.has_label()) label = req.label();
     if (id.size() > kMaxIdBytes) {

@@ -180,6 +180,13 @@ TEST_F(EvaluationTest, BadItemsGetErrorsTheRestGoOn) {
     if (c.label >= 0) r.set_label(c.label);
     ASSERT_TRUE(stream->Write(r));
   }
+  {
+    v1::EvaluateRequest r;  // a model named again mid-stream is an error for that item only
+    r.set_id("second-model");
+    r.mutable_model()->set_name("meso-df");
+    r.set_image(good);
+    ASSERT_TRUE(stream->Write(r));
+  }
   stream->WritesDone();
   std::map<std::string, v1::EvaluateResult> got;
   v1::EvaluateResponse resp;
@@ -195,7 +202,9 @@ TEST_F(EvaluationTest, BadItemsGetErrorsTheRestGoOn) {
   }
   grpc::Status st = stream->Finish();
   ASSERT_TRUE(st.ok()) << st.error_message();
-  EXPECT_EQ(results, static_cast<int>(cases.size())) << "one result per item";
+  EXPECT_EQ(results, static_cast<int>(cases.size()) + 1) << "one result per item";
+  EXPECT_NE(got["second-model"].error().find("only the first message may name the model"), std::string::npos)
+      << got["second-model"].error();
   for (const Case& c : cases) {
     ASSERT_TRUE(got.count(c.id)) << c.id;
     const v1::EvaluateResult& r = got[c.id];
