@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <thread>
@@ -9,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "worker/checkpoint.h"
 #include "worker/inference.h"
@@ -32,10 +34,8 @@ bool ValidName(const std::string& name) {
 }
 
 bool KnownArch(const std::string& arch) {
-  for (const auto& n : DetectorNames()) {
-    if (n == arch) return true;
-  }
-  return false;
+  const auto& names = DetectorNames();
+  return std::find(names.begin(), names.end(), arch) != names.end();
 }
 
 // Format, epoch and size of a weights file.
@@ -153,7 +153,7 @@ absl::Status ModelRegistry::CheckImport(const v1::ImportModelRequest::Header& h)
         absl::StrCat("name '", h.name(), "': use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"));
   }
   if (!KnownArch(h.arch())) {
-    return absl::InvalidArgumentError(absl::StrCat("arch '", h.arch(), "': expected mesoinception4, meso4 or resnet50-vggface"));
+    return absl::InvalidArgumentError(absl::StrCat("arch '", h.arch(), "': expected one of ", absl::StrJoin(DetectorNames(), ", ")));
   }
   if (h.size_bytes() <= 0 || h.size_bytes() > options_.max_import_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("size_bytes ", h.size_bytes(), ": must be 1..",
