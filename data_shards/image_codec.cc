@@ -17,6 +17,7 @@ namespace {
 
 uint32_t Be16(const unsigned char* p) { return (uint32_t{p[0]} << 8) | p[1]; }
 uint32_t Be32(const unsigned char* p) { return (Be16(p) << 16) | Be16(p + 2); }
+uint16_t Le16(const unsigned char* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 uint32_t Le32(const unsigned char* p) {
   return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
 }
@@ -244,8 +245,6 @@ absl::StatusOr<std::string> EncodePng(const RgbImage& img) {
 // ---- BMP: uncompressed 24/32-bit and 1/4/8-bit palette images (BI_RGB, or
 // BI_BITFIELDS with the standard 8-bit masks) ----
 
-uint16_t Le16(const unsigned char* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
-
 absl::Status DecodeBmp(const unsigned char* p, size_t n, RgbImage* out) {
   auto bad = [](const std::string& why) { return absl::InvalidArgumentError("cannot decode BMP: " + why); };
   if (n < 54) return bad("truncated header");
@@ -306,6 +305,19 @@ absl::Status DecodeBmp(const unsigned char* p, size_t n, RgbImage* out) {
 // ---- PPM/PGM: binary P6 and P5, maxval up to 65535 (scaled to 8 bits as
 // Pillow does) ----
 
+// The next ASCII number of a PNM header from *i on, after whitespace and
+// '#' comments (capped at 2^30); false when there is none.
+bool NextPnmNumber(const unsigned char* p, size_t n, size_t* i, int64_t* v) {
+  while (*i < n && (std::isspace(p[*i]) || p[*i] == '#')) {
+    if (p[*i] == '#') while (*i < n && p[*i] != '\n') ++*i;
+    else ++*i;
+  }
+  if (*i >= n || !std::isdigit(p[*i])) return false;
+  *v = 0;
+  while (*i < n && std::isdigit(p[*i]) && *v < (int64_t{1} << 30)) *v = *v * 10 + (p[(*i)++] - '0');
+  return true;
+}
+
 absl::Status DecodePnm(const unsigned char* p, size_t n, RgbImage* out) {
   auto bad = [](const std::string& why) { return absl::InvalidArgumentError("cannot decode PPM: " + why); };
   if (n < 2 || p[0] != 'P' || (p[1] != '5' && p[1] != '6')) return bad("only binary P5/P6 files are supported");
@@ -313,12 +325,7 @@ absl::Status DecodePnm(const unsigned char* p, size_t n, RgbImage* out) {
   size_t i = 2;
   int64_t vals[3] = {0, 0, 0};
   for (int64_t& v : vals) {
-    while (i < n && (std::isspace(p[i]) || p[i] == '#')) {
-      if (p[i] == '#') while (i < n && p[i] != '\n') ++i;
-      else ++i;
-    }
-    if (i >= n || !std::isdigit(p[i])) return bad("malformed header");
-    while (i < n && std::isdigit(p[i]) && v < (int64_t{1} << 30)) v = v * 10 + (p[i++] - '0');
+    if (!NextPnmNumber(p, n, &i, &v)) return bad("malformed header");
   }
   if (i >= n || !std::isspace(p[i])) return bad("malformed header");
   ++i;  // exactly one whitespace byte before the samples
@@ -364,18 +371,10 @@ absl::Status PeekImageSize(std::string_view bytes, int* width, int* height) {
   if (n >= 2 && p[0] == 'P' && p[1] >= '1' && p[1] <= '6') {
     // PPM/PGM: magic, then width and height as ASCII (comments skipped).
     size_t i = 2;
-    int vals[2] = {0, 0};
-    for (int& v : vals) {
-      while (i < n && (std::isspace(p[i]) || p[i] == '#')) {
-        if (p[i] == '#') while (i < n && p[i] != '\n') ++i;
-        else ++i;
-      }
-      int64_t x = 0;
-      while (i < n && std::isdigit(p[i]) && x < (1 << 30)) x = x * 10 + (p[i++] - '0');
-      v = static_cast<int>(x);
-    }
-    *width = vals[0];
-    *height = vals[1];
+    int64_t vals[2] = {0, 0};
+    for (int64_t& v : vals) NextPnmNumber(p, n, &i, &v);  // a missing one stays 0: "zero dimension"
+    *width = static_cast<int>(vals[0]);
+    *height = static_cast<int>(vals[1]);
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError("not a supported image (expected JPEG, PNG, BMP or PPM)");
