@@ -55,6 +55,16 @@ absl::StatusOr<v1::ModelInfo> Describe(const std::string& path) {
   return info;
 }
 
+// What identifies loaded weights: architecture, file, size and modification
+// time (so a rewritten best.ckpt is loaded again).
+absl::StatusOr<std::string> CacheKey(const std::string& arch, const std::string& path) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (ec) return absl::NotFoundError(absl::StrCat("'", path, "': ", ec.message()));
+  const auto mtime = fs::last_write_time(path, ec).time_since_epoch().count();
+  return absl::StrCat(arch, "|", path, "|", size, "|", mtime);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(ModelRegistryOptions options, JobStore* store,
@@ -72,11 +82,7 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(ModelRegist
 }
 
 absl::StatusOr<std::shared_ptr<ServedModel>> ModelRegistry::Load(const std::string& arch, const std::string& path) {
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  if (ec) return absl::NotFoundError(absl::StrCat("'", path, "': ", ec.message()));
-  const auto mtime = fs::last_write_time(path, ec).time_since_epoch().count();
-  const std::string key = absl::StrCat(arch, "|", path, "|", size, "|", mtime);
+  DFC_ASSIGN_OR_RETURN(const std::string key, CacheKey(arch, path));
   for (auto it = loaded_.begin(); it != loaded_.end(); ++it) {
     if ((*it)->key == key) {
       loaded_.splice(loaded_.begin(), loaded_, it);
@@ -177,6 +183,7 @@ absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest
     fs::remove(uploaded, ec);
     return st;
   };
+  // Checked again: the name may have been taken while the bytes arrived.
   if (absl::Status st = CheckImport(h); !st.ok()) return fail(st);
   auto info = Describe(uploaded);
   if (!info.ok()) return fail(absl::InvalidArgumentError(absl::StrCat("weights: ", info.status().message())));
@@ -184,23 +191,33 @@ absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest
     return fail(absl::InvalidArgumentError(
         absl::StrCat("weights: the checkpoint is a ", info->arch(), ", not a ", h.arch())));
   }
+  std::shared_ptr<ServedModel> model;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto model = Load(h.arch(), uploaded);
-    if (!model.ok()) {
+    auto loaded = Load(h.arch(), uploaded);
+    if (!loaded.ok()) {
       return fail(absl::InvalidArgumentError(absl::StrCat("weights do not load as ", h.arch(), ": ",
-                                                          model.status().message())));
+                                                          loaded.status().message())));
     }
-    info->set_input_size((*model)->input_size);
-    loaded_.pop_front();  // cached under the upload's name; it is loaded again from its final path
+    model = *loaded;
   }
   info->set_name(h.name());
   info->set_arch(h.arch());
   info->set_created_unix_ms(NowMs());
-  const fs::path final_path = fs::path(options_.models_dir) / (h.name() + ".weights");
+  info->set_input_size(model->input_size);
+  const std::string final_path = (fs::path(options_.models_dir) / (h.name() + ".weights")).string();
   std::error_code ec;
   fs::rename(uploaded, final_path, ec);
-  if (ec) return fail(absl::InternalError(absl::StrCat("cannot store the model: ", ec.message())));
+  absl::StatusOr<std::string> key = ec ? absl::InternalError(absl::StrCat("cannot store the model: ", ec.message()))
+                                       : CacheKey(h.arch(), final_path);
+  {
+    // The model stays loaded under its final file (a rename keeps size and
+    // mtime), so the first Evaluate of it does not load it again.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (key.ok()) model->key = *key;
+    else loaded_.remove(model);
+  }
+  if (!key.ok()) return fail(key.status());
   DFC_RETURN_IF_ERROR(store_->PutModel(*info));
   return *info;
 }
