@@ -7,18 +7,24 @@
 #include <CLI/CLI.hpp>
 
 #include "worker/models/detector.h"
+#include "worker/precision.h"
 #include "worker/tensor_batch.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"train_bench"};
   std::string model_name = "mesoinception4";
   int batch = 32, steps = 10, warmup = 2, threads = 2;
+  std::string precision = "fp32";
   app.add_option("--model", model_name)->check(CLI::IsMember(dfc::DetectorNames()));
   app.add_option("--batch", batch)->check(CLI::Range(1, 1024));
   app.add_option("--steps", steps)->check(CLI::Range(1, 100000));
   app.add_option("--warmup", warmup)->check(CLI::Range(0, 1000));
   app.add_option("--threads", threads)->check(CLI::Range(1, 1024));
+  app.add_option("--precision", precision, "Forward-pass autocast: fp32, bf16 or fp16")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   CLI11_PARSE(app, argc, argv);
+  bool precision_ok = false;
+  const std::optional<at::ScalarType> amp = dfc::ParsePrecision(precision, &precision_ok);
   torch::set_num_threads(threads);
   torch::manual_seed(0);
   auto model = dfc::MakeDetector(model_name);
@@ -40,7 +46,12 @@ int main(int argc, char** argv) {
   auto step = [&] {
     torch::Tensor x = dfc::PixelsToTensor(pixels.data_ptr<uint8_t>(), batch, size, device);
     opt.zero_grad();
-    torch::Tensor loss = torch::binary_cross_entropy_with_logits((*model)->forward(x), y);
+    torch::Tensor logits;
+    {
+      dfc::AutocastGuard autocast(device.type(), amp);
+      logits = (*model)->forward(x);
+    }
+    torch::Tensor loss = torch::binary_cross_entropy_with_logits(logits.to(torch::kFloat32), y);
     loss.backward();
     opt.step();
     loss.item<float>();
@@ -50,7 +61,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < steps; ++i) step();
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("{\"impl\": \"dfc\", \"model\": \"%s\", \"batch\": %d, \"threads\": %d, \"device\": \"%s\", "
-              "\"images_per_second\": %.3f}\n",
-              model_name.c_str(), batch, threads, device.str().c_str(), batch * steps / dt);
+              "\"precision\": \"%s\", \"images_per_second\": %.3f}\n",
+              model_name.c_str(), batch, threads, device.str().c_str(), precision.c_str(), batch * steps / dt);
   return 0;
 }

@@ -4,6 +4,7 @@ trained with the same optimizer on the same LibTorch (Debian's python3-torch).
 Prints one JSON line: {"impl", "model", "batch", "threads", "images_per_second"}.
 
 usage: train_bench.py --model {mesoinception4|resnet50} --batch N --steps N --threads N
+                     [--device cuda] [--precision fp32|bf16|fp16] [--channels-last]
 """
 import argparse
 import json
@@ -99,6 +100,9 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast dtype of the forward pass (torch.autocast); fp16 adds a GradScaler")
+    p.add_argument("--channels-last", action="store_true", help="model and input in channels_last")
     a = p.parse_args()
     dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
@@ -108,17 +112,29 @@ def main():
     else:
         model, size, lr, eps = ResNet50VggFace(), 224, 1e-5, 1e-9
     model.to(dev)
+    mf = torch.channels_last if a.channels_last else torch.contiguous_format
+    if a.channels_last:
+        model.to(memory_format=mf)
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[a.precision]
+    scaler = torch.cuda.amp.GradScaler() if a.precision == "fp16" else None
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=lr, eps=eps)
     x = torch.randint(0, 256, (a.batch, size, size, 3), dtype=torch.uint8)  # host batch, copied each step as DFC does
     y = torch.randint(0, 2, (a.batch,)).float().to(dev)
     model.train()
 
     def step():
-        inp = x.to(dev).permute(0, 3, 1, 2).float().contiguous()
+        inp = x.to(dev).permute(0, 3, 1, 2).float().contiguous(memory_format=mf)
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(model(inp), y)
-        loss.backward()
-        opt.step()
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            logits = model(inp)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         loss.item()  # one sync per step, as DFC's bench
 
     for _ in range(a.warmup):
@@ -128,7 +144,8 @@ def main():
         step()
     dt = time.perf_counter() - t
     print(json.dumps({"impl": "python-pytorch", "model": a.model, "batch": a.batch, "threads": a.threads,
-                      "device": a.device, "torch": torch.__version__, "images_per_second": a.batch * a.steps / dt}))
+                      "device": a.device, "precision": a.precision,
+                      "channels_last": a.channels_last, "torch": torch.__version__, "images_per_second": a.batch * a.steps / dt}))
 
 
 if __name__ == "__main__":

@@ -202,6 +202,7 @@ struct ClusterArgs {
   std::string listen = "127.0.0.1:50051";
   int workers = 2;
   int cpu_slots = 1;
+  int gpus = 0;  // GPU ranks per worker (CUDA builds; -1 = every visible GPU)
   std::string state;
   int wait_s = 60;
 };
@@ -224,8 +225,10 @@ int RunClusterUp(const ClusterArgs& a) {
   pids.push_back(SpawnProcess({SiblingBinary("dfc-coordinator"), "--listen", a.listen, "--state", state.string()},
                              (state / "logs/coordinator.log").string(), /*new_session=*/true));
   for (int w = 0; w < a.workers; ++w) {
-    pids.push_back(SpawnProcess({SiblingBinary("dfc-worker"), "--coordinator", a.listen, "--cpu-slots",
-                                std::to_string(a.cpu_slots)},
+    std::vector<std::string> argv = {SiblingBinary("dfc-worker"), "--coordinator", a.listen, "--cpu-slots",
+                                     std::to_string(a.cpu_slots)};
+    if (a.gpus != 0) argv.insert(argv.end(), {"--gpus", std::to_string(a.gpus)});
+    pids.push_back(SpawnProcess(argv,
                                (state / absl::StrCat("logs/worker-", w, ".log")).string(), /*new_session=*/true));
   }
   std::string pid_text;
@@ -382,6 +385,7 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
   up->add_option("--listen", k->listen, "Coordinator address");
   up->add_option("--workers", k->workers, "Worker processes")->check(CLI::Range(1, 64));
   up->add_option("--cpu-slots", k->cpu_slots, "Ranks per worker")->check(CLI::Range(1, 64));
+  up->add_option("--gpus", k->gpus, "GPU ranks per worker (CUDA builds; -1: every visible GPU)")->check(CLI::Range(-1, 64));
   up->add_option("--state", k->state, "State directory (jobs.db, logs, job outputs)")->required();
   up->callback([run, k] { *run = [k] { return RunClusterUp(*k); }; });
   CLI::App* down = cluster->add_subcommand("down", "Stop the local cluster started in --state");

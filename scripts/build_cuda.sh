@@ -58,6 +58,15 @@ if [[ $gather == 1 ]]; then
   export PATH=$root/usr/bin:$PATH
   # Debian's CMake configs name absolute /usr paths; point them at the prefix.
   grep -rl --include='*.cmake' '"/usr/' "$lib/cmake" 2>/dev/null | xargs -r sed -i "s|\"/usr/|\"$root/usr/|g"
+  # Likewise the pkg-config files (re2.pc names libdir=/usr/...; gRPC finds re2 through it).
+  grep -rlE '^(prefix|libdir|includedir)=/usr' "$lib/pkgconfig" "$root/usr/share/pkgconfig" 2>/dev/null |
+    xargs -r sed -i -E "s#^(prefix|libdir|includedir)=/usr#\1=$root/usr#"
+  # Debian keeps some configuration headers in the multiarch folder (jconfig.h:
+  # JPEG_LIB_VERSION 62); without it first, the GPU machine's own
+  # /usr/include/x86_64-linux-gnu/jconfig.h (libjpeg 8) is compiled against
+  # the gathered libjpeg.so.62 ("Wrong JPEG library version", seen on the H100).
+  export CFLAGS="-isystem $root/usr/include/x86_64-linux-gnu ${CFLAGS:-}"
+  export CXXFLAGS="-isystem $root/usr/include/x86_64-linux-gnu ${CXXFLAGS:-}"
   extra=(-DCMAKE_INCLUDE_PATH="$root/usr/include;$root/usr/include/hdf5/serial"
          -DCMAKE_LIBRARY_PATH="$lib;$lib/hdf5/serial" -DCMAKE_PROGRAM_PATH="$root/usr/bin")
 fi
@@ -65,4 +74,4 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="
   -DDFC_BUILD_TESTS=ON
 [[ $configure_only == 1 ]] && exit 0
 # shellcheck disable=SC2086
-ninja -C "$build" -j "$jobs" $targets
+ninja -C "$build" -k 0 -j "$jobs" $targets

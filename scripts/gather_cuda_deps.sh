@@ -27,7 +27,7 @@ pkgs=(libgrpc++-dev libgrpc++1.51 libgrpc-dev libgrpc29 protobuf-compiler-grpc l
       libtbb12 liblapack3 libblas3 libgfortran5 libglx0 libglvnd0 libx11-6 libx11-data libxcb1 libxau6
       libxdmcp6 libbsd0 libmd0
       libjpeg62-turbo libjpeg62-turbo-dev libpng16-16 libpng-dev zlib1g-dev
-      libc-ares2 libre2-9 libssl-dev libssl3 libtcmalloc-minimal4 libquadmath0 libzstd1
+      libc-ares2 libc-ares-dev libre2-9 libre2-dev libssl-dev libssl3 libtcmalloc-minimal4 libquadmath0 libzstd1
       libcurl4 libbrotli1 libcom-err2 libdb5.3 libffi8 libgmp10 libgnutls30 libgssapi-krb5-2 libhogweed6
       libidn2-0 libk5crypto3 libkeyutils1 libkrb5-3 libkrb5support0 libldap-2.5-0 libnettle8 libnghttp2-14
       libp11-kit0 libpsl5 librtmp1 libsasl2-2 libsasl2-modules-db libssh2-1 libtasn1-6 libunistring2)
