@@ -1,13 +1,16 @@
-// One data-parallel rank for the distributed tests: trains `--steps` steps on
-// deterministic synthetic global batches, taking its rows of each, and writes
-// the model (parameters + buffers) as a checkpoint. With --world-size 1 it is
-// the single-process reference on the whole global batch.
+// One data-parallel rank for the distributed tests: trains one epoch over
+// `--records` deterministic synthetic images in global batches of
+// `--global-batch` (the last one ragged when they do not divide), taking its
+// rows of each as the trainer's shard planner assigns them -- a rank's share
+// may be empty -- and writes the model (parameters + buffers) as a
+// checkpoint. With --world-size 1 it is the single-process reference.
 #include <cstdio>
 #include <string>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <CLI/CLI.hpp>
 
+#include "data_shards/shard_planner.h"
 #include "worker/checkpoint.h"
 #include "worker/collective.h"
 #include "worker/gradient_sync.h"
@@ -16,7 +19,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"ddp_rank_main"};
   std::string arch = "mesoinception4", out, optimizer = "adam";
-  int rank = 0, world = 1, port = 0, global_batch = 8, steps = 3, image_size = 0;
+  int rank = 0, world = 1, port = 0, global_batch = 8, records = 24, image_size = 0;
   int64_t bucket_bytes = dfc::GradientSynchronizer::kDefaultBucketBytes;
   uint64_t seed = 1;
   app.add_option("--model", arch);
@@ -24,7 +27,7 @@ int main(int argc, char** argv) {
   app.add_option("--world-size", world);
   app.add_option("--port", port)->required();
   app.add_option("--global-batch", global_batch);
-  app.add_option("--steps", steps);
+  app.add_option("--records", records, "Images in the epoch (any number >= 1)");
   app.add_option("--image-size", image_size, "0 = the model's");
   app.add_option("--bucket-bytes", bucket_bytes);
   app.add_option("--seed", seed);
@@ -66,8 +69,8 @@ int main(int argc, char** argv) {
     auto st = c->AllReduceSum(t);
     if (!st.ok()) throw std::runtime_error(std::string(st.message()));
   });
-  const int local = global_batch / world;
-  (*model)->SetBatchShard(static_cast<int64_t>(rank) * local, global_batch);
+  const dfc::RankEpochPlan plan = dfc::PlanRankEpoch(static_cast<uint32_t>(records), global_batch, world, rank, seed, 0,
+                                                     /*shuffle=*/false);
   std::vector<torch::Tensor> trainable;
   for (auto& p : (*model)->parameters())
     if (p.requires_grad()) trainable.push_back(p);
@@ -79,16 +82,23 @@ int main(int argc, char** argv) {
   }
   dfc::GradientSynchronizer sync(collective->get(), (*model)->parameters(), bucket_bytes);
   (*model)->train();
+  const int steps = static_cast<int>(plan.steps.size());
   for (int step = 0; step < steps; ++step) {
+    const int64_t g = plan.global_batch[step];
     auto data_gen = at::make_generator<at::CPUGeneratorImpl>(seed * 1000 + static_cast<uint64_t>(step));
-    torch::Tensor images = (torch::rand({global_batch, 3, size, size}, data_gen) * 255).to(dtype);
-    torch::Tensor labels = torch::randint(0, 2, {global_batch}, data_gen).to(dtype);
-    torch::Tensor x = images.narrow(0, rank * local, local).contiguous(torch::MemoryFormat::ChannelsLast);
-    torch::Tensor y = labels.narrow(0, rank * local, local);
+    torch::Tensor images = (torch::rand({g, 3, size, size}, data_gen) * 255).to(dtype);
+    torch::Tensor labels = torch::randint(0, 2, {g}, data_gen).to(dtype);
+    const int64_t n = static_cast<int64_t>(plan.steps[step].size());
+    torch::Tensor x = images.narrow(0, plan.offset[step], n).contiguous(torch::MemoryFormat::ChannelsLast);
+    torch::Tensor y = labels.narrow(0, plan.offset[step], n);
+    (*model)->SetBatchShard(plan.offset[step], g);
     torch::manual_seed(seed * 31 + static_cast<uint64_t>(step));  // dropout draws the same on every rank
     opt->zero_grad();
     sync.BeginStep();
-    torch::Tensor loss = torch::binary_cross_entropy_with_logits((*model)->forward(x), y);
+    // This rank's part of the global batch's mean loss, as the trainer does
+    // (the gradient all-reduce averages over ranks, hence world / g).
+    torch::Tensor loss = torch::binary_cross_entropy_with_logits((*model)->forward(x), y, {}, {}, torch::Reduction::Sum) *
+                         (static_cast<double>(world) / static_cast<double>(g));
     loss.backward();
     if (auto st = sync.Finish(); !st.ok()) {
       std::fprintf(stderr, "%s\n", std::string(st.message()).c_str());

@@ -18,7 +18,8 @@ KerasConv2dImpl::KerasConv2dImpl(const KerasConv2dOptions& o) : opt_(o) {
     const int64_t total = (o.kernel - 1) * o.dilation;
     // With stride 1 the total is fixed and, when even, splits evenly.
     if (o.stride == 1 && total % 2 == 0) {
-      copts.padding(total / 2);
+      padding_ = total / 2;
+      copts.padding(padding_);
     } else {
       runtime_pad_ = true;
     }
@@ -31,6 +32,15 @@ torch::Tensor KerasConv2dImpl::forward(torch::Tensor x) {
     auto [top, bottom] = SamePadding(x.size(2), opt_.kernel, opt_.stride, opt_.dilation);
     auto [left, right] = SamePadding(x.size(3), opt_.kernel, opt_.stride, opt_.dilation);
     if (top || bottom || left || right) x = F::pad(x, F::PadFuncOptions({left, right, top, bottom}));
+  }
+  if (x.size(0) == 0) {
+    // A rank's empty share of a ragged last batch still runs the model, so its
+    // collectives (synchronised BatchNorm, gradient buckets) match the other
+    // ranks'. LibTorch 1.13's convolution fails on an empty batch with a
+    // channels-last weight ("view size is not compatible"); a contiguous copy
+    // of the weight gives the same (empty) output and a zero gradient.
+    return torch::conv2d(x, conv->weight.contiguous(), opt_.bias ? conv->bias : torch::Tensor(), opt_.stride,
+                         padding_, opt_.dilation);
   }
   return conv->forward(x);
 }

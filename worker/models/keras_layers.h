@@ -31,6 +31,7 @@ class KerasConv2dImpl : public torch::nn::Module {
  private:
   const KerasConv2dOptions opt_;
   bool runtime_pad_ = false;
+  int64_t padding_ = 0;  // symmetric padding done by the convolution itself
 };
 TORCH_MODULE(KerasConv2d);
 
