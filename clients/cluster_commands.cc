@@ -345,6 +345,8 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
   submit->add_option_function<int64_t>("--max-train-images", [cfg](int64_t v) { cfg->set_max_train_images(v); }, "Subset");
   submit->add_option_function<int64_t>("--max-val-images", [cfg](int64_t v) { cfg->set_max_val_images(v); }, "Subset");
   submit->add_option_function<int>("--threads", [cfg](int v) { cfg->set_threads_per_rank(v); }, "Threads per rank");
+  submit->add_option_function<int>("--hang-timeout", [cfg](int v) { cfg->set_hang_timeout_s(v); },
+                                   "Seconds without step progress before a rank is declared hung (default 300)");
   submit->add_option_function<int>("--world-size", [s](int v) { s->req.set_world_size(v); }, "Ranks");
   submit->add_option_function<int>("--max-restarts", [s](int v) { s->req.set_max_restarts(v); }, "Restarts on failure");
   submit->add_option_function<int>("--priority", [s](int v) { s->req.set_priority(v); }, "Higher runs first");

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/exit_codes.h"
 #include "data_shards/shard_format.h"
 
 namespace dfc {
@@ -43,6 +44,9 @@ absl::Status ValidateSubmit(const v1::SubmitJobRequest& r) {
   }
   if (r.max_restarts() < 0 || r.max_restarts() > 100) {
     return absl::InvalidArgumentError(absl::StrCat("max_restarts: must be in [0, 100], got ", r.max_restarts()));
+  }
+  if (c.hang_timeout_s() < 0 || c.hang_timeout_s() > 86400) {
+    return absl::InvalidArgumentError(absl::StrCat("config.hang_timeout_s: must be in [0, 86400], got ", c.hang_timeout_s()));
   }
   if (r.idempotency_key().size() > 256) return absl::InvalidArgumentError("idempotency_key: longer than 256 bytes");
   if (c.data().empty()) return absl::InvalidArgumentError("config.data: a shard directory is required");
@@ -180,24 +184,39 @@ int Coordinator::FreeSlots(const std::string& worker_id) const {
 void Coordinator::StopRanks(const std::string& job_id) {
   auto it = active_.find(job_id);
   if (it == active_.end()) return;
-  for (const RankSlot& s : it->second.ranks) stop_[s.worker_id].insert(job_id);
+  for (const RankSlot& s : it->second.ranks) {
+    int& attempt = stop_[s.worker_id][job_id];
+    attempt = std::max(attempt, it->second.attempt);
+  }
   active_.erase(it);
 }
 
-void Coordinator::FailAttempt(const std::string& job_id, const std::string& reason) {
+absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::string& reason, bool permanent) {
   StopRanks(job_id);
   v1::Job job = jobs_[job_id];
-  if (job.reason().empty()) job.set_reason(reason);  // the first error is kept
-  if (job.restarts() < job.max_restarts()) {
+  v1::AttemptFailure* f = job.add_failures();
+  f->set_attempt(job.attempt());
+  f->set_reason(reason);
+  f->set_unix_ms(Now());
+  f->set_permanent(permanent);
+  if (!permanent && job.restarts() < job.max_restarts()) {
     job.set_restarts(job.restarts() + 1);
     job.set_state(v1::QUEUED);
+    job.set_reason(absl::StrCat("restarting (", job.restarts(), " of ", job.max_restarts(), ") after: ", reason));
     not_before_ms_[job_id] = Now() + 3 * options_.heartbeat_interval.count();
   } else {
     job.set_state(v1::FAILED);
+    // The first error is the root cause; later attempts often fail because of it.
+    const std::string& first = job.failures(0).reason();
+    job.set_reason(permanent || job.failures_size() == 1
+                       ? (permanent ? absl::StrCat("permanent error, not retried: ", reason) : reason)
+                       : absl::StrCat(first, " (and ", job.failures_size() - 1, " more failed attempt(s); last: ",
+                                      reason, ")"));
     job.set_finished_unix_ms(Now());
   }
   job.clear_workers();
-  (void)Save(job);
+  job.clear_progress();
+  return Save(job);
 }
 
 void Coordinator::ExpireWorkersLocked() {
@@ -217,7 +236,11 @@ void Coordinator::ExpireWorkersLocked() {
         }
       }
     }
-    for (const std::string& job_id : hit) FailAttempt(job_id, absl::StrCat("worker ", id, " stopped responding"));
+    for (const std::string& job_id : hit) {
+      absl::Status st = FailAttempt(job_id, absl::StrCat("worker ", id, " stopped responding"));
+      if (!st.ok()) std::fprintf(stderr, "dfc-coordinator: cannot record the failure of %s: %s\n", job_id.c_str(),
+                                 std::string(st.message()).c_str());
+    }
     stop_.erase(id);
   }
 }
@@ -294,7 +317,11 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
     if (a == active_.end() || a->second.attempt != st.attempt() || st.rank() < 0 ||
         st.rank() >= static_cast<int>(a->second.ranks.size()) ||
         a->second.ranks[st.rank()].worker_id != r.worker_id()) {
-      if (st.running()) resp.add_stop_jobs(st.job_id());  // a stale rank
+      if (st.running()) {  // a stale rank: stop exactly its attempt
+        v1::StopRanks* stop = resp.add_stop();
+        stop->set_job_id(st.job_id());
+        stop->set_attempt(st.attempt());
+      }
       continue;
     }
     RankSlot& slot = a->second.ranks[st.rank()];
@@ -311,7 +338,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   for (const auto& [id, a] : active_) ids.push_back(id);
   for (const std::string& id : ids) {
     ActiveJob& a = active_[id];
-    bool all_running = true, all_ok = true, failed = false;
+    bool all_running = true, all_ok = true, failed = false, permanent = false;
     std::string error;
     for (size_t i = 0; i < a.ranks.size(); ++i) {
       const RankSlot& s = a.ranks[i];
@@ -319,21 +346,25 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
       all_ok &= s.exited && s.exit_code == 0;
       if (s.exited && s.exit_code != 0 && !failed) {
         failed = true;
-        error = absl::StrCat("rank ", i, " exited with status ", s.exit_code, s.error.empty() ? "" : ": ", s.error);
+        permanent = s.exit_code == kRankExitPermanent;
+        error = s.error.empty() ? absl::StrCat("rank ", i, " exited with status ", s.exit_code)
+                                : absl::StrCat("rank ", i, ": ", s.error);
       }
     }
     v1::Job job = jobs_[id];
     if (failed) {
-      FailAttempt(id, error);
+      DFC_RETURN_IF_ERROR(FailAttempt(id, error, permanent));
     } else if (all_ok) {
       active_.erase(id);
       job.set_state(v1::SUCCEEDED);
+      job.clear_reason();  // an earlier attempt's failure stays in `failures`, not as the reason
+      job.clear_progress();
       job.set_finished_unix_ms(Now());
-      (void)Save(job);
+      DFC_RETURN_IF_ERROR(Save(job));
     } else if (all_running && job.state() == v1::SCHEDULED) {
       job.set_state(v1::RUNNING);
       if (job.started_unix_ms() == 0) job.set_started_unix_ms(Now());
-      (void)Save(job);
+      DFC_RETURN_IF_ERROR(Save(job));
     }
   }
   ExpireWorkersLocked();
@@ -361,7 +392,11 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   }
   auto stops = stop_.find(r.worker_id());
   if (stops != stop_.end()) {
-    for (const std::string& id : stops->second) resp.add_stop_jobs(id);
+    for (const auto& [id, attempt] : stops->second) {
+      v1::StopRanks* stop = resp.add_stop();
+      stop->set_job_id(id);
+      stop->set_attempt(attempt);
+    }
     stop_.erase(stops);
   }
   return resp;

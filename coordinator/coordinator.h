@@ -81,7 +81,10 @@ class Coordinator {
       : options_(std::move(options)), store_(std::move(store)) {}
   int64_t Now() const { return options_.now_ms(); }
   absl::Status Save(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FailAttempt(const std::string& job_id, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fails the job's current attempt: restarts it (QUEUED) while restarts are
+  // left and the error is not permanent, else FAILED with the first error.
+  absl::Status FailAttempt(const std::string& job_id, const std::string& reason, bool permanent = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StopRanks(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireWorkersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -95,7 +98,8 @@ class Coordinator {
   std::map<std::string, int64_t> versions_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, ActiveJob> active_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::set<std::string>> stop_ ABSL_GUARDED_BY(mu_);  // worker -> jobs to stop
+  // worker -> job -> the newest attempt whose ranks there must stop
+  std::map<std::string, std::map<std::string, int>> stop_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
   // A restarted job waits a couple of heartbeats before it is placed again,
   // so that a worker that just died has stopped looking alive.

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <regex>
 #include <thread>
 
@@ -286,6 +287,153 @@ TEST(ClusterTest, CancelStopsEveryRankWithinSeconds) {
   EXPECT_TRUE(gone) << "ranks still running 15 s after cancel";
   auto watch = RunCommand(c.Dfc("watch " + job));
   EXPECT_EQ(watch.exit_code, 5);
+}
+
+// The pid of `job_id`'s rank `rank` in `attempt`, from the worker logs
+// ("started JOB attempt A rank R/W (pid P)"); -1 if not started yet.
+pid_t RankPid(Cluster& c, const std::string& job_id, int attempt, int rank, int workers) {
+  const std::regex re("started " + job_id + " attempt " + std::to_string(attempt) + " rank " + std::to_string(rank) +
+                      "/[0-9]+ \\(pid ([0-9]+)\\)");
+  for (int w = 0; w < workers; ++w) {
+    std::smatch m;
+    const std::string log = testing::ReadFileOrDie(c.dir().Join("worker-" + std::to_string(w) + ".log"));
+    if (std::regex_search(log, m, re)) return std::stoi(m[1]);
+  }
+  return -1;
+}
+
+bool ProcessGone(pid_t pid) {
+  // A zombie is gone too: its worker reaps it.
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;
+  const size_t close = line.rfind(')');
+  return close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z';
+}
+
+bool WaitGone(pid_t pid, int seconds) {
+  for (int i = 0; i < seconds * 10 && !ProcessGone(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  return ProcessGone(pid);
+}
+
+// Waits until the job reports step progress (its ranks are training).
+void WaitForSteps(Cluster& c, const std::string& job, int seconds) {
+  for (int i = 0; i < seconds * 10; ++i) {
+    const std::string json = RunCommand(c.Dfc("status --json " + job)).out;
+    if (std::regex_search(json, std::regex("\"step\":\"?[1-9]"))) return;  // int64: a JSON string
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+// SIGSTOP, the hang a SIGKILL test never shows: the rank is alive, holds its
+// slot and answers nothing. World size 1 has no peer whose collective would
+// time out; the worker's hang detection must end it.
+TEST(ClusterTest, StoppedRankAtWorldSizeOneIsKilledAndTheJobFailsWithTheReason) {
+  Cluster c(1);
+  const std::string shards = Shards(c.dir(), 400);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 1 --epochs 50 --batch-size 16 --threads 1 --hang-timeout 4 --max-restarts 0"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  WaitForSteps(c, job, 120);
+  const pid_t rank = RankPid(c, job, 1, 0, 1);
+  ASSERT_GT(rank, 0);
+  ASSERT_EQ(::kill(rank, SIGSTOP), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string json = WaitForState(c, job, "FAILED", 30);
+  EXPECT_EQ(JsonString(json, "state"), "FAILED") << json;
+  EXPECT_NE(JsonString(json, "reason").find("no step progress for 4 s"), std::string::npos) << json;
+  std::printf("reason: %s\n", JsonString(json, "reason").c_str());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
+  EXPECT_TRUE(WaitGone(rank, 10)) << "the stopped rank is still there";
+}
+
+// World size 2, one rank stopped: the attempt fails (hang or its peer's
+// collective timeout), the job restarts, and the stop of the old attempt
+// does not kill the new attempt's ranks on the same workers.
+TEST(ClusterTest, StoppedRankAtWorldSizeTwoRestartsAndTheNewAttemptSurvives) {
+  Cluster c(2);
+  const std::string shards = Shards(c.dir(), 400);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 2 --epochs 50 --batch-size 16 --threads 1 --hang-timeout 4 --max-restarts 2"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  WaitForSteps(c, job, 120);
+  const pid_t victim = RankPid(c, job, 1, 1, 2);
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(::kill(victim, SIGSTOP), 0);
+  // Attempt 2 starts and runs; it must still be running (not restarting
+  // again) a while later.
+  pid_t fresh = -1;
+  for (int i = 0; i < 400 && fresh < 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    fresh = RankPid(c, job, 2, 1, 2);
+  }
+  ASSERT_GT(fresh, 0) << "no second attempt within 40 s";
+  EXPECT_TRUE(WaitGone(victim, 15)) << "the stopped rank of attempt 1 is still there";
+  WaitForState(c, job, "RUNNING", 60);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  const std::string json = RunCommand(c.Dfc("status --json " + job)).out;
+  EXPECT_EQ(JsonString(json, "state"), "RUNNING") << json;
+  EXPECT_EQ(JsonInt(json, "attempt"), 2) << json;
+  EXPECT_EQ(JsonInt(json, "restarts"), 1) << json;
+  EXPECT_FALSE(ProcessGone(fresh)) << "the new attempt's rank was killed";
+  const auto failures = nlohmann::json::parse(json)["failures"];
+  ASSERT_EQ(failures.size(), 1u) << json;
+  EXPECT_EQ(failures[0]["attempt"], 1);
+  // Cancel ends every process of the job.
+  const pid_t rank0 = RankPid(c, job, 2, 0, 2);
+  ASSERT_EQ(RunCommand(c.Dfc("cancel " + job)).exit_code, 0);
+  EXPECT_TRUE(WaitGone(fresh, 15));
+  EXPECT_TRUE(WaitGone(rank0, 15));
+}
+
+// Cancel of a job whose rank is stopped (it ignores SIGTERM until resumed):
+// SIGKILL after the grace period ends it.
+TEST(ClusterTest, CancelOfAHungJobEndsEveryProcess) {
+  Cluster c(1);
+  const std::string shards = Shards(c.dir(), 400);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 1 --epochs 50 --batch-size 16 --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  WaitForSteps(c, job, 120);
+  const pid_t rank = RankPid(c, job, 1, 0, 1);
+  ASSERT_GT(rank, 0);
+  ASSERT_EQ(::kill(rank, SIGSTOP), 0);
+  auto cancel = RunCommand(c.Dfc("cancel --json " + job));
+  EXPECT_EQ(cancel.exit_code, 0) << cancel.err;
+  EXPECT_TRUE(WaitGone(rank, 15)) << "a stopped rank survived cancel";
+}
+
+// A permanent error is not retried: a corrupt shard fails the job at once,
+// and the rank's own message (shard and offset) is the job's reason.
+TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {
+  Cluster c(1);
+  const std::string shards = Shards(c.dir(), 64);
+  // Flip bytes in the middle of the first shard file.
+  std::string shard_file;
+  for (const auto& e : std::filesystem::directory_iterator(shards)) {
+    if (e.path().extension() == ".dfcs" || e.path().filename().string().find("shard") == 0) shard_file = e.path().string();
+  }
+  ASSERT_FALSE(shard_file.empty());
+  {
+    std::fstream f(shard_file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(std::filesystem::file_size(shard_file) / 2));
+    f.write("\xde\xad\xbe\xef\xde\xad\xbe\xef", 8);
+  }
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 1 --epochs 2 --batch-size 8 --threads 1 --max-restarts 3"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  const std::string json = WaitForState(c, job, "FAILED", 120);
+  EXPECT_EQ(JsonString(json, "state"), "FAILED") << json;
+  EXPECT_EQ(JsonInt(json, "restarts"), 0) << "a permanent error was retried: " << json;
+  const std::string reason = JsonString(json, "reason");
+  std::printf("reason: %s\n", reason.c_str());
+  EXPECT_NE(reason.find("permanent"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("offset"), std::string::npos) << reason;
+  EXPECT_NE(reason.find(std::filesystem::path(shard_file).filename().string()), std::string::npos) << reason;
 }
 
 // TLS with client certificates and a bearer token, on every endpoint.

@@ -88,7 +88,7 @@ void AllReduceOrThrow(Collective* c, torch::Tensor& t) {
 // them all.
 absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, const std::vector<RecordRef>& records,
                                     const std::string& loss_kind, const torch::Device& device, Collective* collective,
-                                    int64_t batch_size) {
+                                    int64_t batch_size, const std::function<void()>& progress) {
   const size_t num_records = records.size();
   model.eval();
   torch::NoGradGuard no_grad;
@@ -110,6 +110,7 @@ absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, co
     torch::Tensor p = torch::sigmoid(logits).to(torch::kCPU).to(torch::kFloat64).contiguous();
     const double* pp = p.data_ptr<double>();
     for (int i = 0; i < batch->count; ++i) scores[batch->positions[i]] = pp[i];
+    if (progress) progress();
   }
   if (collective && world > 1) {
     DFC_RETURN_IF_ERROR(collective->AllReduceSum(
@@ -263,6 +264,7 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
       }
       seen += batch->count;
       ++step;
+      if (o.progress) o.progress();
       compute_s += Seconds(t_compute, Clock::now());
       if (sync) wait_s += sync->last_wait_seconds();
       if (obs && seen > 0) obs->OnStep(epoch + 1, s + 1, steps, loss_sum / seen, correct / seen);
@@ -276,7 +278,7 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
       seen = totals[2].item<double>();
     }
     DFC_ASSIGN_OR_RETURN(EvalResult ev, Evaluate(*model, val_loader, phase.val, o.loss, device, collective,
-                                                 std::max(1, o.batch_size / world)));
+                                                 std::max(1, o.batch_size / world), o.progress));
     EpochMetrics m;
     m.epoch = epoch + 1;
     m.lr = lr;

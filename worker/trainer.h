@@ -2,6 +2,7 @@
 #define DFC_WORKER_TRAINER_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,9 @@ struct TrainOptions {
   Collective* collective = nullptr;
   int64_t bucket_bytes = int64_t{25} << 20;  // gradient all-reduce bucket size
   bool overlap_allreduce = true;             // start buckets during backward (false: after, for measurement)
+  // Called after every training step and validation batch: a rank's sign of
+  // life for its worker's hang detection (empty: none).
+  std::function<void()> progress;
 
   std::string ToJson() const;
 };

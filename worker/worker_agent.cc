@@ -5,15 +5,22 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "worker/collective.h"
+#include "common/exit_codes.h"
 #include "common/subprocess.h"
 
 namespace dfc {
+namespace fs = std::filesystem;
 
 TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& c) {
   TrainOptions o;
@@ -68,6 +75,15 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
       if (!used[g]) r.gpu = g;
     }
   }
+  r.dir = (fs::path(options_.work_dir) / a.job_id() / absl::StrCat("attempt-", a.attempt()) /
+           absl::StrCat("rank-", a.rank()))
+              .string();
+  std::error_code ec;
+  fs::create_directories(r.dir, ec);
+  r.started = std::chrono::steady_clock::now();
+  r.hang_timeout = a.config().hang_timeout_s() > 0 ? std::chrono::seconds(a.config().hang_timeout_s())
+                                                   : options_.hang_timeout;
+  const std::string log_path = (fs::path(r.dir) / "log").string();
   const std::string encoded = absl::Base64Escape(r.assignment.SerializeAsString());
   std::vector<std::string> args = {options_.rank_binary, "--coordinator", options_.coordinator};
   if (!options_.security.tls_ca.empty()) args.insert(args.end(), {"--tls-ca", options_.security.tls_ca});
@@ -83,6 +99,13 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
     // and their peers' collectives fail instead of waiting.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (r.gpu >= 0) ::setenv("CUDA_VISIBLE_DEVICES", std::to_string(r.gpu).c_str(), 1);
+    ::setenv("DFC_RANK_DIR", r.dir.c_str(), 1);
+    // The rank's output is kept per job and rank (dfc logs).
+    const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, STDOUT_FILENO);
+      ::dup2(fd, STDERR_FILENO);
+    }
     if (!options_.security.token.empty()) ::setenv("DFC_TOKEN", options_.security.token.c_str(), 1);
     ::execv(cargs[0], cargs.data());
     ::_exit(127);
@@ -97,14 +120,28 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   ranks_.push_back(std::move(r));
 }
 
-void WorkerAgent::StopJob(const std::string& job_id) {
+void WorkerAgent::StopRanks(const std::string& job_id, int attempt) {
   for (Rank& r : ranks_) {
-    if (r.assignment.job_id() == job_id && !r.exited && r.pid > 0) {
-      ::kill(r.pid, SIGTERM);
-      r.kill_at = std::chrono::steady_clock::now() + options_.kill_grace;
-    }
+    if (r.assignment.job_id() != job_id || r.assignment.attempt() > attempt || r.exited || r.pid <= 0) continue;
+    if (r.stopping) continue;  // a repeated stop never moves the SIGKILL later
+    ::kill(r.pid, SIGTERM);
+    r.stopping = true;
+    r.kill_at = std::chrono::steady_clock::now() + options_.kill_grace;
   }
 }
+
+namespace {
+
+// The first line of a small file, or "".
+std::string FirstLine(const std::string& path) {
+  std::ifstream f(path);
+  std::string line;
+  std::getline(f, line);
+  if (line.size() > 1000) line.resize(1000);
+  return line;
+}
+
+}  // namespace
 
 void WorkerAgent::Reap() {
   const auto now = std::chrono::steady_clock::now();
@@ -115,13 +152,46 @@ void WorkerAgent::Reap() {
     if (p == r.pid) {
       r.exited = true;
       r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    } else if (now > r.kill_at) {
+      if (r.error.empty()) r.error = FirstLine((fs::path(r.dir) / "error").string());
+      if (r.error.empty() && WIFSIGNALED(status)) {
+        r.error = absl::StrCat("killed by signal ", WTERMSIG(status), " (", strsignal(WTERMSIG(status)), ")");
+      }
+      continue;
+    }
+    if (r.stopping) {
+      if (now > r.kill_at) ::kill(r.pid, SIGKILL);  // it ignored SIGTERM (or is stopped)
+      continue;
+    }
+    // Hang detection: no step since the later of its start and its last
+    // touch of DIR/progress. SIGKILL ends a stopped (SIGSTOP) process too.
+    auto last = r.started;
+    struct stat sb;
+    if (::stat((fs::path(r.dir) / "progress").c_str(), &sb) == 0) {
+      const auto age = std::chrono::system_clock::now() -
+                       std::chrono::system_clock::time_point(std::chrono::seconds(sb.st_mtim.tv_sec) +
+                                                             std::chrono::nanoseconds(sb.st_mtim.tv_nsec));
+      last = std::max(last, now - std::chrono::duration_cast<std::chrono::steady_clock::duration>(age));
+    }
+    if (now - last > r.hang_timeout) {
+      r.error = absl::StrCat("no step progress for ", r.hang_timeout.count(),
+                             " s (hang timeout): the rank was declared hung and killed");
+      std::fprintf(stderr, "dfc-worker: %s attempt %d rank %d: %s\n", r.assignment.job_id().c_str(),
+                   r.assignment.attempt(), r.assignment.rank(), r.error.c_str());
       ::kill(r.pid, SIGKILL);
+      r.stopping = true;
+      r.kill_at = now;
     }
   }
 }
 
 absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
+  if (options_.work_dir.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    options_.work_dir = (fs::path(tmp != nullptr && *tmp ? tmp : "/tmp") / absl::StrCat("dfc-worker-", ::getpid())).string();
+  }
+  std::error_code ec;
+  fs::create_directories(options_.work_dir, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("--work-dir: cannot create '", options_.work_dir, "': ", ec.message()));
   auto channel = MakeChannel(options_.coordinator, options_.security);
   if (!channel.ok()) return channel.status();
   auto stub = v1::WorkerService::NewStub(*channel);
@@ -147,6 +217,7 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
       s->set_exited(r.exited);
       s->set_exit_code(r.exit_code);
       s->set_store_port(r.store_port);
+      s->set_error(r.error);
     }
     v1::HeartbeatResponse resp;
     auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
@@ -158,7 +229,7 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
         if (!r.exited) keep.push_back(std::move(r));
       }
       ranks_ = std::move(keep);
-      for (const std::string& job : resp.stop_jobs()) StopJob(job);
+      for (const v1::StopRanks& stop : resp.stop()) StopRanks(stop.job_id(), stop.attempt());
       for (const v1::RankAssignment& a : resp.start()) StartRank(a);
       if (resp.reregister()) (void)Register(*stub);
     }
@@ -241,6 +312,12 @@ absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator
   TrainOptions o = TrainOptionsFromConfig(a.config());
   o.out_dir = a.output_dir();
   o.resume = a.resume();
+  // Sign of life for the worker's hang detection: the progress file's mtime.
+  int progress_fd = -1;
+  if (const char* dir = std::getenv("DFC_RANK_DIR"); dir != nullptr && *dir) {
+    progress_fd = ::open((fs::path(dir) / "progress").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  }
+  if (progress_fd >= 0) o.progress = [progress_fd] { ::futimens(progress_fd, nullptr); };
   std::unique_ptr<Collective> collective;
   if (a.world_size() > 1) {
     CollectiveOptions co;
@@ -265,7 +342,18 @@ absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator
     observer = std::make_unique<ReportingObserver>(stub.get(), &security, a.job_id(), a.attempt());
   }
   auto result = RunTraining(o, observer.get());
+  if (progress_fd >= 0) ::close(progress_fd);
   return result.status();
+}
+
+int ReportRankFailure(const absl::Status& error) {
+  std::string msg(error.message());
+  if (const size_t nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
+  if (const char* dir = std::getenv("DFC_RANK_DIR"); dir != nullptr && *dir) {
+    std::ofstream f(fs::path(dir) / "error", std::ios::trunc);
+    f << msg << "\n";
+  }
+  return IsPermanentError(error) ? kRankExitPermanent : kRankExitTransient;
 }
 
 }  // namespace dfc

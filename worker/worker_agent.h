@@ -25,6 +25,12 @@ struct WorkerAgentOptions {
   int gpus = 0;
   std::string rank_binary;        // the dfc-worker executable (runs `rank`)
   std::chrono::milliseconds kill_grace{3000};  // SIGTERM -> SIGKILL for stopped ranks
+  // Per-rank folders (log, progress, error): WORK/JOB/attempt-A/rank-R.
+  // Default: $TMPDIR/dfc-worker-PID.
+  std::string work_dir;
+  // A rank with no step progress for this long is killed as hung, unless its
+  // job sets config.hang_timeout_s.
+  std::chrono::seconds hang_timeout{300};
 };
 
 // dfc-worker's supervisor: registers with the coordinator, heartbeats the
@@ -45,14 +51,20 @@ class WorkerAgent {
     int exit_code = 0;
     int store_port = 0;
     int gpu = -1;  // the GPU this rank owns (CUDA_VISIBLE_DEVICES), -1 on CPU
+    std::string dir;  // log, progress, error
+    std::chrono::steady_clock::time_point started;
+    std::chrono::seconds hang_timeout{300};
+    bool stopping = false;  // SIGTERM sent; SIGKILL at kill_at (never moved later)
+    std::string error;      // reported with the exit
     std::chrono::steady_clock::time_point kill_at = std::chrono::steady_clock::time_point::max();
   };
   absl::Status Register(v1::WorkerService::Stub& stub);
   void StartRank(const v1::RankAssignment& a);
-  void StopJob(const std::string& job_id);
+  // Stops the ranks of `job_id` whose attempt is `attempt` or older.
+  void StopRanks(const std::string& job_id, int attempt);
   void Reap();
 
-  const WorkerAgentOptions options_;
+  WorkerAgentOptions options_;  // work_dir is filled in by Run
   std::string worker_id_;
   std::chrono::milliseconds interval_{500};
   std::vector<Rank> ranks_;
@@ -62,9 +74,15 @@ class WorkerAgent {
 TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& config);
 
 // `dfc-worker rank`: one rank of a job. Joins the process group, trains and,
-// on rank 0, reports each epoch's metrics to the coordinator.
+// on rank 0, reports each epoch's metrics to the coordinator. With
+// DFC_RANK_DIR set (by the worker) it touches DIR/progress after every step.
 absl::Status RunRank(const v1::RankAssignment& assignment, const std::string& coordinator,
                      const RpcSecurity& security);
+
+// The rank's side of the worker's failure report: the first line of `error`
+// goes to DFC_RANK_DIR/error (if set), and the exit code says whether the job
+// may retry (kRankExitTransient) or must fail (kRankExitPermanent).
+int ReportRankFailure(const absl::Status& error);
 
 }  // namespace dfc
 

@@ -24,6 +24,10 @@ int main(int argc, char** argv) {
   app.add_option("--gpus", opts.gpus, "GPU ranks, one per GPU (-1: every visible GPU; needs a CUDA build)")
       ->check(CLI::Range(-1, 64));
   app.add_option("--advertise-host", opts.advertise_host, "Address other ranks reach this machine on");
+  app.add_option("--work-dir", opts.work_dir, "Per-rank logs and status (default: $TMPDIR/dfc-worker-PID)");
+  int hang_timeout_s = 300;
+  app.add_option("--hang-timeout", hang_timeout_s, "Seconds without step progress before a rank is killed as hung "
+                 "(a job's hang_timeout_s overrides)")->check(CLI::Range(5, 86400));
   app.add_option("--tls-ca", opts.security.tls_ca, "CA (PEM) of the coordinator's certificate; enables TLS");
   app.add_option("--tls-cert", opts.security.tls_cert, "Client certificate (PEM)");
   app.add_option("--tls-key", opts.security.tls_key, "Client key (PEM)");
@@ -46,6 +50,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dfc-worker: --coordinator is required\n");
     return 2;
   }
+  opts.hang_timeout = std::chrono::seconds(hang_timeout_s);
   if (rank_cmd->parsed()) {
     std::string bytes;
     dfc::v1::RankAssignment a;
@@ -53,11 +58,16 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "dfc-worker rank: --assignment is not a valid assignment\n");
       return 2;
     }
-    absl::Status st = dfc::RunRank(a, opts.coordinator, opts.security);
+    absl::Status st;
+    try {
+      st = dfc::RunRank(a, opts.coordinator, opts.security);
+    } catch (const std::exception& e) {
+      st = absl::InternalError(e.what());
+    }
     if (!st.ok()) {
       std::fprintf(stderr, "dfc-worker rank %d of %s: %s\n", a.rank(), a.job_id().c_str(),
                    std::string(st.message()).c_str());
-      return 1;
+      return dfc::ReportRankFailure(st);
     }
     return 0;
   }
