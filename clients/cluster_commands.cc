@@ -15,6 +15,7 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -226,13 +227,16 @@ int RunClusterUp(const ClusterArgs& a) {
                              (state / "logs/coordinator.log").string(), /*new_session=*/true));
   for (int w = 0; w < a.workers; ++w) {
     std::vector<std::string> argv = {SiblingBinary("dfc-worker"), "--coordinator", a.listen, "--cpu-slots",
-                                     std::to_string(a.cpu_slots)};
+                                     std::to_string(a.cpu_slots), "--work-dir",
+                                     (state / absl::StrCat("workers/worker-", w)).string()};
     if (a.gpus != 0) argv.insert(argv.end(), {"--gpus", std::to_string(a.gpus)});
     pids.push_back(SpawnProcess(argv,
                                (state / absl::StrCat("logs/worker-", w, ".log")).string(), /*new_session=*/true));
   }
+  // Each pid with its start time: `cluster down` signals only processes that
+  // are still the ones started here (a pid may be reused after they exit).
   std::string pid_text;
-  for (pid_t p : pids) pid_text += std::to_string(p) + "\n";
+  for (pid_t p : pids) pid_text += absl::StrCat(p, " ", ProcessStartTime(p), "\n");
   if (absl::Status st = WriteFileAtomically((state / "cluster.pids").string(), pid_text); !st.ok()) return ReportError(st);
   // Ready when every worker says it registered.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(a.wait_s);
@@ -265,7 +269,22 @@ int RunClusterDown(const ClusterArgs& a) {
   auto text = ReadFile(pids_file.string());
   if (!text.ok()) return ReportError(text.status());
   std::vector<pid_t> pids;
-  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) pids.push_back(std::stoi(std::string(line)));
+  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    int pid = 0;
+    unsigned long long start = 0;
+    if (f.size() != 2 || !absl::SimpleAtoi(f[0], &pid) || !absl::SimpleAtoi(f[1], &start) || pid <= 1) {
+      return ReportError(absl::DataLossError(absl::StrCat(pids_file.string(), ": unreadable line '", line, "'")));
+    }
+    const unsigned long long now = ProcessStartTime(pid);
+    if (now == 0) continue;  // already gone
+    if (now != start) {
+      std::fprintf(stderr, "cluster down: pid %d is not the process cluster up started (its pid was reused); "
+                   "left alone\n", pid);
+      continue;
+    }
+    pids.push_back(pid);
+  }
   // Workers first (they stop their ranks), the coordinator last.
   for (size_t i = pids.size(); i-- > 0;) ::kill(pids[i], SIGTERM);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);

@@ -1,5 +1,8 @@
 #include "common/subprocess.h"
 
+#include <fstream>
+#include <sstream>
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -45,6 +48,27 @@ pid_t SpawnProcess(const std::vector<std::string>& args, const std::string& log_
   }
   ::execv(cargs[0], cargs.data());
   ::_exit(127);
+}
+
+}  // namespace dfc
+
+namespace dfc {
+
+unsigned long long ProcessStartTime(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(f, line)) return 0;
+  // The command name (field 2) is in parentheses and may hold spaces.
+  const size_t close = line.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  // Fields 3..21, then 22 (starttime).
+  for (int i = 3; i <= 21 && rest >> field; ++i) {
+  }
+  unsigned long long start = 0;
+  rest >> start;
+  return start;
 }
 
 }  // namespace dfc

@@ -21,6 +21,11 @@ int PickFreePort();
 // -1 when fork failed; an exec failure makes the child exit 127.
 pid_t SpawnProcess(const std::vector<std::string>& args, const std::string& log_path, bool new_session);
 
+// The start time of process `pid` (field 22 of /proc/PID/stat, clock ticks
+// since boot), or 0 if there is no such process. A pid with another start
+// time than recorded is another process: the pid was reused.
+unsigned long long ProcessStartTime(pid_t pid);
+
 }  // namespace dfc
 
 #endif  // DFC_COMMON_SUBPROCESS_H_

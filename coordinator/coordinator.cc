@@ -1,6 +1,12 @@
 #include "coordinator/coordinator.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -57,6 +63,34 @@ absl::Status ValidateSubmit(const v1::SubmitJobRequest& r) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<int> LockStateDir(const std::string& state_dir) {
+  const std::string path = (fs::path(state_dir) / "coordinator.lock").string();
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::PermissionDeniedError(absl::StrCat("--state: cannot open ", path, ": ", std::strerror(errno)));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char holder[256] = {0};
+    const ssize_t n = ::pread(fd, holder, sizeof(holder) - 1, 0);
+    ::close(fd);
+    std::string who = n > 0 ? std::string(holder, static_cast<size_t>(n)) : "unknown process";
+    while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
+    return absl::FailedPreconditionError(absl::StrCat("--state: '", state_dir, "' is in use by another dfc-coordinator (",
+                                                      who, "); two coordinators on one state directory would run "
+                                                      "every job twice"));
+  }
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  const std::string me = absl::StrCat("pid ", ::getpid(), " on ", host, "\n");
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
+    ::close(fd);
+    return absl::PermissionDeniedError(absl::StrCat("--state: cannot write ", path, ": ", std::strerror(errno)));
+  }
+  return fd;  // held (and the lock with it) for the process's life
+}
+
+Coordinator::~Coordinator() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const CoordinatorOptions& in) {
   CoordinatorOptions o = in;
   if (!o.now_ms) {
@@ -72,8 +106,14 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
   if (ec) return absl::InvalidArgumentError(absl::StrCat("--state: cannot create '", o.state_dir, "': ", ec.message()));
   fs::create_directories(o.output_root, ec);
   o.output_root = fs::absolute(o.output_root).string();
-  DFC_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open((fs::path(o.state_dir) / "jobs.db").string()));
-  std::unique_ptr<Coordinator> c(new Coordinator(std::move(o), std::move(store)));
+  DFC_ASSIGN_OR_RETURN(int lock_fd, LockStateDir(o.state_dir));
+  auto store = JobStore::Open((fs::path(o.state_dir) / "jobs.db").string());
+  if (!store.ok()) {
+    ::close(lock_fd);
+    return store.status();
+  }
+  std::unique_ptr<Coordinator> c(new Coordinator(std::move(o), std::move(*store)));
+  c->lock_fd_ = lock_fd;
   DFC_ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c->store_->List());
   std::lock_guard<std::mutex> lock(c->mu_);
   for (v1::Job& job : jobs) {

@@ -35,7 +35,11 @@ struct CoordinatorOptions {
 // translate. Thread-safe; one mutex guards all state.
 class Coordinator {
  public:
+  // Takes an exclusive lock on the state directory (STATE/coordinator.lock,
+  // held for the object's life): a second coordinator on the same directory
+  // gets FAILED_PRECONDITION naming the holder.
   static absl::StatusOr<std::unique_ptr<Coordinator>> Create(const CoordinatorOptions& options);
+  ~Coordinator();
 
   absl::StatusOr<v1::SubmitJobResponse> Submit(const v1::SubmitJobRequest& request);
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id);
@@ -92,6 +96,7 @@ class Coordinator {
 
   const CoordinatorOptions options_;
   const std::unique_ptr<JobStore> store_;
+  int lock_fd_ = -1;  // flock on STATE/coordinator.lock
   std::mutex mu_;
   std::condition_variable changed_;
   std::map<std::string, v1::Job> jobs_ ABSL_GUARDED_BY(mu_);
@@ -105,6 +110,9 @@ class Coordinator {
   // so that a worker that just died has stopped looking alive.
   std::map<std::string, int64_t> not_before_ms_ ABSL_GUARDED_BY(mu_);
 };
+
+// Locks STATE/coordinator.lock (flock, non-blocking); the fd keeps it.
+absl::StatusOr<int> LockStateDir(const std::string& state_dir);
 
 // Checks a submission: model, data, sizes. INVALID_ARGUMENT names the field.
 absl::Status ValidateSubmit(const v1::SubmitJobRequest& request);

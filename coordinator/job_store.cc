@@ -2,7 +2,10 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <random>
+
+#include <google/protobuf/util/message_differencer.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -98,6 +101,22 @@ absl::StatusOr<std::pair<v1::Job, bool>> JobStore::Create(const v1::SubmitJobReq
     q.BindText(1, r.idempotency_key());
     if (q.Step() == SQLITE_ROW) {
       DFC_ASSIGN_OR_RETURN(v1::Job existing, GetLocked(q.Blob(0)));
+      // The key names one request: the same key with another request is a
+      // client bug (or a reused key), never silently the old job.
+      v1::SubmitJobRequest before;
+      *before.mutable_config() = existing.config();
+      before.set_world_size(existing.world_size());
+      before.set_max_restarts(existing.max_restarts());
+      before.set_priority(existing.priority());
+      before.set_idempotency_key(r.idempotency_key());
+      std::string diff;
+      google::protobuf::util::MessageDifferencer d;
+      d.ReportDifferencesToString(&diff);
+      if (!d.Compare(before, r)) {
+        std::replace(diff.begin(), diff.end(), '\n', ';');
+        return absl::AlreadyExistsError(absl::StrCat("idempotency_key: '", r.idempotency_key(), "' was used for job ",
+                                                     existing.job_id(), " with a different request (", diff, ")"));
+      }
       return std::make_pair(existing, true);
     }
   }

@@ -436,6 +436,57 @@ TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {
   EXPECT_NE(reason.find(std::filesystem::path(shard_file).filename().string()), std::string::npos) << reason;
 }
 
+TEST(ClusterTest, SecondCoordinatorOnOneStateDirectoryRefusesToStart) {
+  Cluster c(0);
+  auto second = RunCommand(Bin("dfc-coordinator") + " --listen 127.0.0.1:" + std::to_string(PickFreePort()) +
+                           " --state " + c.dir().Join("state"));
+  EXPECT_EQ(second.exit_code, 2) << second.err;
+  EXPECT_NE(second.err.find("in use by another dfc-coordinator (pid "), std::string::npos) << second.err;
+  // The first one still serves.
+  EXPECT_EQ(RunCommand(c.Dfc("list")).exit_code, 0);
+}
+
+TEST(ClusterTest, IdempotencyKeyWithAnotherRequestIsRefusedNamingTheDifference) {
+  Cluster c(0);
+  const std::string shards = Shards(c.dir(), 8);
+  const std::string base = "submit --json --data " + shards + " --idempotency-key same ";
+  auto a = RunCommand(c.Dfc(base + "--model mesoinception4 --epochs 2"));
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  auto again = RunCommand(c.Dfc(base + "--model mesoinception4 --epochs 2"));
+  EXPECT_EQ(JsonString(again.out, "job_id"), JsonString(a.out, "job_id"));
+  auto other = RunCommand(c.Dfc(base + "--model resnet50-vggface --epochs 5"));
+  EXPECT_NE(other.exit_code, 0);
+  EXPECT_NE(other.err.find("idempotency_key"), std::string::npos) << other.err;
+  EXPECT_NE(other.err.find("model"), std::string::npos) << other.err;
+  EXPECT_NE(other.err.find("epochs"), std::string::npos) << other.err;
+}
+
+// `cluster down` signals only the processes `cluster up` started: a pid in
+// cluster.pids that now belongs to another process (pid reuse) is left alone.
+TEST(ClusterTest, ClusterDownLeavesAReusedPidAlone) {
+  testing::TempDir dir;
+  const std::string state = dir.Join("state");
+  auto up = RunCommand(testing::DfcBinary() + " cluster up --workers 1 --listen 127.0.0.1:" +
+                       std::to_string(PickFreePort()) + " --state " + state);
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  auto lines = testing::SplitLines(testing::ReadFileOrDie(state + "/cluster.pids"));
+  ASSERT_EQ(lines.size(), 2u);
+  // The worker exits; an unrelated process takes "its" pid (simulated: its
+  // line now names the bystander's pid with the worker's start time).
+  const pid_t worker = std::stoi(lines[1].substr(0, lines[1].find(' ')));
+  const std::string worker_start = lines[1].substr(lines[1].find(' ') + 1);
+  ::kill(worker, SIGKILL);
+  const pid_t bystander = Spawn({"/bin/sleep", "60"}, "");
+  testing::WriteFileOrDie(state + "/cluster.pids", lines[0] + "\n" + std::to_string(bystander) + " " + worker_start + "\n");
+  const pid_t coordinator = std::stoi(lines[0].substr(0, lines[0].find(' ')));
+  auto down = RunCommand(testing::DfcBinary() + " cluster down --state " + state);
+  EXPECT_EQ(down.exit_code, 0) << down.err;
+  EXPECT_NE(down.err.find("pid " + std::to_string(bystander) + " is not the process"), std::string::npos) << down.err;
+  EXPECT_EQ(::kill(bystander, 0), 0) << "cluster down killed an unrelated process";
+  EXPECT_TRUE(WaitGone(coordinator, 10));
+  Kill(bystander, SIGKILL);
+}
+
 // TLS with client certificates and a bearer token, on every endpoint.
 TEST(ClusterTest, TlsAndTokenAreEnforced) {
   testing::TempDir dir;
