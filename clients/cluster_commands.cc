@@ -15,6 +15,7 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -81,22 +82,39 @@ int RunSubmit(ClientArgs& c, SubmitArgs& s) {
   return kExitOk;
 }
 
-int RunList(ClientArgs& c) {
+int RunList(ClientArgs& c, const std::string& state, int page_size) {
   auto stub = Connect(c);
   if (!stub.ok()) return ReportError(stub.status());
-  v1::ListJobsResponse resp;
-  auto ctx = MakeContext(c.security);
-  grpc::Status st = (*stub)->ListJobs(ctx.get(), v1::ListJobsRequest(), &resp);
-  if (!st.ok()) return ReportRpc(st);
+  v1::ListJobsRequest req;
+  if (!state.empty()) {
+    v1::JobState s;
+    if (!v1::JobState_Parse(absl::AsciiStrToUpper(state), &s) || s == v1::JOB_STATE_UNSPECIFIED) {
+      return ReportError(absl::InvalidArgumentError(absl::StrCat(
+          "--state: unknown state '", state, "' (QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED)")));
+    }
+    req.set_state(s);
+  }
+  req.set_page_size(page_size);
+  // Every page, then one listing (the server bounds each page's size).
+  v1::ListJobsResponse all;
+  for (;;) {
+    v1::ListJobsResponse resp;
+    auto ctx = MakeContext(c.security);
+    grpc::Status st = (*stub)->ListJobs(ctx.get(), req, &resp);
+    if (!st.ok()) return ReportRpc(st);
+    for (auto& j : *resp.mutable_jobs()) *all.add_jobs() = std::move(j);
+    if (resp.next_page_token().empty()) break;
+    req.set_page_token(resp.next_page_token());
+  }
   if (c.json) {
-    std::printf("%s\n", ToJson(resp).c_str());
+    std::printf("%s\n", ToJson(all).c_str());
     return kExitOk;
   }
   std::printf("%-18s %-10s %-17s %5s %8s %6s %8s\n", "JOB", "STATE", "MODEL", "WORLD", "RESTARTS", "EPOCHS", "VAL_ACC");
-  for (const auto& j : resp.jobs()) {
+  for (const auto& j : all.jobs()) {
     std::printf("%-18s %-10s %-17s %5d %8d %6d %8s\n", j.job_id().c_str(), v1::JobState_Name(j.state()).c_str(),
-                j.config().model().c_str(), j.world_size(), j.restarts(), j.epochs_size(),
-                j.epochs_size() ? absl::StrCat(j.epochs(j.epochs_size() - 1).val_accuracy()).c_str() : "-");
+                j.config().model().c_str(), j.world_size(), j.restarts(), j.epochs_done(),
+                j.epochs_done() ? absl::StrCat(j.last_epoch().val_accuracy()).c_str() : "-");
   }
   return kExitOk;
 }
@@ -377,7 +395,13 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
 
   CLI::App* list = app.add_subcommand("list", "List jobs");
   AddClientFlags(list, c.get());
-  list->callback([run, c] { *run = [c] { return RunList(*c); }; });
+  auto list_state = std::make_shared<std::string>();
+  auto page_size = std::make_shared<int>(500);
+  list->add_option("--state", *list_state, "Only jobs in this state (e.g. RUNNING)");
+  list->add_option("--page-size", *page_size, "Jobs per request (all pages are followed)")->check(CLI::Range(1, 1000));
+  list->callback([run, c, list_state, page_size] {
+    *run = [c, list_state, page_size] { return RunList(*c, *list_state, *page_size); };
+  });
 
   auto job_id = std::make_shared<std::string>();
   CLI::App* status = app.add_subcommand("status", "Show a job and its per-epoch metrics");

@@ -9,9 +9,12 @@
 #include <cstring>
 #include <filesystem>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "common/exit_codes.h"
+#include "common/training_config.h"
 #include "data_shards/shard_format.h"
 
 namespace dfc {
@@ -22,41 +25,8 @@ bool Coordinator::IsTerminal(v1::JobState s) {
 }
 
 absl::Status ValidateSubmit(const v1::SubmitJobRequest& r) {
-  const auto& c = r.config();
-  static const std::set<std::string> kModels = {"mesoinception4", "meso4", "resnet50-vggface"};
-  if (!kModels.count(c.model())) {
-    return absl::InvalidArgumentError(absl::StrCat("config.model: unknown model '", c.model(),
-                                                   "' (known: mesoinception4, meso4, resnet50-vggface)"));
-  }
-  if (r.world_size() < 1 || r.world_size() > 1024) {
-    return absl::InvalidArgumentError(absl::StrCat("world_size: must be in [1, 1024], got ", r.world_size()));
-  }
-  if (c.batch_size() < 1 || c.batch_size() > 4096) {
-    return absl::InvalidArgumentError(absl::StrCat("config.batch_size: must be in [1, 4096], got ", c.batch_size()));
-  }
-  if (c.batch_size() < r.world_size()) {
-    return absl::InvalidArgumentError(absl::StrCat("config.batch_size: ", c.batch_size(),
-                                                   " is smaller than world_size ", r.world_size()));
-  }
-  if (c.epochs() < 1 || c.epochs() > 100000) {
-    return absl::InvalidArgumentError(absl::StrCat("config.epochs: must be in [1, 100000], got ", c.epochs()));
-  }
-  if (c.lr() < 0 || c.lr() > 10) return absl::InvalidArgumentError("config.lr: must be in [0, 10]");
-  if (!c.loss().empty() && c.loss() != "bce" && c.loss() != "mse") {
-    return absl::InvalidArgumentError(absl::StrCat("config.loss: must be bce or mse, got '", c.loss(), "'"));
-  }
-  if (!c.lr_schedule().empty() && c.lr_schedule() != "constant" && c.lr_schedule() != "notebook") {
-    return absl::InvalidArgumentError("config.lr_schedule: must be constant or notebook");
-  }
-  if (r.max_restarts() < 0 || r.max_restarts() > 100) {
-    return absl::InvalidArgumentError(absl::StrCat("max_restarts: must be in [0, 100], got ", r.max_restarts()));
-  }
-  if (c.hang_timeout_s() < 0 || c.hang_timeout_s() > 86400) {
-    return absl::InvalidArgumentError(absl::StrCat("config.hang_timeout_s: must be in [0, 86400], got ", c.hang_timeout_s()));
-  }
-  if (r.idempotency_key().size() > 256) return absl::InvalidArgumentError("idempotency_key: longer than 256 bytes");
-  if (c.data().empty()) return absl::InvalidArgumentError("config.data: a shard directory is required");
-  auto manifest = ReadManifest(c.data());
+  if (absl::Status st = ValidateSubmitRequest(r); !st.ok()) return st;
+  auto manifest = ReadManifest(r.config().data());
   if (!manifest.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("config.data: ", manifest.status().message()));
   }
@@ -159,13 +129,47 @@ absl::StatusOr<v1::Job> Coordinator::GetJob(const std::string& job_id) {
   return it->second;
 }
 
-absl::StatusOr<std::vector<v1::Job>> Coordinator::ListJobs() {
+absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsRequest& request) {
+  if (request.page_size() < 0 || request.page_size() > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size: must be in [0, 1000], got ", request.page_size()));
+  }
+  const size_t page = request.page_size() == 0 ? 100 : static_cast<size_t>(request.page_size());
+  // The token is the (created, id) of the page's last job: stable while jobs
+  // are added (new ones sort after it).
+  int64_t after_ms = -1;
+  std::string after_id;
+  if (!request.page_token().empty()) {
+    std::string raw;
+    const size_t colon = absl::Base64Unescape(request.page_token(), &raw) ? raw.find(':') : std::string::npos;
+    if (colon == std::string::npos || !absl::SimpleAtoi(raw.substr(0, colon), &after_ms)) {
+      return absl::InvalidArgumentError("page_token: not a token from ListJobs");
+    }
+    after_id = raw.substr(colon + 1);
+  }
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<v1::Job> out;
-  for (const auto& [id, job] : jobs_) out.push_back(job);
-  std::sort(out.begin(), out.end(),
-            [](const v1::Job& a, const v1::Job& b) { return a.created_unix_ms() < b.created_unix_ms(); });
-  return out;
+  std::vector<const v1::Job*> all;
+  for (const auto& [id, job] : jobs_) {
+    if (request.state() != v1::JOB_STATE_UNSPECIFIED && job.state() != request.state()) continue;
+    if (std::make_pair(job.created_unix_ms(), job.job_id()) <= std::make_pair(after_ms, after_id)) continue;
+    all.push_back(&job);
+  }
+  std::sort(all.begin(), all.end(), [](const v1::Job* a, const v1::Job* b) {
+    return std::make_pair(a->created_unix_ms(), a->job_id()) < std::make_pair(b->created_unix_ms(), b->job_id());
+  });
+  v1::ListJobsResponse resp;
+  for (size_t i = 0; i < all.size() && i < page; ++i) {
+    v1::Job* s = resp.add_jobs();
+    *s = *all[i];
+    s->set_epochs_done(s->epochs_size());
+    if (s->epochs_size() > 0) *s->mutable_last_epoch() = s->epochs(s->epochs_size() - 1);
+    s->clear_epochs();
+    s->clear_failures();
+  }
+  if (all.size() > page) {
+    const v1::Job& last = *all[page - 1];
+    resp.set_next_page_token(absl::Base64Escape(absl::StrCat(last.created_unix_ms(), ":", last.job_id())));
+  }
+  return resp;
 }
 
 absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {

@@ -43,7 +43,8 @@ class Coordinator {
 
   absl::StatusOr<v1::SubmitJobResponse> Submit(const v1::SubmitJobRequest& request);
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id);
-  absl::StatusOr<std::vector<v1::Job>> ListJobs();
+  // One page of job summaries (see ListJobsRequest).
+  absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& request);
   absl::StatusOr<v1::Job> Cancel(const std::string& job_id);
   // Returns the job once its version passes *version (or at timeout),
   // updating *version. Starts with *version = 0 for the current job.

@@ -25,11 +25,12 @@ grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* ctx, const v1::GetJobRe
   return grpc::Status::OK;
 }
 
-grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest*, v1::ListJobsResponse* resp) {
+grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req,
+                                      v1::ListJobsResponse* resp) {
   DFC_CHECK_TOKEN(ctx);
-  auto r = coordinator_->ListJobs();
+  auto r = coordinator_->ListJobs(*req);
   if (!r.ok()) return ToGrpc(r.status());
-  for (auto& j : *r) *resp->add_jobs() = std::move(j);
+  *resp = std::move(*r);
   return grpc::Status::OK;
 }
 

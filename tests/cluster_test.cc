@@ -487,6 +487,65 @@ TEST(ClusterTest, ClusterDownLeavesAReusedPidAlone) {
   Kill(bystander, SIGKILL);
 }
 
+// Every field of a submission is checked at submit, by the same validator
+// `dfc train` and the ranks use, and the error names the field.
+TEST(ClusterTest, EveryInvalidFieldIsRefusedAtSubmitNamingIt) {
+  Cluster c(0);
+  const std::string shards = Shards(c.dir(), 8);
+  const std::string base = "submit --model mesoinception4 --data " + shards + " ";
+  struct Case {
+    std::string args, field;
+  };
+  for (const Case& bad : std::vector<Case>{{"--lr nan", "config.lr"},
+                                           {"--lr -1", "config.lr"},
+                                           {"--adam-eps inf", "config.adam_eps"},
+                                           {"--bn-momentum 5", "config.bn_momentum"},
+                                           {"--threads -5", "config.threads_per_rank"},
+                                           {"--threads 100000", "config.threads_per_rank"},
+                                           {"--max-train-images -3", "config.max_train_images"},
+                                           {"--max-val-images -1", "config.max_val_images"},
+                                           {"--early-stopping-patience -2", "config.early_stopping_patience"},
+                                           {"--hang-timeout -1", "config.hang_timeout_s"},
+                                           {"--priority 2147483647", "priority"},
+                                           {"--max-restarts 1000", "max_restarts"},
+                                           {"--loss hinge", "config.loss"},
+                                           {"--lr-schedule cosine", "config.lr_schedule"},
+                                           {"--init " + std::string(100000, 'x'), "config.init"},
+                                           {"--idempotency-key " + std::string(300, 'k'), "idempotency_key"}}) {
+    auto r = RunCommand(c.Dfc(base + bad.args));
+    EXPECT_EQ(r.exit_code, 2) << bad.args.substr(0, 60) << ": " << r.err;
+    EXPECT_NE(r.err.find(bad.field), std::string::npos) << bad.args.substr(0, 60) << ": " << r.err.substr(0, 300);
+  }
+  EXPECT_EQ(RunCommand(c.Dfc("list --json")).out.find("job_id"), std::string::npos) << "a refused submission left a job";
+}
+
+// ListJobs pages and returns summaries; `dfc list` follows the pages.
+TEST(ClusterTest, ListPagesFiltersAndReturnsSummaries) {
+  Cluster c(0);  // no workers: every job stays QUEUED
+  const std::string shards = Shards(c.dir(), 8);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 7; ++i) {
+    auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ids.push_back(JsonString(r.out, "job_id"));
+  }
+  ASSERT_EQ(RunCommand(c.Dfc("cancel " + ids[2])).exit_code, 0);
+  auto count = [](const std::string& json) { return static_cast<int>(nlohmann::json::parse(json)["jobs"].size()); };
+  auto all = RunCommand(c.Dfc("list --json --page-size 3"));
+  ASSERT_EQ(all.exit_code, 0) << all.err;
+  EXPECT_EQ(count(all.out), 7) << all.out;
+  const auto jobs = nlohmann::json::parse(all.out)["jobs"];
+  for (int i = 0; i < 7; ++i) EXPECT_EQ(jobs[i]["job_id"], ids[i]) << "pages lost or reordered a job";
+  auto queued = RunCommand(c.Dfc("list --json --state queued --page-size 2"));
+  ASSERT_EQ(queued.exit_code, 0) << queued.err;
+  EXPECT_EQ(count(queued.out), 6) << queued.out;
+  auto cancelled = RunCommand(c.Dfc("list --json --state CANCELLED"));
+  EXPECT_EQ(count(cancelled.out), 1) << cancelled.out;
+  auto bad_state = RunCommand(c.Dfc("list --state sleeping"));
+  EXPECT_EQ(bad_state.exit_code, 2);
+  EXPECT_NE(bad_state.err.find("--state"), std::string::npos) << bad_state.err;
+}
+
 // TLS with client certificates and a bearer token, on every endpoint.
 TEST(ClusterTest, TlsAndTokenAreEnforced) {
   testing::TempDir dir;

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
+#include "common/training_config.h"
 #include "common/metrics.h"
 #include "common/status_macros.h"
 #include "data_shards/batch_loader.h"
@@ -31,23 +32,32 @@ double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 bool IsResNet(const std::string& arch) { return arch == "resnet50-vggface"; }
 
 absl::Status ValidateOptions(const TrainOptions& o) {
+  // The fields a job's config shares with `dfc train` go through the one
+  // validator (common/training_config) that SubmitJob and every rank use.
+  v1::TrainingConfig c;
+  c.set_model(o.arch);
+  c.set_data(o.data_dir);
+  c.set_epochs(o.epochs);
+  c.set_batch_size(o.batch_size);
+  c.set_lr(o.lr);
+  c.set_adam_eps(o.adam_eps);
+  c.set_loss(o.loss);
+  c.set_lr_schedule(o.lr_schedule);
+  c.set_early_stopping_patience(o.early_stopping_patience);
+  c.set_init(o.init_weights);
+  c.set_seed(o.seed);
+  c.set_bn_momentum(o.detector.bn_momentum == 0.99 ? 0 : o.detector.bn_momentum);
+  c.set_max_train_images(o.max_train_images);
+  c.set_max_val_images(o.max_val_images);
+  c.set_threads_per_rank(o.threads);
+  if (absl::Status st = ValidateTrainingConfig(c); !st.ok()) return st;
   auto bad = [](const std::string& flag, const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(flag, ": ", why));
   };
-  if (o.data_dir.empty()) return bad("--data", "a shard directory is required");
   if (o.out_dir.empty()) return bad("--out", "an output directory is required");
-  if (o.epochs < 1 || o.epochs > 100000) return bad("--epochs", absl::StrCat("must be in [1, 100000], got ", o.epochs));
-  if (o.batch_size < 1 || o.batch_size > 4096) {
-    return bad("--batch-size", absl::StrCat("must be in [1, 4096], got ", o.batch_size));
+  if (o.loader_threads < 0 || o.loader_threads > 1024) {
+    return bad("--loader-threads", absl::StrCat("must be in [0, 1024], got ", o.loader_threads));
   }
-  if (o.lr < 0 || o.lr > 10 || !std::isfinite(o.lr)) return bad("--lr", absl::StrCat("must be in (0, 10], got ", o.lr));
-  if (o.adam_eps < 0 || o.adam_eps > 1) return bad("--adam-eps", absl::StrCat("must be in (0, 1], got ", o.adam_eps));
-  if (o.loss != "bce" && o.loss != "mse") return bad("--loss", absl::StrCat("must be bce or mse, got '", o.loss, "'"));
-  if (o.lr_schedule != "constant" && o.lr_schedule != "notebook") {
-    return bad("--lr-schedule", absl::StrCat("must be constant or notebook, got '", o.lr_schedule, "'"));
-  }
-  if (o.early_stopping_patience < 0) return bad("--early-stopping-patience", "must be >= 0");
-  if (o.threads < 0 || o.threads > 1024) return bad("--threads", absl::StrCat("must be in [0, 1024], got ", o.threads));
   if (!o.recipe.empty() && o.recipe != "notebook") {
     return bad("--recipe", absl::StrCat("must be notebook, got '", o.recipe, "'"));
   }

@@ -1,0 +1,34 @@
+#ifndef DFC_COMMON_TRAINING_CONFIG_H_
+#define DFC_COMMON_TRAINING_CONFIG_H_
+
+// The one validator of a training configuration, used by `dfc train`, the
+// coordinator's SubmitJob and every rank before it trains. Torch-free: the
+// coordinator links it. Each error is INVALID_ARGUMENT naming the field and
+// its flag: "config.lr (--lr): must be finite and in (0, 10], got nan".
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "dfc/v1/dfc.pb.h"
+
+namespace dfc {
+
+// Bounds on every string a client sends (a 9 MiB path is an attack, not a path).
+inline constexpr size_t kMaxPathBytes = 4096;
+inline constexpr size_t kMaxNameBytes = 64;
+inline constexpr size_t kMaxIdempotencyKeyBytes = 256;
+// Priorities are small integers; INT_MAX would starve everything forever.
+inline constexpr int kMaxPriority = 1000;
+
+// The detectors (names as `--model` takes them).
+const std::vector<std::string>& KnownModels();
+
+absl::Status ValidateTrainingConfig(const v1::TrainingConfig& config);
+
+// The whole submission: the config, world size, restarts, priority, key.
+absl::Status ValidateSubmitRequest(const v1::SubmitJobRequest& request);
+
+}  // namespace dfc
+
+#endif  // DFC_COMMON_TRAINING_CONFIG_H_
