@@ -8,6 +8,10 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
@@ -24,8 +28,39 @@ bool Coordinator::IsTerminal(v1::JobState s) {
   return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED;
 }
 
-absl::Status ValidateSubmit(const v1::SubmitJobRequest& r) {
+bool InsideRoots(const std::string& path, const std::vector<std::string>& roots) {
+  if (path.empty() || path.find('\0') != std::string::npos) return false;
+  std::error_code ec;
+  const fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  if (ec) return false;
+  for (const std::string& root : roots) {
+    const fs::path r(root);
+    auto pi = p.begin();
+    bool inside = true;
+    for (auto ri = r.begin(); ri != r.end(); ++ri, ++pi) {
+      if (ri->empty()) continue;  // a trailing separator
+      if (pi == p.end() || *pi != *ri) {
+        inside = false;
+        break;
+      }
+    }
+    if (inside) return true;
+  }
+  return false;
+}
+
+absl::Status ValidateSubmit(const v1::SubmitJobRequest& r, const std::vector<std::string>& roots) {
   if (absl::Status st = ValidateSubmitRequest(r); !st.ok()) return st;
+  // Before anything opens them: the answer for a path outside the roots must
+  // not depend on whether it exists.
+  if (!InsideRoots(r.config().data(), roots)) {
+    return absl::InvalidArgumentError(absl::StrCat("config.data (--data): '", r.config().data(),
+                                                   "' is outside the coordinator's data roots"));
+  }
+  if (!r.config().init().empty() && !InsideRoots(r.config().init(), roots)) {
+    return absl::InvalidArgumentError(absl::StrCat("config.init (--init): '", r.config().init(),
+                                                   "' is outside the coordinator's data roots"));
+  }
   auto manifest = ReadManifest(r.config().data());
   if (!manifest.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("config.data: ", manifest.status().message()));
@@ -76,6 +111,11 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
   if (ec) return absl::InvalidArgumentError(absl::StrCat("--state: cannot create '", o.state_dir, "': ", ec.message()));
   fs::create_directories(o.output_root, ec);
   o.output_root = fs::absolute(o.output_root).string();
+  if (o.data_roots.empty()) o.data_roots.push_back(fs::absolute(o.state_dir).lexically_normal().parent_path().string());
+  for (std::string& root : o.data_roots) {
+    root = fs::weakly_canonical(fs::absolute(root), ec).string();
+    if (ec || root.empty()) return absl::InvalidArgumentError(absl::StrCat("--data-root: cannot resolve '", root, "'"));
+  }
   DFC_ASSIGN_OR_RETURN(int lock_fd, LockStateDir(o.state_dir));
   auto store = JobStore::Open((fs::path(o.state_dir) / "jobs.db").string());
   if (!store.ok()) {
@@ -94,9 +134,46 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
       job.clear_workers();
       DFC_RETURN_IF_ERROR(c->Save(job));
     }
+    DFC_RETURN_IF_ERROR(c->ReconcileEpochsLocked(job));
     c->jobs_[job.job_id()] = job;
   }
   return c;
+}
+
+absl::Status Coordinator::ReconcileEpochsLocked(v1::Job& job) {
+  std::ifstream f(fs::path(job.output_dir()) / "metrics.jsonl");
+  if (!f) return absl::OkStatus();
+  std::map<int, v1::EpochMetrics> have;
+  for (const v1::EpochMetrics& e : job.epochs()) have[e.epoch()] = e;
+  bool added = false;
+  std::string line;
+  while (std::getline(f, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("epoch") || !j["epoch"].is_number_integer()) continue;  // a torn last line
+    const int epoch = j["epoch"].get<int>();
+    if (epoch < 1 || have.count(epoch)) continue;
+    auto num = [&j](const char* k) { return j.contains(k) && j[k].is_number() ? j[k].get<double>() : 0.0; };
+    v1::EpochMetrics m;
+    m.set_epoch(epoch);
+    m.set_loss(num("loss"));
+    m.set_accuracy(num("accuracy"));
+    m.set_val_loss(num("val_loss"));
+    m.set_val_accuracy(num("val_accuracy"));
+    m.set_val_auc(num("val_auc"));
+    m.set_images_per_second(num("images_per_second"));
+    m.set_step_data_seconds(num("step_data_seconds"));
+    m.set_step_compute_seconds(num("step_compute_seconds"));
+    m.set_step_allreduce_wait_seconds(num("step_allreduce_wait_seconds"));
+    m.set_lr(num("lr"));
+    DFC_RETURN_IF_ERROR(store_->PutEpoch(job.job_id(), m));
+    have[epoch] = m;
+    added = true;
+  }
+  if (added) {
+    job.clear_epochs();
+    for (auto& [n, e] : have) *job.add_epochs() = e;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Coordinator::Save(const v1::Job& job) {
@@ -108,7 +185,7 @@ absl::Status Coordinator::Save(const v1::Job& job) {
 }
 
 absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobRequest& request) {
-  DFC_RETURN_IF_ERROR(ValidateSubmit(request));
+  DFC_RETURN_IF_ERROR(ValidateSubmit(request, options_.data_roots));
   std::lock_guard<std::mutex> lock(mu_);
   DFC_ASSIGN_OR_RETURN(auto created, store_->Create(request, options_.output_root, Now()));
   v1::SubmitJobResponse resp;
@@ -400,6 +477,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
       DFC_RETURN_IF_ERROR(FailAttempt(id, error, permanent));
     } else if (all_ok) {
       active_.erase(id);
+      DFC_RETURN_IF_ERROR(ReconcileEpochsLocked(job));
       job.set_state(v1::SUCCEEDED);
       job.clear_reason();  // an earlier attempt's failure stays in `failures`, not as the reason
       job.clear_progress();
@@ -467,6 +545,9 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
     }
   }
   if (!replaced) *job.add_epochs() = r.epoch();
+  // An epoch that skips ahead means reports were lost (the coordinator was
+  // down while the ranks trained on): take them from the run directory.
+  if (r.epoch().epoch() > job.epochs_size()) DFC_RETURN_IF_ERROR(ReconcileEpochsLocked(job));
   versions_[r.job_id()]++;
   changed_.notify_all();
   return absl::OkStatus();

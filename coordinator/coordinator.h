@@ -25,6 +25,9 @@ struct CoordinatorOptions {
   // A worker not heard from for this long is dead; its jobs restart or fail.
   std::chrono::milliseconds worker_timeout{3000};
   std::function<int64_t()> now_ms;  // clock (tests may fake it); default: system clock
+  // A job's data and init weights must resolve (symlinks followed) inside one
+  // of these; default: the state directory's parent.
+  std::vector<std::string> data_roots;
 };
 
 // The coordinator's domain logic: the durable job queue and state machine
@@ -92,6 +95,10 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StopRanks(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds to the job's record every epoch its run directory's metrics.jsonl
+  // holds and the record lacks (ranks train on while the coordinator is
+  // down; their reports are lost, their metrics file is not).
+  absl::Status ReconcileEpochsLocked(v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireWorkersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int FreeSlots(const std::string& worker_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -115,8 +122,14 @@ class Coordinator {
 // Locks STATE/coordinator.lock (flock, non-blocking); the fd keeps it.
 absl::StatusOr<int> LockStateDir(const std::string& state_dir);
 
-// Checks a submission: model, data, sizes. INVALID_ARGUMENT names the field.
-absl::Status ValidateSubmit(const v1::SubmitJobRequest& request);
+// Checks a submission: every field, then that data and init lie inside
+// `roots` (canonical paths) and data is a shard directory. INVALID_ARGUMENT
+// names the field; a path outside the roots gets the same answer whether or
+// not it exists.
+absl::Status ValidateSubmit(const v1::SubmitJobRequest& request, const std::vector<std::string>& roots);
+
+// `path` with symlinks resolved (as far as it exists) inside one of `roots`?
+bool InsideRoots(const std::string& path, const std::vector<std::string>& roots);
 
 }  // namespace dfc
 

@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   int heartbeat_ms = 500, worker_timeout_ms = 3000;
   app.add_option("--listen", listen, "Address to serve gRPC on");
   app.add_option("--state", opts.state_dir, "State directory (SQLite job database)")->required();
+  app.add_option("--data-root", opts.data_roots,
+                 "Jobs' data and init weights must lie inside (repeatable; default: the state directory's parent)");
   app.add_option("--output-root", opts.output_root, "Where job outputs go (shared with workers; default STATE/jobs)");
   app.add_option("--heartbeat-ms", heartbeat_ms, "Worker heartbeat interval")->check(CLI::Range(50, 60000));
   app.add_option("--worker-timeout-ms", worker_timeout_ms, "A silent worker is dead after this")->check(CLI::Range(200, 600000));

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -544,6 +545,73 @@ TEST(ClusterTest, ListPagesFiltersAndReturnsSummaries) {
   auto bad_state = RunCommand(c.Dfc("list --state sleeping"));
   EXPECT_EQ(bad_state.exit_code, 2);
   EXPECT_NE(bad_state.err.find("--state"), std::string::npos) << bad_state.err;
+}
+
+// Data and init weights must resolve inside the coordinator's data roots
+// (here the default: the state directory's parent, the test's temp dir).
+// Outside, the answer is the same whether or not the path exists.
+TEST(ClusterTest, PathsOutsideTheDataRootsAreRefusedAlike) {
+  Cluster c(0);
+  const std::string shards = Shards(c.dir(), 8);
+  std::filesystem::create_directory_symlink("/etc", c.dir().Join("etc-link"));
+  struct Case {
+    std::string args, field, path;
+  };
+  for (const Case& bad : std::vector<Case>{{"--data /etc/passwd", "config.data", "/etc/passwd"},
+                                           {"--data /etc/no-such-file", "config.data", "/etc/no-such-file"},
+                                           {"--data " + c.dir().Join("etc-link"), "config.data", c.dir().Join("etc-link")},
+                                           {"--data " + c.dir().Join("sh/../../.."), "config.data",  // dfc submit sends it normalised
+                                            std::filesystem::path(c.dir().Join("sh/../../..")).lexically_normal().string()},
+                                           {"--data " + shards + " --init /etc/shadow", "config.init", "/etc/shadow"},
+                                           {"--data " + shards + " --init /etc/none.h5", "config.init", "/etc/none.h5"},
+                                           {"--data " + shards + " --init " + c.dir().Join("etc-link/shadow"), "config.init",
+                                            c.dir().Join("etc-link/shadow")}}) {
+    auto r = RunCommand(c.Dfc("submit --model mesoinception4 " + bad.args));
+    EXPECT_EQ(r.exit_code, 2) << bad.args << ": " << r.err;
+    EXPECT_NE(r.err.find(bad.field + " (--" + bad.field.substr(7) + "): '" + bad.path +
+                         "' is outside the coordinator's data roots"),
+              std::string::npos)
+        << bad.args << ": " << r.err;
+  }
+  // Inside the roots a missing path says so.
+  auto missing = RunCommand(c.Dfc("submit --model mesoinception4 --data " + c.dir().Join("nothing")));
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_NE(missing.err.find("not a shard directory"), std::string::npos) << missing.err;
+}
+
+// Ranks train on while the coordinator is down; the restarted coordinator's
+// record holds every epoch the run directory holds.
+TEST(ClusterTest, EpochsTrainedWhileTheCoordinatorWasDownAreInTheRecord) {
+  Cluster c(1);
+  const std::string shards = Shards(c.dir(), 64);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 1 --epochs 6 --batch-size 16 --bn-momentum 0.9 --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  std::string status;
+  for (int i = 0; i < 1200 && CountEpochs(status) < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    status = RunCommand(c.Dfc("status --json " + job)).out;
+  }
+  ASSERT_GE(CountEpochs(status), 1) << status;
+  const std::string metrics = JsonString(status, "output_dir") + "/metrics.jsonl";
+  c.KillCoordinator();
+  // Wait until the ranks have finished at least two more epochs unseen.
+  for (int i = 0; i < 600 && testing::SplitLines(testing::ReadFileOrDie(metrics)).size() < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  c.StartCoordinator();
+  auto watch = RunCommand(c.Dfc("watch --timeout 400 " + job));
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err;
+  const auto record = nlohmann::json::parse(RunCommand(c.Dfc("status --json " + job)).out);
+  std::set<int> in_file;
+  for (const std::string& line : testing::SplitLines(testing::ReadFileOrDie(metrics))) {
+    in_file.insert(nlohmann::json::parse(line)["epoch"].get<int>());
+  }
+  std::vector<int> in_record;
+  for (const auto& e : record["epochs"]) in_record.push_back(e["epoch"].get<int>());
+  EXPECT_EQ(in_record, std::vector<int>(in_file.begin(), in_file.end())) << record.dump();
+  EXPECT_EQ(in_record, (std::vector<int>{1, 2, 3, 4, 5, 6})) << record.dump();
 }
 
 // TLS with client certificates and a bearer token, on every endpoint.
