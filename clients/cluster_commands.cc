@@ -79,6 +79,7 @@ int RunSubmit(ClientArgs& c, SubmitArgs& s) {
   if (!st.ok()) return ReportRpc(st);
   if (c.json) std::printf("%s\n", ToJson(resp).c_str());
   else std::printf("%s\n", resp.job_id().c_str());
+  if (!resp.warning().empty()) std::fprintf(stderr, "dfc: warning: %s\n", resp.warning().c_str());
   return kExitOk;
 }
 
@@ -382,6 +383,8 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
   submit->add_option_function<int64_t>("--max-train-images", [cfg](int64_t v) { cfg->set_max_train_images(v); }, "Subset");
   submit->add_option_function<int64_t>("--max-val-images", [cfg](int64_t v) { cfg->set_max_val_images(v); }, "Subset");
   submit->add_option_function<int>("--threads", [cfg](int v) { cfg->set_threads_per_rank(v); }, "Threads per rank");
+  submit->add_flag_function("--wait-for-capacity", [s](int64_t) { s->req.set_wait_for_capacity(true); },
+                             "Keep a job with more ranks than the cluster has slots queued until workers join");
   submit->add_option_function<int>("--hang-timeout", [cfg](int v) { cfg->set_hang_timeout_s(v); },
                                    "Seconds without step progress before a rank is declared hung (default 300)");
   submit->add_option_function<int>("--world-size", [s](int v) { s->req.set_world_size(v); }, "Ranks");

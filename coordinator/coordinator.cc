@@ -187,10 +187,24 @@ absl::Status Coordinator::Save(const v1::Job& job) {
 absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobRequest& request) {
   DFC_RETURN_IF_ERROR(ValidateSubmit(request, options_.data_roots));
   std::lock_guard<std::mutex> lock(mu_);
+  const int capacity = TotalLiveSlotsLocked();
+  std::string warning;
+  if (capacity > 0 && request.world_size() > capacity) {
+    const std::string why = absl::StrCat("world_size ", request.world_size(), " exceeds the ", capacity,
+                                         " slot(s) of all live workers together");
+    if (!request.wait_for_capacity()) {
+      return absl::FailedPreconditionError(absl::StrCat(why, "; add workers, or submit with --wait-for-capacity "
+                                                             "to keep it queued until they join"));
+    }
+    warning = absl::StrCat(why, "; it waits until workers join (other jobs run meanwhile)");
+  } else if (capacity == 0) {
+    warning = "no live workers yet; the job waits for them";
+  }
   DFC_ASSIGN_OR_RETURN(auto created, store_->Create(request, options_.output_root, Now()));
   v1::SubmitJobResponse resp;
   resp.set_job_id(created.first.job_id());
   resp.set_existing(created.second);
+  resp.set_warning(warning);
   if (!created.second) {
     jobs_[created.first.job_id()] = created.first;
     versions_[created.first.job_id()]++;
@@ -366,24 +380,38 @@ void Coordinator::ExpireWorkersLocked() {
   }
 }
 
+int Coordinator::TotalLiveSlotsLocked() const {
+  int total = 0;
+  for (const auto& [wid, w] : workers_) total += w.slots;
+  return total;
+}
+
+// Priority, then FIFO, with bounded backfill: when the head job does not fit
+// the free slots, later jobs that fit may start ahead of it, at most
+// max_bypass of them; then the head holds the queue until it runs, so a
+// stream of small jobs cannot starve a large one. A job that can never fit
+// (more ranks than every live worker's slots together; queued only on
+// request) is passed over without blocking anyone.
 void Coordinator::ScheduleLocked() {
   std::vector<const v1::Job*> queued;
   for (const auto& [id, job] : jobs_) {
     if (job.state() == v1::QUEUED) queued.push_back(&job);
   }
-  // Priority, then FIFO. Strict: a job that does not fit blocks those behind
-  // it, so a large job is never starved by a stream of small ones.
   std::sort(queued.begin(), queued.end(), [](const v1::Job* a, const v1::Job* b) {
     if (a->priority() != b->priority()) return a->priority() > b->priority();
-    return a->created_unix_ms() < b->created_unix_ms();
+    if (a->created_unix_ms() != b->created_unix_ms()) return a->created_unix_ms() < b->created_unix_ms();
+    return a->job_id() < b->job_id();
   });
   std::vector<std::string> ids;
   for (const v1::Job* j : queued) ids.push_back(j->job_id());
   const int64_t now = Now();
+  const int capacity = TotalLiveSlotsLocked();
+  std::string head;  // the first job that waits (and may be bypassed)
   for (const std::string& id : ids) {
     v1::Job job = jobs_[id];
+    if (capacity > 0 && job.world_size() > capacity) continue;  // can never fit now: blocks nobody
     auto wait = not_before_ms_.find(id);
-    if (wait != not_before_ms_.end() && now < wait->second) break;  // strict order: nobody overtakes
+    const bool backing_off = wait != not_before_ms_.end() && now < wait->second;
     std::vector<std::pair<int, std::string>> free;
     int total = 0;
     for (const auto& [wid, w] : workers_) {
@@ -395,10 +423,19 @@ void Coordinator::ScheduleLocked() {
         total += f;
       }
     }
-    if (total < job.world_size()) break;  // gang: all ranks or none
+    if (backing_off || total < job.world_size()) {  // gang: all ranks or none
+      if (head.empty()) {
+        head = id;
+        if (bypassed_[head] >= options_.max_bypass) break;  // the head's turn is next: nobody else starts
+      }
+      continue;
+    }
+    if (!head.empty()) ++bypassed_[head];
+    bypassed_.erase(id);
     std::sort(free.begin(), free.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
     ActiveJob a;
     a.attempt = job.attempt() + 1;
+    a.scheduled_ms = now;
     for (auto& [f, wid] : free) {
       while (f > 0 && static_cast<int>(a.ranks.size()) < job.world_size()) {
         RankSlot s;
@@ -414,13 +451,45 @@ void Coordinator::ScheduleLocked() {
     job.clear_workers();
     for (const RankSlot& s : a.ranks) job.add_workers(s.worker_id);
     active_[id] = std::move(a);
-    (void)Save(job);
+    if (absl::Status st = Save(job); !st.ok()) {
+      std::fprintf(stderr, "dfc-coordinator: cannot record the placement of %s: %s\n", id.c_str(),
+                   std::string(st.message()).c_str());
+      active_.erase(id);
+      jobs_[id].set_state(v1::QUEUED);
+      return;
+    }
+  }
+}
+
+void Coordinator::RequeueUnstartedLocked() {
+  const int64_t now = Now();
+  std::vector<std::string> late;
+  for (const auto& [id, a] : active_) {
+    if (jobs_[id].state() == v1::SCHEDULED && now - a.scheduled_ms > options_.schedule_timeout.count() &&
+        !(a.ranks.size() > 0 && a.ranks[0].running)) {
+      late.push_back(id);
+    }
+  }
+  for (const std::string& id : late) {
+    StopRanks(id);
+    v1::Job job = jobs_[id];
+    v1::AttemptFailure* f = job.add_failures();
+    f->set_attempt(job.attempt());
+    f->set_reason(absl::StrCat("rank 0 did not start within ", options_.schedule_timeout.count() / 1000,
+                               " s of scheduling; back to the queue"));
+    f->set_unix_ms(now);
+    job.set_state(v1::QUEUED);
+    job.clear_workers();
+    if (absl::Status st = Save(job); !st.ok()) {
+      std::fprintf(stderr, "dfc-coordinator: cannot requeue %s: %s\n", id.c_str(), std::string(st.message()).c_str());
+    }
   }
 }
 
 void Coordinator::Tick() {
   std::lock_guard<std::mutex> lock(mu_);
   ExpireWorkersLocked();
+  RequeueUnstartedLocked();
   ScheduleLocked();
 }
 

@@ -25,6 +25,11 @@ struct CoordinatorOptions {
   // A worker not heard from for this long is dead; its jobs restart or fail.
   std::chrono::milliseconds worker_timeout{3000};
   std::function<int64_t()> now_ms;  // clock (tests may fake it); default: system clock
+  // A SCHEDULED job whose rank 0 has not started after this goes back to the queue.
+  std::chrono::milliseconds schedule_timeout{60000};
+  // How many later jobs may start ahead of a queue head that does not fit
+  // yet (backfill), before the head holds the queue strictly until it runs.
+  int max_bypass = 8;
   // A job's data and init weights must resolve (symlinks followed) inside one
   // of these; default: the state directory's parent.
   std::vector<std::string> data_roots;
@@ -79,6 +84,7 @@ class Coordinator {
     std::string error;
   };
   struct ActiveJob {
+    int64_t scheduled_ms = 0;
     int attempt = 0;
     std::vector<RankSlot> ranks;
     int store_port = 0;
@@ -117,6 +123,10 @@ class Coordinator {
   // A restarted job waits a couple of heartbeats before it is placed again,
   // so that a worker that just died has stopped looking alive.
   std::map<std::string, int64_t> not_before_ms_ ABSL_GUARDED_BY(mu_);
+  // Queue head -> jobs started ahead of it so far (bounded by max_bypass).
+  std::map<std::string, int> bypassed_ ABSL_GUARDED_BY(mu_);
+  int TotalLiveSlotsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RequeueUnstartedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 // Locks STATE/coordinator.lock (flock, non-blocking); the fd keeps it.

@@ -24,6 +24,11 @@ int main(int argc, char** argv) {
   int heartbeat_ms = 500, worker_timeout_ms = 3000;
   app.add_option("--listen", listen, "Address to serve gRPC on");
   app.add_option("--state", opts.state_dir, "State directory (SQLite job database)")->required();
+  int schedule_timeout_s = 60;
+  app.add_option("--schedule-timeout", schedule_timeout_s, "Seconds a placed job's rank 0 may take to start before "
+                 "the job goes back to the queue")->check(CLI::Range(1, 3600));
+  app.add_option("--max-bypass", opts.max_bypass, "Jobs that may start ahead of a queue head that does not fit yet")
+      ->check(CLI::Range(0, 1000));
   app.add_option("--data-root", opts.data_roots,
                  "Jobs' data and init weights must lie inside (repeatable; default: the state directory's parent)");
   app.add_option("--output-root", opts.output_root, "Where job outputs go (shared with workers; default STATE/jobs)");
@@ -66,6 +71,7 @@ int main(int argc, char** argv) {
     sec.token = *t;
   }
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
+  opts.schedule_timeout = std::chrono::seconds(schedule_timeout_s);
   opts.worker_timeout = std::chrono::milliseconds(worker_timeout_ms);
   auto coordinator = dfc::Coordinator::Create(opts);
   if (!coordinator.ok()) {

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -47,6 +48,18 @@ class Cluster {
   explicit Cluster(int workers) : port_(PickFreePort()) {
     StartCoordinator();
     for (int w = 0; w < workers; ++w) AddWorker();
+    // Submit checks the job against the live workers' slots: let them join.
+    for (int i = 0; i < 300; ++i) {
+      int registered = 0;
+      for (int w = 0; w < workers; ++w) {
+        std::ifstream log(dir_.Join("worker-" + std::to_string(w) + ".log"));
+        std::stringstream text;
+        text << log.rdbuf();
+        registered += text.str().find("registered as") != std::string::npos;
+      }
+      if (registered == workers) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
   ~Cluster() {
     for (pid_t p : workers_) Kill(p, SIGTERM);

@@ -1,0 +1,189 @@
+// The coordinator's state machine and scheduler as one class, driven through
+// its own API (RegisterWorker, Heartbeat, Submit, Tick) with a fake clock and
+// a real SQLite file in a temporary directory: no processes, no waiting.
+#include <gtest/gtest.h>
+
+#include "coordinator/coordinator.h"
+#include "tests/test_util.h"
+
+namespace dfc {
+namespace {
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // A real shard directory (submit checks its manifest).
+    ASSERT_EQ(testing::RunCommand(testing::DfcBinary() + " synth --out " + dir_.Join("syn") + " --count 8").exit_code, 0);
+    ASSERT_EQ(testing::RunCommand(testing::DfcBinary() + " shard --src " + dir_.Join("syn") + " --out " +
+                                  dir_.Join("sh") + " --validation-split 0.25")
+                  .exit_code,
+              0);
+  }
+  std::unique_ptr<Coordinator> Make(int max_bypass = 8) {
+    CoordinatorOptions o;
+    o.state_dir = dir_.Join("state");
+    o.now_ms = [this] { return now_; };
+    o.max_bypass = max_bypass;
+    auto c = Coordinator::Create(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return std::move(*c);
+  }
+  std::string Worker(Coordinator& c, int slots) {
+    v1::RegisterWorkerRequest r;
+    r.set_address("127.0.0.1");
+    r.set_cpu_slots(slots);
+    auto resp = c.RegisterWorker(r);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return resp->worker_id();
+  }
+  std::string Submit(Coordinator& c, int world, bool wait = false, int max_restarts = 0) {
+    v1::SubmitJobRequest r;
+    r.mutable_config()->set_model("mesoinception4");
+    r.mutable_config()->set_data(dir_.Join("sh"));
+    r.mutable_config()->set_epochs(1);
+    r.mutable_config()->set_batch_size(8);
+    r.set_world_size(world);
+    r.set_wait_for_capacity(wait);
+    r.set_max_restarts(max_restarts);
+    auto resp = c.Submit(r);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    now_ += 1;  // distinct submit times: FIFO is by time
+    return resp.ok() ? resp->job_id() : "";
+  }
+  // One heartbeat of `worker` reporting `running` ranks (job, attempt, rank).
+  v1::HeartbeatResponse Beat(Coordinator& c, const std::string& worker,
+                             const std::vector<std::tuple<std::string, int, int>>& running = {}) {
+    v1::HeartbeatRequest r;
+    r.set_worker_id(worker);
+    for (const auto& [job, attempt, rank] : running) {
+      v1::RankStatus* s = r.add_ranks();
+      s->set_job_id(job);
+      s->set_attempt(attempt);
+      s->set_rank(rank);
+      s->set_running(true);
+      s->set_store_port(rank == 0 ? 12345 : 0);
+    }
+    auto resp = c.Heartbeat(r);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return *resp;
+  }
+  v1::JobState State(Coordinator& c, const std::string& job) { return c.GetJob(job)->state(); }
+
+  testing::TempDir dir_;
+  int64_t now_ = 1000000;
+};
+
+TEST_F(CoordinatorTest, AJobThatCanNeverFitIsRefusedOrWaitsWithoutBlocking) {
+  auto c = Make();
+  const std::string w = Worker(*c, 2);
+  v1::SubmitJobRequest big;
+  big.mutable_config()->set_model("mesoinception4");
+  big.mutable_config()->set_data(dir_.Join("sh"));
+  big.mutable_config()->set_epochs(1);
+  big.mutable_config()->set_batch_size(8);
+  big.set_world_size(3);
+  auto refused = c->Submit(big);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("world_size 3 exceeds the 2 slot(s)"), std::string::npos)
+      << refused.status();
+  const std::string waiting = Submit(*c, 3, /*wait=*/true);
+  const std::string small = Submit(*c, 1);
+  Beat(*c, w);
+  EXPECT_EQ(State(*c, waiting), v1::QUEUED);
+  EXPECT_EQ(State(*c, small), v1::SCHEDULED) << "a job that can never fit blocked a small one";
+}
+
+TEST_F(CoordinatorTest, SmallJobsBackfillPastAHeadThatDoesNotFitButOnlyMaxBypassOfThem) {
+  auto c = Make(/*max_bypass=*/2);
+  const std::string w1 = Worker(*c, 1), w2 = Worker(*c, 1), w3 = Worker(*c, 1);
+  const std::string busy = Submit(*c, 2);  // holds two of the three slots
+  ASSERT_EQ(State(*c, busy), v1::SCHEDULED);
+  const std::string head = Submit(*c, 3);   // fits the cluster, not the free slot
+  const std::string s1 = Submit(*c, 1);     // backfills (1 of 2)
+  EXPECT_EQ(State(*c, head), v1::QUEUED);
+  EXPECT_EQ(State(*c, s1), v1::SCHEDULED);
+  // s1 ends: its slot is free again; s2 backfills (2 of 2); s3 must wait.
+  const std::string s2 = Submit(*c, 1);
+  const std::string s3 = Submit(*c, 1);
+  ASSERT_TRUE(c->Cancel(s1).ok());
+  c->Tick();
+  EXPECT_EQ(State(*c, s2), v1::SCHEDULED);
+  ASSERT_TRUE(c->Cancel(s2).ok());
+  c->Tick();
+  EXPECT_EQ(State(*c, s3), v1::QUEUED) << "the head was bypassed more than max_bypass times";
+  EXPECT_EQ(State(*c, head), v1::QUEUED);
+  // The long job ends: the head gets the whole cluster before s3.
+  ASSERT_TRUE(c->Cancel(busy).ok());
+  c->Tick();
+  EXPECT_EQ(State(*c, head), v1::SCHEDULED);
+  EXPECT_EQ(State(*c, s3), v1::QUEUED);
+}
+
+TEST_F(CoordinatorTest, AScheduledJobWhoseRankZeroNeverStartsGoesBackToTheQueue) {
+  auto c = Make();
+  const std::string w = Worker(*c, 1);
+  const std::string job = Submit(*c, 1);
+  ASSERT_EQ(State(*c, job), v1::SCHEDULED);
+  // The worker keeps heartbeating but never reports the rank running.
+  for (int i = 0; i < 130; ++i) {
+    now_ += 500;
+    Beat(*c, w);
+    c->Tick();
+  }
+  const v1::Job j = *c->GetJob(job);
+  ASSERT_GE(j.failures_size(), 1);
+  EXPECT_NE(j.failures(0).reason().find("rank 0 did not start within 60 s"), std::string::npos) << j.DebugString();
+  EXPECT_EQ(j.restarts(), 0) << "a placement that never started is not a restart";
+}
+
+TEST_F(CoordinatorTest, AStopNamesTheAttemptAndSparesTheNewOne) {
+  auto c = Make();
+  const std::string w = Worker(*c, 1);
+  const std::string job = Submit(*c, 1, false, /*max_restarts=*/1);
+  Beat(*c, w, {{job, 1, 0}});
+  ASSERT_EQ(State(*c, job), v1::RUNNING);
+  // The rank fails transiently; the job restarts as attempt 2 on the same worker.
+  v1::HeartbeatRequest r;
+  r.set_worker_id(w);
+  v1::RankStatus* s = r.add_ranks();
+  s->set_job_id(job);
+  s->set_attempt(1);
+  s->set_rank(0);
+  s->set_exited(true);
+  s->set_exit_code(1);
+  s->set_error("Gloo timeout");
+  auto failed = c->Heartbeat(r);
+  ASSERT_TRUE(failed.ok());
+  EXPECT_EQ(c->GetJob(job)->reason().find("restarting (1 of 1) after: rank 0: Gloo timeout"), 0u)
+      << c->GetJob(job)->reason();
+  ASSERT_EQ(failed->stop_size(), 1);
+  EXPECT_EQ(failed->stop(0).attempt(), 1);
+  now_ += 5000;  // past the restart back-off
+  auto next = Beat(*c, w);
+  ASSERT_EQ(next.start_size(), 1);
+  EXPECT_EQ(next.start(0).attempt(), 2);
+  for (const auto& stop : next.stop()) EXPECT_LT(stop.attempt(), 2) << "a stop reaches the new attempt";
+  // A stale report from attempt 1 does not stop attempt 2 either.
+  auto stale = Beat(*c, w, {{job, 1, 0}, {job, 2, 0}});
+  ASSERT_EQ(stale.stop_size(), 1);
+  EXPECT_EQ(stale.stop(0).attempt(), 1);
+  EXPECT_EQ(State(*c, job), v1::RUNNING);
+  // Success clears the reason; the failure stays in the history.
+  v1::HeartbeatRequest done;
+  done.set_worker_id(w);
+  v1::RankStatus* d = done.add_ranks();
+  d->set_job_id(job);
+  d->set_attempt(2);
+  d->set_rank(0);
+  d->set_exited(true);
+  ASSERT_TRUE(c->Heartbeat(done).ok());
+  const v1::Job j = *c->GetJob(job);
+  EXPECT_EQ(j.state(), v1::SUCCEEDED);
+  EXPECT_EQ(j.reason(), "");
+  ASSERT_EQ(j.failures_size(), 1);
+  EXPECT_EQ(j.failures(0).reason(), "rank 0: Gloo timeout");
+}
+
+}  // namespace
+}  // namespace dfc
