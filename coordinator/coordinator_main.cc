@@ -37,6 +37,13 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", sec.tls_cert, "Server certificate (PEM); enables TLS");
   app.add_option("--tls-key", sec.tls_key, "Server key (PEM)");
   app.add_option("--tls-ca", sec.tls_ca, "CA (PEM) that client certificates must chain to; requires them");
+  std::string worker_token_file;
+  bool insecure = false;
+  app.add_option("--worker-token-file", worker_token_file,
+                 "File holding the token workers (and their ranks) must present; users' token cannot register "
+                 "workers or report metrics. Without it workers use --token-file's token (one shared secret)")
+      ->check(CLI::ExistingFile);
+  app.add_flag("--insecure", insecure, "Allow a non-loopback --listen without a token");
   app.add_option("--token-file", sec.token, "File holding the bearer token callers must present")
       ->check(CLI::ExistingFile);
   dfc::ModelRegistryOptions serve;
@@ -70,6 +77,33 @@ int main(int argc, char** argv) {
     }
     sec.token = *t;
   }
+  std::string worker_token = sec.token;
+  if (!worker_token_file.empty()) {
+    auto t = dfc::ReadTokenFile(worker_token_file);
+    if (!t.ok()) {
+      std::fprintf(stderr, "dfc-coordinator: --worker-token-file: %s\n", std::string(t.status().message()).c_str());
+      return 2;
+    }
+    worker_token = *t;
+    if (worker_token == sec.token) {
+      std::fprintf(stderr, "dfc-coordinator: --worker-token-file holds the users' token; they must differ\n");
+      return 2;
+    }
+  }
+  if (!dfc::IsLoopbackListen(listen) && sec.token.empty()) {
+    if (!insecure) {
+      std::fprintf(stderr,
+                   "dfc-coordinator: refusing to listen on %s without a token: anyone who reaches it could submit "
+                   "jobs and register workers. Give --token-file (and --worker-token-file), or --insecure\n",
+                   listen.c_str());
+      return 2;
+    }
+    std::fprintf(stderr, "dfc-coordinator: WARNING: listening on %s with no token (--insecure): anyone who reaches "
+                 "this address controls the cluster\n", listen.c_str());
+  } else if (!sec.token.empty() && worker_token_file.empty()) {
+    std::fprintf(stderr, "dfc-coordinator: warning: workers and users share one token; give workers their own with "
+                 "--worker-token-file\n");
+  }
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   opts.schedule_timeout = std::chrono::seconds(schedule_timeout_s);
   opts.worker_timeout = std::chrono::milliseconds(worker_timeout_ms);
@@ -94,7 +128,7 @@ int main(int argc, char** argv) {
   dfc::InferenceBatcher batcher(batching);
   dfc::EvaluationServiceImpl evaluation(registry->get(), &batcher, eval, sec.token);
   dfc::JobServiceImpl jobs(coordinator->get(), sec.token);
-  dfc::WorkerServiceImpl workers(coordinator->get(), sec.token);
+  dfc::WorkerServiceImpl workers(coordinator->get(), worker_token);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;

@@ -627,6 +627,62 @@ TEST(ClusterTest, EpochsTrainedWhileTheCoordinatorWasDownAreInTheRecord) {
   EXPECT_EQ(in_record, (std::vector<int>{1, 2, 3, 4, 5, 6})) << record.dump();
 }
 
+// Users and workers hold different secrets: a user's token cannot register a
+// worker, a worker's token cannot list jobs; a coordinator reachable from the
+// network without a token refuses to start unless told --insecure.
+TEST(ClusterTest, UsersAndWorkersHoldDifferentTokensAndOpenEndpointsNeedInsecure) {
+  testing::TempDir dir;
+  testing::WriteFileOrDie(dir.Join("user-token"), "user-secret\n");
+  testing::WriteFileOrDie(dir.Join("worker-token"), "worker-secret\n");
+  const std::string addr = "127.0.0.1:" + std::to_string(PickFreePort());
+  const pid_t coordinator = Spawn({Bin("dfc-coordinator"), "--listen", addr, "--state", dir.Join("state"),
+                                   "--heartbeat-ms", "200", "--token-file", dir.Join("user-token"),
+                                   "--worker-token-file", dir.Join("worker-token")},
+                                  dir.Join("coordinator.log"));
+  const std::string dfc = testing::DfcBinary() + " --coordinator " + addr;
+  testing::CommandResult ok;
+  for (int i = 0; i < 100 && (ok = RunCommand(dfc + " --token-file " + dir.Join("user-token") + " list")).exit_code != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  auto worker_lists = RunCommand(dfc + " --token-file " + dir.Join("worker-token") + " list");
+  EXPECT_NE(worker_lists.exit_code, 0) << "the workers' token listed jobs";
+  const pid_t with_user_token = Spawn({Bin("dfc-worker"), "--coordinator", addr, "--token-file", dir.Join("user-token")},
+                                      dir.Join("worker-user.log"));
+  const pid_t with_worker_token = Spawn({Bin("dfc-worker"), "--coordinator", addr, "--token-file",
+                                         dir.Join("worker-token")},
+                                        dir.Join("worker-worker.log"));
+  std::string good, bad;
+  for (int i = 0; i < 100 && good.find("registered as") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    good = testing::ReadFileOrDie(dir.Join("worker-worker.log"));
+  }
+  for (int i = 0; i < 100 && bad.find("cannot register") == std::string::npos; ++i) {
+    bad = testing::ReadFileOrDie(dir.Join("worker-user.log"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(good.find("registered as"), std::string::npos) << good;
+  EXPECT_EQ(bad.find("registered as"), std::string::npos) << "a user's token registered a worker: " << bad;
+  EXPECT_NE(bad.find("token"), std::string::npos) << bad;
+  Kill(with_user_token, SIGTERM);
+  Kill(with_worker_token, SIGTERM);
+  Kill(coordinator, SIGTERM);
+
+  const std::string open = "0.0.0.0:" + std::to_string(PickFreePort());
+  auto refused = RunCommand(Bin("dfc-coordinator") + " --listen " + open + " --state " + dir.Join("open-state"));
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_NE(refused.err.find("refusing to listen on " + open + " without a token"), std::string::npos) << refused.err;
+  const pid_t insecure = Spawn({Bin("dfc-coordinator"), "--listen", open, "--state", dir.Join("open-state"), "--insecure"},
+                               dir.Join("insecure.log"));
+  std::string log;
+  for (int i = 0; i < 100 && log.find("listening on") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    log = testing::ReadFileOrDie(dir.Join("insecure.log"));
+  }
+  EXPECT_NE(log.find("WARNING: listening on " + open + " with no token"), std::string::npos) << log;
+  Kill(insecure, SIGTERM);
+}
+
 // TLS with client certificates and a bearer token, on every endpoint.
 TEST(ClusterTest, TlsAndTokenAreEnforced) {
   testing::TempDir dir;

@@ -1,5 +1,7 @@
 #include "common/rpc/rpc_util.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
 
@@ -62,14 +64,34 @@ std::unique_ptr<grpc::ClientContext> MakeContext(const RpcSecurity& s, std::chro
   return ctx;
 }
 
+bool ConstantTimeEquals(const std::string& a, const std::string& b) {
+  // Every byte of the longer string is visited whatever the inputs, so the
+  // time taken does not say how much of a guess was right.
+  const size_t n = std::max(a.size(), b.size());
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= static_cast<unsigned char>(x ^ y);
+  }
+  return diff == 0;
+}
+
 grpc::Status CheckToken(const grpc::ServerContext& context, const std::string& token) {
   if (token.empty()) return grpc::Status::OK;
   auto it = context.client_metadata().find("authorization");
   if (it == context.client_metadata().end() ||
-      std::string(it->second.data(), it->second.size()) != "Bearer " + token) {
+      !ConstantTimeEquals(std::string(it->second.data(), it->second.size()), "Bearer " + token)) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "a valid bearer token is required");
   }
   return grpc::Status::OK;
+}
+
+bool IsLoopbackListen(const std::string& address) {
+  std::string host = address;
+  if (const size_t colon = host.rfind(':'); colon != std::string::npos) host.resize(colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
 }
 
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {

@@ -34,8 +34,13 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
 // A client context with the deadline and the bearer token.
 std::unique_ptr<grpc::ClientContext> MakeContext(const RpcSecurity& security,
                                                  std::chrono::milliseconds deadline = kRpcDeadline);
-// Server side: OK when no token is configured or the call carries it.
+// Server side: OK when no token is configured or the call carries it
+// (compared in constant time).
 grpc::Status CheckToken(const grpc::ServerContext& context, const std::string& token);
+bool ConstantTimeEquals(const std::string& a, const std::string& b);
+
+// Whether a listen address (host:port) binds only the loopback interface.
+bool IsLoopbackListen(const std::string& address);
 
 // The bearer token in `path` (surrounding whitespace removed); errors name --token-file.
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);

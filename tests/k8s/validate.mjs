@@ -75,7 +75,7 @@ for (const overlay of ["cpu", "gpu"]) {
   }
   // The TLS Secret is mounted where the coordinator's flags point.
   const secrets = Object.fromEntries(objects.filter((o) => o.kind === "Secret").map((s) => [s.metadata.name, s]));
-  for (const flag of ["--tls-cert", "--tls-key", "--tls-ca", "--token-file"]) {
+  for (const flag of ["--tls-cert", "--tls-key", "--tls-ca", "--token-file", "--worker-token-file"]) {
     const arg = cc.args.find((a) => a.startsWith(`${flag}=`));
     const path = arg?.split("=")[1] ?? "";
     const mount = cc.volumeMounts.find((m) => path.startsWith(m.mountPath + "/"));
