@@ -45,7 +45,11 @@ void PrintJob(const v1::Job& j) {
               v1::JobState_Name(j.state()).c_str(), j.config().model().c_str(), j.world_size(), j.restarts(),
               j.max_restarts());
   if (!j.reason().empty()) std::printf("reason: %s\n", j.reason().c_str());
+  for (const auto& f : j.failures()) {
+    std::printf("attempt %d failed%s: %s\n", f.attempt(), f.permanent() ? " (permanent)" : "", f.reason().c_str());
+  }
   std::printf("output: %s\n", j.output_dir().c_str());
+  if (!j.resolved_config().empty()) std::printf("hyper-parameters: %s\n", j.resolved_config().c_str());
   for (const auto& e : j.epochs()) {
     std::printf("epoch %d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s  "
                 "step: data %.3fs compute %.3fs all-reduce wait %.3fs\n",
@@ -385,6 +389,13 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
   submit->add_option_function<int>("--threads", [cfg](int v) { cfg->set_threads_per_rank(v); }, "Threads per rank");
   submit->add_flag_function("--wait-for-capacity", [s](int64_t) { s->req.set_wait_for_capacity(true); },
                              "Keep a job with more ranks than the cluster has slots queued until workers join");
+  submit->add_option_function<std::string>("--recipe", [cfg](const std::string& v) { cfg->set_recipe(v); },
+                                           "notebook: the seed notebook's whole recipe (explicit flags win)");
+  submit->add_option_function<int>("--precise-bn-batches",
+                                   [cfg](int v) { cfg->set_precise_bn_batches(v == 0 ? -1 : v); },
+                                   "BatchNorm statistics recomputed over N training batches before each validation "
+                                   "(default 20; 0 = off)")
+      ->check(CLI::Range(0, 100000));
   submit->add_option_function<int>("--hang-timeout", [cfg](int v) { cfg->set_hang_timeout_s(v); },
                                    "Seconds without step progress before a rank is declared hung (default 300)");
   submit->add_option_function<int>("--world-size", [s](int v) { s->req.set_world_size(v); }, "Ranks");

@@ -108,6 +108,10 @@ void AddTrainCommand(CLI::App& app, RunFn* run) {
   cmd->add_option("--freeze-keras-layers", o->detector.freeze_keras_layers,
                   "ResNet: freeze non-BatchNorm layers among the first N Keras layers")
       ->check(CLI::Range(0, 100000));
+  cmd->add_option("--precise-bn-batches", o->precise_bn_batches,
+                  "Recompute BatchNorm statistics over N training batches before each validation "
+                  "(default 20; 0 = off; off under --recipe notebook)")
+      ->check(CLI::Range(0, 100000));
   cmd->add_option("--bn-momentum", o->detector.bn_momentum,
                   "BatchNorm moving-average momentum, Keras convention (Keras default 0.99)")
       ->check(CLI::Range(0.0, 0.9999));

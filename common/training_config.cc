@@ -77,6 +77,10 @@ absl::Status ValidateTrainingConfig(const v1::TrainingConfig& c) {
   check(InRange<int64_t>(c.max_val_images(), 0, int64_t{1} << 40, "config.max_val_images", "--max-val-images"));
   check(InRange(c.threads_per_rank(), 0, 1024, "config.threads_per_rank", "--threads"));
   check(InRange(c.hang_timeout_s(), 0, 86400, "config.hang_timeout_s", "--hang-timeout"));
+  if (!c.recipe().empty() && c.recipe() != "notebook") {
+    check(Bad("config.recipe", "--recipe", absl::StrCat("must be notebook or empty, got '", c.recipe().substr(0, 64), "'")));
+  }
+  check(InRange(c.precise_bn_batches(), -1, 100000, "config.precise_bn_batches", "--precise-bn-batches"));
   return st;
 }
 

@@ -600,6 +600,11 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
   if (r.attempt() != it->second.attempt()) return absl::OkStatus();  // a stale rank
   v1::Job& job = it->second;
   if (r.has_progress()) *job.mutable_progress() = r.progress();
+  if (!r.resolved_config().empty() && r.resolved_config().size() <= 16384 &&
+      r.resolved_config() != job.resolved_config()) {
+    job.set_resolved_config(r.resolved_config());
+    DFC_RETURN_IF_ERROR(Save(v1::Job(job)));
+  }
   if (!r.has_epoch()) {
     versions_[r.job_id()]++;
     changed_.notify_all();

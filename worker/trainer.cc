@@ -50,6 +50,8 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   c.set_max_train_images(o.max_train_images);
   c.set_max_val_images(o.max_val_images);
   c.set_threads_per_rank(o.threads);
+  c.set_recipe(o.recipe);
+  c.set_precise_bn_batches(o.precise_bn_batches < 0 ? 0 : (o.precise_bn_batches == 0 ? -1 : o.precise_bn_batches));
   if (absl::Status st = ValidateTrainingConfig(c); !st.ok()) return st;
   auto bad = [](const std::string& flag, const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(flag, ": ", why));
@@ -57,9 +59,6 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   if (o.out_dir.empty()) return bad("--out", "an output directory is required");
   if (o.loader_threads < 0 || o.loader_threads > 1024) {
     return bad("--loader-threads", absl::StrCat("must be in [0, 1024], got ", o.loader_threads));
-  }
-  if (!o.recipe.empty() && o.recipe != "notebook") {
-    return bad("--recipe", absl::StrCat("must be notebook, got '", o.recipe, "'"));
   }
   if (o.resume && !o.recipe.empty()) return bad("--resume", "cannot be combined with --recipe");
   return absl::OkStatus();
@@ -137,6 +136,41 @@ absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, co
   return r;
 }
 
+// Precise BatchNorm (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021):
+// the moving statistics become the average of `batches` training batches'
+// statistics under the current weights. Data-parallel ranks each take their
+// share of the same global batches; the synchronised BatchNorm makes the
+// statistics global and identical on every rank.
+absl::Status RecomputeBatchNormStats(DetectorImpl& model, BatchLoader& loader, const std::vector<RecordRef>& records,
+                                     int batches, int64_t global_batch, int world, int rank, uint64_t seed, int epoch,
+                                     const torch::Device& device, const std::function<void()>& progress) {
+  RankEpochPlan plan = PlanRankEpoch(static_cast<uint32_t>(records.size()), static_cast<int>(global_batch), world, rank,
+                                     seed ^ 0x5eed, static_cast<uint64_t>(epoch));
+  if (static_cast<int>(plan.steps.size()) > batches) {
+    plan.steps.resize(static_cast<size_t>(batches));
+    plan.offset.resize(static_cast<size_t>(batches));
+    plan.global_batch.resize(static_cast<size_t>(batches));
+  }
+  loader.StartEpochWithBatches(plan.steps);
+  model.train();
+  torch::NoGradGuard no_grad;
+  for (size_t k = 0; k < plan.steps.size(); ++k) {
+    DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, loader.Next());
+    if (!batch) return absl::InternalError("the loader ended before the precise-BatchNorm plan");
+    model.SetBatchNormMomentumOverride(1.0 / static_cast<double>(k + 1));
+    model.SetBatchShard(plan.offset[k], plan.global_batch[k]);
+    try {
+      model.forward(PixelsToTensor(batch->pixels.data(), batch->count, batch->image_size, device));
+    } catch (const std::exception& e) {
+      model.SetBatchNormMomentumOverride(-1);
+      return absl::UnavailableError(absl::StrCat("precise BatchNorm batch ", k + 1, " failed: ", e.what()));
+    }
+    if (progress) progress();
+  }
+  model.SetBatchNormMomentumOverride(-1);
+  return absl::OkStatus();
+}
+
 // One training run over fixed train/validation records.
 struct Phase {
   std::vector<RecordRef> train, val;
@@ -152,8 +186,8 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
   const torch::Device device = DefaultDevice();
   torch::manual_seed(o.seed);
   DFC_ASSIGN_OR_RETURN(Detector model, MakeDetector(o.arch, o.detector));
-  const double base_lr = o.lr > 0 ? o.lr : (IsResNet(o.arch) ? 1e-5 : 1e-3);
-  const double eps = o.adam_eps > 0 ? o.adam_eps : (IsResNet(o.arch) ? 1e-9 : 1e-7);
+  const double base_lr = o.lr;  // resolved by RunTraining
+  const double eps = o.adam_eps;
   if (!o.init_weights.empty()) {
     if (LooksLikeHdf5(o.init_weights)) {
       DFC_RETURN_IF_ERROR(ImportKerasWeights(*model, o.init_weights));
@@ -220,6 +254,8 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
   lo.seed = o.seed;
   lo.threads = num_threads;
   BatchLoader train_loader(&shards, phase.train, lo);
+  BatchLoader bn_loader(&shards, phase.train, lo);
+  const int precise_bn = o.precise_bn_batches;
   lo.shuffle = false;
   BatchLoader val_loader(&shards, phase.val, lo);
   result.train_images = static_cast<int64_t>(phase.train.size());
@@ -280,6 +316,10 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
       if (obs && seen > 0) obs->OnStep(epoch + 1, s + 1, steps, loss_sum / seen, correct / seen);
     }
     const double train_seconds = Seconds(t0, Clock::now());
+    if (precise_bn > 0) {
+      DFC_RETURN_IF_ERROR(RecomputeBatchNormStats(*model, bn_loader, phase.train, precise_bn, o.batch_size, world, rank,
+                                                  o.seed, epoch, device, o.progress));
+    }
     if (world > 1) {
       torch::Tensor totals = torch::tensor({loss_sum, correct, seen}, torch::kFloat64);
       DFC_RETURN_IF_ERROR(collective->AllReduceSum(totals));
@@ -307,7 +347,11 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
     m.step = step;
     result.history.push_back(m);
     history.push_back(nlohmann::json::parse(m.ToJson()));
-    if (writer) DFC_RETURN_IF_ERROR(AppendLine(metrics_path, m.ToJson()));
+    if (writer) {
+      nlohmann::ordered_json line = nlohmann::ordered_json::parse(m.ToJson());
+      line["config"] = nlohmann::ordered_json::parse(o.ToJson());
+      DFC_RETURN_IF_ERROR(AppendLine(metrics_path, line.dump()));
+    }
 
     CheckpointMeta meta;
     meta.arch = o.arch;
@@ -372,7 +416,11 @@ std::string TrainOptions::ToJson() const {
                               {"early_stopping_patience", early_stopping_patience},
                               {"init", init_weights},
                               {"seed", seed},
-                              {"recipe", recipe}};
+                              {"recipe", recipe},
+                              {"precise_bn_batches", precise_bn_batches},
+                              {"bn_momentum", detector.bn_momentum},
+                              {"max_train_images", max_train_images},
+                              {"max_val_images", max_val_images}};
   return j.dump();
 }
 
@@ -411,8 +459,23 @@ std::string TrainResult::ToJson() const {
   return j.dump();
 }
 
-absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o, TrainObserver* obs) {
-  DFC_RETURN_IF_ERROR(ValidateOptions(o));
+TrainOptions ResolveOptions(const TrainOptions& in) {
+  TrainOptions o = in;
+  const bool notebook = o.recipe == "notebook";
+  if (o.lr_schedule.empty()) o.lr_schedule = notebook ? "notebook" : "constant";
+  if (o.lr <= 0) o.lr = IsResNet(o.arch) ? 1e-5 : 1e-3;
+  if (o.adam_eps <= 0) o.adam_eps = IsResNet(o.arch) ? 1e-9 : 1e-7;
+  if (notebook && o.early_stopping_patience == 0) o.early_stopping_patience = 5;
+  if (o.precise_bn_batches < 0) o.precise_bn_batches = notebook ? 0 : 20;
+  return o;
+}
+
+absl::StatusOr<TrainResult> RunTraining(const TrainOptions& given, TrainObserver* obs) {
+  DFC_RETURN_IF_ERROR(ValidateOptions(given));
+  // Every hyper-parameter as this run uses it: printed now, kept in every
+  // metrics line and checkpoint.
+  const TrainOptions o = ResolveOptions(given);
+  if (obs) obs->OnPhase("hyper-parameters: " + o.ToJson());
   const int ranks_here = o.collective ? o.collective->world_size() : 1;
   torch::set_num_threads(o.threads > 0 ? o.threads
                                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / ranks_here));
@@ -443,7 +506,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& o, TrainObserver* ob
   const std::vector<bool> is_val = KerasValidationMask(labels, 2, 0.5, /*from_end=*/false);
   for (size_t i = 0; i < train.size(); ++i) (is_val[i] ? select.val : select.train).push_back(train[i]);
   select.epochs = o.epochs;
-  select.patience = o.early_stopping_patience > 0 ? o.early_stopping_patience : 5;
+  select.patience = o.early_stopping_patience;
   select.out_dir = (fs::path(o.out_dir) / "selection").string();
   if (obs) obs->OnPhase(absl::StrCat("selecting the epoch count on a 50/50 split of the training split (",
                                      select.train.size(), " / ", select.val.size(), " images, patience ",

@@ -26,7 +26,9 @@ struct TrainOptions {
   double lr = 0;
   double adam_eps = 0;
   std::string loss = "bce";             // "bce" or "mse" (MesoNet's paper used mse)
-  std::string lr_schedule = "constant"; // or "notebook": constant 2 epochs, then x e^-0.2 per epoch
+  // "constant" or "notebook" (constant 2 epochs, then x e^-0.2 per epoch);
+  // "" = the recipe's (notebook under --recipe notebook, else constant).
+  std::string lr_schedule;
   int early_stopping_patience = 0;      // epochs without val-accuracy gain; 0 = off
   std::string init_weights;             // Keras .h5 or DFC checkpoint to start from
   bool resume = false;                  // continue from out_dir/latest.ckpt
@@ -38,6 +40,12 @@ struct TrainOptions {
   // class-preserving subset); 0 = all.
   int64_t max_train_images = 0;
   int64_t max_val_images = 0;
+  // Precise BatchNorm: before each validation the moving statistics are
+  // recomputed as the plain average over this many training batches (no
+  // gradient), so they describe the current weights however slow Keras's
+  // momentum 0.99 is on a small dataset. -1: the default (20; 0 under
+  // --recipe notebook, which keeps Keras's moving averages); 0: off.
+  int precise_bn_batches = -1;
   DetectorOptions detector;
   // Data-parallel training: this process is one rank of `collective` (not
   // owned; null = a single process). --batch-size is then the global batch,

@@ -39,6 +39,8 @@ TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& c) {
   o.max_train_images = c.max_train_images();
   o.max_val_images = c.max_val_images();
   o.threads = c.threads_per_rank();
+  o.recipe = c.recipe();
+  o.precise_bn_batches = c.precise_bn_batches() == 0 ? -1 : (c.precise_bn_batches() < 0 ? 0 : c.precise_bn_batches());
   return o;
 }
 
@@ -273,6 +275,15 @@ class ReportingObserver : public TrainObserver {
     e->set_step_compute_seconds(m.step_compute_seconds);
     e->set_step_allreduce_wait_seconds(m.step_allreduce_wait_seconds);
     e->set_lr(m.lr);
+    Send(req);
+  }
+  void OnPhase(const std::string& description) override {
+    static constexpr char kPrefix[] = "hyper-parameters: ";
+    if (description.rfind(kPrefix, 0) != 0) return;
+    v1::ReportMetricsRequest req;
+    req.set_job_id(job_id_);
+    req.set_attempt(attempt_);
+    req.set_resolved_config(description.substr(sizeof(kPrefix) - 1));
     Send(req);
   }
   void OnStep(int epoch, int64_t step, int64_t steps, double loss, double accuracy) override {

@@ -29,6 +29,12 @@ void DetectorImpl::SetBatchNormAllReduce(const AllReduceSumFn& fn) {
   }
 }
 
+void DetectorImpl::SetBatchNormMomentumOverride(double momentum) {
+  for (auto& m : modules()) {
+    if (auto* bn = m->as<KerasBatchNormImpl>()) bn->set_momentum_override(momentum);
+  }
+}
+
 torch::Tensor DetectorImpl::ShardedDropout(const torch::Tensor& x, double p) {
   if (!is_training() || p == 0) return x;
   const int64_t n = x.size(0);

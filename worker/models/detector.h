@@ -62,6 +62,8 @@ class DetectorImpl : public torch::nn::Module {
   }
   // Synchronises every BatchNorm layer's statistics through `fn` (empty: local).
   void SetBatchNormAllReduce(const AllReduceSumFn& fn);
+  // Every BatchNorm layer's momentum override (see KerasBatchNormImpl); -1 clears.
+  void SetBatchNormMomentumOverride(double momentum);
 
  protected:
   // Dropout whose mask is drawn for the global batch (see SetBatchShard).

@@ -113,7 +113,7 @@ KerasBatchNormImpl::KerasBatchNormImpl(int64_t channels, double keras_momentum) 
 torch::Tensor KerasBatchNormImpl::forward(const torch::Tensor& x) {
   if (!is_training() || !all_reduce_) {
     if (is_training()) num_batches_tracked.add_(1);
-    return torch::batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum_, kBnEpsilon,
+    return torch::batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum(), kBnEpsilon,
                              /*cudnn_enabled=*/true);
   }
   torch::Tensor stats;
@@ -122,8 +122,9 @@ torch::Tensor KerasBatchNormImpl::forward(const torch::Tensor& x) {
   const int64_t c = x.size(1);
   const torch::Tensor n = stats.narrow(0, 2 * c, 1);
   const torch::Tensor unbiased = stats.narrow(0, c, c) * n / (n - 1).clamp_min(1);
-  running_mean.mul_(1 - momentum_).add_(stats.narrow(0, 0, c), momentum_);
-  running_var.mul_(1 - momentum_).add_(unbiased, momentum_);
+  const double m = momentum();
+  running_mean.mul_(1 - m).add_(stats.narrow(0, 0, c), m);
+  running_var.mul_(1 - m).add_(unbiased, m);
   num_batches_tracked.add_(1);
   return y;
 }

@@ -49,11 +49,17 @@ class KerasBatchNormImpl : public torch::nn::Module {
   explicit KerasBatchNormImpl(int64_t channels, double keras_momentum = 0.99);
   torch::Tensor forward(const torch::Tensor& x);
   void set_all_reduce(AllReduceSumFn fn) { all_reduce_ = std::move(fn); }
+  // For precise BatchNorm: while >= 0, the update weight of the next batch's
+  // statistics (LibTorch convention; 1/(k+1) for batch k gives the plain
+  // average of the batches). -1: the layer's own momentum.
+  void set_momentum_override(double m) { momentum_override_ = m; }
 
   torch::Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 
  private:
+  double momentum() const { return momentum_override_ >= 0 ? momentum_override_ : momentum_; }
   const double momentum_;  // LibTorch convention
+  double momentum_override_ = -1;
   AllReduceSumFn all_reduce_;
 };
 TORCH_MODULE(KerasBatchNorm);
