@@ -683,6 +683,35 @@ TEST(ClusterTest, UsersAndWorkersHoldDifferentTokensAndOpenEndpointsNeedInsecure
   Kill(insecure, SIGTERM);
 }
 
+// The real MesoNet training folder as users have it (`train:test/`), a subset
+// whose size leaves a ragged last global batch (97 = 3 x 32 + 1: rank 1's
+// share of the last batch is empty), two ranks on two workers, then the best
+// checkpoint evaluated through `dfc evaluate`.
+TEST(ClusterTest, RealMesoNetSubsetWithARaggedLastBatchTrainsAndEvaluates) {
+  const std::string real = testing::SharedDir() + "/data/mesonet-deepfake";
+  if (!std::filesystem::exists(real + "/train:test")) GTEST_SKIP() << "../shared not present";
+  Cluster c(2);
+  auto shard = RunCommand(testing::DfcBinary() + " shard --src " + real + " --out " + c.dir().Join("real-shards"));
+  ASSERT_EQ(shard.exit_code, 0) << shard.err;
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + c.dir().Join("real-shards") +
+                            " --world-size 2 --epochs 2 --batch-size 32 --max-train-images 97 --max-val-images 64"
+                            " --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  auto watch = RunCommand(c.Dfc("watch --timeout 400 " + job));
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err;
+  const std::string status = RunCommand(c.Dfc("status --json " + job)).out;
+  ASSERT_EQ(JsonString(status, "state"), "SUCCEEDED") << status;
+  EXPECT_EQ(JsonInt(status, "restarts"), 0) << status;
+  EXPECT_EQ(CountEpochs(status), 2) << status;
+  const std::string samples = testing::SharedDir() + "/data/mesonet-samples";
+  auto eval = RunCommand(c.Dfc("evaluate --json --job " + job + " --checkpoint best " + samples));
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  const auto summary = nlohmann::json::parse(eval.out);
+  EXPECT_EQ(summary["count"], 4) << eval.out;
+  EXPECT_EQ(summary["errors"], 0) << eval.out;
+}
+
 // TLS with client certificates and a bearer token, on every endpoint.
 TEST(ClusterTest, TlsAndTokenAreEnforced) {
   testing::TempDir dir;
