@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "worker/checkpoint.h"
@@ -178,10 +179,13 @@ std::string ModelRegistry::NewUploadPath() {
 
 absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest::Header& h,
                                                     const std::string& uploaded) {
+  // Errors go to the client: they name "the uploaded file", never a path on
+  // the server.
   auto fail = [&](absl::Status st) {
     std::error_code ec;
     fs::remove(uploaded, ec);
-    return st;
+    return absl::Status(st.code(), absl::StrReplaceAll(st.message(), {{uploaded, "the uploaded file"},
+                                                                      {options_.models_dir, "the model store"}}));
   };
   // Checked again: the name may have been taken while the bytes arrived.
   if (absl::Status st = CheckImport(h); !st.ok()) return fail(st);

@@ -253,6 +253,13 @@ TEST_F(EvaluationTest, StreamLevelErrorsNameTheProblem) {
   EXPECT_NE(r.err.find("exists"), std::string::npos) << r.err;
   r = RunCommand(Dfc("import --name ../evil --model mesoinception4 --weights " + data_.weights));
   EXPECT_EQ(r.exit_code, 2) << r.err;
+  // A file that is no weights at all: the error names the problem, not where
+  // the server keeps uploads.
+  testing::WriteFileOrDie(dir_.Join("junk.h5"), std::string(4096, 'j'));
+  r = RunCommand(Dfc("import --name junk --model mesoinception4 --weights " + dir_.Join("junk.h5")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("the uploaded file"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find(dir_.Join("state")), std::string::npos) << "a server path leaked: " << r.err;
   EXPECT_TRUE(Healthy());
 }
 
