@@ -1,11 +1,17 @@
 # DFC on Debian 12, CPU (Gloo). Build from the repository root:
+#   scripts/build_images.sh --cpu          (podman, as tested), or
 #   docker build -f docker/cpu.Dockerfile -t REGISTRY/dfc:cpu .
-# The build stage runs the same scripts/setup.sh as the README and CI.
+# The build stage runs the same scripts/setup.sh as the README and CI, for
+# the three programs only: packages first (a layer of their own), then the
+# sources, compiled with a ccache kept between builds.
 FROM debian:12 AS build
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends ca-certificates sudo && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY scripts/setup.sh scripts/setup.sh
+RUN DFC_SETUP_PACKAGES_ONLY=1 scripts/setup.sh --binaries-only
 COPY . .
-RUN scripts/setup.sh && strip build/bin/dfc build/bin/dfc-coordinator build/bin/dfc-worker
+RUN --mount=type=cache,target=/root/.cache/ccache \
+    scripts/setup.sh --binaries-only && strip build/bin/dfc build/bin/dfc-coordinator build/bin/dfc-worker
 
 # Runtime: the shared libraries the binaries link, nothing to build with.
 FROM debian:12

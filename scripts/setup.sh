@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs DFC's Debian 12 packages (when missing) and builds it into build/.
 # Usage: scripts/setup.sh [--with-bench]   (bench adds Debian's python3-torch)
+#        scripts/setup.sh --binaries-only  (the three programs alone, for the
+#                                           container image's build stage)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,14 +14,24 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libsqlite3-dev
   python3-h5py python3-pil python3-numpy
 )
+binaries_only=0
 if [[ "${1:-}" == "--with-bench" ]]; then packages+=(python3-torch); fi
-
-# kubectl renders the Kubernetes manifests in a test; any recent one will do.
-command -v kubectl >/dev/null || packages+=(kubernetes-client)
-command -v npm >/dev/null || packages+=(nodejs npm)
+if [[ "${1:-}" == "--binaries-only" ]]; then
+  binaries_only=1
+  packages=("${packages[@]/libgtest-dev}")
+  packages=("${packages[@]/libgmock-dev}")
+  packages=("${packages[@]/python3-h5py}")
+  packages=("${packages[@]/python3-pil}")
+  packages=("${packages[@]/python3-numpy}")
+else
+  # kubectl renders the Kubernetes manifests in a test; any recent one will do.
+  command -v kubectl >/dev/null || packages+=(kubernetes-client)
+  command -v npm >/dev/null || packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
+  [[ -n $p ]] || continue
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
@@ -30,12 +42,21 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# The image's package layer installs before the sources arrive (cached apart).
+if [[ -n ${DFC_SETUP_PACKAGES_ONLY:-} ]]; then exit 0; fi
+
+# LibTorch translation units need ~1.5 GiB each: one job per 2 GiB of memory.
+jobs=$(( $(nproc) < 8 ? $(nproc) : 8 ))
+if [[ $binaries_only == 1 ]]; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDFC_BUILD_TESTS=OFF
+  ninja -C build -j "$jobs" dfc dfc-coordinator dfc-worker
+  exit 0
+fi
+
 # The manifest test's schema validator (kubernetes-models), pinned by the lock file.
 if [[ ! -d tests/k8s/node_modules ]]; then
   (cd tests/k8s && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
-# LibTorch translation units need ~1.5 GiB each: one job per 2 GiB of memory.
-jobs=$(( $(nproc) < 8 ? $(nproc) : 8 ))
 ninja -C build -j "$jobs"

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds DFC's container images with Debian's podman, on this machine, with
+# no registry: the Debian 12 base image is made here with debootstrap (from
+# the mirror this machine's apt uses, read at run time) and imported under
+# the name the Dockerfiles' FROM lines use (debian:12).
+#   scripts/build_images.sh [--cpu] [--cuda-stages]     (default: --cpu)
+# --cpu          dfc:cpu from docker/cpu.Dockerfile as written; prints its size
+#                and its largest layer.
+# --cuda-stages  the stages of docker/cuda.Dockerfile that need no nvidia/cuda
+#                base (see docs/DEPLOY.md).
+# podman settings: docker/containers.conf (runc, no rlimits), host network.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cpu=0 cuda=0
+for a in "$@"; do
+  case "$a" in
+    --cpu) cpu=1 ;;
+    --cuda-stages) cuda=1 ;;
+    *) echo "build_images.sh: unknown argument $a" >&2; exit 2 ;;
+  esac
+done
+(( cpu || cuda )) || cpu=1
+export CONTAINERS_CONF=$PWD/docker/containers.conf
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends podman runc debootstrap
+fi
+t0=$(date +%s)
+
+# The base image: Debian 12 minbase, made once.
+if ! podman image exists docker.io/library/debian:12; then
+  mirror=""
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -f $f ]] || continue
+    mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$f")
+    [[ -n $mirror ]] && break
+  done
+  if [[ -z $mirror && -f /etc/apt/sources.list ]]; then
+    mirror=$(awk '$1 == "deb" && $3 ~ /^bookworm$/ {print $2; exit}' /etc/apt/sources.list)
+  fi
+  [[ -n $mirror ]] || { echo "build_images.sh: no Debian mirror in this machine's apt sources" >&2; exit 1; }
+  root=$(mktemp -d)
+  trap 'rm -rf "$root"' EXIT
+  echo "build_images: debootstrap bookworm from $mirror"
+  debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
+  tar -C "$root" -c . | podman import - docker.io/library/debian:12 >/dev/null
+  echo "build_images: base image debian:12 in $(( $(date +%s) - t0 )) s"
+fi
+
+if (( cpu )); then
+  t1=$(date +%s)
+  podman build --network=host --pull=never -f docker/cpu.Dockerfile -t localhost/dfc:cpu .
+  echo "build_images: dfc:cpu built in $(( $(date +%s) - t1 )) s"
+  size=$(podman image inspect localhost/dfc:cpu --format '{{.Size}}')
+  largest=$(podman history --format '{{.Size}}\t{{.CreatedBy}}' --human=false localhost/dfc:cpu | sort -n | tail -1)
+  echo "build_images: dfc:cpu is $(( size / 1024 / 1024 )) MiB; largest layer $(( ${largest%%$'\t'*} / 1024 / 1024 )) MiB: ${largest#*$'\t'}" | cut -c1-300
+fi
+if (( cuda )); then
+  t1=$(date +%s)
+  podman build --network=host --pull=never -f docker/cuda.Dockerfile --target deps -t localhost/dfc:cuda-deps .
+  echo "build_images: the CUDA image's dependency stage built in $(( $(date +%s) - t1 )) s"
+fi
