@@ -3,14 +3,17 @@
 # build needs come from scripts/gather_cuda_deps.sh, and scripts/build_cuda.sh
 # unpacks them into a prefix and builds. Build from the repository root:
 #   docker build -f docker/cuda.Dockerfile -t REGISTRY/dfc:cuda .
-# (Not built on the project's machines: they run no container engine. CI runs
-# both scripts -- tests/cuda_build_test.cc -- with a CPU LibTorch standing in.)
+# On the project's machines only the `deps` stage can be built
+# (scripts/build_images.sh --cuda-stages): the nvidia/cuda base and the PyTorch
+# index are out of their reach. CI runs both scripts -- tests/cuda_build_test.cc
+# -- with a CPU LibTorch standing in, and the same build has run on an H100.
 ARG CUDA_VERSION=13.0.1
 ARG UBUNTU=ubuntu24.04
 
 # 1. The Debian 12 packages, with the same script the GPU machine's build uses.
 FROM debian:12 AS deps
-RUN apt-get update -q
+# objdump (binutils): the script checks that the packages close over their libraries.
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends binutils
 WORKDIR /src
 COPY scripts/gather_cuda_deps.sh scripts/
 RUN scripts/gather_cuda_deps.sh --out /deps

@@ -44,6 +44,8 @@ if ! podman image exists docker.io/library/debian:12; then
   trap 'rm -rf "$root"' EXIT
   echo "build_images: debootstrap bookworm from $mirror"
   debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
+  # As Debian's own image: no downloaded packages, no package lists.
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   tar -C "$root" -c . | podman import - docker.io/library/debian:12 >/dev/null
   echo "build_images: base image debian:12 in $(( $(date +%s) - t0 )) s"
 fi
@@ -53,8 +55,12 @@ if (( cpu )); then
   podman build --network=host --pull=never -f docker/cpu.Dockerfile -t localhost/dfc:cpu .
   echo "build_images: dfc:cpu built in $(( $(date +%s) - t1 )) s"
   size=$(podman image inspect localhost/dfc:cpu --format '{{.Size}}')
-  largest=$(podman history --format '{{.Size}}\t{{.CreatedBy}}' --human=false localhost/dfc:cpu | sort -n | tail -1)
-  echo "build_images: dfc:cpu is $(( size / 1024 / 1024 )) MiB; largest layer $(( ${largest%%$'\t'*} / 1024 / 1024 )) MiB: ${largest#*$'\t'}" | cut -c1-300
+  # podman prints layer sizes as "1.19 GB" (decimal units).
+  largest=$(podman history --format '{{.Size}}|{{.CreatedBy}}' localhost/dfc:cpu |
+            awk -F'|' '{ split($1, a, " "); m = a[2] == "GB" ? 1e9 : a[2] == "MB" ? 1e6 : a[2] == "kB" ? 1e3 : 1;
+                         printf "%d|%s\n", a[1] * m, $2 }' | sort -t'|' -k1,1n | tail -1)
+  echo "build_images: dfc:cpu is $(( size / 1000000 )) MB; largest layer $(( ${largest%%|*} / 1000000 )) MB: ${largest#*|}" |
+    cut -c1-200
 fi
 if (( cuda )); then
   t1=$(date +%s)
