@@ -389,6 +389,8 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
   submit->add_option_function<int>("--threads", [cfg](int v) { cfg->set_threads_per_rank(v); }, "Threads per rank");
   submit->add_flag_function("--wait-for-capacity", [s](int64_t) { s->req.set_wait_for_capacity(true); },
                              "Keep a job with more ranks than the cluster has slots queued until workers join");
+  submit->add_option_function<std::string>("--precision", [cfg](const std::string& v) { cfg->set_precision(v); },
+                                           "fp32, bf16 or fp16 (default bf16 on GPU ranks, fp32 on CPU)");
   submit->add_option_function<std::string>("--recipe", [cfg](const std::string& v) { cfg->set_recipe(v); },
                                            "notebook: the seed notebook's whole recipe (explicit flags win)");
   submit->add_option_function<int>("--precise-bn-batches",

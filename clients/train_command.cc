@@ -108,6 +108,8 @@ void AddTrainCommand(CLI::App& app, RunFn* run) {
   cmd->add_option("--freeze-keras-layers", o->detector.freeze_keras_layers,
                   "ResNet: freeze non-BatchNorm layers among the first N Keras layers")
       ->check(CLI::Range(0, 100000));
+  cmd->add_option("--precision", o->precision, "Forward-pass precision: fp32, bf16 or fp16 (default bf16 on CUDA, fp32 on CPU)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   cmd->add_option("--precise-bn-batches", o->precise_bn_batches,
                   "Recompute BatchNorm statistics over N training batches before each validation "
                   "(default 20; 0 = off; off under --recipe notebook)")

@@ -80,6 +80,10 @@ absl::Status ValidateTrainingConfig(const v1::TrainingConfig& c) {
   if (!c.recipe().empty() && c.recipe() != "notebook") {
     check(Bad("config.recipe", "--recipe", absl::StrCat("must be notebook or empty, got '", c.recipe().substr(0, 64), "'")));
   }
+  if (!c.precision().empty() && c.precision() != "fp32" && c.precision() != "bf16" && c.precision() != "fp16") {
+    check(Bad("config.precision", "--precision",
+              absl::StrCat("must be fp32, bf16 or fp16, got '", c.precision().substr(0, 64), "'")));
+  }
   check(InRange(c.precise_bn_batches(), -1, 100000, "config.precise_bn_batches", "--precise-bn-batches"));
   return st;
 }

@@ -339,20 +339,32 @@ void WaitForSteps(Cluster& c, const std::string& job, int seconds) {
   }
 }
 
-// SIGSTOP, the hang a SIGKILL test never shows: the rank is alive, holds its
-// slot and answers nothing. World size 1 has no peer whose collective would
-// time out; the worker's hang detection must end it.
+// Submits a long job (`world` ranks, 50 epochs, plus `extra` flags), waits
+// until it trains, then SIGSTOPs its attempt-1 rank `rank`: the hang a
+// SIGKILL test never shows (alive, holding its slot, answering nothing).
+struct StoppedRank {
+  std::string job;
+  pid_t pid = -1;
+};
+StoppedRank SubmitAndStopRank(Cluster& c, int world, const std::string& extra, int rank) {
+  const std::string shards = Shards(c.dir(), 400);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards + " --world-size " +
+                            std::to_string(world) + " --epochs 50 --batch-size 16 --threads 1 " + extra));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  StoppedRank s;
+  s.job = JsonString(r.out, "job_id");
+  WaitForSteps(c, s.job, 120);
+  s.pid = RankPid(c, s.job, 1, rank, world);
+  if (s.pid > 0) EXPECT_EQ(::kill(s.pid, SIGSTOP), 0);
+  return s;
+}
+
+// World size 1 has no peer whose collective would time out; the worker's
+// hang detection must end a stopped rank.
 TEST(ClusterTest, StoppedRankAtWorldSizeOneIsKilledAndTheJobFailsWithTheReason) {
   Cluster c(1);
-  const std::string shards = Shards(c.dir(), 400);
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
-                            " --world-size 1 --epochs 50 --batch-size 16 --threads 1 --hang-timeout 4 --max-restarts 0"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
-  WaitForSteps(c, job, 120);
-  const pid_t rank = RankPid(c, job, 1, 0, 1);
+  const auto [job, rank] = SubmitAndStopRank(c, 1, "--hang-timeout 4 --max-restarts 0", 0);
   ASSERT_GT(rank, 0);
-  ASSERT_EQ(::kill(rank, SIGSTOP), 0);
   const auto t0 = std::chrono::steady_clock::now();
   const std::string json = WaitForState(c, job, "FAILED", 30);
   EXPECT_EQ(JsonString(json, "state"), "FAILED") << json;
@@ -367,15 +379,8 @@ TEST(ClusterTest, StoppedRankAtWorldSizeOneIsKilledAndTheJobFailsWithTheReason) 
 // does not kill the new attempt's ranks on the same workers.
 TEST(ClusterTest, StoppedRankAtWorldSizeTwoRestartsAndTheNewAttemptSurvives) {
   Cluster c(2);
-  const std::string shards = Shards(c.dir(), 400);
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
-                            " --world-size 2 --epochs 50 --batch-size 16 --threads 1 --hang-timeout 4 --max-restarts 2"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
-  WaitForSteps(c, job, 120);
-  const pid_t victim = RankPid(c, job, 1, 1, 2);
+  const auto [job, victim] = SubmitAndStopRank(c, 2, "--hang-timeout 4 --max-restarts 2", 1);
   ASSERT_GT(victim, 0);
-  ASSERT_EQ(::kill(victim, SIGSTOP), 0);
   // Attempt 2 starts and runs; it must still be running (not restarting
   // again) a while later.
   pid_t fresh = -1;
@@ -406,15 +411,8 @@ TEST(ClusterTest, StoppedRankAtWorldSizeTwoRestartsAndTheNewAttemptSurvives) {
 // SIGKILL after the grace period ends it.
 TEST(ClusterTest, CancelOfAHungJobEndsEveryProcess) {
   Cluster c(1);
-  const std::string shards = Shards(c.dir(), 400);
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
-                            " --world-size 1 --epochs 50 --batch-size 16 --threads 1"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
-  WaitForSteps(c, job, 120);
-  const pid_t rank = RankPid(c, job, 1, 0, 1);
+  const auto [job, rank] = SubmitAndStopRank(c, 1, "", 0);
   ASSERT_GT(rank, 0);
-  ASSERT_EQ(::kill(rank, SIGSTOP), 0);
   auto cancel = RunCommand(c.Dfc("cancel --json " + job));
   EXPECT_EQ(cancel.exit_code, 0) << cancel.err;
   EXPECT_TRUE(WaitGone(rank, 15)) << "a stopped rank survived cancel";

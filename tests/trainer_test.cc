@@ -1,6 +1,7 @@
 #include "worker/trainer.h"
 
 #include <cmath>
+#include <map>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -15,23 +16,28 @@
 namespace dfc {
 namespace {
 
+// `count` synthetic images sharded into DIR/shards with a validation split.
+void MakeShards(testing::TempDir& dir, int count, uint64_t seed, double validation_split) {
+  SynthOptions s;
+  s.count = count;
+  s.seed = seed;
+  s.out_dir = dir.Join("src");
+  ASSERT_TRUE(GenerateSyntheticDataset(s).ok());
+  ScanOptions scan;
+  scan.validation_split = validation_split;
+  auto ds = ScanDataset(s.out_dir, scan);
+  ASSERT_TRUE(ds.ok());
+  ShardWriterOptions w;
+  w.out_dir = dir.Join("shards");
+  ASSERT_TRUE(WriteShards(*ds, s.out_dir, w).ok());
+}
+
 // 64 synthetic images (48 train / 16 validation), shared by the suite.
 class TrainerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    SynthOptions s;
-    s.count = 64;
-    s.seed = 5;
-    s.out_dir = dir_->Join("src");
-    ASSERT_TRUE(GenerateSyntheticDataset(s).ok());
-    ScanOptions scan;
-    scan.validation_split = 0.25;
-    auto ds = ScanDataset(s.out_dir, scan);
-    ASSERT_TRUE(ds.ok());
-    ShardWriterOptions w;
-    w.out_dir = dir_->Join("shards");
-    ASSERT_TRUE(WriteShards(*ds, s.out_dir, w).ok());
+    MakeShards(*dir_, 64, 5, 0.25);
   }
   static void TearDownTestSuite() { delete dir_; }
 
@@ -173,18 +179,7 @@ TEST_F(TrainerTest, NotebookRecipeAloneGivesTheNotebooksLearningRatesInBothPhase
 // (validation accuracy 0.50 here); precise BatchNorm (the default) fixes it.
 TEST(TrainerDefaultsTest, DefaultsLearnOnASmallSyntheticSet) {
   testing::TempDir dir;
-  SynthOptions s;
-  s.count = 800;
-  s.seed = 2;
-  s.out_dir = dir.Join("src");
-  ASSERT_TRUE(GenerateSyntheticDataset(s).ok());
-  ScanOptions scan;
-  scan.validation_split = 0.2;
-  auto ds = ScanDataset(s.out_dir, scan);
-  ASSERT_TRUE(ds.ok());
-  ShardWriterOptions w;
-  w.out_dir = dir.Join("shards");
-  ASSERT_TRUE(WriteShards(*ds, s.out_dir, w).ok());
+  MakeShards(dir, 800, 2, 0.2);
   TrainOptions o;
   o.data_dir = dir.Join("shards");
   o.out_dir = dir.Join("out");
@@ -193,6 +188,32 @@ TEST(TrainerDefaultsTest, DefaultsLearnOnASmallSyntheticSet) {
   auto r = RunTraining(o, nullptr);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_GE(r->val_accuracy, 0.90);
+}
+
+// bf16 autocast (the GPU default) on CPU: trains, keeps float32 weights and
+// checkpoints, and lands in the float32 run's accuracy band.
+TEST(TrainerPrecisionTest, Bf16AutocastTrainsLikeFloat32) {
+  testing::TempDir dir;
+  MakeShards(dir, 320, 7, 0.25);
+  std::map<std::string, double> acc;
+  for (const std::string precision : {"fp32", "bf16"}) {
+    TrainOptions o;
+    o.data_dir = dir.Join("shards");
+    o.out_dir = dir.Join(precision);
+    o.epochs = 5;
+    o.batch_size = 16;
+    o.threads = 2;
+    o.precision = precision;
+    auto r = RunTraining(o, nullptr);
+    ASSERT_TRUE(r.ok()) << precision << ": " << r.status();
+    acc[precision] = r->val_accuracy;
+    auto model = LoadDetector("mesoinception4", r->checkpoint);
+    ASSERT_TRUE(model.ok());
+    for (const auto& p : (*model)->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat32);
+  }
+  std::printf("val accuracy: fp32 %.4f, bf16 %.4f\n", acc["fp32"], acc["bf16"]);
+  EXPECT_GE(acc["fp32"], 0.8);
+  EXPECT_NEAR(acc["bf16"], acc["fp32"], 0.1);
 }
 
 TEST_F(TrainerTest, BadOptionsNameTheFlag) {

@@ -19,6 +19,7 @@
 #include "worker/gradient_sync.h"
 #include "worker/checkpoint.h"
 #include "worker/keras_h5.h"
+#include "worker/precision.h"
 #include "worker/tensor_batch.h"
 
 namespace dfc {
@@ -51,6 +52,7 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   c.set_max_val_images(o.max_val_images);
   c.set_threads_per_rank(o.threads);
   c.set_recipe(o.recipe);
+  c.set_precision(o.precision);
   c.set_precise_bn_batches(o.precise_bn_batches < 0 ? 0 : (o.precise_bn_batches == 0 ? -1 : o.precise_bn_batches));
   if (absl::Status st = ValidateTrainingConfig(c); !st.ok()) return st;
   auto bad = [](const std::string& flag, const std::string& why) {
@@ -61,6 +63,12 @@ absl::Status ValidateOptions(const TrainOptions& o) {
     return bad("--loader-threads", absl::StrCat("must be in [0, 1024], got ", o.loader_threads));
   }
   if (o.resume && !o.recipe.empty()) return bad("--resume", "cannot be combined with --recipe");
+  if (!o.precision.empty() && o.precision != "fp32" && o.precision != "bf16" && o.precision != "fp16") {
+    return bad("--precision", absl::StrCat("must be fp32, bf16 or fp16, got '", o.precision, "'"));
+  }
+  if (o.precision == "fp16" && !DefaultDevice().is_cuda()) {
+    return bad("--precision", "fp16 needs a CUDA device (autocast on CPU supports bf16 only)");
+  }
   return absl::OkStatus();
 }
 
@@ -214,6 +222,13 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
     if (p.requires_grad()) trainable.push_back(p);
   }
   torch::optim::Adam optimizer(trainable, torch::optim::AdamOptions(base_lr).eps(eps));
+  bool precision_ok = false;
+  const std::optional<at::ScalarType> amp = ParsePrecision(o.precision, &precision_ok);
+  // fp16 only: dynamic loss scaling (as torch.cuda.amp.GradScaler: x2 after
+  // 2000 finite steps, /2 and the step skipped on inf/NaN gradients). The
+  // gradients are all-reduced first, so every rank takes the same decision.
+  double loss_scale = o.precision == "fp16" ? 65536.0 : 1.0;
+  int64_t finite_steps = 0;
 
   std::error_code ec;
   fs::create_directories(phase.out_dir, ec);
@@ -294,15 +309,37 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
       model->SetBatchShard(plan.offset[s], plan.global_batch[s]);
       optimizer.zero_grad();
       try {
-        torch::Tensor logits = model->forward(x);
+        torch::Tensor logits;
+        {
+          AutocastGuard autocast(device.type(), amp);
+          logits = model->forward(x);
+        }
+        logits = logits.to(torch::kFloat32);  // the loss in float32
         // Each rank's share of the global batch's mean loss; the gradient
         // all-reduce averages over ranks, hence the factor world / global.
         const double scale = static_cast<double>(world) / static_cast<double>(plan.global_batch[s]);
         torch::Tensor loss_sum_t = LossSum(o.loss, logits, y);
         if (sync) sync->BeginStep();
-        (loss_sum_t * scale).backward();
+        (loss_sum_t * (scale * loss_scale)).backward();
         if (sync) DFC_RETURN_IF_ERROR(sync->Finish());
-        optimizer.step();
+        if (loss_scale != 1.0) {
+          std::vector<torch::Tensor> checks;
+          for (auto& p : trainable) {
+            if (!p.grad().defined()) continue;
+            p.grad().div_(loss_scale);
+            checks.push_back(torch::isfinite(p.grad()).all());
+          }
+          const bool finite = checks.empty() || torch::stack(checks).all().item<bool>();  // one sync
+          if (finite) {
+            optimizer.step();
+            if (++finite_steps % 2000 == 0) loss_scale *= 2;
+          } else {
+            loss_scale = std::max(1.0, loss_scale / 2);
+            finite_steps = 0;
+          }
+        } else {
+          optimizer.step();
+        }
         loss_sum += loss_sum_t.item<double>();
         correct += ((logits > 0).to(torch::kFloat32) == y).sum().item<double>();
       } catch (const std::exception& e) {
@@ -417,6 +454,7 @@ std::string TrainOptions::ToJson() const {
                               {"init", init_weights},
                               {"seed", seed},
                               {"recipe", recipe},
+                              {"precision", precision},
                               {"precise_bn_batches", precise_bn_batches},
                               {"bn_momentum", detector.bn_momentum},
                               {"max_train_images", max_train_images},
@@ -467,6 +505,7 @@ TrainOptions ResolveOptions(const TrainOptions& in) {
   if (o.adam_eps <= 0) o.adam_eps = IsResNet(o.arch) ? 1e-9 : 1e-7;
   if (notebook && o.early_stopping_patience == 0) o.early_stopping_patience = 5;
   if (o.precise_bn_batches < 0) o.precise_bn_batches = notebook ? 0 : 20;
+  if (o.precision.empty()) o.precision = DefaultDevice().is_cuda() ? "bf16" : "fp32";
   return o;
 }
 

@@ -53,6 +53,10 @@ struct TrainOptions {
   Collective* collective = nullptr;
   int64_t bucket_bytes = int64_t{25} << 20;  // gradient all-reduce bucket size
   bool overlap_allreduce = true;             // start buckets during backward (false: after, for measurement)
+  // Forward-pass precision: "fp32", "bf16" or "fp16" (autocast; weights,
+  // optimizer state, BatchNorm statistics, the loss and checkpoints stay
+  // float32; fp16 adds dynamic loss scaling). "": bf16 on CUDA, fp32 on CPU.
+  std::string precision;
   // Called after every training step and validation batch: a rank's sign of
   // life for its worker's hang detection (empty: none).
   std::function<void()> progress;

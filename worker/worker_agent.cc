@@ -40,6 +40,7 @@ TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& c) {
   o.max_val_images = c.max_val_images();
   o.threads = c.threads_per_rank();
   o.recipe = c.recipe();
+  o.precision = c.precision();
   o.precise_bn_batches = c.precise_bn_batches() == 0 ? -1 : (c.precise_bn_batches() < 0 ? 0 : c.precise_bn_batches());
   return o;
 }

@@ -110,7 +110,13 @@ KerasBatchNormImpl::KerasBatchNormImpl(int64_t channels, double keras_momentum) 
   num_batches_tracked = register_buffer("num_batches_tracked", torch::zeros({}, torch::kLong));
 }
 
-torch::Tensor KerasBatchNormImpl::forward(const torch::Tensor& x) {
+torch::Tensor KerasBatchNormImpl::forward(const torch::Tensor& input) {
+  // Under mixed precision (bf16/fp16 activations) the statistics, their
+  // all-reduce and the normalisation run in float32, as AMP does for
+  // BatchNorm; the next convolution casts back down.
+  const torch::Tensor x = input.scalar_type() == torch::kBFloat16 || input.scalar_type() == torch::kHalf
+                              ? input.to(torch::kFloat32)
+                              : input;
   if (!is_training() || !all_reduce_) {
     if (is_training()) num_batches_tracked.add_(1);
     return torch::batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum(), kBnEpsilon,
