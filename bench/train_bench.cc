@@ -23,8 +23,7 @@ int main(int argc, char** argv) {
   app.add_option("--precision", precision, "Forward-pass autocast: fp32, bf16 or fp16")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   CLI11_PARSE(app, argc, argv);
-  bool precision_ok = false;
-  const std::optional<at::ScalarType> amp = dfc::ParsePrecision(precision, &precision_ok);
+  const std::optional<at::ScalarType> amp = dfc::AutocastType(precision);
   torch::set_num_threads(threads);
   torch::manual_seed(0);
   auto model = dfc::MakeDetector(model_name);

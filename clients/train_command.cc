@@ -110,7 +110,8 @@ void AddTrainCommand(CLI::App& app, RunFn* run) {
       ->check(CLI::Range(0, 100000));
   cmd->add_option("--precision", o->precision, "Forward-pass precision: fp32, bf16 or fp16 (default bf16 on CUDA, fp32 on CPU)")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
-  cmd->add_option("--precise-bn-batches", o->precise_bn_batches,
+  // The flag's 0 (off) is the option's -1; the option's 0 is the default.
+  cmd->add_option_function<int>("--precise-bn-batches", [o](int v) { o->precise_bn_batches = v == 0 ? -1 : v; },
                   "Recompute BatchNorm statistics over N training batches before each validation "
                   "(default 20; 0 = off; off under --recipe notebook)")
       ->check(CLI::Range(0, 100000));

@@ -326,14 +326,18 @@ void Coordinator::StopRanks(const std::string& job_id) {
   active_.erase(it);
 }
 
-absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::string& reason, bool permanent) {
-  StopRanks(job_id);
-  v1::Job job = jobs_[job_id];
+void Coordinator::RecordFailure(v1::Job& job, const std::string& reason, bool permanent) const {
   v1::AttemptFailure* f = job.add_failures();
   f->set_attempt(job.attempt());
   f->set_reason(reason);
   f->set_unix_ms(Now());
   f->set_permanent(permanent);
+}
+
+absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::string& reason, bool permanent) {
+  StopRanks(job_id);
+  v1::Job job = jobs_[job_id];
+  RecordFailure(job, reason, permanent);
   if (!permanent && job.restarts() < job.max_restarts()) {
     job.set_restarts(job.restarts() + 1);
     job.set_state(v1::QUEUED);
@@ -341,12 +345,15 @@ absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::stri
     not_before_ms_[job_id] = Now() + 3 * options_.heartbeat_interval.count();
   } else {
     job.set_state(v1::FAILED);
-    // The first error is the root cause; later attempts often fail because of it.
-    const std::string& first = job.failures(0).reason();
-    job.set_reason(permanent || job.failures_size() == 1
-                       ? (permanent ? absl::StrCat("permanent error, not retried: ", reason) : reason)
-                       : absl::StrCat(first, " (and ", job.failures_size() - 1, " more failed attempt(s); last: ",
-                                      reason, ")"));
+    if (permanent) {
+      job.set_reason(absl::StrCat("permanent error, not retried: ", reason));
+    } else if (job.failures_size() == 1) {
+      job.set_reason(reason);
+    } else {
+      // The first error is the root cause; later attempts often fail because of it.
+      job.set_reason(absl::StrCat(job.failures(0).reason(), " (and ", job.failures_size() - 1,
+                                  " more failed attempt(s); last: ", reason, ")"));
+    }
     job.set_finished_unix_ms(Now());
   }
   job.clear_workers();
@@ -473,11 +480,9 @@ void Coordinator::RequeueUnstartedLocked() {
   for (const std::string& id : late) {
     StopRanks(id);
     v1::Job job = jobs_[id];
-    v1::AttemptFailure* f = job.add_failures();
-    f->set_attempt(job.attempt());
-    f->set_reason(absl::StrCat("rank 0 did not start within ", options_.schedule_timeout.count() / 1000,
-                               " s of scheduling; back to the queue"));
-    f->set_unix_ms(now);
+    RecordFailure(job, absl::StrCat("rank 0 did not start within ", options_.schedule_timeout.count() / 1000,
+                                    " s of scheduling; back to the queue"),
+                  /*permanent=*/false);
     job.set_state(v1::QUEUED);
     job.clear_workers();
     if (absl::Status st = Save(job); !st.ok()) {

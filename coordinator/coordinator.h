@@ -99,6 +99,8 @@ class Coordinator {
   // left and the error is not permanent, else FAILED with the first error.
   absl::Status FailAttempt(const std::string& job_id, const std::string& reason, bool permanent = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends the current attempt's failure to job.failures.
+  void RecordFailure(v1::Job& job, const std::string& reason, bool permanent) const;
   void StopRanks(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds to the job's record every epoch its run directory's metrics.jsonl

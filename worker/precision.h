@@ -10,12 +10,11 @@
 
 namespace dfc {
 
-// "fp32" -> nullopt (no autocast), "bf16" -> kBFloat16, "fp16" -> kHalf.
-inline std::optional<at::ScalarType> ParsePrecision(const std::string& p, bool* ok) {
-  *ok = true;
-  if (p == "bf16") return at::kBFloat16;
-  if (p == "fp16") return at::kHalf;
-  *ok = p == "fp32";
+// The autocast type of a precision the callers have validated: "bf16" ->
+// kBFloat16, "fp16" -> kHalf, "fp32" -> nullopt (no autocast).
+inline std::optional<at::ScalarType> AutocastType(const std::string& precision) {
+  if (precision == "bf16") return at::kBFloat16;
+  if (precision == "fp16") return at::kHalf;
   return std::nullopt;
 }
 

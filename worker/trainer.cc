@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
 #include "common/training_config.h"
@@ -53,7 +54,7 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   c.set_threads_per_rank(o.threads);
   c.set_recipe(o.recipe);
   c.set_precision(o.precision);
-  c.set_precise_bn_batches(o.precise_bn_batches < 0 ? 0 : (o.precise_bn_batches == 0 ? -1 : o.precise_bn_batches));
+  c.set_precise_bn_batches(o.precise_bn_batches);
   if (absl::Status st = ValidateTrainingConfig(c); !st.ok()) return st;
   auto bad = [](const std::string& flag, const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(flag, ": ", why));
@@ -63,9 +64,6 @@ absl::Status ValidateOptions(const TrainOptions& o) {
     return bad("--loader-threads", absl::StrCat("must be in [0, 1024], got ", o.loader_threads));
   }
   if (o.resume && !o.recipe.empty()) return bad("--resume", "cannot be combined with --recipe");
-  if (!o.precision.empty() && o.precision != "fp32" && o.precision != "bf16" && o.precision != "fp16") {
-    return bad("--precision", absl::StrCat("must be fp32, bf16 or fp16, got '", o.precision, "'"));
-  }
   if (o.precision == "fp16" && !DefaultDevice().is_cuda()) {
     return bad("--precision", "fp16 needs a CUDA device (autocast on CPU supports bf16 only)");
   }
@@ -162,6 +160,7 @@ absl::Status RecomputeBatchNormStats(DetectorImpl& model, BatchLoader& loader, c
   loader.StartEpochWithBatches(plan.steps);
   model.train();
   torch::NoGradGuard no_grad;
+  absl::Cleanup own_momentum = [&model] { model.SetBatchNormMomentumOverride(-1); };  // on every return
   for (size_t k = 0; k < plan.steps.size(); ++k) {
     DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, loader.Next());
     if (!batch) return absl::InternalError("the loader ended before the precise-BatchNorm plan");
@@ -170,12 +169,10 @@ absl::Status RecomputeBatchNormStats(DetectorImpl& model, BatchLoader& loader, c
     try {
       model.forward(PixelsToTensor(batch->pixels.data(), batch->count, batch->image_size, device));
     } catch (const std::exception& e) {
-      model.SetBatchNormMomentumOverride(-1);
       return absl::UnavailableError(absl::StrCat("precise BatchNorm batch ", k + 1, " failed: ", e.what()));
     }
     if (progress) progress();
   }
-  model.SetBatchNormMomentumOverride(-1);
   return absl::OkStatus();
 }
 
@@ -222,8 +219,7 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
     if (p.requires_grad()) trainable.push_back(p);
   }
   torch::optim::Adam optimizer(trainable, torch::optim::AdamOptions(base_lr).eps(eps));
-  bool precision_ok = false;
-  const std::optional<at::ScalarType> amp = ParsePrecision(o.precision, &precision_ok);
+  const std::optional<at::ScalarType> amp = AutocastType(o.precision);
   // fp16 only: dynamic loss scaling (as torch.cuda.amp.GradScaler: x2 after
   // 2000 finite steps, /2 and the step skipped on inf/NaN gradients). The
   // gradients are all-reduced first, so every rank takes the same decision.
@@ -270,7 +266,6 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
   lo.threads = num_threads;
   BatchLoader train_loader(&shards, phase.train, lo);
   BatchLoader bn_loader(&shards, phase.train, lo);
-  const int precise_bn = o.precise_bn_batches;
   lo.shuffle = false;
   BatchLoader val_loader(&shards, phase.val, lo);
   result.train_images = static_cast<int64_t>(phase.train.size());
@@ -353,8 +348,9 @@ absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& sh
       if (obs && seen > 0) obs->OnStep(epoch + 1, s + 1, steps, loss_sum / seen, correct / seen);
     }
     const double train_seconds = Seconds(t0, Clock::now());
-    if (precise_bn > 0) {
-      DFC_RETURN_IF_ERROR(RecomputeBatchNormStats(*model, bn_loader, phase.train, precise_bn, o.batch_size, world, rank,
+    if (o.precise_bn_batches > 0) {
+      DFC_RETURN_IF_ERROR(RecomputeBatchNormStats(*model, bn_loader, phase.train, o.precise_bn_batches, o.batch_size,
+                                                  world, rank,
                                                   o.seed, epoch, device, o.progress));
     }
     if (world > 1) {
@@ -504,7 +500,8 @@ TrainOptions ResolveOptions(const TrainOptions& in) {
   if (o.lr <= 0) o.lr = IsResNet(o.arch) ? 1e-5 : 1e-3;
   if (o.adam_eps <= 0) o.adam_eps = IsResNet(o.arch) ? 1e-9 : 1e-7;
   if (notebook && o.early_stopping_patience == 0) o.early_stopping_patience = 5;
-  if (o.precise_bn_batches < 0) o.precise_bn_batches = notebook ? 0 : 20;
+  if (o.precise_bn_batches == 0) o.precise_bn_batches = notebook ? 0 : 20;
+  if (o.precise_bn_batches < 0) o.precise_bn_batches = 0;  // off
   if (o.precision.empty()) o.precision = DefaultDevice().is_cuda() ? "bf16" : "fp32";
   return o;
 }

@@ -43,9 +43,10 @@ struct TrainOptions {
   // Precise BatchNorm: before each validation the moving statistics are
   // recomputed as the plain average over this many training batches (no
   // gradient), so they describe the current weights however slow Keras's
-  // momentum 0.99 is on a small dataset. -1: the default (20; 0 under
-  // --recipe notebook, which keeps Keras's moving averages); 0: off.
-  int precise_bn_batches = -1;
+  // momentum 0.99 is on a small dataset. As TrainingConfig has it: 0 the
+  // default (20; off under --recipe notebook, which keeps Keras's moving
+  // averages), -1 off. RunTraining resolves it to the count used (0: off).
+  int precise_bn_batches = 0;
   DetectorOptions detector;
   // Data-parallel training: this process is one rank of `collective` (not
   // owned; null = a single process). --batch-size is then the global batch,

@@ -41,7 +41,7 @@ TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& c) {
   o.threads = c.threads_per_rank();
   o.recipe = c.recipe();
   o.precision = c.precision();
-  o.precise_bn_batches = c.precise_bn_batches() == 0 ? -1 : (c.precise_bn_batches() < 0 ? 0 : c.precise_bn_batches());
+  o.precise_bn_batches = c.precise_bn_batches();
   return o;
 }
 
