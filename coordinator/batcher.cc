@@ -145,6 +145,10 @@ void InferenceBatcher::Loop() {
     std::shared_ptr<ServedModel> model = pick->model;
     if (pick->items.empty()) queues_.erase(model.get());
     queued_ -= static_cast<int>(n);
+    // Counted when taken, under the lock: a stream that has its results can
+    // then rely on the stats including them.
+    stats_.batches += 1;
+    stats_.items += static_cast<int64_t>(n);
     room_.notify_all();
     lock.unlock();
 
@@ -171,8 +175,6 @@ void InferenceBatcher::Loop() {
       batch[i].results->Push(std::move(out));
     }
     lock.lock();
-    stats_.batches += 1;
-    stats_.items += static_cast<int64_t>(n);
   }
   // Stopping: whatever is still queued gets an error, so no stream waits forever.
   for (auto& entry : queues_) {
