@@ -6,9 +6,9 @@
 
 #include <CLI/CLI.hpp>
 
-#include "worker/models/detector.h"
-#include "worker/precision.h"
-#include "worker/tensor_batch.h"
+#include "models/detector.h"
+#include "training/precision.h"
+#include "models/tensor_batch.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"train_bench"};

@@ -16,6 +16,7 @@ namespace dfc {
 // How `dfc` reaches the coordinator: the global flags every RPC command shares.
 struct ClientArgs {
   std::string coordinator;
+  std::string server;  // dfc-server replicas (evaluate, import, models)
   RpcSecurity security;
   std::string token_file;
   bool json = false;
@@ -26,6 +27,13 @@ std::shared_ptr<ClientArgs> AddCoordinatorOptions(CLI::App& app);
 
 // A channel to the coordinator (reads the token file first).
 absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(ClientArgs& c);
+
+// Registers --server (or DFC_SERVER) on an evaluation command.
+void AddServerOption(CLI::App* cmd, ClientArgs* c);
+
+// A round-robin channel over the evaluation servers: --server, else the
+// replicas the coordinator lists (the ones that announced themselves).
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenServerChannel(ClientArgs& c);
 
 // A message as JSON with the proto field names and every field printed.
 std::string ToJson(const google::protobuf::Message& m);

@@ -1,5 +1,8 @@
 // The cluster commands: submit, list, status, watch, cancel (gRPC clients of
 // the coordinator) and `cluster up/down` (a local cluster on loopback).
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -19,6 +22,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "clients/client_rpc.h"
 #include "clients/commands.h"
@@ -229,6 +233,8 @@ struct ClusterArgs {
   int gpus = 0;  // GPU ranks per worker (CUDA builds; -1 = every visible GPU)
   std::string state;
   int wait_s = 60;
+  std::string server_listen = "127.0.0.1:0";  // dfc-server (port 0: any free port; clients ask the coordinator)
+  int servers = 1;
 };
 
 std::string SiblingBinary(const std::string& name) {
@@ -248,6 +254,13 @@ int RunClusterUp(const ClusterArgs& a) {
   std::vector<pid_t> pids;
   pids.push_back(SpawnProcess({SiblingBinary("dfc-coordinator"), "--listen", a.listen, "--state", state.string()},
                              (state / "logs/coordinator.log").string(), /*new_session=*/true));
+  for (int r = 0; r < a.servers; ++r) {
+    std::vector<std::string> argv = {SiblingBinary("dfc-server"), "--coordinator", a.listen, "--listen",
+                                     a.server_listen, "--models-dir", (state / "models").string()};
+    if (a.gpus == 0) argv.insert(argv.end(), {"--device", "cpu"});
+    pids.push_back(SpawnProcess(argv, (state / absl::StrCat("logs/server-", r, ".log")).string(),
+                                /*new_session=*/true));
+  }
   for (int w = 0; w < a.workers; ++w) {
     std::vector<std::string> argv = {SiblingBinary("dfc-worker"), "--coordinator", a.listen, "--cpu-slots",
                                      std::to_string(a.cpu_slots), "--work-dir",
@@ -261,9 +274,21 @@ int RunClusterUp(const ClusterArgs& a) {
   std::string pid_text;
   for (pid_t p : pids) pid_text += absl::StrCat(p, " ", ProcessStartTime(p), "\n");
   if (absl::Status st = WriteFileAtomically((state / "cluster.pids").string(), pid_text); !st.ok()) return ReportError(st);
-  // Ready when every worker says it registered.
+  // Ready when every worker says it registered and the coordinator lists
+  // every evaluation server.
+  ClientArgs client;
+  client.coordinator = a.listen;
+  auto channel = OpenChannel(client);
+  if (!channel.ok()) return ReportError(channel.status());
+  auto stub = v1::JobService::NewStub(*channel);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(a.wait_s);
+  v1::ListServersResponse servers;
   while (std::chrono::steady_clock::now() < deadline) {
+    {
+      auto ctx = MakeContext(client.security, std::chrono::seconds(2));
+      servers.Clear();
+      if (!stub->ListServers(ctx.get(), v1::ListServersRequest(), &servers).ok()) servers.Clear();
+    }
     int registered = 0;
     for (int w = 0; w < a.workers; ++w) {
       std::ifstream f(state / absl::StrCat("logs/worker-", w, ".log"));
@@ -276,14 +301,15 @@ int RunClusterUp(const ClusterArgs& a) {
       return ReportError(absl::UnavailableError(absl::StrCat("the coordinator exited; see ",
                                                              (state / "logs/coordinator.log").string(), /*new_session=*/true)));
     }
-    if (registered == a.workers) {
-      std::printf("cluster up: coordinator %s, %d worker(s) x %d slot(s), state %s\n", a.listen.c_str(), a.workers,
-                  a.cpu_slots, state.c_str());
+    if (registered == a.workers && servers.addresses_size() >= a.servers) {
+      std::printf("cluster up: coordinator %s, %d worker(s) x %d slot(s), evaluation server(s) %s, state %s\n",
+                  a.listen.c_str(), a.workers, a.cpu_slots, absl::StrJoin(servers.addresses(), ",").c_str(),
+                  state.c_str());
       return kExitOk;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  return ReportError(absl::DeadlineExceededError("cluster up: workers did not register in time; see the logs in " +
+  return ReportError(absl::DeadlineExceededError("cluster up: workers or servers did not register in time; see the logs in " +
                                                  (state / "logs").string()));
 }
 
@@ -308,7 +334,7 @@ int RunClusterDown(const ClusterArgs& a) {
     }
     pids.push_back(pid);
   }
-  // Workers first (they stop their ranks), the coordinator last.
+  // Workers and servers first (workers stop their ranks), the coordinator last.
   for (size_t i = pids.size(); i-- > 0;) ::kill(pids[i], SIGTERM);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   for (pid_t p : pids) {
@@ -347,6 +373,68 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(ClientArgs& c) {
     c.security.token = *t;
   }
   return MakeChannel(c.coordinator, c.security);
+}
+
+void AddServerOption(CLI::App* cmd, ClientArgs* c) {
+  cmd->add_option("--server", c->server,
+                  "Evaluation server(s): host:port, dns:///NAME:PORT (every address of the name, round-robin) or "
+                  "IP:PORT,IP:PORT (default: the replicas the coordinator lists)")
+      ->envname("DFC_SERVER");
+}
+
+namespace {
+// host:port with the host resolved to an IP literal (a gRPC address list
+// takes literals only).
+absl::StatusOr<std::string> ResolveHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not host:port"));
+  const std::string host = address.substr(0, colon);
+  if (host.empty() || host[0] == '[') return address;
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || res == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot resolve server '", host, "'"));
+  }
+  char ip[INET_ADDRSTRLEN] = {0};
+  ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr, ip, sizeof(ip));
+  ::freeaddrinfo(res);
+  return absl::StrCat(ip, address.substr(colon));
+}
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenServerChannel(ClientArgs& c) {
+  if (!c.token_file.empty() && c.security.token.empty()) {
+    auto t = ReadTokenFile(c.token_file);
+    if (!t.ok()) return t.status();
+    c.security.token = *t;
+  }
+  std::string servers = c.server;
+  if (servers.empty()) {
+    auto channel = OpenChannel(c);
+    if (!channel.ok()) return channel.status();
+    auto stub = v1::JobService::NewStub(*channel);
+    auto ctx = MakeContext(c.security);
+    v1::ListServersResponse resp;
+    if (grpc::Status st = stub->ListServers(ctx.get(), v1::ListServersRequest(), &resp); !st.ok()) {
+      return FromGrpc(st);
+    }
+    if (resp.addresses().empty()) {
+      return absl::UnavailableError(absl::StrCat(
+          "no evaluation server (dfc-server) has announced itself to the coordinator at ", c.coordinator,
+          "; start one (`dfc cluster up` does) or give --server"));
+    }
+    std::vector<std::string> resolved;
+    for (const std::string& a : resp.addresses()) {
+      auto r = ResolveHostPort(a);
+      if (!r.ok()) return r.status();
+      resolved.push_back(*r);
+    }
+    servers = absl::StrJoin(resolved, ",");
+  }
+  auto target = ServerListTarget(servers);
+  if (!target.ok()) return target.status();
+  return MakeChannel(*target, c.security, /*round_robin=*/true);
 }
 
 std::string ToJson(const google::protobuf::Message& m) {
@@ -442,7 +530,10 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
   auto k = std::make_shared<ClusterArgs>();
   CLI::App* cluster = app.add_subcommand("cluster", "A local cluster on loopback");
   cluster->require_subcommand(1);
-  CLI::App* up = cluster->add_subcommand("up", "Start a coordinator and workers; returns once they registered");
+  CLI::App* up = cluster->add_subcommand(
+      "up", "Start a coordinator, workers and an evaluation server; returns once they registered");
+  up->add_option("--servers", k->servers, "dfc-server replicas")->check(CLI::Range(0, 16));
+  up->add_option("--server-listen", k->server_listen, "Their listen address (port 0: a free port each)");
   up->add_option("--listen", k->listen, "Coordinator address");
   up->add_option("--workers", k->workers, "Worker processes")->check(CLI::Range(1, 64));
   up->add_option("--cpu-slots", k->cpu_slots, "Ranks per worker")->check(CLI::Range(1, 64));

@@ -1,9 +1,10 @@
-// The evaluation commands: `evaluate` (stream images to the coordinator,
+// The evaluation commands: `evaluate` (stream images to dfc-server replicas,
 // summarise the predictions), `import` (register weights) and `models`.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <mutex>
 #include <optional>
@@ -23,7 +24,7 @@
 #include "common/progress.h"
 #include "data_shards/dataset_scan.h"
 #include "dfc/v1/dfc.grpc.pb.h"
-#include "worker/models/detector.h"
+#include "models/detector.h"
 
 namespace dfc {
 namespace fs = std::filesystem;
@@ -107,15 +108,73 @@ absl::Status GatherItems(const EvaluateArgs& a, std::vector<Item>* items, std::v
   return absl::OkStatus();
 }
 
-// One Evaluate stream: sends items taken from the shared counter, records results.
+// The images no stream has sent yet, and those to send again because the
+// replica that had them died.
+class WorkQueue {
+ public:
+  explicit WorkQueue(size_t n) : n_(n) {}
+  bool Take(size_t* i) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!retry_.empty()) {
+      *i = retry_.front();
+      retry_.pop_front();
+      return true;
+    }
+    if (next_ >= n_) return false;
+    *i = next_++;
+    return true;
+  }
+  void Return(const std::vector<size_t>& items) {
+    std::lock_guard<std::mutex> lock(mu_);
+    retry_.insert(retry_.end(), items.begin(), items.end());
+  }
+
+ private:
+  std::mutex mu_;
+  const size_t n_;
+  size_t next_ = 0;
+  std::deque<size_t> retry_;
+};
+
+// Evaluate streams, one after another while a replica fails: sends items
+// taken from the queue and records results. A stream that ends UNAVAILABLE
+// (its replica died or went away) gives its unanswered items back and opens
+// a new stream, which round-robin places on a live replica; each image is
+// answered (and counted) once.
 class StreamRunner {
  public:
-  StreamRunner(v1::EvaluationService::Stub* stub, ClientArgs& c, const EvaluateArgs& a, std::vector<Item>* items,
-               std::atomic<size_t>* next, std::atomic<size_t>* done)
-      : stub_(stub), c_(c), a_(a), items_(items), next_(next), done_(done) {}
+  static constexpr int kMaxReplicaFailures = 10;
 
-  // The stream's final status; items it sent but got no answer for get an error.
+  StreamRunner(v1::EvaluationService::Stub* stub, ClientArgs& c, const EvaluateArgs& a, std::vector<Item>* items,
+               WorkQueue* queue, std::atomic<size_t>* done, std::atomic<int>* retried)
+      : stub_(stub), c_(c), a_(a), items_(items), queue_(queue), done_(done), retried_(retried) {}
+
+  // The last stream's status.
   grpc::Status Run(v1::ModelInfo* info) {
+    for (int failures = 0;; ++failures) {
+      std::vector<size_t> unanswered;
+      grpc::Status st = RunStream(info, &unanswered);
+      const bool retry = st.error_code() == grpc::StatusCode::UNAVAILABLE && failures < kMaxReplicaFailures;
+      if (retry) {
+        if (!unanswered.empty()) {
+          *retried_ += static_cast<int>(unanswered.size());
+          queue_->Return(unanswered);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100 * (failures + 1)));
+        continue;
+      }
+      for (size_t i : unanswered) {
+        Item& item = (*items_)[i];
+        item.error = absl::StrCat("no result: the stream ended: ", st.ok() ? "early" : st.error_message());
+        item.done = true;
+        ++*done_;
+      }
+      return st;
+    }
+  }
+
+ private:
+  grpc::Status RunStream(v1::ModelInfo* info, std::vector<size_t>* unanswered) {
     auto ctx = MakeContext(c_.security, std::chrono::seconds(a_.timeout_s));
     auto stream = stub_->Evaluate(ctx.get());
     v1::EvaluateRequest first;
@@ -138,6 +197,7 @@ class StreamRunner {
         size_t index = 0;
         if (!absl::SimpleAtoi(r.id(), &index) || index >= items_->size()) continue;  // not ours
         Item& item = (*items_)[index];
+        if (item.done) continue;  // answered once already
         item.p_real = r.p_real();
         item.logit = r.logit();
         item.error = r.error();
@@ -146,9 +206,8 @@ class StreamRunner {
       }
     });
     bool ok = stream->Write(first);
-    while (ok) {
-      const size_t i = next_->fetch_add(1);
-      if (i >= items_->size()) break;
+    size_t i = 0;
+    while (ok && queue_->Take(&i)) {
       Item& item = (*items_)[i];
       auto bytes = ReadFile(item.path, kMaxMessageBytes - 4096);
       if (!bytes.ok()) {
@@ -170,24 +229,19 @@ class StreamRunner {
     stream->WritesDone();
     reader.join();
     grpc::Status st = stream->Finish();
-    for (size_t i : sent) {
-      Item& item = (*items_)[i];
-      if (!item.done) {
-        item.error = absl::StrCat("no result: the stream ended: ", st.ok() ? "early" : st.error_message());
-        item.done = true;
-        ++*done_;
-      }
+    for (size_t k : sent) {
+      if (!(*items_)[k].done) unanswered->push_back(k);
     }
     return st;
   }
 
- private:
   v1::EvaluationService::Stub* stub_;
   ClientArgs& c_;
   const EvaluateArgs& a_;
   std::vector<Item>* items_;
-  std::atomic<size_t>* next_;
+  WorkQueue* queue_;
   std::atomic<size_t>* done_;
+  std::atomic<int>* retried_;
 };
 
 std::string CsvField(const std::string& s) {
@@ -210,20 +264,27 @@ int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
   std::vector<std::string> classes;
   if (absl::Status st = GatherItems(a, &items, &classes); !st.ok()) return ReportError(st);
   if (classes.empty()) classes = {"fake", "real"};
-  auto channel = OpenChannel(c);
+  auto channel = OpenServerChannel(c);
   if (!channel.ok()) return ReportError(channel.status());
   auto stub = v1::EvaluationService::NewStub(*channel);
 
   const auto start = std::chrono::steady_clock::now();
-  std::atomic<size_t> next{0}, done{0};
+  WorkQueue queue(items.size());
+  std::atomic<size_t> done{0};
+  std::atomic<int> retried{0};
   const int streams = std::max(1, std::min<int>(a.concurrency, static_cast<int>(items.size())));
   std::vector<grpc::Status> status(streams);
   std::vector<v1::ModelInfo> infos(streams);
   std::vector<std::thread> threads;
   std::atomic<int> running{streams};
+  // Connect first, then open the streams a moment apart: round-robin places
+  // each new stream on the next ready replica, and the replicas' connections
+  // come up during that first moment.
+  (*channel)->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
   for (int s = 0; s < streams; ++s) {
+    if (s > 0) std::this_thread::sleep_for(std::chrono::milliseconds(25));
     threads.emplace_back([&, s] {
-      StreamRunner runner(stub.get(), c, a, &items, &next, &done);
+      StreamRunner runner(stub.get(), c, a, &items, &queue, &done, &retried);
       status[s] = runner.Run(&infos[s]);
       --running;
     });
@@ -237,6 +298,10 @@ int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
     bar.Finish();
   }
   for (auto& t : threads) t.join();
+  if (retried.load() > 0) {
+    std::fprintf(stderr, "dfc: a server replica went away; %d image(s) were sent again to another replica\n",
+                 retried.load());
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // A stream-level failure (unknown model, bad token, unreachable) is the command's error.
   // (no stream got as far as the model).
@@ -287,6 +352,7 @@ int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
     nlohmann::json j;
     j["model"] = {{"name", info.name()}, {"arch", info.arch()}, {"epoch", info.epoch()}, {"format", info.format()}};
     j["count"] = items.size();
+    j["retried"] = retried.load();
     j["errors"] = errors;
     j["labelled"] = labels.size();
     j["accuracy"] = accuracy;
@@ -334,7 +400,7 @@ int RunImport(ClientArgs& c, const ImportArgs& a) {
   if (ec) return ReportError(absl::NotFoundError(absl::StrCat("--weights '", a.weights, "': ", ec.message())));
   std::FILE* f = std::fopen(a.weights.c_str(), "rb");
   if (!f) return ReportError(absl::NotFoundError(absl::StrCat("--weights '", a.weights, "': cannot open")));
-  auto channel = OpenChannel(c);
+  auto channel = OpenServerChannel(c);
   if (!channel.ok()) {
     std::fclose(f);
     return ReportError(channel.status());
@@ -369,7 +435,7 @@ int RunImport(ClientArgs& c, const ImportArgs& a) {
 }
 
 int RunModels(ClientArgs& c) {
-  auto channel = OpenChannel(c);
+  auto channel = OpenServerChannel(c);
   if (!channel.ok()) return ReportError(channel.status());
   auto stub = v1::EvaluationService::NewStub(*channel);
   auto ctx = MakeContext(c.security);
@@ -380,11 +446,17 @@ int RunModels(ClientArgs& c) {
     std::printf("%s\n", ToJson(resp).c_str());
     return kExitOk;
   }
-  std::printf("%-24s %-17s %-10s %12s\n", "NAME", "ARCH", "FORMAT", "BYTES");
+  std::printf("%-24s %-17s %-10s %12s  %s\n", "NAME", "ARCH", "FORMAT", "BYTES", "ON THIS REPLICA");
   for (const auto& m : resp.models()) {
-    std::printf("%-24s %-17s %-10s %12lld\n", m.name().c_str(), m.arch().c_str(), m.format().c_str(),
-                static_cast<long long>(m.size_bytes()));
+    std::string state = m.state() == v1::MODEL_LOADED    ? "loaded"
+                        : m.state() == v1::MODEL_LOADING ? "loading"
+                        : m.state() == v1::MODEL_FAILED  ? absl::StrCat("failed: ", m.load_error())
+                                                         : "not loaded";
+    std::printf("%-24s %-17s %-10s %12lld  %s\n", m.name().c_str(), m.arch().c_str(), m.format().c_str(),
+                static_cast<long long>(m.size_bytes()), state.c_str());
   }
+  std::printf("(replica %s: %lld stream(s), %lld image(s) served)\n", resp.replica().c_str(),
+              static_cast<long long>(resp.streams_served()), static_cast<long long>(resp.images_served()));
   return kExitOk;
 }
 
@@ -393,19 +465,21 @@ int RunModels(ClientArgs& c) {
 void AddEvaluateCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c) {
   auto e = std::make_shared<EvaluateArgs>();
   CLI::App* eval = app.add_subcommand(
-      "evaluate", "Stream images to the coordinator and summarise the predictions (accuracy, AUC, confusion)");
+      "evaluate", "Stream images to the evaluation servers and summarise the predictions (accuracy, AUC, confusion)");
   auto* job = eval->add_option("--job", e->job, "Evaluate this job's checkpoint");
   eval->add_option("--checkpoint", e->checkpoint, "latest, best or an epoch number")->needs(job);
   eval->add_option("--model", e->model, "Evaluate an imported model")->excludes(job);
   eval->add_option("paths", e->paths, "Image files or class folders (labels from folder names)")->required();
   eval->add_option("--out", e->out_csv, "Write every prediction as CSV: path,label,p_real,logit,error");
-  eval->add_option("--concurrency", e->concurrency, "Streams to open")->check(CLI::Range(1, 256));
+  eval->add_option("--concurrency", e->concurrency, "Streams to open (spread over the server replicas)")
+      ->check(CLI::Range(1, 256));
   eval->add_option("--validation-split", e->validation_split,
                    "Only the Keras validation split of each class folder (as `dfc shard` held it out)")
       ->check(CLI::Range(0.0, 1.0));
   eval->add_flag("--validation-from-end", e->validation_from_end, "The split is the end of each class");
   eval->add_option("--timeout", e->timeout_s, "Give up after this many seconds")->check(CLI::Range(1, 604800));
   eval->add_flag("--json", c->json, "Print the summary as JSON");
+  AddServerOption(eval, c.get());
   eval->callback([run, c, e] { *run = [c, e] { return RunEvaluate(*c, *e); }; });
 
   auto i = std::make_shared<ImportArgs>();
@@ -415,10 +489,12 @@ void AddEvaluateCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> 
   imp->add_option("--weights", i->weights, "Weights file")->required();
   imp->add_flag("--replace", i->replace, "Overwrite a model of that name");
   imp->add_flag("--json", c->json, "Print the model as JSON");
+  AddServerOption(imp, c.get());
   imp->callback([run, c, i] { *run = [c, i] { return RunImport(*c, *i); }; });
 
   CLI::App* models = app.add_subcommand("models", "List imported models");
   models->add_flag("--json", c->json, "Machine-readable output");
+  AddServerOption(models, c.get());
   models->callback([run, c] { *run = [c] { return RunModels(*c); }; });
 }
 

@@ -6,7 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "clients/commands.h"
 #include "common/atomic_file.h"
-#include "worker/inference.h"
+#include "models/inference.h"
 
 namespace dfc {
 namespace {

@@ -7,9 +7,9 @@
 #include "clients/commands.h"
 #include "common/progress.h"
 #include "common/subprocess.h"
-#include "worker/collective.h"
-#include "worker/rank_launcher.h"
-#include "worker/trainer.h"
+#include "training/collective.h"
+#include "training/rank_launcher.h"
+#include "training/trainer.h"
 
 namespace dfc {
 namespace {

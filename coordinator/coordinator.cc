@@ -13,11 +13,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/exit_codes.h"
+#include "common/run_dir.h"
 #include "common/training_config.h"
 #include "data_shards/shard_format.h"
 
@@ -47,6 +50,14 @@ bool InsideRoots(const std::string& path, const std::vector<std::string>& roots)
     if (inside) return true;
   }
   return false;
+}
+
+bool ValidModelName(const std::string& name) {
+  if (name.empty() || name.size() > 64 || name[0] == '.') return false;
+  for (char c : name) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') return false;
+  }
+  return true;
 }
 
 absl::Status ValidateSubmit(const v1::SubmitJobRequest& r, const std::vector<std::string>& roots) {
@@ -122,6 +133,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
     ::close(lock_fd);
     return store.status();
   }
+  if (absl::Status st = (*store)->MigrateLegacyModels((fs::path(o.state_dir) / "models").string()); !st.ok()) {
+    ::close(lock_fd);
+    return st;
+  }
   std::unique_ptr<Coordinator> c(new Coordinator(std::move(o), std::move(*store)));
   c->lock_fd_ = lock_fd;
   DFC_ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c->store_->List());
@@ -141,7 +156,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
 }
 
 absl::Status Coordinator::ReconcileEpochsLocked(v1::Job& job) {
-  std::ifstream f(fs::path(job.output_dir()) / "metrics.jsonl");
+  std::ifstream f(run_dir::Metrics(job.output_dir()));
   if (!f) return absl::OkStatus();
   std::map<int, v1::EpochMetrics> have;
   for (const v1::EpochMetrics& e : job.epochs()) have[e.epoch()] = e;
@@ -582,7 +597,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
       as->set_store_port(a.store_port);
       *as->mutable_config() = job.config();
       as->set_output_dir(job.output_dir());
-      as->set_resume(fs::exists(fs::path(job.output_dir()) / "latest.ckpt"));
+      as->set_resume(fs::exists(run_dir::Checkpoint(job.output_dir(), run_dir::kLatest)));
       s.sent = true;
     }
   }
@@ -630,6 +645,66 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
   versions_[r.job_id()]++;
   changed_.notify_all();
   return absl::OkStatus();
+}
+
+absl::StatusOr<v1::CatalogEntry> Coordinator::GetModel(const std::string& name) {
+  if (!ValidModelName(name)) return absl::InvalidArgumentError(absl::StrCat("model name '", name, "' is not valid"));
+  return store_->GetModel(name);
+}
+
+absl::StatusOr<v1::RegisterModelResponse> Coordinator::RegisterModel(const v1::RegisterModelRequest& r) {
+  const v1::ModelInfo& info = r.entry().info();
+  if (!ValidModelName(info.name())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("name '", info.name(), "': use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"));
+  }
+  const auto& known = KnownModels();
+  if (std::find(known.begin(), known.end(), info.arch()) == known.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("arch '", info.arch(), "': expected one of ", absl::StrJoin(known, ", ")));
+  }
+  std::vector<std::string> roots = options_.data_roots;
+  roots.push_back(options_.output_root);
+  roots.push_back(fs::weakly_canonical(fs::absolute(options_.state_dir)).string());
+  if (!InsideRoots(r.entry().weights_path(), roots)) {
+    return absl::InvalidArgumentError("weights_path is outside the coordinator's data roots and state directory");
+  }
+  v1::RegisterModelResponse resp;
+  DFC_ASSIGN_OR_RETURN(*resp.mutable_replaced_path(), store_->PutModel(r.entry(), r.replace()));
+  return resp;
+}
+
+absl::StatusOr<std::vector<v1::CatalogEntry>> Coordinator::ListModels() { return store_->ListModels(); }
+
+absl::StatusOr<v1::JobOutput> Coordinator::GetJobOutput(const std::string& job_id) {
+  DFC_ASSIGN_OR_RETURN(v1::Job job, GetJob(job_id));
+  v1::JobOutput out;
+  out.set_job_id(job.job_id());
+  out.set_arch(job.config().model());
+  out.set_output_dir(job.output_dir());
+  out.set_state(job.state());
+  return out;
+}
+
+absl::Status Coordinator::AnnounceServer(const std::string& address) {
+  if (address.empty() || address.size() > 256 || address.find_first_of(" ,\n") != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("server address '", address.substr(0, 64), "' is not host:port"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = Now();
+  servers_[address] = now;
+  for (auto it = servers_.begin(); it != servers_.end();) {  // bounded: the gone are forgotten
+    it = now - it->second > 60000 ? servers_.erase(it) : std::next(it);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> Coordinator::ListServers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& [address, seen] : servers_) {
+    if (Now() - seen <= 10000) out.push_back(address);
+  }
+  return out;
 }
 
 }  // namespace dfc

@@ -65,6 +65,18 @@ class Coordinator {
   // Expires dead workers and schedules; also run by a timer.
   void Tick();
 
+  // The model catalogue, for the serving tier. RegisterModel checks the
+  // name, the architecture and that the weights lie inside the data roots,
+  // the output root or the state directory.
+  absl::StatusOr<v1::CatalogEntry> GetModel(const std::string& name);
+  absl::StatusOr<v1::RegisterModelResponse> RegisterModel(const v1::RegisterModelRequest& request);
+  absl::StatusOr<std::vector<v1::CatalogEntry>> ListModels();
+  absl::StatusOr<v1::JobOutput> GetJobOutput(const std::string& job_id);
+  // Evaluation replicas: each announces its address every few seconds;
+  // ListServers returns those heard from in the last 10 s.
+  absl::Status AnnounceServer(const std::string& address);
+  std::vector<std::string> ListServers();
+
   static bool IsTerminal(v1::JobState s);
 
   // The durable store (jobs and the imported-model catalogue).
@@ -122,6 +134,7 @@ class Coordinator {
   // worker -> job -> the newest attempt whose ranks there must stop
   std::map<std::string, std::map<std::string, int>> stop_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<std::string, int64_t> servers_ ABSL_GUARDED_BY(mu_);  // address -> last announced (ms)
   // A restarted job waits a couple of heartbeats before it is placed again,
   // so that a worker that just died has stopped looking alive.
   std::map<std::string, int64_t> not_before_ms_ ABSL_GUARDED_BY(mu_);

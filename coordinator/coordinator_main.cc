@@ -6,10 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <grpcpp/health_check_service_interface.h>
 
-#include "coordinator/batcher.h"
 #include "coordinator/coordinator_service.h"
-#include "coordinator/evaluation_service.h"
-#include "coordinator/model_registry.h"
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -17,7 +14,7 @@ void OnSignal(int) { g_stop = true; }
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"dfc-coordinator: schedules DFC training jobs across workers"};
+  CLI::App app{"dfc-coordinator: schedules DFC training jobs across workers and keeps the model catalogue"};
   std::string listen = "127.0.0.1:50051";
   dfc::CoordinatorOptions opts;
   dfc::RpcSecurity sec;
@@ -46,29 +43,7 @@ int main(int argc, char** argv) {
   app.add_flag("--insecure", insecure, "Allow a non-loopback --listen without a token");
   app.add_option("--token-file", sec.token, "File holding the bearer token callers must present")
       ->check(CLI::ExistingFile);
-  dfc::ModelRegistryOptions serve;
-  dfc::InferenceBatcher::Options batching;
-  dfc::EvaluationOptions eval;
-  int max_delay_us = 0;
-  int64_t max_image_bytes = static_cast<int64_t>(eval.limits.max_bytes);
-  app.add_option("--eval-threads", serve.threads, "Inference threads for Evaluate (0 = all cores)")
-      ->check(CLI::Range(0, 1024));
-  app.add_option("--eval-max-batch", batching.max_batch, "Largest batch the evaluation batcher forms")
-      ->check(CLI::Range(1, 1024));
-  app.add_option("--eval-max-delay-us", max_delay_us,
-                 "Longest an image waits for its batch to fill, in microseconds (0 = greedy: run whenever the model is free, with whatever queued meanwhile)")
-      ->check(CLI::Range(0, 10000000));
-  app.add_option("--eval-max-queued", batching.max_queued, "Images queued for inference across all streams")
-      ->check(CLI::Range(1, 1 << 20));
-  app.add_option("--eval-max-in-flight", eval.max_in_flight_per_stream, "Unanswered images per stream")
-      ->check(CLI::Range(1, 1 << 20));
-  app.add_option("--eval-max-streams", eval.max_streams, "Open Evaluate streams")->check(CLI::Range(1, 100000));
-  app.add_option("--eval-max-image-bytes", max_image_bytes, "Largest encoded image accepted")
-      ->check(CLI::Range(int64_t{1}, int64_t{dfc::kMaxMessageBytes} - 4096));
-  app.add_option("--eval-max-loaded", serve.max_loaded, "Models kept loaded")->check(CLI::Range(1, 64));
   CLI11_PARSE(app, argc, argv);
-  batching.max_delay = std::chrono::microseconds(max_delay_us);
-  eval.limits.max_bytes = static_cast<size_t>(max_image_bytes);
   if (!sec.token.empty()) {
     auto t = dfc::ReadTokenFile(sec.token);
     if (!t.ok()) {
@@ -117,18 +92,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(creds.status().message()).c_str());
     return 2;
   }
-  serve.models_dir = opts.state_dir + "/models";
-  dfc::Coordinator* c = coordinator->get();
-  auto registry = dfc::ModelRegistry::Create(serve, c->store(),
-                                             [c](const std::string& id) { return c->GetJob(id); });
-  if (!registry.ok()) {
-    std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(registry.status().message()).c_str());
-    return 2;
-  }
-  dfc::InferenceBatcher batcher(batching);
-  dfc::EvaluationServiceImpl evaluation(registry->get(), &batcher, eval, sec.token);
   dfc::JobServiceImpl jobs(coordinator->get(), sec.token);
   dfc::WorkerServiceImpl workers(coordinator->get(), worker_token);
+  dfc::CatalogServiceImpl catalog(coordinator->get(), worker_token);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -137,7 +103,7 @@ int main(int argc, char** argv) {
   builder.SetMaxSendMessageSize(dfc::kMaxMessageBytes);
   builder.RegisterService(&jobs);
   builder.RegisterService(&workers);
-  builder.RegisterService(&evaluation);
+  builder.RegisterService(&catalog);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     std::fprintf(stderr, "dfc-coordinator: cannot listen on %s\n", listen.c_str());

@@ -82,4 +82,53 @@ grpc::Status WorkerServiceImpl::ReportMetrics(grpc::ServerContext* ctx, const v1
   return ToGrpc(coordinator_->ReportMetrics(*req));
 }
 
+grpc::Status JobServiceImpl::ListServers(grpc::ServerContext* ctx, const v1::ListServersRequest*,
+                                         v1::ListServersResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  for (std::string& a : coordinator_->ListServers()) resp->add_addresses(std::move(a));
+  return grpc::Status::OK;
+}
+
+grpc::Status CatalogServiceImpl::AnnounceServer(grpc::ServerContext* ctx, const v1::AnnounceServerRequest* req,
+                                                v1::AnnounceServerResponse*) {
+  DFC_CHECK_TOKEN(ctx);
+  return ToGrpc(coordinator_->AnnounceServer(req->address()));
+}
+
+grpc::Status CatalogServiceImpl::GetModel(grpc::ServerContext* ctx, const v1::GetModelRequest* req,
+                                          v1::CatalogEntry* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->GetModel(req->name());
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = std::move(*r);
+  return grpc::Status::OK;
+}
+
+grpc::Status CatalogServiceImpl::RegisterModel(grpc::ServerContext* ctx, const v1::RegisterModelRequest* req,
+                                               v1::RegisterModelResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->RegisterModel(*req);
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = std::move(*r);
+  return grpc::Status::OK;
+}
+
+grpc::Status CatalogServiceImpl::ListCatalog(grpc::ServerContext* ctx, const v1::ListCatalogRequest*,
+                                             v1::ListCatalogResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->ListModels();
+  if (!r.ok()) return ToGrpc(r.status());
+  for (v1::CatalogEntry& e : *r) *resp->add_entries() = std::move(e);
+  return grpc::Status::OK;
+}
+
+grpc::Status CatalogServiceImpl::GetJobOutput(grpc::ServerContext* ctx, const v1::GetJobOutputRequest* req,
+                                              v1::JobOutput* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->GetJobOutput(req->job_id());
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = std::move(*r);
+  return grpc::Status::OK;
+}
+
 }  // namespace dfc

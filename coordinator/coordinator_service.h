@@ -20,6 +20,8 @@ class JobServiceImpl final : public v1::JobService::Service {
   grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req, v1::CancelJobResponse* resp) override;
   grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                         grpc::ServerWriter<v1::JobEvent>* writer) override;
+  grpc::Status ListServers(grpc::ServerContext* ctx, const v1::ListServersRequest* req,
+                           v1::ListServersResponse* resp) override;
 
  private:
   Coordinator* const coordinator_;
@@ -35,6 +37,26 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) override;
   grpc::Status ReportMetrics(grpc::ServerContext* ctx, const v1::ReportMetricsRequest* req,
                              v1::ReportMetricsResponse* resp) override;
+
+ private:
+  Coordinator* const coordinator_;
+  const std::string token_;
+};
+
+// The model catalogue for dfc-server replicas (the workers' token: the
+// serving tier is trusted like the workers; users never see weights paths).
+class CatalogServiceImpl final : public v1::CatalogService::Service {
+ public:
+  CatalogServiceImpl(Coordinator* coordinator, std::string token) : coordinator_(coordinator), token_(std::move(token)) {}
+  grpc::Status AnnounceServer(grpc::ServerContext* ctx, const v1::AnnounceServerRequest* req,
+                              v1::AnnounceServerResponse* resp) override;
+  grpc::Status GetModel(grpc::ServerContext* ctx, const v1::GetModelRequest* req, v1::CatalogEntry* resp) override;
+  grpc::Status RegisterModel(grpc::ServerContext* ctx, const v1::RegisterModelRequest* req,
+                             v1::RegisterModelResponse* resp) override;
+  grpc::Status ListCatalog(grpc::ServerContext* ctx, const v1::ListCatalogRequest* req,
+                           v1::ListCatalogResponse* resp) override;
+  grpc::Status GetJobOutput(grpc::ServerContext* ctx, const v1::GetJobOutputRequest* req,
+                            v1::JobOutput* resp) override;
 
  private:
   Coordinator* const coordinator_;

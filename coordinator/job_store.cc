@@ -76,7 +76,10 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
       "CREATE TABLE IF NOT EXISTS epochs ("
       " job_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics BLOB NOT NULL,"
       " PRIMARY KEY (job_id, epoch))"));
+  // `models` held ModelInfo rows of weights in STATE/models (before the
+  // catalogue named their path); `catalog` holds CatalogEntry rows.
   DFC_RETURN_IF_ERROR(store->Exec("CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, info BLOB NOT NULL)"));
+  DFC_RETURN_IF_ERROR(store->Exec("CREATE TABLE IF NOT EXISTS catalog (name TEXT PRIMARY KEY, entry BLOB NOT NULL)"));
   return store;
 }
 
@@ -197,36 +200,68 @@ absl::Status JobStore::PutEpoch(const std::string& job_id, const v1::EpochMetric
   return u.Done();
 }
 
-absl::Status JobStore::PutModel(const v1::ModelInfo& model) {
+absl::StatusOr<std::string> JobStore::PutModel(const v1::CatalogEntry& entry, bool replace) {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt u(db_, "INSERT OR REPLACE INTO models (name, info) VALUES (?, ?)");
+  std::string replaced;
+  {
+    Stmt q(db_, "SELECT entry FROM catalog WHERE name = ?");
+    DFC_RETURN_IF_ERROR(q.status());
+    q.BindText(1, entry.info().name());
+    if (q.Step() == SQLITE_ROW) {
+      if (!replace) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("model '", entry.info().name(), "' exists (import with replace to overwrite)"));
+      }
+      v1::CatalogEntry old;
+      if (old.ParseFromString(q.Blob(0))) replaced = old.weights_path();
+    }
+  }
+  Stmt u(db_, "INSERT OR REPLACE INTO catalog (name, entry) VALUES (?, ?)");
   DFC_RETURN_IF_ERROR(u.status());
-  u.BindText(1, model.name());
-  u.Bind(2, model.SerializeAsString());
-  return u.Done();
+  u.BindText(1, entry.info().name());
+  u.Bind(2, entry.SerializeAsString());
+  DFC_RETURN_IF_ERROR(u.Done());
+  return replaced;
 }
 
-absl::StatusOr<v1::ModelInfo> JobStore::GetModel(const std::string& name) {
+absl::StatusOr<v1::CatalogEntry> JobStore::GetModel(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt q(db_, "SELECT info FROM models WHERE name = ?");
+  Stmt q(db_, "SELECT entry FROM catalog WHERE name = ?");
   DFC_RETURN_IF_ERROR(q.status());
   q.BindText(1, name);
   if (q.Step() != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("model: no imported model '", name, "'"));
-  v1::ModelInfo info;
-  if (!info.ParseFromString(q.Blob(0))) return absl::DataLossError(absl::StrCat("model '", name, "' is unreadable"));
-  return info;
+  v1::CatalogEntry entry;
+  if (!entry.ParseFromString(q.Blob(0))) return absl::DataLossError(absl::StrCat("model '", name, "' is unreadable"));
+  return entry;
 }
 
-absl::StatusOr<std::vector<v1::ModelInfo>> JobStore::ListModels() {
+absl::StatusOr<std::vector<v1::CatalogEntry>> JobStore::ListModels() {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt q(db_, "SELECT info FROM models ORDER BY name");
+  Stmt q(db_, "SELECT entry FROM catalog ORDER BY name");
   DFC_RETURN_IF_ERROR(q.status());
-  std::vector<v1::ModelInfo> out;
+  std::vector<v1::CatalogEntry> out;
   while (q.Step() == SQLITE_ROW) {
     out.emplace_back();
     if (!out.back().ParseFromString(q.Blob(0))) return absl::DataLossError("an imported model record is unreadable");
   }
   return out;
+}
+
+absl::Status JobStore::MigrateLegacyModels(const std::string& models_dir) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "SELECT info FROM models WHERE name NOT IN (SELECT name FROM catalog)");
+  DFC_RETURN_IF_ERROR(q.status());
+  while (q.Step() == SQLITE_ROW) {
+    v1::CatalogEntry entry;
+    if (!entry.mutable_info()->ParseFromString(q.Blob(0))) return absl::DataLossError("an imported model record is unreadable");
+    entry.set_weights_path(absl::StrCat(models_dir, "/", entry.info().name(), ".weights"));
+    Stmt u(db_, "INSERT INTO catalog (name, entry) VALUES (?, ?)");
+    DFC_RETURN_IF_ERROR(u.status());
+    u.BindText(1, entry.info().name());
+    u.Bind(2, entry.SerializeAsString());
+    DFC_RETURN_IF_ERROR(u.Done());
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace dfc

@@ -37,10 +37,14 @@ class JobStore {
   // Records one epoch's metrics (replacing a re-run of the same epoch).
   absl::Status PutEpoch(const std::string& job_id, const v1::EpochMetrics& m);
 
-  // Imported models (ImportModel), by name.
-  absl::Status PutModel(const v1::ModelInfo& model);
-  absl::StatusOr<v1::ModelInfo> GetModel(const std::string& name);
-  absl::StatusOr<std::vector<v1::ModelInfo>> ListModels();
+  // The model catalogue (ImportModel through any dfc-server), by name.
+  // PutModel refuses an existing name unless `replace`; it returns the
+  // weights path the name pointed at before (empty if none).
+  absl::StatusOr<std::string> PutModel(const v1::CatalogEntry& entry, bool replace);
+  absl::StatusOr<v1::CatalogEntry> GetModel(const std::string& name);
+  absl::StatusOr<std::vector<v1::CatalogEntry>> ListModels();
+  // Copies models imported before the catalogue (weights in models_dir/NAME.weights).
+  absl::Status MigrateLegacyModels(const std::string& models_dir);
 
  private:
   explicit JobStore(sqlite3* db) : db_(db) {}

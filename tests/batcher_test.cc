@@ -1,6 +1,6 @@
 // InferenceBatcher and ResultQueue with a stand-in model (a unit test of the
 // batching logic; the real model path is tested in evaluation_test).
-#include "coordinator/batcher.h"
+#include "serving/batcher.h"
 
 #include <atomic>
 #include <chrono>

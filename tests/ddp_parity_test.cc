@@ -16,8 +16,8 @@
 #include <gtest/gtest.h>
 
 #include "tests/test_util.h"
-#include "worker/checkpoint.h"
-#include "worker/models/detector.h"
+#include "models/checkpoint.h"
+#include "models/detector.h"
 #include "common/subprocess.h"
 
 namespace dfc {

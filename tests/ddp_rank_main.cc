@@ -11,10 +11,10 @@
 #include <CLI/CLI.hpp>
 
 #include "data_shards/shard_planner.h"
-#include "worker/checkpoint.h"
-#include "worker/collective.h"
-#include "worker/gradient_sync.h"
-#include "worker/models/detector.h"
+#include "models/checkpoint.h"
+#include "training/collective.h"
+#include "training/gradient_sync.h"
+#include "models/detector.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"ddp_rank_main"};

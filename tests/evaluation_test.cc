@@ -1,5 +1,5 @@
-// The evaluation API as users reach it: a real dfc-coordinator process on
-// loopback, `dfc import/evaluate/predict`, and raw gRPC streams.
+// The evaluation API as users reach it: a real dfc-coordinator and dfc-server
+// on loopback, `dfc import/evaluate/predict`, and raw gRPC streams.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,48 +28,12 @@ namespace {
 using testing::RunCommand;
 namespace fs = std::filesystem;
 
-std::string SharedWeights() { return testing::SharedDir() + "/weights/mesonet/MesoInception_DF.h5"; }
 std::string Bin(const std::string& name) { return (fs::path(testing::DfcBinary()).parent_path() / name).string(); }
+using testing::TestData;
+using testing::MakeTestData;
 
-// What the tests evaluate: the MesoNet authors' weights and the four shared
-// samples when ../shared is there; otherwise (a clone without it) a
-// MesoInception-4 trained for one epoch on 8 synthetic images, so that every
-// path still runs. Either way: two fake images, then two real ones.
-struct TestData {
-  bool authors = false;
-  std::string weights, folder;
-  std::vector<std::string> images;
-};
-
-TestData MakeTestData(testing::TempDir& dir) {
-  TestData d;
-  if (fs::exists(SharedWeights())) {
-    const std::string s = testing::SharedDir() + "/data/mesonet-samples";
-    d = {true, SharedWeights(), s, {s + "/df/df00204.jpg", s + "/df/df01254.jpg", s + "/real/real00240.jpg",
-                                    s + "/real/real00772.jpg"}};
-    return d;
-  }
-  const std::string dfc = testing::DfcBinary();
-  EXPECT_EQ(RunCommand(dfc + " synth --out " + dir.Join("syn") + " --count 8").exit_code, 0);
-  EXPECT_EQ(RunCommand(dfc + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") +
-                       " --validation-split 0.25").exit_code, 0);
-  auto t = RunCommand(dfc + " train --model mesoinception4 --data " + dir.Join("sh") + " --out " + dir.Join("run") +
-                      " --epochs 1 --batch-size 4");
-  EXPECT_EQ(t.exit_code, 0) << t.err;
-  d.weights = dir.Join("run/latest.ckpt");
-  d.folder = dir.Join("syn");
-  for (const char* cls : {"df", "real"}) {
-    std::vector<std::string> files;
-    for (const auto& e : fs::directory_iterator(d.folder + "/" + cls)) files.push_back(e.path().string());
-    std::sort(files.begin(), files.end());
-    d.images.insert(d.images.end(), files.begin(), files.begin() + 2);
-  }
-  return d;
-}
-
-
-// A coordinator with a free port and its own state; the test weights
-// imported as "meso-df"; `dfc predict`'s numbers for the test images.
+// A coordinator and one dfc-server with free ports and their own state; the
+// test weights imported as "meso-df"; `dfc predict`'s numbers for the test images.
 class EvaluationTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -82,23 +46,40 @@ class EvaluationTest : public ::testing::Test {
     for (const testing::PredictLine& l : testing::ParsePredictions(predict.out)) expected_[l.path] = {l.p, l.logit};
     ASSERT_EQ(expected_.size(), 4u) << predict.out;
     port_ = PickFreePort();
-    pid_ = SpawnProcess({Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state"),
-                         "--eval-max-batch", "8", "--eval-max-delay-us", "2000"},
+    pid_ = SpawnProcess({Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state")},
                         dir_.Join("coordinator.log"), /*new_session=*/false);
-    channel_ = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
-    ASSERT_TRUE(channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(20)))
-        << testing::ReadFileOrDie(dir_.Join("coordinator.log"));
+    server_port_ = PickFreePort();
+    server_pid_ = SpawnProcess({Bin("dfc-server"), "--listen", server_address(), "--coordinator", address(),
+                                "--models-dir", dir_.Join("state/models"), "--device", "cpu", "--eval-max-batch", "8",
+                                "--eval-max-delay-us", "2000"},
+                               dir_.Join("server.log"), /*new_session=*/false);
+    channel_ = grpc::CreateChannel(server_address(), grpc::InsecureChannelCredentials());
+    ASSERT_TRUE(WaitServing(channel_)) << testing::ReadFileOrDie(dir_.Join("server.log"));
     stub_ = v1::EvaluationService::NewStub(channel_);
     auto r = RunCommand(Dfc("import --name meso-df --model mesoinception4 --weights " + data_.weights));
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
+  // grpc.health.v1 says SERVING (the server reached the catalogue).
+  static bool WaitServing(const std::shared_ptr<grpc::Channel>& channel) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (HealthStatus(channel) == "SERVING") return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
   void TearDown() override {
+    if (server_pid_ > 0) {
+      ::kill(server_pid_, SIGTERM);
+      ::waitpid(server_pid_, nullptr, 0);
+    }
     if (pid_ > 0) {
       ::kill(pid_, SIGTERM);
       ::waitpid(pid_, nullptr, 0);
     }
   }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string server_address() const { return "127.0.0.1:" + std::to_string(server_port_); }
   std::string Dfc(const std::string& args) const {
     return testing::DfcBinary() + " --coordinator " + address() + " " + args;
   }
@@ -116,8 +97,8 @@ class EvaluationTest : public ::testing::Test {
   testing::TempDir dir_;
   TestData data_;
   std::map<std::string, std::pair<double, double>> expected_;
-  int port_ = 0;
-  pid_t pid_ = -1;
+  int port_ = 0, server_port_ = 0;
+  pid_t pid_ = -1, server_pid_ = -1;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::EvaluationService::Stub> stub_;
 };

@@ -1,4 +1,4 @@
-#include "worker/keras_h5.h"
+#include "models/keras_h5.h"
 
 #include <fstream>
 
@@ -6,8 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/test_util.h"
-#include "worker/inference.h"
-#include "worker/models/detector.h"
+#include "models/inference.h"
+#include "models/detector.h"
 
 namespace dfc {
 namespace {

@@ -1,11 +1,11 @@
 // Keras layer semantics on small cases computed by hand.
-#include "worker/models/keras_layers.h"
+#include "models/keras_layers.h"
 
 #include <gtest/gtest.h>
 
-#include "worker/models/detector.h"
-#include "worker/models/meso_net.h"
-#include "worker/models/resnet50_vggface.h"
+#include "models/detector.h"
+#include "models/meso_net.h"
+#include "models/resnet50_vggface.h"
 
 namespace dfc {
 namespace {

@@ -2,12 +2,12 @@
 // machine without a GPU it is compiled and linked, and must refuse clearly;
 // the world-size-1 collectives run only where a GPU is visible (skipped, and
 // reported as skipped, elsewhere).
-#include "worker/nccl_collective.h"
+#include "training/nccl_collective.h"
 
 #include <gtest/gtest.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
-#include "worker/collective.h"
+#include "training/collective.h"
 #include "common/subprocess.h"
 
 namespace dfc {

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -91,6 +92,34 @@ std::string ReadFileOrDie(const std::string& path) {
   std::ostringstream s;
   s << f.rdbuf();
   return s.str();
+}
+
+TestData MakeTestData(TempDir& dir) {
+  namespace fs = std::filesystem;
+  TestData d;
+  const std::string shared_weights = SharedDir() + "/weights/mesonet/MesoInception_DF.h5";
+  if (fs::exists(shared_weights)) {
+    const std::string s = SharedDir() + "/data/mesonet-samples";
+    d = {true, shared_weights, s, {s + "/df/df00204.jpg", s + "/df/df01254.jpg", s + "/real/real00240.jpg",
+                                   s + "/real/real00772.jpg"}};
+    return d;
+  }
+  const std::string dfc = DfcBinary();
+  EXPECT_EQ(RunCommand(dfc + " synth --out " + dir.Join("syn") + " --count 8").exit_code, 0);
+  EXPECT_EQ(RunCommand(dfc + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") +
+                       " --validation-split 0.25").exit_code, 0);
+  auto t = RunCommand(dfc + " train --model mesoinception4 --data " + dir.Join("sh") + " --out " + dir.Join("run") +
+                      " --epochs 1 --batch-size 4");
+  EXPECT_EQ(t.exit_code, 0) << t.err;
+  d.weights = dir.Join("run/latest.ckpt");
+  d.folder = dir.Join("syn");
+  for (const char* cls : {"df", "real"}) {
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(d.folder + "/" + cls)) files.push_back(e.path().string());
+    std::sort(files.begin(), files.end());
+    d.images.insert(d.images.end(), files.begin(), files.begin() + 2);
+  }
+  return d;
 }
 
 }  // namespace dfc::testing

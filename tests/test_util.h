@@ -51,6 +51,17 @@ std::string PngHeader(uint32_t width, uint32_t height);
 void WriteFileOrDie(const std::string& path, const std::string& contents);
 std::string ReadFileOrDie(const std::string& path);
 
+// What evaluation tests evaluate: the MesoNet authors' weights and the four
+// shared samples when ../shared is there; otherwise (a clone without it) a
+// MesoInception-4 trained for one epoch on 8 synthetic images, so that every
+// path still runs. Either way: two fake images, then two real ones.
+struct TestData {
+  bool authors = false;
+  std::string weights, folder;
+  std::vector<std::string> images;
+};
+TestData MakeTestData(TempDir& dir);
+
 }  // namespace dfc::testing
 
 #endif  // DFC_TESTS_TEST_UTIL_H_

@@ -1,4 +1,4 @@
-#include "worker/trainer.h"
+#include "training/trainer.h"
 
 #include <cmath>
 #include <map>
@@ -10,8 +10,8 @@
 #include "data_shards/shard_format.h"
 #include "data_shards/synth.h"
 #include "tests/test_util.h"
-#include "worker/checkpoint.h"
-#include "worker/inference.h"
+#include "models/checkpoint.h"
+#include "models/inference.h"
 
 namespace dfc {
 namespace {

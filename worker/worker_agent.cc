@@ -15,7 +15,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "worker/collective.h"
+#include "training/collective.h"
 #include "common/exit_codes.h"
 #include "common/subprocess.h"
 

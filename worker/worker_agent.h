@@ -13,7 +13,7 @@
 #include "absl/status/status.h"
 #include "common/rpc/rpc_util.h"
 #include "dfc/v1/dfc.grpc.pb.h"
-#include "worker/trainer.h"
+#include "training/trainer.h"
 
 namespace dfc {
 

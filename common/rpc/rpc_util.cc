@@ -1,9 +1,17 @@
 #include "common/rpc/rpc_util.h"
 
-#include <algorithm>
+#include <arpa/inet.h>
 
+#include <algorithm>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/atomic_file.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace dfc {
 namespace {
@@ -33,9 +41,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   return grpc::SslServerCredentials(opts);
 }
 
-absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const RpcSecurity& s) {
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const RpcSecurity& s,
+                                                           bool round_robin) {
   if (address.empty()) return absl::InvalidArgumentError("--coordinator: an address is required (or set DFC_COORDINATOR)");
   grpc::ChannelArguments args;
+  if (round_robin) args.SetLoadBalancingPolicyName("round_robin");
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   std::shared_ptr<grpc::ChannelCredentials> creds;
@@ -108,6 +118,40 @@ grpc::Status ToGrpc(const absl::Status& s) {
 
 absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+std::string HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const RpcSecurity& security,
+                         std::chrono::milliseconds deadline) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  auto ctx = MakeContext(security, deadline);
+  grpc::health::v1::HealthCheckResponse resp;
+  grpc::Status st = stub->Check(ctx.get(), grpc::health::v1::HealthCheckRequest(), &resp);
+  if (!st.ok()) return absl::StrCat("unreachable: ", st.error_message());
+  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status());
+}
+
+absl::StatusOr<std::string> ServerListTarget(const std::string& servers) {
+  if (servers.find(',') == std::string::npos) return servers;
+  std::vector<std::string> v4, v6;
+  for (absl::string_view a : absl::StrSplit(servers, ',', absl::SkipWhitespace())) {
+    a = absl::StripAsciiWhitespace(a);
+    if (absl::StartsWith(a, "[")) {
+      v6.emplace_back(a);
+      continue;
+    }
+    const size_t colon = a.rfind(':');
+    in_addr ip;
+    if (colon == absl::string_view::npos || ::inet_pton(AF_INET, std::string(a.substr(0, colon)).c_str(), &ip) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "server list '", servers, "': '", a, "' is not IP:PORT (a list takes IP literals; use dns:///NAME:PORT "
+          "for a name with several addresses)"));
+    }
+    v4.emplace_back(a);
+  }
+  if (!v4.empty() && !v6.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("server list '", servers, "': IPv4 and IPv6 cannot be mixed"));
+  }
+  return v4.empty() ? absl::StrCat("ipv6:", absl::StrJoin(v6, ",")) : absl::StrCat("ipv4:", absl::StrJoin(v4, ","));
 }
 
 }  // namespace dfc

@@ -30,7 +30,14 @@ struct RpcSecurity {
 // Server side: credentials from the flags (insecure when no TLS flag is set).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const RpcSecurity& security);
 // Client side: a channel with size limits, TLS when a CA is given.
-absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const RpcSecurity& security);
+// With `round_robin`, calls spread over every address the target resolves
+// to (`dns:///name:port` of a headless Service, or an `ipv4:a:p,b:p` list)
+// instead of all going to the first.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const RpcSecurity& security,
+                                                           bool round_robin = false);
+// A gRPC target for a server list: "host:port" or "dns:///name:port" as
+// they are; "a:p,b:p" of IP literals becomes an ipv4:/ipv6: address list.
+absl::StatusOr<std::string> ServerListTarget(const std::string& servers);
 // A client context with the deadline and the bearer token.
 std::unique_ptr<grpc::ClientContext> MakeContext(const RpcSecurity& security,
                                                  std::chrono::milliseconds deadline = kRpcDeadline);
@@ -44,6 +51,11 @@ bool IsLoopbackListen(const std::string& address);
 
 // The bearer token in `path` (surrounding whitespace removed); errors name --token-file.
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
+
+// grpc.health.v1 Check of the server's overall status: "SERVING",
+// "NOT_SERVING", or why the call failed.
+std::string HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const RpcSecurity& security = {},
+                         std::chrono::milliseconds deadline = std::chrono::seconds(5));
 
 // The one place an absl::Status becomes a grpc::Status, and back.
 grpc::Status ToGrpc(const absl::Status& status);

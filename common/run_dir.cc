@@ -1,0 +1,49 @@
+#include "common/run_dir.h"
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "common/atomic_file.h"
+#include "common/status_macros.h"
+
+namespace dfc {
+namespace run_dir {
+
+std::string Checkpoint(const std::string& dir, const std::string& which) { return absl::StrCat(dir, "/", which, ".ckpt"); }
+std::string EpochCheckpoint(const std::string& dir, int64_t epoch) { return absl::StrCat(dir, "/epoch-", epoch, ".ckpt"); }
+std::string Metrics(const std::string& dir) { return absl::StrCat(dir, "/metrics.jsonl"); }
+std::string Sidecar(const std::string& checkpoint_path) { return checkpoint_path + ".json"; }
+
+std::string CheckpointSummary::ToJson() const {
+  nlohmann::ordered_json j;
+  j["arch"] = arch;
+  j["epoch"] = epoch;
+  j["step"] = step;
+  j["val_accuracy"] = val_accuracy;
+  j["val_auc"] = val_auc;
+  j["val_loss"] = val_loss;
+  return j.dump();
+}
+
+absl::Status WriteSidecar(const std::string& checkpoint_path, const CheckpointSummary& summary) {
+  return WriteFileAtomically(Sidecar(checkpoint_path), summary.ToJson() + "\n");
+}
+
+absl::StatusOr<CheckpointSummary> ReadSidecar(const std::string& checkpoint_path) {
+  DFC_ASSIGN_OR_RETURN(std::string text, ReadFile(Sidecar(checkpoint_path), 1 << 20));
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("epoch") || !j["epoch"].is_number_integer()) {
+    return absl::DataLossError(absl::StrCat("'", Sidecar(checkpoint_path), "' is not a checkpoint summary"));
+  }
+  CheckpointSummary s;
+  s.arch = j.value("arch", "");
+  s.epoch = j["epoch"].get<int64_t>();
+  s.step = j.value("step", int64_t{0});
+  s.val_accuracy = j.value("val_accuracy", 0.0);
+  s.val_auc = j.value("val_auc", 0.0);
+  s.val_loss = j.value("val_loss", 0.0);
+  return s;
+}
+
+}  // namespace run_dir
+}  // namespace dfc

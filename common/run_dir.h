@@ -1,0 +1,49 @@
+#ifndef DFC_COMMON_RUN_DIR_H_
+#define DFC_COMMON_RUN_DIR_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace dfc {
+
+// The run directory of a training job (the trainer writes it; the coordinator,
+// the serving tier and `dfc plot` read it), defined once:
+//   latest.ckpt      weights + optimizer after the last finished epoch
+//   best.ckpt        the epoch with the best validation accuracy so far
+//   epoch-N.ckpt     weights after epoch N
+//   metrics.jsonl    one JSON object per finished epoch
+//   X.ckpt.json      beside every checkpoint: its epoch and metrics, so that
+//                    nothing needs LibTorch to learn what a checkpoint holds.
+// Torch-free.
+namespace run_dir {
+
+inline constexpr char kLatest[] = "latest";
+inline constexpr char kBest[] = "best";
+
+std::string Checkpoint(const std::string& dir, const std::string& which);  // which: latest | best
+std::string EpochCheckpoint(const std::string& dir, int64_t epoch);
+std::string Metrics(const std::string& dir);
+std::string Sidecar(const std::string& checkpoint_path);
+
+// What a checkpoint's sidecar records.
+struct CheckpointSummary {
+  std::string arch;
+  int64_t epoch = 0;  // epochs completed
+  int64_t step = 0;
+  double val_accuracy = 0;
+  double val_auc = 0;
+  double val_loss = 0;
+  std::string ToJson() const;
+};
+
+// Written after the checkpoint itself (atomically).
+absl::Status WriteSidecar(const std::string& checkpoint_path, const CheckpointSummary& summary);
+// NOT_FOUND when the checkpoint has no sidecar (written before sidecars existed).
+absl::StatusOr<CheckpointSummary> ReadSidecar(const std::string& checkpoint_path);
+
+}  // namespace run_dir
+}  // namespace dfc
+
+#endif  // DFC_COMMON_RUN_DIR_H_

@@ -1,0 +1,165 @@
+#include "models/checkpoint.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include <nlohmann/json.hpp>
+
+#include "common/atomic_file.h"
+#include "common/run_dir.h"
+#include "common/status_macros.h"
+
+namespace dfc {
+namespace {
+
+constexpr int64_t kFormatVersion = 1;
+
+torch::Tensor StringTensor(const std::string& s) {
+  return torch::from_blob(const_cast<char*>(s.data()), {static_cast<int64_t>(s.size())}, torch::kUInt8).clone();
+}
+
+std::string TensorString(const torch::Tensor& t) {
+  torch::Tensor c = t.contiguous();
+  return std::string(reinterpret_cast<const char*>(c.data_ptr<uint8_t>()), static_cast<size_t>(c.numel()));
+}
+
+void WriteMeta(torch::serialize::OutputArchive& a, const CheckpointMeta& m) {
+  a.write("dfc/version", torch::tensor(kFormatVersion));
+  a.write("dfc/arch", StringTensor(m.arch));
+  a.write("dfc/epoch", torch::tensor(m.epoch));
+  a.write("dfc/step", torch::tensor(m.step));
+  a.write("dfc/lr", torch::tensor(m.lr, torch::kFloat64));
+  a.write("dfc/metrics", StringTensor(m.metrics_json));
+  a.write("dfc/options", StringTensor(m.options_json));
+}
+
+absl::StatusOr<CheckpointMeta> ReadMeta(torch::serialize::InputArchive& a, const std::string& path) {
+  // A fresh tensor per key: InputArchive::read() set_()s into a defined one.
+  auto get = [&](const char* key) {
+    torch::Tensor t;
+    a.read(key, t);
+    return t;
+  };
+  torch::Tensor version;
+  if (!a.try_read("dfc/version", version) || version.item<int64_t>() != kFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a DFC checkpoint of version ", kFormatVersion));
+  }
+  CheckpointMeta m;
+  m.arch = TensorString(get("dfc/arch"));
+  m.epoch = get("dfc/epoch").item<int64_t>();
+  m.step = get("dfc/step").item<int64_t>();
+  m.lr = get("dfc/lr").item<double>();
+  m.metrics_json = TensorString(get("dfc/metrics"));
+  m.options_json = TensorString(get("dfc/options"));
+  return m;
+}
+
+absl::Status LoadArchive(const std::string& path, torch::serialize::InputArchive* archive) {
+  auto bytes = ReadFile(path);
+  if (!bytes.ok()) return bytes.status();
+  try {
+    std::istringstream in(*bytes);
+    archive->load_from(in);
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a readable checkpoint: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status SaveCheckpoint(const std::string& path, DetectorImpl& model, torch::optim::Optimizer* optimizer,
+                            const CheckpointMeta& meta) {
+  std::ostringstream out;
+  try {
+    torch::serialize::OutputArchive archive;
+    WriteMeta(archive, meta);
+    for (const auto& p : model.named_parameters()) archive.write("model/" + p.key(), p.value().detach().cpu());
+    for (const auto& b : model.named_buffers()) archive.write("model/" + b.key(), b.value().cpu(), /*is_buffer=*/true);
+    if (optimizer != nullptr) {
+      torch::serialize::OutputArchive opt_archive;
+      optimizer->save(opt_archive);
+      archive.write("optimizer", opt_archive);
+    }
+    auto gen = at::detail::getDefaultCPUGenerator();
+    {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      archive.write("rng/cpu", gen.get_state());
+    }
+    archive.save_to(out);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("cannot serialise checkpoint: ", e.what_without_backtrace()));
+  }
+  DFC_RETURN_IF_ERROR(WriteFileAtomically(path, out.str()));
+  run_dir::CheckpointSummary summary;
+  summary.arch = meta.arch;
+  summary.epoch = meta.epoch;
+  summary.step = meta.step;
+  const nlohmann::json history = nlohmann::json::parse(meta.metrics_json, nullptr, /*allow_exceptions=*/false);
+  if (history.is_array() && !history.empty() && history.back().is_object()) {
+    summary.val_accuracy = history.back().value("val_accuracy", 0.0);
+    summary.val_auc = history.back().value("val_auc", 0.0);
+    summary.val_loss = history.back().value("val_loss", 0.0);
+  }
+  return run_dir::WriteSidecar(path, summary);
+}
+
+absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  DFC_RETURN_IF_ERROR(LoadArchive(path, &archive));
+  try {
+    return ReadMeta(archive, path);
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "': bad checkpoint metadata: ", e.what_without_backtrace()));
+  }
+}
+
+absl::StatusOr<CheckpointMeta> LoadCheckpoint(const std::string& path, DetectorImpl& model,
+                                              torch::optim::Optimizer* optimizer, bool restore_rng) {
+  torch::serialize::InputArchive archive;
+  DFC_RETURN_IF_ERROR(LoadArchive(path, &archive));
+  try {
+    DFC_ASSIGN_OR_RETURN(CheckpointMeta meta, ReadMeta(archive, path));
+    if (meta.arch != model.arch()) {
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint '", path, "' holds a ", meta.arch,
+                                                     " model, not ", model.arch()));
+    }
+    torch::NoGradGuard no_grad;
+    auto load = [&](const std::string& key, torch::Tensor& dst) -> absl::Status {
+      torch::Tensor t;
+      if (!archive.try_read("model/" + key, t)) {
+        return absl::InvalidArgumentError(absl::StrCat("checkpoint '", path, "' lacks tensor '", key, "'"));
+      }
+      if (t.sizes() != dst.sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat("checkpoint '", path, "' tensor '", key, "' has shape ",
+                                                       c10::str(t.sizes()), ", model expects ", c10::str(dst.sizes())));
+      }
+      dst.copy_(t);
+      return absl::OkStatus();
+    };
+    for (auto& p : model.named_parameters()) DFC_RETURN_IF_ERROR(load(p.key(), p.value()));
+    for (auto& b : model.named_buffers()) DFC_RETURN_IF_ERROR(load(b.key(), b.value()));
+    if (optimizer != nullptr) {
+      torch::serialize::InputArchive opt_archive;
+      if (!archive.try_read("optimizer", opt_archive)) {
+        return absl::InvalidArgumentError(absl::StrCat("checkpoint '", path, "' has no optimizer state"));
+      }
+      optimizer->load(opt_archive);
+    }
+    if (restore_rng) {
+      torch::Tensor state;
+      if (archive.try_read("rng/cpu", state)) {
+        auto gen = at::detail::getDefaultCPUGenerator();
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        gen.set_state(state);
+      }
+    }
+    return meta;
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot load checkpoint '", path, "': ", e.what_without_backtrace()));
+  }
+}
+
+}  // namespace dfc

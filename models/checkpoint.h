@@ -1,0 +1,42 @@
+#ifndef DFC_MODELS_CHECKPOINT_H_
+#define DFC_MODELS_CHECKPOINT_H_
+
+#include <cstdint>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "models/detector.h"
+
+namespace dfc {
+
+// What a checkpoint records besides tensors.
+struct CheckpointMeta {
+  std::string arch;
+  int64_t epoch = 0;  // epochs completed
+  int64_t step = 0;   // optimizer steps taken
+  double lr = 0;      // learning rate in force for the next epoch
+  // JSON array of the per-epoch metric objects so far.
+  std::string metrics_json = "[]";
+  // JSON object of the training options (for `--resume` checks).
+  std::string options_json = "{}";
+};
+
+// Saves model parameters and buffers, the optimizer state, the CPU RNG state
+// and `meta` into `path` atomically (temporary file, fsync, rename).
+absl::Status SaveCheckpoint(const std::string& path, DetectorImpl& model, torch::optim::Optimizer* optimizer,
+                            const CheckpointMeta& meta);
+
+// Reads only the metadata (to choose the architecture before building a model).
+absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path);
+
+// Restores a checkpoint into `model` (and `optimizer` and the CPU RNG when
+// given). Fails, naming the tensor, on any missing tensor or shape mismatch.
+absl::StatusOr<CheckpointMeta> LoadCheckpoint(const std::string& path, DetectorImpl& model,
+                                              torch::optim::Optimizer* optimizer, bool restore_rng);
+
+}  // namespace dfc
+
+#endif  // DFC_MODELS_CHECKPOINT_H_

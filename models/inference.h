@@ -1,0 +1,37 @@
+#ifndef DFC_MODELS_INFERENCE_H_
+#define DFC_MODELS_INFERENCE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "data_shards/image_codec.h"
+#include "models/detector.h"
+
+namespace dfc {
+
+// Builds `arch` and loads `weights` (a Keras .h5 or a DFC checkpoint, told
+// apart by content), in eval mode on `device` ("cpu", "cuda:N"; empty: the
+// default device).
+absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string& weights,
+                                      const DetectorOptions& options = {}, const std::string& device = "");
+
+// Checks a device name ("", "cpu", "cuda", "cuda:N") against this build and machine.
+absl::Status CheckDevice(const std::string& device);
+
+// Logits for n preprocessed images (RGB HWC uint8 at the model's input size).
+std::vector<float> PredictLogits(DetectorImpl& model, const uint8_t* pixels, int64_t n);
+
+// One prediction per encoded image; an undecodable image gets an error instead.
+struct Prediction {
+  absl::Status status;
+  float p_real = 0;
+  float logit = 0;
+};
+std::vector<Prediction> PredictEncoded(DetectorImpl& model, const std::vector<std::string>& images,
+                                       const ImageLimits& limits = {});
+
+}  // namespace dfc
+
+#endif  // DFC_MODELS_INFERENCE_H_

@@ -1,0 +1,19 @@
+#ifndef DFC_MODELS_TENSOR_BATCH_H_
+#define DFC_MODELS_TENSOR_BATCH_H_
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+namespace dfc {
+
+// n RGB HWC uint8 images of size x size -> float NCHW [0, 255] on `device`,
+// the input every Detector takes.
+torch::Tensor PixelsToTensor(const uint8_t* pixels, int64_t n, int64_t size, const torch::Device& device);
+
+// The device training and inference use: CUDA when available, else CPU.
+torch::Device DefaultDevice();
+
+}  // namespace dfc
+
+#endif  // DFC_MODELS_TENSOR_BATCH_H_

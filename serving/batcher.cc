@@ -1,0 +1,193 @@
+#include "serving/batcher.h"
+
+#include <cstring>
+#include <exception>
+
+#include "common/metrics.h"
+
+namespace dfc {
+
+bool ResultQueue::Acquire() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return cancelled_ || in_flight_ < max_in_flight_; });
+  if (cancelled_) return false;
+  ++in_flight_;
+  return true;
+}
+
+void ResultQueue::Release() {
+  std::lock_guard<std::mutex> lock(mu_);
+  --in_flight_;
+  cv_.notify_all();
+}
+
+void ResultQueue::Push(EvalOutcome outcome) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cancelled_) return;
+  ready_.push_back(std::move(outcome));
+  cv_.notify_all();
+}
+
+bool ResultQueue::Pop(EvalOutcome* out) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return cancelled_ || !ready_.empty() || (closed_ && in_flight_ == 0); });
+  if (cancelled_ || ready_.empty()) return false;
+  *out = std::move(ready_.front());
+  ready_.pop_front();
+  return true;
+}
+
+void ResultQueue::CloseInput() {
+  std::lock_guard<std::mutex> lock(mu_);
+  closed_ = true;
+  cv_.notify_all();
+}
+
+void ResultQueue::Cancel() {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancelled_ = true;
+  ready_.clear();
+  cv_.notify_all();
+}
+
+bool ResultQueue::cancelled() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cancelled_;
+}
+
+int ResultQueue::in_flight() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return in_flight_;
+}
+
+InferenceBatcher::InferenceBatcher(Options options) : options_(options) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+InferenceBatcher::~InferenceBatcher() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  work_.notify_all();
+  room_.notify_all();
+  thread_.join();
+}
+
+bool InferenceBatcher::Enqueue(const std::shared_ptr<ServedModel>& model, std::string id,
+                               std::optional<int32_t> label, std::vector<uint8_t> pixels,
+                               const std::shared_ptr<ResultQueue>& results) {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_ && queued_ >= options_.max_queued) {
+    if (results->cancelled()) return false;
+    room_.wait_for(lock, std::chrono::milliseconds(50));
+  }
+  if (stop_ || results->cancelled()) return false;
+  ModelQueue& q = queues_[model.get()];
+  if (!q.model) q.model = model;
+  q.items.push_back(Item{std::move(id), label, std::move(pixels), results, std::chrono::steady_clock::now()});
+  ++queued_;
+  work_.notify_one();
+  return true;
+}
+
+InferenceBatcher::Stats InferenceBatcher::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+int InferenceBatcher::DropCancelledLocked() {
+  int dropped = 0;
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    auto& items = it->second.items;
+    for (auto i = items.begin(); i != items.end();) {
+      if (i->results->cancelled()) {
+        i = items.erase(i);
+        ++dropped;
+      } else {
+        ++i;
+      }
+    }
+    it = items.empty() ? queues_.erase(it) : std::next(it);
+  }
+  queued_ -= dropped;
+  if (dropped) room_.notify_all();
+  return dropped;
+}
+
+void InferenceBatcher::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    stats_.dropped += DropCancelledLocked();
+    // A full batch first; otherwise the model whose oldest item waited longest.
+    ModelQueue* pick = nullptr;
+    for (auto& entry : queues_) {
+      ModelQueue& q = entry.second;
+      if (static_cast<int>(q.items.size()) >= options_.max_batch) {
+        pick = &q;
+        break;
+      }
+      if (!pick || q.items.front().enqueued < pick->items.front().enqueued) pick = &q;
+    }
+    if (!pick) {
+      work_.wait(lock);
+      continue;
+    }
+    const auto deadline = pick->items.front().enqueued + options_.max_delay;
+    if (static_cast<int>(pick->items.size()) < options_.max_batch && std::chrono::steady_clock::now() < deadline) {
+      work_.wait_until(lock, deadline);
+      continue;
+    }
+    const size_t n = std::min(pick->items.size(), static_cast<size_t>(options_.max_batch));
+    std::vector<Item> batch(std::make_move_iterator(pick->items.begin()),
+                            std::make_move_iterator(pick->items.begin() + static_cast<long>(n)));
+    pick->items.erase(pick->items.begin(), pick->items.begin() + static_cast<long>(n));
+    std::shared_ptr<ServedModel> model = pick->model;
+    if (pick->items.empty()) queues_.erase(model.get());
+    queued_ -= static_cast<int>(n);
+    // Counted when taken, under the lock: a stream that has its results can
+    // then rely on the stats including them.
+    stats_.batches += 1;
+    stats_.items += static_cast<int64_t>(n);
+    room_.notify_all();
+    lock.unlock();
+
+    const size_t image_bytes = static_cast<size_t>(model->input_size) * model->input_size * 3;
+    std::vector<uint8_t> pixels(n * image_bytes);
+    for (size_t i = 0; i < n; ++i) std::memcpy(pixels.data() + i * image_bytes, batch[i].pixels.data(), image_bytes);
+    absl::StatusOr<std::vector<float>> logits = absl::InternalError("not run");
+    try {
+      logits = model->predict(pixels.data(), static_cast<int64_t>(n));
+    } catch (const std::exception& e) {
+      logits = absl::InternalError(std::string("inference failed: ") + e.what());
+    }
+    if (logits.ok() && logits->size() != n) logits = absl::InternalError("inference returned the wrong number of logits");
+    for (size_t i = 0; i < n; ++i) {
+      EvalOutcome out;
+      out.id = std::move(batch[i].id);
+      out.label = batch[i].label;
+      if (logits.ok()) {
+        out.logit = (*logits)[i];
+        out.p_real = PRealFromLogit(out.logit);
+      } else {
+        out.error = std::string(logits.status().message());
+      }
+      batch[i].results->Push(std::move(out));
+    }
+    lock.lock();
+  }
+  // Stopping: whatever is still queued gets an error, so no stream waits forever.
+  for (auto& entry : queues_) {
+    for (Item& item : entry.second.items) {
+      EvalOutcome out;
+      out.id = std::move(item.id);
+      out.label = item.label;
+      out.error = "the server is shutting down";
+      item.results->Push(std::move(out));
+    }
+  }
+  queues_.clear();
+  queued_ = 0;
+}
+
+}  // namespace dfc

@@ -1,0 +1,58 @@
+#ifndef DFC_SERVING_EVALUATION_SERVICE_H_
+#define DFC_SERVING_EVALUATION_SERVICE_H_
+
+#include <atomic>
+#include <string>
+
+#include "serving/batcher.h"
+#include "serving/model_registry.h"
+#include "data_shards/image_codec.h"
+#include "dfc/v1/dfc.grpc.pb.h"
+
+namespace dfc {
+
+struct EvaluationOptions {
+  // Items of one stream read but not yet answered; at the limit the stream
+  // stops reading and gRPC flow control holds the client back.
+  int max_in_flight_per_stream = 64;
+  // Open Evaluate streams; more are refused with RESOURCE_EXHAUSTED.
+  int max_streams = 128;
+  // Per-image limits, checked on the header before any pixel is decoded.
+  ImageLimits limits{size_t{12} << 20, int64_t{40} * 1000 * 1000};
+};
+
+// The evaluation API: Evaluate streams (decode on the stream's thread, run
+// in the shared batcher, answer in completion order), ImportModel uploads
+// and ListModels.
+class EvaluationServiceImpl final : public v1::EvaluationService::Service {
+ public:
+  EvaluationServiceImpl(ModelRegistry* registry, InferenceBatcher* batcher, EvaluationOptions options,
+                        std::string token, std::string replica = "")
+      : registry_(registry), batcher_(batcher), options_(options), token_(std::move(token)),
+        replica_(std::move(replica)) {}
+
+  grpc::Status Evaluate(grpc::ServerContext* ctx,
+                        grpc::ServerReaderWriter<v1::EvaluateResponse, v1::EvaluateRequest>* stream) override;
+  grpc::Status ImportModel(grpc::ServerContext* ctx, grpc::ServerReader<v1::ImportModelRequest>* reader,
+                           v1::ModelInfo* resp) override;
+  grpc::Status ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest* req,
+                          v1::ListModelsResponse* resp) override;
+
+  int open_streams() const { return open_streams_.load(); }
+  int64_t streams_served() const { return streams_served_.load(); }
+  int64_t images_served() const { return images_served_.load(); }
+
+ private:
+  ModelRegistry* const registry_;
+  InferenceBatcher* const batcher_;
+  const EvaluationOptions options_;
+  const std::string token_;
+  const std::string replica_;
+  std::atomic<int> open_streams_{0};
+  std::atomic<int64_t> streams_served_{0};  // streams that named a model that loaded
+  std::atomic<int64_t> images_served_{0};   // results sent
+};
+
+}  // namespace dfc
+
+#endif  // DFC_SERVING_EVALUATION_SERVICE_H_

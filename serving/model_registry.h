@@ -1,0 +1,87 @@
+#ifndef DFC_SERVING_MODEL_REGISTRY_H_
+#define DFC_SERVING_MODEL_REGISTRY_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "dfc/v1/dfc.pb.h"
+#include "serving/batcher.h"
+#include "serving/model_catalog.h"
+
+namespace dfc {
+
+struct ModelRegistryOptions {
+  std::string models_dir;  // where imports are written (the shared volume)
+  int max_loaded = 4;      // models kept in memory (least recently used goes first)
+  int threads = 0;         // inference intra-op threads (0 = all cores)
+  std::string device;      // "" or "cpu"; "cuda:N" on a CUDA build
+  int64_t max_import_bytes = int64_t{2} << 30;
+  // Tests only: runs on the loading thread before the weights are read.
+  std::function<void(const std::string& name)> before_load;
+};
+
+// Turns a ModelRef into a loaded model, asking the coordinator's catalogue
+// where its weights are: an imported name, or a job's checkpoint (latest,
+// best or an epoch) in the job's run directory. Loaded models are cached by
+// architecture, file, size and modification time, so a newer best.ckpt is
+// picked up. A load runs outside the registry's lock: streams of models that
+// are loaded never wait for another model's load, and streams of the model
+// being loaded wait for that one load. Thread-safe. (LibTorch stays in the .cc.)
+class ModelRegistry {
+ public:
+  static absl::StatusOr<std::unique_ptr<ModelRegistry>> Create(ModelRegistryOptions options,
+                                                               std::shared_ptr<ModelCatalog> catalog);
+
+  absl::StatusOr<std::pair<std::shared_ptr<ServedModel>, v1::ModelInfo>> Resolve(const v1::ModelRef& ref);
+
+  // Checks an import header before any byte is accepted.
+  absl::Status CheckImport(const v1::ImportModelRequest::Header& header);
+  // A fresh temporary file in models_dir for an upload.
+  std::string NewUploadPath();
+  // Loads the uploaded weights as header.arch (weights of another
+  // architecture are refused, naming the tensor), moves the file to a name
+  // of its own in models_dir and records it in the catalogue (so every
+  // replica can serve it). The uploaded file is removed on error.
+  absl::StatusOr<v1::ModelInfo> Import(const v1::ImportModelRequest::Header& header, const std::string& uploaded);
+  // The catalogue's models with this replica's state of each, then the job
+  // checkpoints this replica holds.
+  absl::StatusOr<std::vector<v1::ModelInfo>> List();
+
+  const ModelRegistryOptions& options() const { return options_; }
+
+ private:
+  struct Entry {
+    v1::ModelInfo info;  // name, arch, state, load_error
+    std::string path;
+    std::shared_ptr<ServedModel> model;
+    uint64_t last_used = 0;
+  };
+
+  ModelRegistry(ModelRegistryOptions options, std::shared_ptr<ModelCatalog> catalog)
+      : options_(std::move(options)), catalog_(std::move(catalog)) {}
+  // The cached model under `info` (arch, name), loading it if needed.
+  absl::StatusOr<std::shared_ptr<ServedModel>> Load(const v1::ModelInfo& info, const std::string& path);
+  absl::StatusOr<std::shared_ptr<ServedModel>> LoadFile(const std::string& arch, const std::string& path);
+  void EvictLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::pair<std::string, v1::ModelInfo>> JobCheckpoint(const v1::ModelRef::JobCheckpoint& ref);
+
+  const ModelRegistryOptions options_;
+  const std::shared_ptr<ModelCatalog> catalog_;
+  absl::Mutex mu_;
+  absl::CondVar load_done_;
+  std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);  // by cache key
+  uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t uploads_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace dfc
+
+#endif  // DFC_SERVING_MODEL_REGISTRY_H_

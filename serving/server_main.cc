@@ -1,0 +1,170 @@
+// dfc-server: the evaluation tier. Serves EvaluationService (Evaluate,
+// ImportModel, ListModels) and grpc.health.v1; models and job checkpoints
+// are resolved through the coordinator's catalogue and read from the shared
+// volume. Run one per GPU (or CPU node); clients spread streams over all
+// replicas with round-robin.
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "models/inference.h"
+#include "serving/batcher.h"
+#include "serving/evaluation_service.h"
+#include "serving/model_catalog.h"
+#include "serving/model_registry.h"
+
+namespace {
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+
+int Fail(const std::string& what) {
+  std::fprintf(stderr, "dfc-server: %s\n", what.c_str());
+  return 2;
+}
+
+absl::Status ReadToken(std::string* token_or_file) {
+  if (token_or_file->empty()) return absl::OkStatus();
+  auto t = dfc::ReadTokenFile(*token_or_file);
+  if (!t.ok()) return t.status();
+  *token_or_file = *t;
+  return absl::OkStatus();
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"dfc-server: serves DFC model evaluation (images in, predictions out)"};
+  std::string listen = "127.0.0.1:50061";
+  dfc::RpcSecurity sec;  // this server's endpoint (users' token)
+  dfc::RpcSecurity upstream;  // the coordinator's catalogue (workers' token)
+  std::string coordinator;
+  bool insecure = false;
+  std::string advertise;
+  app.add_option("--listen", listen, "Address to serve gRPC on");
+  app.add_option("--advertise", advertise,
+                 "host:port clients reach this replica on, announced to the coordinator (default: --listen with the "
+                 "bound port; on 0.0.0.0 the host name)");
+  app.add_option("--coordinator", coordinator, "Coordinator address (its model catalogue)")
+      ->envname("DFC_COORDINATOR")->required();
+  app.add_option("--tls-cert", sec.tls_cert, "Server certificate (PEM); enables TLS");
+  app.add_option("--tls-key", sec.tls_key, "Server key (PEM)");
+  app.add_option("--tls-ca", sec.tls_ca, "CA (PEM) that client certificates must chain to; requires them");
+  app.add_option("--token-file", sec.token, "File holding the bearer token callers (users) must present")
+      ->check(CLI::ExistingFile);
+  app.add_flag("--insecure", insecure, "Allow a non-loopback --listen without a token");
+  app.add_option("--coordinator-tls-ca", upstream.tls_ca, "CA (PEM) of the coordinator's certificate; enables TLS");
+  app.add_option("--coordinator-tls-cert", upstream.tls_cert, "Client certificate (PEM) for the coordinator");
+  app.add_option("--coordinator-tls-key", upstream.tls_key, "Client key (PEM) for the coordinator");
+  app.add_option("--worker-token-file", upstream.token,
+                 "File holding the token the coordinator's catalogue expects (the workers' token)")
+      ->check(CLI::ExistingFile);
+  dfc::ModelRegistryOptions serve;
+  dfc::InferenceBatcher::Options batching;
+  batching.max_batch = 0;  // default below: by device
+  dfc::EvaluationOptions eval;
+  int max_delay_us = 0;
+  int64_t max_image_bytes = static_cast<int64_t>(eval.limits.max_bytes);
+  app.add_option("--models-dir", serve.models_dir,
+                 "Where imported weights are stored (the shared volume every replica and the coordinator see)")
+      ->required();
+  app.add_option("--device", serve.device, "Inference device: cpu or cuda:N (default: the first GPU if any, else cpu)");
+  app.add_option("--eval-threads", serve.threads, "Inference threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  app.add_option("--eval-max-batch", batching.max_batch,
+                 "Largest batch the batcher forms (default 8 on CPU, 64 on a GPU)")->check(CLI::Range(1, 1024));
+  app.add_option("--eval-max-delay-us", max_delay_us,
+                 "Longest an image waits for its batch to fill, in microseconds (0 = greedy: run whenever the model "
+                 "is free, with whatever queued meanwhile)")->check(CLI::Range(0, 10000000));
+  app.add_option("--eval-max-queued", batching.max_queued, "Images queued for inference across all streams")
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--eval-max-in-flight", eval.max_in_flight_per_stream, "Unanswered images per stream")
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--eval-max-streams", eval.max_streams, "Open Evaluate streams")->check(CLI::Range(1, 100000));
+  app.add_option("--eval-max-image-bytes", max_image_bytes, "Largest encoded image accepted")
+      ->check(CLI::Range(int64_t{1}, int64_t{dfc::kMaxMessageBytes} - 4096));
+  app.add_option("--eval-max-loaded", serve.max_loaded, "Models kept loaded")->check(CLI::Range(1, 64));
+  CLI11_PARSE(app, argc, argv);
+  batching.max_delay = std::chrono::microseconds(max_delay_us);
+  eval.limits.max_bytes = static_cast<size_t>(max_image_bytes);
+  if (absl::Status st = ReadToken(&sec.token); !st.ok()) return Fail(std::string(st.message()));
+  if (absl::Status st = ReadToken(&upstream.token); !st.ok()) {
+    return Fail(absl::StrCat("--worker-token-file: ", st.message()));
+  }
+  if (!dfc::IsLoopbackListen(listen) && sec.token.empty()) {
+    if (!insecure) {
+      return Fail(absl::StrCat("refusing to listen on ", listen, " without a token: anyone who reaches it could "
+                               "import models and use the GPUs. Give --token-file, or --insecure"));
+    }
+    std::fprintf(stderr, "dfc-server: WARNING: listening on %s with no token (--insecure)\n", listen.c_str());
+  }
+  if (absl::Status st = dfc::CheckDevice(serve.device); !st.ok()) return Fail(std::string(st.message()));
+  const bool gpu = serve.device.rfind("cuda", 0) == 0 || (serve.device.empty() && torch::cuda::is_available());
+  if (batching.max_batch == 0) batching.max_batch = gpu ? 64 : 8;
+
+  auto channel = dfc::MakeChannel(coordinator, upstream);
+  if (!channel.ok()) return Fail(std::string(channel.status().message()));
+  std::shared_ptr<dfc::ModelCatalog> catalog = dfc::NewGrpcModelCatalog(*channel, upstream);
+  auto registry = dfc::ModelRegistry::Create(serve, catalog);
+  if (!registry.ok()) return Fail(std::string(registry.status().message()));
+  auto creds = dfc::MakeServerCredentials(sec);
+  if (!creds.ok()) return Fail(std::string(creds.status().message()));
+
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  dfc::InferenceBatcher batcher(batching);
+  dfc::EvaluationServiceImpl evaluation(registry->get(), &batcher, eval, sec.token,
+                                        absl::StrCat(host, ":", ::getpid()));
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, *creds, &port);
+  builder.SetMaxReceiveMessageSize(dfc::kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(dfc::kMaxMessageBytes);
+  builder.RegisterService(&evaluation);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    std::fprintf(stderr, "dfc-server: cannot listen on %s\n", listen.c_str());
+    return 1;
+  }
+  if (advertise.empty()) {
+    std::string host = listen.substr(0, listen.rfind(':'));
+    if (host == "0.0.0.0" || host == "[::]" || host.empty()) {
+      char name[256] = {0};
+      ::gethostname(name, sizeof(name) - 1);
+      host = name;
+    }
+    advertise = absl::StrCat(host, ":", port);
+  }
+  // Not ready until the catalogue answers: a load balancer or a Kubernetes
+  // readiness probe sends no streams to a replica that cannot resolve models.
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);
+  std::printf("dfc-server listening on %s (device %s, max batch %d, catalogue %s)\n", listen.c_str(),
+              serve.device.empty() ? (gpu ? "cuda:0" : "cpu") : serve.device.c_str(), batching.max_batch,
+              coordinator.c_str());
+  std::fflush(stdout);
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  bool ready = false;
+  for (int tick = 0; !g_stop; ++tick) {
+    if (tick % 10 == 0) {  // every 2 s
+      absl::Status st = catalog->AnnounceServer(advertise);
+      if (st.ok() != ready) {
+        ready = st.ok();
+        health->SetServingStatus(ready);
+        std::fprintf(stderr, "dfc-server: %s\n",
+                     ready ? "the model catalogue answers: SERVING"
+                           : absl::StrCat("NOT_SERVING: ", st.message()).c_str());
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}

@@ -1,0 +1,207 @@
+// The evaluation tier as deployed: a dfc-coordinator and two dfc-server
+// replicas as separate processes on loopback, reached through `dfc`.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/rpc/rpc_util.h"
+#include "common/subprocess.h"
+#include "dfc/v1/dfc.grpc.pb.h"
+#include "tests/test_util.h"
+
+namespace dfc {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::RunCommand;
+
+std::string Bin(const std::string& name) { return (fs::path(testing::DfcBinary()).parent_path() / name).string(); }
+
+class ServingReplicasTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    data_ = testing::MakeTestData(dir_);
+    coordinator_ = "127.0.0.1:" + std::to_string(PickFreePort());
+    pids_.push_back(SpawnProcess({Bin("dfc-coordinator"), "--listen", coordinator_, "--state", dir_.Join("state")},
+                                 dir_.Join("coordinator.log"), false));
+    for (int r = 0; r < 2; ++r) StartReplica(r);
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_TRUE(WaitServing(r)) << testing::ReadFileOrDie(dir_.Join("server-" + std::to_string(r) + ".log"));
+    }
+  }
+  void TearDown() override {
+    for (pid_t p : pids_) {
+      if (p > 0 && ::kill(p, SIGTERM) == 0) ::waitpid(p, nullptr, 0);
+    }
+  }
+  void StartReplica(int r) {
+    replicas_.push_back("127.0.0.1:" + std::to_string(PickFreePort()));
+    // Both replicas share the models directory, as pods share the volume.
+    pids_.push_back(SpawnProcess({Bin("dfc-server"), "--listen", replicas_[r], "--coordinator", coordinator_,
+                                  "--models-dir", dir_.Join("state/models"), "--device", "cpu", "--eval-threads", "1"},
+                                 dir_.Join("server-" + std::to_string(r) + ".log"), false));
+    server_pids_.push_back(pids_.back());
+  }
+  bool WaitServing(int r) {
+    auto channel = grpc::CreateChannel(replicas_[r], grpc::InsecureChannelCredentials());
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (HealthStatus(channel) == "SERVING") return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+  v1::ListModelsResponse Models(int r) {
+    auto stub = v1::EvaluationService::NewStub(grpc::CreateChannel(replicas_[r], grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ListModelsResponse resp;
+    EXPECT_TRUE(stub->ListModels(&ctx, v1::ListModelsRequest(), &resp).ok());
+    return resp;
+  }
+  std::string Dfc(const std::string& args) const {
+    return testing::DfcBinary() + " --coordinator " + coordinator_ + " " + args;
+  }
+  // path -> logit, from an evaluate CSV.
+  std::map<std::string, double> CsvLogits(const std::string& csv_path, int* errors) {
+    std::map<std::string, double> out;
+    *errors = 0;
+    const auto lines = testing::SplitLines(testing::ReadFileOrDie(csv_path));
+    for (size_t i = 1; i < lines.size(); ++i) {
+      std::vector<std::string> f;
+      size_t start = 0;
+      for (size_t k = 0; k <= lines[i].size(); ++k) {
+        if (k == lines[i].size() || lines[i][k] == ',') {
+          f.push_back(lines[i].substr(start, k - start));
+          start = k + 1;
+        }
+      }
+      EXPECT_EQ(f.size(), 5u) << lines[i];
+      if (f.size() != 5) continue;
+      EXPECT_EQ(out.count(f[0]), 0u) << f[0] << " answered twice";
+      if (!f[4].empty()) ++*errors;
+      else out[f[0]] = std::stod(f[3]);
+    }
+    return out;
+  }
+
+  testing::TempDir dir_;
+  testing::TestData data_;
+  std::string coordinator_;
+  std::vector<std::string> replicas_;
+  std::vector<pid_t> pids_, server_pids_;
+};
+
+// Imported through replica A (the catalogue entry is written once, in the
+// coordinator), evaluated through replica B: the logits of `dfc predict`.
+TEST_F(ServingReplicasTest, AModelImportedThroughOneReplicaEvaluatesOnAnother) {
+  auto r = RunCommand(Dfc("import --server " + replicas_[0] + " --name shared-meso --model mesoinception4 --weights " +
+                          data_.weights));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // B knows it through the catalogue, not loaded yet.
+  bool listed = false;
+  const v1::ListModelsResponse before = Models(1);
+  for (const auto& m : before.models()) {
+    if (m.name() != "shared-meso") continue;
+    listed = true;
+    EXPECT_EQ(m.state(), v1::MODEL_STATE_UNSPECIFIED);
+  }
+  EXPECT_TRUE(listed);
+  std::string images;
+  for (const auto& i : data_.images) images += " " + i;
+  auto predict = RunCommand(testing::DfcBinary() + " predict --model mesoinception4 --weights " + data_.weights + images);
+  ASSERT_EQ(predict.exit_code, 0) << predict.err;
+  auto eval = RunCommand(Dfc("evaluate --server " + replicas_[1] + " --model shared-meso --out " + dir_.Join("b.csv") +
+                             images));
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  int errors = 0;
+  auto got = CsvLogits(dir_.Join("b.csv"), &errors);
+  EXPECT_EQ(errors, 0);
+  const auto expected = testing::ParsePredictions(predict.out);
+  ASSERT_EQ(expected.size(), data_.images.size());
+  for (const auto& e : expected) {
+    ASSERT_TRUE(got.count(e.path)) << e.path;
+    EXPECT_NEAR(got[e.path], e.logit, 1e-5) << e.path;
+  }
+  EXPECT_EQ(Models(0).images_served(), 0);
+  EXPECT_EQ(Models(1).images_served(), static_cast<int64_t>(data_.images.size()));
+  const v1::ListModelsResponse after = Models(1);
+  for (const auto& m : after.models()) {
+    if (m.name() == "shared-meso") EXPECT_EQ(m.state(), v1::MODEL_LOADED);
+  }
+}
+
+// Without --server, `dfc evaluate` asks the coordinator for the replicas and
+// round-robins its streams over them.
+TEST_F(ServingReplicasTest, ConcurrentStreamsLandOnEveryReplica) {
+  ASSERT_EQ(RunCommand(Dfc("import --server " + replicas_[1] + " --name m --model mesoinception4 --weights " +
+                           data_.weights)).exit_code, 0);
+  auto syn = RunCommand(testing::DfcBinary() + " synth --out " + dir_.Join("many") + " --count 32 --image-size 64");
+  ASSERT_EQ(syn.exit_code, 0) << syn.err;
+  auto eval = RunCommand(Dfc("evaluate --json --concurrency 8 --model m " + dir_.Join("many")));
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  auto summary = nlohmann::json::parse(eval.out);
+  EXPECT_EQ(summary["count"], 32);
+  EXPECT_EQ(summary["errors"], 0);
+  const v1::ListModelsResponse a = Models(0), b = Models(1);
+  EXPECT_GT(a.streams_served(), 0) << "replica A served no stream";
+  EXPECT_GT(b.streams_served(), 0) << "replica B served no stream";
+  EXPECT_EQ(a.streams_served() + b.streams_served(), 8);
+  EXPECT_EQ(a.images_served() + b.images_served(), 32);
+}
+
+// A replica SIGKILLed mid-run fails only its own streams; `dfc evaluate`
+// sends their unanswered images to the other replica and counts each once.
+TEST_F(ServingReplicasTest, AReplicaKilledMidRunLosesNoImage) {
+  ASSERT_EQ(RunCommand(Dfc("import --server " + replicas_[0] + " --name m --model mesoinception4 --weights " +
+                           data_.weights)).exit_code, 0);
+  constexpr int kImages = 400;
+  auto syn = RunCommand(testing::DfcBinary() + " synth --out " + dir_.Join("many") + " --count " +
+                        std::to_string(kImages) + " --image-size 64");
+  ASSERT_EQ(syn.exit_code, 0) << syn.err;
+  testing::CommandResult eval;
+  std::atomic<bool> finished{false};
+  std::thread client([&] {
+    eval = RunCommand(Dfc("evaluate --json --concurrency 4 --model m --out " + dir_.Join("all.csv") + " " +
+                          dir_.Join("many")));
+    finished = true;
+  });
+  // Kill A once it has answered some images and the run is not over.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  int64_t served = 0;
+  while (!finished && std::chrono::steady_clock::now() < deadline && served < 16) {
+    served = Models(0).images_served();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const bool killed = served >= 16 && !finished && ::kill(server_pids_[0], SIGKILL) == 0;
+  client.join();
+  ASSERT_GE(served, 16) << "replica A never got going: " << eval.err;
+  ASSERT_TRUE(killed) << "the run ended before the replica could be killed; use more images";
+  ::waitpid(server_pids_[0], nullptr, 0);
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  auto summary = nlohmann::json::parse(eval.out);
+  EXPECT_EQ(summary["count"], kImages);
+  EXPECT_EQ(summary["errors"], 0);
+  EXPECT_GT(summary["retried"].get<int>(), 0) << eval.err;
+  int errors = 0;
+  auto got = CsvLogits(dir_.Join("all.csv"), &errors);
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(got.size(), static_cast<size_t>(kImages));  // each image once (duplicates fail in CsvLogits)
+  EXPECT_GT(Models(1).images_served(), 0);
+}
+
+}  // namespace
+}  // namespace dfc

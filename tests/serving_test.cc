@@ -1,0 +1,248 @@
+// The serving tier's registry and Evaluate stream in one process, with a
+// real gRPC server on loopback and real checkpoints; only the coordinator's
+// catalogue is an in-memory stand-in (serving_replicas_test runs the real one).
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <future>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "data_shards/image_codec.h"
+#include "dfc/v1/dfc.grpc.pb.h"
+#include "models/checkpoint.h"
+#include "models/detector.h"
+#include "serving/batcher.h"
+#include "serving/evaluation_service.h"
+#include "serving/model_registry.h"
+#include "tests/test_util.h"
+
+namespace dfc {
+namespace {
+
+// The coordinator's catalogue as a map (one class under test: the registry).
+class MapCatalog final : public ModelCatalog {
+ public:
+  void Add(const std::string& name, const std::string& arch, const std::string& path) {
+    std::lock_guard<std::mutex> lock(mu_);
+    v1::CatalogEntry e;
+    e.mutable_info()->set_name(name);
+    e.mutable_info()->set_arch(arch);
+    e.set_weights_path(path);
+    entries_[name] = e;
+  }
+  absl::Status AnnounceServer(const std::string&) override { return absl::OkStatus(); }
+  absl::StatusOr<v1::CatalogEntry> GetModel(const std::string& name) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(name);
+    if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("model: no imported model '", name, "'"));
+    return it->second;
+  }
+  absl::StatusOr<v1::RegisterModelResponse> RegisterModel(const v1::RegisterModelRequest& r) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_[r.entry().info().name()] = r.entry();
+    return v1::RegisterModelResponse();
+  }
+  absl::StatusOr<std::vector<v1::CatalogEntry>> ListModels() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<v1::CatalogEntry> out;
+    for (const auto& [name, e] : entries_) out.push_back(e);
+    return out;
+  }
+  absl::StatusOr<v1::JobOutput> GetJobOutput(const std::string& job_id) override {
+    return absl::NotFoundError(absl::StrCat("no job ", job_id));
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, v1::CatalogEntry> entries_;
+};
+
+std::string SaveRandomCheckpoint(const std::string& arch, const std::string& path) {
+  auto model = MakeDetector(arch);
+  EXPECT_TRUE(model.ok()) << model.status();
+  CheckpointMeta meta;
+  meta.arch = arch;
+  EXPECT_TRUE(SaveCheckpoint(path, **model, nullptr, meta).ok());
+  return path;
+}
+
+std::string TestImage(int seed) {
+  RgbImage img;
+  img.width = img.height = 64;
+  img.pixels.resize(64 * 64 * 3);
+  for (size_t i = 0; i < img.pixels.size(); ++i) img.pixels[i] = static_cast<uint8_t>((i * 7 + seed * 31) % 251);
+  auto png = EncodeImage(img, ".png", 90);
+  EXPECT_TRUE(png.ok()) << png.status();
+  return *png;
+}
+
+// A blocked load, released by the test.
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, open = false;
+  void Enter() {
+    std::unique_lock<std::mutex> lock(mu);
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return open; });
+  }
+  bool WaitEntered() {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, std::chrono::seconds(60), [&] { return entered; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu);
+    open = true;
+    cv.notify_all();
+  }
+};
+
+class ServingTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    catalog_ = std::make_shared<MapCatalog>();
+    catalog_->Add("warm", "mesoinception4", SaveRandomCheckpoint("mesoinception4", dir_.Join("warm.ckpt")));
+    catalog_->Add("cold", "resnet50-vggface", SaveRandomCheckpoint("resnet50-vggface", dir_.Join("cold.ckpt")));
+    testing::WriteFileOrDie(dir_.Join("broken.ckpt"), std::string(1000, 'x'));
+    catalog_->Add("broken", "mesoinception4", dir_.Join("broken.ckpt"));
+    ModelRegistryOptions o;
+    o.models_dir = dir_.Join("models");
+    o.threads = 2;
+    o.device = "cpu";
+    o.before_load = [this](const std::string& name) {
+      if (name == "cold") gate_.Enter();
+    };
+    auto r = ModelRegistry::Create(o, catalog_);
+    ASSERT_TRUE(r.ok()) << r.status();
+    registry_ = std::move(*r);
+    batcher_ = std::make_unique<InferenceBatcher>(InferenceBatcher::Options{});
+    service_ = std::make_unique<EvaluationServiceImpl>(registry_.get(), batcher_.get(), EvaluationOptions{}, "",
+                                                       "test-replica");
+    grpc::ServerBuilder b;
+    int port = 0;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(service_.get());
+    server_ = b.BuildAndStart();
+    ASSERT_GT(port, 0);
+    stub_ = v1::EvaluationService::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override {
+    gate_.Open();
+    if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  }
+
+  // One stream of `n` images on `model`; the results received and the status.
+  grpc::Status Evaluate(const std::string& model, int n, int* results) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    auto stream = stub_->Evaluate(&ctx);
+    v1::EvaluateRequest first;
+    first.mutable_model()->set_name(model);
+    stream->Write(first);
+    for (int i = 0; i < n; ++i) {
+      v1::EvaluateRequest r;
+      r.set_image(TestImage(i));
+      stream->Write(r);
+    }
+    stream->WritesDone();
+    v1::EvaluateResponse resp;
+    *results = 0;
+    while (stream->Read(&resp)) *results += resp.has_result() && resp.result().error().empty();
+    return stream->Finish();
+  }
+
+  std::map<std::string, v1::ModelInfo> Models() {
+    grpc::ClientContext ctx;
+    v1::ListModelsResponse resp;
+    EXPECT_TRUE(stub_->ListModels(&ctx, v1::ListModelsRequest(), &resp).ok());
+    std::map<std::string, v1::ModelInfo> out;
+    for (const auto& m : resp.models()) out[m.name()] = m;
+    return out;
+  }
+
+  testing::TempDir dir_;
+  Gate gate_;
+  std::shared_ptr<MapCatalog> catalog_;
+  std::unique_ptr<ModelRegistry> registry_;
+  std::unique_ptr<InferenceBatcher> batcher_;
+  std::unique_ptr<EvaluationServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::EvaluationService::Stub> stub_;
+};
+
+// While a cold ResNet-50 load is held inside the registry, new streams on the
+// loaded model run to the end (with a lock around loads they would wait for
+// it); ListModels shows each model's state on this replica meanwhile.
+TEST_F(ServingTest, AColdLoadDoesNotHoldUpStreamsOfALoadedModel) {
+  int n = 0;
+  ASSERT_TRUE(Evaluate("warm", 2, &n).ok());  // loaded
+  ASSERT_EQ(n, 2);
+  EXPECT_EQ(Models()["warm"].state(), v1::MODEL_LOADED);
+  EXPECT_EQ(Models()["cold"].state(), v1::MODEL_STATE_UNSPECIFIED);
+
+  std::atomic<bool> cold_done{false};
+  int cold_results = 0;
+  grpc::Status cold_status;
+  std::thread cold([&] {
+    cold_status = Evaluate("cold", 1, &cold_results);
+    cold_done = true;
+  });
+  ASSERT_TRUE(gate_.WaitEntered()) << "the cold model's load never started";
+  EXPECT_EQ(Models()["cold"].state(), v1::MODEL_LOADING);
+  for (int round = 0; round < 3; ++round) {
+    int warm = 0;
+    ASSERT_TRUE(Evaluate("warm", 4, &warm).ok());
+    EXPECT_EQ(warm, 4);
+  }
+  // Ordering, not timing: every warm stream finished while the cold load was
+  // still held.
+  EXPECT_FALSE(cold_done.load());
+  EXPECT_EQ(Models()["cold"].state(), v1::MODEL_LOADING);
+  gate_.Open();
+  cold.join();
+  EXPECT_TRUE(cold_status.ok()) << cold_status.error_message();
+  EXPECT_EQ(cold_results, 1);
+  EXPECT_EQ(Models()["cold"].state(), v1::MODEL_LOADED);
+  EXPECT_EQ(Models()["cold"].input_size(), 224);
+}
+
+// Two streams asking for the same cold model share one load.
+TEST_F(ServingTest, StreamsOfAModelBeingLoadedWaitForThatLoad) {
+  int a = 0, b = 0;
+  grpc::Status sa, sb;
+  std::thread first([&] { sa = Evaluate("cold", 1, &a); });
+  ASSERT_TRUE(gate_.WaitEntered());
+  std::thread second([&] { sb = Evaluate("cold", 1, &b); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  gate_.Open();
+  first.join();
+  second.join();
+  EXPECT_TRUE(sa.ok()) << sa.error_message();
+  EXPECT_TRUE(sb.ok()) << sb.error_message();
+  EXPECT_EQ(a + b, 2);
+}
+
+TEST_F(ServingTest, AFailedLoadIsTheStreamsErrorAndListedWithItsReason) {
+  int n = 0;
+  grpc::Status st = Evaluate("broken", 1, &n);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  const v1::ModelInfo broken = Models()["broken"];
+  EXPECT_EQ(broken.state(), v1::MODEL_FAILED);
+  EXPECT_FALSE(broken.load_error().empty());
+  EXPECT_EQ(broken.load_error().find(dir_.path()), std::string::npos) << "a server path leaked: " << broken.load_error();
+  // The replica keeps serving the others.
+  ASSERT_TRUE(Evaluate("warm", 1, &n).ok());
+  EXPECT_EQ(n, 1);
+}
+
+}  // namespace
+}  // namespace dfc

@@ -1,0 +1,30 @@
+#ifndef DFC_TRAINING_RANK_LAUNCHER_H_
+#define DFC_TRAINING_RANK_LAUNCHER_H_
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace dfc {
+
+// Options for LaunchRanks.
+struct RankLaunchOptions {
+  // The command of rank r is `argv` followed by "--rank r --master-port P".
+  std::vector<std::string> argv;
+  int world_size = 2;
+  int master_port = 0;  // 0: pick a free loopback port
+  // After the first rank fails, the others get SIGTERM, and SIGKILL this long
+  // after: a dead peer never leaves ranks hanging.
+  std::chrono::milliseconds kill_grace{5000};
+};
+
+// Runs one process per rank (the torchrun model) and supervises them:
+// returns OK when every rank exits 0, otherwise the first failure (rank,
+// exit code or signal) after stopping the rest.
+absl::Status LaunchRanks(const RankLaunchOptions& options);
+
+}  // namespace dfc
+
+#endif  // DFC_TRAINING_RANK_LAUNCHER_H_
