@@ -33,7 +33,9 @@ int main(int argc, char** argv) {
   std::string address, model;
   std::vector<std::string> files;
   int streams = 1, window = 1, per_stream = 64, warmup = 8;
-  app.add_option("--coordinator", address)->required();
+  app.add_option("--server,--coordinator", address,
+                 "dfc-server address, IP:PORT,IP:PORT for several replicas (round-robin), or an older "
+                 "coordinator that served Evaluate itself")->required();
   app.add_option("--model", model, "Imported model name")->required();
   app.add_option("--streams", streams)->check(CLI::Range(1, 1024));
   app.add_option("--window", window, "Images outstanding per stream")->check(CLI::Range(1, 1024));
@@ -50,8 +52,16 @@ int main(int argc, char** argv) {
     }
     images.push_back(*b);
   }
-  auto channel = dfc::MakeChannel(address, {});
+  auto target = dfc::ServerListTarget(address);
+  if (!target.ok()) {
+    std::fprintf(stderr, "eval_bench: %s\n", std::string(target.status().message()).c_str());
+    return 2;
+  }
+  auto channel = dfc::MakeChannel(*target, {}, /*round_robin=*/true);
   if (!channel.ok()) return 2;
+  // Every replica connected before the streams open, so round-robin spreads them.
+  (*channel)->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   auto stub = dfc::v1::EvaluationService::NewStub(*channel);
 
   std::mutex mu;

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -124,6 +125,28 @@ int RunList(ClientArgs& c, const std::string& state, int page_size) {
     std::printf("%-18s %-10s %-17s %5d %8d %6d %8s\n", j.job_id().c_str(), v1::JobState_Name(j.state()).c_str(),
                 j.config().model().c_str(), j.world_size(), j.restarts(), j.epochs_done(),
                 j.epochs_done() ? absl::StrCat(j.last_epoch().val_accuracy()).c_str() : "-");
+  }
+  return kExitOk;
+}
+
+int RunWorkers(ClientArgs& c) {
+  auto stub = Connect(c);
+  if (!stub.ok()) return ReportError(stub.status());
+  v1::ListWorkersResponse resp;
+  auto ctx = MakeContext(c.security);
+  grpc::Status st = (*stub)->ListWorkers(ctx.get(), v1::ListWorkersRequest(), &resp);
+  if (!st.ok()) return ReportRpc(st);
+  if (c.json) {
+    std::printf("%s\n", ToJson(resp).c_str());
+    return kExitOk;
+  }
+  std::printf("%-20s %-22s %-8s %5s %5s %9s  %s\n", "WORKER", "ADDRESS", "STATE", "SLOTS", "FREE", "HEARTBEAT", "RANKS");
+  for (const auto& w : resp.workers()) {
+    std::string ranks;
+    for (const auto& r : w.ranks()) absl::StrAppend(&ranks, ranks.empty() ? "" : " ", r.job_id(), "/", r.rank());
+    std::printf("%-20s %-22s %-8s %5s %5d %8.1fs  %s\n", w.worker_id().c_str(), w.address().c_str(), w.state().c_str(),
+                absl::StrCat(w.slots(), w.gpus() > 0 ? "g" : "").c_str(), w.free_slots(), w.seconds_since_heartbeat(),
+                ranks.empty() ? "-" : ranks.c_str());
   }
   return kExitOk;
 }
@@ -251,57 +274,69 @@ int RunClusterUp(const ClusterArgs& a) {
     return ReportError(absl::AlreadyExistsError(absl::StrCat("a cluster is already up in ", state.string(),
                                                              " (dfc cluster down --state ", a.state, ")")));
   }
-  std::vector<pid_t> pids;
-  pids.push_back(SpawnProcess({SiblingBinary("dfc-coordinator"), "--listen", a.listen, "--state", state.string()},
-                             (state / "logs/coordinator.log").string(), /*new_session=*/true));
+  // Daemons: their own session, not killed with this command.
+  std::vector<Subprocess> procs;
+  auto spawn = [&](std::vector<std::string> argv, const std::string& log) -> absl::Status {
+    SubprocessOptions so;
+    so.argv = std::move(argv);
+    so.log_path = (state / "logs" / log).string();
+    so.new_session = true;
+    so.die_with_parent = false;
+    auto p = Subprocess::Start(so);
+    if (!p.ok()) return p.status();
+    procs.push_back(std::move(*p));
+    return absl::OkStatus();
+  };
+  if (absl::Status st = spawn({SiblingBinary("dfc-coordinator"), "--listen", a.listen, "--state", state.string()},
+                              "coordinator.log");
+      !st.ok()) {
+    return ReportError(st);
+  }
   for (int r = 0; r < a.servers; ++r) {
     std::vector<std::string> argv = {SiblingBinary("dfc-server"), "--coordinator", a.listen, "--listen",
                                      a.server_listen, "--models-dir", (state / "models").string()};
     if (a.gpus == 0) argv.insert(argv.end(), {"--device", "cpu"});
-    pids.push_back(SpawnProcess(argv, (state / absl::StrCat("logs/server-", r, ".log")).string(),
-                                /*new_session=*/true));
+    if (absl::Status st = spawn(argv, absl::StrCat("server-", r, ".log")); !st.ok()) return ReportError(st);
   }
   for (int w = 0; w < a.workers; ++w) {
     std::vector<std::string> argv = {SiblingBinary("dfc-worker"), "--coordinator", a.listen, "--cpu-slots",
                                      std::to_string(a.cpu_slots), "--work-dir",
                                      (state / absl::StrCat("workers/worker-", w)).string()};
     if (a.gpus != 0) argv.insert(argv.end(), {"--gpus", std::to_string(a.gpus)});
-    pids.push_back(SpawnProcess(argv,
-                               (state / absl::StrCat("logs/worker-", w, ".log")).string(), /*new_session=*/true));
+    if (absl::Status st = spawn(argv, absl::StrCat("worker-", w, ".log")); !st.ok()) return ReportError(st);
   }
   // Each pid with its start time: `cluster down` signals only processes that
   // are still the ones started here (a pid may be reused after they exit).
   std::string pid_text;
-  for (pid_t p : pids) pid_text += absl::StrCat(p, " ", ProcessStartTime(p), "\n");
+  for (const Subprocess& p : procs) pid_text += absl::StrCat(p.pid(), " ", ProcessStartTime(p.pid()), "\n");
   if (absl::Status st = WriteFileAtomically((state / "cluster.pids").string(), pid_text); !st.ok()) return ReportError(st);
-  // Ready when every worker says it registered and the coordinator lists
-  // every evaluation server.
+  // Ready when the coordinator lists every worker as live and every
+  // evaluation server as announced.
   ClientArgs client;
   client.coordinator = a.listen;
   auto channel = OpenChannel(client);
   if (!channel.ok()) return ReportError(channel.status());
   auto stub = v1::JobService::NewStub(*channel);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(a.wait_s);
-  v1::ListServersResponse servers;
   while (std::chrono::steady_clock::now() < deadline) {
+    v1::ListServersResponse servers;
+    v1::ListWorkersResponse workers;
     {
       auto ctx = MakeContext(client.security, std::chrono::seconds(2));
-      servers.Clear();
       if (!stub->ListServers(ctx.get(), v1::ListServersRequest(), &servers).ok()) servers.Clear();
     }
-    int registered = 0;
-    for (int w = 0; w < a.workers; ++w) {
-      std::ifstream f(state / absl::StrCat("logs/worker-", w, ".log"));
-      std::stringstream s;
-      s << f.rdbuf();
-      registered += s.str().find("registered as") != std::string::npos;
+    {
+      auto ctx = MakeContext(client.security, std::chrono::seconds(2));
+      if (!stub->ListWorkers(ctx.get(), v1::ListWorkersRequest(), &workers).ok()) workers.Clear();
     }
-    int status;
-    if (::waitpid(pids[0], &status, WNOHANG) == pids[0]) {
+    const int live = static_cast<int>(std::count_if(workers.workers().begin(), workers.workers().end(),
+                                                    [](const v1::WorkerSummary& w) { return w.state() == "live"; }));
+    if (procs[0].Poll()) {
       return ReportError(absl::UnavailableError(absl::StrCat("the coordinator exited; see ",
-                                                             (state / "logs/coordinator.log").string(), /*new_session=*/true)));
+                                                             (state / "logs/coordinator.log").string())));
     }
-    if (registered == a.workers && servers.addresses_size() >= a.servers) {
+    if (live >= a.workers && servers.addresses_size() >= a.servers) {
+      for (Subprocess& p : procs) p.Release();
       std::printf("cluster up: coordinator %s, %d worker(s) x %d slot(s), evaluation server(s) %s, state %s\n",
                   a.listen.c_str(), a.workers, a.cpu_slots, absl::StrJoin(servers.addresses(), ",").c_str(),
                   state.c_str());
@@ -309,6 +344,7 @@ int RunClusterUp(const ClusterArgs& a) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+  for (Subprocess& p : procs) p.Release();  // `cluster down` stops them; their logs say what went wrong
   return ReportError(absl::DeadlineExceededError("cluster up: workers or servers did not register in time; see the logs in " +
                                                  (state / "logs").string()));
 }
@@ -496,6 +532,10 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
                                            "A retried submit with this key returns the same job");
   AddClientFlags(submit, c.get());
   submit->callback([run, c, s] { *run = [c, s] { return RunSubmit(*c, *s); }; });
+
+  CLI::App* workers = app.add_subcommand("workers", "List the workers: slots, ranks, last heartbeat, state");
+  AddClientFlags(workers, c.get());
+  workers->callback([run, c] { *run = [c] { return RunWorkers(*c); }; });
 
   CLI::App* list = app.add_subcommand("list", "List jobs");
   AddClientFlags(list, c.get());

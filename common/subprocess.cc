@@ -3,11 +3,23 @@
 #include <fstream>
 #include <sstream>
 
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+extern char** environ;
 
 namespace dfc {
 
@@ -33,22 +45,127 @@ int PickFreePort() {
   return port;
 }
 
-pid_t SpawnProcess(const std::vector<std::string>& args, const std::string& log_path, bool new_session) {
+absl::StatusOr<Subprocess> Subprocess::Start(const SubprocessOptions& o) {
+  if (o.argv.empty()) return absl::InvalidArgumentError("subprocess: no program");
+  // Everything the child needs is built before fork (only async-signal-safe calls after it).
   std::vector<char*> cargs;
-  for (const auto& a : args) cargs.push_back(const_cast<char*>(a.c_str()));
+  for (const auto& a : o.argv) cargs.push_back(const_cast<char*>(a.c_str()));
   cargs.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid != 0) return pid;
-  if (new_session) ::setsid();
-  if (!log_path.empty()) {
-    if (FILE* f = std::fopen(log_path.c_str(), "a")) {
-      ::dup2(::fileno(f), 1);
-      ::dup2(::fileno(f), 2);
-    }
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string kv = *e;
+    const std::string name = kv.substr(0, kv.find('='));
+    bool replaced = false;
+    for (const auto& add : o.env) replaced |= add.substr(0, add.find('=')) == name;
+    if (!replaced) env_strings.push_back(kv);
   }
-  ::execv(cargs[0], cargs.data());
-  ::_exit(127);
+  env_strings.insert(env_strings.end(), o.env.begin(), o.env.end());
+  std::vector<char*> cenv;
+  for (auto& e : env_strings) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) return absl::ResourceExhaustedError(absl::StrCat("cannot start ", o.argv[0], ": ", std::strerror(errno)));
+  if (pid == 0) {
+    if (o.die_with_parent) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);  // the parent died before prctl
+    }
+    if (o.new_session) ::setsid();
+    if (!o.log_path.empty()) {
+      const int fd = ::open(o.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (fd >= 0) {
+        ::dup2(fd, STDOUT_FILENO);
+        ::dup2(fd, STDERR_FILENO);
+      }
+    }
+    ::execve(cargs[0], cargs.data(), cenv.data());
+    ::_exit(127);
+  }
+  Subprocess p;
+  p.pid_ = pid;
+  return p;
 }
+
+Subprocess& Subprocess::operator=(Subprocess&& other) noexcept {
+  if (this != &other) {
+    if (running()) {
+      ::kill(pid_, SIGKILL);
+      Wait();
+    }
+    pid_ = std::exchange(other.pid_, -1);
+    exited_ = other.exited_;
+    exit_code_ = other.exit_code_;
+    term_signal_ = other.term_signal_;
+    terminating_ = other.terminating_;
+    kill_at_ = other.kill_at_;
+  }
+  return *this;
+}
+
+Subprocess::~Subprocess() {
+  if (running()) {
+    ::kill(pid_, SIGKILL);
+    Wait();
+  }
+}
+
+void Subprocess::Reaped(int status) {
+  exited_ = true;
+  if (WIFSIGNALED(status)) {
+    term_signal_ = WTERMSIG(status);
+    exit_code_ = 128 + term_signal_;
+  } else {
+    exit_code_ = WEXITSTATUS(status);
+  }
+}
+
+bool Subprocess::Poll() {
+  if (!running()) return exited_;
+  int status = 0;
+  const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    Reaped(status);
+    return true;
+  }
+  if (r < 0 && errno == ECHILD) {  // reaped elsewhere: no status to be had
+    exited_ = true;
+    exit_code_ = 127;
+    return true;
+  }
+  if (terminating_ && std::chrono::steady_clock::now() >= kill_at_) ::kill(pid_, SIGKILL);  // ignored SIGTERM, or stopped
+  return false;
+}
+
+bool Subprocess::Signal(int sig) { return running() && ::kill(pid_, sig) == 0; }
+
+void Subprocess::Terminate(std::chrono::milliseconds grace) {
+  if (!running() || terminating_) return;
+  terminating_ = true;
+  kill_at_ = std::chrono::steady_clock::now() + grace;
+  ::kill(pid_, grace.count() <= 0 ? SIGKILL : SIGTERM);
+}
+
+int Subprocess::Wait() {
+  while (running()) {
+    if (!terminating_) {
+      int status = 0;
+      const pid_t r = ::waitpid(pid_, &status, 0);
+      if (r == pid_) Reaped(status);
+      else if (r < 0 && errno != EINTR) Poll();
+      continue;
+    }
+    if (!Poll()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return exit_code_;
+}
+
+int Subprocess::Stop(std::chrono::milliseconds grace) {
+  Terminate(grace);
+  return Wait();
+}
+
+pid_t Subprocess::Release() { return std::exchange(pid_, -1); }
 
 }  // namespace dfc
 

@@ -3,8 +3,11 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <string>
 #include <vector>
+
+#include "absl/status/statusor.h"
 
 namespace dfc {
 
@@ -15,11 +18,61 @@ std::string SelfExecutable();
 // A TCP port on 127.0.0.1 that was free a moment ago (0 if none could be had).
 int PickFreePort();
 
-// Starts args[0] with args (no shell), stdout and stderr appended to
-// `log_path` (inherited when empty). With `new_session` the child leaves the
-// caller's session (a daemon that outlives the terminal). Returns the pid, or
-// -1 when fork failed; an exec failure makes the child exit 127.
-pid_t SpawnProcess(const std::vector<std::string>& args, const std::string& log_path, bool new_session);
+struct SubprocessOptions {
+  std::vector<std::string> argv;  // argv[0]: the program's path (no shell, no PATH search)
+  std::vector<std::string> env;   // NAME=VALUE added to (or replacing in) the inherited environment
+  std::string log_path;           // stdout and stderr appended here; empty: inherited
+  bool new_session = false;       // leave the caller's session (a daemon that outlives the terminal)
+  bool die_with_parent = true;    // SIGKILL when the parent dies (PR_SET_PDEATHSIG)
+};
+
+// One child process: spawn, poll, terminate with a grace period, wait. The
+// one way DFC starts processes (worker ranks, the rank launcher, `cluster up`,
+// the tests). A Subprocess that still runs when destroyed is killed (SIGKILL)
+// and reaped, unless Release()d.
+class Subprocess {
+ public:
+  // Fails when fork fails; an exec failure makes the child exit 127.
+  static absl::StatusOr<Subprocess> Start(const SubprocessOptions& options);
+
+  Subprocess() = default;
+  Subprocess(Subprocess&& other) noexcept { *this = std::move(other); }
+  Subprocess& operator=(Subprocess&& other) noexcept;
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+  ~Subprocess();
+
+  pid_t pid() const { return pid_; }
+  // Started and not yet seen to exit.
+  bool running() const { return pid_ > 0 && !exited_; }
+  // Reaps without blocking; true once the process has exited. Sends the
+  // SIGKILL that Terminate scheduled once its grace period is over.
+  bool Poll();
+  // After exit: the exit code, or 128 + the signal that ended it.
+  int exit_code() const { return exit_code_; }
+  // After exit: the signal that ended it, 0 if it exited.
+  int term_signal() const { return term_signal_; }
+  bool Signal(int sig);
+  // SIGTERM now and SIGKILL once `grace` has passed (at the next Poll or in
+  // Wait). A repeated call never moves that moment later.
+  void Terminate(std::chrono::milliseconds grace);
+  // Blocks until it exits; returns exit_code().
+  int Wait();
+  // Terminate(grace), then Wait().
+  int Stop(std::chrono::milliseconds grace);
+  // Leaves the process running (a daemon); returns its pid and forgets it.
+  pid_t Release();
+
+ private:
+  void Reaped(int status);
+
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  int exit_code_ = 0;
+  int term_signal_ = 0;
+  bool terminating_ = false;
+  std::chrono::steady_clock::time_point kill_at_ = std::chrono::steady_clock::time_point::max();
+};
 
 // The start time of process `pid` (field 22 of /proc/PID/stat, clock ticks
 // since boot), or 0 if there is no such process. A pid with another start

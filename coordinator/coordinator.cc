@@ -313,7 +313,7 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   if (r.address().empty()) return absl::InvalidArgumentError("address: required");
   std::lock_guard<std::mutex> lock(mu_);
   const std::string id = absl::StrCat("worker-", next_worker_++, "-", Now() % 100000);
-  workers_[id] = WorkerInfo{r.address(), slots, Now()};
+  workers_[id] = WorkerInfo{r.address(), slots, Now(), r.cpu_slots(), r.gpus()};
   v1::RegisterWorkerResponse resp;
   resp.set_worker_id(id);
   resp.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
@@ -383,6 +383,8 @@ void Coordinator::ExpireWorkersLocked() {
     if (now - w.last_seen_ms > options_.worker_timeout.count()) dead.push_back(id);
   }
   for (const std::string& id : dead) {
+    gone_.emplace_back(id, workers_[id]);
+    if (gone_.size() > 16) gone_.pop_front();
     workers_.erase(id);
     std::vector<std::string> hit;
     for (const auto& [job_id, a] : active_) {
@@ -705,6 +707,39 @@ std::vector<std::string> Coordinator::ListServers() {
     if (Now() - seen <= 10000) out.push_back(address);
   }
   return out;
+}
+
+v1::ListWorkersResponse Coordinator::ListWorkers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = Now();
+  v1::ListWorkersResponse resp;
+  auto fill = [&](const std::string& id, const WorkerInfo& w, const char* state) {
+    v1::WorkerSummary* s = resp.add_workers();
+    s->set_worker_id(id);
+    s->set_address(w.address);
+    s->set_cpu_slots(w.cpu_slots);
+    s->set_gpus(w.gpus);
+    s->set_slots(w.slots);
+    s->set_seconds_since_heartbeat(static_cast<double>(now - w.last_seen_ms) / 1000.0);
+    s->set_state(state);
+    return s;
+  };
+  for (const auto& [id, w] : workers_) {
+    const bool late = now - w.last_seen_ms > 2 * options_.heartbeat_interval.count();
+    v1::WorkerSummary* s = fill(id, w, late ? "suspect" : "live");
+    s->set_free_slots(FreeSlots(id));
+    for (const auto& [job_id, a] : active_) {
+      for (size_t r = 0; r < a.ranks.size(); ++r) {
+        if (a.ranks[r].worker_id != id) continue;
+        v1::WorkerSummary::RankRef* ref = s->add_ranks();
+        ref->set_job_id(job_id);
+        ref->set_rank(static_cast<int32_t>(r));
+        ref->set_attempt(a.attempt);
+      }
+    }
+  }
+  for (auto it = gone_.rbegin(); it != gone_.rend(); ++it) fill(it->first, it->second, "gone");
+  return resp;
 }
 
 }  // namespace dfc

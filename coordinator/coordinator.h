@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -75,6 +76,8 @@ class Coordinator {
   // Evaluation replicas: each announces its address every few seconds;
   // ListServers returns those heard from in the last 10 s.
   absl::Status AnnounceServer(const std::string& address);
+  // Live and suspect workers, then the last few that timed out.
+  v1::ListWorkersResponse ListWorkers();
   std::vector<std::string> ListServers();
 
   static bool IsTerminal(v1::JobState s);
@@ -88,6 +91,7 @@ class Coordinator {
     std::string address;
     int slots = 0;
     int64_t last_seen_ms = 0;
+    int cpu_slots = 0, gpus = 0;
   };
   struct RankSlot {
     std::string worker_id;
@@ -134,7 +138,8 @@ class Coordinator {
   // worker -> job -> the newest attempt whose ranks there must stop
   std::map<std::string, std::map<std::string, int>> stop_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
-  std::map<std::string, int64_t> servers_ ABSL_GUARDED_BY(mu_);  // address -> last announced (ms)
+  std::map<std::string, int64_t> servers_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<std::string, WorkerInfo>> gone_ ABSL_GUARDED_BY(mu_);  // timed out, newest last (<= 16)  // address -> last announced (ms)
   // A restarted job waits a couple of heartbeats before it is placed again,
   // so that a worker that just died has stopped looking alive.
   std::map<std::string, int64_t> not_before_ms_ ABSL_GUARDED_BY(mu_);

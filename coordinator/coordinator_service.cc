@@ -89,6 +89,13 @@ grpc::Status JobServiceImpl::ListServers(grpc::ServerContext* ctx, const v1::Lis
   return grpc::Status::OK;
 }
 
+grpc::Status JobServiceImpl::ListWorkers(grpc::ServerContext* ctx, const v1::ListWorkersRequest*,
+                                         v1::ListWorkersResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  *resp = coordinator_->ListWorkers();
+  return grpc::Status::OK;
+}
+
 grpc::Status CatalogServiceImpl::AnnounceServer(grpc::ServerContext* ctx, const v1::AnnounceServerRequest* req,
                                                 v1::AnnounceServerResponse*) {
   DFC_CHECK_TOKEN(ctx);

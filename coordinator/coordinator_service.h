@@ -22,6 +22,8 @@ class JobServiceImpl final : public v1::JobService::Service {
                         grpc::ServerWriter<v1::JobEvent>* writer) override;
   grpc::Status ListServers(grpc::ServerContext* ctx, const v1::ListServersRequest* req,
                            v1::ListServersResponse* resp) override;
+  grpc::Status ListWorkers(grpc::ServerContext* ctx, const v1::ListWorkersRequest* req,
+                           v1::ListWorkersResponse* resp) override;
 
  private:
   Coordinator* const coordinator_;

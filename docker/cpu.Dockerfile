@@ -11,7 +11,7 @@ COPY scripts/setup.sh scripts/setup.sh
 RUN DFC_SETUP_PACKAGES_ONLY=1 scripts/setup.sh --binaries-only
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/ccache \
-    scripts/setup.sh --binaries-only && strip build/bin/dfc build/bin/dfc-coordinator build/bin/dfc-worker
+    scripts/setup.sh --binaries-only && strip build/bin/dfc build/bin/dfc-coordinator build/bin/dfc-worker build/bin/dfc-server
 
 # Runtime: the shared libraries the binaries link, nothing to build with.
 FROM debian:12
@@ -21,7 +21,7 @@ RUN apt-get update -q && apt-get install -y -q --no-install-recommends \
       libabsl20220623 libtcmalloc-minimal4 libopenblas0-openmp libgloo0 \
     && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /var/cache/debconf/*-old \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin dfc
-COPY --from=build /src/build/bin/dfc /src/build/bin/dfc-coordinator /src/build/bin/dfc-worker /opt/dfc/bin/
+COPY --from=build /src/build/bin/dfc /src/build/bin/dfc-coordinator /src/build/bin/dfc-worker /src/build/bin/dfc-server /opt/dfc/bin/
 ENV PATH=/opt/dfc/bin:$PATH
 USER 10001:10001
 ENTRYPOINT ["/opt/dfc/bin/dfc"]

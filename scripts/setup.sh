@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs DFC's Debian 12 packages (when missing) and builds it into build/.
 # Usage: scripts/setup.sh [--with-bench]   (bench adds Debian's python3-torch)
-#        scripts/setup.sh --binaries-only  (the three programs alone, for the
+#        scripts/setup.sh --binaries-only  (the four programs alone, for the
 #                                           container image's build stage)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +49,7 @@ if [[ -n ${DFC_SETUP_PACKAGES_ONLY:-} ]]; then exit 0; fi
 jobs=$(( $(nproc) < 8 ? $(nproc) : 8 ))
 if [[ $binaries_only == 1 ]]; then
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDFC_BUILD_TESTS=OFF
-  ninja -C build -j "$jobs" dfc dfc-coordinator dfc-worker
+  ninja -C build -j "$jobs" dfc dfc-coordinator dfc-worker dfc-server
   exit 0
 fi
 

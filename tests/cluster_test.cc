@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/subprocess.h"
+#include "tests/test_cluster.h"
 #include "tests/test_util.h"
 
 namespace dfc {
@@ -23,86 +24,17 @@ namespace {
 
 using testing::RunCommand;
 
-std::string Bin(const std::string& name) {
-  return (std::filesystem::path(testing::DfcBinary()).parent_path() / name).string();
+using testing::Bin;
+// A coordinator and N workers (tests/test_cluster.h).
+using Cluster = testing::TestCluster;
+
+// The cluster with one evaluation server too.
+Cluster::Options WithServer(int workers) {
+  Cluster::Options o;
+  o.workers = workers;
+  o.servers = 1;
+  return o;
 }
-
-pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
-  return SpawnProcess(args, log, /*new_session=*/false);
-}
-
-void Kill(pid_t pid, int sig) {
-  if (pid <= 0) return;
-  ::kill(pid, sig);
-  for (int i = 0; i < 200; ++i) {
-    if (::waitpid(pid, nullptr, WNOHANG) == pid) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, nullptr, 0);
-}
-
-// A coordinator and workers in a temporary state directory.
-class Cluster {
- public:
-  explicit Cluster(int workers) : port_(PickFreePort()) {
-    StartCoordinator();
-    for (int w = 0; w < workers; ++w) AddWorker();
-    // Submit checks the job against the live workers' slots: let them join.
-    for (int i = 0; i < 300; ++i) {
-      int registered = 0;
-      for (int w = 0; w < workers; ++w) {
-        std::ifstream log(dir_.Join("worker-" + std::to_string(w) + ".log"));
-        std::stringstream text;
-        text << log.rdbuf();
-        registered += text.str().find("registered as") != std::string::npos;
-      }
-      if (registered == workers) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  }
-  ~Cluster() {
-    for (pid_t p : workers_) Kill(p, SIGTERM);
-    Kill(coordinator_, SIGTERM);
-  }
-  // Returns once the coordinator answers (it loads LibTorch for evaluation, so
-  // it takes a moment).
-  void StartCoordinator() {
-    coordinator_ = Spawn({Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state"),
-                          "--heartbeat-ms", "200", "--worker-timeout-ms", "1500"},
-                         dir_.Join("coordinator.log"));
-    for (int i = 0; i < 300 && RunCommand(Dfc("list")).exit_code != 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  }
-  void KillCoordinator() {
-    Kill(coordinator_, SIGKILL);
-    coordinator_ = -1;
-  }
-  void AddWorker() {
-    workers_.push_back(Spawn({Bin("dfc-worker"), "--coordinator", address(), "--cpu-slots", "1"},
-                             dir_.Join("worker-" + std::to_string(workers_.size()) + ".log")));
-  }
-  // The worker process running `job_id`'s rank `rank`, from the worker logs.
-  pid_t WorkerOf(const std::string& job_id, int rank) {
-    for (size_t w = 0; w < workers_.size(); ++w) {
-      std::string log = testing::ReadFileOrDie(dir_.Join("worker-" + std::to_string(w) + ".log"));
-      if (log.find("started " + job_id + " attempt 1 rank " + std::to_string(rank) + "/") != std::string::npos) {
-        return workers_[w];
-      }
-    }
-    return -1;
-  }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-  std::string Dfc(const std::string& args) const { return testing::DfcBinary() + " --coordinator " + address() + " " + args; }
-  testing::TempDir& dir() { return dir_; }
-
- private:
-  testing::TempDir dir_;
-  const int port_;
-  pid_t coordinator_ = -1;
-  std::vector<pid_t> workers_;
-};
 
 std::string Shards(testing::TempDir& dir, int count) {
   EXPECT_EQ(RunCommand(testing::DfcBinary() + " synth --out " + dir.Join("syn") + " --count " + std::to_string(count)).exit_code, 0);
@@ -141,7 +73,7 @@ std::string WaitForState(Cluster& c, const std::string& job, const std::string& 
 }
 
 TEST(ClusterTest, EndToEndJobSucceedsAndItsCheckpointPredicts) {
-  Cluster c(2);
+  Cluster c(WithServer(2));
   const std::string shards = Shards(c.dir(), 48);
   auto submit = c.Dfc("submit --json --model mesoinception4 --data " + shards +
                       " --world-size 2 --epochs 2 --batch-size 12 --bn-momentum 0.9");
@@ -233,7 +165,7 @@ TEST(ClusterTest, KilledWorkerRestartsTheJobFromItsCheckpoint) {
   const std::string first_epoch = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/metrics.jsonl"))[0];
   const pid_t victim = c.WorkerOf(job, 1);
   ASSERT_GT(victim, 0);
-  Kill(victim, SIGKILL);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
   const auto killed_at = std::chrono::steady_clock::now();
   auto watch = RunCommand(c.Dfc("watch --timeout 400 " + job));
   EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err;
@@ -261,8 +193,8 @@ TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
   WaitForState(c, ja, "RUNNING", 60);
   EXPECT_EQ(JsonString(RunCommand(c.Dfc("status --json " + jb)).out, "state"), "QUEUED");
   // A watch that is running when the coordinator dies reconnects to the new one.
-  const pid_t watcher = Spawn({testing::DfcBinary(), "--coordinator", c.address(), "watch", "--timeout", "400", ja},
-                              c.dir().Join("watch.log"));
+  Subprocess& watcher = c.processes().Start({testing::DfcBinary(), "--coordinator", c.address(), "watch", "--timeout",
+                                            "400", ja}, "watch.log");
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   c.KillCoordinator();
   c.StartCoordinator();
@@ -271,10 +203,9 @@ TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
     EXPECT_EQ(watch.exit_code, 0) << job << ": " << watch.out << watch.err;
     EXPECT_EQ(JsonString(RunCommand(c.Dfc("status --json " + job)).out, "state"), "SUCCEEDED");
   }
-  int status = 0;
-  ASSERT_EQ(::waitpid(watcher, &status, 0), watcher);
+  const int watch_exit = watcher.Wait();
   const std::string watch_log = testing::ReadFileOrDie(c.dir().Join("watch.log"));
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << watch_log;
+  EXPECT_EQ(watch_exit, 0) << watch_log;
   EXPECT_NE(watch_log.find("reconnecting"), std::string::npos) << watch_log;
   EXPECT_NE(watch_log.find("SUCCEEDED"), std::string::npos) << watch_log;
 }
@@ -482,21 +413,22 @@ TEST(ClusterTest, ClusterDownLeavesAReusedPidAlone) {
                        std::to_string(PickFreePort()) + " --state " + state);
   ASSERT_EQ(up.exit_code, 0) << up.err;
   auto lines = testing::SplitLines(testing::ReadFileOrDie(state + "/cluster.pids"));
-  ASSERT_EQ(lines.size(), 2u);
+  ASSERT_EQ(lines.size(), 3u);  // coordinator, server, worker
   // The worker exits; an unrelated process takes "its" pid (simulated: its
   // line now names the bystander's pid with the worker's start time).
-  const pid_t worker = std::stoi(lines[1].substr(0, lines[1].find(' ')));
-  const std::string worker_start = lines[1].substr(lines[1].find(' ') + 1);
+  const pid_t worker = std::stoi(lines[2].substr(0, lines[2].find(' ')));
+  const std::string worker_start = lines[2].substr(lines[2].find(' ') + 1);
   ::kill(worker, SIGKILL);
-  const pid_t bystander = Spawn({"/bin/sleep", "60"}, "");
-  testing::WriteFileOrDie(state + "/cluster.pids", lines[0] + "\n" + std::to_string(bystander) + " " + worker_start + "\n");
+  testing::Processes procs(&dir);
+  const pid_t bystander = procs.Start({"/bin/sleep", "60"}, "").pid();
+  testing::WriteFileOrDie(state + "/cluster.pids",
+                          lines[0] + "\n" + lines[1] + "\n" + std::to_string(bystander) + " " + worker_start + "\n");
   const pid_t coordinator = std::stoi(lines[0].substr(0, lines[0].find(' ')));
   auto down = RunCommand(testing::DfcBinary() + " cluster down --state " + state);
   EXPECT_EQ(down.exit_code, 0) << down.err;
   EXPECT_NE(down.err.find("pid " + std::to_string(bystander) + " is not the process"), std::string::npos) << down.err;
   EXPECT_EQ(::kill(bystander, 0), 0) << "cluster down killed an unrelated process";
   EXPECT_TRUE(WaitGone(coordinator, 10));
-  Kill(bystander, SIGKILL);
 }
 
 // Every field of a submission is checked at submit, by the same validator
@@ -633,10 +565,10 @@ TEST(ClusterTest, UsersAndWorkersHoldDifferentTokensAndOpenEndpointsNeedInsecure
   testing::WriteFileOrDie(dir.Join("user-token"), "user-secret\n");
   testing::WriteFileOrDie(dir.Join("worker-token"), "worker-secret\n");
   const std::string addr = "127.0.0.1:" + std::to_string(PickFreePort());
-  const pid_t coordinator = Spawn({Bin("dfc-coordinator"), "--listen", addr, "--state", dir.Join("state"),
-                                   "--heartbeat-ms", "200", "--token-file", dir.Join("user-token"),
-                                   "--worker-token-file", dir.Join("worker-token")},
-                                  dir.Join("coordinator.log"));
+  testing::Processes procs(&dir);
+  procs.Start({Bin("dfc-coordinator"), "--listen", addr, "--state", dir.Join("state"), "--heartbeat-ms", "200",
+               "--token-file", dir.Join("user-token"), "--worker-token-file", dir.Join("worker-token")},
+              "coordinator.log");
   const std::string dfc = testing::DfcBinary() + " --coordinator " + addr;
   testing::CommandResult ok;
   for (int i = 0; i < 100 && (ok = RunCommand(dfc + " --token-file " + dir.Join("user-token") + " list")).exit_code != 0; ++i) {
@@ -645,11 +577,9 @@ TEST(ClusterTest, UsersAndWorkersHoldDifferentTokensAndOpenEndpointsNeedInsecure
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   auto worker_lists = RunCommand(dfc + " --token-file " + dir.Join("worker-token") + " list");
   EXPECT_NE(worker_lists.exit_code, 0) << "the workers' token listed jobs";
-  const pid_t with_user_token = Spawn({Bin("dfc-worker"), "--coordinator", addr, "--token-file", dir.Join("user-token")},
-                                      dir.Join("worker-user.log"));
-  const pid_t with_worker_token = Spawn({Bin("dfc-worker"), "--coordinator", addr, "--token-file",
-                                         dir.Join("worker-token")},
-                                        dir.Join("worker-worker.log"));
+  procs.Start({Bin("dfc-worker"), "--coordinator", addr, "--token-file", dir.Join("user-token")}, "worker-user.log");
+  procs.Start({Bin("dfc-worker"), "--coordinator", addr, "--token-file", dir.Join("worker-token")},
+              "worker-worker.log");
   std::string good, bad;
   for (int i = 0; i < 100 && good.find("registered as") == std::string::npos; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -662,23 +592,19 @@ TEST(ClusterTest, UsersAndWorkersHoldDifferentTokensAndOpenEndpointsNeedInsecure
   EXPECT_NE(good.find("registered as"), std::string::npos) << good;
   EXPECT_EQ(bad.find("registered as"), std::string::npos) << "a user's token registered a worker: " << bad;
   EXPECT_NE(bad.find("token"), std::string::npos) << bad;
-  Kill(with_user_token, SIGTERM);
-  Kill(with_worker_token, SIGTERM);
-  Kill(coordinator, SIGTERM);
 
   const std::string open = "0.0.0.0:" + std::to_string(PickFreePort());
   auto refused = RunCommand(Bin("dfc-coordinator") + " --listen " + open + " --state " + dir.Join("open-state"));
   EXPECT_EQ(refused.exit_code, 2);
   EXPECT_NE(refused.err.find("refusing to listen on " + open + " without a token"), std::string::npos) << refused.err;
-  const pid_t insecure = Spawn({Bin("dfc-coordinator"), "--listen", open, "--state", dir.Join("open-state"), "--insecure"},
-                               dir.Join("insecure.log"));
+  procs.Start({Bin("dfc-coordinator"), "--listen", open, "--state", dir.Join("open-state"), "--insecure"},
+              "insecure.log");
   std::string log;
   for (int i = 0; i < 100 && log.find("listening on") == std::string::npos; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     log = testing::ReadFileOrDie(dir.Join("insecure.log"));
   }
   EXPECT_NE(log.find("WARNING: listening on " + open + " with no token"), std::string::npos) << log;
-  Kill(insecure, SIGTERM);
 }
 
 // The real MesoNet training folder as users have it (`train:test/`), a subset
@@ -688,7 +614,7 @@ TEST(ClusterTest, UsersAndWorkersHoldDifferentTokensAndOpenEndpointsNeedInsecure
 TEST(ClusterTest, RealMesoNetSubsetWithARaggedLastBatchTrainsAndEvaluates) {
   const std::string real = testing::SharedDir() + "/data/mesonet-deepfake";
   if (!std::filesystem::exists(real + "/train:test")) GTEST_SKIP() << "../shared not present";
-  Cluster c(2);
+  Cluster c(WithServer(2));
   auto shard = RunCommand(testing::DfcBinary() + " shard --src " + real + " --out " + c.dir().Join("real-shards"));
   ASSERT_EQ(shard.exit_code, 0) << shard.err;
   auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + c.dir().Join("real-shards") +
@@ -727,10 +653,10 @@ TEST(ClusterTest, TlsAndTokenAreEnforced) {
   ASSERT_EQ(g.exit_code, 0) << g.err;
   const int port = PickFreePort();
   const std::string addr = "127.0.0.1:" + std::to_string(port);
-  pid_t coordinator = Spawn({Bin("dfc-coordinator"), "--listen", addr, "--state", d + "/state", "--tls-cert",
-                             d + "/server.pem", "--tls-key", d + "/server.key", "--tls-ca", d + "/ca.pem",
-                             "--token-file", d + "/token"},
-                            d + "/coordinator.log");
+  testing::Processes procs(&dir);
+  procs.Start({Bin("dfc-coordinator"), "--listen", addr, "--state", d + "/state", "--tls-cert", d + "/server.pem",
+               "--tls-key", d + "/server.key", "--tls-ca", d + "/ca.pem", "--token-file", d + "/token"},
+              "coordinator.log");
   const std::string dfc = testing::DfcBinary() + " --coordinator " + addr;
   const std::string tls = " --tls-ca " + d + "/ca.pem --tls-cert " + d + "/client.pem --tls-key " + d + "/client.key";
   testing::CommandResult ok;
@@ -747,16 +673,27 @@ TEST(ClusterTest, TlsAndTokenAreEnforced) {
   EXPECT_NE(plaintext.exit_code, 0) << "a plaintext client got through";
   auto no_client_cert = RunCommand(dfc + " --tls-ca " + d + "/ca.pem --token-file " + d + "/token list");
   EXPECT_NE(no_client_cert.exit_code, 0) << "a client without a certificate got through";
-  // The evaluation service sits behind the same TLS and token.
-  auto models = RunCommand(dfc + tls + " --token-file " + d + "/token models --json");
-  EXPECT_EQ(models.exit_code, 0) << models.err;
+  // The evaluation tier sits behind the same TLS and token, and reaches the
+  // coordinator's catalogue over TLS with the workers' token (one token here).
+  procs.Start({Bin("dfc-server"), "--listen", "127.0.0.1:" + std::to_string(PickFreePort()), "--coordinator", addr,
+               "--models-dir", d + "/state/models", "--device", "cpu", "--tls-cert", d + "/server.pem", "--tls-key",
+               d + "/server.key", "--tls-ca", d + "/ca.pem", "--token-file", d + "/token", "--coordinator-tls-ca",
+               d + "/ca.pem", "--coordinator-tls-cert", d + "/client.pem", "--coordinator-tls-key", d + "/client.key",
+               "--worker-token-file", d + "/token"},
+              "server.log");
+  testing::CommandResult models;
+  for (int i = 0; i < 100; ++i) {  // until the server has announced itself
+    models = RunCommand(dfc + tls + " --token-file " + d + "/token models --json");
+    if (models.exit_code == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(models.exit_code, 0) << models.err << procs.Log("server.log");
   auto models_no_token = RunCommand(dfc + tls + " models");
   EXPECT_NE(models_no_token.exit_code, 0);
   EXPECT_NE(models_no_token.err.find("token"), std::string::npos) << models_no_token.err;
   testing::WriteFileOrDie(d + "/img/a.png", "x");
   auto eval_no_token = RunCommand(dfc + tls + " evaluate --model m " + d + "/img");
   EXPECT_NE(eval_no_token.err.find("token"), std::string::npos) << eval_no_token.err;
-  Kill(coordinator, SIGTERM);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "common/rpc/rpc_util.h"
 #include "common/subprocess.h"
 #include "dfc/v1/dfc.grpc.pb.h"
+#include "tests/test_cluster.h"
 #include "tests/test_util.h"
 
 namespace dfc {
@@ -28,7 +29,6 @@ namespace {
 using testing::RunCommand;
 namespace fs = std::filesystem;
 
-std::string Bin(const std::string& name) { return (fs::path(testing::DfcBinary()).parent_path() / name).string(); }
 using testing::TestData;
 using testing::MakeTestData;
 
@@ -45,44 +45,16 @@ class EvaluationTest : public ::testing::Test {
     ASSERT_EQ(predict.exit_code, 0) << predict.err;
     for (const testing::PredictLine& l : testing::ParsePredictions(predict.out)) expected_[l.path] = {l.p, l.logit};
     ASSERT_EQ(expected_.size(), 4u) << predict.out;
-    port_ = PickFreePort();
-    pid_ = SpawnProcess({Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state")},
-                        dir_.Join("coordinator.log"), /*new_session=*/false);
-    server_port_ = PickFreePort();
-    server_pid_ = SpawnProcess({Bin("dfc-server"), "--listen", server_address(), "--coordinator", address(),
-                                "--models-dir", dir_.Join("state/models"), "--device", "cpu", "--eval-max-batch", "8",
-                                "--eval-max-delay-us", "2000"},
-                               dir_.Join("server.log"), /*new_session=*/false);
-    channel_ = grpc::CreateChannel(server_address(), grpc::InsecureChannelCredentials());
-    ASSERT_TRUE(WaitServing(channel_)) << testing::ReadFileOrDie(dir_.Join("server.log"));
+    testing::TestCluster::Options o;
+    o.servers = 1;
+    o.server_flags = {"--device", "cpu", "--eval-max-batch", "8", "--eval-max-delay-us", "2000"};
+    cluster_ = std::make_unique<testing::TestCluster>(o);  // returns once the server is SERVING
+    channel_ = grpc::CreateChannel(cluster_->server_address(0), grpc::InsecureChannelCredentials());
     stub_ = v1::EvaluationService::NewStub(channel_);
     auto r = RunCommand(Dfc("import --name meso-df --model mesoinception4 --weights " + data_.weights));
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
-  // grpc.health.v1 says SERVING (the server reached the catalogue).
-  static bool WaitServing(const std::shared_ptr<grpc::Channel>& channel) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (HealthStatus(channel) == "SERVING") return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  }
-  void TearDown() override {
-    if (server_pid_ > 0) {
-      ::kill(server_pid_, SIGTERM);
-      ::waitpid(server_pid_, nullptr, 0);
-    }
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-  std::string server_address() const { return "127.0.0.1:" + std::to_string(server_port_); }
-  std::string Dfc(const std::string& args) const {
-    return testing::DfcBinary() + " --coordinator " + address() + " " + args;
-  }
+  std::string Dfc(const std::string& args) const { return cluster_->Dfc(args); }
   // The server still answers: health-checked by a unary call.
   bool Healthy() {
     grpc::ClientContext ctx;
@@ -97,8 +69,7 @@ class EvaluationTest : public ::testing::Test {
   testing::TempDir dir_;
   TestData data_;
   std::map<std::string, std::pair<double, double>> expected_;
-  int port_ = 0, server_port_ = 0;
-  pid_t pid_ = -1, server_pid_ = -1;
+  std::unique_ptr<testing::TestCluster> cluster_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::EvaluationService::Stub> stub_;
 };
@@ -240,7 +211,7 @@ TEST_F(EvaluationTest, StreamLevelErrorsNameTheProblem) {
   r = RunCommand(Dfc("import --name junk --model mesoinception4 --weights " + dir_.Join("junk.h5")));
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("the uploaded file"), std::string::npos) << r.err;
-  EXPECT_EQ(r.err.find(dir_.Join("state")), std::string::npos) << "a server path leaked: " << r.err;
+  EXPECT_EQ(r.err.find(cluster_->dir().Join("state")), std::string::npos) << "a server path leaked: " << r.err;
   EXPECT_TRUE(Healthy());
 }
 

@@ -1,5 +1,6 @@
 // The container image as a Kubernetes user runs it (docs/DEPLOY.md, k8s/):
-// dfc:cpu built by scripts/build_images.sh, then a coordinator container and
+// dfc:cpu built by scripts/build_images.sh, then a coordinator container, an
+// evaluation server container and
 // two worker containers (read-only root file system, uid 10001, the shared
 // data and the state as bind mounts, host network) train a 2-rank job that
 // `dfc evaluate` then scores. Labelled "images" (ctest -L images).
@@ -68,7 +69,7 @@ TEST_F(ImagesTest, TheImageHoldsTheProgramsAndNothingToBuildWith) {
                              " ls /var/lib/apt/lists | grep -v -e lock -e partial; ls /var/cache/apt/archives | grep deb;"
                              " test -e /src && echo SOURCE; ls /opt/dfc/bin'"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, "10001\ndfc\ndfc-coordinator\ndfc-worker\n")
+  EXPECT_EQ(r.out, "10001\ndfc\ndfc-coordinator\ndfc-server\ndfc-worker\n")
       << "expected uid 10001, no compiler, no package lists or archives, no source tree; got:\n" << r.out;
   auto size = RunCommand(Podman(std::string("image inspect --format '{{.Size}}' ") + kImage));
   std::printf("dfc:cpu: %s bytes\n", size.out.c_str());
@@ -97,9 +98,14 @@ TEST_F(ImagesTest, ContainersTrainATwoRankJobAndEvaluateItsCheckpoint) {
                             "-v " + shared + ":/shared -v " + dir.Join("work-" + std::to_string(w)) + ":/var/lib/dfc-worker",
                             "dfc-worker", "--coordinator " + addr + " --cpu-slots 1 --work-dir /var/lib/dfc-worker"));
   }
+  // The evaluation tier in its own container, weights on the shared volume.
+  const std::string server = Start("dfc-server", "-v " + shared + ":/shared", "dfc-server",
+                                   "--listen 127.0.0.1:" + std::to_string(PickFreePort()) + " --coordinator " + addr +
+                                       " --models-dir /shared/models --device cpu");
   for (int i = 0; i < 600; ++i) {
     if (Logs(workers[0]).find("registered as") != std::string::npos &&
-        Logs(workers[1]).find("registered as") != std::string::npos) {
+        Logs(workers[1]).find("registered as") != std::string::npos &&
+        Logs(server).find("catalogue answers") != std::string::npos) {
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -112,12 +118,13 @@ TEST_F(ImagesTest, ContainersTrainATwoRankJobAndEvaluateItsCheckpoint) {
   auto watch = RunCommand(dfc + " watch --timeout 600 " + job);
   EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err << Logs(workers[0]) << Logs(workers[1]);
   auto eval = RunCommand(dfc + " evaluate --json --job " + job + " --checkpoint best " + shared + "/synth");
-  ASSERT_EQ(eval.exit_code, 0) << eval.err << Logs(coordinator);
+  ASSERT_EQ(eval.exit_code, 0) << eval.err << Logs(coordinator) << Logs(server);
   const auto summary = nlohmann::json::parse(eval.out);
   EXPECT_EQ(summary["count"], 96) << eval.out;
   EXPECT_EQ(summary["errors"], 0) << eval.out;
   std::vector<std::string> all = workers;
   all.push_back(coordinator);
+  all.push_back(server);
   for (const std::string& c : all) {
     auto uid = RunCommand(Podman("exec " + c + " id -u"));
     EXPECT_EQ(uid.out, "10001\n") << c;

@@ -20,6 +20,7 @@
 #include "common/rpc/rpc_util.h"
 #include "common/subprocess.h"
 #include "dfc/v1/dfc.grpc.pb.h"
+#include "tests/test_cluster.h"
 #include "tests/test_util.h"
 
 namespace dfc {
@@ -28,41 +29,17 @@ namespace {
 namespace fs = std::filesystem;
 using testing::RunCommand;
 
-std::string Bin(const std::string& name) { return (fs::path(testing::DfcBinary()).parent_path() / name).string(); }
 
+// A coordinator and two replicas sharing the models directory, as pods share the volume.
 class ServingReplicasTest : public ::testing::Test {
  protected:
   void SetUp() override {
     data_ = testing::MakeTestData(dir_);
-    coordinator_ = "127.0.0.1:" + std::to_string(PickFreePort());
-    pids_.push_back(SpawnProcess({Bin("dfc-coordinator"), "--listen", coordinator_, "--state", dir_.Join("state")},
-                                 dir_.Join("coordinator.log"), false));
-    for (int r = 0; r < 2; ++r) StartReplica(r);
-    for (int r = 0; r < 2; ++r) {
-      ASSERT_TRUE(WaitServing(r)) << testing::ReadFileOrDie(dir_.Join("server-" + std::to_string(r) + ".log"));
-    }
-  }
-  void TearDown() override {
-    for (pid_t p : pids_) {
-      if (p > 0 && ::kill(p, SIGTERM) == 0) ::waitpid(p, nullptr, 0);
-    }
-  }
-  void StartReplica(int r) {
-    replicas_.push_back("127.0.0.1:" + std::to_string(PickFreePort()));
-    // Both replicas share the models directory, as pods share the volume.
-    pids_.push_back(SpawnProcess({Bin("dfc-server"), "--listen", replicas_[r], "--coordinator", coordinator_,
-                                  "--models-dir", dir_.Join("state/models"), "--device", "cpu", "--eval-threads", "1"},
-                                 dir_.Join("server-" + std::to_string(r) + ".log"), false));
-    server_pids_.push_back(pids_.back());
-  }
-  bool WaitServing(int r) {
-    auto channel = grpc::CreateChannel(replicas_[r], grpc::InsecureChannelCredentials());
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (HealthStatus(channel) == "SERVING") return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
+    testing::TestCluster::Options o;
+    o.servers = 2;
+    o.server_flags = {"--device", "cpu", "--eval-threads", "1"};
+    cluster_ = std::make_unique<testing::TestCluster>(o);  // returns once both are SERVING
+    for (int r = 0; r < 2; ++r) replicas_.push_back(cluster_->server_address(r));
   }
   v1::ListModelsResponse Models(int r) {
     auto stub = v1::EvaluationService::NewStub(grpc::CreateChannel(replicas_[r], grpc::InsecureChannelCredentials()));
@@ -72,9 +49,7 @@ class ServingReplicasTest : public ::testing::Test {
     EXPECT_TRUE(stub->ListModels(&ctx, v1::ListModelsRequest(), &resp).ok());
     return resp;
   }
-  std::string Dfc(const std::string& args) const {
-    return testing::DfcBinary() + " --coordinator " + coordinator_ + " " + args;
-  }
+  std::string Dfc(const std::string& args) const { return cluster_->Dfc(args); }
   // path -> logit, from an evaluate CSV.
   std::map<std::string, double> CsvLogits(const std::string& csv_path, int* errors) {
     std::map<std::string, double> out;
@@ -100,9 +75,8 @@ class ServingReplicasTest : public ::testing::Test {
 
   testing::TempDir dir_;
   testing::TestData data_;
-  std::string coordinator_;
+  std::unique_ptr<testing::TestCluster> cluster_;
   std::vector<std::string> replicas_;
-  std::vector<pid_t> pids_, server_pids_;
 };
 
 // Imported through replica A (the catalogue entry is written once, in the
@@ -186,11 +160,11 @@ TEST_F(ServingReplicasTest, AReplicaKilledMidRunLosesNoImage) {
     served = Models(0).images_served();
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  const bool killed = served >= 16 && !finished && ::kill(server_pids_[0], SIGKILL) == 0;
+  const bool killed = served >= 16 && !finished && cluster_->server(0).Signal(SIGKILL);
   client.join();
   ASSERT_GE(served, 16) << "replica A never got going: " << eval.err;
   ASSERT_TRUE(killed) << "the run ended before the replica could be killed; use more images";
-  ::waitpid(server_pids_[0], nullptr, 0);
+  cluster_->server(0).Wait();
   ASSERT_EQ(eval.exit_code, 0) << eval.err;
   auto summary = nlohmann::json::parse(eval.out);
   EXPECT_EQ(summary["count"], kImages);

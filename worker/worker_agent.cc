@@ -93,31 +93,24 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   if (!options_.security.tls_cert.empty()) args.insert(args.end(), {"--tls-cert", options_.security.tls_cert});
   if (!options_.security.tls_key.empty()) args.insert(args.end(), {"--tls-key", options_.security.tls_key});
   args.insert(args.end(), {"rank", "--assignment", encoded});
-  std::vector<char*> cargs;
-  for (auto& s : args) cargs.push_back(s.data());
-  cargs.push_back(nullptr);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    // A rank never outlives its worker: if the worker dies, so do its ranks,
-    // and their peers' collectives fail instead of waiting.
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (r.gpu >= 0) ::setenv("CUDA_VISIBLE_DEVICES", std::to_string(r.gpu).c_str(), 1);
-    ::setenv("DFC_RANK_DIR", r.dir.c_str(), 1);
-    // The rank's output is kept per job and rank (dfc logs).
-    const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd >= 0) {
-      ::dup2(fd, STDOUT_FILENO);
-      ::dup2(fd, STDERR_FILENO);
-    }
-    if (!options_.security.token.empty()) ::setenv("DFC_TOKEN", options_.security.token.c_str(), 1);
-    ::execv(cargs[0], cargs.data());
-    ::_exit(127);
-  }
-  if (pid < 0) {
+  // A rank never outlives its worker (die_with_parent): if the worker dies,
+  // so do its ranks, and their peers' collectives fail instead of waiting.
+  // Its output is kept per job and rank (DIR/log).
+  SubprocessOptions so;
+  so.argv = std::move(args);
+  so.log_path = log_path;
+  so.env.push_back("DFC_RANK_DIR=" + r.dir);
+  if (r.gpu >= 0) so.env.push_back("CUDA_VISIBLE_DEVICES=" + std::to_string(r.gpu));
+  if (!options_.security.token.empty()) so.env.push_back("DFC_TOKEN=" + options_.security.token);
+  auto started = Subprocess::Start(so);
+  if (started.ok()) {
+    r.process = std::move(*started);
+  } else {
     r.exited = true;
     r.exit_code = 127;
+    r.error = std::string(started.status().message());
   }
-  r.pid = pid;
+  const pid_t pid = r.process.pid();
   std::fprintf(stderr, "dfc-worker: started %s attempt %d rank %d/%d (pid %d)\n", a.job_id().c_str(), a.attempt(),
                a.rank(), a.world_size(), static_cast<int>(pid));
   ranks_.push_back(std::move(r));
@@ -125,11 +118,9 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
 
 void WorkerAgent::StopRanks(const std::string& job_id, int attempt) {
   for (Rank& r : ranks_) {
-    if (r.assignment.job_id() != job_id || r.assignment.attempt() > attempt || r.exited || r.pid <= 0) continue;
-    if (r.stopping) continue;  // a repeated stop never moves the SIGKILL later
-    ::kill(r.pid, SIGTERM);
+    if (r.assignment.job_id() != job_id || r.assignment.attempt() > attempt || r.exited) continue;
+    r.process.Terminate(options_.kill_grace);  // a repeated stop never moves the SIGKILL later
     r.stopping = true;
-    r.kill_at = std::chrono::steady_clock::now() + options_.kill_grace;
   }
 }
 
@@ -149,22 +140,17 @@ std::string FirstLine(const std::string& path) {
 void WorkerAgent::Reap() {
   const auto now = std::chrono::steady_clock::now();
   for (Rank& r : ranks_) {
-    if (r.exited || r.pid <= 0) continue;
-    int status = 0;
-    pid_t p = ::waitpid(r.pid, &status, WNOHANG);
-    if (p == r.pid) {
+    if (r.exited) continue;
+    if (r.process.Poll()) {  // also sends the SIGKILL of a stop whose grace period is over
       r.exited = true;
-      r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      r.exit_code = r.process.exit_code();
       if (r.error.empty()) r.error = FirstLine((fs::path(r.dir) / "error").string());
-      if (r.error.empty() && WIFSIGNALED(status)) {
-        r.error = absl::StrCat("killed by signal ", WTERMSIG(status), " (", strsignal(WTERMSIG(status)), ")");
+      if (r.error.empty() && r.process.term_signal() != 0) {
+        r.error = absl::StrCat("killed by signal ", r.process.term_signal(), " (", strsignal(r.process.term_signal()), ")");
       }
       continue;
     }
-    if (r.stopping) {
-      if (now > r.kill_at) ::kill(r.pid, SIGKILL);  // it ignored SIGTERM (or is stopped)
-      continue;
-    }
+    if (r.stopping) continue;
     // Hang detection: no step since the later of its start and its last
     // touch of DIR/progress. SIGKILL ends a stopped (SIGSTOP) process too.
     auto last = r.started;
@@ -180,9 +166,8 @@ void WorkerAgent::Reap() {
                              " s (hang timeout): the rank was declared hung and killed");
       std::fprintf(stderr, "dfc-worker: %s attempt %d rank %d: %s\n", r.assignment.job_id().c_str(),
                    r.assignment.attempt(), r.assignment.rank(), r.error.c_str());
-      ::kill(r.pid, SIGKILL);
+      r.process.Terminate(std::chrono::milliseconds(0));  // SIGKILL
       r.stopping = true;
-      r.kill_at = now;
     }
   }
 }
@@ -238,18 +223,8 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
     }
     std::this_thread::sleep_for(interval_);
   }
-  for (Rank& r : ranks_) {
-    if (!r.exited && r.pid > 0) ::kill(r.pid, SIGTERM);
-  }
-  const auto deadline = std::chrono::steady_clock::now() + options_.kill_grace;
-  for (Rank& r : ranks_) {
-    while (!r.exited && r.pid > 0) {
-      int status;
-      if (::waitpid(r.pid, &status, WNOHANG) == r.pid) break;
-      if (std::chrono::steady_clock::now() > deadline) ::kill(r.pid, SIGKILL);
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  }
+  for (Rank& r : ranks_) r.process.Terminate(options_.kill_grace);
+  for (Rank& r : ranks_) r.process.Wait();
   return absl::OkStatus();
 }
 

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "common/rpc/rpc_util.h"
+#include "common/subprocess.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 #include "training/trainer.h"
 
@@ -46,7 +47,7 @@ class WorkerAgent {
  private:
   struct Rank {
     v1::RankAssignment assignment;
-    pid_t pid = -1;
+    Subprocess process;
     bool exited = false;
     int exit_code = 0;
     int store_port = 0;
@@ -54,9 +55,8 @@ class WorkerAgent {
     std::string dir;  // log, progress, error
     std::chrono::steady_clock::time_point started;
     std::chrono::seconds hang_timeout{300};
-    bool stopping = false;  // SIGTERM sent; SIGKILL at kill_at (never moved later)
+    bool stopping = false;  // SIGTERM sent; SIGKILL when the grace period ends (never moved later)
     std::string error;      // reported with the exit
-    std::chrono::steady_clock::time_point kill_at = std::chrono::steady_clock::time_point::max();
   };
   absl::Status Register(v1::WorkerService::Stub& stub);
   void StartRank(const v1::RankAssignment& a);

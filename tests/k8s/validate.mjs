@@ -73,17 +73,43 @@ for (const overlay of ["cpu", "gpu"]) {
       check(!gpuOf(c), `cpu: worker ${c.name} requests no GPU`);
     }
   }
-  // The TLS Secret is mounted where the coordinator's flags point.
+  // The TLS and token Secrets are mounted where the flags point.
   const secrets = Object.fromEntries(objects.filter((o) => o.kind === "Secret").map((s) => [s.metadata.name, s]));
-  for (const flag of ["--tls-cert", "--tls-key", "--tls-ca", "--token-file", "--worker-token-file"]) {
-    const arg = cc.args.find((a) => a.startsWith(`${flag}=`));
-    const path = arg?.split("=")[1] ?? "";
-    const mount = cc.volumeMounts.find((m) => path.startsWith(m.mountPath + "/"));
-    const volume = mount && podSpec(coordinator).volumes.find((v) => v.name === mount.name);
-    const secret = volume?.secret && secrets[volume.secret.secretName];
-    const key = path.slice((mount?.mountPath.length ?? 0) + 1);
-    check(Boolean(secret && (secret.stringData?.[key] !== undefined || secret.data?.[key] !== undefined)),
-          `${overlay}: coordinator ${flag} ${path} is key '${key}' of a mounted Secret`);
+  const checkSecretFlags = (workload, container, flags) => {
+    for (const flag of flags) {
+      const arg = container.args.find((a) => a.startsWith(`${flag}=`));
+      const path = arg?.split("=")[1] ?? "";
+      const mount = container.volumeMounts.find((m) => path.startsWith(m.mountPath + "/"));
+      const volume = mount && podSpec(workload).volumes.find((v) => v.name === mount.name);
+      const secret = volume?.secret && secrets[volume.secret.secretName];
+      const key = path.slice((mount?.mountPath.length ?? 0) + 1);
+      check(Boolean(secret && (secret.stringData?.[key] !== undefined || secret.data?.[key] !== undefined)),
+            `${overlay}: ${workload.metadata.name} ${flag} ${path} is key '${key}' of a mounted Secret`);
+    }
+  };
+  checkSecretFlags(coordinator, cc, ["--tls-cert", "--tls-key", "--tls-ca", "--token-file", "--worker-token-file"]);
+  // The evaluation tier: replicas behind a headless Service, a GPU each on GPU nodes, autoscaled on CPU nodes.
+  const server = byName("dfc-server");
+  check(Boolean(server && server.kind === "Deployment"), `${overlay}: dfc-server is a Deployment`);
+  if (server) {
+    const sc = podSpec(server).containers[0];
+    checkSecretFlags(server, sc, ["--tls-cert", "--tls-key", "--token-file", "--coordinator-tls-ca",
+                                  "--worker-token-file"]);
+    check(Boolean(sc.readinessProbe.grpc), `${overlay}: dfc-server readiness uses gRPC health (NOT_SERVING without the catalogue)`);
+    check(sc.args.includes("--coordinator=dfc-coordinator:50051"), `${overlay}: dfc-server asks the coordinator's catalogue`);
+    const headless = objects.find((o) => o.kind === "Service" && o.metadata.name === "dfc-server");
+    check(Boolean(headless && headless.spec.clusterIP === "None" && headless.spec.ports.some((p) => p.port === 50061)),
+          `${overlay}: a headless Service resolves every dfc-server replica`);
+    const hpa = objects.find((o) => o.kind === "HorizontalPodAutoscaler" && o.spec.scaleTargetRef.name === "dfc-server");
+    if (overlay === "gpu") {
+      check(gpuOf(sc) === "1" && sc.resources.requests?.["nvidia.com/gpu"] === "1" && sc.args.includes("--device=cuda:0"),
+            "gpu: each dfc-server replica has one GPU and runs inference on it");
+      check(podSpec(server).tolerations?.some((t) => t.key === "nvidia.com/gpu"), "gpu: dfc-server tolerates GPU nodes");
+    } else {
+      check(!gpuOf(sc) && Boolean(sc.resources.requests?.cpu), "cpu: dfc-server requests CPU, no GPU");
+      check(Boolean(hpa && hpa.spec.metrics.some((m) => m.resource?.name === "cpu")),
+            "cpu: a HorizontalPodAutoscaler scales dfc-server on CPU");
+    }
   }
   const svc = objects.find((o) => o.kind === "Service" && o.metadata.name === "dfc-coordinator");
   check(Boolean(svc && svc.spec.ports.some((p) => p.port === 50051)), `${overlay}: a Service exposes the coordinator's gRPC port`);

@@ -1,0 +1,117 @@
+#include "tests/test_cluster.h"
+
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/rpc/rpc_util.h"
+
+namespace dfc::testing {
+
+std::string Bin(const std::string& name) {
+  return (std::filesystem::path(DfcBinary()).parent_path() / name).string();
+}
+
+Processes::~Processes() {
+  for (auto it = procs_.rbegin(); it != procs_.rend(); ++it) it->Terminate(std::chrono::seconds(5));
+  for (auto it = procs_.rbegin(); it != procs_.rend(); ++it) it->Wait();
+}
+
+Subprocess& Processes::Start(std::vector<std::string> argv, const std::string& log) {
+  SubprocessOptions o;
+  o.argv = std::move(argv);
+  if (!log.empty()) o.log_path = dir_->Join(log);
+  auto p = Subprocess::Start(o);
+  EXPECT_TRUE(p.ok()) << p.status();
+  procs_.push_back(p.ok() ? std::move(*p) : Subprocess());
+  return procs_.back();
+}
+
+std::string Processes::Log(const std::string& log) const {
+  return std::filesystem::exists(dir_->Join(log)) ? ReadFileOrDie(dir_->Join(log)) : "";
+}
+
+TestCluster::TestCluster(Options options) : options_(std::move(options)), port_(PickFreePort()) {
+  StartCoordinator();
+  for (int w = 0; w < options_.workers; ++w) AddWorker();
+  for (int s = 0; s < options_.servers; ++s) AddServer();
+  // Submit checks a job against the live workers' slots: let them join.
+  EXPECT_TRUE(WaitForLiveWorkers(options_.workers, 30)) << procs_.Log("worker-0.log");
+}
+
+std::string TestCluster::Dfc(const std::string& args) const {
+  return DfcBinary() + " --coordinator " + address() + " " + args;
+}
+
+void TestCluster::StartCoordinator() {
+  std::vector<std::string> argv = {Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state")};
+  argv.insert(argv.end(), options_.coordinator_flags.begin(), options_.coordinator_flags.end());
+  coordinator_ = &procs_.Start(argv, "coordinator.log");
+  for (int i = 0; i < 300 && RunCommand(Dfc("list")).exit_code != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+void TestCluster::KillCoordinator() {
+  if (coordinator_ != nullptr) coordinator_->Stop(std::chrono::milliseconds(0));
+  coordinator_ = nullptr;
+}
+
+Subprocess& TestCluster::AddWorker() {
+  std::vector<std::string> argv = {Bin("dfc-worker"), "--coordinator", address()};
+  argv.insert(argv.end(), options_.worker_flags.begin(), options_.worker_flags.end());
+  workers_.push_back(&procs_.Start(argv, "worker-" + std::to_string(workers_.size()) + ".log"));
+  return *workers_.back();
+}
+
+int TestCluster::AddServer() {
+  const int i = static_cast<int>(servers_.size());
+  server_addresses_.push_back("127.0.0.1:" + std::to_string(PickFreePort()));
+  std::vector<std::string> argv = {Bin("dfc-server"), "--listen", server_addresses_.back(), "--coordinator",
+                                   address(), "--models-dir", dir_.Join("state/models")};
+  argv.insert(argv.end(), options_.server_flags.begin(), options_.server_flags.end());
+  const std::string log = "server-" + std::to_string(i) + ".log";
+  servers_.push_back(&procs_.Start(argv, log));
+  auto channel = grpc::CreateChannel(server_addresses_.back(), grpc::InsecureChannelCredentials());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (HealthStatus(channel) != "SERVING" && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(HealthStatus(channel), "SERVING") << procs_.Log(log);
+  return i;
+}
+
+bool TestCluster::WaitForLiveWorkers(int n, int timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto r = RunCommand(Dfc("workers --json"));
+    if (r.exit_code == 0) {
+      const nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+      int live = 0;
+      if (j.is_object() && j.contains("workers")) {
+        for (const auto& w : j["workers"]) live += w.value("state", "") == "live";
+      }
+      if (live >= n) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+pid_t TestCluster::WorkerOf(const std::string& job_id, int rank) {
+  for (size_t w = 0; w < workers_.size(); ++w) {
+    const std::string log = procs_.Log("worker-" + std::to_string(w) + ".log");
+    if (log.find("started " + job_id + " attempt 1 rank " + std::to_string(rank) + "/") != std::string::npos) {
+      return workers_[w]->pid();
+    }
+  }
+  return -1;
+}
+
+}  // namespace dfc::testing
