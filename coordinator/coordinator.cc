@@ -140,7 +140,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
   std::unique_ptr<Coordinator> c(new Coordinator(std::move(o), std::move(*store)));
   c->lock_fd_ = lock_fd;
   DFC_ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c->store_->List());
-  std::lock_guard<std::mutex> lock(c->mu_);
+  absl::MutexLock lock(&c->mu_);
   for (v1::Job& job : jobs) {
     // Ranks of a job that was placed when the coordinator died are orphans
     // now: the job goes back to the queue and resumes from its checkpoint.
@@ -195,13 +195,13 @@ absl::Status Coordinator::Save(const v1::Job& job) {
   DFC_RETURN_IF_ERROR(store_->Update(job));
   jobs_[job.job_id()] = job;  // callers pass a copy of the cached job, epochs included
   versions_[job.job_id()]++;
-  changed_.notify_all();
+  changed_.SignalAll();
   return absl::OkStatus();
 }
 
 absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobRequest& request) {
   DFC_RETURN_IF_ERROR(ValidateSubmit(request, options_.data_roots));
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   const int capacity = TotalLiveSlotsLocked();
   std::string warning;
   if (capacity > 0 && request.world_size() > capacity) {
@@ -229,7 +229,7 @@ absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobReq
 }
 
 absl::StatusOr<v1::Job> Coordinator::GetJob(const std::string& job_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
   return it->second;
@@ -252,7 +252,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsReq
     }
     after_id = raw.substr(colon + 1);
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<const v1::Job*> all;
   for (const auto& [id, job] : jobs_) {
     if (request.state() != v1::JOB_STATE_UNSPECIFIED && job.state() != request.state()) continue;
@@ -279,7 +279,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsReq
 }
 
 absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
   v1::Job job = it->second;
@@ -298,9 +298,11 @@ absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
 
 absl::StatusOr<v1::Job> Coordinator::WaitForChange(const std::string& job_id, int64_t* version,
                                                    std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!jobs_.count(job_id)) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
-  changed_.wait_for(lock, timeout, [&] { return versions_[job_id] != *version; });
+  const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
+  while (versions_[job_id] == *version && !changed_.WaitWithDeadline(&mu_, deadline)) {
+  }
   *version = versions_[job_id];
   return jobs_[job_id];
 }
@@ -311,7 +313,7 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
     return absl::InvalidArgumentError(absl::StrCat("cpu_slots/gpus: a worker needs 1..1024 slots, got ", slots));
   }
   if (r.address().empty()) return absl::InvalidArgumentError("address: required");
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   const std::string id = absl::StrCat("worker-", next_worker_++, "-", Now() % 100000);
   workers_[id] = WorkerInfo{r.address(), slots, Now(), r.cpu_slots(), r.gpus()};
   v1::RegisterWorkerResponse resp;
@@ -509,14 +511,14 @@ void Coordinator::RequeueUnstartedLocked() {
 }
 
 void Coordinator::Tick() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ExpireWorkersLocked();
   RequeueUnstartedLocked();
   ScheduleLocked();
 }
 
 absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::HeartbeatRequest& r) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   v1::HeartbeatResponse resp;
   auto w = workers_.find(r.worker_id());
   if (w == workers_.end()) {
@@ -616,7 +618,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
 }
 
 absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = jobs_.find(r.job_id());
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", r.job_id(), "'"));
   if (r.attempt() != it->second.attempt()) return absl::OkStatus();  // a stale rank
@@ -629,7 +631,7 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
   }
   if (!r.has_epoch()) {
     versions_[r.job_id()]++;
-    changed_.notify_all();
+    changed_.SignalAll();
     return absl::OkStatus();
   }
   DFC_RETURN_IF_ERROR(store_->PutEpoch(r.job_id(), r.epoch()));
@@ -645,7 +647,7 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
   // down while the ranks trained on): take them from the run directory.
   if (r.epoch().epoch() > job.epochs_size()) DFC_RETURN_IF_ERROR(ReconcileEpochsLocked(job));
   versions_[r.job_id()]++;
-  changed_.notify_all();
+  changed_.SignalAll();
   return absl::OkStatus();
 }
 
@@ -691,7 +693,7 @@ absl::Status Coordinator::AnnounceServer(const std::string& address) {
   if (address.empty() || address.size() > 256 || address.find_first_of(" ,\n") != std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat("server address '", address.substr(0, 64), "' is not host:port"));
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   const int64_t now = Now();
   servers_[address] = now;
   for (auto it = servers_.begin(); it != servers_.end();) {  // bounded: the gone are forgotten
@@ -701,7 +703,7 @@ absl::Status Coordinator::AnnounceServer(const std::string& address) {
 }
 
 std::vector<std::string> Coordinator::ListServers() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<std::string> out;
   for (const auto& [address, seen] : servers_) {
     if (Now() - seen <= 10000) out.push_back(address);
@@ -710,7 +712,7 @@ std::vector<std::string> Coordinator::ListServers() {
 }
 
 v1::ListWorkersResponse Coordinator::ListWorkers() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   const int64_t now = Now();
   v1::ListWorkersResponse resp;
   auto fill = [&](const std::string& id, const WorkerInfo& w, const char* state) {

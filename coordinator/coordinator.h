@@ -2,7 +2,6 @@
 #define DFC_COORDINATOR_COORDINATOR_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <deque>
 #include <map>
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 #include "coordinator/job_store.h"
 #include "dfc/v1/dfc.pb.h"
@@ -129,8 +129,8 @@ class Coordinator {
   const CoordinatorOptions options_;
   const std::unique_ptr<JobStore> store_;
   int lock_fd_ = -1;  // flock on STATE/coordinator.lock
-  std::mutex mu_;
-  std::condition_variable changed_;
+  absl::Mutex mu_;
+  absl::CondVar changed_;
   std::map<std::string, v1::Job> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int64_t> versions_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);

@@ -60,7 +60,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
     return absl::UnavailableError(absl::StrCat("cannot open state database '", path, "': ", msg));
   }
   std::unique_ptr<JobStore> store(new JobStore(db));
-  std::lock_guard<std::mutex> lock(store->mu_);
+  absl::MutexLock lock(&store->mu_);
   sqlite3_busy_timeout(db, 5000);
   DFC_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
   DFC_RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
@@ -97,7 +97,7 @@ absl::Status JobStore::Exec(const std::string& sql) {
 
 absl::StatusOr<std::pair<v1::Job, bool>> JobStore::Create(const v1::SubmitJobRequest& r, const std::string& output_root,
                                                           int64_t now_ms) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!r.idempotency_key().empty()) {
     Stmt q(db_, "SELECT job_id FROM jobs WHERE idempotency_key = ?");
     DFC_RETURN_IF_ERROR(q.status());
@@ -157,12 +157,12 @@ absl::StatusOr<v1::Job> JobStore::GetLocked(const std::string& job_id) {
 }
 
 absl::StatusOr<v1::Job> JobStore::Get(const std::string& job_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return GetLocked(job_id);
 }
 
 absl::StatusOr<std::vector<v1::Job>> JobStore::List() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<std::string> ids;
   {
     Stmt q(db_, "SELECT job_id FROM jobs ORDER BY seq");
@@ -178,7 +178,7 @@ absl::StatusOr<std::vector<v1::Job>> JobStore::List() {
 }
 
 absl::Status JobStore::Update(const v1::Job& job) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   v1::Job stored = job;
   stored.clear_epochs();  // kept in their own table
   Stmt u(db_, "UPDATE jobs SET job = ? WHERE job_id = ?");
@@ -191,7 +191,7 @@ absl::Status JobStore::Update(const v1::Job& job) {
 }
 
 absl::Status JobStore::PutEpoch(const std::string& job_id, const v1::EpochMetrics& m) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   Stmt u(db_, "INSERT OR REPLACE INTO epochs (job_id, epoch, metrics) VALUES (?, ?, ?)");
   DFC_RETURN_IF_ERROR(u.status());
   u.BindText(1, job_id);
@@ -201,7 +201,7 @@ absl::Status JobStore::PutEpoch(const std::string& job_id, const v1::EpochMetric
 }
 
 absl::StatusOr<std::string> JobStore::PutModel(const v1::CatalogEntry& entry, bool replace) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::string replaced;
   {
     Stmt q(db_, "SELECT entry FROM catalog WHERE name = ?");
@@ -225,7 +225,7 @@ absl::StatusOr<std::string> JobStore::PutModel(const v1::CatalogEntry& entry, bo
 }
 
 absl::StatusOr<v1::CatalogEntry> JobStore::GetModel(const std::string& name) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   Stmt q(db_, "SELECT entry FROM catalog WHERE name = ?");
   DFC_RETURN_IF_ERROR(q.status());
   q.BindText(1, name);
@@ -236,7 +236,7 @@ absl::StatusOr<v1::CatalogEntry> JobStore::GetModel(const std::string& name) {
 }
 
 absl::StatusOr<std::vector<v1::CatalogEntry>> JobStore::ListModels() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   Stmt q(db_, "SELECT entry FROM catalog ORDER BY name");
   DFC_RETURN_IF_ERROR(q.status());
   std::vector<v1::CatalogEntry> out;
@@ -248,7 +248,7 @@ absl::StatusOr<std::vector<v1::CatalogEntry>> JobStore::ListModels() {
 }
 
 absl::Status JobStore::MigrateLegacyModels(const std::string& models_dir) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   Stmt q(db_, "SELECT info FROM models WHERE name NOT IN (SELECT name FROM catalog)");
   DFC_RETURN_IF_ERROR(q.status());
   while (q.Step() == SQLITE_ROW) {

@@ -24,7 +24,7 @@ BatchLoader::~BatchLoader() { StopWorkers(); }
 
 int64_t BatchLoader::batches_per_epoch() const {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (generation_ > 0) return static_cast<int64_t>(batches_.size());
   }
   const int64_t n = static_cast<int64_t>(records_.size());
@@ -33,12 +33,12 @@ int64_t BatchLoader::batches_per_epoch() const {
 }
 
 LoaderStats BatchLoader::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return stats_;
 }
 
 std::vector<uint32_t> BatchLoader::order() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<uint32_t> out;
   for (const auto& b : batches_) out.insert(out.end(), b.begin(), b.end());
   return out;
@@ -46,10 +46,10 @@ std::vector<uint32_t> BatchLoader::order() const {
 
 void BatchLoader::StopWorkers() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   for (auto& t : workers_) t.join();
   workers_.clear();
 }
@@ -77,7 +77,7 @@ void BatchLoader::StartEpochWithBatches(std::vector<std::vector<uint32_t>> batch
   uint64_t gen;
   int64_t total;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = false;
     gen = ++generation_;
     batches_ = std::move(batches);
@@ -95,11 +95,10 @@ void BatchLoader::WorkerLoop(uint64_t generation, int64_t total) {
   for (;;) {
     int64_t index;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] {
-        return stop_ || next_to_claim_ >= total ||
-               next_to_claim_ < next_to_deliver_ + options_.prefetch_batches;
-      });
+      absl::MutexLock lock(&mu_);
+      while (!(stop_ || next_to_claim_ >= total || next_to_claim_ < next_to_deliver_ + options_.prefetch_batches)) {
+        cv_.Wait(&mu_);
+      }
       if (stop_ || next_to_claim_ >= total) return;
       index = next_to_claim_++;
     }
@@ -108,7 +107,7 @@ void BatchLoader::WorkerLoop(uint64_t generation, int64_t total) {
     absl::Status st = Fill(index, &batch, generation);
     double secs = Since(t0);
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (generation != generation_) return;
       stats_.decode_seconds += secs;
       if (st.ok()) {
@@ -118,14 +117,14 @@ void BatchLoader::WorkerLoop(uint64_t generation, int64_t total) {
         ready_.emplace(index, st);
       }
     }
-    cv_.notify_all();
+    cv_.SignalAll();
   }
 }
 
 absl::Status BatchLoader::Fill(int64_t batch_index, Batch* batch, uint64_t generation) {
   std::vector<uint32_t> positions;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (generation != generation_) return absl::CancelledError("epoch abandoned");
     positions = batches_[static_cast<size_t>(batch_index)];
   }
@@ -160,16 +159,18 @@ absl::Status BatchLoader::Fill(int64_t batch_index, Batch* batch, uint64_t gener
 
 absl::StatusOr<std::optional<Batch>> BatchLoader::Next() {
   auto t0 = std::chrono::steady_clock::now();
-  std::unique_lock<std::mutex> lock(mu_);
-  const int64_t total = static_cast<int64_t>(batches_.size());
-  if (next_to_deliver_ >= total) return std::optional<Batch>();
-  if (workers_.empty()) return absl::FailedPreconditionError("BatchLoader::Next() before StartEpoch()");
-  cv_.wait(lock, [&] { return ready_.count(next_to_deliver_) > 0; });
-  auto node = ready_.extract(next_to_deliver_);
-  next_to_deliver_++;
-  stats_.consumer_wait_seconds += Since(t0);
-  lock.unlock();
-  cv_.notify_all();
+  std::map<int64_t, absl::StatusOr<Batch>>::node_type node;
+  {
+    absl::MutexLock lock(&mu_);
+    const int64_t total = static_cast<int64_t>(batches_.size());
+    if (next_to_deliver_ >= total) return std::optional<Batch>();
+    if (workers_.empty()) return absl::FailedPreconditionError("BatchLoader::Next() before StartEpoch()");
+    while (ready_.count(next_to_deliver_) == 0) cv_.Wait(&mu_);
+    node = ready_.extract(next_to_deliver_);
+    next_to_deliver_++;
+    stats_.consumer_wait_seconds += Since(t0);
+  }
+  cv_.SignalAll();
   if (!node.mapped().ok()) return node.mapped().status();
   return std::optional<Batch>(std::move(node.mapped()).value());
 }

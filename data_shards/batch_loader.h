@@ -2,7 +2,6 @@
 #define DFC_DATA_SHARDS_BATCH_LOADER_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/status.h"
 #include "data_shards/shard_format.h"
 
@@ -83,8 +83,8 @@ class BatchLoader {
   const std::vector<RecordRef> records_;
   const BatchLoaderOptions options_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::vector<uint32_t>> batches_ ABSL_GUARDED_BY(mu_);
   int64_t next_to_claim_ ABSL_GUARDED_BY(mu_) = 0;

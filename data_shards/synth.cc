@@ -3,7 +3,6 @@
 #include <atomic>
 #include <cmath>
 #include <filesystem>
-#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -12,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "common/atomic_file.h"
 #include "data_shards/image_codec.h"
 #include "data_shards/shuffle.h"
@@ -203,7 +203,7 @@ absl::Status GenerateSyntheticDataset(const SynthOptions& opt) {
   std::atomic<int> next{0};
   std::atomic<int64_t> done{0};
   std::atomic<int> finished{0};
-  std::mutex err_mu;
+  absl::Mutex err_mu;
   absl::Status first_error;
   std::vector<std::thread> pool;
   const int threads = std::max(1, opt.threads);
@@ -212,7 +212,7 @@ absl::Status GenerateSyntheticDataset(const SynthOptions& opt) {
       for (int i = next++; i < opt.count; i = next++) {
         absl::Status st = MakeOne(opt, i);
         if (!st.ok()) {
-          std::lock_guard<std::mutex> lock(err_mu);
+          absl::MutexLock lock(&err_mu);
           if (first_error.ok()) first_error = st;
           break;
         }

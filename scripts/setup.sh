@@ -26,6 +26,8 @@ if [[ "${1:-}" == "--binaries-only" ]]; then
 else
   # kubectl renders the Kubernetes manifests in a test; any recent one will do.
   command -v kubectl >/dev/null || packages+=(kubernetes-client)
+  # clang checks the locks (-Wthread-safety) in a test; GCC builds everything.
+  packages+=(clang)
   command -v npm >/dev/null || packages+=(nodejs npm)
 fi
 

@@ -8,29 +8,29 @@
 namespace dfc {
 
 bool ResultQueue::Acquire() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return cancelled_ || in_flight_ < max_in_flight_; });
+  absl::MutexLock lock(&mu_);
+  while (!(cancelled_ || in_flight_ < max_in_flight_)) cv_.Wait(&mu_);
   if (cancelled_) return false;
   ++in_flight_;
   return true;
 }
 
 void ResultQueue::Release() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   --in_flight_;
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void ResultQueue::Push(EvalOutcome outcome) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (cancelled_) return;
   ready_.push_back(std::move(outcome));
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 bool ResultQueue::Pop(EvalOutcome* out) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return cancelled_ || !ready_.empty() || (closed_ && in_flight_ == 0); });
+  absl::MutexLock lock(&mu_);
+  while (!(cancelled_ || !ready_.empty() || (closed_ && in_flight_ == 0))) cv_.Wait(&mu_);
   if (cancelled_ || ready_.empty()) return false;
   *out = std::move(ready_.front());
   ready_.pop_front();
@@ -38,25 +38,25 @@ bool ResultQueue::Pop(EvalOutcome* out) {
 }
 
 void ResultQueue::CloseInput() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   closed_ = true;
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void ResultQueue::Cancel() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   cancelled_ = true;
   ready_.clear();
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 bool ResultQueue::cancelled() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return cancelled_;
 }
 
 int ResultQueue::in_flight() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return in_flight_;
 }
 
@@ -66,33 +66,33 @@ InferenceBatcher::InferenceBatcher(Options options) : options_(options) {
 
 InferenceBatcher::~InferenceBatcher() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  work_.notify_all();
-  room_.notify_all();
+  work_.SignalAll();
+  room_.SignalAll();
   thread_.join();
 }
 
 bool InferenceBatcher::Enqueue(const std::shared_ptr<ServedModel>& model, std::string id,
                                std::optional<int32_t> label, std::vector<uint8_t> pixels,
                                const std::shared_ptr<ResultQueue>& results) {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   while (!stop_ && queued_ >= options_.max_queued) {
     if (results->cancelled()) return false;
-    room_.wait_for(lock, std::chrono::milliseconds(50));
+    room_.WaitWithTimeout(&mu_, absl::FromChrono(std::chrono::milliseconds(50)));
   }
   if (stop_ || results->cancelled()) return false;
   ModelQueue& q = queues_[model.get()];
   if (!q.model) q.model = model;
   q.items.push_back(Item{std::move(id), label, std::move(pixels), results, std::chrono::steady_clock::now()});
   ++queued_;
-  work_.notify_one();
+  work_.Signal();
   return true;
 }
 
 InferenceBatcher::Stats InferenceBatcher::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return stats_;
 }
 
@@ -111,12 +111,38 @@ int InferenceBatcher::DropCancelledLocked() {
     it = items.empty() ? queues_.erase(it) : std::next(it);
   }
   queued_ -= dropped;
-  if (dropped) room_.notify_all();
+  if (dropped) room_.SignalAll();
   return dropped;
 }
 
+void InferenceBatcher::RunBatch(ServedModel& model, std::vector<Item>& batch) {
+  const size_t n = batch.size();
+  const size_t image_bytes = static_cast<size_t>(model.input_size) * model.input_size * 3;
+  std::vector<uint8_t> pixels(n * image_bytes);
+  for (size_t i = 0; i < n; ++i) std::memcpy(pixels.data() + i * image_bytes, batch[i].pixels.data(), image_bytes);
+  absl::StatusOr<std::vector<float>> logits = absl::InternalError("not run");
+  try {
+    logits = model.predict(pixels.data(), static_cast<int64_t>(n));
+  } catch (const std::exception& e) {
+    logits = absl::InternalError(std::string("inference failed: ") + e.what());
+  }
+  if (logits.ok() && logits->size() != n) logits = absl::InternalError("inference returned the wrong number of logits");
+  for (size_t i = 0; i < n; ++i) {
+    EvalOutcome out;
+    out.id = std::move(batch[i].id);
+    out.label = batch[i].label;
+    if (logits.ok()) {
+      out.logit = (*logits)[i];
+      out.p_real = PRealFromLogit(out.logit);
+    } else {
+      out.error = std::string(logits.status().message());
+    }
+    batch[i].results->Push(std::move(out));
+  }
+}
+
 void InferenceBatcher::Loop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();
   while (!stop_) {
     stats_.dropped += DropCancelledLocked();
     // A full batch first; otherwise the model whose oldest item waited longest.
@@ -130,12 +156,12 @@ void InferenceBatcher::Loop() {
       if (!pick || q.items.front().enqueued < pick->items.front().enqueued) pick = &q;
     }
     if (!pick) {
-      work_.wait(lock);
+      work_.Wait(&mu_);
       continue;
     }
     const auto deadline = pick->items.front().enqueued + options_.max_delay;
     if (static_cast<int>(pick->items.size()) < options_.max_batch && std::chrono::steady_clock::now() < deadline) {
-      work_.wait_until(lock, deadline);
+      work_.WaitWithTimeout(&mu_, absl::FromChrono(deadline - std::chrono::steady_clock::now()));
       continue;
     }
     const size_t n = std::min(pick->items.size(), static_cast<size_t>(options_.max_batch));
@@ -149,32 +175,10 @@ void InferenceBatcher::Loop() {
     // then rely on the stats including them.
     stats_.batches += 1;
     stats_.items += static_cast<int64_t>(n);
-    room_.notify_all();
-    lock.unlock();
-
-    const size_t image_bytes = static_cast<size_t>(model->input_size) * model->input_size * 3;
-    std::vector<uint8_t> pixels(n * image_bytes);
-    for (size_t i = 0; i < n; ++i) std::memcpy(pixels.data() + i * image_bytes, batch[i].pixels.data(), image_bytes);
-    absl::StatusOr<std::vector<float>> logits = absl::InternalError("not run");
-    try {
-      logits = model->predict(pixels.data(), static_cast<int64_t>(n));
-    } catch (const std::exception& e) {
-      logits = absl::InternalError(std::string("inference failed: ") + e.what());
-    }
-    if (logits.ok() && logits->size() != n) logits = absl::InternalError("inference returned the wrong number of logits");
-    for (size_t i = 0; i < n; ++i) {
-      EvalOutcome out;
-      out.id = std::move(batch[i].id);
-      out.label = batch[i].label;
-      if (logits.ok()) {
-        out.logit = (*logits)[i];
-        out.p_real = PRealFromLogit(out.logit);
-      } else {
-        out.error = std::string(logits.status().message());
-      }
-      batch[i].results->Push(std::move(out));
-    }
-    lock.lock();
+    room_.SignalAll();
+    mu_.Unlock();
+    RunBatch(*model, batch);  // outside the lock: streams keep enqueueing
+    mu_.Lock();
   }
   // Stopping: whatever is still queued gets an error, so no stream waits forever.
   for (auto& entry : queues_) {
@@ -188,6 +192,7 @@ void InferenceBatcher::Loop() {
   }
   queues_.clear();
   queued_ = 0;
+  mu_.Unlock();
 }
 
 }  // namespace dfc

@@ -2,7 +2,6 @@
 #define DFC_SERVING_BATCHER_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 
 namespace dfc {
@@ -60,8 +60,8 @@ class ResultQueue {
 
  private:
   const int max_in_flight_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
   std::deque<EvalOutcome> ready_ ABSL_GUARDED_BY(mu_);
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
@@ -113,13 +113,14 @@ class InferenceBatcher {
   };
 
   void Loop();
+  void RunBatch(ServedModel& model, std::vector<Item>& batch) ABSL_LOCKS_EXCLUDED(mu_);
   // Drops items of cancelled streams; returns how many.
   int DropCancelledLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
-  mutable std::mutex mu_;
-  std::condition_variable work_;   // items arrived or stopping
-  std::condition_variable room_;   // the queue has room again
+  mutable absl::Mutex mu_;
+  absl::CondVar work_;   // items arrived or stopping
+  absl::CondVar room_;   // the queue has room again
   std::map<const ServedModel*, ModelQueue> queues_ ABSL_GUARDED_BY(mu_);
   int queued_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

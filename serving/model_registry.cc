@@ -165,20 +165,23 @@ absl::StatusOr<std::shared_ptr<ServedModel>> ModelRegistry::Load(const v1::Model
 }
 
 void ModelRegistry::EvictLocked() {
-  auto count = [&](v1::ModelState s) {
-    return std::count_if(entries_.begin(), entries_.end(), [s](const auto& kv) { return kv.second.info.state() == s; });
-  };
-  auto evict_oldest = [&](v1::ModelState s) {
-    auto oldest = entries_.end();
-    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-      if (it->second.info.state() == s && (oldest == entries_.end() || it->second.last_used < oldest->second.last_used)) {
-        oldest = it;
+  // The least recently used loaded models beyond max_loaded, and the oldest
+  // failures beyond kMaxFailedEntries (loading ones are never evicted).
+  for (v1::ModelState state : {v1::MODEL_LOADED, v1::MODEL_FAILED}) {
+    const size_t keep = state == v1::MODEL_LOADED ? static_cast<size_t>(std::max(1, options_.max_loaded))
+                                                  : kMaxFailedEntries;
+    for (;;) {
+      size_t count = 0;
+      auto oldest = entries_.end();
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        if (it->second.info.state() != state) continue;
+        ++count;
+        if (oldest == entries_.end() || it->second.last_used < oldest->second.last_used) oldest = it;
       }
+      if (count <= keep) break;
+      entries_.erase(oldest);
     }
-    if (oldest != entries_.end()) entries_.erase(oldest);
-  };
-  while (count(v1::MODEL_LOADED) > std::max(1, options_.max_loaded)) evict_oldest(v1::MODEL_LOADED);
-  while (static_cast<size_t>(count(v1::MODEL_FAILED)) > kMaxFailedEntries) evict_oldest(v1::MODEL_FAILED);
+  }
 }
 
 absl::StatusOr<std::pair<std::string, v1::ModelInfo>> ModelRegistry::JobCheckpoint(

@@ -195,7 +195,10 @@ TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
   // A watch that is running when the coordinator dies reconnects to the new one.
   Subprocess& watcher = c.processes().Start({testing::DfcBinary(), "--coordinator", c.address(), "watch", "--timeout",
                                             "400", ja}, "watch.log");
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // Only once it is connected (it printed the job's state): dfc starts slowly on a busy machine.
+  for (int i = 0; i < 300 && c.processes().Log("watch.log").find("RUNNING") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   c.KillCoordinator();
   c.StartCoordinator();
   for (const std::string& job : {ja, jb}) {

@@ -11,11 +11,11 @@ GradientSynchronizer::GradientSynchronizer(Collective* collective, const std::ve
     if (p.requires_grad()) params_.push_back(p);
   }
   bucket_of_.resize(params_.size());
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   // Reverse order: the last layers' gradients are ready first.
   Bucket cur;
   int64_t bytes = 0, elems = 0;
-  auto close = [&] {
+  auto close = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (cur.params.empty()) return;
     cur.flat = torch::zeros({elems}, params_[cur.params[0]].options().requires_grad(false));
     buckets_.push_back(std::move(cur));
@@ -47,7 +47,7 @@ GradientSynchronizer::~GradientSynchronizer() {
 }
 
 void GradientSynchronizer::BeginStep() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (Bucket& b : buckets_) {
     b.pending = static_cast<int>(b.params.size());
     b.launched = false;
@@ -58,7 +58,7 @@ void GradientSynchronizer::BeginStep() {
 }
 
 void GradientSynchronizer::OnGradient(size_t i, const torch::Tensor& grad) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   Bucket& b = buckets_[bucket_of_[i]];
   size_t slot = 0;
   while (b.params[slot] != i) ++slot;
@@ -84,7 +84,7 @@ void GradientSynchronizer::LaunchReadyLocked() {
 
 absl::Status GradientSynchronizer::Finish() {
   const auto t0 = std::chrono::steady_clock::now();
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   // Parameters that got no gradient this step contribute zeros, so every rank
   // still launches every bucket in the same order.
   for (Bucket& b : buckets_) {

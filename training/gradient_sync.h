@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/status.h"
 #include "training/collective.h"
 
@@ -43,7 +44,10 @@ class GradientSynchronizer {
   // Seconds Finish() spent waiting for all-reduces after backward ended in
   // the last step (the part of the communication not hidden behind backward).
   double last_wait_seconds() const { return last_wait_seconds_; }
-  size_t num_buckets() const { return buckets_.size(); }
+  size_t num_buckets() {
+    absl::MutexLock lock(&mu_);
+    return buckets_.size();
+  }
 
  private:
   struct Bucket {
@@ -62,7 +66,7 @@ class GradientSynchronizer {
   const bool overlap_;
   std::vector<torch::Tensor> params_;
   std::vector<size_t> bucket_of_;  // param index -> bucket
-  std::mutex mu_;
+  absl::Mutex mu_;
   std::vector<Bucket> buckets_ ABSL_GUARDED_BY(mu_);
   size_t next_launch_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<bool> seen_ ABSL_GUARDED_BY(mu_);

@@ -186,248 +186,323 @@ struct Phase {
   bool resume = false;
 };
 
-absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& shards, const Phase& phase,
-                                       TrainObserver* obs) {
-  const auto t_start = Clock::now();
-  const torch::Device device = DefaultDevice();
-  torch::manual_seed(o.seed);
-  DFC_ASSIGN_OR_RETURN(Detector model, MakeDetector(o.arch, o.detector));
-  const double base_lr = o.lr;  // resolved by RunTraining
-  const double eps = o.adam_eps;
-  if (!o.init_weights.empty()) {
-    if (LooksLikeHdf5(o.init_weights)) {
-      DFC_RETURN_IF_ERROR(ImportKerasWeights(*model, o.init_weights));
-    } else {
-      DFC_RETURN_IF_ERROR(LoadCheckpoint(o.init_weights, *model, nullptr, false).status());
+// Per-epoch sums of one rank, then of all ranks.
+struct EpochTotals {
+  double loss_sum = 0, correct = 0, seen = 0;
+  double data_s = 0, compute_s = 0, wait_s = 0, train_seconds = 0;
+  int64_t steps = 0;
+  Clock::time_point start;
+};
+
+// One phase of training, in named steps: SetUp, Resume, then per epoch
+// TrainEpoch (its Steps), Validate and Checkpoint; Summary at the end.
+class Trainer {
+ public:
+  Trainer(const TrainOptions& o, const ShardSet& shards, const Phase& phase, TrainObserver* obs)
+      : o_(o), shards_(shards), phase_(phase), obs_(obs), device_(DefaultDevice()) {}
+
+  absl::StatusOr<TrainResult> Run() {
+    t_start_ = Clock::now();
+    DFC_RETURN_IF_ERROR(SetUp());
+    DFC_RETURN_IF_ERROR(Resume());
+    for (int epoch = start_epoch_; epoch < phase_.epochs; ++epoch) {
+      if (phase_.patience > 0 && best_epoch_ > 0 && epoch - best_epoch_ >= phase_.patience) break;  // early stopping
+      DFC_ASSIGN_OR_RETURN(EpochTotals totals, TrainEpoch(epoch));
+      DFC_ASSIGN_OR_RETURN(EpochMetrics m, Validate(epoch, totals));
+      DFC_RETURN_IF_ERROR(Checkpoint(m));
+      if (obs_) obs_->OnEpoch(m);
     }
+    return Summary();
   }
-  model->to(device);
-  Collective* const collective = o.collective;
-  const int world = collective ? collective->world_size() : 1;
-  const int rank = collective ? collective->rank() : 0;
-  const bool writer = rank == 0;  // rank 0 alone writes checkpoints and metrics
-  std::unique_ptr<GradientSynchronizer> sync;
-  if (world > 1) {
-    std::vector<torch::Tensor> state;
-    for (auto& p : model->parameters()) state.push_back(p.data());
-    for (auto& b : model->buffers()) state.push_back(b);
-    DFC_RETURN_IF_ERROR(collective->Broadcast(state, 0));
-    model->SetBatchNormAllReduce([collective](torch::Tensor& t) { AllReduceOrThrow(collective, t); });
-    sync = std::make_unique<GradientSynchronizer>(collective, model->parameters(), o.bucket_bytes, o.overlap_allreduce);
-  }
-  std::vector<torch::Tensor> trainable;
-  for (auto& p : model->parameters()) {
-    if (p.requires_grad()) trainable.push_back(p);
-  }
-  torch::optim::Adam optimizer(trainable, torch::optim::AdamOptions(base_lr).eps(eps));
-  const std::optional<at::ScalarType> amp = AutocastType(o.precision);
-  // fp16 only: dynamic loss scaling (as torch.cuda.amp.GradScaler: x2 after
-  // 2000 finite steps, /2 and the step skipped on inf/NaN gradients). The
-  // gradients are all-reduced first, so every rank takes the same decision.
-  double loss_scale = o.precision == "fp16" ? 65536.0 : 1.0;
-  int64_t finite_steps = 0;
 
-  std::error_code ec;
-  fs::create_directories(phase.out_dir, ec);
-  if (ec) return absl::InvalidArgumentError(absl::StrCat("--out: cannot create '", phase.out_dir, "': ", ec.message()));
-  const std::string latest = run_dir::Checkpoint(phase.out_dir, run_dir::kLatest);
-  const std::string best = run_dir::Checkpoint(phase.out_dir, run_dir::kBest);
-  const std::string metrics_path = run_dir::Metrics(phase.out_dir);
+ private:
+  // The model (initial weights, device), the collective's broadcast and
+  // gradient synchronizer, the optimizer, the output folder and the loaders.
+  absl::Status SetUp() {
+    torch::manual_seed(o_.seed);
+    DFC_ASSIGN_OR_RETURN(model_, MakeDetector(o_.arch, o_.detector));
+    if (!o_.init_weights.empty()) {
+      if (LooksLikeHdf5(o_.init_weights)) {
+        DFC_RETURN_IF_ERROR(ImportKerasWeights(*model_, o_.init_weights));
+      } else {
+        DFC_RETURN_IF_ERROR(LoadCheckpoint(o_.init_weights, *model_, nullptr, false).status());
+      }
+    }
+    model_->to(device_);
+    collective_ = o_.collective;
+    world_ = collective_ ? collective_->world_size() : 1;
+    rank_ = collective_ ? collective_->rank() : 0;
+    writer_ = rank_ == 0;  // rank 0 alone writes checkpoints and metrics
+    if (world_ > 1) {
+      std::vector<torch::Tensor> state;
+      for (auto& p : model_->parameters()) state.push_back(p.data());
+      for (auto& b : model_->buffers()) state.push_back(b);
+      DFC_RETURN_IF_ERROR(collective_->Broadcast(state, 0));
+      Collective* const c = collective_;
+      model_->SetBatchNormAllReduce([c](torch::Tensor& t) { AllReduceOrThrow(c, t); });
+      sync_ = std::make_unique<GradientSynchronizer>(collective_, model_->parameters(), o_.bucket_bytes,
+                                                     o_.overlap_allreduce);
+    }
+    for (auto& p : model_->parameters()) {
+      if (p.requires_grad()) trainable_.push_back(p);
+    }
+    // o_.lr and o_.adam_eps were resolved by RunTraining.
+    optimizer_ = std::make_unique<torch::optim::Adam>(trainable_, torch::optim::AdamOptions(o_.lr).eps(o_.adam_eps));
+    amp_ = AutocastType(o_.precision);
+    // fp16 only: dynamic loss scaling (as torch.cuda.amp.GradScaler: x2 after
+    // 2000 finite steps, /2 and the step skipped on inf/NaN gradients). The
+    // gradients are all-reduced first, so every rank takes the same decision.
+    loss_scale_ = o_.precision == "fp16" ? 65536.0 : 1.0;
 
-  TrainResult result;
-  int start_epoch = 0;
-  int64_t step = 0;
-  nlohmann::json history = nlohmann::json::array();
-  if (phase.resume) {
-    auto meta = LoadCheckpoint(latest, *model, &optimizer, /*restore_rng=*/true);
+    std::error_code ec;
+    fs::create_directories(phase_.out_dir, ec);
+    if (ec) return absl::InvalidArgumentError(absl::StrCat("--out: cannot create '", phase_.out_dir, "': ", ec.message()));
+    latest_ = run_dir::Checkpoint(phase_.out_dir, run_dir::kLatest);
+    best_ = run_dir::Checkpoint(phase_.out_dir, run_dir::kBest);
+    metrics_path_ = run_dir::Metrics(phase_.out_dir);
+
+    BatchLoaderOptions lo;
+    lo.batch_size = std::max(1, o_.batch_size / world_);
+    lo.image_size = model_->input_size();
+    lo.seed = o_.seed;
+    lo.threads = o_.loader_threads > 0 ? o_.loader_threads
+                                       : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 2);
+    train_loader_ = std::make_unique<BatchLoader>(&shards_, phase_.train, lo);
+    bn_loader_ = std::make_unique<BatchLoader>(&shards_, phase_.train, lo);
+    lo.shuffle = false;
+    val_loader_ = std::make_unique<BatchLoader>(&shards_, phase_.val, lo);
+    result_.train_images = static_cast<int64_t>(phase_.train.size());
+    result_.val_images = static_cast<int64_t>(phase_.val.size());
+    return absl::OkStatus();
+  }
+
+  // --resume: weights, optimizer, RNG, epoch, step and history from
+  // latest.ckpt; otherwise a fresh metrics.jsonl.
+  absl::Status Resume() {
+    std::error_code ec;
+    if (!phase_.resume) {
+      if (writer_ && fs::exists(metrics_path_, ec)) fs::remove(metrics_path_, ec);
+      return absl::OkStatus();
+    }
+    auto meta = LoadCheckpoint(latest_, *model_, optimizer_.get(), /*restore_rng=*/true);
     if (!meta.ok()) return absl::Status(meta.status().code(), absl::StrCat("--resume: ", meta.status().message()));
-    start_epoch = static_cast<int>(meta->epoch);
-    step = meta->step;
-    history = nlohmann::json::parse(meta->metrics_json, nullptr, false);
-    if (history.is_discarded()) history = nlohmann::json::array();
-    for (const auto& h : history) {
+    start_epoch_ = static_cast<int>(meta->epoch);
+    step_ = meta->step;
+    history_ = nlohmann::json::parse(meta->metrics_json, nullptr, false);
+    if (history_.is_discarded()) history_ = nlohmann::json::array();
+    for (const auto& h : history_) {
       EpochMetrics m;
       m.epoch = h.value("epoch", 0);
       m.val_accuracy = h.value("val_accuracy", 0.0);
       m.val_auc = h.value("val_auc", 0.0);
       m.val_loss = h.value("val_loss", 0.0);
       m.images_per_second = h.value("images_per_second", 0.0);
-      result.history.push_back(m);
+      result_.history.push_back(m);
+      if (m.val_accuracy > best_acc_) {
+        best_acc_ = m.val_accuracy;
+        best_epoch_ = m.epoch;
+      }
     }
-  } else if (writer && fs::exists(metrics_path, ec)) {
-    fs::remove(metrics_path, ec);
+    return absl::OkStatus();
   }
 
-  const int num_threads = o.loader_threads > 0 ? o.loader_threads
-                                                : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 2);
-  BatchLoaderOptions lo;
-  lo.batch_size = std::max(1, o.batch_size / world);
-  lo.image_size = model->input_size();
-  lo.seed = o.seed;
-  lo.threads = num_threads;
-  BatchLoader train_loader(&shards, phase.train, lo);
-  BatchLoader bn_loader(&shards, phase.train, lo);
-  lo.shuffle = false;
-  BatchLoader val_loader(&shards, phase.val, lo);
-  result.train_images = static_cast<int64_t>(phase.train.size());
-  result.val_images = static_cast<int64_t>(phase.val.size());
-
-  double best_acc = -1;
-  int best_epoch = 0;
-  for (const EpochMetrics& m : result.history) {
-    if (m.val_accuracy > best_acc) {
-      best_acc = m.val_accuracy;
-      best_epoch = m.epoch;
+  // One epoch of steps over this rank's share of every global batch.
+  absl::StatusOr<EpochTotals> TrainEpoch(int epoch) {
+    lr_ = ScheduledLr(o_.lr_schedule, o_.lr, epoch);
+    for (auto& group : optimizer_->param_groups()) {
+      static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr_);
     }
-  }
-  for (int epoch = start_epoch; epoch < phase.epochs; ++epoch) {
-    if (phase.patience > 0 && best_epoch > 0 && epoch - best_epoch >= phase.patience) break;
-    const double lr = ScheduledLr(o.lr_schedule, base_lr, epoch);
-    for (auto& group : optimizer.param_groups()) {
-      static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-    }
-    model->train();
-    const RankEpochPlan plan = PlanRankEpoch(static_cast<uint32_t>(phase.train.size()), o.batch_size, world, rank,
-                                             o.seed, static_cast<uint64_t>(epoch));
-    train_loader.StartEpochWithBatches(plan.steps);
-    const int64_t steps = static_cast<int64_t>(plan.steps.size());
-    if (obs) obs->OnEpochStart(epoch + 1, phase.epochs, steps);
-    const auto t0 = Clock::now();
-    double loss_sum = 0, correct = 0, seen = 0, data_s = 0, compute_s = 0, wait_s = 0;
-    for (int64_t s = 0; s < steps; ++s) {
+    model_->train();
+    const RankEpochPlan plan = PlanRankEpoch(static_cast<uint32_t>(phase_.train.size()), o_.batch_size, world_, rank_,
+                                             o_.seed, static_cast<uint64_t>(epoch));
+    train_loader_->StartEpochWithBatches(plan.steps);
+    EpochTotals t;
+    t.steps = static_cast<int64_t>(plan.steps.size());
+    if (obs_) obs_->OnEpochStart(epoch + 1, phase_.epochs, t.steps);
+    t.start = Clock::now();
+    for (int64_t s = 0; s < t.steps; ++s) {
       const auto t_data = Clock::now();
-      DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, train_loader.Next());
+      DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, train_loader_->Next());
       if (!batch) return absl::InternalError("the loader ended before the epoch's plan");
       const auto t_compute = Clock::now();
-      data_s += Seconds(t_data, t_compute);
-      torch::Tensor x = PixelsToTensor(batch->pixels.data(), batch->count, batch->image_size, device);
-      torch::Tensor y = torch::tensor(batch->labels, torch::kFloat32).to(device);
-      model->SetBatchShard(plan.offset[s], plan.global_batch[s]);
-      optimizer.zero_grad();
-      try {
-        torch::Tensor logits;
-        {
-          AutocastGuard autocast(device.type(), amp);
-          logits = model->forward(x);
-        }
-        logits = logits.to(torch::kFloat32);  // the loss in float32
-        // Each rank's share of the global batch's mean loss; the gradient
-        // all-reduce averages over ranks, hence the factor world / global.
-        const double scale = static_cast<double>(world) / static_cast<double>(plan.global_batch[s]);
-        torch::Tensor loss_sum_t = LossSum(o.loss, logits, y);
-        if (sync) sync->BeginStep();
-        (loss_sum_t * (scale * loss_scale)).backward();
-        if (sync) DFC_RETURN_IF_ERROR(sync->Finish());
-        if (loss_scale != 1.0) {
-          std::vector<torch::Tensor> checks;
-          for (auto& p : trainable) {
-            if (!p.grad().defined()) continue;
-            p.grad().div_(loss_scale);
-            checks.push_back(torch::isfinite(p.grad()).all());
-          }
-          const bool finite = checks.empty() || torch::stack(checks).all().item<bool>();  // one sync
-          if (finite) {
-            optimizer.step();
-            if (++finite_steps % 2000 == 0) loss_scale *= 2;
-          } else {
-            loss_scale = std::max(1.0, loss_scale / 2);
-            finite_steps = 0;
-          }
-        } else {
-          optimizer.step();
-        }
-        loss_sum += loss_sum_t.item<double>();
-        correct += ((logits > 0).to(torch::kFloat32) == y).sum().item<double>();
-      } catch (const std::exception& e) {
-        return absl::UnavailableError(absl::StrCat("training step ", step + 1, " failed: ", e.what()));
+      t.data_s += Seconds(t_data, t_compute);
+      model_->SetBatchShard(plan.offset[s], plan.global_batch[s]);
+      DFC_RETURN_IF_ERROR(Step(*batch, plan.global_batch[s], &t));
+      t.seen += batch->count;
+      ++step_;
+      if (o_.progress) o_.progress();
+      t.compute_s += Seconds(t_compute, Clock::now());
+      if (sync_) t.wait_s += sync_->last_wait_seconds();
+      if (obs_ && t.seen > 0) obs_->OnStep(epoch + 1, s + 1, t.steps, t.loss_sum / t.seen, t.correct / t.seen);
+    }
+    t.train_seconds = Seconds(t.start, Clock::now());
+    return t;
+  }
+
+  // Forward (autocast), the loss in float32, backward with the bucketed
+  // all-reduce, the optimizer step (skipped on non-finite fp16 gradients).
+  absl::Status Step(const Batch& batch, int64_t global_batch, EpochTotals* t) {
+    torch::Tensor x = PixelsToTensor(batch.pixels.data(), batch.count, batch.image_size, device_);
+    torch::Tensor y = torch::tensor(batch.labels, torch::kFloat32).to(device_);
+    optimizer_->zero_grad();
+    try {
+      torch::Tensor logits;
+      {
+        AutocastGuard autocast(device_.type(), amp_);
+        logits = model_->forward(x);
       }
-      seen += batch->count;
-      ++step;
-      if (o.progress) o.progress();
-      compute_s += Seconds(t_compute, Clock::now());
-      if (sync) wait_s += sync->last_wait_seconds();
-      if (obs && seen > 0) obs->OnStep(epoch + 1, s + 1, steps, loss_sum / seen, correct / seen);
+      logits = logits.to(torch::kFloat32);
+      // Each rank's share of the global batch's mean loss; the gradient
+      // all-reduce averages over ranks, hence the factor world / global.
+      const double scale = static_cast<double>(world_) / static_cast<double>(global_batch);
+      torch::Tensor loss_sum = LossSum(o_.loss, logits, y);
+      if (sync_) sync_->BeginStep();
+      (loss_sum * (scale * loss_scale_)).backward();
+      if (sync_) DFC_RETURN_IF_ERROR(sync_->Finish());
+      if (loss_scale_ != 1.0) {
+        std::vector<torch::Tensor> checks;
+        for (auto& p : trainable_) {
+          if (!p.grad().defined()) continue;
+          p.grad().div_(loss_scale_);
+          checks.push_back(torch::isfinite(p.grad()).all());
+        }
+        const bool finite = checks.empty() || torch::stack(checks).all().item<bool>();  // one sync
+        if (finite) {
+          optimizer_->step();
+          if (++finite_steps_ % 2000 == 0) loss_scale_ *= 2;
+        } else {
+          loss_scale_ = std::max(1.0, loss_scale_ / 2);
+          finite_steps_ = 0;
+        }
+      } else {
+        optimizer_->step();
+      }
+      t->loss_sum += loss_sum.item<double>();
+      t->correct += ((logits > 0).to(torch::kFloat32) == y).sum().item<double>();
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("training step ", step_ + 1, " failed: ", e.what()));
     }
-    const double train_seconds = Seconds(t0, Clock::now());
-    if (o.precise_bn_batches > 0) {
-      DFC_RETURN_IF_ERROR(RecomputeBatchNormStats(*model, bn_loader, phase.train, o.precise_bn_batches, o.batch_size,
-                                                  world, rank,
-                                                  o.seed, epoch, device, o.progress));
+    return absl::OkStatus();
+  }
+
+  // Precise BatchNorm, the epoch's totals over all ranks, the validation
+  // pass: the epoch's metrics.
+  absl::StatusOr<EpochMetrics> Validate(int epoch, EpochTotals& t) {
+    if (o_.precise_bn_batches > 0) {
+      DFC_RETURN_IF_ERROR(RecomputeBatchNormStats(*model_, *bn_loader_, phase_.train, o_.precise_bn_batches,
+                                                  o_.batch_size, world_, rank_, o_.seed, epoch, device_, o_.progress));
     }
-    if (world > 1) {
-      torch::Tensor totals = torch::tensor({loss_sum, correct, seen}, torch::kFloat64);
-      DFC_RETURN_IF_ERROR(collective->AllReduceSum(totals));
-      loss_sum = totals[0].item<double>();
-      correct = totals[1].item<double>();
-      seen = totals[2].item<double>();
+    if (world_ > 1) {
+      torch::Tensor totals = torch::tensor({t.loss_sum, t.correct, t.seen}, torch::kFloat64);
+      DFC_RETURN_IF_ERROR(collective_->AllReduceSum(totals));
+      t.loss_sum = totals[0].item<double>();
+      t.correct = totals[1].item<double>();
+      t.seen = totals[2].item<double>();
     }
-    DFC_ASSIGN_OR_RETURN(EvalResult ev, Evaluate(*model, val_loader, phase.val, o.loss, device, collective,
-                                                 std::max(1, o.batch_size / world), o.progress));
+    DFC_ASSIGN_OR_RETURN(EvalResult ev, Evaluate(*model_, *val_loader_, phase_.val, o_.loss, device_, collective_,
+                                                 std::max(1, o_.batch_size / world_), o_.progress));
     EpochMetrics m;
     m.epoch = epoch + 1;
-    m.lr = lr;
-    m.loss = seen ? loss_sum / seen : 0;
-    m.accuracy = seen ? correct / seen : 0;
+    m.lr = lr_;
+    m.loss = t.seen ? t.loss_sum / t.seen : 0;
+    m.accuracy = t.seen ? t.correct / t.seen : 0;
     m.val_loss = ev.loss;
     m.val_accuracy = ev.accuracy;
     m.val_auc = ev.auc;
-    m.images_per_second = train_seconds > 0 ? seen / train_seconds : 0;
-    m.data_wait_share = train_seconds > 0 ? data_s / train_seconds : 0;
-    m.step_data_seconds = steps ? data_s / steps : 0;
-    m.step_compute_seconds = steps ? (compute_s - wait_s) / steps : 0;
-    m.step_allreduce_wait_seconds = steps ? wait_s / steps : 0;
-    m.world_size = world;
-    m.seconds = Seconds(t0, Clock::now());
-    m.step = step;
-    result.history.push_back(m);
-    history.push_back(nlohmann::json::parse(m.ToJson()));
-    if (writer) {
-      nlohmann::ordered_json line = nlohmann::ordered_json::parse(m.ToJson());
-      line["config"] = nlohmann::ordered_json::parse(o.ToJson());
-      DFC_RETURN_IF_ERROR(AppendLine(metrics_path, line.dump()));
-    }
+    m.images_per_second = t.train_seconds > 0 ? t.seen / t.train_seconds : 0;
+    m.data_wait_share = t.train_seconds > 0 ? t.data_s / t.train_seconds : 0;
+    m.step_data_seconds = t.steps ? t.data_s / t.steps : 0;
+    m.step_compute_seconds = t.steps ? (t.compute_s - t.wait_s) / t.steps : 0;
+    m.step_allreduce_wait_seconds = t.steps ? t.wait_s / t.steps : 0;
+    m.world_size = world_;
+    m.seconds = Seconds(t.start, Clock::now());
+    m.step = step_;
+    return m;
+  }
 
+  // metrics.jsonl, latest.ckpt, epoch-N.ckpt (weights only) and best.ckpt
+  // (rank 0), then a barrier so that a restart finds them complete.
+  absl::Status Checkpoint(const EpochMetrics& m) {
+    result_.history.push_back(m);
+    history_.push_back(nlohmann::json::parse(m.ToJson()));
     CheckpointMeta meta;
-    meta.arch = o.arch;
-    meta.epoch = epoch + 1;
-    meta.step = step;
-    meta.lr = lr;
-    meta.metrics_json = history.dump();
-    meta.options_json = o.ToJson();
-    if (writer) DFC_RETURN_IF_ERROR(SaveCheckpoint(latest, *model, &optimizer, meta));
-    // Weights only, so that any epoch can be evaluated later (`--checkpoint N`).
-    if (writer) {
-      DFC_RETURN_IF_ERROR(SaveCheckpoint(run_dir::EpochCheckpoint(phase.out_dir, epoch + 1),
-                                         *model, nullptr, meta));
+    meta.arch = o_.arch;
+    meta.epoch = m.epoch;
+    meta.step = step_;
+    meta.lr = lr_;
+    meta.metrics_json = history_.dump();
+    meta.options_json = o_.ToJson();
+    const bool improved = m.val_accuracy > best_acc_;
+    if (improved) {
+      best_acc_ = m.val_accuracy;
+      best_epoch_ = m.epoch;
     }
-    if (m.val_accuracy > best_acc) {
-      best_acc = m.val_accuracy;
-      best_epoch = m.epoch;
-      if (writer) DFC_RETURN_IF_ERROR(SaveCheckpoint(best, *model, &optimizer, meta));
+    if (writer_) {
+      nlohmann::ordered_json line = nlohmann::ordered_json::parse(m.ToJson());
+      line["config"] = nlohmann::ordered_json::parse(o_.ToJson());
+      DFC_RETURN_IF_ERROR(AppendLine(metrics_path_, line.dump()));
+      DFC_RETURN_IF_ERROR(SaveCheckpoint(latest_, *model_, optimizer_.get(), meta));
+      // Weights only, so that any epoch can be evaluated later (`--checkpoint N`).
+      DFC_RETURN_IF_ERROR(SaveCheckpoint(run_dir::EpochCheckpoint(phase_.out_dir, m.epoch), *model_, nullptr, meta));
+      if (improved) DFC_RETURN_IF_ERROR(SaveCheckpoint(best_, *model_, optimizer_.get(), meta));
     }
-    // Everyone waits for rank 0's checkpoint, so a restart finds it complete.
-    if (world > 1) DFC_RETURN_IF_ERROR(collective->Barrier());
-    if (obs) obs->OnEpoch(m);
+    if (world_ > 1) DFC_RETURN_IF_ERROR(collective_->Barrier());
+    return absl::OkStatus();
   }
-  if (result.history.empty()) return absl::FailedPreconditionError("no epoch was trained");
-  const EpochMetrics& last = result.history.back();
-  result.epochs = last.epoch;
-  result.best_epoch = best_epoch;
-  result.val_accuracy = last.val_accuracy;
-  result.val_auc = last.val_auc;
-  result.val_loss = last.val_loss;
-  double ips = 0;
-  int counted = 0;
-  for (const EpochMetrics& e : result.history) {
-    if (e.images_per_second > 0) {
-      ips += e.images_per_second;
-      ++counted;
+
+  // The phase's result: the last epoch's validation, the best epoch, mean images/s.
+  absl::StatusOr<TrainResult> Summary() {
+    if (result_.history.empty()) return absl::FailedPreconditionError("no epoch was trained");
+    const EpochMetrics& last = result_.history.back();
+    result_.epochs = last.epoch;
+    result_.best_epoch = best_epoch_;
+    result_.val_accuracy = last.val_accuracy;
+    result_.val_auc = last.val_auc;
+    result_.val_loss = last.val_loss;
+    double ips = 0;
+    int counted = 0;
+    for (const EpochMetrics& e : result_.history) {
+      if (e.images_per_second > 0) {
+        ips += e.images_per_second;
+        ++counted;
+      }
     }
+    result_.images_per_second = counted ? ips / counted : 0;
+    result_.seconds = Seconds(t_start_, Clock::now());
+    result_.checkpoint = latest_;
+    return result_;
   }
-  result.images_per_second = counted ? ips / counted : 0;
-  result.seconds = Seconds(t_start, Clock::now());
-  result.checkpoint = latest;
-  return result;
+
+  const TrainOptions& o_;
+  const ShardSet& shards_;
+  const Phase& phase_;
+  TrainObserver* const obs_;
+  const torch::Device device_;
+  Clock::time_point t_start_;
+  Detector model_{nullptr};
+  Collective* collective_ = nullptr;
+  int world_ = 1, rank_ = 0;
+  bool writer_ = true;
+  std::unique_ptr<GradientSynchronizer> sync_;
+  std::vector<torch::Tensor> trainable_;
+  std::unique_ptr<torch::optim::Adam> optimizer_;
+  std::optional<at::ScalarType> amp_;
+  double loss_scale_ = 1.0;
+  int64_t finite_steps_ = 0;
+  std::string latest_, best_, metrics_path_;
+  std::unique_ptr<BatchLoader> train_loader_, bn_loader_, val_loader_;
+  TrainResult result_;
+  int start_epoch_ = 0;
+  int64_t step_ = 0;
+  double lr_ = 0;
+  nlohmann::json history_ = nlohmann::json::array();
+  double best_acc_ = -1;
+  int best_epoch_ = 0;
+};
+
+absl::StatusOr<TrainResult> TrainPhase(const TrainOptions& o, const ShardSet& shards, const Phase& phase,
+                                       TrainObserver* obs) {
+  return Trainer(o, shards, phase, obs).Run();
 }
 
 }  // namespace
