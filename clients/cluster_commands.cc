@@ -482,6 +482,8 @@ std::string ToJson(const google::protobuf::Message& m) {
   return out;
 }
 
+// Long by design: a table of subcommands and their flags (declarations, no
+// logic), so that every cluster flag is found in one place.
 void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c) {
 
   auto s = std::make_shared<SubmitArgs>();

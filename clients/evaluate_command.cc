@@ -256,6 +256,82 @@ std::string CsvField(const std::string& s) {
 
 double Ratio(int64_t a, int64_t b) { return b ? static_cast<double>(a) / static_cast<double>(b) : std::nan(""); }
 
+// The summary of an evaluation: CSV (--out), then counts, accuracy, AUC,
+// per-class precision and recall and the confusion matrix (or JSON).
+int Summarise(ClientArgs& c, const EvaluateArgs& a, const std::vector<Item>& items,
+              const std::vector<std::string>& classes, const v1::ModelInfo& info, double seconds, int retried) {
+  std::vector<float> scores;
+  std::vector<int32_t> labels;
+  int64_t errors = 0;
+  for (const Item& item : items) {
+    if (!item.error.empty()) {
+      ++errors;
+      std::fprintf(stderr, "dfc: %s: %s\n", item.path.c_str(), item.error.c_str());
+      continue;
+    }
+    if (item.label) {
+      scores.push_back(item.p_real);
+      labels.push_back(*item.label);
+    }
+  }
+  if (!a.out_csv.empty()) {
+    std::string csv = "path,label,p_real,logit,error\n";
+    for (const Item& item : items) {
+      absl::StrAppend(&csv, CsvField(item.path), ",", item.label ? classes[*item.label] : "", ",",
+                      item.error.empty() ? absl::StrFormat("%.6f", item.p_real) : "", ",",
+                      item.error.empty() ? absl::StrFormat("%.6f", item.logit) : "", ",", CsvField(item.error), "\n");
+    }
+    if (absl::Status st = WriteFileAtomically(a.out_csv, csv); !st.ok()) return ReportError(st);
+  }
+  const Confusion m = CountConfusion(scores, labels, 0.5f);
+  const double auc = BinaryAuc(scores, labels);
+  const double accuracy = labels.empty() ? std::nan("") : m.accuracy();
+  // Per class: 0 = fake (predicted when P(real) <= 0.5), 1 = real.
+  const double precision[2] = {Ratio(m.tn, m.tn + m.fn), Ratio(m.tp, m.tp + m.fp)};
+  const double recall[2] = {Ratio(m.tn, m.tn + m.fp), Ratio(m.tp, m.tp + m.fn)};
+  const int64_t support[2] = {m.tn + m.fp, m.tp + m.fn};
+  if (c.json) {
+    nlohmann::json j;
+    j["model"] = {{"name", info.name()}, {"arch", info.arch()}, {"epoch", info.epoch()}, {"format", info.format()}};
+    j["count"] = items.size();
+    j["retried"] = retried;
+    j["errors"] = errors;
+    j["labelled"] = labels.size();
+    j["accuracy"] = accuracy;
+    j["auc"] = auc;
+    j["threshold"] = 0.5;
+    for (int k = 0; k < 2; ++k) {
+      j["classes"].push_back({{"name", classes[k]}, {"label", k}, {"precision", precision[k]},
+                              {"recall", recall[k]}, {"support", support[k]}});
+    }
+    j["confusion"] = {{m.tn, m.fp}, {m.fn, m.tp}};
+    j["seconds"] = seconds;
+    j["images_per_second"] = static_cast<double>(items.size()) / seconds;
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("model %s (%s, %s, epoch %lld)\n", info.name().c_str(), info.arch().c_str(), info.format().c_str(),
+                static_cast<long long>(info.epoch()));
+    std::printf("count %zu  errors %lld  labelled %zu  %.1f s  %.1f img/s\n", items.size(),
+                static_cast<long long>(errors), labels.size(), seconds, static_cast<double>(items.size()) / seconds);
+    if (!labels.empty()) {
+      std::printf("accuracy %.4f  AUC %.4f  (threshold 0.5 on P(real))\n", accuracy, auc);
+      std::printf("%-12s %9s %9s %9s\n", "class", "precision", "recall", "support");
+      for (int k = 0; k < 2; ++k) {
+        std::printf("%-12s %9.4f %9.4f %9lld\n", absl::StrCat(classes[k], " (", k, ")").c_str(), precision[k],
+                    recall[k], static_cast<long long>(support[k]));
+      }
+      std::printf("confusion (rows: true, columns: predicted)\n%-12s %9s %9s\n", "", classes[0].c_str(),
+                  classes[1].c_str());
+      std::printf("%-12s %9lld %9lld\n%-12s %9lld %9lld\n", classes[0].c_str(), static_cast<long long>(m.tn),
+                  static_cast<long long>(m.fp), classes[1].c_str(), static_cast<long long>(m.fn),
+                  static_cast<long long>(m.tp));
+    }
+  }
+  std::fflush(stdout);
+  return errors == 0 ? kExitOk : kExitPartial;
+}
+
+
 int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
   if (a.job.empty() == a.model.empty()) {
     return ReportError(absl::InvalidArgumentError("evaluate: give either --job or --model"));
@@ -318,75 +394,7 @@ int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
     if (!i.arch().empty()) info = i;
   }
 
-  std::vector<float> scores;
-  std::vector<int32_t> labels;
-  int64_t errors = 0;
-  for (const Item& item : items) {
-    if (!item.error.empty()) {
-      ++errors;
-      std::fprintf(stderr, "dfc: %s: %s\n", item.path.c_str(), item.error.c_str());
-      continue;
-    }
-    if (item.label) {
-      scores.push_back(item.p_real);
-      labels.push_back(*item.label);
-    }
-  }
-  if (!a.out_csv.empty()) {
-    std::string csv = "path,label,p_real,logit,error\n";
-    for (const Item& item : items) {
-      absl::StrAppend(&csv, CsvField(item.path), ",", item.label ? classes[*item.label] : "", ",",
-                      item.error.empty() ? absl::StrFormat("%.6f", item.p_real) : "", ",",
-                      item.error.empty() ? absl::StrFormat("%.6f", item.logit) : "", ",", CsvField(item.error), "\n");
-    }
-    if (absl::Status st = WriteFileAtomically(a.out_csv, csv); !st.ok()) return ReportError(st);
-  }
-  const Confusion m = CountConfusion(scores, labels, 0.5f);
-  const double auc = BinaryAuc(scores, labels);
-  const double accuracy = labels.empty() ? std::nan("") : m.accuracy();
-  // Per class: 0 = fake (predicted when P(real) <= 0.5), 1 = real.
-  const double precision[2] = {Ratio(m.tn, m.tn + m.fn), Ratio(m.tp, m.tp + m.fp)};
-  const double recall[2] = {Ratio(m.tn, m.tn + m.fp), Ratio(m.tp, m.tp + m.fn)};
-  const int64_t support[2] = {m.tn + m.fp, m.tp + m.fn};
-  if (c.json) {
-    nlohmann::json j;
-    j["model"] = {{"name", info.name()}, {"arch", info.arch()}, {"epoch", info.epoch()}, {"format", info.format()}};
-    j["count"] = items.size();
-    j["retried"] = retried.load();
-    j["errors"] = errors;
-    j["labelled"] = labels.size();
-    j["accuracy"] = accuracy;
-    j["auc"] = auc;
-    j["threshold"] = 0.5;
-    for (int k = 0; k < 2; ++k) {
-      j["classes"].push_back({{"name", classes[k]}, {"label", k}, {"precision", precision[k]},
-                              {"recall", recall[k]}, {"support", support[k]}});
-    }
-    j["confusion"] = {{m.tn, m.fp}, {m.fn, m.tp}};
-    j["seconds"] = seconds;
-    j["images_per_second"] = static_cast<double>(items.size()) / seconds;
-    std::printf("%s\n", j.dump().c_str());
-  } else {
-    std::printf("model %s (%s, %s, epoch %lld)\n", info.name().c_str(), info.arch().c_str(), info.format().c_str(),
-                static_cast<long long>(info.epoch()));
-    std::printf("count %zu  errors %lld  labelled %zu  %.1f s  %.1f img/s\n", items.size(),
-                static_cast<long long>(errors), labels.size(), seconds, static_cast<double>(items.size()) / seconds);
-    if (!labels.empty()) {
-      std::printf("accuracy %.4f  AUC %.4f  (threshold 0.5 on P(real))\n", accuracy, auc);
-      std::printf("%-12s %9s %9s %9s\n", "class", "precision", "recall", "support");
-      for (int k = 0; k < 2; ++k) {
-        std::printf("%-12s %9.4f %9.4f %9lld\n", absl::StrCat(classes[k], " (", k, ")").c_str(), precision[k],
-                    recall[k], static_cast<long long>(support[k]));
-      }
-      std::printf("confusion (rows: true, columns: predicted)\n%-12s %9s %9s\n", "", classes[0].c_str(),
-                  classes[1].c_str());
-      std::printf("%-12s %9lld %9lld\n%-12s %9lld %9lld\n", classes[0].c_str(), static_cast<long long>(m.tn),
-                  static_cast<long long>(m.fp), classes[1].c_str(), static_cast<long long>(m.fn),
-                  static_cast<long long>(m.tp));
-    }
-  }
-  std::fflush(stdout);
-  return errors == 0 ? kExitOk : kExitPartial;
+  return Summarise(c, a, items, classes, info, seconds, retried.load());
 }
 
 struct ImportArgs {

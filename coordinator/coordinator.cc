@@ -128,7 +128,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
     if (ec || root.empty()) return absl::InvalidArgumentError(absl::StrCat("--data-root: cannot resolve '", root, "'"));
   }
   DFC_ASSIGN_OR_RETURN(int lock_fd, LockStateDir(o.state_dir));
-  auto store = JobStore::Open((fs::path(o.state_dir) / "jobs.db").string());
+  auto store = JobStore::Open(o.in_memory_store ? ":memory:" : (fs::path(o.state_dir) / "jobs.db").string());
   if (!store.ok()) {
     ::close(lock_fd);
     return store.status();
@@ -526,28 +526,47 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
     return resp;
   }
   w->second.last_seen_ms = Now();
-  for (const v1::RankStatus& st : r.ranks()) {
-    auto a = active_.find(st.job_id());
-    if (a == active_.end() || a->second.attempt != st.attempt() || st.rank() < 0 ||
-        st.rank() >= static_cast<int>(a->second.ranks.size()) ||
-        a->second.ranks[st.rank()].worker_id != r.worker_id()) {
-      if (st.running()) {  // a stale rank: stop exactly its attempt
-        v1::StopRanks* stop = resp.add_stop();
-        stop->set_job_id(st.job_id());
-        stop->set_attempt(st.attempt());
-      }
-      continue;
+  for (const v1::RankStatus& st : r.ranks()) RecordRankStatusLocked(r.worker_id(), st, &resp);
+  DFC_RETURN_IF_ERROR(AdvanceJobsLocked());
+  ExpireWorkersLocked();
+  ScheduleLocked();
+  AssignRanksLocked(r.worker_id(), &resp);
+  auto stops = stop_.find(r.worker_id());
+  if (stops != stop_.end()) {
+    for (const auto& [id, attempt] : stops->second) {
+      v1::StopRanks* stop = resp.add_stop();
+      stop->set_job_id(id);
+      stop->set_attempt(attempt);
     }
-    RankSlot& slot = a->second.ranks[st.rank()];
-    slot.running = st.running();
-    if (st.rank() == 0 && st.store_port() > 0) a->second.store_port = st.store_port();
-    if (st.exited() && !slot.exited) {
-      slot.exited = true;
-      slot.exit_code = st.exit_code();
-      slot.error = st.error();
-    }
+    stop_.erase(stops);
   }
-  // Job transitions from what the ranks report.
+  return resp;
+}
+
+void Coordinator::RecordRankStatusLocked(const std::string& worker_id, const v1::RankStatus& st,
+                                         v1::HeartbeatResponse* resp) {
+  auto a = active_.find(st.job_id());
+  if (a == active_.end() || a->second.attempt != st.attempt() || st.rank() < 0 ||
+      st.rank() >= static_cast<int>(a->second.ranks.size()) ||
+      a->second.ranks[st.rank()].worker_id != worker_id) {
+    if (st.running()) {  // a stale rank: stop exactly its attempt
+      v1::StopRanks* stop = resp->add_stop();
+      stop->set_job_id(st.job_id());
+      stop->set_attempt(st.attempt());
+    }
+    return;
+  }
+  RankSlot& slot = a->second.ranks[st.rank()];
+  slot.running = st.running();
+  if (st.rank() == 0 && st.store_port() > 0) a->second.store_port = st.store_port();
+  if (st.exited() && !slot.exited) {
+    slot.exited = true;
+    slot.exit_code = st.exit_code();
+    slot.error = st.error();
+  }
+}
+
+absl::Status Coordinator::AdvanceJobsLocked() {
   std::vector<std::string> ids;
   for (const auto& [id, a] : active_) ids.push_back(id);
   for (const std::string& id : ids) {
@@ -582,17 +601,18 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
       DFC_RETURN_IF_ERROR(Save(job));
     }
   }
-  ExpireWorkersLocked();
-  ScheduleLocked();
-  // Ranks this worker should start: rank 0 first (it picks the store port),
-  // the others once rank 0's port is known.
+  return absl::OkStatus();
+}
+
+void Coordinator::AssignRanksLocked(const std::string& worker_id, v1::HeartbeatResponse* resp) {
+  // Rank 0 first (it picks the store port), the others once its port is known.
   for (auto& [id, a] : active_) {
     for (size_t i = 0; i < a.ranks.size(); ++i) {
       RankSlot& s = a.ranks[i];
-      if (s.worker_id != r.worker_id() || s.sent) continue;
+      if (s.worker_id != worker_id || s.sent) continue;
       if (i > 0 && a.store_port == 0) continue;
       const v1::Job& job = jobs_[id];
-      v1::RankAssignment* as = resp.add_start();
+      v1::RankAssignment* as = resp->add_start();
       as->set_job_id(id);
       as->set_attempt(a.attempt);
       as->set_rank(static_cast<int>(i));
@@ -605,16 +625,6 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
       s.sent = true;
     }
   }
-  auto stops = stop_.find(r.worker_id());
-  if (stops != stop_.end()) {
-    for (const auto& [id, attempt] : stops->second) {
-      v1::StopRanks* stop = resp.add_stop();
-      stop->set_job_id(id);
-      stop->set_attempt(attempt);
-    }
-    stop_.erase(stops);
-  }
-  return resp;
 }
 
 absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {

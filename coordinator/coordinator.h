@@ -34,6 +34,9 @@ struct CoordinatorOptions {
   // A job's data and init weights must resolve (symlinks followed) inside one
   // of these; default: the state directory's parent.
   std::vector<std::string> data_roots;
+  // Tests of the scheduler and state machine: SQLite in memory, nothing
+  // durable (the state directory is still locked and holds job outputs).
+  bool in_memory_store = false;
 };
 
 // The coordinator's domain logic: the durable job queue and state machine
@@ -119,6 +122,12 @@ class Coordinator {
   void RecordFailure(v1::Job& job, const std::string& reason, bool permanent) const;
   void StopRanks(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Heartbeat's steps: one rank's reported state (a stale rank gets a stop),
+  // job transitions from what the ranks report, the ranks a worker should start.
+  void RecordRankStatusLocked(const std::string& worker_id, const v1::RankStatus& st, v1::HeartbeatResponse* resp)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status AdvanceJobsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AssignRanksLocked(const std::string& worker_id, v1::HeartbeatResponse* resp) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds to the job's record every epoch its run directory's metrics.jsonl
   // holds and the record lacks (ranks train on while the coordinator is
   // down; their reports are lost, their metrics file is not).

@@ -13,6 +13,8 @@ std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
 }  // namespace
 
+// Long by design: the flags with their checks, then the wiring of the services,
+// read top to bottom (a table more than logic).
 int main(int argc, char** argv) {
   CLI::App app{"dfc-coordinator: schedules DFC training jobs across workers and keeps the model catalogue"};
   std::string listen = "127.0.0.1:50051";

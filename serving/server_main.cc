@@ -39,6 +39,8 @@ absl::Status ReadToken(std::string* token_or_file) {
 }
 }  // namespace
 
+// Long by design: the flags with their checks, then the wiring of the services,
+// read top to bottom (a table more than logic).
 int main(int argc, char** argv) {
   CLI::App app{"dfc-server: serves DFC model evaluation (images in, predictions out)"};
   std::string listen = "127.0.0.1:50061";

@@ -1,6 +1,7 @@
 // The coordinator's state machine and scheduler as one class, driven through
 // its own API (RegisterWorker, Heartbeat, Submit, Tick) with a fake clock and
-// a real SQLite file in a temporary directory: no processes, no waiting.
+// an in-memory store (SQLite ":memory:"): no processes, no waiting, no disk.
+// (The durable store is exercised by cluster_test's coordinator restarts.)
 #include <gtest/gtest.h>
 
 #include "coordinator/coordinator.h"
@@ -24,6 +25,7 @@ class CoordinatorTest : public ::testing::Test {
     o.state_dir = dir_.Join("state");
     o.now_ms = [this] { return now_; };
     o.max_bypass = max_bypass;
+    o.in_memory_store = true;
     auto c = Coordinator::Create(o);
     EXPECT_TRUE(c.ok()) << c.status();
     return std::move(*c);
