@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set-up, then a local DFC cluster (one coordinator, two
-# workers) trains MesoInception-4 with 2 data-parallel ranks on the built-in
+# workers, one evaluation server) trains MesoInception-4 with 2 data-parallel ranks on the built-in
 # synthetic dataset, with live progress, then the best checkpoint is evaluated
-# on the validation split through the coordinator's Evaluate stream.
+# on the validation split through the evaluation server's Evaluate stream.
 # Everything lands in demo/ (override with DFC_DEMO_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ $bin/dfc synth --out "$dir/synth" --count "$count" --seed 1
 echo "== 2/5 shards (80/20 split per class, as Keras validation_split)"
 $bin/dfc shard --src "$dir/synth" --out "$dir/shards" --validation-split 0.2
 $bin/dfc shard verify "$dir/shards"
-echo "== 3/5 local cluster: coordinator + 2 workers x 1 CPU slot"
+echo "== 3/5 local cluster: coordinator + 2 workers x 1 CPU slot + 1 evaluation server"
 $bin/dfc cluster up --listen "$DFC_COORDINATOR" --workers 2 --cpu-slots 1 --state "$dir/cluster"
 trap '$bin/dfc cluster down --state "$dir/cluster" >/dev/null || true' EXIT
 echo "== 4/5 training MesoInception-4 from scratch, 2 ranks (Gloo), $epochs epochs"
