@@ -27,9 +27,11 @@
 #include "absl/strings/str_split.h"
 #include "clients/client_rpc.h"
 #include "clients/commands.h"
+#include "clients/training_flags.h"
 #include "common/atomic_file.h"
 #include "common/progress.h"
 #include "common/subprocess.h"
+#include "common/training_config.h"
 #include "common/rpc/rpc_util.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 
@@ -47,7 +49,7 @@ int ReportRpc(const grpc::Status& st) { return ReportError(FromGrpc(st)); }
 
 void PrintJob(const v1::Job& j) {
   std::printf("job %s  %s  model %s  world %d  restarts %d/%d\n", j.job_id().c_str(),
-              v1::JobState_Name(j.state()).c_str(), j.config().model().c_str(), j.world_size(), j.restarts(),
+              v1::JobState_Name(j.state()).c_str(), ModelName(j.config().model()).c_str(), j.world_size(), j.restarts(),
               j.max_restarts());
   if (!j.reason().empty()) std::printf("reason: %s\n", j.reason().c_str());
   for (const auto& f : j.failures()) {
@@ -123,7 +125,7 @@ int RunList(ClientArgs& c, const std::string& state, int page_size) {
   std::printf("%-18s %-10s %-17s %5s %8s %6s %8s\n", "JOB", "STATE", "MODEL", "WORLD", "RESTARTS", "EPOCHS", "VAL_ACC");
   for (const auto& j : all.jobs()) {
     std::printf("%-18s %-10s %-17s %5d %8d %6d %8s\n", j.job_id().c_str(), v1::JobState_Name(j.state()).c_str(),
-                j.config().model().c_str(), j.world_size(), j.restarts(), j.epochs_done(),
+                ModelName(j.config().model()).c_str(), j.world_size(), j.restarts(), j.epochs_done(),
                 j.epochs_done() ? absl::StrCat(j.last_epoch().val_accuracy()).c_str() : "-");
   }
   return kExitOk;
@@ -487,43 +489,15 @@ std::string ToJson(const google::protobuf::Message& m) {
 void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c) {
 
   auto s = std::make_shared<SubmitArgs>();
-  s->req.mutable_config()->set_model("mesoinception4");
   s->req.mutable_config()->set_epochs(10);
   s->req.mutable_config()->set_batch_size(32);
   s->req.mutable_config()->set_seed(1);
   s->req.set_world_size(1);
   CLI::App* submit = app.add_subcommand("submit", "Submit a training job to the coordinator; prints its id");
   auto* cfg = s->req.mutable_config();
-  submit->add_option_function<std::string>("--model", [cfg](const std::string& v) { cfg->set_model(v); }, "Model");
-  submit->add_option_function<std::string>("--data", [cfg](const std::string& v) { cfg->set_data(v); }, "Shard directory")
-      ->required();
-  submit->add_option_function<int>("--epochs", [cfg](int v) { cfg->set_epochs(v); }, "Maximum epochs");
-  submit->add_option_function<int>("--batch-size", [cfg](int v) { cfg->set_batch_size(v); }, "Global batch");
-  submit->add_option_function<double>("--lr", [cfg](double v) { cfg->set_lr(v); }, "Learning rate");
-  submit->add_option_function<double>("--adam-eps", [cfg](double v) { cfg->set_adam_eps(v); }, "Adam epsilon");
-  submit->add_option_function<std::string>("--loss", [cfg](const std::string& v) { cfg->set_loss(v); }, "bce or mse");
-  submit->add_option_function<std::string>("--lr-schedule", [cfg](const std::string& v) { cfg->set_lr_schedule(v); },
-                                           "constant or notebook");
-  submit->add_option_function<int>("--early-stopping-patience",
-                                   [cfg](int v) { cfg->set_early_stopping_patience(v); }, "Patience (0 = off)");
-  submit->add_option_function<std::string>("--init", [cfg](const std::string& v) { cfg->set_init(v); }, "Initial weights");
-  submit->add_option_function<uint64_t>("--seed", [cfg](uint64_t v) { cfg->set_seed(v); }, "Seed");
-  submit->add_option_function<double>("--bn-momentum", [cfg](double v) { cfg->set_bn_momentum(v); },
-                                      "BatchNorm momentum (Keras convention)");
-  submit->add_option_function<int64_t>("--max-train-images", [cfg](int64_t v) { cfg->set_max_train_images(v); }, "Subset");
-  submit->add_option_function<int64_t>("--max-val-images", [cfg](int64_t v) { cfg->set_max_val_images(v); }, "Subset");
-  submit->add_option_function<int>("--threads", [cfg](int v) { cfg->set_threads_per_rank(v); }, "Threads per rank");
+  AddTrainingFlags(submit, cfg);  // the flags `dfc train` has, into the same TrainingConfig
   submit->add_flag_function("--wait-for-capacity", [s](int64_t) { s->req.set_wait_for_capacity(true); },
                              "Keep a job with more ranks than the cluster has slots queued until workers join");
-  submit->add_option_function<std::string>("--precision", [cfg](const std::string& v) { cfg->set_precision(v); },
-                                           "fp32, bf16 or fp16 (default bf16 on GPU ranks, fp32 on CPU)");
-  submit->add_option_function<std::string>("--recipe", [cfg](const std::string& v) { cfg->set_recipe(v); },
-                                           "notebook: the seed notebook's whole recipe (explicit flags win)");
-  submit->add_option_function<int>("--precise-bn-batches",
-                                   [cfg](int v) { cfg->set_precise_bn_batches(v == 0 ? -1 : v); },
-                                   "BatchNorm statistics recomputed over N training batches before each validation "
-                                   "(default 20; 0 = off)")
-      ->check(CLI::Range(0, 100000));
   submit->add_option_function<int>("--hang-timeout", [cfg](int v) { cfg->set_hang_timeout_s(v); },
                                    "Seconds without step progress before a rank is declared hung (default 300)");
   submit->add_option_function<int>("--world-size", [s](int v) { s->req.set_world_size(v); }, "Ranks");

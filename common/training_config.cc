@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include <google/protobuf/unknown_field_set.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -39,33 +41,107 @@ const std::vector<std::string>& KnownModels() {
   return kModels;
 }
 
+namespace {
+// name <-> value tables; index = enum value, [0] = UNSPECIFIED = "".
+const std::vector<std::string> kModelNames = {"", "mesoinception4", "meso4", "resnet50-vggface"};
+const std::vector<std::string> kLossNames = {"", "bce", "mse"};
+const std::vector<std::string> kScheduleNames = {"", "constant", "notebook"};
+const std::vector<std::string> kPrecisionNames = {"", "fp32", "bf16", "fp16"};
+
+std::string NameOf(const std::vector<std::string>& names, int v) {
+  return v >= 0 && v < static_cast<int>(names.size()) ? names[static_cast<size_t>(v)] : absl::StrCat("#", v);
+}
+
+absl::StatusOr<int> ValueOf(const std::vector<std::string>& names, const std::string& name, bool empty_ok,
+                            const std::string& field, const std::string& flag) {
+  for (size_t i = empty_ok ? 0 : 1; i < names.size(); ++i) {
+    if (names[i] == name) return static_cast<int>(i);
+  }
+  std::vector<std::string> known(names.begin() + 1, names.end());
+  return Bad(field, flag, absl::StrCat("unknown value '", name.substr(0, 64), "' (known: ", absl::StrJoin(known, ", "), ")"));
+}
+}  // namespace
+
+std::string ModelName(v1::Model m) { return NameOf(kModelNames, m); }
+std::string LossName(v1::Loss l) { return NameOf(kLossNames, l); }
+std::string LrScheduleName(v1::LrSchedule s) { return NameOf(kScheduleNames, s); }
+std::string PrecisionName(v1::Precision p) { return NameOf(kPrecisionNames, p); }
+
+absl::StatusOr<v1::Model> ParseModel(const std::string& name) {
+  auto v = ValueOf(kModelNames, name, false, "config.model", "--model");
+  if (!v.ok()) return v.status();
+  return static_cast<v1::Model>(*v);
+}
+absl::StatusOr<v1::Loss> ParseLoss(const std::string& name) {
+  auto v = ValueOf(kLossNames, name, true, "config.loss", "--loss");
+  if (!v.ok()) return v.status();
+  return static_cast<v1::Loss>(*v);
+}
+absl::StatusOr<v1::LrSchedule> ParseLrSchedule(const std::string& name) {
+  auto v = ValueOf(kScheduleNames, name, true, "config.lr_schedule", "--lr-schedule");
+  if (!v.ok()) return v.status();
+  return static_cast<v1::LrSchedule>(*v);
+}
+absl::StatusOr<v1::Precision> ParsePrecision(const std::string& name) {
+  auto v = ValueOf(kPrecisionNames, name, true, "config.precision", "--precision");
+  if (!v.ok()) return v.status();
+  return static_cast<v1::Precision>(*v);
+}
+
+bool UpgradeStoredConfig(v1::TrainingConfig* c) {
+  const google::protobuf::UnknownFieldSet& unknown = c->GetReflection()->GetUnknownFields(*c);
+  if (unknown.empty()) return true;
+  bool ok = true;
+  for (int i = 0; i < unknown.field_count(); ++i) {
+    const google::protobuf::UnknownField& f = unknown.field(i);
+    if (f.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    const std::string& name = f.length_delimited();
+    switch (f.number()) {
+      case 1:
+        if (auto m = ParseModel(name); m.ok()) c->set_model(*m); else ok = false;
+        break;
+      case 7:
+        if (auto l = ParseLoss(name); l.ok()) c->set_loss(*l); else ok = false;
+        break;
+      case 8:
+        if (auto s = ParseLrSchedule(name); s.ok()) c->set_lr_schedule(*s); else ok = false;
+        break;
+      case 19:
+        if (auto p = ParsePrecision(name); p.ok()) c->set_precision(*p); else ok = false;
+        break;
+      default:
+        break;
+    }
+  }
+  c->GetReflection()->MutableUnknownFields(c)->Clear();
+  return ok;
+}
+
 absl::Status ValidateTrainingConfig(const v1::TrainingConfig& c) {
   absl::Status st;
   auto check = [&st](absl::Status s) {
     if (st.ok()) st = std::move(s);
   };
-  check(Length(c.model(), kMaxNameBytes, "config.model", "--model"));
   check(Length(c.data(), kMaxPathBytes, "config.data", "--data"));
   check(Length(c.init(), kMaxPathBytes, "config.init", "--init"));
-  check(Length(c.loss(), kMaxNameBytes, "config.loss", "--loss"));
-  check(Length(c.lr_schedule(), kMaxNameBytes, "config.lr_schedule", "--lr-schedule"));
   if (!st.ok()) return st;
-  const auto& models = KnownModels();
-  if (std::find(models.begin(), models.end(), c.model()) == models.end()) {
+  // Enums: proto3 keeps numbers it does not know, so each is checked.
+  if (c.model() == v1::MODEL_UNSPECIFIED || !v1::Model_IsValid(c.model())) {
     return Bad("config.model", "--model",
-               absl::StrCat("unknown model '", c.model(), "' (known: ", absl::StrJoin(models, ", "), ")"));
+               absl::StrCat("unknown model ", c.model() == v1::MODEL_UNSPECIFIED ? "(none given)" : ModelName(c.model()),
+                            " (known: ", absl::StrJoin(KnownModels(), ", "), ")"));
   }
   if (c.data().empty()) return Bad("config.data", "--data", "a shard directory is required");
   check(InRange(c.epochs(), 1, 100000, "config.epochs", "--epochs"));
   check(InRange(c.batch_size(), 1, 4096, "config.batch_size", "--batch-size"));
   check(DefaultOrIn(c.lr(), 0, 10, "config.lr", "--lr"));
   check(DefaultOrIn(c.adam_eps(), 0, 1, "config.adam_eps", "--adam-eps"));
-  if (!c.loss().empty() && c.loss() != "bce" && c.loss() != "mse") {
-    check(Bad("config.loss", "--loss", absl::StrCat("must be bce or mse, got '", c.loss(), "'")));
+  if (!v1::Loss_IsValid(c.loss())) {
+    check(Bad("config.loss", "--loss", absl::StrCat("must be bce or mse, got ", LossName(c.loss()))));
   }
-  if (!c.lr_schedule().empty() && c.lr_schedule() != "constant" && c.lr_schedule() != "notebook") {
+  if (!v1::LrSchedule_IsValid(c.lr_schedule())) {
     check(Bad("config.lr_schedule", "--lr-schedule",
-              absl::StrCat("must be constant or notebook, got '", c.lr_schedule(), "'")));
+              absl::StrCat("must be constant or notebook, got ", LrScheduleName(c.lr_schedule()))));
   }
   check(InRange(c.early_stopping_patience(), 0, 100000, "config.early_stopping_patience", "--early-stopping-patience"));
   // Keras convention: the moving average keeps `momentum` of the old value.
@@ -80,9 +156,9 @@ absl::Status ValidateTrainingConfig(const v1::TrainingConfig& c) {
   if (!c.recipe().empty() && c.recipe() != "notebook") {
     check(Bad("config.recipe", "--recipe", absl::StrCat("must be notebook or empty, got '", c.recipe().substr(0, 64), "'")));
   }
-  if (!c.precision().empty() && c.precision() != "fp32" && c.precision() != "bf16" && c.precision() != "fp16") {
+  if (!v1::Precision_IsValid(c.precision())) {
     check(Bad("config.precision", "--precision",
-              absl::StrCat("must be fp32, bf16 or fp16, got '", c.precision().substr(0, 64), "'")));
+              absl::StrCat("must be fp32, bf16 or fp16, got ", PrecisionName(c.precision()))));
   }
   check(InRange(c.precise_bn_batches(), -1, 100000, "config.precise_bn_batches", "--precise-bn-batches"));
   return st;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "dfc/v1/dfc.pb.h"
 
 namespace dfc {
@@ -23,6 +24,22 @@ inline constexpr int kMaxPriority = 1000;
 
 // The detectors (names as `--model` takes them).
 const std::vector<std::string>& KnownModels();
+
+// The names users type (and checkpoints and TrainOptions record) for the
+// configuration's enums; UNSPECIFIED is "". Parse* fail with INVALID_ARGUMENT
+// naming the field, its flag and the accepted names.
+std::string ModelName(v1::Model model);
+std::string LossName(v1::Loss loss);
+std::string LrScheduleName(v1::LrSchedule schedule);
+std::string PrecisionName(v1::Precision precision);
+absl::StatusOr<v1::Model> ParseModel(const std::string& name);
+absl::StatusOr<v1::Loss> ParseLoss(const std::string& name);            // "" -> UNSPECIFIED
+absl::StatusOr<v1::LrSchedule> ParseLrSchedule(const std::string& name);  // "" -> UNSPECIFIED
+absl::StatusOr<v1::Precision> ParsePrecision(const std::string& name);    // "" -> UNSPECIFIED
+
+// A config stored before the enums (strings in fields 1, 7, 8, 19, now
+// unknown fields): converts them. False when a stored name is not known.
+bool UpgradeStoredConfig(v1::TrainingConfig* config);
 
 absl::Status ValidateTrainingConfig(const v1::TrainingConfig& config);
 

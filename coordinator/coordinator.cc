@@ -693,7 +693,7 @@ absl::StatusOr<v1::JobOutput> Coordinator::GetJobOutput(const std::string& job_i
   DFC_ASSIGN_OR_RETURN(v1::Job job, GetJob(job_id));
   v1::JobOutput out;
   out.set_job_id(job.job_id());
-  out.set_arch(job.config().model());
+  out.set_arch(ModelName(job.config().model()));
   out.set_output_dir(job.output_dir());
   out.set_state(job.state());
   return out;

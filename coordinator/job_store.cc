@@ -1,5 +1,7 @@
 #include "coordinator/job_store.h"
 
+#include <cstdio>
+
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "common/training_config.h"
 
 namespace dfc {
 namespace {
@@ -149,6 +152,12 @@ absl::StatusOr<v1::Job> JobStore::GetLocked(const std::string& job_id) {
   if (q.Step() != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
   v1::Job job;
   if (!job.ParseFromString(q.Blob(0))) return absl::DataLossError(absl::StrCat("job '", job_id, "' is unreadable"));
+  // Stored before the configuration's enums: its names are converted (an
+  // unknown one leaves UNSPECIFIED, which the validator names at the next run).
+  if (!UpgradeStoredConfig(job.mutable_config())) {
+    std::fprintf(stderr, "dfc-coordinator: job %s: a stored model/loss/schedule/precision name is unknown\n",
+                 job_id.c_str());
+  }
   Stmt e(db_, "SELECT metrics FROM epochs WHERE job_id = ? ORDER BY epoch");
   DFC_RETURN_IF_ERROR(e.status());
   e.BindText(1, job_id);

@@ -40,7 +40,7 @@ class CoordinatorTest : public ::testing::Test {
   }
   std::string Submit(Coordinator& c, int world, bool wait = false, int max_restarts = 0) {
     v1::SubmitJobRequest r;
-    r.mutable_config()->set_model("mesoinception4");
+    r.mutable_config()->set_model(v1::MESOINCEPTION4);
     r.mutable_config()->set_data(dir_.Join("sh"));
     r.mutable_config()->set_epochs(1);
     r.mutable_config()->set_batch_size(8);
@@ -79,7 +79,7 @@ TEST_F(CoordinatorTest, AJobThatCanNeverFitIsRefusedOrWaitsWithoutBlocking) {
   auto c = Make();
   const std::string w = Worker(*c, 2);
   v1::SubmitJobRequest big;
-  big.mutable_config()->set_model("mesoinception4");
+  big.mutable_config()->set_model(v1::MESOINCEPTION4);
   big.mutable_config()->set_data(dir_.Join("sh"));
   big.mutable_config()->set_epochs(1);
   big.mutable_config()->set_batch_size(8);

@@ -38,14 +38,18 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   // The fields a job's config shares with `dfc train` go through the one
   // validator (common/training_config) that SubmitJob and every rank use.
   v1::TrainingConfig c;
-  c.set_model(o.arch);
+  for (absl::Status parsed : {ParseModel(o.arch).status(), ParseLoss(o.loss).status(),
+                              ParseLrSchedule(o.lr_schedule).status(), ParsePrecision(o.precision).status()}) {
+    if (!parsed.ok()) return parsed;
+  }
+  c.set_model(*ParseModel(o.arch));
   c.set_data(o.data_dir);
   c.set_epochs(o.epochs);
   c.set_batch_size(o.batch_size);
   c.set_lr(o.lr);
   c.set_adam_eps(o.adam_eps);
-  c.set_loss(o.loss);
-  c.set_lr_schedule(o.lr_schedule);
+  c.set_loss(*ParseLoss(o.loss));
+  c.set_lr_schedule(*ParseLrSchedule(o.lr_schedule));
   c.set_early_stopping_patience(o.early_stopping_patience);
   c.set_init(o.init_weights);
   c.set_seed(o.seed);
@@ -54,7 +58,7 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   c.set_max_val_images(o.max_val_images);
   c.set_threads_per_rank(o.threads);
   c.set_recipe(o.recipe);
-  c.set_precision(o.precision);
+  c.set_precision(*ParsePrecision(o.precision));
   c.set_precise_bn_batches(o.precise_bn_batches);
   if (absl::Status st = ValidateTrainingConfig(c); !st.ok()) return st;
   auto bad = [](const std::string& flag, const std::string& why) {
@@ -567,6 +571,29 @@ std::string TrainResult::ToJson() const {
                               {"seconds", num(seconds)},
                               {"checkpoint", checkpoint}};
   return j.dump();
+}
+
+TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& c) {
+  TrainOptions o;
+  o.arch = ModelName(c.model());
+  o.data_dir = c.data();
+  o.epochs = c.epochs();
+  o.batch_size = c.batch_size();
+  o.lr = c.lr();
+  o.adam_eps = c.adam_eps();
+  if (c.loss() != v1::LOSS_UNSPECIFIED) o.loss = LossName(c.loss());
+  if (c.lr_schedule() != v1::LR_SCHEDULE_UNSPECIFIED) o.lr_schedule = LrScheduleName(c.lr_schedule());
+  o.early_stopping_patience = c.early_stopping_patience();
+  o.init_weights = c.init();
+  o.seed = c.seed();
+  if (c.bn_momentum() > 0) o.detector.bn_momentum = c.bn_momentum();
+  o.max_train_images = c.max_train_images();
+  o.max_val_images = c.max_val_images();
+  o.threads = c.threads_per_rank();
+  o.recipe = c.recipe();
+  o.precision = PrecisionName(c.precision());
+  o.precise_bn_batches = c.precise_bn_batches();
+  return o;
 }
 
 TrainOptions ResolveOptions(const TrainOptions& in) {

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "data_shards/shard_format.h"
+#include "dfc/v1/dfc.pb.h"
 #include "training/collective.h"
 #include "models/detector.h"
 
@@ -111,6 +112,11 @@ class TrainObserver {
 // trains a fresh model on the whole training split for that many epochs and
 // evaluates it on the validation split.
 absl::StatusOr<TrainResult> RunTraining(const TrainOptions& options, TrainObserver* observer);
+
+// The options of a TrainingConfig (what `dfc train` and `dfc submit` parse
+// and every rank receives), field by field; an empty loss or schedule and a
+// zero BatchNorm momentum keep TrainOptions' defaults.
+TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& config);
 
 // The learning rate of (0-based) epoch `epoch` under a schedule.
 double ScheduledLr(const std::string& schedule, double base_lr, int epoch);

@@ -22,29 +22,6 @@
 namespace dfc {
 namespace fs = std::filesystem;
 
-TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& c) {
-  TrainOptions o;
-  o.arch = c.model();
-  o.data_dir = c.data();
-  o.epochs = c.epochs();
-  o.batch_size = c.batch_size();
-  o.lr = c.lr();
-  o.adam_eps = c.adam_eps();
-  if (!c.loss().empty()) o.loss = c.loss();
-  if (!c.lr_schedule().empty()) o.lr_schedule = c.lr_schedule();
-  o.early_stopping_patience = c.early_stopping_patience();
-  o.init_weights = c.init();
-  o.seed = c.seed();
-  if (c.bn_momentum() > 0) o.detector.bn_momentum = c.bn_momentum();
-  o.max_train_images = c.max_train_images();
-  o.max_val_images = c.max_val_images();
-  o.threads = c.threads_per_rank();
-  o.recipe = c.recipe();
-  o.precision = c.precision();
-  o.precise_bn_batches = c.precise_bn_batches();
-  return o;
-}
-
 absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
   v1::RegisterWorkerRequest req;
   req.set_address(options_.advertise_host);

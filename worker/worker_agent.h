@@ -70,8 +70,6 @@ class WorkerAgent {
   std::vector<Rank> ranks_;
 };
 
-// The training options a rank runs with, from the job's config.
-TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& config);
 
 // `dfc-worker rank`: one rank of a job. Joins the process group, trains and,
 // on rank 0, reports each epoch's metrics to the coordinator. With
