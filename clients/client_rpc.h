@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <google/protobuf/message.h>
@@ -34,6 +35,11 @@ void AddServerOption(CLI::App* cmd, ClientArgs* c);
 // A round-robin channel over the evaluation servers: --server, else the
 // replicas the coordinator lists (the ones that announced themselves).
 absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenServerChannel(ClientArgs& c);
+
+// For spreading streams: one channel per replica when their addresses are
+// known (a list, or the coordinator's), so the client places each stream
+// itself; one round-robin channel for a single name (dns:///NAME:PORT).
+absl::StatusOr<std::vector<std::shared_ptr<grpc::Channel>>> OpenServerChannels(ClientArgs& c);
 
 // A message as JSON with the proto field names and every field printed.
 std::string ToJson(const google::protobuf::Message& m);

@@ -20,6 +20,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -441,38 +442,68 @@ absl::StatusOr<std::string> ResolveHostPort(const std::string& address) {
 }
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenServerChannel(ClientArgs& c) {
+// --server as given, or the replicas the coordinator lists (resolved to IPs).
+absl::StatusOr<std::string> ServerList(ClientArgs& c) {
   if (!c.token_file.empty() && c.security.token.empty()) {
     auto t = ReadTokenFile(c.token_file);
     if (!t.ok()) return t.status();
     c.security.token = *t;
   }
-  std::string servers = c.server;
-  if (servers.empty()) {
-    auto channel = OpenChannel(c);
-    if (!channel.ok()) return channel.status();
-    auto stub = v1::JobService::NewStub(*channel);
-    auto ctx = MakeContext(c.security);
-    v1::ListServersResponse resp;
-    if (grpc::Status st = stub->ListServers(ctx.get(), v1::ListServersRequest(), &resp); !st.ok()) {
-      return FromGrpc(st);
-    }
-    if (resp.addresses().empty()) {
-      return absl::UnavailableError(absl::StrCat(
-          "no evaluation server (dfc-server) has announced itself to the coordinator at ", c.coordinator,
-          "; start one (`dfc cluster up` does) or give --server"));
-    }
-    std::vector<std::string> resolved;
-    for (const std::string& a : resp.addresses()) {
-      auto r = ResolveHostPort(a);
-      if (!r.ok()) return r.status();
-      resolved.push_back(*r);
-    }
-    servers = absl::StrJoin(resolved, ",");
+  if (!c.server.empty()) return c.server;
+  auto channel = OpenChannel(c);
+  if (!channel.ok()) return channel.status();
+  auto stub = v1::JobService::NewStub(*channel);
+  auto ctx = MakeContext(c.security);
+  v1::ListServersResponse resp;
+  if (grpc::Status st = stub->ListServers(ctx.get(), v1::ListServersRequest(), &resp); !st.ok()) {
+    return FromGrpc(st);
   }
-  auto target = ServerListTarget(servers);
+  if (resp.addresses().empty()) {
+    return absl::UnavailableError(absl::StrCat(
+        "no evaluation server (dfc-server) has announced itself to the coordinator at ", c.coordinator,
+        "; start one (`dfc cluster up` does) or give --server"));
+  }
+  std::vector<std::string> resolved;
+  for (const std::string& a : resp.addresses()) {
+    auto r = ResolveHostPort(a);
+    if (!r.ok()) return r.status();
+    resolved.push_back(*r);
+  }
+  return absl::StrJoin(resolved, ",");
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenServerChannel(ClientArgs& c) {
+  auto servers = ServerList(c);
+  if (!servers.ok()) return servers.status();
+  auto target = ServerListTarget(*servers);
   if (!target.ok()) return target.status();
   return MakeChannel(*target, c.security, /*round_robin=*/true);
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<grpc::Channel>>> OpenServerChannels(ClientArgs& c) {
+  auto servers = ServerList(c);
+  if (!servers.ok()) return servers.status();
+  std::vector<std::shared_ptr<grpc::Channel>> out;
+  const bool resolver_target = servers->find(':') != std::string::npos &&
+                               (absl::StartsWith(*servers, "dns:") || absl::StartsWith(*servers, "ipv4:") ||
+                                absl::StartsWith(*servers, "ipv6:"));
+  if (resolver_target || servers->find(',') == std::string::npos) {
+    // One address, or a gRPC target (dns:///NAME:PORT, ipv4:A,B): gRPC's
+    // round_robin policy over every address it resolves to.
+    auto target = ServerListTarget(*servers);
+    if (!target.ok()) return target.status();
+    auto channel = MakeChannel(*target, c.security, /*round_robin=*/true);
+    if (!channel.ok()) return channel.status();
+    out.push_back(*channel);
+    return out;
+  }
+  if (auto checked = ServerListTarget(*servers); !checked.ok()) return checked.status();
+  for (absl::string_view a : absl::StrSplit(*servers, ',', absl::SkipWhitespace())) {
+    auto channel = MakeChannel(std::string(absl::StripAsciiWhitespace(a)), c.security);
+    if (!channel.ok()) return channel.status();
+    out.push_back(*channel);
+  }
+  return out;
 }
 
 std::string ToJson(const google::protobuf::Message& m) {

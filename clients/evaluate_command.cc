@@ -145,9 +145,12 @@ class StreamRunner {
  public:
   static constexpr int kMaxReplicaFailures = 10;
 
-  StreamRunner(v1::EvaluationService::Stub* stub, ClientArgs& c, const EvaluateArgs& a, std::vector<Item>* items,
-               WorkQueue* queue, std::atomic<size_t>* done, std::atomic<int>* retried)
-      : stub_(stub), c_(c), a_(a), items_(items), queue_(queue), done_(done), retried_(retried) {}
+  // Stream s starts on replica s mod N of `stubs` and moves to the next one
+  // when its replica fails.
+  StreamRunner(const std::vector<std::unique_ptr<v1::EvaluationService::Stub>>* stubs, size_t first, ClientArgs& c,
+               const EvaluateArgs& a, std::vector<Item>* items, WorkQueue* queue, std::atomic<size_t>* done,
+               std::atomic<int>* retried)
+      : stubs_(stubs), replica_(first), c_(c), a_(a), items_(items), queue_(queue), done_(done), retried_(retried) {}
 
   // The last stream's status.
   grpc::Status Run(v1::ModelInfo* info) {
@@ -156,6 +159,7 @@ class StreamRunner {
       grpc::Status st = RunStream(info, &unanswered);
       const bool retry = st.error_code() == grpc::StatusCode::UNAVAILABLE && failures < kMaxReplicaFailures;
       if (retry) {
+        ++replica_;  // the next replica (with one round-robin channel: its next pick)
         if (!unanswered.empty()) {
           *retried_ += static_cast<int>(unanswered.size());
           queue_->Return(unanswered);
@@ -176,7 +180,7 @@ class StreamRunner {
  private:
   grpc::Status RunStream(v1::ModelInfo* info, std::vector<size_t>* unanswered) {
     auto ctx = MakeContext(c_.security, std::chrono::seconds(a_.timeout_s));
-    auto stream = stub_->Evaluate(ctx.get());
+    auto stream = (*stubs_)[replica_ % stubs_->size()]->Evaluate(ctx.get());
     v1::EvaluateRequest first;
     if (!a_.model.empty()) {
       first.mutable_model()->set_name(a_.model);
@@ -235,7 +239,8 @@ class StreamRunner {
     return st;
   }
 
-  v1::EvaluationService::Stub* stub_;
+  const std::vector<std::unique_ptr<v1::EvaluationService::Stub>>* stubs_;
+  size_t replica_;
   ClientArgs& c_;
   const EvaluateArgs& a_;
   std::vector<Item>* items_;
@@ -340,9 +345,10 @@ int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
   std::vector<std::string> classes;
   if (absl::Status st = GatherItems(a, &items, &classes); !st.ok()) return ReportError(st);
   if (classes.empty()) classes = {"fake", "real"};
-  auto channel = OpenServerChannel(c);
-  if (!channel.ok()) return ReportError(channel.status());
-  auto stub = v1::EvaluationService::NewStub(*channel);
+  auto channels = OpenServerChannels(c);
+  if (!channels.ok()) return ReportError(channels.status());
+  std::vector<std::unique_ptr<v1::EvaluationService::Stub>> stubs;
+  for (const auto& channel : *channels) stubs.push_back(v1::EvaluationService::NewStub(channel));
 
   const auto start = std::chrono::steady_clock::now();
   WorkQueue queue(items.size());
@@ -353,14 +359,16 @@ int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
   std::vector<v1::ModelInfo> infos(streams);
   std::vector<std::thread> threads;
   std::atomic<int> running{streams};
-  // Connect first, then open the streams a moment apart: round-robin places
-  // each new stream on the next ready replica, and the replicas' connections
-  // come up during that first moment.
-  (*channel)->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  // With one round-robin channel (a gRPC target), connect first and open the
+  // streams a moment apart: round-robin picks among the replicas connected
+  // so far, and the others' connections come up meanwhile.
+  if (channels->size() == 1) {
+    channels->front()->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  }
   for (int s = 0; s < streams; ++s) {
-    if (s > 0) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    if (s > 0 && channels->size() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     threads.emplace_back([&, s] {
-      StreamRunner runner(stub.get(), c, a, &items, &queue, &done, &retried);
+      StreamRunner runner(&stubs, static_cast<size_t>(s), c, a, &items, &queue, &done, &retried);
       status[s] = runner.Run(&infos[s]);
       --running;
     });

@@ -118,23 +118,33 @@ TEST_F(ServingReplicasTest, AModelImportedThroughOneReplicaEvaluatesOnAnother) {
   }
 }
 
-// Without --server, `dfc evaluate` asks the coordinator for the replicas and
-// round-robins its streams over them.
+// 8 concurrent streams land on both replicas: without --server (`dfc evaluate`
+// asks the coordinator for the replicas and places stream s on replica s mod
+// N), and through gRPC's round_robin policy over a target of several
+// addresses (--server ipv4:A,B, as dns:///NAME:PORT resolves a headless Service).
 TEST_F(ServingReplicasTest, ConcurrentStreamsLandOnEveryReplica) {
   ASSERT_EQ(RunCommand(Dfc("import --server " + replicas_[1] + " --name m --model mesoinception4 --weights " +
                            data_.weights)).exit_code, 0);
   auto syn = RunCommand(testing::DfcBinary() + " synth --out " + dir_.Join("many") + " --count 32 --image-size 64");
   ASSERT_EQ(syn.exit_code, 0) << syn.err;
-  auto eval = RunCommand(Dfc("evaluate --json --concurrency 8 --model m " + dir_.Join("many")));
-  ASSERT_EQ(eval.exit_code, 0) << eval.err;
-  auto summary = nlohmann::json::parse(eval.out);
-  EXPECT_EQ(summary["count"], 32);
-  EXPECT_EQ(summary["errors"], 0);
-  const v1::ListModelsResponse a = Models(0), b = Models(1);
-  EXPECT_GT(a.streams_served(), 0) << "replica A served no stream";
-  EXPECT_GT(b.streams_served(), 0) << "replica B served no stream";
-  EXPECT_EQ(a.streams_served() + b.streams_served(), 8);
-  EXPECT_EQ(a.images_served() + b.images_served(), 32);
+  int64_t streams_before[2] = {0, 0}, images_before[2] = {0, 0};
+  for (const std::string server : {std::string(), "ipv4:" + replicas_[0] + "," + replicas_[1]}) {
+    auto eval = RunCommand(Dfc("evaluate --json --concurrency 8 --model m " +
+                               (server.empty() ? "" : "--server " + server + " ") + dir_.Join("many")));
+    ASSERT_EQ(eval.exit_code, 0) << server << ": " << eval.err;
+    auto summary = nlohmann::json::parse(eval.out);
+    EXPECT_EQ(summary["count"], 32);
+    EXPECT_EQ(summary["errors"], 0);
+    const v1::ListModelsResponse a = Models(0), b = Models(1);
+    EXPECT_GT(a.streams_served(), streams_before[0]) << server << ": replica A served no stream";
+    EXPECT_GT(b.streams_served(), streams_before[1]) << server << ": replica B served no stream";
+    EXPECT_EQ(a.streams_served() - streams_before[0] + b.streams_served() - streams_before[1], 8) << server;
+    EXPECT_EQ(a.images_served() - images_before[0] + b.images_served() - images_before[1], 32) << server;
+    streams_before[0] = a.streams_served();
+    streams_before[1] = b.streams_served();
+    images_before[0] = a.images_served();
+    images_before[1] = b.images_served();
+  }
 }
 
 // A replica SIGKILLed mid-run fails only its own streams; `dfc evaluate`

@@ -132,6 +132,10 @@ std::string HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const Rp
 
 absl::StatusOr<std::string> ServerListTarget(const std::string& servers) {
   if (servers.find(',') == std::string::npos) return servers;
+  // Already a gRPC target with its own resolver.
+  if (absl::StartsWith(servers, "ipv4:") || absl::StartsWith(servers, "ipv6:") || absl::StartsWith(servers, "dns:")) {
+    return servers;
+  }
   std::vector<std::string> v4, v6;
   for (absl::string_view a : absl::StrSplit(servers, ',', absl::SkipWhitespace())) {
     a = absl::StripAsciiWhitespace(a);
