@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -48,16 +49,30 @@ absl::StatusOr<std::unique_ptr<v1::JobService::Stub>> Connect(ClientArgs& c) {
 
 int ReportRpc(const grpc::Status& st) { return ReportError(FromGrpc(st)); }
 
+// One timeline entry: local time, what, details.
+std::string EventLine(const v1::TimelineEvent& e) {
+  const std::time_t t = static_cast<std::time_t>(e.unix_ms() / 1000);
+  std::tm tm{};
+  ::localtime_r(&t, &tm);
+  char when[32];
+  std::strftime(when, sizeof(when), "%H:%M:%S", &tm);
+  return absl::StrFormat("  %s  %-12s %s", when, e.kind(), e.message());
+}
+
 void PrintJob(const v1::Job& j) {
   std::printf("job %s  %s  model %s  world %d  restarts %d/%d\n", j.job_id().c_str(),
               v1::JobState_Name(j.state()).c_str(), ModelName(j.config().model()).c_str(), j.world_size(), j.restarts(),
               j.max_restarts());
   if (!j.reason().empty()) std::printf("reason: %s\n", j.reason().c_str());
+  if (j.has_waiting()) {
+    std::printf("waiting: position %d in the queue: %s\n", j.waiting().position(), j.waiting().reason().c_str());
+  }
   for (const auto& f : j.failures()) {
     std::printf("attempt %d failed%s: %s\n", f.attempt(), f.permanent() ? " (permanent)" : "", f.reason().c_str());
   }
   std::printf("output: %s\n", j.output_dir().c_str());
   if (!j.resolved_config().empty()) std::printf("hyper-parameters: %s\n", j.resolved_config().c_str());
+  for (const auto& e : j.events()) std::printf("%s\n", EventLine(e).c_str());
   for (const auto& e : j.epochs()) {
     std::printf("epoch %d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s  "
                 "step: data %.3fs compute %.3fs all-reduce wait %.3fs\n",
@@ -191,6 +206,7 @@ int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
   v1::JobEvent ev;
   v1::JobState last_state = v1::JOB_STATE_UNSPECIFIED;
   int printed = 0;
+  int events_printed = 0;
   std::unique_ptr<ProgressBar> bar;
   int bar_epoch = 0;
   v1::Job job;
@@ -204,6 +220,14 @@ int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
     while (reader->Read(&ev)) {
       said_retrying = false;
       job = ev.job();
+      if (events_printed > job.events_size()) events_printed = 0;  // the timeline was trimmed
+      for (; events_printed < job.events_size(); ++events_printed) {
+        const v1::TimelineEvent& e = job.events(events_printed);
+        if (e.kind() == "running" || e.kind() == "succeeded") continue;  // the state line says it
+        if (bar) bar->Finish();
+        if (c.json) std::printf("%s\n", ToJson(e).c_str());
+        else std::printf("%s\n", EventLine(e).c_str());
+      }
       if (job.state() != last_state) {
         if (bar) bar->Finish();
         if (c.json) std::printf("{\"state\":\"%s\",\"restarts\":%d}\n", v1::JobState_Name(job.state()).c_str(), job.restarts());

@@ -147,6 +147,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
     if (job.state() == v1::SCHEDULED || job.state() == v1::RUNNING) {
       job.set_state(v1::QUEUED);
       job.clear_workers();
+      c->AddEvent(job, "requeued", "the coordinator restarted; the job's ranks were orphaned and are stopped");
       DFC_RETURN_IF_ERROR(c->Save(job));
     }
     DFC_RETURN_IF_ERROR(c->ReconcileEpochsLocked(job));
@@ -221,8 +222,10 @@ absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobReq
   resp.set_existing(created.second);
   resp.set_warning(warning);
   if (!created.second) {
-    jobs_[created.first.job_id()] = created.first;
-    versions_[created.first.job_id()]++;
+    v1::Job job = created.first;
+    AddEvent(job, "submitted", absl::StrCat("world size ", job.world_size(), ", priority ", job.priority(),
+                                            warning.empty() ? "" : "; ", warning));
+    DFC_RETURN_IF_ERROR(Save(job));
     ScheduleLocked();
   }
   return resp;
@@ -232,7 +235,9 @@ absl::StatusOr<v1::Job> Coordinator::GetJob(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
-  return it->second;
+  v1::Job job = it->second;
+  FillWaitingLocked(&job);
+  return job;
 }
 
 absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsRequest& request) {
@@ -270,6 +275,8 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsReq
     if (s->epochs_size() > 0) *s->mutable_last_epoch() = s->epochs(s->epochs_size() - 1);
     s->clear_epochs();
     s->clear_failures();
+    s->clear_events();
+    FillWaitingLocked(s);
   }
   if (all.size() > page) {
     const v1::Job& last = *all[page - 1];
@@ -291,6 +298,7 @@ absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
   job.set_state(v1::CANCELLED);
   job.set_reason("cancelled by request");
   job.set_finished_unix_ms(Now());
+  AddEvent(job, "cancelled", "cancelled by request");
   DFC_RETURN_IF_ERROR(Save(job));
   ScheduleLocked();
   return jobs_[job_id];
@@ -304,7 +312,9 @@ absl::StatusOr<v1::Job> Coordinator::WaitForChange(const std::string& job_id, in
   while (versions_[job_id] == *version && !changed_.WaitWithDeadline(&mu_, deadline)) {
   }
   *version = versions_[job_id];
-  return jobs_[job_id];
+  v1::Job job = jobs_[job_id];
+  FillWaitingLocked(&job);
+  return job;
 }
 
 absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1::RegisterWorkerRequest& r) {
@@ -351,6 +361,68 @@ void Coordinator::RecordFailure(v1::Job& job, const std::string& reason, bool pe
   f->set_permanent(permanent);
 }
 
+void Coordinator::AddEvent(v1::Job& job, const std::string& kind, const std::string& message) const {
+  v1::TimelineEvent* e = job.add_events();
+  e->set_unix_ms(Now());
+  e->set_kind(kind);
+  e->set_message(message.substr(0, 1000));
+  e->set_attempt(job.attempt());
+  constexpr int kMaxEvents = 100;
+  if (job.events_size() > kMaxEvents) job.mutable_events()->DeleteSubrange(0, job.events_size() - kMaxEvents);
+}
+
+std::vector<std::string> Coordinator::QueueOrderLocked() const {
+  std::vector<const v1::Job*> queued;
+  for (const auto& [id, job] : jobs_) {
+    if (job.state() == v1::QUEUED) queued.push_back(&job);
+  }
+  std::sort(queued.begin(), queued.end(), [](const v1::Job* a, const v1::Job* b) {
+    if (a->priority() != b->priority()) return a->priority() > b->priority();
+    if (a->created_unix_ms() != b->created_unix_ms()) return a->created_unix_ms() < b->created_unix_ms();
+    return a->job_id() < b->job_id();
+  });
+  std::vector<std::string> ids;
+  for (const v1::Job* j : queued) ids.push_back(j->job_id());
+  return ids;
+}
+
+void Coordinator::FillWaitingLocked(v1::Job* job) {
+  job->clear_waiting();
+  if (job->state() != v1::QUEUED) return;
+  const std::vector<std::string> order = QueueOrderLocked();
+  const int position = static_cast<int>(std::find(order.begin(), order.end(), job->job_id()) - order.begin()) + 1;
+  const int64_t now = Now();
+  int free = 0, live = 0;
+  for (const auto& [wid, w] : workers_) {
+    if (now - w.last_seen_ms > 2 * options_.heartbeat_interval.count()) continue;
+    ++live;
+    free += std::max(0, FreeSlots(wid));
+  }
+  const int capacity = TotalLiveSlotsLocked();
+  const int need = job->world_size();
+  v1::QueueWait* w = job->mutable_waiting();
+  w->set_position(position);
+  auto backoff = not_before_ms_.find(job->job_id());
+  std::string reason;
+  if (live == 0) {
+    reason = absl::StrCat("needs ", need, " slot(s); no live workers");
+  } else if (need > capacity) {
+    w->set_can_never_fit(true);
+    reason = absl::StrCat("needs ", need, " slots; the live workers have ", capacity,
+                          " in all: it cannot run until more workers join");
+  } else if (backoff != not_before_ms_.end() && now < backoff->second) {
+    reason = absl::StrCat("restarting: placed again in ", (backoff->second - now + 999) / 1000, " s");
+  } else if (free < need) {
+    reason = absl::StrCat("needs ", need, " slot", need == 1 ? "" : "s", " on live workers; ", free, " free");
+  } else if (position > 1) {
+    reason = absl::StrCat(position - 1, " job(s) ahead of it in the queue");
+  } else {
+    reason = "being placed";
+  }
+  if (position > 1 && free < need && need <= capacity) absl::StrAppend(&reason, "; ", position - 1, " job(s) ahead");
+  w->set_reason(reason);
+}
+
 absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::string& reason, bool permanent) {
   StopRanks(job_id);
   v1::Job job = jobs_[job_id];
@@ -360,6 +432,7 @@ absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::stri
     job.set_state(v1::QUEUED);
     job.set_reason(absl::StrCat("restarting (", job.restarts(), " of ", job.max_restarts(), ") after: ", reason));
     not_before_ms_[job_id] = Now() + 3 * options_.heartbeat_interval.count();
+    AddEvent(job, "restart", absl::StrCat("restart ", job.restarts(), " of ", job.max_restarts(), ": ", reason));
   } else {
     job.set_state(v1::FAILED);
     if (permanent) {
@@ -372,6 +445,7 @@ absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::stri
                                   " more failed attempt(s); last: ", reason, ")"));
     }
     job.set_finished_unix_ms(Now());
+    AddEvent(job, "failed", job.reason());
   }
   job.clear_workers();
   job.clear_progress();
@@ -419,17 +493,7 @@ int Coordinator::TotalLiveSlotsLocked() const {
 // (more ranks than every live worker's slots together; queued only on
 // request) is passed over without blocking anyone.
 void Coordinator::ScheduleLocked() {
-  std::vector<const v1::Job*> queued;
-  for (const auto& [id, job] : jobs_) {
-    if (job.state() == v1::QUEUED) queued.push_back(&job);
-  }
-  std::sort(queued.begin(), queued.end(), [](const v1::Job* a, const v1::Job* b) {
-    if (a->priority() != b->priority()) return a->priority() > b->priority();
-    if (a->created_unix_ms() != b->created_unix_ms()) return a->created_unix_ms() < b->created_unix_ms();
-    return a->job_id() < b->job_id();
-  });
-  std::vector<std::string> ids;
-  for (const v1::Job* j : queued) ids.push_back(j->job_id());
+  const std::vector<std::string> ids = QueueOrderLocked();
   const int64_t now = Now();
   const int capacity = TotalLiveSlotsLocked();
   std::string head;  // the first job that waits (and may be bypassed)
@@ -476,6 +540,13 @@ void Coordinator::ScheduleLocked() {
     job.set_state(v1::SCHEDULED);
     job.clear_workers();
     for (const RankSlot& s : a.ranks) job.add_workers(s.worker_id);
+    {
+      std::string placement;
+      for (size_t r = 0; r < a.ranks.size(); ++r) {
+        absl::StrAppend(&placement, r ? ", " : "", "rank ", r, " on ", a.ranks[r].worker_id);
+      }
+      AddEvent(job, "scheduled", absl::StrCat("attempt ", a.attempt, ": ", placement));
+    }
     active_[id] = std::move(a);
     if (absl::Status st = Save(job); !st.ok()) {
       std::fprintf(stderr, "dfc-coordinator: cannot record the placement of %s: %s\n", id.c_str(),
@@ -504,6 +575,7 @@ void Coordinator::RequeueUnstartedLocked() {
                   /*permanent=*/false);
     job.set_state(v1::QUEUED);
     job.clear_workers();
+    AddEvent(job, "requeued", job.failures(job.failures_size() - 1).reason());
     if (absl::Status st = Save(job); !st.ok()) {
       std::fprintf(stderr, "dfc-coordinator: cannot requeue %s: %s\n", id.c_str(), std::string(st.message()).c_str());
     }
@@ -526,7 +598,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
     return resp;
   }
   w->second.last_seen_ms = Now();
-  for (const v1::RankStatus& st : r.ranks()) RecordRankStatusLocked(r.worker_id(), st, &resp);
+  for (const v1::RankStatus& st : r.ranks()) DFC_RETURN_IF_ERROR(RecordRankStatusLocked(r.worker_id(), st, &resp));
   DFC_RETURN_IF_ERROR(AdvanceJobsLocked());
   ExpireWorkersLocked();
   ScheduleLocked();
@@ -543,8 +615,8 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   return resp;
 }
 
-void Coordinator::RecordRankStatusLocked(const std::string& worker_id, const v1::RankStatus& st,
-                                         v1::HeartbeatResponse* resp) {
+absl::Status Coordinator::RecordRankStatusLocked(const std::string& worker_id, const v1::RankStatus& st,
+                                                 v1::HeartbeatResponse* resp) {
   auto a = active_.find(st.job_id());
   if (a == active_.end() || a->second.attempt != st.attempt() || st.rank() < 0 ||
       st.rank() >= static_cast<int>(a->second.ranks.size()) ||
@@ -554,16 +626,26 @@ void Coordinator::RecordRankStatusLocked(const std::string& worker_id, const v1:
       stop->set_job_id(st.job_id());
       stop->set_attempt(st.attempt());
     }
-    return;
+    return absl::OkStatus();
   }
   RankSlot& slot = a->second.ranks[st.rank()];
+  const bool started = st.running() && !slot.running && !slot.exited;
   slot.running = st.running();
   if (st.rank() == 0 && st.store_port() > 0) a->second.store_port = st.store_port();
-  if (st.exited() && !slot.exited) {
+  const bool exited = st.exited() && !slot.exited;
+  if (exited) {
     slot.exited = true;
     slot.exit_code = st.exit_code();
     slot.error = st.error();
   }
+  if (!started && !exited) return absl::OkStatus();
+  v1::Job job = jobs_[st.job_id()];
+  if (started) AddEvent(job, "rank_started", absl::StrCat("rank ", st.rank(), " on ", worker_id));
+  if (exited) {
+    AddEvent(job, "rank_exited", absl::StrCat("rank ", st.rank(), " on ", worker_id, " exited with code ",
+                                              st.exit_code(), st.error().empty() ? "" : ": ", st.error()));
+  }
+  return Save(job);
 }
 
 absl::Status Coordinator::AdvanceJobsLocked() {
@@ -594,10 +676,12 @@ absl::Status Coordinator::AdvanceJobsLocked() {
       job.clear_reason();  // an earlier attempt's failure stays in `failures`, not as the reason
       job.clear_progress();
       job.set_finished_unix_ms(Now());
+      AddEvent(job, "succeeded", absl::StrCat(job.epochs_size(), " epoch(s)"));
       DFC_RETURN_IF_ERROR(Save(job));
     } else if (all_running && job.state() == v1::SCHEDULED) {
       job.set_state(v1::RUNNING);
       if (job.started_unix_ms() == 0) job.set_started_unix_ms(Now());
+      AddEvent(job, "running", absl::StrCat("all ", a.ranks.size(), " rank(s) started"));
       DFC_RETURN_IF_ERROR(Save(job));
     }
   }

@@ -120,12 +120,18 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Appends the current attempt's failure to job.failures.
   void RecordFailure(v1::Job& job, const std::string& reason, bool permanent) const;
+  // Appends an entry to the job's timeline (the last 100 are kept).
+  void AddEvent(v1::Job& job, const std::string& kind, const std::string& message) const;
+  // A QUEUED job's place in the queue and why it waits (not stored: computed when read).
+  void FillWaitingLocked(v1::Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The QUEUED jobs in the order the scheduler considers them.
+  std::vector<std::string> QueueOrderLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StopRanks(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Heartbeat's steps: one rank's reported state (a stale rank gets a stop),
   // job transitions from what the ranks report, the ranks a worker should start.
-  void RecordRankStatusLocked(const std::string& worker_id, const v1::RankStatus& st, v1::HeartbeatResponse* resp)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status RecordRankStatusLocked(const std::string& worker_id, const v1::RankStatus& st,
+                                      v1::HeartbeatResponse* resp) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AdvanceJobsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AssignRanksLocked(const std::string& worker_id, v1::HeartbeatResponse* resp) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds to the job's record every epoch its run directory's metrics.jsonl

@@ -491,6 +491,19 @@ TEST(ClusterTest, ListPagesFiltersAndReturnsSummaries) {
   auto bad_state = RunCommand(c.Dfc("list --state sleeping"));
   EXPECT_EQ(bad_state.exit_code, 2);
   EXPECT_NE(bad_state.err.find("--state"), std::string::npos) << bad_state.err;
+  // A queued job says where it stands and why, in JSON and in words, and
+  // `status` shows its timeline.
+  auto status = RunCommand(c.Dfc("status --json " + ids[4]));
+  ASSERT_EQ(status.exit_code, 0) << status.err;
+  const auto waiting = nlohmann::json::parse(status.out)["waiting"];
+  EXPECT_EQ(waiting["position"], 4) << status.out;  // ids[2] was cancelled
+  EXPECT_EQ(waiting["reason"], "needs 1 slot(s); no live workers") << status.out;
+  auto words = RunCommand(c.Dfc("status " + ids[4]));
+  EXPECT_NE(words.out.find("waiting: position 4 in the queue: needs 1 slot(s); no live workers"), std::string::npos)
+      << words.out;
+  EXPECT_NE(words.out.find("submitted"), std::string::npos) << words.out;
+  auto cancelled_status = RunCommand(c.Dfc("status " + ids[2]));
+  EXPECT_NE(cancelled_status.out.find("cancelled    cancelled by request"), std::string::npos) << cancelled_status.out;
 }
 
 // Data and init weights must resolve inside the coordinator's data roots

@@ -94,6 +94,39 @@ TEST_F(CoordinatorTest, AJobThatCanNeverFitIsRefusedOrWaitsWithoutBlocking) {
   Beat(*c, w);
   EXPECT_EQ(State(*c, waiting), v1::QUEUED);
   EXPECT_EQ(State(*c, small), v1::SCHEDULED) << "a job that can never fit blocked a small one";
+  // It says so rather than waiting silently.
+  const v1::Job j = *c->GetJob(waiting);
+  EXPECT_TRUE(j.waiting().can_never_fit());
+  EXPECT_NE(j.waiting().reason().find("needs 3 slots; the live workers have 2 in all"), std::string::npos)
+      << j.waiting().reason();
+}
+
+// A QUEUED job says where it stands and why, in words; the reasons follow the cluster.
+TEST_F(CoordinatorTest, AQueuedJobSaysItsPositionAndWhyItWaits) {
+  auto c = Make();
+  const std::string none = Submit(*c, 1);
+  EXPECT_EQ(c->GetJob(none)->waiting().reason(), "needs 1 slot(s); no live workers");
+  const std::string w = Worker(*c, 2);
+  Beat(*c, w);
+  ASSERT_EQ(State(*c, none), v1::SCHEDULED);
+  EXPECT_FALSE(c->GetJob(none)->has_waiting());
+  const std::string two = Submit(*c, 2);  // 1 slot left
+  const std::string one = Submit(*c, 1);  // fits the free slot: backfilled
+  Beat(*c, w);
+  ASSERT_EQ(State(*c, one), v1::SCHEDULED);
+  const v1::Job head = *c->GetJob(two);
+  EXPECT_EQ(head.waiting().position(), 1);
+  EXPECT_EQ(head.waiting().reason(), "needs 2 slots on live workers; 0 free");
+  const std::string third = Submit(*c, 2);
+  const v1::Job behind = *c->GetJob(third);
+  EXPECT_EQ(behind.waiting().position(), 2);
+  EXPECT_EQ(behind.waiting().reason(), "needs 2 slots on live workers; 0 free; 1 job(s) ahead");
+  // Summaries carry it too.
+  auto list = c->ListJobs(v1::ListJobsRequest());
+  ASSERT_TRUE(list.ok());
+  int with_waiting = 0;
+  for (const auto& j : list->jobs()) with_waiting += j.has_waiting();
+  EXPECT_EQ(with_waiting, 2);
 }
 
 TEST_F(CoordinatorTest, SmallJobsBackfillPastAHeadThatDoesNotFitButOnlyMaxBypassOfThem) {
@@ -180,6 +213,18 @@ TEST_F(CoordinatorTest, AStopNamesTheAttemptAndSparesTheNewOne) {
   d->set_rank(0);
   d->set_exited(true);
   ASSERT_TRUE(c->Heartbeat(done).ok());
+  // The timeline tells the story in order.
+  const v1::Job timeline = *c->GetJob(job);
+  std::vector<std::string> kinds;
+  for (const auto& e : timeline.events()) kinds.push_back(e.kind());
+  EXPECT_EQ(kinds, (std::vector<std::string>{"submitted", "scheduled", "rank_started", "running", "rank_exited",
+                                             "restart", "scheduled", "rank_started", "running", "rank_exited",
+                                             "succeeded"}));
+  const auto& events = timeline.events();
+  ASSERT_EQ(events.size(), 11);
+  EXPECT_NE(events[4].message().find("exited with code 1: Gloo timeout"), std::string::npos) << events[4].message();
+  EXPECT_EQ(events[4].attempt(), 1);
+  EXPECT_EQ(events[6].attempt(), 2);
   const v1::Job j = *c->GetJob(job);
   EXPECT_EQ(j.state(), v1::SUCCEEDED);
   EXPECT_EQ(j.reason(), "");
