@@ -82,7 +82,7 @@ TEST(ArchitectureTest, FoldersDependOneWay) {
       {"common", {"common", "dfc", "grpc"}},
       {"data_shards", {"common", "data_shards"}},
       {"models", {"common", "data_shards", "models"}},
-      {"training", {"common", "data_shards", "models", "training"}},
+      {"training", {"common", "data_shards", "models", "training", "dfc"}},  // dfc: the TrainingConfig
       {"serving", {"common", "data_shards", "models", "serving", "dfc"}},
       {"worker", {"common", "data_shards", "models", "training", "worker", "dfc"}},
       // The control plane: no ML library, and no worker or serving code.
