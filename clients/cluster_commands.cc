@@ -147,6 +147,64 @@ int RunList(ClientArgs& c, const std::string& state, int page_size) {
   return kExitOk;
 }
 
+bool Coordinator_IsTerminal(v1::JobState s) {
+  return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED;
+}
+
+struct LogsArgs {
+  std::string job;
+  int rank = 0;
+  int attempt = 0;
+  bool follow = false;
+  int tail = 0;
+};
+
+// A rank's output through the coordinator, which asks the worker that ran it.
+int RunLogs(ClientArgs& c, const LogsArgs& a) {
+  auto stub = Connect(c);
+  if (!stub.ok()) return ReportError(stub.status());
+  std::string held;  // --tail: everything up to now, then the last lines
+  int64_t offset = 0;
+  bool caught_up = false;
+  for (;;) {
+    v1::GetRankLogRequest req;
+    req.set_job_id(a.job);
+    req.set_rank(a.rank);
+    req.set_attempt(a.attempt);
+    req.set_offset(offset);
+    v1::GetRankLogResponse resp;
+    auto ctx = MakeContext(c.security);
+    grpc::Status st = (*stub)->GetRankLog(ctx.get(), req, &resp);
+    if (!st.ok()) return ReportRpc(st);
+    offset += static_cast<int64_t>(resp.data().size());
+    if (a.tail > 0 && !caught_up) {
+      held += resp.data();
+    } else {
+      std::fwrite(resp.data().data(), 1, resp.data().size(), stdout);
+      std::fflush(stdout);
+    }
+    if (offset < resp.size()) continue;  // more to read now
+    if (!caught_up && a.tail > 0) {
+      std::vector<std::string> lines = absl::StrSplit(held, '\n');
+      if (!lines.empty() && lines.back().empty()) lines.pop_back();
+      const size_t from = lines.size() > static_cast<size_t>(a.tail) ? lines.size() - static_cast<size_t>(a.tail) : 0;
+      for (size_t i = from; i < lines.size(); ++i) std::printf("%s\n", lines[i].c_str());
+      std::fflush(stdout);
+    }
+    caught_up = true;
+    if (!a.follow) return kExitOk;
+    // Following: until the job has ended and the log is read to its end.
+    v1::GetJobRequest jr;
+    jr.set_job_id(a.job);
+    v1::Job job;
+    auto jctx = MakeContext(c.security);
+    if (grpc::Status js = (*stub)->GetJob(jctx.get(), jr, &job); js.ok() && Coordinator_IsTerminal(job.state())) {
+      return kExitOk;
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
 int RunWorkers(ClientArgs& c) {
   auto stub = Connect(c);
   if (!stub.ok()) return ReportError(stub.status());
@@ -563,6 +621,15 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
                                            "A retried submit with this key returns the same job");
   AddClientFlags(submit, c.get());
   submit->callback([run, c, s] { *run = [c, s] { return RunSubmit(*c, *s); }; });
+
+  auto la = std::make_shared<LogsArgs>();
+  CLI::App* logs = app.add_subcommand("logs", "A rank's output (stdout and stderr), from the worker that ran it");
+  logs->add_option("job", la->job, "Job id")->required();
+  logs->add_option("--rank", la->rank, "Rank (0)")->check(CLI::Range(0, 1023));
+  logs->add_option("--attempt", la->attempt, "Attempt (default: the latest)")->check(CLI::Range(0, 1000000));
+  logs->add_flag("--follow,-f", la->follow, "Keep printing new output until the job ends");
+  logs->add_option("--tail", la->tail, "Only the last N lines (then follows with --follow)")->check(CLI::Range(0, 1000000));
+  logs->callback([run, c, la] { *run = [c, la] { return RunLogs(*c, *la); }; });
 
   CLI::App* workers = app.add_subcommand("workers", "List the workers: slots, ranks, last heartbeat, state");
   AddClientFlags(workers, c.get());

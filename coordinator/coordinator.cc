@@ -546,6 +546,10 @@ void Coordinator::ScheduleLocked() {
         absl::StrAppend(&placement, r ? ", " : "", "rank ", r, " on ", a.ranks[r].worker_id);
       }
       AddEvent(job, "scheduled", absl::StrCat("attempt ", a.attempt, ": ", placement));
+      v1::Placement* p = job.add_placements();
+      p->set_attempt(a.attempt);
+      for (const RankSlot& slot : a.ranks) p->add_workers(slot.worker_id);
+      if (job.placements_size() > 20) job.mutable_placements()->DeleteSubrange(0, job.placements_size() - 20);
     }
     active_[id] = std::move(a);
     if (absl::Status st = Save(job); !st.ok()) {
@@ -599,6 +603,15 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   }
   w->second.last_seen_ms = Now();
   for (const v1::RankStatus& st : r.ranks()) DFC_RETURN_IF_ERROR(RecordRankStatusLocked(r.worker_id(), st, &resp));
+  for (const v1::LogChunk& chunk : r.logs()) {
+    if (chunk.request_id() > 0 && chunk.request_id() < next_log_request_) log_answers_[chunk.request_id()] = chunk;
+  }
+  while (log_answers_.size() > 64) log_answers_.erase(log_answers_.begin());  // answers nobody waits for any more
+  if (r.logs_size() > 0) log_answered_.SignalAll();
+  if (auto logs = log_requests_.find(r.worker_id()); logs != log_requests_.end()) {
+    for (v1::LogRequest& l : logs->second) *resp.add_logs() = std::move(l);
+    log_requests_.erase(logs);
+  }
   DFC_RETURN_IF_ERROR(AdvanceJobsLocked());
   ExpireWorkersLocked();
   ScheduleLocked();
@@ -835,6 +848,62 @@ v1::ListWorkersResponse Coordinator::ListWorkers() {
     }
   }
   for (auto it = gone_.rbegin(); it != gone_.rend(); ++it) fill(it->first, it->second, "gone");
+  return resp;
+}
+
+absl::StatusOr<v1::GetRankLogResponse> Coordinator::GetRankLog(const v1::GetRankLogRequest& r,
+                                                               std::chrono::milliseconds wait) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(r.job_id());
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", r.job_id(), "'"));
+  const v1::Job& job = it->second;
+  if (job.placements().empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", r.job_id(), " has not been placed yet (",
+                                                      v1::JobState_Name(job.state()), "): no rank has a log"));
+  }
+  const v1::Placement* placement = &job.placements(job.placements_size() - 1);
+  if (r.attempt() != 0) {
+    placement = nullptr;
+    for (const auto& p : job.placements()) {
+      if (p.attempt() == r.attempt()) placement = &p;
+    }
+    if (placement == nullptr) {
+      return absl::NotFoundError(absl::StrCat("job ", r.job_id(), " has no attempt ", r.attempt(), " on record"));
+    }
+  }
+  if (r.rank() < 0 || r.rank() >= placement->workers_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", r.rank(), ": job ", r.job_id(), " has ranks 0..",
+                                                   placement->workers_size() - 1));
+  }
+  const std::string worker = placement->workers(r.rank());
+  if (workers_.count(worker) == 0) {
+    return absl::UnavailableError(absl::StrCat("worker ", worker, " that ran rank ", r.rank(), " of attempt ",
+                                               placement->attempt(), " is gone; its logs went with it"));
+  }
+  v1::LogRequest req;
+  req.set_request_id(next_log_request_++);
+  req.set_job_id(r.job_id());
+  req.set_attempt(placement->attempt());
+  req.set_rank(r.rank());
+  req.set_offset(std::max<int64_t>(0, r.offset()));
+  req.set_max_bytes(r.max_bytes() > 0 ? std::min(r.max_bytes(), 256 << 10) : 256 << 10);
+  log_requests_[worker].push_back(req);
+  const absl::Time deadline = absl::Now() + absl::FromChrono(wait);
+  while (log_answers_.count(req.request_id()) == 0 && !log_answered_.WaitWithDeadline(&mu_, deadline)) {
+  }
+  auto answer = log_answers_.find(req.request_id());
+  if (answer == log_answers_.end()) {
+    return absl::DeadlineExceededError(absl::StrCat("worker ", worker, " did not send the log in time"));
+  }
+  v1::LogChunk chunk = std::move(answer->second);
+  log_answers_.erase(answer);
+  if (!chunk.error().empty()) return absl::NotFoundError(chunk.error());
+  v1::GetRankLogResponse resp;
+  resp.set_data(std::move(*chunk.mutable_data()));
+  resp.set_offset(req.offset());
+  resp.set_size(chunk.size());
+  resp.set_attempt(placement->attempt());
+  resp.set_worker_id(worker);
   return resp;
 }
 

@@ -81,6 +81,10 @@ class Coordinator {
   absl::Status AnnounceServer(const std::string& address);
   // Live and suspect workers, then the last few that timed out.
   v1::ListWorkersResponse ListWorkers();
+  // A chunk of a rank's log, asked of the worker that ran it through its next
+  // heartbeat (waits up to `wait` for the answer).
+  absl::StatusOr<v1::GetRankLogResponse> GetRankLog(const v1::GetRankLogRequest& request,
+                                                    std::chrono::milliseconds wait = std::chrono::seconds(5));
   std::vector<std::string> ListServers();
 
   static bool IsTerminal(v1::JobState s);
@@ -154,6 +158,11 @@ class Coordinator {
   std::map<std::string, std::map<std::string, int>> stop_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<std::string, int64_t> servers_ ABSL_GUARDED_BY(mu_);
+  // dfc logs: requests waiting for a worker's heartbeat, and its answers.
+  std::map<std::string, std::vector<v1::LogRequest>> log_requests_ ABSL_GUARDED_BY(mu_);
+  std::map<int64_t, v1::LogChunk> log_answers_ ABSL_GUARDED_BY(mu_);
+  int64_t next_log_request_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::CondVar log_answered_;
   std::deque<std::pair<std::string, WorkerInfo>> gone_ ABSL_GUARDED_BY(mu_);  // timed out, newest last (<= 16)  // address -> last announced (ms)
   // A restarted job waits a couple of heartbeats before it is placed again,
   // so that a worker that just died has stopped looking alive.

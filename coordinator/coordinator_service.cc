@@ -96,6 +96,15 @@ grpc::Status JobServiceImpl::ListWorkers(grpc::ServerContext* ctx, const v1::Lis
   return grpc::Status::OK;
 }
 
+grpc::Status JobServiceImpl::GetRankLog(grpc::ServerContext* ctx, const v1::GetRankLogRequest* req,
+                                        v1::GetRankLogResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->GetRankLog(*req);
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = std::move(*r);
+  return grpc::Status::OK;
+}
+
 grpc::Status CatalogServiceImpl::AnnounceServer(grpc::ServerContext* ctx, const v1::AnnounceServerRequest* req,
                                                 v1::AnnounceServerResponse*) {
   DFC_CHECK_TOKEN(ctx);

@@ -24,6 +24,8 @@ class JobServiceImpl final : public v1::JobService::Service {
                            v1::ListServersResponse* resp) override;
   grpc::Status ListWorkers(grpc::ServerContext* ctx, const v1::ListWorkersRequest* req,
                            v1::ListWorkersResponse* resp) override;
+  grpc::Status GetRankLog(grpc::ServerContext* ctx, const v1::GetRankLogRequest* req,
+                          v1::GetRankLogResponse* resp) override;
 
  private:
   Coordinator* const coordinator_;

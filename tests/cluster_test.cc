@@ -89,6 +89,23 @@ TEST(ClusterTest, EndToEndJobSucceedsAndItsCheckpointPredicts) {
   EXPECT_EQ(JsonString(status.out, "state"), "SUCCEEDED");
   EXPECT_EQ(JsonInt(status.out, "restarts"), 0);
   EXPECT_EQ(CountEpochs(status.out), 2) << status.out;
+  // Each rank's output, through the coordinator from the worker that ran it.
+  for (int rank : {0, 1}) {
+    auto logs = RunCommand(c.Dfc("logs " + job + " --rank " + std::to_string(rank)));
+    ASSERT_EQ(logs.exit_code, 0) << logs.err;
+    EXPECT_NE(logs.out.find("rank " + std::to_string(rank) + " of 2: job " + job + " attempt 1"), std::string::npos)
+        << logs.out;
+    EXPECT_NE(logs.out.find("rank " + std::to_string(rank) + ": epoch 2  loss"), std::string::npos) << logs.out;
+  }
+  auto tail = RunCommand(c.Dfc("logs " + job + " --rank 1 --tail 1"));
+  ASSERT_EQ(tail.exit_code, 0) << tail.err;
+  EXPECT_EQ(testing::SplitLines(tail.out).size(), 1u) << tail.out;
+  EXPECT_NE(tail.out.find("rank 1: epoch 2"), std::string::npos) << tail.out;
+  auto follow = RunCommand(c.Dfc("logs " + job + " --follow"));  // the job has ended: returns
+  EXPECT_EQ(follow.exit_code, 0) << follow.err;
+  auto no_rank = RunCommand(c.Dfc("logs " + job + " --rank 5"));
+  EXPECT_EQ(no_rank.exit_code, 2) << no_rank.err;
+  EXPECT_NE(no_rank.err.find("has ranks 0..1"), std::string::npos) << no_rank.err;
   const std::string out_dir = JsonString(status.out, "output_dir");
   auto predict = RunCommand(testing::DfcBinary() + " predict --model mesoinception4 --weights " + out_dir +
                             "/latest.ckpt " + c.dir().Join("syn/df/000000.jpg"));

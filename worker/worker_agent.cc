@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
 #include <thread>
 
@@ -18,6 +19,7 @@
 #include "training/collective.h"
 #include "common/exit_codes.h"
 #include "common/subprocess.h"
+#include "common/training_config.h"
 
 namespace dfc {
 namespace fs = std::filesystem;
@@ -91,6 +93,31 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   std::fprintf(stderr, "dfc-worker: started %s attempt %d rank %d/%d (pid %d)\n", a.job_id().c_str(), a.attempt(),
                a.rank(), a.world_size(), static_cast<int>(pid));
   ranks_.push_back(std::move(r));
+}
+
+v1::LogChunk WorkerAgent::ReadRankLog(const v1::LogRequest& l) const {
+  v1::LogChunk chunk;
+  chunk.set_request_id(l.request_id());
+  const fs::path path = fs::path(options_.work_dir) / l.job_id() / absl::StrCat("attempt-", l.attempt()) /
+                        absl::StrCat("rank-", l.rank()) / "log";
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (ec) {
+    chunk.set_error(absl::StrCat("this worker has no log of ", l.job_id(), " attempt ", l.attempt(), " rank ",
+                                 l.rank()));
+    return chunk;
+  }
+  chunk.set_size(static_cast<int64_t>(size));
+  const int64_t offset = std::max<int64_t>(0, l.offset());
+  const int64_t want = std::clamp<int64_t>(l.max_bytes(), 1, 256 << 10);
+  if (offset >= static_cast<int64_t>(size)) return chunk;
+  std::ifstream f(path, std::ios::binary);
+  f.seekg(offset);
+  std::string data(static_cast<size_t>(std::min<int64_t>(want, static_cast<int64_t>(size) - offset)), '\0');
+  f.read(data.data(), static_cast<std::streamsize>(data.size()));
+  data.resize(static_cast<size_t>(f.gcount()));
+  chunk.set_data(std::move(data));
+  return chunk;
 }
 
 void WorkerAgent::StopRanks(const std::string& job_id, int attempt) {
@@ -184,6 +211,8 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
       s->set_store_port(r.store_port);
       s->set_error(r.error);
     }
+    for (v1::LogChunk& chunk : log_answers_) *req.add_logs() = std::move(chunk);
+    log_answers_.clear();
     v1::HeartbeatResponse resp;
     auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
     absl::Status st = FromGrpc(stub->Heartbeat(ctx.get(), req, &resp));
@@ -196,6 +225,7 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
       ranks_ = std::move(keep);
       for (const v1::StopRanks& stop : resp.stop()) StopRanks(stop.job_id(), stop.attempt());
       for (const v1::RankAssignment& a : resp.start()) StartRank(a);
+      for (const v1::LogRequest& l : resp.logs()) log_answers_.push_back(ReadRankLog(l));
       if (resp.reregister()) (void)Register(*stub);
     }
     std::this_thread::sleep_for(interval_);
@@ -272,7 +302,41 @@ class ReportingObserver : public TrainObserver {
 
 }  // namespace
 
+// Every rank's own account on its stdout (the worker keeps it per job and
+// rank; `dfc logs` reads it), passing events on to rank 0's reporter.
+class LoggingObserver : public TrainObserver {
+ public:
+  LoggingObserver(int rank, TrainObserver* next) : rank_(rank), next_(next) {}
+  void OnPhase(const std::string& description) override {
+    std::printf("rank %d: %s\n", rank_, description.c_str());
+    std::fflush(stdout);
+    if (next_) next_->OnPhase(description);
+  }
+  void OnEpochStart(int epoch, int max_epochs, int64_t steps) override {
+    std::printf("rank %d: epoch %d/%d: %lld steps\n", rank_, epoch, max_epochs, static_cast<long long>(steps));
+    std::fflush(stdout);
+    if (next_) next_->OnEpochStart(epoch, max_epochs, steps);
+  }
+  void OnStep(int epoch, int64_t step, int64_t steps, double loss, double accuracy) override {
+    if (next_) next_->OnStep(epoch, step, steps, loss, accuracy);
+  }
+  void OnEpoch(const EpochMetrics& m) override {
+    std::printf("rank %d: epoch %d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s\n",
+                rank_, m.epoch, m.loss, m.accuracy, m.val_loss, m.val_accuracy, m.val_auc, m.images_per_second);
+    std::fflush(stdout);
+    if (next_) next_->OnEpoch(m);
+  }
+
+ private:
+  const int rank_;
+  TrainObserver* const next_;
+};
+
 absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator, const RpcSecurity& security) {
+  std::printf("rank %d of %d: job %s attempt %d: %s on %s%s\n", a.rank(), a.world_size(), a.job_id().c_str(),
+              a.attempt(), ModelName(a.config().model()).c_str(), a.config().data().c_str(),
+              a.resume() ? " (resuming from latest.ckpt)" : "");
+  std::fflush(stdout);
   TrainOptions o = TrainOptionsFromConfig(a.config());
   o.out_dir = a.output_dir();
   o.resume = a.resume();
@@ -305,7 +369,8 @@ absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator
     stub = v1::WorkerService::NewStub(*channel);
     observer = std::make_unique<ReportingObserver>(stub.get(), &security, a.job_id(), a.attempt());
   }
-  auto result = RunTraining(o, observer.get());
+  LoggingObserver logging(a.rank(), observer.get());
+  auto result = RunTraining(o, &logging);
   if (progress_fd >= 0) ::close(progress_fd);
   return result.status();
 }

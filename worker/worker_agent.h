@@ -63,11 +63,14 @@ class WorkerAgent {
   // Stops the ranks of `job_id` whose attempt is `attempt` or older.
   void StopRanks(const std::string& job_id, int attempt);
   void Reap();
+  // A chunk of a rank's log, for the coordinator (dfc logs).
+  v1::LogChunk ReadRankLog(const v1::LogRequest& request) const;
 
   WorkerAgentOptions options_;  // work_dir is filled in by Run
   std::string worker_id_;
   std::chrono::milliseconds interval_{500};
   std::vector<Rank> ranks_;
+  std::vector<v1::LogChunk> log_answers_;  // sent with the next heartbeat
 };
 
 
