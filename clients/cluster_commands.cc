@@ -147,10 +147,6 @@ int RunList(ClientArgs& c, const std::string& state, int page_size) {
   return kExitOk;
 }
 
-bool Coordinator_IsTerminal(v1::JobState s) {
-  return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED;
-}
-
 struct LogsArgs {
   std::string job;
   int rank = 0;
@@ -198,7 +194,7 @@ int RunLogs(ClientArgs& c, const LogsArgs& a) {
     jr.set_job_id(a.job);
     v1::Job job;
     auto jctx = MakeContext(c.security);
-    if (grpc::Status js = (*stub)->GetJob(jctx.get(), jr, &job); js.ok() && Coordinator_IsTerminal(job.state())) {
+    if (grpc::Status js = (*stub)->GetJob(jctx.get(), jr, &job); js.ok() && IsTerminalState(job.state())) {
       return kExitOk;
     }
     std::this_thread::sleep_for(std::chrono::seconds(1));

@@ -4,6 +4,7 @@
 
 #include <google/protobuf/unknown_field_set.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -60,7 +61,25 @@ absl::StatusOr<int> ValueOf(const std::vector<std::string>& names, const std::st
   std::vector<std::string> known(names.begin() + 1, names.end());
   return Bad(field, flag, absl::StrCat("unknown value '", name.substr(0, 64), "' (known: ", absl::StrJoin(known, ", "), ")"));
 }
+
+template <typename Enum>
+absl::StatusOr<Enum> ParseEnum(const std::vector<std::string>& names, const std::string& name, bool empty_ok,
+                               const std::string& field, const std::string& flag) {
+  auto v = ValueOf(names, name, empty_ok, field, flag);
+  if (!v.ok()) return v.status();
+  return static_cast<Enum>(*v);
+}
 }  // namespace
+
+bool ValidModelName(const std::string& name) {
+  if (name.empty() || name.size() > kMaxNameBytes || name[0] == '.') return false;
+  for (char c : name) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') return false;
+  }
+  return true;
+}
+
+bool IsTerminalState(v1::JobState s) { return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED; }
 
 std::string ModelName(v1::Model m) { return NameOf(kModelNames, m); }
 std::string LossName(v1::Loss l) { return NameOf(kLossNames, l); }
@@ -68,24 +87,16 @@ std::string LrScheduleName(v1::LrSchedule s) { return NameOf(kScheduleNames, s);
 std::string PrecisionName(v1::Precision p) { return NameOf(kPrecisionNames, p); }
 
 absl::StatusOr<v1::Model> ParseModel(const std::string& name) {
-  auto v = ValueOf(kModelNames, name, false, "config.model", "--model");
-  if (!v.ok()) return v.status();
-  return static_cast<v1::Model>(*v);
+  return ParseEnum<v1::Model>(kModelNames, name, false, "config.model", "--model");
 }
 absl::StatusOr<v1::Loss> ParseLoss(const std::string& name) {
-  auto v = ValueOf(kLossNames, name, true, "config.loss", "--loss");
-  if (!v.ok()) return v.status();
-  return static_cast<v1::Loss>(*v);
+  return ParseEnum<v1::Loss>(kLossNames, name, true, "config.loss", "--loss");
 }
 absl::StatusOr<v1::LrSchedule> ParseLrSchedule(const std::string& name) {
-  auto v = ValueOf(kScheduleNames, name, true, "config.lr_schedule", "--lr-schedule");
-  if (!v.ok()) return v.status();
-  return static_cast<v1::LrSchedule>(*v);
+  return ParseEnum<v1::LrSchedule>(kScheduleNames, name, true, "config.lr_schedule", "--lr-schedule");
 }
 absl::StatusOr<v1::Precision> ParsePrecision(const std::string& name) {
-  auto v = ValueOf(kPrecisionNames, name, true, "config.precision", "--precision");
-  if (!v.ok()) return v.status();
-  return static_cast<v1::Precision>(*v);
+  return ParseEnum<v1::Precision>(kPrecisionNames, name, true, "config.precision", "--precision");
 }
 
 bool UpgradeStoredConfig(v1::TrainingConfig* c) {

@@ -22,6 +22,13 @@ inline constexpr size_t kMaxIdempotencyKeyBytes = 256;
 // Priorities are small integers; INT_MAX would starve everything forever.
 inline constexpr int kMaxPriority = 1000;
 
+// An imported model's name: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with
+// '.' (the coordinator's catalogue and every dfc-server check it).
+bool ValidModelName(const std::string& name);
+
+// SUCCEEDED, FAILED or CANCELLED: the job will not change again.
+bool IsTerminalState(v1::JobState state);
+
 // The detectors (names as `--model` takes them).
 const std::vector<std::string>& KnownModels();
 

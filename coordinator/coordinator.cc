@@ -13,7 +13,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -27,9 +26,7 @@
 namespace dfc {
 namespace fs = std::filesystem;
 
-bool Coordinator::IsTerminal(v1::JobState s) {
-  return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED;
-}
+bool Coordinator::IsTerminal(v1::JobState s) { return IsTerminalState(s); }
 
 bool InsideRoots(const std::string& path, const std::vector<std::string>& roots) {
   if (path.empty() || path.find('\0') != std::string::npos) return false;
@@ -50,14 +47,6 @@ bool InsideRoots(const std::string& path, const std::vector<std::string>& roots)
     if (inside) return true;
   }
   return false;
-}
-
-bool ValidModelName(const std::string& name) {
-  if (name.empty() || name.size() > 64 || name[0] == '.') return false;
-  for (char c : name) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') return false;
-  }
-  return true;
 }
 
 absl::Status ValidateSubmit(const v1::SubmitJobRequest& r, const std::vector<std::string>& roots) {

@@ -10,12 +10,12 @@
 #include <filesystem>
 #include <thread>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "common/run_dir.h"
+#include "common/training_config.h"
 #include "common/status_macros.h"
 #include "models/checkpoint.h"
 #include "models/inference.h"
@@ -30,14 +30,6 @@ constexpr size_t kMaxFailedEntries = 16;
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-bool ValidName(const std::string& name) {
-  if (name.empty() || name.size() > 64 || name[0] == '.') return false;
-  for (char c : name) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') return false;
-  }
-  return true;
 }
 
 bool KnownArch(const std::string& arch) {
@@ -245,7 +237,7 @@ absl::StatusOr<std::pair<std::shared_ptr<ServedModel>, v1::ModelInfo>> ModelRegi
 }
 
 absl::Status ModelRegistry::CheckImport(const v1::ImportModelRequest::Header& h) {
-  if (!ValidName(h.name())) {
+  if (!ValidModelName(h.name())) {
     return absl::InvalidArgumentError(
         absl::StrCat("name '", h.name(), "': use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"));
   }
