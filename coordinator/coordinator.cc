@@ -225,7 +225,7 @@ absl::StatusOr<v1::Job> Coordinator::GetJob(const std::string& job_id) {
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
   v1::Job job = it->second;
-  FillWaitingLocked(&job);
+  FillWaitingLocked(&job, QueueOrderLocked());
   return job;
 }
 
@@ -257,6 +257,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsReq
     return std::make_pair(a->created_unix_ms(), a->job_id()) < std::make_pair(b->created_unix_ms(), b->job_id());
   });
   v1::ListJobsResponse resp;
+  const std::vector<std::string> order = QueueOrderLocked();  // once per page, not per job
   for (size_t i = 0; i < all.size() && i < page; ++i) {
     v1::Job* s = resp.add_jobs();
     *s = *all[i];
@@ -265,7 +266,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsReq
     s->clear_epochs();
     s->clear_failures();
     s->clear_events();
-    FillWaitingLocked(s);
+    FillWaitingLocked(s, order);
   }
   if (all.size() > page) {
     const v1::Job& last = *all[page - 1];
@@ -302,7 +303,7 @@ absl::StatusOr<v1::Job> Coordinator::WaitForChange(const std::string& job_id, in
   }
   *version = versions_[job_id];
   v1::Job job = jobs_[job_id];
-  FillWaitingLocked(&job);
+  FillWaitingLocked(&job, QueueOrderLocked());
   return job;
 }
 
@@ -375,10 +376,9 @@ std::vector<std::string> Coordinator::QueueOrderLocked() const {
   return ids;
 }
 
-void Coordinator::FillWaitingLocked(v1::Job* job) {
+void Coordinator::FillWaitingLocked(v1::Job* job, const std::vector<std::string>& order) {
   job->clear_waiting();
   if (job->state() != v1::QUEUED) return;
-  const std::vector<std::string> order = QueueOrderLocked();
   const int position = static_cast<int>(std::find(order.begin(), order.end(), job->job_id()) - order.begin()) + 1;
   const int64_t now = Now();
   int free = 0, live = 0;

@@ -127,7 +127,8 @@ class Coordinator {
   // Appends an entry to the job's timeline (the last 100 are kept).
   void AddEvent(v1::Job& job, const std::string& kind, const std::string& message) const;
   // A QUEUED job's place in the queue and why it waits (not stored: computed when read).
-  void FillWaitingLocked(v1::Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `order`: QueueOrderLocked(), computed once by the caller.
+  void FillWaitingLocked(v1::Job* job, const std::vector<std::string>& order) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The QUEUED jobs in the order the scheduler considers them.
   std::vector<std::string> QueueOrderLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StopRanks(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
