@@ -183,6 +183,10 @@ absl::Status Coordinator::ReconcileEpochsLocked(v1::Job& job) {
 
 absl::Status Coordinator::Save(const v1::Job& job) {
   DFC_RETURN_IF_ERROR(store_->Update(job));
+  if (options_.on_job_change) {
+    auto it = jobs_.find(job.job_id());
+    options_.on_job_change(it == jobs_.end() ? nullptr : &it->second, job);
+  }
   jobs_[job.job_id()] = job;  // callers pass a copy of the cached job, epochs included
   versions_[job.job_id()]++;
   changed_.SignalAll();
@@ -838,6 +842,41 @@ v1::ListWorkersResponse Coordinator::ListWorkers() {
   }
   for (auto it = gone_.rbegin(); it != gone_.rend(); ++it) fill(it->first, it->second, "gone");
   return resp;
+}
+
+ClusterSnapshot Coordinator::Snapshot() {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = Now();
+  ClusterSnapshot s;
+  for (const auto& [id, job] : jobs_) {
+    s.jobs[job.state()]++;
+    if (job.state() != v1::RUNNING) continue;
+    ClusterSnapshot::Running r;
+    r.job_id = id;
+    r.epoch = job.epochs_size();
+    if (!job.epochs().empty()) {
+      const v1::EpochMetrics& e = *job.epochs().rbegin();
+      r.images_per_second = e.images_per_second();
+      r.data_seconds = e.step_data_seconds();
+      r.compute_seconds = e.step_compute_seconds();
+      r.allreduce_wait_seconds = e.step_allreduce_wait_seconds();
+    }
+    s.running.push_back(r);
+  }
+  s.queued = s.jobs[v1::QUEUED];
+  for (const auto& [id, w] : workers_) {
+    const bool late = now - w.last_seen_ms > 2 * options_.heartbeat_interval.count();
+    (late ? s.workers_suspect : s.workers_live)++;
+    const int free = FreeSlots(id);
+    if (w.gpus > 0) {
+      s.gpus += w.slots;
+      s.gpus_free += free;
+    } else {
+      s.cpu_slots += w.slots;
+      s.cpu_slots_free += free;
+    }
+  }
+  return s;
 }
 
 absl::StatusOr<v1::GetRankLogResponse> Coordinator::GetRankLog(const v1::GetRankLogRequest& r,

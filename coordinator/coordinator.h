@@ -37,6 +37,23 @@ struct CoordinatorOptions {
   // Tests of the scheduler and state machine: SQLite in memory, nothing
   // durable (the state directory is still locked and holds job outputs).
   bool in_memory_store = false;
+  // Told of every change of a job's record (`before` is null for a new job),
+  // under the coordinator's lock: keep it quick. Metrics use it.
+  std::function<void(const v1::Job* before, const v1::Job& after)> on_job_change;
+};
+
+// Counts for the metrics endpoint, taken under the lock in one go.
+struct ClusterSnapshot {
+  std::map<v1::JobState, int> jobs;  // every job the coordinator holds, by state
+  int queued = 0;
+  int workers_live = 0, workers_suspect = 0;
+  int cpu_slots = 0, cpu_slots_free = 0, gpus = 0, gpus_free = 0;  // live and suspect workers
+  struct Running {
+    std::string job_id;
+    int epoch = 0;  // epochs finished
+    double images_per_second = 0, data_seconds = 0, compute_seconds = 0, allreduce_wait_seconds = 0;
+  };
+  std::vector<Running> running;  // RUNNING jobs with their last finished epoch
 };
 
 // The coordinator's domain logic: the durable job queue and state machine
@@ -86,6 +103,7 @@ class Coordinator {
   absl::StatusOr<v1::GetRankLogResponse> GetRankLog(const v1::GetRankLogRequest& request,
                                                     std::chrono::milliseconds wait = std::chrono::seconds(5));
   std::vector<std::string> ListServers();
+  ClusterSnapshot Snapshot();
 
   static bool IsTerminal(v1::JobState s);
 

@@ -6,7 +6,10 @@
 #include <CLI/CLI.hpp>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "common/http/metrics_endpoint.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/coordinator_service.h"
+#include "coordinator/dashboard.h"
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -45,6 +48,12 @@ int main(int argc, char** argv) {
   app.add_flag("--insecure", insecure, "Allow a non-loopback --listen without a token");
   app.add_option("--token-file", sec.token, "File holding the bearer token callers must present")
       ->check(CLI::ExistingFile);
+  std::string http_listen;
+  app.add_option("--http-listen", http_listen,
+                 "Serve the read-only web dashboard on HOST:PORT (off when empty; HTTPS with --tls-cert; "
+                 "needs --token-file's token when one is set)");
+  dfc::MetricsFlags metrics_flags;
+  metrics_flags.Add(app);
   CLI11_PARSE(app, argc, argv);
   if (!sec.token.empty()) {
     auto t = dfc::ReadTokenFile(sec.token);
@@ -84,6 +93,13 @@ int main(int argc, char** argv) {
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   opts.schedule_timeout = std::chrono::seconds(schedule_timeout_s);
   opts.worker_timeout = std::chrono::milliseconds(worker_timeout_ms);
+  if (!http_listen.empty() && !dfc::IsLoopbackListen(http_listen) && sec.token.empty() && !insecure) {
+    std::fprintf(stderr, "dfc-coordinator: refusing to serve the dashboard on %s without a token; give "
+                 "--token-file, or --insecure\n", http_listen.c_str());
+    return 2;
+  }
+  auto metrics = std::make_shared<dfc::CoordinatorMetrics>();
+  metrics->Hook(&opts);
   auto coordinator = dfc::Coordinator::Create(opts);
   if (!coordinator.ok()) {
     std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(coordinator.status().message()).c_str());
@@ -111,7 +127,30 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dfc-coordinator: cannot listen on %s\n", listen.c_str());
     return 1;
   }
+  metrics->Attach(coordinator->get());
+  auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics}, sec.tls_cert, sec.tls_key);
+  if (!metrics_server.ok()) {
+    std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(metrics_server.status().message()).c_str());
+    return 2;
+  }
+  std::unique_ptr<dfc::HttpServer> dashboard;
+  if (!http_listen.empty()) {
+    dfc::HttpOptions h;
+    h.listen = http_listen;
+    h.tls_cert = sec.tls_cert;
+    h.tls_key = sec.tls_key;
+    h.token = sec.token;
+    h.name = "--http-listen";
+    auto d = dfc::HttpServer::Start(h, dfc::DashboardHandler(coordinator->get()));
+    if (!d.ok()) {
+      std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(d.status().message()).c_str());
+      return 2;
+    }
+    dashboard = std::move(*d);
+  }
   std::printf("dfc-coordinator listening on %s (state %s)\n", listen.c_str(), opts.state_dir.c_str());
+  if (*metrics_server) std::printf("metrics: %s/metrics\n", (*metrics_server)->url().c_str());
+  if (dashboard) std::printf("dashboard: %s/\n", dashboard->url().c_str());
   std::fflush(stdout);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
@@ -119,6 +158,8 @@ int main(int argc, char** argv) {
     (*coordinator)->Tick();
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+  dashboard.reset();
+  metrics_server->reset();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;
 }

@@ -12,6 +12,7 @@ packages=(
   libopencv-core-dev libopencv-imgproc-dev libjpeg62-turbo-dev libpng-dev
   libgtest-dev libgmock-dev libtcmalloc-minimal4 libgloo-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libsqlite3-dev
+  prometheus-cpp-dev libcpp-httplib-dev libssl-dev
   python3-h5py python3-pil python3-numpy
 )
 binaries_only=0
@@ -28,6 +29,9 @@ else
   command -v kubectl >/dev/null || packages+=(kubernetes-client)
   # clang checks the locks (-Wthread-safety) in a test; GCC builds everything.
   packages+=(clang)
+  # The operator tests: curl scrapes, Debian's Prometheus server scrapes, and
+  # chromium (headless) renders the dashboard.
+  packages+=(curl prometheus chromium)
   command -v npm >/dev/null || packages+=(nodejs npm)
 fi
 

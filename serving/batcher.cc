@@ -1,4 +1,5 @@
 #include "serving/batcher.h"
+#include "serving/serving_metrics.h"
 
 #include <cstring>
 #include <exception>
@@ -76,7 +77,8 @@ InferenceBatcher::~InferenceBatcher() {
 
 bool InferenceBatcher::Enqueue(const std::shared_ptr<ServedModel>& model, std::string id,
                                std::optional<int32_t> label, std::vector<uint8_t> pixels,
-                               const std::shared_ptr<ResultQueue>& results) {
+                               const std::shared_ptr<ResultQueue>& results,
+                               std::chrono::steady_clock::time_point received) {
   absl::MutexLock lock(&mu_);
   while (!stop_ && queued_ >= options_.max_queued) {
     if (results->cancelled()) return false;
@@ -85,7 +87,8 @@ bool InferenceBatcher::Enqueue(const std::shared_ptr<ServedModel>& model, std::s
   if (stop_ || results->cancelled()) return false;
   ModelQueue& q = queues_[model.get()];
   if (!q.model) q.model = model;
-  q.items.push_back(Item{std::move(id), label, std::move(pixels), results, std::chrono::steady_clock::now()});
+  q.items.push_back(Item{std::move(id), label, std::move(pixels), results, std::chrono::steady_clock::now(),
+                          received});
   ++queued_;
   work_.Signal();
   return true;
@@ -131,6 +134,7 @@ void InferenceBatcher::RunBatch(ServedModel& model, std::vector<Item>& batch) {
     EvalOutcome out;
     out.id = std::move(batch[i].id);
     out.label = batch[i].label;
+    out.received = batch[i].received;
     if (logits.ok()) {
       out.logit = (*logits)[i];
       out.p_real = PRealFromLogit(out.logit);
@@ -177,6 +181,11 @@ void InferenceBatcher::Loop() {
     stats_.items += static_cast<int64_t>(n);
     room_.SignalAll();
     mu_.Unlock();
+    if (options_.metrics != nullptr) {
+      const auto now = std::chrono::steady_clock::now();
+      options_.metrics->Batch(static_cast<int>(n));
+      for (const Item& item : batch) options_.metrics->QueueWait(std::chrono::duration<double>(now - item.enqueued).count());
+    }
     RunBatch(*model, batch);  // outside the lock: streams keep enqueueing
     mu_.Lock();
   }

@@ -35,7 +35,10 @@ struct EvalOutcome {
   float logit = 0;
   float p_real = 0;
   std::string error;  // non-empty: no prediction
+  std::chrono::steady_clock::time_point received;  // when its request arrived (latency)
 };
+
+class ServingMetrics;
 
 // The results of one stream, in completion order, with the stream's
 // in-flight budget: Acquire() before an item is read, Release() after its
@@ -78,6 +81,7 @@ class InferenceBatcher {
     int max_batch = 8;  // CPU sweet spot for MesoInception-4 (docs/BENCH.md); raise on GPUs
     std::chrono::microseconds max_delay{0};  // 0: greedy, run as soon as the model is free
     int max_queued = 256;
+    ServingMetrics* metrics = nullptr;  // optional: batch sizes and queue waits
   };
   struct Stats {
     int64_t batches = 0;
@@ -94,7 +98,8 @@ class InferenceBatcher {
   // result goes to `results`. Blocks while the queue is full; false when the
   // stream was cancelled or the batcher is stopping (nothing was queued).
   bool Enqueue(const std::shared_ptr<ServedModel>& model, std::string id, std::optional<int32_t> label,
-               std::vector<uint8_t> pixels, const std::shared_ptr<ResultQueue>& results);
+               std::vector<uint8_t> pixels, const std::shared_ptr<ResultQueue>& results,
+               std::chrono::steady_clock::time_point received = std::chrono::steady_clock::now());
 
   Stats stats() const;
   const Options& options() const { return options_; }
@@ -106,6 +111,7 @@ class InferenceBatcher {
     std::vector<uint8_t> pixels;
     std::shared_ptr<ResultQueue> results;
     std::chrono::steady_clock::time_point enqueued;
+    std::chrono::steady_clock::time_point received;
   };
   struct ModelQueue {
     std::shared_ptr<ServedModel> model;

@@ -22,6 +22,7 @@ struct CountGuard {
 
 void PushError(ResultQueue& results, std::string id, std::optional<int32_t> label, std::string error) {
   EvalOutcome out;
+  out.received = std::chrono::steady_clock::now();
   out.id = std::move(id);
   out.label = label;
   out.error = std::move(error);
@@ -46,12 +47,26 @@ grpc::Status EvaluationServiceImpl::Evaluate(
                         "model: the first message must name the model (a job checkpoint or an imported name)");
   }
   auto resolved = registry_->Resolve(req.model());
-  if (!resolved.ok()) return ToGrpc(resolved.status());
+  if (!resolved.ok()) {
+    if (metrics_ != nullptr) metrics_->Request("unresolved", false);  // never a client-chosen name as a label
+    return ToGrpc(resolved.status());
+  }
   const std::shared_ptr<ServedModel> model = resolved->first;
+  const std::string model_name = resolved->second.name();
   ++streams_served_;
+  grpc::Status status = Serve(ctx, stream, req, model, model_name, resolved->second);
+  if (metrics_ != nullptr) metrics_->Request(model_name, status.ok());
+  return status;
+}
+
+grpc::Status EvaluationServiceImpl::Serve(grpc::ServerContext* ctx,
+                                          grpc::ServerReaderWriter<v1::EvaluateResponse, v1::EvaluateRequest>* stream,
+                                          v1::EvaluateRequest req,
+                                          const std::shared_ptr<ServedModel>& model, const std::string& model_name,
+                                          const v1::ModelInfo& info) {
   {
     v1::EvaluateResponse head;
-    *head.mutable_model() = resolved->second;
+    *head.mutable_model() = info;
     if (!stream->Write(head)) return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
   }
 
@@ -70,11 +85,16 @@ grpc::Status EvaluationServiceImpl::Evaluate(
       } else {
         r->set_error(std::move(o.error));
       }
+      const bool ok = r->error().empty();
       if (!stream->Write(resp)) {
         results->Cancel();
         break;
       }
       ++images_served_;
+      if (metrics_ != nullptr) {
+        metrics_->Image(model_name, ok,
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - o.received).count());
+      }
       results->Release();
     }
   });
@@ -87,6 +107,7 @@ grpc::Status EvaluationServiceImpl::Evaluate(
     first = false;
     // The first message may carry the model alone.
     if (is_first && req.image().empty() && req.id().empty() && !req.has_label()) continue;
+    const auto received = std::chrono::steady_clock::now();
     if (!results->Acquire()) break;  // blocks while this stream has too much in flight
     std::string id = req.id().empty() ? absl::StrCat(index) : req.id();
     ++index;
@@ -110,7 +131,7 @@ grpc::Status EvaluationServiceImpl::Evaluate(
       PushError(*results, std::move(id), label, absl::StrCat("image: ", decoded.message()));
       continue;
     }
-    if (!batcher_->Enqueue(model, id, label, std::move(pixels), results)) {
+    if (!batcher_->Enqueue(model, id, label, std::move(pixels), results, received)) {
       if (results->cancelled()) break;
       PushError(*results, std::move(id), label, "the server is shutting down");
     }

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "serving/batcher.h"
+#include "serving/serving_metrics.h"
 #include "serving/model_registry.h"
 #include "data_shards/image_codec.h"
 #include "dfc/v1/dfc.grpc.pb.h"
@@ -27,9 +28,9 @@ struct EvaluationOptions {
 class EvaluationServiceImpl final : public v1::EvaluationService::Service {
  public:
   EvaluationServiceImpl(ModelRegistry* registry, InferenceBatcher* batcher, EvaluationOptions options,
-                        std::string token, std::string replica = "")
+                        std::string token, std::string replica = "", ServingMetrics* metrics = nullptr)
       : registry_(registry), batcher_(batcher), options_(options), token_(std::move(token)),
-        replica_(std::move(replica)) {}
+        replica_(std::move(replica)), metrics_(metrics) {}
 
   grpc::Status Evaluate(grpc::ServerContext* ctx,
                         grpc::ServerReaderWriter<v1::EvaluateResponse, v1::EvaluateRequest>* stream) override;
@@ -43,11 +44,17 @@ class EvaluationServiceImpl final : public v1::EvaluationService::Service {
   int64_t images_served() const { return images_served_.load(); }
 
  private:
+  // One stream after its model resolved (req: its first message).
+  grpc::Status Serve(grpc::ServerContext* ctx,
+                     grpc::ServerReaderWriter<v1::EvaluateResponse, v1::EvaluateRequest>* stream,
+                     v1::EvaluateRequest req, const std::shared_ptr<ServedModel>& model, const std::string& model_name,
+                     const v1::ModelInfo& info);
   ModelRegistry* const registry_;
   InferenceBatcher* const batcher_;
   const EvaluationOptions options_;
   const std::string token_;
   const std::string replica_;
+  ServingMetrics* const metrics_;
   std::atomic<int> open_streams_{0};
   std::atomic<int64_t> streams_served_{0};  // streams that named a model that loaded
   std::atomic<int64_t> images_served_{0};   // results sent

@@ -326,6 +326,13 @@ absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest
   return *info;
 }
 
+int ModelRegistry::LoadedCount() {
+  absl::MutexLock lock(&mu_);
+  int n = 0;
+  for (const auto& [key, e] : entries_) n += e.model != nullptr;
+  return n;
+}
+
 absl::StatusOr<std::vector<v1::ModelInfo>> ModelRegistry::List() {
   DFC_ASSIGN_OR_RETURN(std::vector<v1::CatalogEntry> catalog, catalog_->ListModels());
   absl::MutexLock lock(&mu_);

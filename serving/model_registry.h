@@ -54,6 +54,8 @@ class ModelRegistry {
   // The catalogue's models with this replica's state of each, then the job
   // checkpoints this replica holds.
   absl::StatusOr<std::vector<v1::ModelInfo>> List();
+  // Models in memory now (loaded and not evicted).
+  int LoadedCount();
 
   const ModelRegistryOptions& options() const { return options_; }
 

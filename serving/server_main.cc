@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "models/inference.h"
 #include "serving/batcher.h"
+#include "common/http/metrics_endpoint.h"
 #include "serving/evaluation_service.h"
 #include "serving/model_catalog.h"
 #include "serving/model_registry.h"
@@ -91,6 +92,8 @@ int main(int argc, char** argv) {
   app.add_option("--eval-max-image-bytes", max_image_bytes, "Largest encoded image accepted")
       ->check(CLI::Range(int64_t{1}, int64_t{dfc::kMaxMessageBytes} - 4096));
   app.add_option("--eval-max-loaded", serve.max_loaded, "Models kept loaded")->check(CLI::Range(1, 64));
+  dfc::MetricsFlags metrics_flags;
+  metrics_flags.Add(app);
   CLI11_PARSE(app, argc, argv);
   batching.max_delay = std::chrono::microseconds(max_delay_us);
   eval.limits.max_bytes = static_cast<size_t>(max_image_bytes);
@@ -119,9 +122,15 @@ int main(int argc, char** argv) {
 
   char host[256] = {0};
   ::gethostname(host, sizeof(host) - 1);
+  auto metrics = std::make_shared<dfc::ServingMetrics>();
+  batching.metrics = metrics.get();
   dfc::InferenceBatcher batcher(batching);
   dfc::EvaluationServiceImpl evaluation(registry->get(), &batcher, eval, sec.token,
-                                        absl::StrCat(host, ":", ::getpid()));
+                                        absl::StrCat(host, ":", ::getpid()), metrics.get());
+  dfc::ModelRegistry* reg = registry->get();
+  metrics->SetGauges([&evaluation] { return evaluation.open_streams(); }, [reg] { return reg->LoadedCount(); });
+  auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics}, sec.tls_cert, sec.tls_key);
+  if (!metrics_server.ok()) return Fail(std::string(metrics_server.status().message()));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -150,6 +159,7 @@ int main(int argc, char** argv) {
   std::printf("dfc-server listening on %s (device %s, max batch %d, catalogue %s)\n", listen.c_str(),
               serve.device.empty() ? (gpu ? "cuda:0" : "cpu") : serve.device.c_str(), batching.max_batch,
               coordinator.c_str());
+  if (*metrics_server) std::printf("metrics: %s/metrics\n", (*metrics_server)->url().c_str());
   std::fflush(stdout);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
@@ -167,6 +177,7 @@ int main(int argc, char** argv) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+  metrics_server->reset();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;
 }

@@ -49,8 +49,21 @@ std::string TestCluster::Dfc(const std::string& args) const {
   return DfcBinary() + " --coordinator " + address() + " " + args;
 }
 
+void TestCluster::AddMetricsFlag(std::vector<std::string>& argv, std::vector<int>* ports) {
+  if (!options_.operator_endpoints) return;
+  ports->push_back(PickFreePort());
+  argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:" + std::to_string(ports->back())});
+}
+
 void TestCluster::StartCoordinator() {
   std::vector<std::string> argv = {Bin("dfc-coordinator"), "--listen", address(), "--state", dir_.Join("state")};
+  if (options_.operator_endpoints) {
+    // The same ports across a restart of the coordinator.
+    if (coordinator_metrics_port_ == 0) coordinator_metrics_port_ = PickFreePort();
+    if (dashboard_port_ == 0) dashboard_port_ = PickFreePort();
+    argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:" + std::to_string(coordinator_metrics_port_),
+                             "--http-listen", "127.0.0.1:" + std::to_string(dashboard_port_)});
+  }
   argv.insert(argv.end(), options_.coordinator_flags.begin(), options_.coordinator_flags.end());
   coordinator_ = &procs_.Start(argv, "coordinator.log");
   for (int i = 0; i < 300 && RunCommand(Dfc("list")).exit_code != 0; ++i) {
@@ -66,6 +79,7 @@ void TestCluster::KillCoordinator() {
 Subprocess& TestCluster::AddWorker() {
   std::vector<std::string> argv = {Bin("dfc-worker"), "--coordinator", address()};
   argv.insert(argv.end(), options_.worker_flags.begin(), options_.worker_flags.end());
+  AddMetricsFlag(argv, &worker_metrics_ports_);
   workers_.push_back(&procs_.Start(argv, "worker-" + std::to_string(workers_.size()) + ".log"));
   return *workers_.back();
 }
@@ -76,6 +90,7 @@ int TestCluster::AddServer() {
   std::vector<std::string> argv = {Bin("dfc-server"), "--listen", server_addresses_.back(), "--coordinator",
                                    address(), "--models-dir", dir_.Join("state/models")};
   argv.insert(argv.end(), options_.server_flags.begin(), options_.server_flags.end());
+  AddMetricsFlag(argv, &server_metrics_ports_);
   const std::string log = "server-" + std::to_string(i) + ".log";
   servers_.push_back(&procs_.Start(argv, log));
   auto channel = grpc::CreateChannel(server_addresses_.back(), grpc::InsecureChannelCredentials());

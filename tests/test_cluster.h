@@ -45,6 +45,9 @@ class TestCluster {
     std::vector<std::string> coordinator_flags = {"--heartbeat-ms", "200", "--worker-timeout-ms", "1500"};
     std::vector<std::string> worker_flags = {"--cpu-slots", "1"};
     std::vector<std::string> server_flags = {"--device", "cpu"};
+    // The operator's endpoints: --metrics-listen on every process and the
+    // coordinator's dashboard (--http-listen), each on a free port.
+    bool operator_endpoints = false;
   };
   explicit TestCluster(int workers) : TestCluster(Options{workers}) {}
   explicit TestCluster(Options options);
@@ -67,10 +70,18 @@ class TestCluster {
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   std::string server_address(int i) const { return server_addresses_.at(static_cast<size_t>(i)); }
   std::string Dfc(const std::string& args) const;
+  // With operator_endpoints: "http://127.0.0.1:PORT" of each endpoint.
+  std::string coordinator_metrics() const { return Url(coordinator_metrics_port_); }
+  std::string dashboard() const { return Url(dashboard_port_); }
+  std::string worker_metrics(int i) const { return Url(worker_metrics_ports_.at(static_cast<size_t>(i))); }
+  std::string server_metrics(int i) const { return Url(server_metrics_ports_.at(static_cast<size_t>(i))); }
   TempDir& dir() { return dir_; }
   Processes& processes() { return procs_; }
 
  private:
+  static std::string Url(int port) { return "http://127.0.0.1:" + std::to_string(port); }
+  // --metrics-listen on a free port when operator_endpoints; records the port.
+  void AddMetricsFlag(std::vector<std::string>& argv, std::vector<int>* ports);
   TempDir dir_;  // first: the processes go before it
   Processes procs_{&dir_};
   const Options options_;
@@ -78,6 +89,8 @@ class TestCluster {
   Subprocess* coordinator_ = nullptr;
   std::vector<Subprocess*> workers_, servers_;
   std::vector<std::string> server_addresses_;
+  int coordinator_metrics_port_ = 0, dashboard_port_ = 0;
+  std::vector<int> worker_metrics_ports_, server_metrics_ports_;
 };
 
 }  // namespace dfc::testing

@@ -89,6 +89,7 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
     r.exit_code = 127;
     r.error = std::string(started.status().message());
   }
+  if (options_.metrics != nullptr) options_.metrics->RankStarted();
   const pid_t pid = r.process.pid();
   std::fprintf(stderr, "dfc-worker: started %s attempt %d rank %d/%d (pid %d)\n", a.job_id().c_str(), a.attempt(),
                a.rank(), a.world_size(), static_cast<int>(pid));
@@ -141,6 +142,12 @@ std::string FirstLine(const std::string& path) {
 
 }  // namespace
 
+std::string WorkerAgent::ExitResult(const Rank& r) {
+  if (r.hung) return "hung";
+  if (r.process.term_signal() != 0) return "killed";
+  return r.exit_code == 0 ? "succeeded" : "failed";
+}
+
 void WorkerAgent::Reap() {
   const auto now = std::chrono::steady_clock::now();
   for (Rank& r : ranks_) {
@@ -152,6 +159,7 @@ void WorkerAgent::Reap() {
       if (r.error.empty() && r.process.term_signal() != 0) {
         r.error = absl::StrCat("killed by signal ", r.process.term_signal(), " (", strsignal(r.process.term_signal()), ")");
       }
+      if (options_.metrics != nullptr) options_.metrics->RankExited(ExitResult(r));
       continue;
     }
     if (r.stopping) continue;
@@ -172,6 +180,7 @@ void WorkerAgent::Reap() {
                    r.assignment.attempt(), r.assignment.rank(), r.error.c_str());
       r.process.Terminate(std::chrono::milliseconds(0));  // SIGKILL
       r.stopping = true;
+      r.hung = true;
     }
   }
 }
@@ -215,7 +224,11 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
     log_answers_.clear();
     v1::HeartbeatResponse resp;
     auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
+    const auto sent = std::chrono::steady_clock::now();
     absl::Status st = FromGrpc(stub->Heartbeat(ctx.get(), req, &resp));
+    if (options_.metrics != nullptr) {
+      options_.metrics->Heartbeat(st.ok(), std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count());
+    }
     if (st.ok()) {
       // Exited ranks were reported; forget them.
       std::vector<Rank> keep;
@@ -227,6 +240,11 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
       for (const v1::RankAssignment& a : resp.start()) StartRank(a);
       for (const v1::LogRequest& l : resp.logs()) log_answers_.push_back(ReadRankLog(l));
       if (resp.reregister()) (void)Register(*stub);
+    }
+    if (options_.metrics != nullptr) {
+      int running = 0;
+      for (const Rank& r : ranks_) running += !r.exited;
+      options_.metrics->SetRanksRunning(running);
     }
     std::this_thread::sleep_for(interval_);
   }

@@ -15,6 +15,7 @@
 #include "common/subprocess.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 #include "training/trainer.h"
+#include "worker/worker_metrics.h"
 
 namespace dfc {
 
@@ -32,6 +33,7 @@ struct WorkerAgentOptions {
   // A rank with no step progress for this long is killed as hung, unless its
   // job sets config.hang_timeout_s.
   std::chrono::seconds hang_timeout{300};
+  WorkerMetrics* metrics = nullptr;  // optional
 };
 
 // dfc-worker's supervisor: registers with the coordinator, heartbeats the
@@ -57,7 +59,10 @@ class WorkerAgent {
     std::chrono::seconds hang_timeout{300};
     bool stopping = false;  // SIGTERM sent; SIGKILL when the grace period ends (never moved later)
     std::string error;      // reported with the exit
+    bool hung = false;
   };
+  // How a rank ended, for the metrics.
+  static std::string ExitResult(const Rank& r);
   absl::Status Register(v1::WorkerService::Stub& stub);
   void StartRank(const v1::RankAssignment& a);
   // Stops the ranks of `job_id` whose attempt is `attempt` or older.

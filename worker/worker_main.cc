@@ -8,6 +8,7 @@
 
 #include "absl/strings/escaping.h"
 #include "common/subprocess.h"
+#include "common/http/metrics_endpoint.h"
 #include "worker/worker_agent.h"
 
 namespace {
@@ -31,6 +32,8 @@ int main(int argc, char** argv) {
   app.add_option("--tls-ca", opts.security.tls_ca, "CA (PEM) of the coordinator's certificate; enables TLS");
   app.add_option("--tls-cert", opts.security.tls_cert, "Client certificate (PEM)");
   app.add_option("--tls-key", opts.security.tls_key, "Client key (PEM)");
+  dfc::MetricsFlags metrics_flags;
+  metrics_flags.Add(app);
   app.add_option("--token-file", token_file, "File holding the bearer token")->check(CLI::ExistingFile);
   CLI::App* rank_cmd = app.add_subcommand("rank", "Run one rank (started by the worker itself)");
   std::string assignment_b64;
@@ -85,6 +88,14 @@ int main(int argc, char** argv) {
   opts.rank_binary = dfc::SelfExecutable();
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
+  dfc::WorkerMetrics metrics(opts.cpu_slots, opts.gpus);
+  opts.metrics = &metrics;
+  auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics.registry()});
+  if (!metrics_server.ok()) {
+    std::fprintf(stderr, "dfc-worker: %s\n", std::string(metrics_server.status().message()).c_str());
+    return 2;
+  }
+  if (*metrics_server) std::fprintf(stderr, "dfc-worker: metrics on %s/metrics\n", (*metrics_server)->url().c_str());
   dfc::WorkerAgent agent(opts);
   absl::Status st = agent.Run(&g_stop);
   if (!st.ok()) {
