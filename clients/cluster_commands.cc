@@ -339,7 +339,15 @@ struct ClusterArgs {
   int wait_s = 60;
   std::string server_listen = "127.0.0.1:0";  // dfc-server (port 0: any free port; clients ask the coordinator)
   int servers = 1;
+  std::string http_listen = "127.0.0.1:0";  // the dashboard (port 0: a free port); "" = off
+  bool metrics = false;                     // --metrics-listen on every process (free ports)
 };
+
+// HOST:0 becomes HOST:<a free port> (cluster up prints where things are).
+std::string ConcretePort(const std::string& listen) {
+  if (listen.size() < 2 || listen.compare(listen.size() - 2, 2, ":0") != 0) return listen;
+  return listen.substr(0, listen.size() - 1) + std::to_string(PickFreePort());
+}
 
 std::string SiblingBinary(const std::string& name) {
   return (fs::path(SelfExecutable()).parent_path() / name).string();
@@ -368,15 +376,23 @@ int RunClusterUp(const ClusterArgs& a) {
     procs.push_back(std::move(*p));
     return absl::OkStatus();
   };
-  if (absl::Status st = spawn({SiblingBinary("dfc-coordinator"), "--listen", a.listen, "--state", state.string()},
-                              "coordinator.log");
-      !st.ok()) {
-    return ReportError(st);
-  }
+  std::vector<std::pair<std::string, std::string>> metrics;  // process -> its endpoint
+  auto with_metrics = [&](std::vector<std::string>& argv, const std::string& who) {
+    if (!a.metrics) return;
+    metrics.emplace_back(who, ConcretePort("127.0.0.1:0"));
+    argv.insert(argv.end(), {"--metrics-listen", metrics.back().second});
+  };
+  std::vector<std::string> coordinator = {SiblingBinary("dfc-coordinator"), "--listen", a.listen, "--state",
+                                          state.string()};
+  const std::string http = ConcretePort(a.http_listen);
+  if (!http.empty()) coordinator.insert(coordinator.end(), {"--http-listen", http});
+  with_metrics(coordinator, "coordinator");
+  if (absl::Status st = spawn(coordinator, "coordinator.log"); !st.ok()) return ReportError(st);
   for (int r = 0; r < a.servers; ++r) {
     std::vector<std::string> argv = {SiblingBinary("dfc-server"), "--coordinator", a.listen, "--listen",
                                      a.server_listen, "--models-dir", (state / "models").string()};
     if (a.gpus == 0) argv.insert(argv.end(), {"--device", "cpu"});
+    with_metrics(argv, absl::StrCat("server-", r));
     if (absl::Status st = spawn(argv, absl::StrCat("server-", r, ".log")); !st.ok()) return ReportError(st);
   }
   for (int w = 0; w < a.workers; ++w) {
@@ -384,6 +400,7 @@ int RunClusterUp(const ClusterArgs& a) {
                                      std::to_string(a.cpu_slots), "--work-dir",
                                      (state / absl::StrCat("workers/worker-", w)).string()};
     if (a.gpus != 0) argv.insert(argv.end(), {"--gpus", std::to_string(a.gpus)});
+    with_metrics(argv, absl::StrCat("worker-", w));
     if (absl::Status st = spawn(argv, absl::StrCat("worker-", w, ".log")); !st.ok()) return ReportError(st);
   }
   // Each pid with its start time: `cluster down` signals only processes that
@@ -421,6 +438,8 @@ int RunClusterUp(const ClusterArgs& a) {
       std::printf("cluster up: coordinator %s, %d worker(s) x %d slot(s), evaluation server(s) %s, state %s\n",
                   a.listen.c_str(), a.workers, a.cpu_slots, absl::StrJoin(servers.addresses(), ",").c_str(),
                   state.c_str());
+      if (!http.empty()) std::printf("dashboard: http://%s/\n", http.c_str());
+      for (const auto& [who, addr] : metrics) std::printf("metrics: %s http://%s/metrics\n", who.c_str(), addr.c_str());
       return kExitOk;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -669,6 +688,9 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
   up->add_option("--servers", k->servers, "dfc-server replicas")->check(CLI::Range(0, 16));
   up->add_option("--server-listen", k->server_listen, "Their listen address (port 0: a free port each)");
   up->add_option("--listen", k->listen, "Coordinator address");
+  up->add_option("--http-listen", k->http_listen,
+                 "The coordinator's web dashboard (port 0: a free port; empty: off); its URL is printed");
+  up->add_flag("--metrics", k->metrics, "Prometheus /metrics on every process (free ports, printed)");
   up->add_option("--workers", k->workers, "Worker processes")->check(CLI::Range(1, 64));
   up->add_option("--cpu-slots", k->cpu_slots, "Ranks per worker")->check(CLI::Range(1, 64));
   up->add_option("--gpus", k->gpus, "GPU ranks per worker (CUDA builds; -1: every visible GPU)")->check(CLI::Range(-1, 64));

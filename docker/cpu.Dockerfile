@@ -19,6 +19,7 @@ RUN apt-get update -q && apt-get install -y -q --no-install-recommends \
       libtorch1.13 libgrpc++1.51 libprotobuf32 libsqlite3-0 libhdf5-103-1 \
       libjpeg62-turbo libpng16-16 libopencv-imgproc406 libopencv-core406 \
       libabsl20220623 libtcmalloc-minimal4 libopenblas0-openmp libgloo0 \
+      libprometheus-cpp-core1.0 libcpp-httplib0.11 \
     && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /var/cache/debconf/*-old \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin dfc
 COPY --from=build /src/build/bin/dfc /src/build/bin/dfc-coordinator /src/build/bin/dfc-worker /src/build/bin/dfc-server /opt/dfc/bin/

@@ -30,7 +30,8 @@ pkgs=(libgrpc++-dev libgrpc++1.51 libgrpc-dev libgrpc29 protobuf-compiler-grpc l
       libc-ares2 libc-ares-dev libre2-9 libre2-dev libssl-dev libssl3 libtcmalloc-minimal4 libquadmath0 libzstd1
       libcurl4 libbrotli1 libcom-err2 libdb5.3 libffi8 libgmp10 libgnutls30 libgssapi-krb5-2 libhogweed6
       libidn2-0 libk5crypto3 libkeyutils1 libkrb5-3 libkrb5support0 libldap-2.5-0 libnettle8 libnghttp2-14
-      libp11-kit0 libpsl5 librtmp1 libsasl2-2 libsasl2-modules-db libssh2-1 libtasn1-6 libunistring2)
+      libp11-kit0 libpsl5 librtmp1 libsasl2-2 libsasl2-modules-db libssh2-1 libtasn1-6 libunistring2
+      prometheus-cpp-dev libprometheus-cpp-core1.0 libcpp-httplib-dev libcpp-httplib0.11 libbrotli-dev)
 apt-get download "${pkgs[@]}"
 bytes=$(cat ./*.deb | wc -c)
 echo "gather_cuda_deps: ${#pkgs[@]} packages, $((bytes / 1024 / 1024)) MiB in $(pwd)"

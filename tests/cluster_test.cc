@@ -429,9 +429,21 @@ TEST(ClusterTest, IdempotencyKeyWithAnotherRequestIsRefusedNamingTheDifference) 
 TEST(ClusterTest, ClusterDownLeavesAReusedPidAlone) {
   testing::TempDir dir;
   const std::string state = dir.Join("state");
-  auto up = RunCommand(testing::DfcBinary() + " cluster up --workers 1 --listen 127.0.0.1:" +
+  auto up = RunCommand(testing::DfcBinary() + " cluster up --workers 1 --metrics --listen 127.0.0.1:" +
                        std::to_string(PickFreePort()) + " --state " + state);
   ASSERT_EQ(up.exit_code, 0) << up.err;
+  // It prints the dashboard's URL and every metrics endpoint, and they answer.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(up.out, m, std::regex("dashboard: (http://127\\.0\\.0\\.1:[0-9]+/)"))) << up.out;
+  EXPECT_NE(RunCommand("curl -sS -m 10 " + m[1].str() + "api/workers").out.find("\"live\""), std::string::npos);
+  int endpoints = 0;
+  for (const std::string& line : testing::SplitLines(up.out)) {
+    if (line.rfind("metrics: ", 0) != 0) continue;
+    ++endpoints;
+    const std::string url = line.substr(line.rfind(' ') + 1);
+    EXPECT_NE(RunCommand("curl -sS -m 10 " + url).out.find("# TYPE dfc_"), std::string::npos) << line;
+  }
+  EXPECT_EQ(endpoints, 3) << up.out;  // coordinator, server, worker
   auto lines = testing::SplitLines(testing::ReadFileOrDie(state + "/cluster.pids"));
   ASSERT_EQ(lines.size(), 3u);  // coordinator, server, worker
   // The worker exits; an unrelated process takes "its" pid (simulated: its
@@ -687,8 +699,11 @@ TEST(ClusterTest, TlsAndTokenAreEnforced) {
   const int port = PickFreePort();
   const std::string addr = "127.0.0.1:" + std::to_string(port);
   testing::Processes procs(&dir);
+  const std::string http = "127.0.0.1:" + std::to_string(PickFreePort());
+  const std::string metrics = "127.0.0.1:" + std::to_string(PickFreePort());
   procs.Start({Bin("dfc-coordinator"), "--listen", addr, "--state", d + "/state", "--tls-cert", d + "/server.pem",
-               "--tls-key", d + "/server.key", "--tls-ca", d + "/ca.pem", "--token-file", d + "/token"},
+               "--tls-key", d + "/server.key", "--tls-ca", d + "/ca.pem", "--token-file", d + "/token",
+               "--http-listen", http, "--metrics-listen", metrics},
               "coordinator.log");
   const std::string dfc = testing::DfcBinary() + " --coordinator " + addr;
   const std::string tls = " --tls-ca " + d + "/ca.pem --tls-cert " + d + "/client.pem --tls-key " + d + "/client.key";
@@ -721,6 +736,27 @@ TEST(ClusterTest, TlsAndTokenAreEnforced) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   EXPECT_EQ(models.exit_code, 0) << models.err << procs.Log("server.log");
+  // The dashboard and the metrics are HTTPS with the coordinator's certificate;
+  // the dashboard wants the users' token (header, or the cookie a ?token= link sets).
+  auto curl = [&](const std::string& args) {
+    return RunCommand("curl -sS -m 10 --cacert " + d + "/ca.pem -o /dev/null -D - -w '%{http_code}' " + args);
+  };
+  auto code = [](const testing::CommandResult& r) { return r.out.size() >= 3 ? r.out.substr(r.out.size() - 3) : r.out; };
+  EXPECT_EQ(code(curl("https://" + http + "/api/jobs")), "401");
+  EXPECT_EQ(code(curl("-H 'Authorization: Bearer wrong' https://" + http + "/api/jobs")), "401");
+  EXPECT_EQ(code(curl("-H 'Authorization: Bearer s3cret' https://" + http + "/api/jobs")), "200");
+  EXPECT_EQ(code(curl("-b dfc_token=s3cret https://" + http + "/api/workers")), "200");
+  auto link = curl("'https://" + http + "/jobs/x?token=s3cret'");
+  EXPECT_EQ(code(link), "303") << link.out;
+  EXPECT_NE(link.out.find("dfc_token=s3cret; Path=/; HttpOnly; SameSite=Strict; Secure"), std::string::npos)
+      << link.out;
+  EXPECT_NE(link.out.find("Location: /jobs/x"), std::string::npos) << link.out;
+  EXPECT_EQ(code(curl("'https://" + http + "/?token=wrong'")), "401");
+  auto plain = RunCommand("curl -sS -m 10 http://" + http + "/api/jobs -H 'Authorization: Bearer s3cret'");
+  EXPECT_EQ(plain.out.find("\"jobs\""), std::string::npos) << "plaintext HTTP answered: " << plain.out;
+  EXPECT_EQ(code(curl("https://" + metrics + "/metrics")), "200");
+  auto metrics_plain = RunCommand("curl -sS -m 10 http://" + metrics + "/metrics");
+  EXPECT_EQ(metrics_plain.out.find("dfc_jobs"), std::string::npos) << "plaintext metrics answered";
   auto models_no_token = RunCommand(dfc + tls + " models");
   EXPECT_NE(models_no_token.exit_code, 0);
   EXPECT_NE(models_no_token.err.find("token"), std::string::npos) << models_no_token.err;

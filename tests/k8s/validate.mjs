@@ -111,6 +111,28 @@ for (const overlay of ["cpu", "gpu"]) {
             "cpu: a HorizontalPodAutoscaler scales dfc-server on CPU");
     }
   }
+  // Every DFC pod serves Prometheus metrics, says so in the scrape annotations,
+  // and the NetworkPolicy lets the monitoring namespace reach that port.
+  for (const w of [coordinator, worker, server].filter(Boolean)) {
+    const c = podSpec(w).containers[0];
+    const listen = c.args.find((a) => a.startsWith("--metrics-listen="));
+    const port = listen ? Number(listen.split(":").pop()) : 0;
+    const a = w.spec.template.metadata.annotations ?? {};
+    check(port > 0 && c.ports?.some((p) => p.name === "metrics" && p.containerPort === port),
+          `${overlay}: ${w.metadata.name} serves /metrics on a named container port`);
+    check(a["prometheus.io/scrape"] === "true" && Number(a["prometheus.io/port"]) === port,
+          `${overlay}: ${w.metadata.name} is annotated for scraping on that port`);
+    const policy = objects.find((o) => o.kind === "NetworkPolicy" &&
+                                       o.spec.podSelector.matchLabels["app.kubernetes.io/name"] === w.metadata.name);
+    check(Boolean(policy?.spec.ingress.some((r) => r.ports?.some((p) => p.port === port) &&
+                                                   r.from.some((f) => f.namespaceSelector?.matchLabels?.["dfc/monitoring"] === "true"))),
+          `${overlay}: ${w.metadata.name}'s NetworkPolicy admits the monitoring namespace to ${port}`);
+    const https = a["prometheus.io/scheme"] === "https";
+    const hasCert = c.args.some((x) => x.startsWith("--metrics-tls-cert=") || x.startsWith("--tls-cert="));
+    check(https && hasCert, `${overlay}: ${w.metadata.name} metrics are HTTPS with a mounted certificate`);
+  }
+  check(cc.args.includes("--http-listen=0.0.0.0:8080") && cc.args.some((a) => a.startsWith("--token-file=")),
+        `${overlay}: the coordinator serves its dashboard behind the users' token`);
   const svc = objects.find((o) => o.kind === "Service" && o.metadata.name === "dfc-coordinator");
   check(Boolean(svc && svc.spec.ports.some((p) => p.port === 50051)), `${overlay}: a Service exposes the coordinator's gRPC port`);
   check(objects.some((o) => o.kind === "PodDisruptionBudget") && objects.some((o) => o.kind === "NetworkPolicy"),
