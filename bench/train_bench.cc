@@ -7,7 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "models/detector.h"
-#include "training/precision.h"
+#include "models/precision.h"
 #include "models/tensor_batch.h"
 
 int main(int argc, char** argv) {

@@ -17,10 +17,12 @@ struct PredictArgs {
   std::vector<std::string> images;
   int batch_size = 32;
   int threads = 0;
+  std::string precision = "fp32";  // the reference: parity checks compare fp32
 };
 
 int RunPredict(const PredictArgs& a) {
   torch::set_num_threads(a.threads > 0 ? a.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+  if (absl::Status st = CheckInferencePrecision(a.precision, ""); !st.ok()) return ReportError(st);
   auto model = LoadDetector(a.model, a.weights);
   if (!model.ok()) return ReportError(model.status());
   int failures = 0;
@@ -34,7 +36,7 @@ int RunPredict(const PredictArgs& a) {
       if (bytes.ok()) encoded[i - begin] = std::move(*bytes);
       else read_status[i - begin] = bytes.status();
     }
-    std::vector<Prediction> preds = PredictEncoded(**model, encoded, limits);
+    std::vector<Prediction> preds = PredictEncoded(**model, encoded, limits, a.precision);
     for (size_t i = begin; i < end; ++i) {
       const absl::Status& st = read_status[i - begin].ok() ? preds[i - begin].status : read_status[i - begin];
       if (!st.ok()) {
@@ -61,6 +63,8 @@ void AddPredictCommand(CLI::App& app, RunFn* run) {
   cmd->add_option("images", args->images, "Image files (JPEG, PNG, BMP, PPM)")->required();
   cmd->add_option("--batch-size", args->batch_size, "Images per forward pass")->check(CLI::Range(1, 1024));
   cmd->add_option("--threads", args->threads, "Intra-op threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  cmd->add_option("--precision", args->precision,
+                  "Forward pass: fp32 (default, the reference), bf16 or fp16 (autocast; fp16 on CUDA only)");
   cmd->callback([run, args] { *run = [args] { return RunPredict(*args); }; });
 }
 

@@ -7,6 +7,7 @@
 #include "models/checkpoint.h"
 #include "models/keras_h5.h"
 #include "models/tensor_batch.h"
+#include "models/precision.h"
 
 namespace dfc {
 
@@ -52,16 +53,33 @@ absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string
   return model;
 }
 
-std::vector<float> PredictLogits(DetectorImpl& model, const uint8_t* pixels, int64_t n) {
+absl::Status CheckInferencePrecision(const std::string& precision, const std::string& device) {
+  if (precision != "fp32" && precision != "bf16" && precision != "fp16") {
+    return absl::InvalidArgumentError(absl::StrCat("--precision: '", precision, "' is not fp32, bf16 or fp16"));
+  }
+  const bool cuda = device.rfind("cuda", 0) == 0 || (device.empty() && torch::cuda::is_available());
+  if (precision == "fp16" && !cuda) {
+    return absl::InvalidArgumentError("--precision: fp16 needs a CUDA device (autocast on CPU supports bf16 only)");
+  }
+  return absl::OkStatus();
+}
+
+std::vector<float> PredictLogits(DetectorImpl& model, const uint8_t* pixels, int64_t n, const std::string& precision) {
   torch::NoGradGuard no_grad;
   model.eval();
   const torch::Device device = model.parameters().front().device();
-  torch::Tensor logits = model.forward(PixelsToTensor(pixels, n, model.input_size(), device)).to(torch::kCPU).contiguous();
+  torch::Tensor input = PixelsToTensor(pixels, n, model.input_size(), device);
+  torch::Tensor logits;
+  {
+    AutocastGuard amp(device.type(), AutocastType(precision));
+    logits = model.forward(input);
+  }
+  logits = logits.to(torch::kCPU, torch::kFloat).contiguous();
   return std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
 }
 
 std::vector<Prediction> PredictEncoded(DetectorImpl& model, const std::vector<std::string>& images,
-                                       const ImageLimits& limits) {
+                                       const ImageLimits& limits, const std::string& precision) {
   const int size = model.input_size();
   const size_t image_bytes = static_cast<size_t>(size) * size * 3;
   std::vector<Prediction> out(images.size());
@@ -73,7 +91,7 @@ std::vector<Prediction> PredictEncoded(DetectorImpl& model, const std::vector<st
     if (out[i].status.ok()) ok.push_back(i);
   }
   if (ok.empty()) return out;
-  std::vector<float> logits = PredictLogits(model, pixels.data(), static_cast<int64_t>(ok.size()));
+  std::vector<float> logits = PredictLogits(model, pixels.data(), static_cast<int64_t>(ok.size()), precision);
   for (size_t j = 0; j < ok.size(); ++j) {
     out[ok[j]].logit = logits[j];
     out[ok[j]].p_real = PRealFromLogit(logits[j]);

@@ -20,8 +20,15 @@ absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string
 // Checks a device name ("", "cpu", "cuda", "cuda:N") against this build and machine.
 absl::Status CheckDevice(const std::string& device);
 
+// Checks an inference precision ("fp32", "bf16", "fp16") for a device:
+// fp16 autocast exists on CUDA only. INVALID_ARGUMENT names --precision.
+absl::Status CheckInferencePrecision(const std::string& precision, const std::string& device);
+
 // Logits for n preprocessed images (RGB HWC uint8 at the model's input size).
-std::vector<float> PredictLogits(DetectorImpl& model, const uint8_t* pixels, int64_t n);
+// `precision` "bf16"/"fp16" runs the forward pass under autocast (the weights
+// stay fp32; the logits come back as fp32), as training does.
+std::vector<float> PredictLogits(DetectorImpl& model, const uint8_t* pixels, int64_t n,
+                                 const std::string& precision = "fp32");
 
 // One prediction per encoded image; an undecodable image gets an error instead.
 struct Prediction {
@@ -30,7 +37,7 @@ struct Prediction {
   float logit = 0;
 };
 std::vector<Prediction> PredictEncoded(DetectorImpl& model, const std::vector<std::string>& images,
-                                       const ImageLimits& limits = {});
+                                       const ImageLimits& limits = {}, const std::string& precision = "fp32");
 
 }  // namespace dfc
 

@@ -47,6 +47,13 @@ paste "$out/cpu.tsv" "$out/gpu.tsv" | awk -F'\t' '{dp = $2 - $5; dl = ($3 - $6) 
   if (dp < 0) dp = -dp; if (dl < 0) dl = -dl; ok = dp <= 1e-4 && dl <= 1e-4;
   printf "%s cpu %s/%s gpu %s/%s %s\n", $1, $2, $3, $5, $6, ok ? "OK" : "MISMATCH"; bad += !ok }
   END { exit bad > 0 }' | tee "$out/parity.txt"
+# Inference in bf16 on the GPU (dfc-server's default there): same classes,
+# P(real) within 0.02 of the fp32 reference.
+$bin/dfc predict --precision bf16 --model mesoinception4 --weights "$shared/weights/mesonet/MesoInception_DF.h5" \
+  "$s/df/df00204.jpg" "$s/df/df01254.jpg" "$s/real/real00240.jpg" "$s/real/real00772.jpg" >"$out/gpu-bf16.tsv" &&
+paste "$out/cpu.tsv" "$out/gpu-bf16.tsv" | awk -F'\t' '{dp = $2 - $5; if (dp < 0) dp = -dp;
+  ok = dp <= 0.02 && ($2 > 0.5) == ($5 > 0.5); printf "%s bf16 %s/%s %s\n", $1, $5, $6, ok ? "OK" : "MISMATCH" }' |
+  tee -a "$out/parity.txt"
 
 step "training: each model, one short job on the GPU"
 tmp=$(mktemp -d)

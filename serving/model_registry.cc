@@ -100,8 +100,9 @@ absl::StatusOr<std::shared_ptr<ServedModel>> ModelRegistry::LoadFile(const std::
   DFC_ASSIGN_OR_RETURN(Detector detector, LoadDetector(arch, path, {}, options_.device));
   auto served = std::make_shared<ServedModel>();
   served->input_size = detector->input_size();
-  served->predict = [detector](const uint8_t* pixels, int64_t n) -> absl::StatusOr<std::vector<float>> {
-    return PredictLogits(*detector, pixels, n);
+  served->predict = [detector, precision = options_.precision](const uint8_t* pixels,
+                                                                int64_t n) -> absl::StatusOr<std::vector<float>> {
+    return PredictLogits(*detector, pixels, n, precision);
   };
   return served;
 }

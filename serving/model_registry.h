@@ -23,6 +23,7 @@ struct ModelRegistryOptions {
   int max_loaded = 4;      // models kept in memory (least recently used goes first)
   int threads = 0;         // inference intra-op threads (0 = all cores)
   std::string device;      // "" or "cpu"; "cuda:N" on a CUDA build
+  std::string precision = "fp32";  // the forward pass: fp32, bf16 or fp16 (autocast; CUDA for fp16)
   int64_t max_import_bytes = int64_t{2} << 30;
   // Tests only: runs on the loading thread before the weights are read.
   std::function<void(const std::string& name)> before_load;

@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
                  "File holding the token the coordinator's catalogue expects (the workers' token)")
       ->check(CLI::ExistingFile);
   dfc::ModelRegistryOptions serve;
+  serve.precision.clear();  // chosen by the device unless given
   dfc::InferenceBatcher::Options batching;
   batching.max_batch = 0;  // default below: by device
   dfc::EvaluationOptions eval;
@@ -78,6 +79,8 @@ int main(int argc, char** argv) {
                  "Where imported weights are stored (the shared volume every replica and the coordinator see)")
       ->required();
   app.add_option("--device", serve.device, "Inference device: cpu or cuda:N (default: the first GPU if any, else cpu)");
+  app.add_option("--precision", serve.precision,
+                 "Forward pass: fp32, bf16 or fp16 (autocast, as in training; default bf16 on a GPU, fp32 on CPU)");
   app.add_option("--eval-threads", serve.threads, "Inference threads (0 = all cores)")->check(CLI::Range(0, 1024));
   app.add_option("--eval-max-batch", batching.max_batch,
                  "Largest batch the batcher forms (default 8 on CPU, 64 on a GPU)")->check(CLI::Range(1, 1024));
@@ -111,6 +114,10 @@ int main(int argc, char** argv) {
   if (absl::Status st = dfc::CheckDevice(serve.device); !st.ok()) return Fail(std::string(st.message()));
   const bool gpu = serve.device.rfind("cuda", 0) == 0 || (serve.device.empty() && torch::cuda::is_available());
   if (batching.max_batch == 0) batching.max_batch = gpu ? 64 : 8;
+  if (serve.precision.empty()) serve.precision = gpu ? "bf16" : "fp32";
+  if (absl::Status st = dfc::CheckInferencePrecision(serve.precision, serve.device); !st.ok()) {
+    return Fail(std::string(st.message()));
+  }
 
   auto channel = dfc::MakeChannel(coordinator, upstream);
   if (!channel.ok()) return Fail(std::string(channel.status().message()));
@@ -156,9 +163,9 @@ int main(int argc, char** argv) {
   // readiness probe sends no streams to a replica that cannot resolve models.
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);
-  std::printf("dfc-server listening on %s (device %s, max batch %d, catalogue %s)\n", listen.c_str(),
-              serve.device.empty() ? (gpu ? "cuda:0" : "cpu") : serve.device.c_str(), batching.max_batch,
-              coordinator.c_str());
+  std::printf("dfc-server listening on %s (device %s, %s, max batch %d, catalogue %s)\n", listen.c_str(),
+              serve.device.empty() ? (gpu ? "cuda:0" : "cpu") : serve.device.c_str(), serve.precision.c_str(),
+              batching.max_batch, coordinator.c_str());
   if (*metrics_server) std::printf("metrics: %s/metrics\n", (*metrics_server)->url().c_str());
   std::fflush(stdout);
   std::signal(SIGTERM, OnSignal);

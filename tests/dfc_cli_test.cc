@@ -79,6 +79,10 @@ TEST(DfcCliTest, PredictBadInputsGetClearErrors) {
   EXPECT_EQ(missing.exit_code, 2);
   EXPECT_NE(missing.err.find("/nonexistent/w.h5"), std::string::npos) << missing.err;
 
+  auto fp16 = RunCommand(Dfc() + " predict --precision fp16 --model meso4 --weights x.h5 a.jpg");
+  EXPECT_EQ(fp16.exit_code, 2);
+  EXPECT_NE(fp16.err.find("--precision: fp16 needs a CUDA device"), std::string::npos) << fp16.err;
+
   if (!HaveShared()) return;
   testing::TempDir dir;
   testing::WriteFileOrDie(dir.Join("notes.jpg"), "plain text");

@@ -205,5 +205,39 @@ TEST(KerasH5Test, LoadsTheMesoNetAuthorsFiles) {
   EXPECT_NE(st.message().find("layer"), std::string::npos) << st;
 }
 
+// The forward pass under autocast (dfc predict/dfc-server --precision bf16)
+// answers like fp32 on the authors' weights and real images; fp32 stays the
+// reference (the numbers scripts/gpu_check.sh holds the CUDA build to).
+TEST(InferencePrecisionTest, Bf16AgreesWithFp32OnRealImagesAndFp16NeedsCuda) {
+  if (!HaveShared()) GTEST_SKIP() << "../shared weights not present";
+  auto model = LoadDetector("mesoinception4", MesoWeights("MesoInception_DF.h5"), {}, "cpu");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::string samples = testing::SharedDir() + "/data/mesonet-samples/";
+  const std::vector<std::pair<std::string, std::pair<double, double>>> expected = {
+      {"df/df00204.jpg", {0.026218, -3.614732}}, {"df/df01254.jpg", {0.000952, -6.956028}},
+      {"real/real00240.jpg", {1.0, 21.596182}}, {"real/real00772.jpg", {1.0, 45.603153}}};
+  std::vector<std::string> images;
+  for (const auto& e : expected) images.push_back(testing::ReadFileOrDie(samples + e.first));
+  const auto fp32 = PredictEncoded(**model, images, {}, "fp32");
+  const auto bf16 = PredictEncoded(**model, images, {}, "bf16");
+  bool any_differs = false;
+  for (size_t i = 0; i < images.size(); ++i) {
+    ASSERT_TRUE(fp32[i].status.ok() && bf16[i].status.ok()) << expected[i].first;
+    EXPECT_NEAR(fp32[i].p_real, expected[i].second.first, 1e-4) << expected[i].first;
+    EXPECT_NEAR(fp32[i].logit, expected[i].second.second, 1e-4 * std::abs(expected[i].second.second));
+    EXPECT_EQ(bf16[i].p_real > 0.5, fp32[i].p_real > 0.5) << expected[i].first;
+    EXPECT_NEAR(bf16[i].p_real, fp32[i].p_real, 0.02) << expected[i].first;
+    // bf16 keeps 8 mantissa bits: logits moved up to 9% here (-3.61 -> -3.95), P(real) by < 0.01.
+    EXPECT_NEAR(bf16[i].logit, fp32[i].logit, 0.15 * std::abs(fp32[i].logit) + 0.1) << expected[i].first;
+    any_differs |= bf16[i].logit != fp32[i].logit;
+  }
+  EXPECT_TRUE(any_differs) << "bf16 gave fp32's exact logits: autocast did not run";
+  auto fp16 = CheckInferencePrecision("fp16", "cpu");
+  EXPECT_FALSE(fp16.ok());
+  EXPECT_NE(fp16.message().find("CUDA"), std::string::npos) << fp16;
+  EXPECT_NE(CheckInferencePrecision("fp8", "").message().find("--precision"), std::string::npos);
+  EXPECT_TRUE(CheckInferencePrecision("bf16", "cpu").ok());
+}
+
 }  // namespace
 }  // namespace dfc

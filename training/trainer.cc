@@ -21,7 +21,7 @@
 #include "training/gradient_sync.h"
 #include "models/checkpoint.h"
 #include "models/keras_h5.h"
-#include "training/precision.h"
+#include "models/precision.h"
 #include "models/tensor_batch.h"
 
 namespace dfc {
