@@ -25,6 +25,7 @@ $bin/dfc shard verify "$dir/shards"
 echo "== 3/5 local cluster: coordinator + 2 workers x 1 CPU slot + 1 evaluation server"
 $bin/dfc cluster up --listen "$DFC_COORDINATOR" --workers 2 --cpu-slots 1 --state "$dir/cluster"
 trap '$bin/dfc cluster down --state "$dir/cluster" >/dev/null || true' EXIT
+echo "   (the dashboard URL above shows the job's curves live in a browser while the demo runs)"
 echo "== 4/5 training MesoInception-4 from scratch, 2 ranks (Gloo), $epochs epochs"
 # BatchNorm momentum 0.9: with ~50 steps per epoch Keras's 0.99 leaves the
 # evaluation statistics mostly at their initial values (docs/TRAINING.md).
