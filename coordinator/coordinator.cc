@@ -387,7 +387,7 @@ void Coordinator::FillWaitingLocked(v1::Job* job, const std::vector<std::string>
   const int64_t now = Now();
   int free = 0, live = 0;
   for (const auto& [wid, w] : workers_) {
-    if (now - w.last_seen_ms > 2 * options_.heartbeat_interval.count()) continue;
+    if (Late(w, now)) continue;
     ++live;
     free += std::max(0, FreeSlots(wid));
   }
@@ -499,7 +499,7 @@ void Coordinator::ScheduleLocked() {
     int total = 0;
     for (const auto& [wid, w] : workers_) {
       // Only workers heard from within two heartbeats take new ranks.
-      if (now - w.last_seen_ms > 2 * options_.heartbeat_interval.count()) continue;
+      if (Late(w, now)) continue;
       const int f = FreeSlots(wid);
       if (f > 0) {
         free.emplace_back(f, wid);
@@ -827,7 +827,7 @@ v1::ListWorkersResponse Coordinator::ListWorkers() {
     return s;
   };
   for (const auto& [id, w] : workers_) {
-    const bool late = now - w.last_seen_ms > 2 * options_.heartbeat_interval.count();
+    const bool late = Late(w, now);
     v1::WorkerSummary* s = fill(id, w, late ? "suspect" : "live");
     s->set_free_slots(FreeSlots(id));
     for (const auto& [job_id, a] : active_) {
@@ -865,7 +865,7 @@ ClusterSnapshot Coordinator::Snapshot() {
   }
   s.queued = s.jobs[v1::QUEUED];
   for (const auto& [id, w] : workers_) {
-    const bool late = now - w.last_seen_ms > 2 * options_.heartbeat_interval.count();
+    const bool late = Late(w, now);
     (late ? s.workers_suspect : s.workers_live)++;
     const int free = FreeSlots(id);
     if (w.gpus > 0) {

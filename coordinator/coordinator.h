@@ -163,6 +163,8 @@ class Coordinator {
   absl::Status ReconcileEpochsLocked(v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireWorkersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int FreeSlots(const std::string& worker_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Not heard from within two heartbeats: "suspect", and given no new ranks.
+  bool Late(const WorkerInfo& w, int64_t now) const { return now - w.last_seen_ms > 2 * options_.heartbeat_interval.count(); }
 
   const CoordinatorOptions options_;
   const std::unique_ptr<JobStore> store_;

@@ -4,7 +4,6 @@
 #include <thread>
 
 #include <CLI/CLI.hpp>
-#include <grpcpp/health_check_service_interface.h>
 
 #include "common/http/metrics_endpoint.h"
 #include "coordinator/coordinator_metrics.h"
@@ -113,17 +112,9 @@ int main(int argc, char** argv) {
   dfc::JobServiceImpl jobs(coordinator->get(), sec.token);
   dfc::WorkerServiceImpl workers(coordinator->get(), worker_token);
   dfc::CatalogServiceImpl catalog(coordinator->get(), worker_token);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, *creds, &port);
-  builder.SetMaxReceiveMessageSize(dfc::kMaxMessageBytes);
-  builder.SetMaxSendMessageSize(dfc::kMaxMessageBytes);
-  builder.RegisterService(&jobs);
-  builder.RegisterService(&workers);
-  builder.RegisterService(&catalog);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
+  std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&jobs, &workers, &catalog}, &port);
+  if (!server) {
     std::fprintf(stderr, "dfc-coordinator: cannot listen on %s\n", listen.c_str());
     return 1;
   }

@@ -138,15 +138,9 @@ int main(int argc, char** argv) {
   metrics->SetGauges([&evaluation] { return evaluation.open_streams(); }, [reg] { return reg->LoadedCount(); });
   auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics}, sec.tls_cert, sec.tls_key);
   if (!metrics_server.ok()) return Fail(std::string(metrics_server.status().message()));
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, *creds, &port);
-  builder.SetMaxReceiveMessageSize(dfc::kMaxMessageBytes);
-  builder.SetMaxSendMessageSize(dfc::kMaxMessageBytes);
-  builder.RegisterService(&evaluation);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
+  std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&evaluation}, &port);
+  if (!server) {
     std::fprintf(stderr, "dfc-server: cannot listen on %s\n", listen.c_str());
     return 1;
   }

@@ -36,13 +36,6 @@ Cluster::Options WithServer(int workers) {
   return o;
 }
 
-std::string Shards(testing::TempDir& dir, int count) {
-  EXPECT_EQ(RunCommand(testing::DfcBinary() + " synth --out " + dir.Join("syn") + " --count " + std::to_string(count)).exit_code, 0);
-  EXPECT_EQ(RunCommand(testing::DfcBinary() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") +
-                       " --validation-split 0.25").exit_code, 0);
-  return dir.Join("sh");
-}
-
 std::string JsonString(const std::string& json, const std::string& key) {
   std::smatch m;
   if (!std::regex_search(json, m, std::regex("\"" + key + "\":\"([^\"]*)\""))) return "";
@@ -74,7 +67,7 @@ std::string WaitForState(Cluster& c, const std::string& job, const std::string& 
 
 TEST(ClusterTest, EndToEndJobSucceedsAndItsCheckpointPredicts) {
   Cluster c(WithServer(2));
-  const std::string shards = Shards(c.dir(), 48);
+  const std::string shards = testing::SyntheticShards(c.dir(), 48);
   auto submit = c.Dfc("submit --json --model mesoinception4 --data " + shards +
                       " --world-size 2 --epochs 2 --batch-size 12 --bn-momentum 0.9");
   auto r = RunCommand(submit);
@@ -141,7 +134,7 @@ TEST(ClusterTest, EndToEndJobSucceedsAndItsCheckpointPredicts) {
 
 TEST(ClusterTest, BadRequestsNameTheFieldAndCreateNothing) {
   Cluster c(1);
-  const std::string shards = Shards(c.dir(), 8);
+  const std::string shards = testing::SyntheticShards(c.dir(), 8);
   struct Case {
     std::string args, field;
   };
@@ -166,7 +159,7 @@ TEST(ClusterTest, BadRequestsNameTheFieldAndCreateNothing) {
 
 TEST(ClusterTest, KilledWorkerRestartsTheJobFromItsCheckpoint) {
   Cluster c(3);  // two for the job, one spare
-  const std::string shards = Shards(c.dir(), 480);
+  const std::string shards = testing::SyntheticShards(c.dir(), 480);
   auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
                             " --world-size 2 --epochs 3 --batch-size 16 --bn-momentum 0.9 --max-restarts 2 --threads 1"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -199,7 +192,7 @@ TEST(ClusterTest, KilledWorkerRestartsTheJobFromItsCheckpoint) {
 
 TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
   Cluster c(2);
-  const std::string shards = Shards(c.dir(), 96);
+  const std::string shards = testing::SyntheticShards(c.dir(), 96);
   const std::string args = "submit --json --model mesoinception4 --data " + shards +
                            " --world-size 2 --epochs 2 --batch-size 16 --bn-momentum 0.9 --threads 1";
   auto a = RunCommand(c.Dfc(args));
@@ -232,7 +225,7 @@ TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
 
 TEST(ClusterTest, CancelStopsEveryRankWithinSeconds) {
   Cluster c(2);
-  const std::string shards = Shards(c.dir(), 400);
+  const std::string shards = testing::SyntheticShards(c.dir(), 400);
   auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
                             " --world-size 2 --epochs 50 --batch-size 16 --threads 1"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -298,7 +291,7 @@ struct StoppedRank {
   pid_t pid = -1;
 };
 StoppedRank SubmitAndStopRank(Cluster& c, int world, const std::string& extra, int rank) {
-  const std::string shards = Shards(c.dir(), 400);
+  const std::string shards = testing::SyntheticShards(c.dir(), 400);
   auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards + " --world-size " +
                             std::to_string(world) + " --epochs 50 --batch-size 16 --threads 1 " + extra));
   EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -373,7 +366,7 @@ TEST(ClusterTest, CancelOfAHungJobEndsEveryProcess) {
 // and the rank's own message (shard and offset) is the job's reason.
 TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {
   Cluster c(1);
-  const std::string shards = Shards(c.dir(), 64);
+  const std::string shards = testing::SyntheticShards(c.dir(), 64);
   // Flip bytes in the middle of the first shard file.
   std::string shard_file;
   for (const auto& e : std::filesystem::directory_iterator(shards)) {
@@ -411,7 +404,7 @@ TEST(ClusterTest, SecondCoordinatorOnOneStateDirectoryRefusesToStart) {
 
 TEST(ClusterTest, IdempotencyKeyWithAnotherRequestIsRefusedNamingTheDifference) {
   Cluster c(0);
-  const std::string shards = Shards(c.dir(), 8);
+  const std::string shards = testing::SyntheticShards(c.dir(), 8);
   const std::string base = "submit --json --data " + shards + " --idempotency-key same ";
   auto a = RunCommand(c.Dfc(base + "--model mesoinception4 --epochs 2"));
   ASSERT_EQ(a.exit_code, 0) << a.err;
@@ -467,7 +460,7 @@ TEST(ClusterTest, ClusterDownLeavesAReusedPidAlone) {
 // `dfc train` and the ranks use, and the error names the field.
 TEST(ClusterTest, EveryInvalidFieldIsRefusedAtSubmitNamingIt) {
   Cluster c(0);
-  const std::string shards = Shards(c.dir(), 8);
+  const std::string shards = testing::SyntheticShards(c.dir(), 8);
   const std::string base = "submit --model mesoinception4 --data " + shards + " ";
   struct Case {
     std::string args, field;
@@ -498,7 +491,7 @@ TEST(ClusterTest, EveryInvalidFieldIsRefusedAtSubmitNamingIt) {
 // ListJobs pages and returns summaries; `dfc list` follows the pages.
 TEST(ClusterTest, ListPagesFiltersAndReturnsSummaries) {
   Cluster c(0);  // no workers: every job stays QUEUED
-  const std::string shards = Shards(c.dir(), 8);
+  const std::string shards = testing::SyntheticShards(c.dir(), 8);
   std::vector<std::string> ids;
   for (int i = 0; i < 7; ++i) {
     auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards));
@@ -540,7 +533,7 @@ TEST(ClusterTest, ListPagesFiltersAndReturnsSummaries) {
 // Outside, the answer is the same whether or not the path exists.
 TEST(ClusterTest, PathsOutsideTheDataRootsAreRefusedAlike) {
   Cluster c(0);
-  const std::string shards = Shards(c.dir(), 8);
+  const std::string shards = testing::SyntheticShards(c.dir(), 8);
   std::filesystem::create_directory_symlink("/etc", c.dir().Join("etc-link"));
   struct Case {
     std::string args, field, path;
@@ -571,7 +564,7 @@ TEST(ClusterTest, PathsOutsideTheDataRootsAreRefusedAlike) {
 // record holds every epoch the run directory holds.
 TEST(ClusterTest, EpochsTrainedWhileTheCoordinatorWasDownAreInTheRecord) {
   Cluster c(1);
-  const std::string shards = Shards(c.dir(), 64);
+  const std::string shards = testing::SyntheticShards(c.dir(), 64);
   auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
                             " --world-size 1 --epochs 6 --batch-size 16 --bn-momentum 0.9 --threads 1"));
   ASSERT_EQ(r.exit_code, 0) << r.err;

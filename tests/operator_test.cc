@@ -62,13 +62,6 @@ double Sum(const std::string& text, const std::string& name, const std::string& 
   return sum;
 }
 
-std::string Shards(testing::TempDir& dir, int count) {
-  EXPECT_EQ(RunCommand(testing::DfcBinary() + " synth --out " + dir.Join("syn") + " --count " + std::to_string(count)).exit_code, 0);
-  EXPECT_EQ(RunCommand(testing::DfcBinary() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") +
-                       " --validation-split 0.25").exit_code, 0);
-  return dir.Join("sh");
-}
-
 nlohmann::json Status(Cluster& c, const std::string& job) {
   auto r = RunCommand(c.Dfc("status --json " + job));
   return nlohmann::json::parse(r.out, nullptr, false);
@@ -111,7 +104,7 @@ TEST(OperatorTest, MetricsOfEveryBinaryFollowARealJob) {
   o.servers = 1;
   o.operator_endpoints = true;
   Cluster c(o);
-  const std::string shards = Shards(c.dir(), 96);
+  const std::string shards = testing::SyntheticShards(c.dir(), 96);
 
   std::string m = Scrape(c.coordinator_metrics());
   EXPECT_EQ(Value(m, "dfc_jobs_submitted_total"), 0) << m;
@@ -256,7 +249,7 @@ TEST(OperatorTest, DashboardInChromiumShowsARunningJobsCurvesEventsAndWorkers) {
   o.workers = 1;
   o.operator_endpoints = true;
   Cluster c(o);
-  const std::string shards = Shards(c.dir(), 96);
+  const std::string shards = testing::SyntheticShards(c.dir(), 96);
   const std::string job = Submit(c, "--data " + shards + " --world-size 1 --epochs 30 --batch-size 12");
   ASSERT_FALSE(job.empty());
   const nlohmann::json before = WaitRunningWithEpochs(c, job, 2, 240);

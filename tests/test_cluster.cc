@@ -18,6 +18,13 @@ std::string Bin(const std::string& name) {
   return (std::filesystem::path(DfcBinary()).parent_path() / name).string();
 }
 
+std::string SyntheticShards(TempDir& dir, int count) {
+  EXPECT_EQ(RunCommand(DfcBinary() + " synth --out " + dir.Join("syn") + " --count " + std::to_string(count)).exit_code, 0);
+  EXPECT_EQ(RunCommand(DfcBinary() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") +
+                       " --validation-split 0.25").exit_code, 0);
+  return dir.Join("sh");
+}
+
 Processes::~Processes() {
   for (auto it = procs_.rbegin(); it != procs_.rend(); ++it) it->Terminate(std::chrono::seconds(5));
   for (auto it = procs_.rbegin(); it != procs_.rend(); ++it) it->Wait();

@@ -13,6 +13,10 @@ namespace dfc::testing {
 // A built binary beside `dfc` (dfc-coordinator, dfc-worker, dfc-server, ...).
 std::string Bin(const std::string& name);
 
+// `dfc synth --count count` into DIR/syn, sharded with a 0.25 validation
+// split into DIR/sh; returns DIR/sh.
+std::string SyntheticShards(TempDir& dir, int count);
+
 // The one process harness of the tests: processes started here have their
 // output in DIR/LOG and are stopped (SIGTERM, SIGKILL after 5 s, newest
 // first) when the harness goes, whatever the test did; they also die with

@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 
+#include <grpcpp/health_check_service_interface.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -39,6 +41,21 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   opts.pem_root_certs = *ca;
   opts.pem_key_cert_pairs.push_back({*key, *cert});
   return grpc::SslServerCredentials(opts);
+}
+
+std::unique_ptr<grpc::Server> StartGrpcServer(const std::string& listen,
+                                              const std::shared_ptr<grpc::ServerCredentials>& credentials,
+                                              const std::vector<grpc::Service*>& services, int* port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  *port = 0;
+  builder.AddListeningPort(listen, credentials, port);
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (*port == 0) return nullptr;
+  return server;
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const RpcSecurity& s,

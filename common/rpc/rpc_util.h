@@ -4,6 +4,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -29,6 +30,12 @@ struct RpcSecurity {
 
 // Server side: credentials from the flags (insecure when no TLS flag is set).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const RpcSecurity& security);
+// A started gRPC server on `listen` with DFC's message limits, the default
+// health service and `services`; *port gets the bound port. nullptr when it
+// cannot listen.
+std::unique_ptr<grpc::Server> StartGrpcServer(const std::string& listen,
+                                              const std::shared_ptr<grpc::ServerCredentials>& credentials,
+                                              const std::vector<grpc::Service*>& services, int* port);
 // Client side: a channel with size limits, TLS when a CA is given.
 // With `round_robin`, calls spread over every address the target resolves
 // to (`dns:///name:port` of a headless Service, or an `ipv4:a:p,b:p` list)
