@@ -152,7 +152,7 @@ TEST_F(ServingReplicasTest, ConcurrentStreamsLandOnEveryReplica) {
 TEST_F(ServingReplicasTest, AReplicaKilledMidRunLosesNoImage) {
   ASSERT_EQ(RunCommand(Dfc("import --server " + replicas_[0] + " --name m --model mesoinception4 --weights " +
                            data_.weights)).exit_code, 0);
-  constexpr int kImages = 400;
+  constexpr int kImages = 800;  // a run long enough to kill A mid-way even when polling it is slow under load
   auto syn = RunCommand(testing::DfcBinary() + " synth --out " + dir_.Join("many") + " --count " +
                         std::to_string(kImages) + " --image-size 64");
   ASSERT_EQ(syn.exit_code, 0) << syn.err;
