@@ -9,12 +9,14 @@
 #include "models/detector.h"
 #include "models/precision.h"
 #include "models/tensor_batch.h"
+#include "training/cuda_step.h"
+#include "training/graphed_step.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"train_bench"};
   std::string model_name = "mesoinception4";
   int batch = 32, steps = 10, warmup = 2, threads = 2;
-  std::string precision = "fp32";
+  std::string precision = "fp32", cuda_graphs = "off";
   app.add_option("--model", model_name)->check(CLI::IsMember(dfc::DetectorNames()));
   app.add_option("--batch", batch)->check(CLI::Range(1, 1024));
   app.add_option("--steps", steps)->check(CLI::Range(1, 100000));
@@ -22,6 +24,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads)->check(CLI::Range(1, 1024));
   app.add_option("--precision", precision, "Forward-pass autocast: fp32, bf16 or fp16")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  app.add_option("--cuda-graphs", cuda_graphs,
+                 "on: the trainer's captured step (GraphedTrainStep, staged copies); off: eager")
+      ->check(CLI::IsMember({"on", "off"}));
   CLI11_PARSE(app, argc, argv);
   const std::optional<at::ScalarType> amp = dfc::AutocastType(precision);
   torch::set_num_threads(threads);
@@ -42,7 +47,7 @@ int main(int argc, char** argv) {
   torch::Tensor pixels = torch::randint(0, 256, {batch, size, size, 3}, torch::kUInt8);
   torch::Tensor y = torch::randint(0, 2, {batch}).to(torch::kFloat32).to(device);
   (*model)->train();
-  auto step = [&] {
+  std::function<void()> step = [&] {
     torch::Tensor x = dfc::PixelsToTensor(pixels.data_ptr<uint8_t>(), batch, size, device);
     opt.zero_grad();
     torch::Tensor logits;
@@ -55,12 +60,39 @@ int main(int argc, char** argv) {
     opt.step();
     loss.item<float>();
   };
+  // The trainer's graphed step: staged copy of the host batch, replay.
+  std::unique_ptr<dfc::BatchUploader> uploader;
+  std::unique_ptr<dfc::GraphedTrainStep> graphed;
+  dfc::Batch host;
+  if (cuda_graphs == "on") {
+    if (!dfc::CudaGraphsBuilt() || !device.is_cuda()) {
+      std::fprintf(stderr, "--cuda-graphs on needs a CUDA build and a CUDA device\n");
+      return 2;
+    }
+    host.count = batch;
+    host.image_size = size;
+    host.pixels.assign(pixels.data_ptr<uint8_t>(), pixels.data_ptr<uint8_t>() + pixels.numel());
+    torch::Tensor labels = y.to(torch::kCPU).to(torch::kInt32);
+    host.labels.assign(labels.data_ptr<int32_t>(), labels.data_ptr<int32_t>() + batch);
+    uploader = dfc::BatchUploader::Create(device);
+    dfc::GraphedTrainStep::Options go;
+    go.autocast = amp;
+    go.batch_rows = batch;
+    graphed = std::make_unique<dfc::GraphedTrainStep>(**model, opt, device, go, dfc::NewCudaGraphBackend(device));
+    step = [&] {
+      auto [px, labels_dev] = uploader->Upload(host);
+      absl::Status st = graphed->Run(px, labels_dev, batch);
+      if (!st.ok()) throw std::runtime_error(std::string(st.message()));
+      graphed->loss_sum().item<float>();
+    };
+  }
   for (int i = 0; i < warmup; ++i) step();
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) step();
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("{\"impl\": \"dfc\", \"model\": \"%s\", \"batch\": %d, \"threads\": %d, \"device\": \"%s\", "
-              "\"precision\": \"%s\", \"images_per_second\": %.3f}\n",
-              model_name.c_str(), batch, threads, device.str().c_str(), precision.c_str(), batch * steps / dt);
+              "\"precision\": \"%s\", \"cuda_graphs\": \"%s\", \"images_per_second\": %.3f}\n",
+              model_name.c_str(), batch, threads, device.str().c_str(), precision.c_str(), cuda_graphs.c_str(),
+              batch * steps / dt);
   return 0;
 }

@@ -69,6 +69,11 @@ void AddTrainingFlags(CLI::App* cmd, v1::TrainingConfig* c) {
                                         [c](const std::string& v) { c->set_precision(*ParsePrecision(v)); },
                                         "Forward-pass precision: fp32, bf16 or fp16 (default bf16 on CUDA, fp32 on CPU)")
       ->check(Checked(ParsePrecision));
+  cmd->add_option_function<std::string>("--cuda-graphs",
+                                        [c](const std::string& v) { c->set_cuda_graphs(*ParseCudaGraphs(v)); },
+                                        "Capture the training step as a CUDA graph: auto (on a CUDA rank of a "
+                                        "one-rank job, not fp16), on (required) or off")
+      ->check(Checked(ParseCudaGraphs));
   cmd->add_option_function<std::string>("--recipe", [c](const std::string& v) { c->set_recipe(v); },
                                         "notebook: the seed notebook's whole recipe (explicit flags win)")
       ->check(CLI::IsMember({"notebook"}));

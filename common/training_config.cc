@@ -48,6 +48,7 @@ const std::vector<std::string> kModelNames = {"", "mesoinception4", "meso4", "re
 const std::vector<std::string> kLossNames = {"", "bce", "mse"};
 const std::vector<std::string> kScheduleNames = {"", "constant", "notebook"};
 const std::vector<std::string> kPrecisionNames = {"", "fp32", "bf16", "fp16"};
+const std::vector<std::string> kCudaGraphsNames = {"", "auto", "on", "off"};
 
 std::string NameOf(const std::vector<std::string>& names, int v) {
   return v >= 0 && v < static_cast<int>(names.size()) ? names[static_cast<size_t>(v)] : absl::StrCat("#", v);
@@ -85,6 +86,7 @@ std::string ModelName(v1::Model m) { return NameOf(kModelNames, m); }
 std::string LossName(v1::Loss l) { return NameOf(kLossNames, l); }
 std::string LrScheduleName(v1::LrSchedule s) { return NameOf(kScheduleNames, s); }
 std::string PrecisionName(v1::Precision p) { return NameOf(kPrecisionNames, p); }
+std::string CudaGraphsName(v1::CudaGraphs g) { return NameOf(kCudaGraphsNames, g); }
 
 absl::StatusOr<v1::Model> ParseModel(const std::string& name) {
   return ParseEnum<v1::Model>(kModelNames, name, false, "config.model", "--model");
@@ -97,6 +99,9 @@ absl::StatusOr<v1::LrSchedule> ParseLrSchedule(const std::string& name) {
 }
 absl::StatusOr<v1::Precision> ParsePrecision(const std::string& name) {
   return ParseEnum<v1::Precision>(kPrecisionNames, name, true, "config.precision", "--precision");
+}
+absl::StatusOr<v1::CudaGraphs> ParseCudaGraphs(const std::string& name) {
+  return ParseEnum<v1::CudaGraphs>(kCudaGraphsNames, name, true, "config.cuda_graphs", "--cuda-graphs");
 }
 
 bool UpgradeStoredConfig(v1::TrainingConfig* c) {
@@ -172,6 +177,14 @@ absl::Status ValidateTrainingConfig(const v1::TrainingConfig& c) {
               absl::StrCat("must be fp32, bf16 or fp16, got ", PrecisionName(c.precision()))));
   }
   check(InRange(c.precise_bn_batches(), -1, 100000, "config.precise_bn_batches", "--precise-bn-batches"));
+  if (!v1::CudaGraphs_IsValid(c.cuda_graphs())) {
+    check(Bad("config.cuda_graphs", "--cuda-graphs",
+              absl::StrCat("must be auto, on or off, got ", CudaGraphsName(c.cuda_graphs()))));
+  } else if (c.cuda_graphs() == v1::CUDA_GRAPHS_ON && c.precision() == v1::FP16) {
+    check(Bad("config.cuda_graphs", "--cuda-graphs",
+              "on cannot be combined with --precision fp16: fp16's loss scaling decides on the host every step "
+              "whether to skip it, which a captured step cannot (use bf16)"));
+  }
   return st;
 }
 
@@ -181,6 +194,12 @@ absl::Status ValidateSubmitRequest(const v1::SubmitJobRequest& r) {
   if (r.config().batch_size() < r.world_size()) {
     return Bad("config.batch_size", "--batch-size",
                absl::StrCat(r.config().batch_size(), " is smaller than world_size ", r.world_size()));
+  }
+  if (r.config().cuda_graphs() == v1::CUDA_GRAPHS_ON && r.world_size() > 1) {
+    return Bad("config.cuda_graphs", "--cuda-graphs",
+               absl::StrCat("on needs world_size 1, got ", r.world_size(),
+                            ": a data-parallel step all-reduces gradients and BatchNorm statistics between ranks, "
+                            "which is not captured (auto runs such jobs eagerly)"));
   }
   if (absl::Status st = InRange(r.max_restarts(), 0, 100, "max_restarts", "--max-restarts"); !st.ok()) return st;
   if (absl::Status st = InRange(r.priority(), -kMaxPriority, kMaxPriority, "priority", "--priority"); !st.ok()) return st;

@@ -39,10 +39,12 @@ std::string ModelName(v1::Model model);
 std::string LossName(v1::Loss loss);
 std::string LrScheduleName(v1::LrSchedule schedule);
 std::string PrecisionName(v1::Precision precision);
+std::string CudaGraphsName(v1::CudaGraphs graphs);
 absl::StatusOr<v1::Model> ParseModel(const std::string& name);
 absl::StatusOr<v1::Loss> ParseLoss(const std::string& name);            // "" -> UNSPECIFIED
 absl::StatusOr<v1::LrSchedule> ParseLrSchedule(const std::string& name);  // "" -> UNSPECIFIED
 absl::StatusOr<v1::Precision> ParsePrecision(const std::string& name);    // "" -> UNSPECIFIED
+absl::StatusOr<v1::CudaGraphs> ParseCudaGraphs(const std::string& name);  // "" -> UNSPECIFIED
 
 // A config stored before the enums (strings in fields 1, 7, 8, 19, now
 // unknown fields): converts them. False when a stored name is not known.

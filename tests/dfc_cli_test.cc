@@ -1,6 +1,7 @@
 // The `dfc` binary as a user runs it: output formats, exit codes, errors.
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <chrono>
 #include <regex>
@@ -82,6 +83,14 @@ TEST(DfcCliTest, PredictBadInputsGetClearErrors) {
   auto fp16 = RunCommand(Dfc() + " predict --precision fp16 --model meso4 --weights x.h5 a.jpg");
   EXPECT_EQ(fp16.exit_code, 2);
   EXPECT_NE(fp16.err.find("--precision: fp16 needs a CUDA device"), std::string::npos) << fp16.err;
+  auto graphs = RunCommand(Dfc() + " train --model meso4 --data /nonexistent --out /tmp/x --cuda-graphs always");
+  EXPECT_EQ(graphs.exit_code, 2);
+  EXPECT_NE(graphs.err.find("--cuda-graphs"), std::string::npos) << graphs.err;
+  if (!std::filesystem::exists("/dev/nvidia0")) {  // no GPU here: "on" cannot hold
+    auto on = RunCommand(Dfc() + " train --model meso4 --data /nonexistent --out /tmp/x --cuda-graphs on");
+    EXPECT_EQ(on.exit_code, 2);
+    EXPECT_NE(on.err.find("--cuda-graphs: on needs a CUDA"), std::string::npos) << on.err;
+  }
 
   if (!HaveShared()) return;
   testing::TempDir dir;

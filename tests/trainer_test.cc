@@ -1,6 +1,7 @@
 #include "training/trainer.h"
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 
 #include <gtest/gtest.h>
@@ -214,6 +215,37 @@ TEST(TrainerPrecisionTest, Bf16AutocastTrainsLikeFloat32) {
   std::printf("val accuracy: fp32 %.4f, bf16 %.4f\n", acc["fp32"], acc["bf16"]);
   EXPECT_GE(acc["fp32"], 0.8);
   EXPECT_NEAR(acc["bf16"], acc["fp32"], 0.1);
+}
+
+// Without a CUDA device the step runs eagerly under --cuda-graphs auto (the
+// default every other test here uses) and says so; "on" is refused, naming
+// the flag, before any training.
+TEST_F(TrainerTest, CudaGraphsAutoRunsEagerlyOnCpuAndOnIsRefused) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "a GPU is visible: graphed_step_test covers it";
+  struct Phases : TrainObserver {
+    std::vector<std::string> lines;
+    void OnPhase(const std::string& d) override { lines.push_back(d); }
+  } phases;
+  testing::TempDir out;
+  TrainOptions o = Options(out.path());
+  o.epochs = 1;
+  o.cuda_graphs = "auto";
+  auto r = RunTraining(o, &phases);
+  ASSERT_TRUE(r.ok()) << r.status();
+  bool said = false;
+  for (const auto& l : phases.lines) said |= l == "training step: eager (no CUDA device)";
+  EXPECT_TRUE(said);
+  o.cuda_graphs = "on";
+  o.out_dir = out.Join("on");
+  r = RunTraining(o, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("--cuda-graphs: on needs a"), std::string::npos) << r.status();
+  EXPECT_FALSE(std::filesystem::exists(out.Join("on/latest.ckpt")));
+  o.cuda_graphs = "sometimes";
+  r = RunTraining(o, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("--cuda-graphs"), std::string::npos) << r.status();
 }
 
 TEST_F(TrainerTest, BadOptionsNameTheFlag) {

@@ -45,6 +45,37 @@ TEST(TrainingConfigTest, TheValidatorRefusesNumbersNoNameBelongsTo) {
   v1::TrainingConfig precision = c;
   precision.set_precision(static_cast<v1::Precision>(7));
   EXPECT_NE(ValidateTrainingConfig(precision).message().find("config.precision"), std::string::npos);
+  v1::TrainingConfig graphs = c;
+  graphs.set_cuda_graphs(static_cast<v1::CudaGraphs>(9));
+  EXPECT_NE(ValidateTrainingConfig(graphs).message().find("config.cuda_graphs"), std::string::npos);
+}
+
+// --cuda-graphs on is refused where no rank could capture: fp16 (its loss
+// scaling decides on the host) and data-parallel jobs; auto runs those eagerly.
+TEST(TrainingConfigTest, CudaGraphsOnIsRefusedForFp16AndDataParallelJobs) {
+  v1::SubmitJobRequest r;
+  r.mutable_config()->set_model(v1::MESOINCEPTION4);
+  r.mutable_config()->set_data("/shared/shards");
+  r.mutable_config()->set_epochs(1);
+  r.mutable_config()->set_batch_size(32);
+  r.set_world_size(1);
+  r.mutable_config()->set_cuda_graphs(v1::CUDA_GRAPHS_ON);
+  EXPECT_TRUE(ValidateSubmitRequest(r).ok()) << ValidateSubmitRequest(r);
+  r.set_world_size(2);
+  absl::Status st = ValidateSubmitRequest(r);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("config.cuda_graphs (--cuda-graphs): on needs world_size 1, got 2"), std::string::npos)
+      << st;
+  r.mutable_config()->set_cuda_graphs(v1::CUDA_GRAPHS_AUTO);
+  EXPECT_TRUE(ValidateSubmitRequest(r).ok());
+  r.set_world_size(1);
+  r.mutable_config()->set_cuda_graphs(v1::CUDA_GRAPHS_ON);
+  r.mutable_config()->set_precision(v1::FP16);
+  st = ValidateSubmitRequest(r);
+  EXPECT_NE(st.message().find("--precision fp16"), std::string::npos) << st;
+  EXPECT_EQ(*ParseCudaGraphs("off"), v1::CUDA_GRAPHS_OFF);
+  EXPECT_EQ(*ParseCudaGraphs(""), v1::CUDA_GRAPHS_UNSPECIFIED);
+  EXPECT_NE(ParseCudaGraphs("yes").status().message().find("known: auto, on, off"), std::string::npos);
 }
 
 // A job the coordinator stored when these fields were strings (1, 7, 8, 19).

@@ -18,7 +18,9 @@
 #include "data_shards/dataset_scan.h"
 #include "data_shards/shard_planner.h"
 #include "data_shards/shuffle.h"
+#include "training/cuda_step.h"
 #include "training/gradient_sync.h"
+#include "training/graphed_step.h"
 #include "models/checkpoint.h"
 #include "models/keras_h5.h"
 #include "models/precision.h"
@@ -39,7 +41,8 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   // validator (common/training_config) that SubmitJob and every rank use.
   v1::TrainingConfig c;
   for (absl::Status parsed : {ParseModel(o.arch).status(), ParseLoss(o.loss).status(),
-                              ParseLrSchedule(o.lr_schedule).status(), ParsePrecision(o.precision).status()}) {
+                              ParseLrSchedule(o.lr_schedule).status(), ParsePrecision(o.precision).status(),
+                              ParseCudaGraphs(o.cuda_graphs).status()}) {
     if (!parsed.ok()) return parsed;
   }
   c.set_model(*ParseModel(o.arch));
@@ -59,6 +62,7 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   c.set_threads_per_rank(o.threads);
   c.set_recipe(o.recipe);
   c.set_precision(*ParsePrecision(o.precision));
+  c.set_cuda_graphs(*ParseCudaGraphs(o.cuda_graphs));
   c.set_precise_bn_batches(o.precise_bn_batches);
   if (absl::Status st = ValidateTrainingConfig(c); !st.ok()) return st;
   auto bad = [](const std::string& flag, const std::string& why) {
@@ -72,7 +76,23 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   if (o.precision == "fp16" && !DefaultDevice().is_cuda()) {
     return bad("--precision", "fp16 needs a CUDA device (autocast on CPU supports bf16 only)");
   }
+  if (o.cuda_graphs == "on") {
+    if (!CudaGraphsBuilt()) return bad("--cuda-graphs", "on needs a CUDA build of DFC; this one has a CPU LibTorch");
+    if (!DefaultDevice().is_cuda()) return bad("--cuda-graphs", "on needs a CUDA device; none is visible to this rank");
+    if (o.collective && o.collective->world_size() > 1) {
+      return bad("--cuda-graphs", absl::StrCat("on needs a one-rank job (world size ", o.collective->world_size(),
+                                               "): the all-reduces between ranks are not captured"));
+    }
+  }
   return absl::OkStatus();
+}
+
+// Decode threads when --loader-threads is 0. On CPU the model's compute
+// needs the cores too: half of this rank's share. On a GPU the rank's own
+// thread only queues kernels: all of its share but that one thread.
+int DefaultLoaderThreads(const torch::Device& device, int ranks_here) {
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, ranks_here));
+  return std::max(1, device.is_cuda() ? cores - 1 : cores / 2);
 }
 
 // A deterministic subset of at most `max` records that keeps their order
@@ -85,12 +105,6 @@ std::vector<RecordRef> Subset(const std::vector<RecordRef>& all, int64_t max, ui
   std::vector<RecordRef> out;
   for (uint32_t i : perm) out.push_back(all[i]);
   return out;
-}
-
-// The summed loss of a batch (callers scale it to a mean).
-torch::Tensor LossSum(const std::string& kind, const torch::Tensor& logits, const torch::Tensor& targets) {
-  if (kind == "mse") return torch::mse_loss(torch::sigmoid(logits), targets, torch::Reduction::Sum);
-  return torch::binary_cross_entropy_with_logits(logits, targets, {}, {}, torch::Reduction::Sum);
 }
 
 struct EvalResult {
@@ -193,6 +207,9 @@ struct Phase {
 // Per-epoch sums of one rank, then of all ranks.
 struct EpochTotals {
   double loss_sum = 0, correct = 0, seen = 0;
+  // The running sums on the device, read into loss_sum/correct every few
+  // steps (a read waits for the device).
+  torch::Tensor loss_dev, correct_dev;
   double data_s = 0, compute_s = 0, wait_s = 0, train_seconds = 0;
   int64_t steps = 0;
   Clock::time_point start;
@@ -209,6 +226,7 @@ class Trainer {
     t_start_ = Clock::now();
     DFC_RETURN_IF_ERROR(SetUp());
     DFC_RETURN_IF_ERROR(Resume());
+    DFC_RETURN_IF_ERROR(SetUpStep());
     for (int epoch = start_epoch_; epoch < phase_.epochs; ++epoch) {
       if (phase_.patience > 0 && best_epoch_ > 0 && epoch - best_epoch_ >= phase_.patience) break;  // early stopping
       DFC_ASSIGN_OR_RETURN(EpochTotals totals, TrainEpoch(epoch));
@@ -269,8 +287,7 @@ class Trainer {
     lo.batch_size = std::max(1, o_.batch_size / world_);
     lo.image_size = model_->input_size();
     lo.seed = o_.seed;
-    lo.threads = o_.loader_threads > 0 ? o_.loader_threads
-                                       : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 2);
+    lo.threads = o_.loader_threads > 0 ? o_.loader_threads : DefaultLoaderThreads(device_, world_);
     train_loader_ = std::make_unique<BatchLoader>(&shards_, phase_.train, lo);
     bn_loader_ = std::make_unique<BatchLoader>(&shards_, phase_.train, lo);
     lo.shuffle = false;
@@ -310,18 +327,48 @@ class Trainer {
     return absl::OkStatus();
   }
 
+  // How steps run: a captured CUDA graph (--cuda-graphs) or eagerly; after
+  // Resume, since the graph's optimizer takes over the restored state.
+  absl::Status SetUpStep() {
+    uploader_ = BatchUploader::Create(device_);
+    std::string why_eager;
+    if (o_.cuda_graphs == "off") why_eager = "--cuda-graphs off";
+    else if (!device_.is_cuda()) why_eager = "no CUDA device";
+    else if (!CudaGraphsBuilt()) why_eager = "a CPU LibTorch build";
+    else if (world_ > 1) why_eager = absl::StrCat("world size ", world_, ": the all-reduces are not captured");
+    else if (o_.precision == "fp16") why_eager = "fp16's loss scaling decides on the host";
+    if (!why_eager.empty()) {
+      if (o_.cuda_graphs == "on") return absl::InvalidArgumentError(absl::StrCat("--cuda-graphs: on, but ", why_eager));
+      if (obs_) obs_->OnPhase(absl::StrCat("training step: eager (", why_eager, ")"));
+      return absl::OkStatus();
+    }
+    GraphedTrainStep::Options go;
+    go.loss = o_.loss;
+    go.autocast = amp_;
+    go.batch_rows = std::max(1, o_.batch_size / world_);
+    graphed_ = std::make_unique<GraphedTrainStep>(*model_, *optimizer_, device_, go, NewCudaGraphBackend(device_));
+    if (obs_) {
+      obs_->OnPhase(absl::StrCat("training step: CUDA graph (batches of ", go.batch_rows, " captured after ",
+                                 go.warmup_steps, " warm-up steps; a partial last batch runs eagerly)"));
+    }
+    return absl::OkStatus();
+  }
+
   // One epoch of steps over this rank's share of every global batch.
   absl::StatusOr<EpochTotals> TrainEpoch(int epoch) {
     lr_ = ScheduledLr(o_.lr_schedule, o_.lr, epoch);
     for (auto& group : optimizer_->param_groups()) {
       static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr_);
     }
+    if (graphed_) graphed_->SetLr(lr_);
     model_->train();
     const RankEpochPlan plan = PlanRankEpoch(static_cast<uint32_t>(phase_.train.size()), o_.batch_size, world_, rank_,
                                              o_.seed, static_cast<uint64_t>(epoch));
     train_loader_->StartEpochWithBatches(plan.steps);
     EpochTotals t;
     t.steps = static_cast<int64_t>(plan.steps.size());
+    t.loss_dev = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
+    t.correct_dev = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
     if (obs_) obs_->OnEpochStart(epoch + 1, phase_.epochs, t.steps);
     t.start = Clock::now();
     for (int64_t s = 0; s < t.steps; ++s) {
@@ -335,9 +382,16 @@ class Trainer {
       t.seen += batch->count;
       ++step_;
       if (o_.progress) o_.progress();
+      // On a GPU the running sums are read every kReadEvery steps, so that
+      // the host queues the next steps while the device works.
+      const bool read = !device_.is_cuda() || (s + 1) % kReadEvery == 0 || s + 1 == t.steps;
+      if (read) {
+        t.loss_sum = t.loss_dev.item<double>();
+        t.correct = t.correct_dev.item<double>();
+      }
       t.compute_s += Seconds(t_compute, Clock::now());
       if (sync_) t.wait_s += sync_->last_wait_seconds();
-      if (obs_ && t.seen > 0) obs_->OnStep(epoch + 1, s + 1, t.steps, t.loss_sum / t.seen, t.correct / t.seen);
+      if (read && obs_ && t.seen > 0) obs_->OnStep(epoch + 1, s + 1, t.steps, t.loss_sum / t.seen, t.correct / t.seen);
     }
     t.train_seconds = Seconds(t.start, Clock::now());
     return t;
@@ -346,8 +400,15 @@ class Trainer {
   // Forward (autocast), the loss in float32, backward with the bucketed
   // all-reduce, the optimizer step (skipped on non-finite fp16 gradients).
   absl::Status Step(const Batch& batch, int64_t global_batch, EpochTotals* t) {
-    torch::Tensor x = PixelsToTensor(batch.pixels.data(), batch.count, batch.image_size, device_);
-    torch::Tensor y = torch::tensor(batch.labels, torch::kFloat32).to(device_);
+    auto [pixels, y] = uploader_->Upload(batch);
+    if (graphed_) {
+      absl::Status st = graphed_->Run(pixels, y, global_batch);
+      if (!st.ok()) return absl::Status(st.code(), absl::StrCat("training step ", step_ + 1, ": ", st.message()));
+      t->loss_dev.add_(graphed_->loss_sum());
+      t->correct_dev.add_(graphed_->correct());
+      return absl::OkStatus();
+    }
+    torch::Tensor x = PixelsToFloat(pixels);
     optimizer_->zero_grad();
     try {
       torch::Tensor logits;
@@ -381,8 +442,8 @@ class Trainer {
       } else {
         optimizer_->step();
       }
-      t->loss_sum += loss_sum.item<double>();
-      t->correct += ((logits > 0).to(torch::kFloat32) == y).sum().item<double>();
+      t->loss_dev.add_(loss_sum.detach());
+      t->correct_dev.add_(((logits.detach() > 0).to(torch::kFloat32) == y).sum());
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrCat("training step ", step_ + 1, " failed: ", e.what()));
     }
@@ -441,6 +502,7 @@ class Trainer {
       best_acc_ = m.val_accuracy;
       best_epoch_ = m.epoch;
     }
+    if (graphed_) graphed_->SyncOptimizerState();  // the step count, for latest.ckpt
     if (writer_) {
       nlohmann::ordered_json line = nlohmann::ordered_json::parse(m.ToJson());
       line["config"] = nlohmann::ordered_json::parse(o_.ToJson());
@@ -490,6 +552,9 @@ class Trainer {
   std::unique_ptr<GradientSynchronizer> sync_;
   std::vector<torch::Tensor> trainable_;
   std::unique_ptr<torch::optim::Adam> optimizer_;
+  std::unique_ptr<BatchUploader> uploader_;
+  std::unique_ptr<GraphedTrainStep> graphed_;  // null: eager steps
+  static constexpr int64_t kReadEvery = 8;
   std::optional<at::ScalarType> amp_;
   double loss_scale_ = 1.0;
   int64_t finite_steps_ = 0;
@@ -531,6 +596,7 @@ std::string TrainOptions::ToJson() const {
                               {"seed", seed},
                               {"recipe", recipe},
                               {"precision", precision},
+                              {"cuda_graphs", cuda_graphs},
                               {"precise_bn_batches", precise_bn_batches},
                               {"bn_momentum", detector.bn_momentum},
                               {"max_train_images", max_train_images},
@@ -592,6 +658,7 @@ TrainOptions TrainOptionsFromConfig(const v1::TrainingConfig& c) {
   o.threads = c.threads_per_rank();
   o.recipe = c.recipe();
   o.precision = PrecisionName(c.precision());
+  o.cuda_graphs = CudaGraphsName(c.cuda_graphs());
   o.precise_bn_batches = c.precise_bn_batches();
   return o;
 }
@@ -606,6 +673,7 @@ TrainOptions ResolveOptions(const TrainOptions& in) {
   if (o.precise_bn_batches == 0) o.precise_bn_batches = notebook ? 0 : 20;
   if (o.precise_bn_batches < 0) o.precise_bn_batches = 0;  // off
   if (o.precision.empty()) o.precision = DefaultDevice().is_cuda() ? "bf16" : "fp32";
+  if (o.cuda_graphs.empty()) o.cuda_graphs = "auto";
   return o;
 }
 

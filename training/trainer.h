@@ -34,7 +34,9 @@ struct TrainOptions {
   std::string init_weights;             // Keras .h5 or DFC checkpoint to start from
   bool resume = false;                  // continue from out_dir/latest.ckpt
   int threads = 0;                      // intra-op threads; 0 = all cores
-  int loader_threads = 0;               // decode threads; 0 = max(1, cores / 2)
+  // Decode threads; 0 = of this rank's share of the cores, half on CPU and
+  // all but one on a GPU (whose compute needs only the rank's own thread).
+  int loader_threads = 0;
   uint64_t seed = 1;
   std::string recipe;                   // "" or "notebook" (see RunTraining)
   // Use at most this many training / validation images (a deterministic,
@@ -59,6 +61,10 @@ struct TrainOptions {
   // optimizer state, BatchNorm statistics, the loss and checkpoints stay
   // float32; fp16 adds dynamic loss scaling). "": bf16 on CUDA, fp32 on CPU.
   std::string precision;
+  // CUDA-graph capture of the training step (training/graphed_step.h):
+  // "auto" or "" (on for a CUDA rank of a one-rank job not in fp16, else
+  // eager), "on" (required; an error where it cannot be), "off".
+  std::string cuda_graphs;
   // Called after every training step and validation batch: a rank's sign of
   // life for its worker's hang detection (empty: none).
   std::function<void()> progress;
