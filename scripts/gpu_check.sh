@@ -64,6 +64,11 @@ if [[ -z ${SKIP_TRAIN:-} ]]; then
     >"$out/train-meso.txt" 2>&1; tail -2 "$out/train-meso.txt"
   $bin/dfc train --model resnet50-vggface --data "$tmp/sh" --out "$tmp/resnet" --epochs 1 --batch-size 32 \
     >"$out/train-resnet.txt" 2>&1; tail -2 "$out/train-resnet.txt"
+  # The same MesoNet job with the step eager: the graphed run (the default,
+  # auto) must say it captured and land in the same accuracy band.
+  $bin/dfc train --model mesoinception4 --data "$tmp/sh" --out "$tmp/meso-eager" --epochs 3 --bn-momentum 0.9 \
+    --cuda-graphs off >"$out/train-meso-eager.txt" 2>&1; tail -1 "$out/train-meso-eager.txt"
+  grep -h "training step:" "$out/train-meso.txt" "$out/train-meso-eager.txt"
 fi
 
 step "throughput: DFC against Python PyTorch on this GPU (training step, synthetic batches)"
@@ -97,7 +102,7 @@ real=${DFC_LOADER_DATA:-$shared/data/hard-fake-vs-real}
 if [[ -d $real ]]; then
   $bin/dfc shard --src "$real" --out "$tmp/real-sh" --image-size 224 >/dev/null 2>&1 ||
     $bin/dfc shard --src "$real" --out "$tmp/real-sh" >/dev/null
-  for t in 1 4 8 16; do
+  for t in 1 4 8 15 16; do
     echo "threads $t: $($bin/loader_bench --data "$tmp/real-sh" --threads $t --epochs 5 --batch 32)"
   done | tee "$out/loader.txt"
 fi
@@ -113,7 +118,7 @@ $bin/dfc status "$job" | head -20 | tee -a "$out/nccl-job.txt"
 grep -h -i "nccl\|backend" "$st"/logs/*.log "$st"/jobs/*/rank-*.log 2>/dev/null | head -5
 $bin/dfc cluster down --state "$st"
 step "CUDA test subset"
-ctest --test-dir build-cuda -R "${CTEST_FILTER:-NcclCollective|ImageCodec|KerasLayers|KerasH5|Trainer|DfcCli}" --output-on-failure \
+ctest --test-dir build-cuda -R "${CTEST_FILTER:-NcclCollective|GraphedTrainStep|CapturableAdam|ImageCodec|KerasLayers|KerasH5|Trainer|DfcCli}" --output-on-failure \
   -j4 >"$out/ctest.txt" 2>&1
 tail -15 "$out/ctest.txt"
 

@@ -278,5 +278,36 @@ TEST(GraphedTrainStepCudaTest, CapturedGraphTrainsAsEagerStepsOnTheGpu) {
   EXPECT_LT(MaxDiff(graphed.second, eager.second), 1e-3);
 }
 
+// The staged uploader: pinned slots used in turn, a copy stream, the compute
+// stream waiting on an event. Five batches of two sizes in a row (so each slot
+// is refilled while the other's copy may still run) arrive intact.
+TEST(GraphedTrainStepCudaTest, StagedUploadsArriveIntact) {
+  if (!CudaGraphsBuilt() || !torch::cuda::is_available()) {
+    GTEST_SKIP() << "needs a CUDA build of DFC and a GPU (scripts/gpu_check.sh runs it)";
+  }
+  const torch::Device gpu(torch::kCUDA, 0);
+  std::unique_ptr<BatchUploader> up = BatchUploader::Create(gpu);
+  std::vector<Batch> batches(5);
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> got;
+  for (int i = 0; i < 5; ++i) {
+    Batch& b = batches[static_cast<size_t>(i)];
+    b.count = i == 4 ? 3 : 16;
+    b.image_size = 64;
+    torch::manual_seed(i);
+    torch::Tensor px = torch::randint(0, 256, {b.count * 64 * 64 * 3}, torch::kUInt8);
+    b.pixels.assign(px.data_ptr<uint8_t>(), px.data_ptr<uint8_t>() + px.numel());
+    for (int k = 0; k < b.count; ++k) b.labels.push_back((k + i) % 2);
+    got.push_back(up->Upload(b));
+  }
+  for (int i = 0; i < 5; ++i) {
+    const Batch& b = batches[static_cast<size_t>(i)];
+    torch::Tensor want = torch::from_blob(const_cast<uint8_t*>(b.pixels.data()), {b.count, 64, 64, 3}, torch::kUInt8);
+    EXPECT_TRUE(torch::equal(got[static_cast<size_t>(i)].first.cpu(), want)) << "batch " << i;
+    EXPECT_TRUE(torch::equal(got[static_cast<size_t>(i)].second.cpu(), torch::tensor(b.labels, torch::kFloat32)))
+        << "batch " << i;
+    EXPECT_TRUE(got[static_cast<size_t>(i)].first.is_cuda());
+  }
+}
+
 }  // namespace
 }  // namespace dfc

@@ -1,6 +1,7 @@
 #include "training/capturable_adam.h"
 
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -14,7 +15,9 @@ template <typename Map>
 typename Map::key_type StateKey(const Map&, const torch::Tensor& p) {
   using Key = typename Map::key_type;
   if constexpr (std::is_same_v<Key, std::string>) {
-    return c10::guts::to_string(p.unsafeGetTensorImpl());
+    std::ostringstream key;  // what c10::guts::to_string(TensorImpl*) wrote
+    key << static_cast<const void*>(p.unsafeGetTensorImpl());
+    return key.str();
   } else {
     return static_cast<Key>(p.unsafeGetTensorImpl());
   }
