@@ -33,9 +33,13 @@ TEST(CudaBuildTest, GatheredPackagesFitAndTheBuildUsesOnlyThePrefix) {
   // Every library the unpacked ones load is there too (or is glibc/libstdc++/zlib/OpenSSL).
   EXPECT_NE(gather.out.find("closure complete"), std::string::npos) << gather.out;
 
+  // With a CUDA toolkit the CUDA graph code is compiled too (never linked:
+  // a CPU LibTorch has no libtorch_cuda).
+  const bool toolkit = std::filesystem::exists("/usr/local/cuda/include/nccl.h");
+  const std::string targets = toolkit ? "dfc_proto dfc_rpc dfc_cuda_step_compile_check" : "dfc_proto dfc_rpc";
   auto build = RunCommand(src + "/scripts/build_cuda.sh --deps " + dir.Join("deps") + " --build-dir " +
                           dir.Join("build") + " --torch-prefix /usr/lib/x86_64-linux-gnu/cmake/Torch" +
-                          " --targets 'dfc_proto dfc_rpc' -j2");
+                          " --targets '" + targets + "' -j2");
   ASSERT_EQ(build.exit_code, 0) << build.out.substr(build.out.size() > 4000 ? build.out.size() - 4000 : 0) << build.err;
   const std::string cache = testing::ReadFileOrDie(dir.Join("build/CMakeCache.txt"));
   const std::string root = dir.Join("deps/root/");
@@ -46,8 +50,10 @@ TEST(CudaBuildTest, GatheredPackagesFitAndTheBuildUsesOnlyThePrefix) {
   EXPECT_TRUE(std::filesystem::exists(dir.Join("build/proto/dfc/v1/dfc.grpc.pb.h")));
   // Where a CUDA toolkit with NCCL is installed (the CPU build machines carry
   // one), the NCCL backend is configured in.
-  if (std::filesystem::exists("/usr/local/cuda/include/nccl.h")) {
+  if (toolkit) {
     EXPECT_NE(build.out.find("NCCL backend ON"), std::string::npos) << build.out;
+    EXPECT_NE(build.out.find("CUDA graph code compiled (not linked)"), std::string::npos) << build.out;
+    EXPECT_NE(build.out.find("cuda_step_cuda.cc.o"), std::string::npos) << build.out;
   }
 }
 
