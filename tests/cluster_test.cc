@@ -142,7 +142,9 @@ TEST(ClusterTest, BadRequestsNameTheFieldAndCreateNothing) {
                                            {"--data " + c.dir().Join("missing"), "config.data"},
                                            {"--data " + shards + " --world-size 0", "world_size"},
                                            {"--data " + shards + " --batch-size 100000", "config.batch_size"},
-                                           {"--data " + shards + " --epochs -3", "config.epochs"}}) {
+                                           {"--data " + shards + " --epochs -3", "config.epochs"},
+                                           {"--data " + shards + " --world-size 2 --cuda-graphs on",
+                                            "config.cuda_graphs (--cuda-graphs): on needs world_size 1, got 2"}}) {
     auto r = RunCommand(c.Dfc("submit " + bad.args));
     EXPECT_EQ(r.exit_code, 2) << bad.args << ": " << r.err;
     EXPECT_NE(r.err.find(bad.field), std::string::npos) << bad.args << ": " << r.err;
