@@ -101,7 +101,10 @@ class CudaGraphBackend : public StepGraphBackend {
         graph->graph().capture_end();
       });
     } catch (const std::exception& e) {
-      return absl::InternalError(absl::StrCat("CUDA graph capture of the training step failed: ", e.what()));
+      // The same model and batch shape would fail the same way again:
+      // permanent, not retried by the worker.
+      return absl::FailedPreconditionError(absl::StrCat("CUDA graph capture of the training step failed (run with "
+                                                        "--cuda-graphs off to train without graphs): ", e.what()));
     }
     return std::unique_ptr<StepGraph>(std::move(graph));
   }
