@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <thread>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -400,7 +401,12 @@ class Trainer {
   // Forward (autocast), the loss in float32, backward with the bucketed
   // all-reduce, the optimizer step (skipped on non-finite fp16 gradients).
   absl::Status Step(const Batch& batch, int64_t global_batch, EpochTotals* t) {
-    auto [pixels, y] = uploader_->Upload(batch);
+    torch::Tensor pixels, y;
+    try {
+      std::tie(pixels, y) = uploader_->Upload(batch);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("training step ", step_ + 1, ": copying the batch failed: ", e.what()));
+    }
     if (graphed_) {
       absl::Status st = graphed_->Run(pixels, y, global_batch);
       if (!st.ok()) return absl::Status(st.code(), absl::StrCat("training step ", step_ + 1, ": ", st.message()));
