@@ -37,6 +37,16 @@ double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 
 bool IsResNet(const std::string& arch) { return arch == "resnet50-vggface"; }
 
+// Why this run's steps cannot be captured as a CUDA graph ("" when they can):
+// what --cuda-graphs auto reports and "on" refuses.
+std::string WhyNoCudaGraph(const TrainOptions& o, const torch::Device& device, int world) {
+  if (!device.is_cuda()) return "no CUDA device";
+  if (!CudaGraphsBuilt()) return "a CPU LibTorch build";
+  if (world > 1) return absl::StrCat("world size ", world, ": the all-reduces between ranks are not captured");
+  if (o.precision == "fp16") return "fp16's loss scaling decides on the host";
+  return "";
+}
+
 absl::Status ValidateOptions(const TrainOptions& o) {
   // The fields a job's config shares with `dfc train` go through the one
   // validator (common/training_config) that SubmitJob and every rank use.
@@ -78,11 +88,10 @@ absl::Status ValidateOptions(const TrainOptions& o) {
     return bad("--precision", "fp16 needs a CUDA device (autocast on CPU supports bf16 only)");
   }
   if (o.cuda_graphs == "on") {
-    if (!CudaGraphsBuilt()) return bad("--cuda-graphs", "on needs a CUDA build of DFC; this one has a CPU LibTorch");
-    if (!DefaultDevice().is_cuda()) return bad("--cuda-graphs", "on needs a CUDA device; none is visible to this rank");
-    if (o.collective && o.collective->world_size() > 1) {
-      return bad("--cuda-graphs", absl::StrCat("on needs a one-rank job (world size ", o.collective->world_size(),
-                                               "): the all-reduces between ranks are not captured"));
+    const std::string why = WhyNoCudaGraph(o, DefaultDevice(), o.collective ? o.collective->world_size() : 1);
+    if (!why.empty()) {
+      return bad("--cuda-graphs", absl::StrCat("on needs a CUDA build, a CUDA device and a one-rank job not in fp16; "
+                                               "here: ", why));
     }
   }
   return absl::OkStatus();
@@ -227,7 +236,7 @@ class Trainer {
     t_start_ = Clock::now();
     DFC_RETURN_IF_ERROR(SetUp());
     DFC_RETURN_IF_ERROR(Resume());
-    DFC_RETURN_IF_ERROR(SetUpStep());
+    SetUpStep();
     for (int epoch = start_epoch_; epoch < phase_.epochs; ++epoch) {
       if (phase_.patience > 0 && best_epoch_ > 0 && epoch - best_epoch_ >= phase_.patience) break;  // early stopping
       DFC_ASSIGN_OR_RETURN(EpochTotals totals, TrainEpoch(epoch));
@@ -330,18 +339,13 @@ class Trainer {
 
   // How steps run: a captured CUDA graph (--cuda-graphs) or eagerly; after
   // Resume, since the graph's optimizer takes over the restored state.
-  absl::Status SetUpStep() {
+  void SetUpStep() {
     uploader_ = BatchUploader::Create(device_);
-    std::string why_eager;
-    if (o_.cuda_graphs == "off") why_eager = "--cuda-graphs off";
-    else if (!device_.is_cuda()) why_eager = "no CUDA device";
-    else if (!CudaGraphsBuilt()) why_eager = "a CPU LibTorch build";
-    else if (world_ > 1) why_eager = absl::StrCat("world size ", world_, ": the all-reduces are not captured");
-    else if (o_.precision == "fp16") why_eager = "fp16's loss scaling decides on the host";
+    // "on" where no graph can be captured was refused by ValidateOptions.
+    const std::string why_eager = o_.cuda_graphs == "off" ? "--cuda-graphs off" : WhyNoCudaGraph(o_, device_, world_);
     if (!why_eager.empty()) {
-      if (o_.cuda_graphs == "on") return absl::InvalidArgumentError(absl::StrCat("--cuda-graphs: on, but ", why_eager));
       if (obs_) obs_->OnPhase(absl::StrCat("training step: eager (", why_eager, ")"));
-      return absl::OkStatus();
+      return;
     }
     GraphedTrainStep::Options go;
     go.loss = o_.loss;
@@ -352,7 +356,6 @@ class Trainer {
       obs_->OnPhase(absl::StrCat("training step: CUDA graph (batches of ", go.batch_rows, " captured after ",
                                  go.warmup_steps, " warm-up steps; a partial last batch runs eagerly)"));
     }
-    return absl::OkStatus();
   }
 
   // One epoch of steps over this rank's share of every global batch.
