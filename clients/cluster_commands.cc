@@ -73,12 +73,15 @@ void PrintJob(const v1::Job& j) {
   std::printf("output: %s\n", j.output_dir().c_str());
   if (!j.resolved_config().empty()) std::printf("hyper-parameters: %s\n", j.resolved_config().c_str());
   for (const auto& e : j.events()) std::printf("%s\n", EventLine(e).c_str());
-  for (const auto& e : j.epochs()) {
-    std::printf("epoch %d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s  "
+  auto print_epoch = [](const char* prefix, const v1::EpochMetrics& e) {
+    std::printf("%sepoch %d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s  "
                 "step: data %.3fs compute %.3fs all-reduce wait %.3fs\n",
-                e.epoch(), e.loss(), e.accuracy(), e.val_loss(), e.val_accuracy(), e.val_auc(), e.images_per_second(),
-                e.step_data_seconds(), e.step_compute_seconds(), e.step_allreduce_wait_seconds());
-  }
+                prefix, e.epoch(), e.loss(), e.accuracy(), e.val_loss(), e.val_accuracy(), e.val_auc(),
+                e.images_per_second(), e.step_data_seconds(), e.step_compute_seconds(), e.step_allreduce_wait_seconds());
+  };
+  // --recipe notebook: the epoch-count selection, then the retraining.
+  for (const auto& e : j.selection_epochs()) print_epoch("selection ", e);
+  for (const auto& e : j.epochs()) print_epoch("", e);
 }
 
 int ExitForState(v1::JobState s) {
@@ -259,10 +262,10 @@ int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   v1::JobEvent ev;
   v1::JobState last_state = v1::JOB_STATE_UNSPECIFIED;
-  int printed = 0;
+  int printed = 0, selection_printed = 0;  // epochs of the run / of --recipe notebook's selection
   int events_printed = 0;
   std::unique_ptr<ProgressBar> bar;
-  int bar_epoch = 0;
+  std::string bar_key;  // phase and epoch of the bar
   v1::Job job;
   bool said_retrying = false;
   // A coordinator that restarts (or is briefly unreachable) does not end the
@@ -289,24 +292,40 @@ int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
                          job.restarts() ? absl::StrCat(" (restart ", job.restarts(), ")").c_str() : "");
         last_state = job.state();
       }
-      for (; printed < job.epochs_size(); ++printed) {
-        const auto& e = job.epochs(printed);
-        if (bar) bar->Finish();
-        if (c.json) {
-          std::printf("%s\n", ToJson(e).c_str());
-        } else {
-          std::printf("epoch %d/%d  loss %.4f  acc %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s\n", e.epoch(),
-                      job.config().epochs(), e.loss(), e.accuracy(), e.val_accuracy(), e.val_auc(), e.images_per_second());
+      // The notebook recipe's selection epochs come first (all of them
+      // before the retraining starts), then the run's.
+      // "epoch N/limit": --epochs, except for the retraining, whose count the
+      // selection chose (known from the progress reports).
+      auto print_epochs = [&](const auto& epochs, int& done, const char* prefix, bool retraining) {
+        int limit = job.config().epochs();
+        if (retraining) limit = job.progress().phase().empty() ? job.progress().epochs() : 0;
+        for (; done < epochs.size(); ++done) {
+          const auto& e = epochs[done];
+          if (bar) bar->Finish();
+          if (c.json) {
+            std::printf("%s\n", ToJson(e).c_str());
+          } else {
+            std::printf("%sepoch %d%s  loss %.4f  acc %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s\n", prefix,
+                        e.epoch(), limit > 0 ? absl::StrCat("/", limit).c_str() : "", e.loss(), e.accuracy(),
+                        e.val_accuracy(), e.val_auc(), e.images_per_second());
+          }
         }
-      }
+      };
+      const bool notebook = job.config().recipe() == "notebook";
+      print_epochs(job.selection_epochs(), selection_printed, "selection ", false);
+      print_epochs(job.epochs(), printed, "", notebook);
       std::fflush(stdout);
       const v1::StepProgress& p = job.progress();
-      if (!c.json && job.state() == v1::RUNNING && p.steps() > 0 && p.epoch() > job.epochs_size()) {
-        if (!bar || bar_epoch != p.epoch()) {
+      const bool selecting = !p.phase().empty();
+      const int done = selecting ? job.selection_epochs_size() : job.epochs_size();
+      if (!c.json && job.state() == v1::RUNNING && p.steps() > 0 && p.epoch() > done) {
+        const std::string key = absl::StrCat(p.phase(), p.epoch());
+        if (!bar || bar_key != key) {
           if (bar) bar->Finish();
-          bar = std::make_unique<ProgressBar>(absl::StrCat("epoch ", p.epoch(), "/", job.config().epochs()), p.steps(),
-                                              stderr);
-          bar_epoch = p.epoch();
+          bar = std::make_unique<ProgressBar>(absl::StrCat(selecting ? p.phase() + " " : "", "epoch ", p.epoch(), "/",
+                                                           p.epochs() > 0 ? p.epochs() : job.config().epochs()),
+                                              p.steps(), stderr);
+          bar_key = key;
         }
         bar->Update(p.step(), absl::StrFormat("loss %.4f acc %.4f", p.loss(), p.accuracy()));
       }

@@ -19,8 +19,10 @@ namespace {
 class ConsoleObserver : public TrainObserver {
  public:
   void OnPhase(const std::string& d) override { std::printf("== %s\n", d.c_str()); std::fflush(stdout); }
-  void OnEpochStart(int epoch, int max_epochs, int64_t steps) override {
-    bar_ = std::make_unique<ProgressBar>("epoch " + std::to_string(epoch) + "/" + std::to_string(max_epochs), steps);
+  void OnEpochStart(const std::string& phase, int epoch, int max_epochs, int64_t steps) override {
+    prefix_ = phase.empty() ? "" : phase + " ";
+    bar_ = std::make_unique<ProgressBar>(prefix_ + "epoch " + std::to_string(epoch) + "/" + std::to_string(max_epochs),
+                                         steps);
     max_epochs_ = max_epochs;
   }
   void OnStep(int, int64_t step, int64_t, double loss, double acc) override {
@@ -30,15 +32,16 @@ class ConsoleObserver : public TrainObserver {
   }
   void OnEpoch(const EpochMetrics& m) override {
     if (bar_) bar_->Finish();
-    std::printf("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s  "
+    std::printf("%sepoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s  "
                 "data-wait %.1f%%  lr %.3g  %s\n",
-                m.epoch, max_epochs_, m.loss, m.accuracy, m.val_loss, m.val_accuracy, m.val_auc,
+                prefix_.c_str(), m.epoch, max_epochs_, m.loss, m.accuracy, m.val_loss, m.val_accuracy, m.val_auc,
                 m.images_per_second, 100 * m.data_wait_share, m.lr, FormatDuration(m.seconds).c_str());
     std::fflush(stdout);
   }
 
  private:
   std::unique_ptr<ProgressBar> bar_;
+  std::string prefix_;  // "selection " in the notebook recipe's first phase
   int max_epochs_ = 0;
 };
 

@@ -1,5 +1,7 @@
 #include "common/run_dir.h"
 
+#include <filesystem>
+
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +15,13 @@ std::string Checkpoint(const std::string& dir, const std::string& which) { retur
 std::string EpochCheckpoint(const std::string& dir, int64_t epoch) { return absl::StrCat(dir, "/epoch-", epoch, ".ckpt"); }
 std::string Metrics(const std::string& dir) { return absl::StrCat(dir, "/metrics.jsonl"); }
 std::string Sidecar(const std::string& checkpoint_path) { return checkpoint_path + ".json"; }
+std::string SelectionDir(const std::string& dir) { return absl::StrCat(dir, "/", kSelection); }
+
+bool HasResumePoint(const std::string& dir) {
+  std::error_code ec;
+  return std::filesystem::exists(Checkpoint(dir, kLatest), ec) ||
+         std::filesystem::exists(Checkpoint(SelectionDir(dir), kLatest), ec);
+}
 
 std::string CheckpointSummary::ToJson() const {
   nlohmann::ordered_json j;

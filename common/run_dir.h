@@ -16,16 +16,27 @@ namespace dfc {
 //   metrics.jsonl    one JSON object per finished epoch
 //   X.ckpt.json      beside every checkpoint: its epoch and metrics, so that
 //                    nothing needs LibTorch to learn what a checkpoint holds.
+//   selection/       `--recipe notebook` only: the epoch-count selection on a
+//                    50/50 split of the training split, laid out as above; the
+//                    files above are then the retraining on all of it.
 // Torch-free.
 namespace run_dir {
 
 inline constexpr char kLatest[] = "latest";
 inline constexpr char kBest[] = "best";
+// The notebook recipe's first phase: its folder under the run directory and
+// its name in EpochMetrics.phase / StepProgress.phase.
+inline constexpr char kSelection[] = "selection";
 
 std::string Checkpoint(const std::string& dir, const std::string& which);  // which: latest | best
 std::string EpochCheckpoint(const std::string& dir, int64_t epoch);
 std::string Metrics(const std::string& dir);
 std::string Sidecar(const std::string& checkpoint_path);
+std::string SelectionDir(const std::string& dir);
+
+// Whether a restart can resume rather than start over: latest.ckpt of the run
+// or of its selection phase exists.
+bool HasResumePoint(const std::string& dir);
 
 // What a checkpoint's sidecar records.
 struct CheckpointSummary {

@@ -146,10 +146,17 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
 }
 
 absl::Status Coordinator::ReconcileEpochsLocked(v1::Job& job) {
-  std::ifstream f(run_dir::Metrics(job.output_dir()));
+  DFC_RETURN_IF_ERROR(ReconcilePhaseLocked(job, ""));
+  return ReconcilePhaseLocked(job, run_dir::kSelection);
+}
+
+absl::Status Coordinator::ReconcilePhaseLocked(v1::Job& job, const std::string& phase) {
+  const bool selection = !phase.empty();
+  std::ifstream f(run_dir::Metrics(selection ? run_dir::SelectionDir(job.output_dir()) : job.output_dir()));
   if (!f) return absl::OkStatus();
+  auto* list = selection ? job.mutable_selection_epochs() : job.mutable_epochs();
   std::map<int, v1::EpochMetrics> have;
-  for (const v1::EpochMetrics& e : job.epochs()) have[e.epoch()] = e;
+  for (const v1::EpochMetrics& e : *list) have[e.epoch()] = e;
   bool added = false;
   std::string line;
   while (std::getline(f, line)) {
@@ -159,6 +166,7 @@ absl::Status Coordinator::ReconcileEpochsLocked(v1::Job& job) {
     if (epoch < 1 || have.count(epoch)) continue;
     auto num = [&j](const char* k) { return j.contains(k) && j[k].is_number() ? j[k].get<double>() : 0.0; };
     v1::EpochMetrics m;
+    m.set_phase(phase);
     m.set_epoch(epoch);
     m.set_loss(num("loss"));
     m.set_accuracy(num("accuracy"));
@@ -175,8 +183,8 @@ absl::Status Coordinator::ReconcileEpochsLocked(v1::Job& job) {
     added = true;
   }
   if (added) {
-    job.clear_epochs();
-    for (auto& [n, e] : have) *job.add_epochs() = e;
+    list->Clear();
+    for (auto& [n, e] : have) *list->Add() = e;
   }
   return absl::OkStatus();
 }
@@ -268,6 +276,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsReq
     s->set_epochs_done(s->epochs_size());
     if (s->epochs_size() > 0) *s->mutable_last_epoch() = s->epochs(s->epochs_size() - 1);
     s->clear_epochs();
+    s->clear_selection_epochs();
     s->clear_failures();
     s->clear_events();
     FillWaitingLocked(s, order);
@@ -711,7 +720,7 @@ void Coordinator::AssignRanksLocked(const std::string& worker_id, v1::HeartbeatR
       as->set_store_port(a.store_port);
       *as->mutable_config() = job.config();
       as->set_output_dir(job.output_dir());
-      as->set_resume(fs::exists(run_dir::Checkpoint(job.output_dir(), run_dir::kLatest)));
+      as->set_resume(run_dir::HasResumePoint(job.output_dir()));
       s.sent = true;
     }
   }
@@ -734,18 +743,20 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
     changed_.SignalAll();
     return absl::OkStatus();
   }
-  DFC_RETURN_IF_ERROR(store_->PutEpoch(r.job_id(), r.epoch()));
+  DFC_RETURN_IF_ERROR(store_->PutEpoch(r.job_id(), r.epoch()));  // refuses an unknown phase
+  const bool selection = !r.epoch().phase().empty();
+  auto* list = selection ? job.mutable_selection_epochs() : job.mutable_epochs();
   bool replaced = false;
-  for (auto& e : *job.mutable_epochs()) {
+  for (auto& e : *list) {
     if (e.epoch() == r.epoch().epoch()) {
       e = r.epoch();
       replaced = true;
     }
   }
-  if (!replaced) *job.add_epochs() = r.epoch();
+  if (!replaced) *list->Add() = r.epoch();
   // An epoch that skips ahead means reports were lost (the coordinator was
   // down while the ranks trained on): take them from the run directory.
-  if (r.epoch().epoch() > job.epochs_size()) DFC_RETURN_IF_ERROR(ReconcileEpochsLocked(job));
+  if (r.epoch().epoch() > list->size()) DFC_RETURN_IF_ERROR(ReconcilePhaseLocked(job, r.epoch().phase()));
   versions_[r.job_id()]++;
   changed_.SignalAll();
   return absl::OkStatus();

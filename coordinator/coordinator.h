@@ -160,7 +160,9 @@ class Coordinator {
   // Adds to the job's record every epoch its run directory's metrics.jsonl
   // holds and the record lacks (ranks train on while the coordinator is
   // down; their reports are lost, their metrics file is not).
-  absl::Status ReconcileEpochsLocked(v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ReconcileEpochsLocked(v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);  // both phases
+  // phase "" (output_dir/metrics.jsonl) or run_dir::kSelection (its selection/).
+  absl::Status ReconcilePhaseLocked(v1::Job& job, const std::string& phase) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireWorkersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int FreeSlots(const std::string& worker_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Not heard from within two heartbeats: "suspect", and given no new ranks.

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/run_dir.h"
 #include "common/status_macros.h"
 #include "common/training_config.h"
 
@@ -77,6 +78,11 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
       " job BLOB NOT NULL)"));
   DFC_RETURN_IF_ERROR(store->Exec(
       "CREATE TABLE IF NOT EXISTS epochs ("
+      " job_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics BLOB NOT NULL,"
+      " PRIMARY KEY (job_id, epoch))"));
+  // --recipe notebook's epoch-count selection (EpochMetrics.phase "selection").
+  DFC_RETURN_IF_ERROR(store->Exec(
+      "CREATE TABLE IF NOT EXISTS selection_epochs ("
       " job_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics BLOB NOT NULL,"
       " PRIMARY KEY (job_id, epoch))"));
   // `models` held ModelInfo rows of weights in STATE/models (before the
@@ -158,10 +164,15 @@ absl::StatusOr<v1::Job> JobStore::GetLocked(const std::string& job_id) {
     std::fprintf(stderr, "dfc-coordinator: job %s: a stored model/loss/schedule/precision name is unknown\n",
                  job_id.c_str());
   }
-  Stmt e(db_, "SELECT metrics FROM epochs WHERE job_id = ? ORDER BY epoch");
-  DFC_RETURN_IF_ERROR(e.status());
-  e.BindText(1, job_id);
-  while (e.Step() == SQLITE_ROW) job.add_epochs()->ParseFromString(e.Blob(0));
+  for (const bool selection : {false, true}) {
+    Stmt e(db_, selection ? "SELECT metrics FROM selection_epochs WHERE job_id = ? ORDER BY epoch"
+                          : "SELECT metrics FROM epochs WHERE job_id = ? ORDER BY epoch");
+    DFC_RETURN_IF_ERROR(e.status());
+    e.BindText(1, job_id);
+    while (e.Step() == SQLITE_ROW) {
+      (selection ? job.add_selection_epochs() : job.add_epochs())->ParseFromString(e.Blob(0));
+    }
+  }
   return job;
 }
 
@@ -189,7 +200,8 @@ absl::StatusOr<std::vector<v1::Job>> JobStore::List() {
 absl::Status JobStore::Update(const v1::Job& job) {
   absl::MutexLock lock(&mu_);
   v1::Job stored = job;
-  stored.clear_epochs();  // kept in their own table
+  stored.clear_epochs();  // kept in their own tables
+  stored.clear_selection_epochs();
   Stmt u(db_, "UPDATE jobs SET job = ? WHERE job_id = ?");
   DFC_RETURN_IF_ERROR(u.status());
   u.Bind(1, stored.SerializeAsString());
@@ -200,8 +212,12 @@ absl::Status JobStore::Update(const v1::Job& job) {
 }
 
 absl::Status JobStore::PutEpoch(const std::string& job_id, const v1::EpochMetrics& m) {
+  if (!m.phase().empty() && m.phase() != run_dir::kSelection) {
+    return absl::InvalidArgumentError(absl::StrCat("epoch.phase: no phase '", m.phase(), "'"));
+  }
   absl::MutexLock lock(&mu_);
-  Stmt u(db_, "INSERT OR REPLACE INTO epochs (job_id, epoch, metrics) VALUES (?, ?, ?)");
+  Stmt u(db_, m.phase().empty() ? "INSERT OR REPLACE INTO epochs (job_id, epoch, metrics) VALUES (?, ?, ?)"
+                                : "INSERT OR REPLACE INTO selection_epochs (job_id, epoch, metrics) VALUES (?, ?, ?)");
   DFC_RETURN_IF_ERROR(u.status());
   u.BindText(1, job_id);
   u.Bind(2, static_cast<int64_t>(m.epoch()));

@@ -192,6 +192,61 @@ TEST(ClusterTest, KilledWorkerRestartsTheJobFromItsCheckpoint) {
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count(), 400);
 }
 
+// --recipe notebook through the cluster: its worker is killed while the
+// epoch count is being selected; the restart resumes the selection from its
+// checkpoint instead of starting over, then retrains. The job's record, `dfc
+// watch` and `dfc status` keep the two phases' epochs apart.
+TEST(ClusterTest, NotebookJobKilledWhileSelectingResumesAndReportsBothPhases) {
+  Cluster c(2);  // one for the job, one spare
+  const std::string shards = testing::SyntheticShards(c.dir(), 320);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --recipe notebook --epochs 3 --batch-size 16 --bn-momentum 0.9 --max-restarts 2"
+                            " --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  nlohmann::json status;
+  auto selected = [&status] {
+    return status.is_object() && status.contains("selection_epochs") ? status["selection_epochs"].size() : 0;
+  };
+  for (int i = 0; i < 1800 && selected() < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    status = nlohmann::json::parse(RunCommand(c.Dfc("status --json " + job)).out, nullptr, false);
+  }
+  ASSERT_GE(selected(), 1u) << status.dump();
+  ASSERT_TRUE(status["epochs"].empty()) << "a selection epoch was recorded as the run's: " << status.dump();
+  const std::string out_dir = status["output_dir"];
+  const std::string first_epoch = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/selection/metrics.jsonl"))[0];
+  const pid_t victim = c.WorkerOf(job, 0);
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  auto watch = RunCommand(c.Dfc("watch --timeout 400 " + job));
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err;
+  EXPECT_NE(watch.out.find("selection epoch 1/3  loss"), std::string::npos) << watch.out;
+  EXPECT_NE(watch.out.find("selection epoch 3/3  loss"), std::string::npos) << watch.out;
+  EXPECT_NE(watch.out.find("\nepoch 1"), std::string::npos) << watch.out;
+  const nlohmann::json done = nlohmann::json::parse(RunCommand(c.Dfc("status --json " + job)).out, nullptr, false);
+  ASSERT_TRUE(done.is_object());
+  EXPECT_EQ(done["state"], "SUCCEEDED") << done.dump();
+  EXPECT_EQ(done["restarts"], 1) << done.dump();
+  ASSERT_EQ(done["selection_epochs"].size(), 3u) << done.dump();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(done["selection_epochs"][i]["epoch"], i + 1);
+    EXPECT_EQ(done["selection_epochs"][i]["phase"], "selection");
+  }
+  // Resumed, not started over: the selection's epoch 1 was not trained again.
+  const auto selection_lines = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/selection/metrics.jsonl"));
+  ASSERT_EQ(selection_lines.size(), 3u);
+  EXPECT_EQ(selection_lines[0], first_epoch);
+  // The retraining ran for the chosen count, recorded as the job's epochs.
+  const auto run_lines = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/metrics.jsonl"));
+  ASSERT_GE(run_lines.size(), 1u);
+  ASSERT_EQ(done["epochs"].size(), run_lines.size()) << done.dump();
+  for (const auto& e : done["epochs"]) EXPECT_EQ(e["phase"], "") << e.dump();
+  const std::string text = RunCommand(c.Dfc("status " + job)).out;
+  EXPECT_NE(text.find("\nselection epoch 3  loss"), std::string::npos) << text;
+  EXPECT_NE(text.find("\nepoch 1  loss"), std::string::npos) << text;
+}
+
 TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
   Cluster c(2);
   const std::string shards = testing::SyntheticShards(c.dir(), 96);

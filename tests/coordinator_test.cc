@@ -1,7 +1,10 @@
 // The coordinator's state machine and scheduler as one class, driven through
 // its own API (RegisterWorker, Heartbeat, Submit, Tick) with a fake clock and
-// an in-memory store (SQLite ":memory:"): no processes, no waiting, no disk.
-// (The durable store is exercised by cluster_test's coordinator restarts.)
+// an in-memory store (SQLite ":memory:"): no processes and no waiting. The
+// durable store is exercised by cluster_test's coordinator restarts, and here
+// by the notebook-phase test, which reopens its SQLite file.
+#include <filesystem>
+
 #include <gtest/gtest.h>
 
 #include "coordinator/coordinator.h"
@@ -20,12 +23,12 @@ class CoordinatorTest : public ::testing::Test {
                   .exit_code,
               0);
   }
-  std::unique_ptr<Coordinator> Make(int max_bypass = 8) {
+  std::unique_ptr<Coordinator> Make(int max_bypass = 8, bool in_memory = true) {
     CoordinatorOptions o;
     o.state_dir = dir_.Join("state");
     o.now_ms = [this] { return now_; };
     o.max_bypass = max_bypass;
-    o.in_memory_store = true;
+    o.in_memory_store = in_memory;
     auto c = Coordinator::Create(o);
     EXPECT_TRUE(c.ok()) << c.status();
     return std::move(*c);
@@ -38,8 +41,10 @@ class CoordinatorTest : public ::testing::Test {
     EXPECT_TRUE(resp.ok()) << resp.status();
     return resp->worker_id();
   }
-  std::string Submit(Coordinator& c, int world, bool wait = false, int max_restarts = 0) {
+  std::string Submit(Coordinator& c, int world, bool wait = false, int max_restarts = 0,
+                     const std::string& recipe = "") {
     v1::SubmitJobRequest r;
+    r.mutable_config()->set_recipe(recipe);
     r.mutable_config()->set_model(v1::MESOINCEPTION4);
     r.mutable_config()->set_data(dir_.Join("sh"));
     r.mutable_config()->set_epochs(1);
@@ -230,6 +235,75 @@ TEST_F(CoordinatorTest, AStopNamesTheAttemptAndSparesTheNewOne) {
   EXPECT_EQ(j.reason(), "");
   ASSERT_EQ(j.failures_size(), 1);
   EXPECT_EQ(j.failures(0).reason(), "rank 0: Gloo timeout");
+}
+
+// --recipe notebook reports two phases, each counting its epochs from 1: the
+// selection's and the retraining's are kept apart (one did not replace the
+// other), refused when the phase is unknown, reconciled from their own
+// metrics files, and kept in the SQLite file across a coordinator restart.
+// A restart resumes from the selection's checkpoint too.
+TEST_F(CoordinatorTest, NotebookPhasesAreKeptApartAndTheSelectionIsAResumePoint) {
+  std::string job, out;
+  {
+    auto c = Make(8, /*in_memory=*/false);
+    const std::string w = Worker(*c, 1);
+    job = Submit(*c, 1, false, /*max_restarts=*/1, "notebook");
+    Beat(*c, w, {{job, 1, 0}});
+    ASSERT_EQ(State(*c, job), v1::RUNNING);
+    out = c->GetJob(job)->output_dir();
+    auto report = [&](const std::string& phase, int epoch, double val_accuracy) {
+      v1::ReportMetricsRequest r;
+      r.set_job_id(job);
+      r.set_attempt(1);
+      r.mutable_epoch()->set_phase(phase);
+      r.mutable_epoch()->set_epoch(epoch);
+      r.mutable_epoch()->set_val_accuracy(val_accuracy);
+      return c->ReportMetrics(r);
+    };
+    ASSERT_TRUE(report("selection", 1, 0.61).ok());
+    ASSERT_TRUE(report("selection", 2, 0.62).ok());
+    ASSERT_TRUE(report("", 1, 0.71).ok());
+    const absl::Status bad = report("warmup", 1, 0.5);
+    EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(bad.message().find("epoch.phase: no phase 'warmup'"), std::string::npos) << bad;
+    // Selection epoch 3 reached the run directory, not the coordinator.
+    std::filesystem::create_directories(out + "/selection");
+    testing::WriteFileOrDie(out + "/selection/metrics.jsonl", "{\"epoch\":1,\"val_accuracy\":0.61}\n"
+                                                              "{\"epoch\":2,\"val_accuracy\":0.62}\n"
+                                                              "{\"epoch\":3,\"val_accuracy\":0.63}\n");
+    ASSERT_TRUE(report("selection", 4, 0.64).ok());
+    const v1::Job j = *c->GetJob(job);
+    ASSERT_EQ(j.selection_epochs_size(), 4) << j.DebugString();
+    ASSERT_EQ(j.epochs_size(), 1) << j.DebugString();
+    for (int i = 0; i < 4; ++i) {
+      EXPECT_EQ(j.selection_epochs(i).epoch(), i + 1);
+      EXPECT_EQ(j.selection_epochs(i).phase(), "selection");
+      EXPECT_DOUBLE_EQ(j.selection_epochs(i).val_accuracy(), 0.61 + 0.01 * i);
+    }
+    EXPECT_DOUBLE_EQ(j.epochs(0).val_accuracy(), 0.71);
+    // The rank fails while selecting: the next attempt resumes from the
+    // selection's checkpoint (the run's own latest.ckpt does not exist yet).
+    testing::WriteFileOrDie(out + "/selection/latest.ckpt", "stand-in");
+    v1::HeartbeatRequest r;
+    r.set_worker_id(w);
+    v1::RankStatus* st = r.add_ranks();
+    st->set_job_id(job);
+    st->set_attempt(1);
+    st->set_rank(0);
+    st->set_exited(true);
+    st->set_exit_code(1);
+    st->set_error("worker lost");
+    ASSERT_TRUE(c->Heartbeat(r).ok());
+    now_ += 5000;  // past the restart back-off
+    auto next = Beat(*c, w);
+    ASSERT_EQ(next.start_size(), 1);
+    EXPECT_EQ(next.start(0).attempt(), 2);
+    EXPECT_TRUE(next.start(0).resume());
+  }
+  auto reopened = Make(8, /*in_memory=*/false);
+  const v1::Job j = *reopened->GetJob(job);
+  EXPECT_EQ(j.selection_epochs_size(), 4) << j.DebugString();
+  EXPECT_EQ(j.epochs_size(), 1) << j.DebugString();
 }
 
 }  // namespace

@@ -284,6 +284,24 @@ TEST(OperatorTest, DashboardInChromiumShowsARunningJobsCurvesEventsAndWorkers) {
   // The JSON it polls, and a job that does not exist.
   EXPECT_NE(Get(c.dashboard() + "/api/jobs").body.find(job), std::string::npos);
   EXPECT_EQ(Get(c.dashboard() + "/api/jobs/nope").code, 404);
+
+  // --recipe notebook: the epoch-count selection has its own row and curves;
+  // the run's curves are the retraining's.
+  const std::string nb = Submit(c, "--data " + shards + " --world-size 1 --epochs 2 --batch-size 12 --recipe notebook");
+  ASSERT_FALSE(nb.empty());
+  ASSERT_EQ(RunCommand(c.Dfc("watch --timeout 240 " + nb)).exit_code, 0);
+  const nlohmann::json finished = Status(c, nb);
+  ASSERT_EQ(finished["selection_epochs"].size(), 2u) << finished.dump();
+  const size_t retrained = finished["epochs"].size();
+  ASSERT_GE(retrained, 1u) << finished.dump();
+  const std::string page = RenderedDom(c.dashboard() + "/jobs/" + nb);
+  EXPECT_NE(page.find("data-metric=\"sel-loss\" data-points=\"2\""), std::string::npos) << page;
+  EXPECT_NE(page.find("data-metric=\"loss\" data-points=\"" + std::to_string(retrained) + "\""), std::string::npos)
+      << page;
+  EXPECT_NE(page.find("<dd id=\"selection\"><span><span class=\"bar\" title=\"2 of 2 epochs\">"),
+            std::string::npos) << page;
+  EXPECT_NE(page.find("title=\"" + std::to_string(retrained) + " of " + std::to_string(retrained) + " epochs\""),
+            std::string::npos) << page;
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "data_shards/dataset_scan.h"
 #include "data_shards/shard_format.h"
 #include "data_shards/synth.h"
@@ -137,6 +138,96 @@ TEST_F(TrainerTest, NotebookRecipeChoosesEpochsThenRetrains) {
   EXPECT_GE(selection.size(), 1u);
   EXPECT_EQ(testing::SplitLines(testing::ReadFileOrDie(out.Join("metrics.jsonl"))).size(),
             static_cast<size_t>(r->epochs));
+}
+
+// Ends a run right after `phase`'s epoch `epoch` is on disk (OnEpoch follows
+// the epoch's checkpoint), as a killed rank would; records what it saw.
+class StopAfter : public TrainObserver {
+ public:
+  struct Stopped {};
+  StopAfter(std::string phase, int epoch) : phase_(std::move(phase)), epoch_(epoch) {}
+  void OnEpochStart(const std::string& phase, int epoch, int max_epochs, int64_t) override {
+    starts.push_back(phase + ":" + std::to_string(epoch) + "/" + std::to_string(max_epochs));
+  }
+  void OnEpoch(const EpochMetrics& m) override {
+    seen.push_back(m.phase + ":" + std::to_string(m.epoch));
+    if (m.phase == phase_ && m.epoch == epoch_) throw Stopped();
+  }
+  std::vector<std::string> starts, seen;
+
+ private:
+  const std::string phase_;
+  const int epoch_;
+};
+
+// --resume under --recipe notebook goes on in the phase it stopped in and
+// ends with the weights of an uninterrupted run: stopped while selecting, the
+// selection resumes and the retraining follows; stopped while retraining,
+// the selection is not run again (its checkpoint gives the epoch count). On
+// a cluster every restart of a notebook job resumes, so refusing --resume
+// with --recipe failed such a job for good after any transient fault.
+TEST_F(TrainerTest, NotebookRecipeResumesInThePhaseItStopped) {
+  testing::TempDir straight;
+  TrainOptions o = Options(straight.path());
+  o.recipe = "notebook";
+  o.epochs = 3;
+  StopAfter never("none", 0);
+  auto r = RunTraining(o, &never);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const int chosen = r->epochs;
+  RecordProperty("chosen_epochs", chosen);
+  ASSERT_GE(chosen, 1);
+  std::vector<std::string> want = {"selection:1", "selection:2", "selection:3"};
+  for (int e = 1; e <= chosen; ++e) want.push_back(":" + std::to_string(e));
+  EXPECT_EQ(never.seen, want);
+  EXPECT_EQ(never.starts.front(), "selection:1/3");
+  EXPECT_EQ(never.starts.back(), absl::StrCat(":", chosen, "/", chosen));
+  const auto final_weights = Params(straight.Join("latest.ckpt"));
+
+  struct Case {
+    std::string phase;
+    int epoch;
+    std::vector<std::string> resumed;  // the epochs the resumed run trains
+  };
+  std::vector<std::string> after_selection_2 = {"selection:3"};
+  for (int e = 1; e <= chosen; ++e) after_selection_2.push_back(":" + std::to_string(e));
+  std::vector<std::string> after_retraining_1;
+  for (int e = 2; e <= chosen; ++e) after_retraining_1.push_back(":" + std::to_string(e));
+  for (const Case& c : {Case{"selection", 2, after_selection_2}, Case{"", 1, after_retraining_1}}) {
+    SCOPED_TRACE("stopped after " + c.phase + " epoch " + std::to_string(c.epoch));
+    testing::TempDir out;
+    TrainOptions first = Options(out.path());
+    first.recipe = "notebook";
+    first.epochs = 3;
+    StopAfter stop(c.phase, c.epoch);
+    EXPECT_THROW((void)RunTraining(first, &stop), StopAfter::Stopped);
+    torch::manual_seed(12345);  // another process's RNG
+    torch::rand({100});
+    TrainOptions resumed = first;
+    resumed.resume = true;
+    StopAfter watch("none", 0);
+    auto rr = RunTraining(resumed, &watch);
+    ASSERT_TRUE(rr.ok()) << rr.status();
+    EXPECT_EQ(watch.seen, c.resumed);
+    EXPECT_EQ(rr->epochs, chosen);
+    EXPECT_EQ(testing::SplitLines(testing::ReadFileOrDie(out.Join("selection/metrics.jsonl"))).size(), 3u);
+    EXPECT_EQ(testing::SplitLines(testing::ReadFileOrDie(out.Join("metrics.jsonl"))).size(),
+              static_cast<size_t>(chosen));
+    const auto w = Params(out.Join("latest.ckpt"));
+    ASSERT_EQ(w.size(), final_weights.size());
+    for (size_t i = 0; i < w.size(); ++i) EXPECT_TRUE(torch::equal(w[i], final_weights[i])) << "tensor " << i;
+  }
+  // Nothing to resume: the error names the flag and the missing checkpoint.
+  testing::TempDir empty;
+  TrainOptions none = Options(empty.path());
+  none.recipe = "notebook";
+  none.resume = true;
+  auto missing = RunTraining(none, nullptr);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("--resume: no checkpoint at '" + empty.Join("selection/latest.ckpt")),
+            std::string::npos)
+      << missing.status();
 }
 
 // `--recipe notebook` alone is the notebook's recipe: its learning-rate

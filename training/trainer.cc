@@ -83,7 +83,6 @@ absl::Status ValidateOptions(const TrainOptions& o) {
   if (o.loader_threads < 0 || o.loader_threads > 1024) {
     return bad("--loader-threads", absl::StrCat("must be in [0, 1024], got ", o.loader_threads));
   }
-  if (o.resume && !o.recipe.empty()) return bad("--resume", "cannot be combined with --recipe");
   if (o.precision == "fp16" && !DefaultDevice().is_cuda()) {
     return bad("--precision", "fp16 needs a CUDA device (autocast on CPU supports bf16 only)");
   }
@@ -207,6 +206,7 @@ absl::Status RecomputeBatchNormStats(DetectorImpl& model, BatchLoader& loader, c
 
 // One training run over fixed train/validation records.
 struct Phase {
+  std::string name;  // EpochMetrics.phase
   std::vector<RecordRef> train, val;
   int epochs = 0;
   int patience = 0;
@@ -224,6 +224,45 @@ struct EpochTotals {
   int64_t steps = 0;
   Clock::time_point start;
 };
+
+// The epochs a checkpoint's metrics history records (what a resumed run and
+// its result need of them).
+std::vector<EpochMetrics> HistoryFromJson(const nlohmann::json& history, const std::string& phase) {
+  std::vector<EpochMetrics> out;
+  if (!history.is_array()) return out;
+  for (const auto& h : history) {
+    if (!h.is_object()) continue;
+    EpochMetrics m;
+    m.phase = phase;
+    m.epoch = h.value("epoch", 0);
+    m.val_accuracy = h.value("val_accuracy", 0.0);
+    m.val_auc = h.value("val_auc", 0.0);
+    m.val_loss = h.value("val_loss", 0.0);
+    m.images_per_second = h.value("images_per_second", 0.0);
+    out.push_back(m);
+  }
+  return out;
+}
+
+// The epoch with the best validation accuracy (the first of equals) and that
+// accuracy; {0, -1} for none. The rule early stopping and best.ckpt follow.
+std::pair<int, double> BestEpoch(const std::vector<EpochMetrics>& history) {
+  std::pair<int, double> best{0, -1.0};
+  for (const EpochMetrics& m : history) {
+    if (m.val_accuracy > best.second) best = {m.epoch, m.val_accuracy};
+  }
+  return best;
+}
+
+// The epoch count a finished selection phase chose, from its latest.ckpt.
+absl::StatusOr<int> SelectedEpochs(const std::string& selection_dir) {
+  const std::string path = run_dir::Checkpoint(selection_dir, run_dir::kLatest);
+  auto meta = ReadCheckpointMeta(path);
+  if (!meta.ok()) return absl::Status(meta.status().code(), absl::StrCat("--resume: ", meta.status().message()));
+  const int best = BestEpoch(HistoryFromJson(nlohmann::json::parse(meta->metrics_json, nullptr, false), "")).first;
+  if (best < 1) return absl::DataLossError(absl::StrCat("--resume: '", path, "' records no validated epoch"));
+  return best;
+}
 
 // One phase of training, in named steps: SetUp, Resume, then per epoch
 // TrainEpoch (its Steps), Validate and Checkpoint; Summary at the end.
@@ -321,19 +360,8 @@ class Trainer {
     step_ = meta->step;
     history_ = nlohmann::json::parse(meta->metrics_json, nullptr, false);
     if (history_.is_discarded()) history_ = nlohmann::json::array();
-    for (const auto& h : history_) {
-      EpochMetrics m;
-      m.epoch = h.value("epoch", 0);
-      m.val_accuracy = h.value("val_accuracy", 0.0);
-      m.val_auc = h.value("val_auc", 0.0);
-      m.val_loss = h.value("val_loss", 0.0);
-      m.images_per_second = h.value("images_per_second", 0.0);
-      result_.history.push_back(m);
-      if (m.val_accuracy > best_acc_) {
-        best_acc_ = m.val_accuracy;
-        best_epoch_ = m.epoch;
-      }
-    }
+    result_.history = HistoryFromJson(history_, phase_.name);
+    std::tie(best_epoch_, best_acc_) = BestEpoch(result_.history);
     return absl::OkStatus();
   }
 
@@ -373,7 +401,7 @@ class Trainer {
     t.steps = static_cast<int64_t>(plan.steps.size());
     t.loss_dev = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
     t.correct_dev = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
-    if (obs_) obs_->OnEpochStart(epoch + 1, phase_.epochs, t.steps);
+    if (obs_) obs_->OnEpochStart(phase_.name, epoch + 1, phase_.epochs, t.steps);
     t.start = Clock::now();
     for (int64_t s = 0; s < t.steps; ++s) {
       const auto t_data = Clock::now();
@@ -476,6 +504,7 @@ class Trainer {
     DFC_ASSIGN_OR_RETURN(EvalResult ev, Evaluate(*model_, *val_loader_, phase_.val, o_.loss, device_, collective_,
                                                  std::max(1, o_.batch_size / world_), o_.progress));
     EpochMetrics m;
+    m.phase = phase_.name;
     m.epoch = epoch + 1;
     m.lr = lr_;
     m.loss = t.seen ? t.loss_sum / t.seen : 0;
@@ -708,28 +737,46 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& given, TrainObserver
                                                    "' has no validation records (shard with --validation-split > 0)"));
   }
   if (o.recipe != "notebook") {
-    Phase phase{train, val, o.epochs, o.early_stopping_patience, o.out_dir, o.resume};
+    Phase phase{"", train, val, o.epochs, o.early_stopping_patience, o.out_dir, o.resume};
     if (o.resume && !fs::exists(run_dir::Checkpoint(o.out_dir, run_dir::kLatest))) {
       return absl::NotFoundError(absl::StrCat("--resume: no checkpoint at '", o.out_dir, "/latest.ckpt'"));
     }
     return TrainPhase(o, *shards, phase, obs);
   }
   // The notebook's protocol: choose the epoch count on a 50/50 split of the
-  // training split, then retrain from scratch on all of it.
+  // training split, then retrain from scratch on all of it. --resume goes on
+  // in the phase that was interrupted: the retraining once it has a
+  // checkpoint (the selection is then complete, and its checkpoint tells the
+  // epoch count), else the selection.
+  const bool retraining_started = fs::exists(run_dir::Checkpoint(o.out_dir, run_dir::kLatest));
   Phase select;
+  select.name = run_dir::kSelection;
+  select.out_dir = run_dir::SelectionDir(o.out_dir);
+  if (o.resume && !fs::exists(run_dir::Checkpoint(select.out_dir, run_dir::kLatest))) {
+    return absl::NotFoundError(absl::StrCat("--resume: no checkpoint at '", select.out_dir, "/latest.ckpt'"));
+  }
   std::vector<int32_t> labels;
   for (const RecordRef& r : train) labels.push_back(r.label);
   const std::vector<bool> is_val = KerasValidationMask(labels, 2, 0.5, /*from_end=*/false);
   for (size_t i = 0; i < train.size(); ++i) (is_val[i] ? select.val : select.train).push_back(train[i]);
   select.epochs = o.epochs;
   select.patience = o.early_stopping_patience;
-  select.out_dir = (fs::path(o.out_dir) / "selection").string();
-  if (obs) obs->OnPhase(absl::StrCat("selecting the epoch count on a 50/50 split of the training split (",
-                                     select.train.size(), " / ", select.val.size(), " images, patience ",
-                                     select.patience, ")"));
-  DFC_ASSIGN_OR_RETURN(TrainResult chosen, TrainPhase(o, *shards, select, obs));
-  Phase final_phase{train, val, std::max(1, chosen.best_epoch), 0, o.out_dir, false};
-  if (obs) obs->OnPhase(absl::StrCat("retraining on the whole training split (", train.size(), " images) for ",
+  select.resume = o.resume;
+  TrainResult chosen;
+  if (o.resume && retraining_started) {
+    DFC_ASSIGN_OR_RETURN(chosen.best_epoch, SelectedEpochs(select.out_dir));
+    if (obs) obs->OnPhase(absl::StrCat("the selection phase chose ", chosen.best_epoch, " epochs (", select.out_dir, ")"));
+  } else {
+    if (obs) {
+      obs->OnPhase(absl::StrCat(o.resume ? "resuming the selection of" : "selecting", " the epoch count on a 50/50 "
+                                "split of the training split (", select.train.size(), " / ", select.val.size(),
+                                " images, patience ", select.patience, ")"));
+    }
+    DFC_ASSIGN_OR_RETURN(chosen, TrainPhase(o, *shards, select, obs));
+  }
+  Phase final_phase{"", train, val, std::max(1, chosen.best_epoch), 0, o.out_dir, o.resume && retraining_started};
+  if (obs) obs->OnPhase(absl::StrCat(final_phase.resume ? "resuming the retraining" : "retraining",
+                                     " on the whole training split (", train.size(), " images) for ",
                                      final_phase.epochs, " epochs, evaluating on the validation split (", val.size(),
                                      " images)"));
   DFC_ASSIGN_OR_RETURN(TrainResult result, TrainPhase(o, *shards, final_phase, obs));

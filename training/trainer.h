@@ -32,7 +32,10 @@ struct TrainOptions {
   std::string lr_schedule;
   int early_stopping_patience = 0;      // epochs without val-accuracy gain; 0 = off
   std::string init_weights;             // Keras .h5 or DFC checkpoint to start from
-  bool resume = false;                  // continue from out_dir/latest.ckpt
+  // Continue from out_dir/latest.ckpt; under --recipe notebook from the
+  // phase it stopped in (out_dir/selection/latest.ckpt while choosing the
+  // epoch count, out_dir/latest.ckpt once retraining).
+  bool resume = false;
   int threads = 0;                      // intra-op threads; 0 = all cores
   // Decode threads; 0 = of this rank's share of the cores, half on CPU and
   // all but one on a GPU (whose compute needs only the rank's own thread).
@@ -73,7 +76,10 @@ struct TrainOptions {
 };
 
 struct EpochMetrics {
-  int epoch = 0;  // 1-based
+  // "" for the run whose checkpoints are in --out; run_dir::kSelection for
+  // the notebook recipe's epoch-count selection (in --out/selection).
+  std::string phase;
+  int epoch = 0;  // 1-based, within the phase
   double lr = 0;
   double loss = 0, accuracy = 0;
   double val_loss = 0, val_accuracy = 0, val_auc = 0;
@@ -107,7 +113,8 @@ class TrainObserver {
  public:
   virtual ~TrainObserver() = default;
   virtual void OnPhase(const std::string& description) {}
-  virtual void OnEpochStart(int epoch, int max_epochs, int64_t steps) {}
+  // phase: as EpochMetrics.phase; max_epochs: the phase's limit.
+  virtual void OnEpochStart(const std::string& phase, int epoch, int max_epochs, int64_t steps) {}
   virtual void OnStep(int epoch, int64_t step_in_epoch, int64_t steps, double loss, double accuracy) {}
   virtual void OnEpoch(const EpochMetrics& m) {}
 };

@@ -265,6 +265,7 @@ class ReportingObserver : public TrainObserver {
     req.set_job_id(job_id_);
     req.set_attempt(attempt_);
     v1::EpochMetrics* e = req.mutable_epoch();
+    e->set_phase(m.phase);
     e->set_epoch(m.epoch);
     e->set_loss(m.loss);
     e->set_accuracy(m.accuracy);
@@ -287,6 +288,10 @@ class ReportingObserver : public TrainObserver {
     req.set_resolved_config(description.substr(sizeof(kPrefix) - 1));
     Send(req);
   }
+  void OnEpochStart(const std::string& phase, int epoch, int max_epochs, int64_t steps) override {
+    phase_ = phase;
+    max_epochs_ = max_epochs;
+  }
   void OnStep(int epoch, int64_t step, int64_t steps, double loss, double accuracy) override {
     const auto now = std::chrono::steady_clock::now();
     if (step != steps && now - last_progress_ < std::chrono::seconds(1)) return;
@@ -295,6 +300,8 @@ class ReportingObserver : public TrainObserver {
     req.set_job_id(job_id_);
     req.set_attempt(attempt_);
     v1::StepProgress* p = req.mutable_progress();
+    p->set_phase(phase_);
+    p->set_epochs(max_epochs_);
     p->set_epoch(epoch);
     p->set_step(step);
     p->set_steps(steps);
@@ -316,6 +323,8 @@ class ReportingObserver : public TrainObserver {
   const std::string job_id_;
   const int attempt_;
   std::chrono::steady_clock::time_point last_progress_;
+  std::string phase_;
+  int max_epochs_ = 0;
 };
 
 }  // namespace
@@ -330,17 +339,18 @@ class LoggingObserver : public TrainObserver {
     std::fflush(stdout);
     if (next_) next_->OnPhase(description);
   }
-  void OnEpochStart(int epoch, int max_epochs, int64_t steps) override {
-    std::printf("rank %d: epoch %d/%d: %lld steps\n", rank_, epoch, max_epochs, static_cast<long long>(steps));
+  void OnEpochStart(const std::string& phase, int epoch, int max_epochs, int64_t steps) override {
+    std::printf("rank %d: %s%sepoch %d/%d: %lld steps\n", rank_, phase.c_str(), phase.empty() ? "" : " ", epoch,
+                max_epochs, static_cast<long long>(steps));
     std::fflush(stdout);
-    if (next_) next_->OnEpochStart(epoch, max_epochs, steps);
+    if (next_) next_->OnEpochStart(phase, epoch, max_epochs, steps);
   }
   void OnStep(int epoch, int64_t step, int64_t steps, double loss, double accuracy) override {
     if (next_) next_->OnStep(epoch, step, steps, loss, accuracy);
   }
   void OnEpoch(const EpochMetrics& m) override {
-    std::printf("rank %d: epoch %d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s\n",
-                rank_, m.epoch, m.loss, m.accuracy, m.val_loss, m.val_accuracy, m.val_auc, m.images_per_second);
+    std::printf("rank %d: %s%sepoch %d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s\n",
+                rank_, m.phase.c_str(), m.phase.empty() ? "" : " ", m.epoch, m.loss, m.accuracy, m.val_loss, m.val_accuracy, m.val_auc, m.images_per_second);
     std::fflush(stdout);
     if (next_) next_->OnEpoch(m);
   }

@@ -131,13 +131,20 @@ async function jobPage(id) {
   if (j.waiting && j.waiting.reason) {
     parts.push(el('div', {class: 'waiting'}, `Queue position ${j.waiting.position}: ${j.waiting.reason}`));
   }
+  // --recipe notebook: an epoch-count selection (selection_epochs, progress
+  // phase "selection"), then a retraining for the chosen count.
+  const selection = j.selection_epochs || [];
+  const notebook = c.recipe === 'notebook';
+  const limit = !notebook ? num(c.epochs) : !p.phase && num(p.epochs) ? num(p.epochs) : epochs.length;
   const running = j.state === 'RUNNING' && num(p.steps) > 0 ?
-      `epoch ${p.epoch}: step ${p.step}/${p.steps}, loss ${fixed(p.loss, 4)}, acc ${fixed(p.accuracy, 4)}` : '—';
+      `${p.phase ? p.phase + ' ' : ''}epoch ${p.epoch}: step ${p.step}/${p.steps}, loss ${fixed(p.loss, 4)}, ` +
+      `acc ${fixed(p.accuracy, 4)}` : '—';
   parts.push(el('dl', {class: 'kv'},
     el('dt', {}, 'Model'), el('dd', {}, MODELS[c.model] || c.model),
     el('dt', {}, 'Data'), el('dd', {}, c.data),
     el('dt', {}, 'Ranks'), el('dd', {}, `${j.world_size} on ${(j.workers || []).join(', ') || '—'}`),
-    el('dt', {}, 'Epochs'), el('dd', {}, progressBar(epochs.length, num(c.epochs))),
+    ...(notebook ? [el('dt', {}, 'Selection'), el('dd', {id: 'selection'}, progressBar(selection.length, num(c.epochs)))] : []),
+    el('dt', {}, 'Epochs'), el('dd', {id: 'epochs'}, progressBar(epochs.length, limit)),
     el('dt', {}, 'Now'), el('dd', {}, running),
     el('dt', {}, 'Restarts'), el('dd', {}, `${j.restarts} of ${j.max_restarts}`),
     el('dt', {}, 'Submitted'), el('dd', {}, when(j.created_unix_ms)),
@@ -147,6 +154,12 @@ async function jobPage(id) {
     chart('accuracy', 'Accuracy', [{key: 'accuracy', label: 'train'}, {key: 'val_accuracy', label: 'validation'}], epochs),
     chart('auc', 'Validation AUC', [{key: 'val_auc', label: 'validation'}], epochs),
     chart('throughput', 'Images/s', [{key: 'images_per_second', label: 'all ranks'}], epochs)));
+  if (selection.length) {
+    parts.push(el('h2', {}, 'Epoch-count selection (50/50 split of the training split)'), el('div', {class: 'charts'},
+      chart('sel-loss', 'Loss', [{key: 'loss', label: 'train'}, {key: 'val_loss', label: 'validation'}], selection),
+      chart('sel-accuracy', 'Accuracy', [{key: 'accuracy', label: 'train'}, {key: 'val_accuracy', label: 'validation'}],
+            selection)));
+  }
   if (epochs.length) {
     const last = epochs[epochs.length - 1];
     parts.push(el('p', {class: 'muted'}, `Last epoch step time: data wait ${fixed(1000 * num(last.step_data_seconds), 1)} ms, ` +
