@@ -143,8 +143,12 @@ int RunList(ClientArgs& c, const std::string& state, int page_size) {
   }
   std::printf("%-18s %-10s %-17s %5s %8s %6s %8s\n", "JOB", "STATE", "MODEL", "WORLD", "RESTARTS", "EPOCHS", "VAL_ACC");
   for (const auto& j : all.jobs()) {
-    std::printf("%-18s %-10s %-17s %5d %8d %6d %8s\n", j.job_id().c_str(), v1::JobState_Name(j.state()).c_str(),
-                ModelName(j.config().model()).c_str(), j.world_size(), j.restarts(), j.epochs_done(),
+    // A notebook-recipe job still choosing its epoch count: "N sel".
+    const std::string epochs = j.epochs_done() == 0 && j.selection_epochs_done() > 0
+                                   ? absl::StrCat(j.selection_epochs_done(), " sel")
+                                   : absl::StrCat(j.epochs_done());
+    std::printf("%-18s %-10s %-17s %5d %8d %6s %8s\n", j.job_id().c_str(), v1::JobState_Name(j.state()).c_str(),
+                ModelName(j.config().model()).c_str(), j.world_size(), j.restarts(), epochs.c_str(),
                 j.epochs_done() ? absl::StrCat(j.last_epoch().val_accuracy()).c_str() : "-");
   }
   return kExitOk;

@@ -274,6 +274,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsReq
     v1::Job* s = resp.add_jobs();
     *s = *all[i];
     s->set_epochs_done(s->epochs_size());
+    s->set_selection_epochs_done(s->selection_epochs_size());
     if (s->epochs_size() > 0) *s->mutable_last_epoch() = s->epochs(s->epochs_size() - 1);
     s->clear_epochs();
     s->clear_selection_epochs();

@@ -214,6 +214,8 @@ TEST(ClusterTest, NotebookJobKilledWhileSelectingResumesAndReportsBothPhases) {
   }
   ASSERT_GE(selected(), 1u) << status.dump();
   ASSERT_TRUE(status["epochs"].empty()) << "a selection epoch was recorded as the run's: " << status.dump();
+  const std::string listed = RunCommand(c.Dfc("list")).out;
+  EXPECT_TRUE(std::regex_search(listed, std::regex(job + " +RUNNING +mesoinception4 +1 +0 +[1-3] sel +-\n"))) << listed;
   const std::string out_dir = status["output_dir"];
   const std::string first_epoch = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/selection/metrics.jsonl"))[0];
   const pid_t victim = c.WorkerOf(job, 0);
@@ -304,19 +306,6 @@ TEST(ClusterTest, CancelStopsEveryRankWithinSeconds) {
   EXPECT_EQ(watch.exit_code, 5);
 }
 
-// The pid of `job_id`'s rank `rank` in `attempt`, from the worker logs
-// ("started JOB attempt A rank R/W (pid P)"); -1 if not started yet.
-pid_t RankPid(Cluster& c, const std::string& job_id, int attempt, int rank, int workers) {
-  const std::regex re("started " + job_id + " attempt " + std::to_string(attempt) + " rank " + std::to_string(rank) +
-                      "/[0-9]+ \\(pid ([0-9]+)\\)");
-  for (int w = 0; w < workers; ++w) {
-    std::smatch m;
-    const std::string log = testing::ReadFileOrDie(c.dir().Join("worker-" + std::to_string(w) + ".log"));
-    if (std::regex_search(log, m, re)) return std::stoi(m[1]);
-  }
-  return -1;
-}
-
 bool ProcessGone(pid_t pid) {
   // A zombie is gone too: its worker reaps it.
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
@@ -355,7 +344,7 @@ StoppedRank SubmitAndStopRank(Cluster& c, int world, const std::string& extra, i
   StoppedRank s;
   s.job = JsonString(r.out, "job_id");
   WaitForSteps(c, s.job, 120);
-  s.pid = RankPid(c, s.job, 1, rank, world);
+  s.pid = c.RankPid(s.job, 1, rank);
   if (s.pid > 0) EXPECT_EQ(::kill(s.pid, SIGSTOP), 0);
   return s;
 }
@@ -387,7 +376,7 @@ TEST(ClusterTest, StoppedRankAtWorldSizeTwoRestartsAndTheNewAttemptSurvives) {
   pid_t fresh = -1;
   for (int i = 0; i < 400 && fresh < 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    fresh = RankPid(c, job, 2, 1, 2);
+    fresh = c.RankPid(job, 2, 1);
   }
   ASSERT_GT(fresh, 0) << "no second attempt within 40 s";
   EXPECT_TRUE(WaitGone(victim, 15)) << "the stopped rank of attempt 1 is still there";
@@ -402,7 +391,7 @@ TEST(ClusterTest, StoppedRankAtWorldSizeTwoRestartsAndTheNewAttemptSurvives) {
   ASSERT_EQ(failures.size(), 1u) << json;
   EXPECT_EQ(failures[0]["attempt"], 1);
   // Cancel ends every process of the job.
-  const pid_t rank0 = RankPid(c, job, 2, 0, 2);
+  const pid_t rank0 = c.RankPid(job, 2, 0);
   ASSERT_EQ(RunCommand(c.Dfc("cancel " + job)).exit_code, 0);
   EXPECT_TRUE(WaitGone(fresh, 15));
   EXPECT_TRUE(WaitGone(rank0, 15));

@@ -281,6 +281,14 @@ TEST_F(CoordinatorTest, NotebookPhasesAreKeptApartAndTheSelectionIsAResumePoint)
       EXPECT_DOUBLE_EQ(j.selection_epochs(i).val_accuracy(), 0.61 + 0.01 * i);
     }
     EXPECT_DOUBLE_EQ(j.epochs(0).val_accuracy(), 0.71);
+    // ListJobs summaries count both and carry neither list.
+    auto listed = c->ListJobs(v1::ListJobsRequest());
+    ASSERT_TRUE(listed.ok()) << listed.status();
+    ASSERT_EQ(listed->jobs_size(), 1);
+    EXPECT_EQ(listed->jobs(0).selection_epochs_done(), 4);
+    EXPECT_EQ(listed->jobs(0).epochs_done(), 1);
+    EXPECT_EQ(listed->jobs(0).selection_epochs_size(), 0);
+    EXPECT_EQ(listed->jobs(0).epochs_size(), 0);
     // The rank fails while selecting: the next attempt resumes from the
     // selection's checkpoint (the run's own latest.ckpt does not exist yet).
     testing::WriteFileOrDie(out + "/selection/latest.ckpt", "stand-in");

@@ -2,6 +2,8 @@
 // binary scraped over HTTP during a real job (and by Debian's Prometheus
 // server), and the coordinator's dashboard rendered by a real browser
 // (Debian's chromium, headless). Real processes on loopback throughout.
+#include <signal.h>
+
 #include <chrono>
 #include <cmath>
 #include <regex>
@@ -287,18 +289,38 @@ TEST(OperatorTest, DashboardInChromiumShowsARunningJobsCurvesEventsAndWorkers) {
 
   // --recipe notebook: the epoch-count selection has its own row and curves;
   // the run's curves are the retraining's.
-  const std::string nb = Submit(c, "--data " + shards + " --world-size 1 --epochs 2 --batch-size 12 --recipe notebook");
+  // The overview says a job is still selecting: its rank is stopped (SIGSTOP)
+  // after a selection epoch, so that the page is rendered in that state.
+  const std::string nb = Submit(c, "--data " + shards + " --world-size 1 --epochs 3 --batch-size 12 --recipe notebook");
   ASSERT_FALSE(nb.empty());
+  nlohmann::json selecting;
+  for (int i = 0; i < 2400; ++i) {
+    selecting = Status(c, nb);
+    if (selecting.is_object() && selecting["selection_epochs"].size() >= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const pid_t rank = c.RankPid(nb, 1, 0);
+  ASSERT_GT(rank, 0);
+  ASSERT_EQ(::kill(rank, SIGSTOP), 0);
+  selecting = Status(c, nb);
+  const size_t selected = selecting["selection_epochs"].size();
+  ASSERT_GE(selected, 1u) << selecting.dump();
+  ASSERT_TRUE(selecting["epochs"].empty()) << selecting.dump();
+  const std::string listing = RenderedDom(c.dashboard() + "/");
+  ASSERT_EQ(::kill(rank, SIGCONT), 0);
+  EXPECT_NE(listing.find("<span class=\"selecting\">selection <span><span class=\"bar\" title=\"" +
+                         std::to_string(selected) + " of 3 epochs\">"),
+            std::string::npos) << listing;
   ASSERT_EQ(RunCommand(c.Dfc("watch --timeout 240 " + nb)).exit_code, 0);
   const nlohmann::json finished = Status(c, nb);
-  ASSERT_EQ(finished["selection_epochs"].size(), 2u) << finished.dump();
+  ASSERT_EQ(finished["selection_epochs"].size(), 3u) << finished.dump();
   const size_t retrained = finished["epochs"].size();
   ASSERT_GE(retrained, 1u) << finished.dump();
   const std::string page = RenderedDom(c.dashboard() + "/jobs/" + nb);
-  EXPECT_NE(page.find("data-metric=\"sel-loss\" data-points=\"2\""), std::string::npos) << page;
+  EXPECT_NE(page.find("data-metric=\"sel-loss\" data-points=\"3\""), std::string::npos) << page;
   EXPECT_NE(page.find("data-metric=\"loss\" data-points=\"" + std::to_string(retrained) + "\""), std::string::npos)
       << page;
-  EXPECT_NE(page.find("<dd id=\"selection\"><span><span class=\"bar\" title=\"2 of 2 epochs\">"),
+  EXPECT_NE(page.find("<dd id=\"selection\"><span><span class=\"bar\" title=\"3 of 3 epochs\">"),
             std::string::npos) << page;
   EXPECT_NE(page.find("title=\"" + std::to_string(retrained) + " of " + std::to_string(retrained) + " epochs\""),
             std::string::npos) << page;

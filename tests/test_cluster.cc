@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <regex>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -132,6 +133,17 @@ pid_t TestCluster::WorkerOf(const std::string& job_id, int rank) {
     if (log.find("started " + job_id + " attempt 1 rank " + std::to_string(rank) + "/") != std::string::npos) {
       return workers_[w]->pid();
     }
+  }
+  return -1;
+}
+
+pid_t TestCluster::RankPid(const std::string& job_id, int attempt, int rank) {
+  const std::regex re("started " + job_id + " attempt " + std::to_string(attempt) + " rank " + std::to_string(rank) +
+                      "/[0-9]+ \\(pid ([0-9]+)\\)");
+  for (size_t w = 0; w < workers_.size(); ++w) {
+    std::smatch m;
+    const std::string log = procs_.Log("worker-" + std::to_string(w) + ".log");
+    if (std::regex_search(log, m, re)) return std::stoi(m[1]);
   }
   return -1;
 }

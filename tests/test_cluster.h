@@ -67,6 +67,9 @@ class TestCluster {
   bool WaitForLiveWorkers(int n, int timeout_s = 30);
   // The worker process running `job_id`'s rank `rank` (attempt 1), from the worker logs.
   pid_t WorkerOf(const std::string& job_id, int rank);
+  // The pid of `job_id`'s rank `rank` in `attempt`, from the worker logs
+  // ("started JOB attempt A rank R/W (pid P)"); -1 if not started yet.
+  pid_t RankPid(const std::string& job_id, int attempt, int rank);
 
   Subprocess& worker(int i) { return *workers_.at(static_cast<size_t>(i)); }
   Subprocess& server(int i) { return *servers_.at(static_cast<size_t>(i)); }

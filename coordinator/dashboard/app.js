@@ -54,7 +54,9 @@ function jobsTable(jobs) {
       el('td', {}, stateBadge(j.state)),
       el('td', {}, MODELS[j.config && j.config.model] || (j.config && j.config.model) || ''),
       el('td', {class: 'num'}, j.world_size),
-      el('td', {}, progressBar(num(j.epochs_done), epochs)),
+      el('td', {}, !num(j.epochs_done) && num(j.selection_epochs_done) ?  // choosing the epoch count (notebook recipe)
+          el('span', {class: 'selecting'}, 'selection ', progressBar(num(j.selection_epochs_done), epochs)) :
+          progressBar(num(j.epochs_done), epochs)),
       el('td', {class: 'num'}, num(last.images_per_second) ? fixed(last.images_per_second, 1) : '—'),
       el('td', {class: 'num'}, num(j.epochs_done) ? fixed(last.val_accuracy, 4) : '—'),
       el('td', {class: 'num'}, num(j.epochs_done) ? fixed(last.val_auc, 4) : '—'),
