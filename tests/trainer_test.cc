@@ -102,6 +102,11 @@ TEST_F(TrainerTest, ResumedCheckpointTakesTheSameNextSteps) {
   TrainOptions first = Options(split.path());
   first.epochs = 2;
   ASSERT_TRUE(RunTraining(first, nullptr).ok());
+  // Stopped after epoch 3's metrics line was written but before its
+  // checkpoint was: the resumed run trains epoch 3 again and the file keeps
+  // one line per epoch.
+  const std::string metrics = split.Join("metrics.jsonl");
+  testing::WriteFileOrDie(metrics, testing::ReadFileOrDie(metrics) + "{\"epoch\":3,\"loss\":-1}\n{\"epo");
   // Scramble the global RNG as another process would have it.
   torch::manual_seed(12345);
   torch::rand({100});
@@ -121,6 +126,13 @@ TEST_F(TrainerTest, ResumedCheckpointTakesTheSameNextSteps) {
   ASSERT_TRUE(meta_a.ok() && meta_b.ok());
   EXPECT_EQ(meta_a->step, meta_b->step);
   EXPECT_EQ(meta_b->epoch, 3);
+  const auto lines = testing::SplitLines(testing::ReadFileOrDie(metrics));
+  ASSERT_EQ(lines.size(), 3u) << testing::ReadFileOrDie(metrics);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const auto j = nlohmann::json::parse(lines[i]);
+    EXPECT_EQ(j["epoch"], static_cast<int>(i) + 1);
+    EXPECT_GT(j["loss"].get<double>(), 0) << lines[i];
+  }
 }
 
 TEST_F(TrainerTest, NotebookRecipeChoosesEpochsThenRetrains) {

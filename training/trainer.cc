@@ -10,6 +10,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/atomic_file.h"
 #include "common/training_config.h"
 #include "common/metrics.h"
@@ -362,7 +363,26 @@ class Trainer {
     if (history_.is_discarded()) history_ = nlohmann::json::array();
     result_.history = HistoryFromJson(history_, phase_.name);
     std::tie(best_epoch_, best_acc_) = BestEpoch(result_.history);
-    return absl::OkStatus();
+    return writer_ ? TrimMetricsFile() : absl::OkStatus();
+  }
+
+  // An epoch's metrics line is written just before its latest.ckpt: a run
+  // stopped in between left a line for an epoch that will be trained again.
+  // Keep only the epochs the checkpoint holds (and no torn last line).
+  absl::Status TrimMetricsFile() {
+    std::error_code ec;
+    if (!fs::exists(metrics_path_, ec)) return absl::OkStatus();
+    DFC_ASSIGN_OR_RETURN(const std::string text, ReadFile(metrics_path_));
+    std::string kept;
+    bool dropped = false;
+    for (const absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+      const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      const bool held = j.is_object() && j.contains("epoch") && j["epoch"].is_number_integer() &&
+                        j["epoch"].get<int>() <= start_epoch_;
+      if (held) absl::StrAppend(&kept, line, "\n");
+      dropped |= !held;
+    }
+    return dropped ? WriteFileAtomically(metrics_path_, kept) : absl::OkStatus();
   }
 
   // How steps run: a captured CUDA graph (--cuda-graphs) or eagerly; after
