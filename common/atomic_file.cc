@@ -13,12 +13,27 @@
 namespace dfc {
 namespace {
 
+// The error's code says whether another attempt could succeed: a missing
+// path, a denied one or a read-only file system would meet the next attempt
+// too (permanent: common/exit_codes.h); a full disk or quota may be freed
+// meanwhile (RESOURCE_EXHAUSTED, retried); anything else is INTERNAL.
 absl::Status ErrnoStatus(const std::string& what, const std::string& path) {
   int err = errno;
   std::string msg = absl::StrCat(what, " '", path, "': ", std::strerror(err));
-  if (err == ENOENT) return absl::NotFoundError(msg);
-  if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(msg);
-  return absl::InternalError(msg);
+  switch (err) {
+    case ENOENT:
+      return absl::NotFoundError(msg);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(msg);
+    case EROFS:
+      return absl::FailedPreconditionError(msg);
+    case ENOSPC:
+    case EDQUOT:
+      return absl::ResourceExhaustedError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
 }
 
 absl::Status WriteAll(int fd, std::string_view data, const std::string& path) {
