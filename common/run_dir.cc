@@ -17,6 +17,12 @@ std::string Metrics(const std::string& dir) { return absl::StrCat(dir, "/metrics
 std::string Sidecar(const std::string& checkpoint_path) { return checkpoint_path + ".json"; }
 std::string SelectionDir(const std::string& dir) { return absl::StrCat(dir, "/", kSelection); }
 
+int MetricsLineEpoch(const nlohmann::json& line) {
+  if (!line.is_object() || !line.contains("epoch") || !line["epoch"].is_number_integer()) return 0;
+  const int epoch = line["epoch"].get<int>();
+  return epoch >= 1 ? epoch : 0;
+}
+
 bool HasResumePoint(const std::string& dir) {
   std::error_code ec;
   return std::filesystem::exists(Checkpoint(dir, kLatest), ec) ||

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "absl/status/statusor.h"
 
 namespace dfc {
@@ -33,6 +35,10 @@ std::string EpochCheckpoint(const std::string& dir, int64_t epoch);
 std::string Metrics(const std::string& dir);
 std::string Sidecar(const std::string& checkpoint_path);
 std::string SelectionDir(const std::string& dir);
+
+// The epoch (>= 1) a parsed metrics.jsonl line records; 0 when it records
+// none (a torn last line, or not an object).
+int MetricsLineEpoch(const nlohmann::json& line);
 
 // Whether a restart can resume rather than start over: latest.ckpt of the run
 // or of its selection phase exists.

@@ -145,25 +145,32 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
   return c;
 }
 
+namespace {
+// The job's record of one phase's epochs: "" the run's, run_dir::kSelection
+// the notebook recipe's epoch-count selection (JobStore::PutEpoch refuses any
+// other phase).
+google::protobuf::RepeatedPtrField<v1::EpochMetrics>* PhaseEpochs(v1::Job& job, const std::string& phase) {
+  return phase.empty() ? job.mutable_epochs() : job.mutable_selection_epochs();
+}
+}  // namespace
+
 absl::Status Coordinator::ReconcileEpochsLocked(v1::Job& job) {
   DFC_RETURN_IF_ERROR(ReconcilePhaseLocked(job, ""));
   return ReconcilePhaseLocked(job, run_dir::kSelection);
 }
 
 absl::Status Coordinator::ReconcilePhaseLocked(v1::Job& job, const std::string& phase) {
-  const bool selection = !phase.empty();
-  std::ifstream f(run_dir::Metrics(selection ? run_dir::SelectionDir(job.output_dir()) : job.output_dir()));
+  std::ifstream f(run_dir::Metrics(phase.empty() ? job.output_dir() : run_dir::SelectionDir(job.output_dir())));
   if (!f) return absl::OkStatus();
-  auto* list = selection ? job.mutable_selection_epochs() : job.mutable_epochs();
+  auto* list = PhaseEpochs(job, phase);
   std::map<int, v1::EpochMetrics> have;
   for (const v1::EpochMetrics& e : *list) have[e.epoch()] = e;
   bool added = false;
   std::string line;
   while (std::getline(f, line)) {
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_object() || !j.contains("epoch") || !j["epoch"].is_number_integer()) continue;  // a torn last line
-    const int epoch = j["epoch"].get<int>();
-    if (epoch < 1 || have.count(epoch)) continue;
+    const int epoch = run_dir::MetricsLineEpoch(j);
+    if (epoch == 0 || have.count(epoch)) continue;
     auto num = [&j](const char* k) { return j.contains(k) && j[k].is_number() ? j[k].get<double>() : 0.0; };
     v1::EpochMetrics m;
     m.set_phase(phase);
@@ -745,8 +752,7 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
     return absl::OkStatus();
   }
   DFC_RETURN_IF_ERROR(store_->PutEpoch(r.job_id(), r.epoch()));  // refuses an unknown phase
-  const bool selection = !r.epoch().phase().empty();
-  auto* list = selection ? job.mutable_selection_epochs() : job.mutable_epochs();
+  auto* list = PhaseEpochs(job, r.epoch().phase());
   bool replaced = false;
   for (auto& e : *list) {
     if (e.epoch() == r.epoch().epoch()) {

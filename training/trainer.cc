@@ -376,9 +376,8 @@ class Trainer {
     std::string kept;
     bool dropped = false;
     for (const absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-      const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      const bool held = j.is_object() && j.contains("epoch") && j["epoch"].is_number_integer() &&
-                        j["epoch"].get<int>() <= start_epoch_;
+      const int epoch = run_dir::MetricsLineEpoch(nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false));
+      const bool held = epoch >= 1 && epoch <= start_epoch_;
       if (held) absl::StrAppend(&kept, line, "\n");
       dropped |= !held;
     }

@@ -350,7 +350,8 @@ class LoggingObserver : public TrainObserver {
   }
   void OnEpoch(const EpochMetrics& m) override {
     std::printf("rank %d: %s%sepoch %d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s\n",
-                rank_, m.phase.c_str(), m.phase.empty() ? "" : " ", m.epoch, m.loss, m.accuracy, m.val_loss, m.val_accuracy, m.val_auc, m.images_per_second);
+                rank_, m.phase.c_str(), m.phase.empty() ? "" : " ", m.epoch, m.loss, m.accuracy, m.val_loss,
+                m.val_accuracy, m.val_auc, m.images_per_second);
     std::fflush(stdout);
     if (next_) next_->OnEpoch(m);
   }
