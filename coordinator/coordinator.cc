@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/exit_codes.h"
+#include "common/random_token.h"
 #include "common/run_dir.h"
 #include "common/training_config.h"
 #include "data_shards/shard_format.h"
@@ -545,6 +546,7 @@ void Coordinator::ScheduleLocked() {
       }
     }
     a.store_host = workers_[a.ranks[0].worker_id].address;
+    a.rendezvous_key = RandomHexToken();
     not_before_ms_.erase(id);
     job.set_attempt(a.attempt);
     job.set_state(v1::SCHEDULED);
@@ -726,6 +728,7 @@ void Coordinator::AssignRanksLocked(const std::string& worker_id, v1::HeartbeatR
       as->set_world_size(static_cast<int>(a.ranks.size()));
       as->set_store_host(a.store_host);
       as->set_store_port(a.store_port);
+      as->set_rendezvous_key(a.rendezvous_key);
       *as->mutable_config() = job.config();
       as->set_output_dir(job.output_dir());
       as->set_resume(run_dir::HasResumePoint(job.output_dir()));

@@ -130,6 +130,7 @@ class Coordinator {
     std::vector<RankSlot> ranks;
     int store_port = 0;
     std::string store_host;
+    std::string rendezvous_key;  // RankAssignment.rendezvous_key; in memory only
   };
 
   explicit Coordinator(CoordinatorOptions options, std::unique_ptr<JobStore> store)

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include "absl/strings/escaping.h"
 
 #include "common/subprocess.h"
 #include "tests/test_cluster.h"
@@ -364,13 +366,48 @@ TEST(ClusterTest, StoppedRankAtWorldSizeOneIsKilledAndTheJobFailsWithTheReason) 
   EXPECT_TRUE(WaitGone(rank, 10)) << "the stopped rank is still there";
 }
 
+// A live process's command line (argv) and environment (NAME=value).
+std::vector<std::string> ProcStrings(pid_t pid, const char* what) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/" + what, std::ios::binary);
+  std::vector<std::string> out;
+  for (std::string s; std::getline(f, s, '\0');) out.push_back(s);
+  return out;
+}
+
+std::string RendezvousKeyOf(pid_t pid) {
+  for (const std::string& e : ProcStrings(pid, "environ")) {
+    if (e.rfind("DFC_RENDEZVOUS_KEY=", 0) == 0) return e.substr(e.find('=') + 1);
+  }
+  return "";
+}
+
+// The rendezvous key of a rank: in its environment, the same for all ranks of
+// an attempt, new for each attempt, and not on its command line (in the
+// assignment there, which any local user can read).
+void ExpectRendezvousKey(pid_t pid, const std::string& key) {
+  SCOPED_TRACE("pid " + std::to_string(pid));
+  EXPECT_EQ(RendezvousKeyOf(pid), key);
+  const auto argv = ProcStrings(pid, "cmdline");
+  const auto flag = std::find(argv.begin(), argv.end(), "--assignment");
+  ASSERT_TRUE(flag != argv.end() && flag + 1 != argv.end()) << "no --assignment";
+  std::string assignment;
+  ASSERT_TRUE(absl::Base64Unescape(*(flag + 1), &assignment));
+  EXPECT_EQ(assignment.find(key), std::string::npos) << "the key is on the command line";
+  for (const std::string& arg : argv) EXPECT_EQ(arg.find(key), std::string::npos) << arg;
+}
+
 // World size 2, one rank stopped: the attempt fails (hang or its peer's
 // collective timeout), the job restarts, and the stop of the old attempt
-// does not kill the new attempt's ranks on the same workers.
+// does not kill the new attempt's ranks on the same workers. The stopped
+// rank could not rejoin the new attempt's rendezvous if it woke: each attempt
+// has its own key.
 TEST(ClusterTest, StoppedRankAtWorldSizeTwoRestartsAndTheNewAttemptSurvives) {
   Cluster c(2);
   const auto [job, victim] = SubmitAndStopRank(c, 2, "--hang-timeout 4 --max-restarts 2", 1);
   ASSERT_GT(victim, 0);
+  const std::string old_key = RendezvousKeyOf(victim);
+  ASSERT_EQ(old_key.size(), 32u) << "attempt 1 rank 1 has no rendezvous key";
+  ExpectRendezvousKey(victim, old_key);
   // Attempt 2 starts and runs; it must still be running (not restarting
   // again) a while later.
   pid_t fresh = -1;
@@ -392,6 +429,13 @@ TEST(ClusterTest, StoppedRankAtWorldSizeTwoRestartsAndTheNewAttemptSurvives) {
   EXPECT_EQ(failures[0]["attempt"], 1);
   // Cancel ends every process of the job.
   const pid_t rank0 = c.RankPid(job, 2, 0);
+  const std::string new_key = RendezvousKeyOf(fresh);
+  EXPECT_EQ(new_key.size(), 32u);
+  EXPECT_NE(new_key, old_key);
+  ExpectRendezvousKey(fresh, new_key);
+  ExpectRendezvousKey(rank0, new_key);
+  EXPECT_EQ(RunCommand(c.Dfc("status --json " + job)).out.find(new_key), std::string::npos)
+      << "the job's record shows its rendezvous key to users";
   ASSERT_EQ(RunCommand(c.Dfc("cancel " + job)).exit_code, 0);
   EXPECT_TRUE(WaitGone(fresh, 15));
   EXPECT_TRUE(WaitGone(rank0, 15));

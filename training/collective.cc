@@ -2,6 +2,7 @@
 
 #include <type_traits>
 
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef DFC_WITH_NCCL
@@ -164,7 +165,11 @@ absl::StatusOr<std::unique_ptr<Collective>> Collective::Connect(const Collective
     so.numWorkers = static_cast<size_t>(o.world_size);
     so.waitWorkers = true;
     so.timeout = o.timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(o.store_host, so);
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(o.store_host, so);
+    // Every key the process group reads or writes carries the attempt's
+    // secret: without it, a host that reaches the port (the store listens on
+    // all interfaces) can neither read the ranks' addresses nor plant its own.
+    if (!o.rendezvous_key.empty()) store = c10::make_intrusive<c10d::PrefixStore>(o.rendezvous_key, store);
 #ifdef DFC_WITH_NCCL
     if (o.backend == "nccl") return ConnectNccl(store, o);
 #endif

@@ -22,6 +22,10 @@ struct CollectiveOptions {
   int world_size = 1;
   // The address this rank's Gloo transport binds to.
   std::string bind_host = "127.0.0.1";
+  // The attempt's secret (RankAssignment.rendezvous_key, or the one `dfc
+  // train` makes for its ranks), the same on every rank: it prefixes every
+  // store key, so only ranks that hold it meet. Empty: no prefix.
+  std::string rendezvous_key;
   // Every collective and the rendezvous fail after this long: a dead peer
   // ends the job with an error instead of a hang.
   std::chrono::milliseconds timeout{60000};

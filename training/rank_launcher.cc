@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/random_token.h"
 #include "common/subprocess.h"
 
 namespace dfc {
@@ -21,10 +22,12 @@ absl::Status LaunchRanks(const RankLaunchOptions& o) {
   }
   const int port = o.master_port > 0 ? o.master_port : PickFreePort();
   if (port <= 0) return absl::UnavailableError("no free loopback port for the rendezvous store");
+  const std::string key = RandomHexToken();
   std::vector<Subprocess> ranks;
   for (int r = 0; r < o.world_size; ++r) {
     SubprocessOptions so;
     so.argv = o.argv;
+    so.env.push_back(absl::StrCat(kRendezvousKeyEnv, "=", key));
     so.argv.insert(so.argv.end(), {"--rank", std::to_string(r), "--master-port", std::to_string(port)});
     auto p = Subprocess::Start(so);
     if (!p.ok()) return absl::ResourceExhaustedError(absl::StrCat("cannot start rank ", r, ": ", p.status().message()));

@@ -9,9 +9,15 @@
 
 namespace dfc {
 
+// The environment variable that hands each rank its attempt's rendezvous key
+// (CollectiveOptions::rendezvous_key). Not the command line: every local user
+// can read that in /proc, while a process's environment is its owner's.
+inline constexpr char kRendezvousKeyEnv[] = "DFC_RENDEZVOUS_KEY";
+
 // Options for LaunchRanks.
 struct RankLaunchOptions {
-  // The command of rank r is `argv` followed by "--rank r --master-port P".
+  // The command of rank r is `argv` followed by "--rank r --master-port P";
+  // every rank gets the same fresh rendezvous key in kRendezvousKeyEnv.
   std::vector<std::string> argv;
   int world_size = 2;
   int master_port = 0;  // 0: pick a free loopback port

@@ -17,6 +17,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "training/collective.h"
+#include "training/rank_launcher.h"
 #include "common/exit_codes.h"
 #include "common/subprocess.h"
 #include "common/training_config.h"
@@ -66,7 +67,11 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   r.hang_timeout = a.config().hang_timeout_s() > 0 ? std::chrono::seconds(a.config().hang_timeout_s())
                                                    : options_.hang_timeout;
   const std::string log_path = (fs::path(r.dir) / "log").string();
-  const std::string encoded = absl::Base64Escape(r.assignment.SerializeAsString());
+  // The rendezvous key goes to the rank in its environment, not in the
+  // assignment on its command line.
+  v1::RankAssignment on_command_line = r.assignment;
+  on_command_line.clear_rendezvous_key();
+  const std::string encoded = absl::Base64Escape(on_command_line.SerializeAsString());
   std::vector<std::string> args = {options_.rank_binary, "--coordinator", options_.coordinator};
   if (!options_.security.tls_ca.empty()) args.insert(args.end(), {"--tls-ca", options_.security.tls_ca});
   if (!options_.security.tls_cert.empty()) args.insert(args.end(), {"--tls-cert", options_.security.tls_cert});
@@ -79,6 +84,7 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   so.argv = std::move(args);
   so.log_path = log_path;
   so.env.push_back("DFC_RANK_DIR=" + r.dir);
+  if (!a.rendezvous_key().empty()) so.env.push_back(absl::StrCat(kRendezvousKeyEnv, "=", a.rendezvous_key()));
   if (r.gpu >= 0) so.env.push_back("CUDA_VISIBLE_DEVICES=" + std::to_string(r.gpu));
   if (!options_.security.token.empty()) so.env.push_back("DFC_TOKEN=" + options_.security.token);
   auto started = Subprocess::Start(so);
@@ -382,6 +388,7 @@ absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator
     co.world_size = a.world_size();
     co.store_host = a.store_host();
     co.store_port = a.store_port();
+    if (const char* key = std::getenv(kRendezvousKeyEnv); key != nullptr) co.rendezvous_key = key;
     // One GPU per rank (the worker sets CUDA_VISIBLE_DEVICES): NCCL there,
     // Gloo on CPU.
     co.backend = torch::cuda::is_available() ? "nccl" : "gloo";
