@@ -875,8 +875,10 @@ ClusterSnapshot Coordinator::Snapshot() {
     ClusterSnapshot::Running r;
     r.job_id = id;
     r.epoch = job.epochs_size();
-    if (!job.epochs().empty()) {
-      const v1::EpochMetrics& e = *job.epochs().rbegin();
+    r.selection_epoch = job.selection_epochs_size();
+    const auto& phase = job.epochs().empty() ? job.selection_epochs() : job.epochs();
+    if (!phase.empty()) {
+      const v1::EpochMetrics& e = *phase.rbegin();
       r.images_per_second = e.images_per_second();
       r.data_seconds = e.step_data_seconds();
       r.compute_seconds = e.step_compute_seconds();

@@ -50,7 +50,10 @@ struct ClusterSnapshot {
   int cpu_slots = 0, cpu_slots_free = 0, gpus = 0, gpus_free = 0;  // live and suspect workers
   struct Running {
     std::string job_id;
-    int epoch = 0;  // epochs finished
+    int epoch = 0;            // epochs finished
+    int selection_epoch = 0;  // the notebook recipe's selection epochs finished
+    // From the last finished epoch of the phase in progress (the selection's
+    // until the run has one).
     double images_per_second = 0, data_seconds = 0, compute_seconds = 0, allreduce_wait_seconds = 0;
   };
   std::vector<Running> running;  // RUNNING jobs with their last finished epoch

@@ -81,19 +81,24 @@ std::vector<prometheus::MetricFamily> CoordinatorMetrics::Collect() const {
   AddGauge(free, s.gpus_free, {{"device", "gpu"}});
   out.push_back(std::move(free));
   // Per running job (a gauge each; job ids never label a histogram).
-  auto epochs = GaugeFamily("dfc_job_epochs_done", "Epochs a running job has finished");
+  auto epochs = GaugeFamily("dfc_job_epochs_done", "Epochs a running job has finished (of the notebook recipe: "
+                                                   "its retraining's)");
+  auto selection = GaugeFamily("dfc_job_selection_epochs_done",
+                               "Epochs a running --recipe notebook job has finished while selecting its epoch count");
   auto ips = GaugeFamily("dfc_job_images_per_second", "A running job's training throughput in its last epoch");
   auto step = GaugeFamily("dfc_job_step_seconds",
                           "A running job's mean step time in its last epoch, split by phase "
                           "(data wait, compute, all-reduce wait)");
   for (const ClusterSnapshot::Running& r : s.running) {
     AddGauge(epochs, r.epoch, {{"job", r.job_id}});
+    AddGauge(selection, r.selection_epoch, {{"job", r.job_id}});
     AddGauge(ips, r.images_per_second, {{"job", r.job_id}});
     AddGauge(step, r.data_seconds, {{"job", r.job_id}, {"phase", "data"}});
     AddGauge(step, r.compute_seconds, {{"job", r.job_id}, {"phase", "compute"}});
     AddGauge(step, r.allreduce_wait_seconds, {{"job", r.job_id}, {"phase", "allreduce_wait"}});
   }
   out.push_back(std::move(epochs));
+  out.push_back(std::move(selection));
   out.push_back(std::move(ips));
   out.push_back(std::move(step));
   return out;

@@ -307,7 +307,15 @@ TEST(OperatorTest, DashboardInChromiumShowsARunningJobsCurvesEventsAndWorkers) {
   ASSERT_GE(selected, 1u) << selecting.dump();
   ASSERT_TRUE(selecting["epochs"].empty()) << selecting.dump();
   const std::string listing = RenderedDom(c.dashboard() + "/");
+  // Prometheus sees the selection too: its epochs, and the throughput of its
+  // last epoch rather than a zero while the run has none.
+  const std::string scraped = Scrape(c.coordinator_metrics());
   ASSERT_EQ(::kill(rank, SIGCONT), 0);
+  EXPECT_EQ(Value(scraped, "dfc_job_selection_epochs_done{job=\"" + nb + "\"}"), static_cast<double>(selected))
+      << scraped;
+  EXPECT_EQ(Value(scraped, "dfc_job_epochs_done{job=\"" + nb + "\"}"), 0) << scraped;
+  EXPECT_GT(Value(scraped, "dfc_job_images_per_second{job=\"" + nb + "\"}"), 0) << scraped;
+  EXPECT_GT(Value(scraped, "dfc_job_step_seconds{job=\"" + nb + "\",phase=\"compute\"}"), 0) << scraped;
   EXPECT_NE(listing.find("<span class=\"selecting\">selection <span><span class=\"bar\" title=\"" +
                          std::to_string(selected) + " of 3 epochs\">"),
             std::string::npos) << listing;
