@@ -378,6 +378,9 @@ std::string SiblingBinary(const std::string& name) {
 
 int RunClusterUp(const ClusterArgs& a) {
   if (a.state.empty()) return ReportError(absl::InvalidArgumentError("cluster up: --state is required"));
+  // The workers and servers are told the coordinator's address, so port 0
+  // becomes a concrete free port here rather than in the coordinator.
+  const std::string listen = ConcretePort(a.listen);
   const fs::path state = fs::absolute(a.state);
   std::error_code ec;
   fs::create_directories(state / "logs", ec);
@@ -405,21 +408,21 @@ int RunClusterUp(const ClusterArgs& a) {
     metrics.emplace_back(who, ConcretePort("127.0.0.1:0"));
     argv.insert(argv.end(), {"--metrics-listen", metrics.back().second});
   };
-  std::vector<std::string> coordinator = {SiblingBinary("dfc-coordinator"), "--listen", a.listen, "--state",
+  std::vector<std::string> coordinator = {SiblingBinary("dfc-coordinator"), "--listen", listen, "--state",
                                           state.string()};
   const std::string http = ConcretePort(a.http_listen);
   if (!http.empty()) coordinator.insert(coordinator.end(), {"--http-listen", http});
   with_metrics(coordinator, "coordinator");
   if (absl::Status st = spawn(coordinator, "coordinator.log"); !st.ok()) return ReportError(st);
   for (int r = 0; r < a.servers; ++r) {
-    std::vector<std::string> argv = {SiblingBinary("dfc-server"), "--coordinator", a.listen, "--listen",
+    std::vector<std::string> argv = {SiblingBinary("dfc-server"), "--coordinator", listen, "--listen",
                                      a.server_listen, "--models-dir", (state / "models").string()};
     if (a.gpus == 0) argv.insert(argv.end(), {"--device", "cpu"});
     with_metrics(argv, absl::StrCat("server-", r));
     if (absl::Status st = spawn(argv, absl::StrCat("server-", r, ".log")); !st.ok()) return ReportError(st);
   }
   for (int w = 0; w < a.workers; ++w) {
-    std::vector<std::string> argv = {SiblingBinary("dfc-worker"), "--coordinator", a.listen, "--cpu-slots",
+    std::vector<std::string> argv = {SiblingBinary("dfc-worker"), "--coordinator", listen, "--cpu-slots",
                                      std::to_string(a.cpu_slots), "--work-dir",
                                      (state / absl::StrCat("workers/worker-", w)).string()};
     if (a.gpus != 0) argv.insert(argv.end(), {"--gpus", std::to_string(a.gpus)});
@@ -434,7 +437,7 @@ int RunClusterUp(const ClusterArgs& a) {
   // Ready when the coordinator lists every worker as live and every
   // evaluation server as announced.
   ClientArgs client;
-  client.coordinator = a.listen;
+  client.coordinator = listen;
   auto channel = OpenChannel(client);
   if (!channel.ok()) return ReportError(channel.status());
   auto stub = v1::JobService::NewStub(*channel);
@@ -459,7 +462,7 @@ int RunClusterUp(const ClusterArgs& a) {
     if (live >= a.workers && servers.addresses_size() >= a.servers) {
       for (Subprocess& p : procs) p.Release();
       std::printf("cluster up: coordinator %s, %d worker(s) x %d slot(s), evaluation server(s) %s, state %s\n",
-                  a.listen.c_str(), a.workers, a.cpu_slots, absl::StrJoin(servers.addresses(), ",").c_str(),
+                  listen.c_str(), a.workers, a.cpu_slots, absl::StrJoin(servers.addresses(), ",").c_str(),
                   state.c_str());
       if (!http.empty()) std::printf("dashboard: http://%s/\n", http.c_str());
       for (const auto& [who, addr] : metrics) std::printf("metrics: %s http://%s/metrics\n", who.c_str(), addr.c_str());
@@ -710,7 +713,7 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
       "up", "Start a coordinator, workers and an evaluation server; returns once they registered");
   up->add_option("--servers", k->servers, "dfc-server replicas")->check(CLI::Range(0, 16));
   up->add_option("--server-listen", k->server_listen, "Their listen address (port 0: a free port each)");
-  up->add_option("--listen", k->listen, "Coordinator address");
+  up->add_option("--listen", k->listen, "Coordinator address (port 0: a free port; printed)");
   up->add_option("--http-listen", k->http_listen,
                  "The coordinator's web dashboard (port 0: a free port; empty: off); its URL is printed");
   up->add_flag("--metrics", k->metrics, "Prometheus /metrics on every process (free ports, printed)");

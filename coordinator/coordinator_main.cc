@@ -139,7 +139,8 @@ int main(int argc, char** argv) {
     }
     dashboard = std::move(*d);
   }
-  std::printf("dfc-coordinator listening on %s (state %s)\n", listen.c_str(), opts.state_dir.c_str());
+  std::printf("dfc-coordinator listening on %s (state %s)\n", dfc::BoundAddress(listen, port).c_str(),
+              opts.state_dir.c_str());
   if (*metrics_server) std::printf("metrics: %s/metrics\n", (*metrics_server)->url().c_str());
   if (dashboard) std::printf("dashboard: %s/\n", dashboard->url().c_str());
   std::fflush(stdout);

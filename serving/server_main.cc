@@ -157,7 +157,8 @@ int main(int argc, char** argv) {
   // readiness probe sends no streams to a replica that cannot resolve models.
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);
-  std::printf("dfc-server listening on %s (device %s, %s, max batch %d, catalogue %s)\n", listen.c_str(),
+  std::printf("dfc-server listening on %s (device %s, %s, max batch %d, catalogue %s)\n",
+              dfc::BoundAddress(listen, port).c_str(),
               serve.device.empty() ? (gpu ? "cuda:0" : "cpu") : serve.device.c_str(), serve.precision.c_str(),
               batching.max_batch, coordinator.c_str());
   if (*metrics_server) std::printf("metrics: %s/metrics\n", (*metrics_server)->url().c_str());

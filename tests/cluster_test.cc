@@ -507,16 +507,25 @@ TEST(ClusterTest, IdempotencyKeyWithAnotherRequestIsRefusedNamingTheDifference) 
   EXPECT_NE(other.err.find("epochs"), std::string::npos) << other.err;
 }
 
-// `cluster down` signals only the processes `cluster up` started: a pid in
-// cluster.pids that now belongs to another process (pid reuse) is left alone.
-TEST(ClusterTest, ClusterDownLeavesAReusedPidAlone) {
+// `cluster up --listen HOST:0` runs the coordinator on a free port, tells the
+// workers and servers that port, and prints it. `cluster down` signals only
+// the processes `cluster up` started: a pid in cluster.pids that now belongs
+// to another process (pid reuse) is left alone.
+TEST(ClusterTest, ClusterUpOnAFreePortAndDownLeavesAReusedPidAlone) {
   testing::TempDir dir;
   const std::string state = dir.Join("state");
-  auto up = RunCommand(testing::DfcBinary() + " cluster up --workers 1 --metrics --listen 127.0.0.1:" +
-                       std::to_string(PickFreePort()) + " --state " + state);
+  auto up = RunCommand(testing::DfcBinary() + " cluster up --workers 1 --metrics --listen 127.0.0.1:0 --state " + state);
   ASSERT_EQ(up.exit_code, 0) << up.err;
-  // It prints the dashboard's URL and every metrics endpoint, and they answer.
   std::smatch m;
+  ASSERT_TRUE(std::regex_search(up.out, m, std::regex("cluster up: coordinator (127\\.0\\.0\\.1:([0-9]+)),"))) << up.out;
+  const std::string coordinator_address = m[1].str();
+  EXPECT_NE(m[2].str(), "0") << up.out;
+  EXPECT_NE(testing::ReadFileOrDie(state + "/logs/coordinator.log").find("listening on " + coordinator_address + " "),
+            std::string::npos);
+  auto workers = RunCommand(testing::DfcBinary() + " --coordinator " + coordinator_address + " workers");
+  EXPECT_EQ(workers.exit_code, 0) << workers.err;
+  EXPECT_NE(workers.out.find("live"), std::string::npos) << workers.out;
+  // It prints the dashboard's URL and every metrics endpoint, and they answer.
   ASSERT_TRUE(std::regex_search(up.out, m, std::regex("dashboard: (http://127\\.0\\.0\\.1:[0-9]+/)"))) << up.out;
   EXPECT_NE(RunCommand("curl -sS -m 10 " + m[1].str() + "api/workers").out.find("\"live\""), std::string::npos);
   int endpoints = 0;

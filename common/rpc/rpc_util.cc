@@ -58,6 +58,11 @@ std::unique_ptr<grpc::Server> StartGrpcServer(const std::string& listen,
   return server;
 }
 
+std::string BoundAddress(const std::string& listen, int port) {
+  const size_t colon = listen.rfind(':');
+  return absl::StrCat(colon == std::string::npos ? listen : listen.substr(0, colon), ":", port);
+}
+
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const RpcSecurity& s,
                                                            bool round_robin) {
   if (address.empty()) return absl::InvalidArgumentError("--coordinator: an address is required (or set DFC_COORDINATOR)");

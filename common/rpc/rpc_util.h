@@ -36,6 +36,9 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
 std::unique_ptr<grpc::Server> StartGrpcServer(const std::string& listen,
                                               const std::shared_ptr<grpc::ServerCredentials>& credentials,
                                               const std::vector<grpc::Service*>& services, int* port);
+// `listen` (HOST:PORT) with the port a server bound: what to print and
+// advertise when it was started on port 0.
+std::string BoundAddress(const std::string& listen, int port);
 // Client side: a channel with size limits, TLS when a CA is given.
 // With `round_robin`, calls spread over every address the target resolves
 // to (`dns:///name:port` of a headless Service, or an `ipv4:a:p,b:p` list)
