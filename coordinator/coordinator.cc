@@ -463,7 +463,22 @@ absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::stri
   return Save(job);
 }
 
+void Coordinator::CreditOwnPauseLocked() {
+  const int64_t now = Now();
+  const int64_t paused = last_ran_ms_ > 0 ? now - last_ran_ms_ - options_.heartbeat_interval.count() : 0;
+  last_ran_ms_ = now;
+  if (paused <= 0) return;
+  for (auto& [id, w] : workers_) w.last_seen_ms += paused;
+  for (auto& [address, seen] : servers_) seen += paused;
+  for (auto& [id, a] : active_) a.scheduled_ms += paused;
+  if (paused >= options_.heartbeat_interval.count()) {
+    std::fprintf(stderr, "dfc-coordinator: did not run for %.1f s (stopped or starved); that time is not held "
+                 "against the workers\n", static_cast<double>(paused + options_.heartbeat_interval.count()) / 1000);
+  }
+}
+
 void Coordinator::ExpireWorkersLocked() {
+  CreditOwnPauseLocked();
   const int64_t now = Now();
   std::vector<std::string> dead;
   for (const auto& [id, w] : workers_) {
@@ -613,6 +628,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
     resp.set_reregister(true);
     return resp;
   }
+  CreditOwnPauseLocked();  // before this worker's time is refreshed
   w->second.last_seen_ms = Now();
   for (const v1::RankStatus& st : r.ranks()) DFC_RETURN_IF_ERROR(RecordRankStatusLocked(r.worker_id(), st, &resp));
   for (const v1::LogChunk& chunk : r.logs()) {
@@ -815,6 +831,7 @@ absl::Status Coordinator::AnnounceServer(const std::string& address) {
     return absl::InvalidArgumentError(absl::StrCat("server address '", address.substr(0, 64), "' is not host:port"));
   }
   absl::MutexLock lock(&mu_);
+  CreditOwnPauseLocked();
   const int64_t now = Now();
   servers_[address] = now;
   for (auto it = servers_.begin(); it != servers_.end();) {  // bounded: the gone are forgotten

@@ -168,6 +168,13 @@ class Coordinator {
   // phase "" (output_dir/metrics.jsonl) or run_dir::kSelection (its selection/).
   absl::Status ReconcilePhaseLocked(v1::Job& job, const std::string& phase) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireWorkersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Time in which the coordinator itself did not run (SIGSTOP, a frozen VM or
+  // container, heavy swapping) is not held against others: no heartbeat could
+  // be heard then. A gap since it last ran beyond one heartbeat interval moves
+  // every worker's and evaluation server's last-heard time, and every placed
+  // job's scheduling time, forward by the excess. Called first by whatever
+  // judges liveness.
+  void CreditOwnPauseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int FreeSlots(const std::string& worker_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Not heard from within two heartbeats: "suspect", and given no new ranks.
   bool Late(const WorkerInfo& w, int64_t now) const { return now - w.last_seen_ms > 2 * options_.heartbeat_interval.count(); }
@@ -184,6 +191,7 @@ class Coordinator {
   // worker -> job -> the newest attempt whose ranks there must stop
   std::map<std::string, std::map<std::string, int>> stop_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
+  int64_t last_ran_ms_ ABSL_GUARDED_BY(mu_) = 0;  // CreditOwnPauseLocked's last call
   std::map<std::string, int64_t> servers_ ABSL_GUARDED_BY(mu_);
   // dfc logs: requests waiting for a worker's heartbeat, and its answers.
   std::map<std::string, std::vector<v1::LogRequest>> log_requests_ ABSL_GUARDED_BY(mu_);

@@ -441,6 +441,35 @@ TEST(ClusterTest, StoppedRankAtWorldSizeTwoRestartsAndTheNewAttemptSurvives) {
   EXPECT_TRUE(WaitGone(rank0, 15));
 }
 
+// A coordinator that is stopped (SIGSTOP: a frozen VM or container) for
+// four worker timeouts hears no heartbeat in that time, through no fault of
+// the workers: when it runs again, the job trains on and succeeds without a
+// restart, instead of failing for "worker stopped responding".
+TEST(ClusterTest, StoppedCoordinatorFailsNoJob) {
+  Cluster c(2);
+  const std::string shards = testing::SyntheticShards(c.dir(), 200);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 2 --epochs 3 --batch-size 16 --threads 1 --max-restarts 0"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  WaitForState(c, job, "RUNNING", 60);
+  WaitForSteps(c, job, 60);
+  const pid_t coordinator = c.coordinator_pid();
+  ASSERT_GT(coordinator, 0);
+  ASSERT_EQ(::kill(coordinator, SIGSTOP), 0);
+  std::this_thread::sleep_for(std::chrono::seconds(6));  // the cluster's worker timeout is 1.5 s
+  ASSERT_EQ(::kill(coordinator, SIGCONT), 0);
+  auto watch = RunCommand(c.Dfc("watch --timeout 300 " + job));
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err;
+  const std::string json = RunCommand(c.Dfc("status --json " + job)).out;
+  EXPECT_EQ(JsonString(json, "state"), "SUCCEEDED") << json;
+  EXPECT_EQ(JsonInt(json, "restarts"), 0) << json;
+  EXPECT_TRUE(nlohmann::json::parse(json).value("failures", nlohmann::json::array()).empty()) << json;
+  EXPECT_EQ(nlohmann::json::parse(json)["epochs"].size(), 3u) << json;
+  EXPECT_NE(c.processes().Log("coordinator.log").find("that time is not held against the workers"), std::string::npos)
+      << c.processes().Log("coordinator.log");
+}
+
 // Cancel of a job whose rank is stopped (it ignores SIGTERM until resumed):
 // SIGKILL after the grace period ends it.
 TEST(ClusterTest, CancelOfAHungJobEndsEveryProcess) {

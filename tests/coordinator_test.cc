@@ -177,6 +177,54 @@ TEST_F(CoordinatorTest, AScheduledJobWhoseRankZeroNeverStartsGoesBackToTheQueue)
   EXPECT_EQ(j.restarts(), 0) << "a placement that never started is not a restart";
 }
 
+// The coordinator stopped for 20 s (SIGSTOP, a frozen VM) heard nobody in
+// that time, through no fault of the workers': on waking, a running job keeps
+// running and a placed one is not sent back to the queue. A worker that then
+// really stays silent still times out, also while the coordinator is starved
+// (ticks late every time), and its job fails over as before.
+TEST_F(CoordinatorTest, APausedCoordinatorHoldsItsOwnSilenceAgainstNobody) {
+  auto c = Make();
+  const std::string w0 = Worker(*c, 1), w1 = Worker(*c, 1);
+  const std::string running = Submit(*c, 1);
+  Beat(*c, w0, {{running, 1, 0}});
+  ASSERT_EQ(State(*c, running), v1::RUNNING);
+  const std::string placed = Submit(*c, 1);
+  c->Tick();
+  ASSERT_EQ(State(*c, placed), v1::SCHEDULED);
+  const std::string placed_on = c->GetJob(placed)->workers(0);
+
+  now_ += 20000;  // the coordinator's pause: longer than the worker timeout
+  c->Tick();
+  EXPECT_EQ(State(*c, running), v1::RUNNING) << c->GetJob(running)->reason();
+  EXPECT_EQ(State(*c, placed), v1::SCHEDULED);
+  EXPECT_EQ(c->ListWorkers().workers_size(), 2);
+  now_ += 61000;  // longer than the schedule timeout too
+  c->Tick();
+  EXPECT_EQ(State(*c, placed), v1::SCHEDULED) << "requeued for the coordinator's own pause";
+  EXPECT_EQ(c->GetJob(placed)->failures_size(), 0);
+
+  // Then w0 goes silent while w1 beats and the coordinator ticks every 600
+  // ms, later than its heartbeat interval each time: w0 still times out.
+  int ticks = 0;
+  while (State(*c, running) == v1::RUNNING && ticks < 20) {
+    now_ += 600;
+    Beat(*c, w1, {{placed, 1, 0}});
+    c->Tick();
+    ++ticks;
+  }
+  RecordProperty("starved_ticks_to_expire", ticks);
+  EXPECT_LT(ticks, 20) << "a silent worker never timed out while the coordinator was starved";
+  // w0's silence so far counts 1 s and 1 ms (one heartbeat interval of each
+  // pause is not credited; a submission took 1 ms); of each 600 ms tick, the
+  // 500 of a heartbeat interval count: past the 3 s timeout on tick 4.
+  EXPECT_EQ(ticks, 4);
+  const v1::Job failed = *c->GetJob(running);
+  EXPECT_EQ(failed.state(), v1::FAILED);
+  EXPECT_NE(failed.reason().find("worker " + w0 + " stopped responding"), std::string::npos) << failed.reason();
+  EXPECT_EQ(State(*c, placed), v1::RUNNING);
+  EXPECT_EQ(placed_on, w1);
+}
+
 TEST_F(CoordinatorTest, AStopNamesTheAttemptAndSparesTheNewOne) {
   auto c = Make();
   const std::string w = Worker(*c, 1);

@@ -75,6 +75,7 @@ class TestCluster {
   Subprocess& server(int i) { return *servers_.at(static_cast<size_t>(i)); }
   int workers() const { return static_cast<int>(workers_.size()); }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  pid_t coordinator_pid() const { return coordinator_ != nullptr ? coordinator_->pid() : -1; }
   std::string server_address(int i) const { return server_addresses_.at(static_cast<size_t>(i)); }
   std::string Dfc(const std::string& args) const;
   // With operator_endpoints: "http://127.0.0.1:PORT" of each endpoint.
