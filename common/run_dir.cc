@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/atomic_file.h"
 #include "common/status_macros.h"
@@ -27,6 +29,31 @@ bool HasResumePoint(const std::string& dir) {
   std::error_code ec;
   return std::filesystem::exists(Checkpoint(dir, kLatest), ec) ||
          std::filesystem::exists(Checkpoint(SelectionDir(dir), kLatest), ec);
+}
+
+std::string AttemptFile(const std::string& dir) { return (std::filesystem::path(dir) / "attempt").string(); }
+
+absl::Status ClaimForAttempt(const std::string& dir, int attempt) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot create the run directory '", dir, "': ", ec.message()));
+  return WriteFileAtomically(AttemptFile(dir), absl::StrCat(attempt, "\n"));
+}
+
+absl::Status CheckOwnedBy(const std::string& dir, int attempt) {
+  std::error_code ec;
+  if (!std::filesystem::exists(AttemptFile(dir), ec)) return absl::OkStatus();
+  DFC_ASSIGN_OR_RETURN(const std::string text, ReadFile(AttemptFile(dir), 64));
+  int owner = 0;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &owner)) {
+    return absl::DataLossError(absl::StrCat("'", AttemptFile(dir), "' does not hold an attempt number"));
+  }
+  if (owner > attempt) {
+    return absl::AbortedError(absl::StrCat("attempt ", attempt, " no longer owns ", dir, ": the job was restarted as "
+                                           "attempt ", owner, " while this rank was cut off from the coordinator; "
+                                           "stopping without writing"));
+  }
+  return absl::OkStatus();
 }
 
 std::string CheckpointSummary::ToJson() const {

@@ -21,6 +21,7 @@ namespace dfc {
 //   selection/       `--recipe notebook` only: the epoch-count selection on a
 //                    50/50 split of the training split, laid out as above; the
 //                    files above are then the retraining on all of it.
+//   attempt          cluster jobs: the attempt that owns the directory (below)
 // Torch-free.
 namespace run_dir {
 
@@ -43,6 +44,18 @@ int MetricsLineEpoch(const nlohmann::json& line);
 // Whether a restart can resume rather than start over: latest.ckpt of the run
 // or of its selection phase exists.
 bool HasResumePoint(const std::string& dir);
+
+// Fencing of a cluster job's run directory. The coordinator writes the
+// attempt number before it starts that attempt's ranks. A rank of an earlier
+// attempt that still runs (its worker was frozen or cut off from the
+// coordinator, so the job was restarted elsewhere and its stop never came)
+// finds a later attempt there and must not write: two attempts would
+// otherwise interleave their epochs in one metrics.jsonl and checkpoints.
+std::string AttemptFile(const std::string& dir);
+absl::Status ClaimForAttempt(const std::string& dir, int attempt);
+// OK when `attempt` still owns `dir` (or no attempt was recorded: `dfc
+// train`); ABORTED naming both attempts when a later one does.
+absl::Status CheckOwnedBy(const std::string& dir, int attempt);
 
 // What a checkpoint's sidecar records.
 struct CheckpointSummary {

@@ -562,6 +562,12 @@ void Coordinator::ScheduleLocked() {
     }
     a.store_host = workers_[a.ranks[0].worker_id].address;
     a.rendezvous_key = RandomHexToken();
+    // Fencing: from now on a rank of an earlier attempt that still runs
+    // (its worker frozen or cut off) writes nothing more to the run directory.
+    if (absl::Status st = run_dir::ClaimForAttempt(job.output_dir(), a.attempt); !st.ok()) {
+      std::fprintf(stderr, "dfc-coordinator: %s: cannot record attempt %d in its run directory: %s\n", id.c_str(),
+                   a.attempt, std::string(st.message()).c_str());
+    }
     not_before_ms_.erase(id);
     job.set_attempt(a.attempt);
     job.set_state(v1::SCHEDULED);

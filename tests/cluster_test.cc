@@ -470,6 +470,57 @@ TEST(ClusterTest, StoppedCoordinatorFailsNoJob) {
       << c.processes().Log("coordinator.log");
 }
 
+// A worker that is frozen (SIGSTOP) past the worker timeout is given up; the
+// job restarts on the other worker. Its rank, a separate process, still
+// trains, and its stop cannot arrive while the worker is frozen: fencing
+// makes it stop by itself at its next epoch's end, writing nothing, so the
+// run directory holds one attempt's epochs, each once.
+TEST(ClusterTest, AFrozenWorkersRankIsFencedOffTheRestartedJobsRunDirectory) {
+  Cluster c(2);
+  const std::string shards = testing::SyntheticShards(c.dir(), 200);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 1 --epochs 5 --batch-size 16 --threads 1 --max-restarts 2"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  WaitForState(c, job, "RUNNING", 60);
+  WaitForSteps(c, job, 60);
+  const pid_t worker = c.WorkerOf(job, 0), stale = c.RankPid(job, 1, 0);
+  ASSERT_GT(worker, 0);
+  ASSERT_GT(stale, 0);
+  ASSERT_EQ(::kill(worker, SIGSTOP), 0);
+  pid_t fresh = -1;
+  for (int i = 0; i < 600 && fresh < 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    fresh = c.RankPid(job, 2, 0);
+  }
+  EXPECT_GT(fresh, 0) << "no second attempt within 60 s";
+  // Attempt 1's rank ends on its own although its worker is still frozen.
+  const bool fenced = WaitGone(stale, 90);
+  ASSERT_EQ(::kill(worker, SIGCONT), 0);
+  EXPECT_TRUE(fenced) << "the frozen worker's rank kept training";
+  auto watch = RunCommand(c.Dfc("watch --timeout 300 " + job));
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err;
+  const nlohmann::json status = nlohmann::json::parse(RunCommand(c.Dfc("status --json " + job)).out);
+  EXPECT_EQ(status.value("state", ""), "SUCCEEDED") << status.dump();
+  EXPECT_EQ(status.value("restarts", 0), 1) << status.dump();
+  const std::string out = status.value("output_dir", "");
+  EXPECT_EQ(testing::ReadFileOrDie(out + "/attempt"), "2\n");
+  std::vector<int> epochs;
+  for (const std::string& line : testing::SplitLines(testing::ReadFileOrDie(out + "/metrics.jsonl"))) {
+    epochs.push_back(nlohmann::json::parse(line).value("epoch", 0));
+  }
+  EXPECT_EQ(epochs, (std::vector<int>{1, 2, 3, 4, 5})) << "two attempts wrote the run directory";
+  // The stale rank said why it stopped, in its own log on its worker (whose
+  // work directory is $TMPDIR/dfc-worker-PID here).
+  const char* tmp = std::getenv("TMPDIR");
+  const std::string stale_log = testing::ReadFileOrDie(std::string(tmp != nullptr && *tmp ? tmp : "/tmp") +
+                                                       "/dfc-worker-" + std::to_string(worker) + "/" + job +
+                                                       "/attempt-1/rank-0/log");
+  EXPECT_NE(stale_log.find("attempt 1 no longer owns " + out + ": the job was restarted as attempt 2"),
+            std::string::npos)
+      << stale_log;
+}
+
 // Cancel of a job whose rank is stopped (it ignores SIGTERM until resumed):
 // SIGKILL after the grace period ends it.
 TEST(ClusterTest, CancelOfAHungJobEndsEveryProcess) {

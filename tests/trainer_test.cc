@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/run_dir.h"
 #include "data_shards/dataset_scan.h"
 #include "data_shards/shard_format.h"
 #include "data_shards/synth.h"
@@ -91,6 +92,30 @@ TEST_F(TrainerTest, LossGoesDown) {
   // metrics.jsonl has one line per epoch; the checkpoint loads for prediction.
   EXPECT_EQ(testing::SplitLines(testing::ReadFileOrDie(out.Join("metrics.jsonl"))).size(), 4u);
   EXPECT_TRUE(LoadDetector("mesoinception4", r->checkpoint).ok());
+}
+
+// A cluster rank whose attempt has been replaced (run_dir::CheckOwnedBy says
+// ABORTED) stops at its next write with that error and writes nothing more:
+// not the epoch's metrics line, not its checkpoints.
+TEST_F(TrainerTest, ARankThatMayNoLongerWriteStopsWithoutWriting) {
+  testing::TempDir out;
+  TrainOptions o = Options(out.path());
+  o.epochs = 4;
+  int asked = 0;
+  o.may_write = [&]() -> absl::Status {
+    ++asked;
+    return asked <= 2 ? absl::OkStatus() : absl::AbortedError("attempt 1 no longer owns the directory");
+  };
+  auto r = RunTraining(o, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
+  EXPECT_EQ(r.status().message(), "attempt 1 no longer owns the directory");
+  EXPECT_EQ(asked, 3);  // epochs 1 and 2 wrote; epoch 3 was refused
+  EXPECT_EQ(testing::SplitLines(testing::ReadFileOrDie(out.Join("metrics.jsonl"))).size(), 2u);
+  EXPECT_FALSE(std::filesystem::exists(out.Join("epoch-3.ckpt")));
+  auto meta = run_dir::ReadSidecar(out.Join("latest.ckpt"));
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ(meta->epoch, 2);
 }
 
 TEST_F(TrainerTest, ResumedCheckpointTakesTheSameNextSteps) {

@@ -352,7 +352,10 @@ class Trainer {
   absl::Status Resume() {
     std::error_code ec;
     if (!phase_.resume) {
-      if (writer_ && fs::exists(metrics_path_, ec)) fs::remove(metrics_path_, ec);
+      if (writer_ && fs::exists(metrics_path_, ec)) {
+        DFC_RETURN_IF_ERROR(MayWrite());
+        fs::remove(metrics_path_, ec);
+      }
       return absl::OkStatus();
     }
     auto meta = LoadCheckpoint(latest_, *model_, optimizer_.get(), /*restore_rng=*/true);
@@ -381,8 +384,12 @@ class Trainer {
       if (held) absl::StrAppend(&kept, line, "\n");
       dropped |= !held;
     }
-    return dropped ? WriteFileAtomically(metrics_path_, kept) : absl::OkStatus();
+    if (!dropped) return absl::OkStatus();
+    DFC_RETURN_IF_ERROR(MayWrite());
+    return WriteFileAtomically(metrics_path_, kept);
   }
+
+  absl::Status MayWrite() const { return o_.may_write ? o_.may_write() : absl::OkStatus(); }
 
   // How steps run: a captured CUDA graph (--cuda-graphs) or eagerly; after
   // Resume, since the graph's optimizer takes over the restored state.
@@ -561,6 +568,7 @@ class Trainer {
     }
     if (graphed_) graphed_->SyncOptimizerState();  // the step count, for latest.ckpt
     if (writer_) {
+      DFC_RETURN_IF_ERROR(MayWrite());
       nlohmann::ordered_json line = nlohmann::ordered_json::parse(m.ToJson());
       line["config"] = nlohmann::ordered_json::parse(o_.ToJson());
       DFC_RETURN_IF_ERROR(AppendLine(metrics_path_, line.dump()));

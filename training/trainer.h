@@ -71,6 +71,11 @@ struct TrainOptions {
   // Called after every training step and validation batch: a rank's sign of
   // life for its worker's hang detection (empty: none).
   std::function<void()> progress;
+  // Asked before each write to the run directory (a fresh or trimmed
+  // metrics.jsonl, an epoch's metrics line and checkpoints); an error stops
+  // training with it, nothing written. Cluster ranks check that their attempt
+  // still owns the directory (run_dir::CheckOwnedBy). Empty: always.
+  std::function<absl::Status()> may_write;
 
   std::string ToJson() const;
 };

@@ -19,6 +19,7 @@
 #include "training/collective.h"
 #include "training/rank_launcher.h"
 #include "common/exit_codes.h"
+#include "common/run_dir.h"
 #include "common/subprocess.h"
 #include "common/training_config.h"
 
@@ -381,6 +382,7 @@ absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator
     progress_fd = ::open((fs::path(dir) / "progress").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
   }
   if (progress_fd >= 0) o.progress = [progress_fd] { ::futimens(progress_fd, nullptr); };
+  o.may_write = [dir = a.output_dir(), attempt = a.attempt()] { return run_dir::CheckOwnedBy(dir, attempt); };
   std::unique_ptr<Collective> collective;
   if (a.world_size() > 1) {
     CollectiveOptions co;
