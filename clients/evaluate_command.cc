@@ -2,7 +2,9 @@
 // summarise the predictions), `import` (register weights) and `models`.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <filesystem>
@@ -40,6 +42,10 @@ struct EvaluateArgs {
   double validation_split = -1;
   bool validation_from_end = false;
   int timeout_s = 86400;
+  // A replica that answers nothing for this long while images are
+  // outstanding is given up (frozen, a hung GPU): the stream is cancelled and
+  // its images go to another replica.
+  int stall_timeout_s = 120;
 };
 
 // One image to evaluate and, once answered, its outcome.
@@ -136,11 +142,18 @@ class WorkQueue {
   std::deque<size_t> retry_;
 };
 
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // Evaluate streams, one after another while a replica fails: sends items
 // taken from the queue and records results. A stream that ends UNAVAILABLE
-// (its replica died or went away) gives its unanswered items back and opens
-// a new stream, which round-robin places on a live replica; each image is
-// answered (and counted) once.
+// (its replica died or went away) or stalls (no answer for --stall-timeout
+// with images outstanding: the replica is frozen or hung and its connection
+// still open) gives its unanswered items back and opens a new stream, which
+// round-robin places on another replica; each image is answered (and
+// counted) once.
 class StreamRunner {
  public:
   static constexpr int kMaxReplicaFailures = 10;
@@ -190,13 +203,41 @@ class StreamRunner {
     }
     std::vector<size_t> sent;
     std::mutex sent_mu;
+    // Answers (and the model's description) are the replica's signs of life.
+    std::atomic<size_t> answered{0};
+    std::atomic<int64_t> last_answer{SteadyMs()};
+    std::atomic<bool> stalled{false};
+    std::mutex done_mu;
+    std::condition_variable done_cv;
+    bool stream_done = false;
+    std::thread watchdog([&] {
+      std::unique_lock<std::mutex> lock(done_mu);
+      while (!done_cv.wait_for(lock, std::chrono::milliseconds(200), [&] { return stream_done; })) {
+        size_t outstanding;
+        {
+          std::lock_guard<std::mutex> sent_lock(sent_mu);
+          outstanding = sent.size() - answered;
+        }
+        if (outstanding > 0 && SteadyMs() - last_answer > int64_t{a_.stall_timeout_s} * 1000) {
+          std::fprintf(stderr,
+                       "dfc: a replica answered nothing for %d s with %zu image(s) outstanding (frozen or hung?); "
+                       "sending them to another replica\n",
+                       a_.stall_timeout_s, outstanding);
+          stalled = true;
+          ctx->TryCancel();
+          return;
+        }
+      }
+    });
     std::thread reader([&] {
       v1::EvaluateResponse resp;
       while (stream->Read(&resp)) {
+        last_answer = SteadyMs();
         if (resp.has_model()) {
           *info = resp.model();
           continue;
         }
+        ++answered;
         const v1::EvaluateResult& r = resp.result();
         size_t index = 0;
         if (!absl::SimpleAtoi(r.id(), &index) || index >= items_->size()) continue;  // not ours
@@ -233,6 +274,16 @@ class StreamRunner {
     stream->WritesDone();
     reader.join();
     grpc::Status st = stream->Finish();
+    {
+      std::lock_guard<std::mutex> lock(done_mu);
+      stream_done = true;
+    }
+    done_cv.notify_all();
+    watchdog.join();
+    if (stalled) {
+      st = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        absl::StrCat("the replica answered nothing for ", a_.stall_timeout_s, " s"));
+    }
     for (size_t k : sent) {
       if (!(*items_)[k].done) unanswered->push_back(k);
     }
@@ -494,6 +545,10 @@ void AddEvaluateCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> 
       ->check(CLI::Range(0.0, 1.0));
   eval->add_flag("--validation-from-end", e->validation_from_end, "The split is the end of each class");
   eval->add_option("--timeout", e->timeout_s, "Give up after this many seconds")->check(CLI::Range(1, 604800));
+  eval->add_option("--stall-timeout", e->stall_timeout_s,
+                   "Give a replica up when it answers nothing for this many seconds with images outstanding "
+                   "(frozen, a hung GPU); its images go to another replica")
+      ->check(CLI::Range(1, 86400));
   eval->add_flag("--json", c->json, "Print the summary as JSON");
   AddServerOption(eval, c.get());
   eval->callback([run, c, e] { *run = [c, e] { return RunEvaluate(*c, *e); }; });

@@ -187,5 +187,47 @@ TEST_F(ServingReplicasTest, AReplicaKilledMidRunLosesNoImage) {
   EXPECT_GT(Models(1).images_served(), 0);
 }
 
+// A replica SIGSTOPped mid-run keeps its connections open and answers
+// nothing (as one with a hung GPU would): after --stall-timeout its streams
+// are cancelled and their images go to the other replica. Without that the
+// run would wait for --timeout and fail.
+TEST_F(ServingReplicasTest, AReplicaFrozenMidRunIsGivenUpAndLosesNoImage) {
+  ASSERT_EQ(RunCommand(Dfc("import --server " + replicas_[0] + " --name m --model mesoinception4 --weights " +
+                           data_.weights)).exit_code, 0);
+  constexpr int kImages = 800;
+  auto syn = RunCommand(testing::DfcBinary() + " synth --out " + dir_.Join("many") + " --count " +
+                        std::to_string(kImages) + " --image-size 64");
+  ASSERT_EQ(syn.exit_code, 0) << syn.err;
+  testing::CommandResult eval;
+  std::atomic<bool> finished{false};
+  std::thread client([&] {
+    eval = RunCommand(Dfc("evaluate --json --concurrency 4 --stall-timeout 3 --timeout 240 --model m --out " +
+                          dir_.Join("all.csv") + " " + dir_.Join("many")));
+    finished = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  int64_t served = 0;
+  while (!finished && std::chrono::steady_clock::now() < deadline && served < 16) {
+    served = Models(0).images_served();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const bool frozen = served >= 16 && !finished && cluster_->server(0).Signal(SIGSTOP);
+  client.join();
+  if (frozen) cluster_->server(0).Signal(SIGCONT);
+  ASSERT_GE(served, 16) << "replica A never got going: " << eval.err;
+  ASSERT_TRUE(frozen) << "the run ended before the replica could be frozen; use more images";
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  EXPECT_NE(eval.err.find("a replica answered nothing for 3 s"), std::string::npos) << eval.err;
+  auto summary = nlohmann::json::parse(eval.out);
+  EXPECT_EQ(summary["count"], kImages);
+  EXPECT_EQ(summary["errors"], 0);
+  EXPECT_GT(summary["retried"].get<int>(), 0) << eval.err;
+  int errors = 0;
+  auto got = CsvLogits(dir_.Join("all.csv"), &errors);
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(got.size(), static_cast<size_t>(kImages));  // each image once (duplicates fail in CsvLogits)
+  EXPECT_GT(Models(1).images_served(), 0);
+}
+
 }  // namespace
 }  // namespace dfc
