@@ -497,7 +497,11 @@ int RunClusterDown(const ClusterArgs& a) {
     pids.push_back(pid);
   }
   // Workers and servers first (workers stop their ranks), the coordinator last.
-  for (size_t i = pids.size(); i-- > 0;) ::kill(pids[i], SIGTERM);
+  // SIGCONT: a stopped process acts on SIGTERM (a clean shutdown) only once it runs.
+  for (size_t i = pids.size(); i-- > 0;) {
+    ::kill(pids[i], SIGTERM);
+    ::kill(pids[i], SIGCONT);
+  }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   for (pid_t p : pids) {
     while (::kill(p, 0) == 0 && std::chrono::steady_clock::now() < deadline) {

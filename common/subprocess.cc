@@ -144,6 +144,9 @@ void Subprocess::Terminate(std::chrono::milliseconds grace) {
   terminating_ = true;
   kill_at_ = std::chrono::steady_clock::now() + grace;
   ::kill(pid_, grace.count() <= 0 ? SIGKILL : SIGTERM);
+  // A stopped process (SIGSTOP, a debugger) acts on SIGTERM only once it
+  // runs: let it, so that it shuts down cleanly instead of waiting for SIGKILL.
+  if (grace.count() > 0) ::kill(pid_, SIGCONT);
 }
 
 int Subprocess::Wait() {

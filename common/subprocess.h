@@ -53,8 +53,9 @@ class Subprocess {
   // After exit: the signal that ended it, 0 if it exited.
   int term_signal() const { return term_signal_; }
   bool Signal(int sig);
-  // SIGTERM now and SIGKILL once `grace` has passed (at the next Poll or in
-  // Wait). A repeated call never moves that moment later.
+  // SIGTERM now (with SIGCONT, so that a stopped process acts on it) and
+  // SIGKILL once `grace` has passed (at the next Poll or in Wait). A repeated
+  // call never moves that moment later.
   void Terminate(std::chrono::milliseconds grace);
   // Blocks until it exits; returns exit_code().
   int Wait();

@@ -153,5 +153,6 @@ int main(int argc, char** argv) {
   dashboard.reset();
   metrics_server->reset();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  std::fprintf(stderr, "dfc-coordinator: shut down cleanly\n");
   return 0;
 }

@@ -521,8 +521,9 @@ TEST(ClusterTest, AFrozenWorkersRankIsFencedOffTheRestartedJobsRunDirectory) {
       << stale_log;
 }
 
-// Cancel of a job whose rank is stopped (it ignores SIGTERM until resumed):
-// SIGKILL after the grace period ends it.
+// Cancel of a job whose rank is stopped (SIGTERM acts only once it runs):
+// the stop sends SIGCONT with SIGTERM, and SIGKILL after the grace period
+// ends it if that was not enough.
 TEST(ClusterTest, CancelOfAHungJobEndsEveryProcess) {
   Cluster c(1);
   const auto [job, rank] = SubmitAndStopRank(c, 1, "", 0);
@@ -628,11 +629,15 @@ TEST(ClusterTest, ClusterUpOnAFreePortAndDownLeavesAReusedPidAlone) {
   testing::WriteFileOrDie(state + "/cluster.pids",
                           lines[0] + "\n" + lines[1] + "\n" + std::to_string(bystander) + " " + worker_start + "\n");
   const pid_t coordinator = std::stoi(lines[0].substr(0, lines[0].find(' ')));
+  // A stopped coordinator still shuts down cleanly (SIGTERM with SIGCONT), not
+  // by the SIGKILL at the end of the grace period.
+  ASSERT_EQ(::kill(coordinator, SIGSTOP), 0);
   auto down = RunCommand(testing::DfcBinary() + " cluster down --state " + state);
   EXPECT_EQ(down.exit_code, 0) << down.err;
   EXPECT_NE(down.err.find("pid " + std::to_string(bystander) + " is not the process"), std::string::npos) << down.err;
   EXPECT_EQ(::kill(bystander, 0), 0) << "cluster down killed an unrelated process";
   EXPECT_TRUE(WaitGone(coordinator, 10));
+  EXPECT_NE(testing::ReadFileOrDie(state + "/logs/coordinator.log").find("shut down cleanly"), std::string::npos);
 }
 
 // Every field of a submission is checked at submit, by the same validator
