@@ -331,6 +331,18 @@ void WaitForSteps(Cluster& c, const std::string& job, int seconds) {
   }
 }
 
+// Submits a MesoInception-4 job on `images` synthetic images with `flags`
+// (one decode thread) and waits until its ranks train; returns its id.
+std::string SubmitAndWaitForSteps(Cluster& c, int images, const std::string& flags) {
+  const std::string shards = testing::SyntheticShards(c.dir(), images);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --threads 1 --data " + shards + " " + flags));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  WaitForState(c, job, "RUNNING", 60);
+  WaitForSteps(c, job, 120);
+  return job;
+}
+
 // Submits a long job (`world` ranks, 50 epochs, plus `extra` flags), waits
 // until it trains, then SIGSTOPs its attempt-1 rank `rank`: the hang a
 // SIGKILL test never shows (alive, holding its slot, answering nothing).
@@ -339,13 +351,9 @@ struct StoppedRank {
   pid_t pid = -1;
 };
 StoppedRank SubmitAndStopRank(Cluster& c, int world, const std::string& extra, int rank) {
-  const std::string shards = testing::SyntheticShards(c.dir(), 400);
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards + " --world-size " +
-                            std::to_string(world) + " --epochs 50 --batch-size 16 --threads 1 " + extra));
-  EXPECT_EQ(r.exit_code, 0) << r.err;
   StoppedRank s;
-  s.job = JsonString(r.out, "job_id");
-  WaitForSteps(c, s.job, 120);
+  s.job = SubmitAndWaitForSteps(c, 400,
+                                "--world-size " + std::to_string(world) + " --epochs 50 --batch-size 16 " + extra);
   s.pid = c.RankPid(s.job, 1, rank);
   if (s.pid > 0) EXPECT_EQ(::kill(s.pid, SIGSTOP), 0);
   return s;
@@ -447,13 +455,7 @@ TEST(ClusterTest, StoppedRankAtWorldSizeTwoRestartsAndTheNewAttemptSurvives) {
 // restart, instead of failing for "worker stopped responding".
 TEST(ClusterTest, StoppedCoordinatorFailsNoJob) {
   Cluster c(2);
-  const std::string shards = testing::SyntheticShards(c.dir(), 200);
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
-                            " --world-size 2 --epochs 3 --batch-size 16 --threads 1 --max-restarts 0"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
-  WaitForState(c, job, "RUNNING", 60);
-  WaitForSteps(c, job, 60);
+  const std::string job = SubmitAndWaitForSteps(c, 200, "--world-size 2 --epochs 3 --batch-size 16 --max-restarts 0");
   const pid_t coordinator = c.coordinator_pid();
   ASSERT_GT(coordinator, 0);
   ASSERT_EQ(::kill(coordinator, SIGSTOP), 0);
@@ -477,13 +479,7 @@ TEST(ClusterTest, StoppedCoordinatorFailsNoJob) {
 // run directory holds one attempt's epochs, each once.
 TEST(ClusterTest, AFrozenWorkersRankIsFencedOffTheRestartedJobsRunDirectory) {
   Cluster c(2);
-  const std::string shards = testing::SyntheticShards(c.dir(), 200);
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
-                            " --world-size 1 --epochs 5 --batch-size 16 --threads 1 --max-restarts 2"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
-  WaitForState(c, job, "RUNNING", 60);
-  WaitForSteps(c, job, 60);
+  const std::string job = SubmitAndWaitForSteps(c, 200, "--world-size 1 --epochs 5 --batch-size 16 --max-restarts 2");
   const pid_t worker = c.WorkerOf(job, 0), stale = c.RankPid(job, 1, 0);
   ASSERT_GT(worker, 0);
   ASSERT_GT(stale, 0);

@@ -73,6 +73,11 @@ class ServingReplicasTest : public ::testing::Test {
     return out;
   }
 
+  // Evaluates 800 images over 4 streams, imported through A, and sends A
+  // `sig` once it has answered some (SIGCONT after a SIGSTOP, once the run is
+  // over). Every image must still be answered exactly once, some re-sent to B.
+  testing::CommandResult EvaluateWhileASignalled(int sig, const std::string& flags);
+
   testing::TempDir dir_;
   testing::TestData data_;
   std::unique_ptr<testing::TestCluster> cluster_;
@@ -149,75 +154,46 @@ TEST_F(ServingReplicasTest, ConcurrentStreamsLandOnEveryReplica) {
 
 // A replica SIGKILLed mid-run fails only its own streams; `dfc evaluate`
 // sends their unanswered images to the other replica and counts each once.
-TEST_F(ServingReplicasTest, AReplicaKilledMidRunLosesNoImage) {
-  ASSERT_EQ(RunCommand(Dfc("import --server " + replicas_[0] + " --name m --model mesoinception4 --weights " +
-                           data_.weights)).exit_code, 0);
-  constexpr int kImages = 800;  // a run long enough to kill A mid-way even when polling it is slow under load
-  auto syn = RunCommand(testing::DfcBinary() + " synth --out " + dir_.Join("many") + " --count " +
-                        std::to_string(kImages) + " --image-size 64");
-  ASSERT_EQ(syn.exit_code, 0) << syn.err;
-  testing::CommandResult eval;
-  std::atomic<bool> finished{false};
-  std::thread client([&] {
-    eval = RunCommand(Dfc("evaluate --json --concurrency 4 --model m --out " + dir_.Join("all.csv") + " " +
-                          dir_.Join("many")));
-    finished = true;
-  });
-  // Kill A once it has answered some images and the run is not over.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  int64_t served = 0;
-  while (!finished && std::chrono::steady_clock::now() < deadline && served < 16) {
-    served = Models(0).images_served();
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  const bool killed = served >= 16 && !finished && cluster_->server(0).Signal(SIGKILL);
-  client.join();
-  ASSERT_GE(served, 16) << "replica A never got going: " << eval.err;
-  ASSERT_TRUE(killed) << "the run ended before the replica could be killed; use more images";
-  cluster_->server(0).Wait();
-  ASSERT_EQ(eval.exit_code, 0) << eval.err;
-  auto summary = nlohmann::json::parse(eval.out);
-  EXPECT_EQ(summary["count"], kImages);
-  EXPECT_EQ(summary["errors"], 0);
-  EXPECT_GT(summary["retried"].get<int>(), 0) << eval.err;
-  int errors = 0;
-  auto got = CsvLogits(dir_.Join("all.csv"), &errors);
-  EXPECT_EQ(errors, 0);
-  EXPECT_EQ(got.size(), static_cast<size_t>(kImages));  // each image once (duplicates fail in CsvLogits)
-  EXPECT_GT(Models(1).images_served(), 0);
-}
+TEST_F(ServingReplicasTest, AReplicaKilledMidRunLosesNoImage) { EvaluateWhileASignalled(SIGKILL, ""); }
 
 // A replica SIGSTOPped mid-run keeps its connections open and answers
 // nothing (as one with a hung GPU would): after --stall-timeout its streams
 // are cancelled and their images go to the other replica. Without that the
 // run would wait for --timeout and fail.
 TEST_F(ServingReplicasTest, AReplicaFrozenMidRunIsGivenUpAndLosesNoImage) {
-  ASSERT_EQ(RunCommand(Dfc("import --server " + replicas_[0] + " --name m --model mesoinception4 --weights " +
+  const auto eval = EvaluateWhileASignalled(SIGSTOP, "--stall-timeout 3 --timeout 240");
+  EXPECT_NE(eval.err.find("a replica answered nothing for 3 s"), std::string::npos) << eval.err;
+}
+
+testing::CommandResult ServingReplicasTest::EvaluateWhileASignalled(int sig, const std::string& flags) {
+  testing::CommandResult eval;
+  EXPECT_EQ(RunCommand(Dfc("import --server " + replicas_[0] + " --name m --model mesoinception4 --weights " +
                            data_.weights)).exit_code, 0);
-  constexpr int kImages = 800;
+  constexpr int kImages = 800;  // a run long enough to signal A mid-way even when polling it is slow under load
   auto syn = RunCommand(testing::DfcBinary() + " synth --out " + dir_.Join("many") + " --count " +
                         std::to_string(kImages) + " --image-size 64");
-  ASSERT_EQ(syn.exit_code, 0) << syn.err;
-  testing::CommandResult eval;
+  EXPECT_EQ(syn.exit_code, 0) << syn.err;
   std::atomic<bool> finished{false};
   std::thread client([&] {
-    eval = RunCommand(Dfc("evaluate --json --concurrency 4 --stall-timeout 3 --timeout 240 --model m --out " +
-                          dir_.Join("all.csv") + " " + dir_.Join("many")));
+    eval = RunCommand(Dfc("evaluate --json --concurrency 4 --model m " + flags + " --out " + dir_.Join("all.csv") +
+                          " " + dir_.Join("many")));
     finished = true;
   });
+  // Signal A once it has answered some images and the run is not over.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   int64_t served = 0;
   while (!finished && std::chrono::steady_clock::now() < deadline && served < 16) {
     served = Models(0).images_served();
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  const bool frozen = served >= 16 && !finished && cluster_->server(0).Signal(SIGSTOP);
+  const bool signalled = served >= 16 && !finished && cluster_->server(0).Signal(sig);
   client.join();
-  if (frozen) cluster_->server(0).Signal(SIGCONT);
-  ASSERT_GE(served, 16) << "replica A never got going: " << eval.err;
-  ASSERT_TRUE(frozen) << "the run ended before the replica could be frozen; use more images";
-  ASSERT_EQ(eval.exit_code, 0) << eval.err;
-  EXPECT_NE(eval.err.find("a replica answered nothing for 3 s"), std::string::npos) << eval.err;
+  if (signalled && sig == SIGSTOP) cluster_->server(0).Signal(SIGCONT);
+  if (signalled && sig == SIGKILL) cluster_->server(0).Wait();
+  EXPECT_GE(served, 16) << "replica A never got going: " << eval.err;
+  EXPECT_TRUE(signalled) << "the run ended before the replica could be signalled; use more images";
+  EXPECT_EQ(eval.exit_code, 0) << eval.err;
+  if (eval.exit_code != 0) return eval;
   auto summary = nlohmann::json::parse(eval.out);
   EXPECT_EQ(summary["count"], kImages);
   EXPECT_EQ(summary["errors"], 0);
@@ -227,6 +203,7 @@ TEST_F(ServingReplicasTest, AReplicaFrozenMidRunIsGivenUpAndLosesNoImage) {
   EXPECT_EQ(errors, 0);
   EXPECT_EQ(got.size(), static_cast<size_t>(kImages));  // each image once (duplicates fail in CsvLogits)
   EXPECT_GT(Models(1).images_served(), 0);
+  return eval;
 }
 
 }  // namespace
