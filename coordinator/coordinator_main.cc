@@ -24,6 +24,10 @@ int main(int argc, char** argv) {
   dfc::RpcSecurity sec;
   int heartbeat_ms = 500, worker_timeout_ms = 3000;
   app.add_option("--listen", listen, "Address to serve gRPC on");
+  int max_rpc_threads = dfc::kDefaultMaxRpcThreads;
+  app.add_option("--max-rpc-threads", max_rpc_threads,
+                 "Calls served at once (each open stream holds a thread); beyond, RESOURCE_EXHAUSTED")
+      ->check(CLI::Range(4, 65536));
   app.add_option("--state", opts.state_dir, "State directory (SQLite job database)")->required();
   int schedule_timeout_s = 60;
   app.add_option("--schedule-timeout", schedule_timeout_s, "Seconds a placed job's rank 0 may take to start before "
@@ -113,7 +117,8 @@ int main(int argc, char** argv) {
   dfc::WorkerServiceImpl workers(coordinator->get(), worker_token);
   dfc::CatalogServiceImpl catalog(coordinator->get(), worker_token);
   int port = 0;
-  std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&jobs, &workers, &catalog}, &port);
+  std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&jobs, &workers, &catalog}, &port,
+                                                              max_rpc_threads);
   if (!server) {
     std::fprintf(stderr, "dfc-coordinator: cannot listen on %s\n", listen.c_str());
     return 1;

@@ -51,6 +51,10 @@ int main(int argc, char** argv) {
   bool insecure = false;
   std::string advertise;
   app.add_option("--listen", listen, "Address to serve gRPC on");
+  int max_rpc_threads = dfc::kDefaultMaxRpcThreads;
+  app.add_option("--max-rpc-threads", max_rpc_threads,
+                 "Calls served at once (each open stream holds a thread); beyond, RESOURCE_EXHAUSTED")
+      ->check(CLI::Range(4, 65536));
   app.add_option("--advertise", advertise,
                  "host:port clients reach this replica on, announced to the coordinator (default: --listen with the "
                  "bound port; on 0.0.0.0 the host name)");
@@ -139,7 +143,8 @@ int main(int argc, char** argv) {
   auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics}, sec.tls_cert, sec.tls_key);
   if (!metrics_server.ok()) return Fail(std::string(metrics_server.status().message()));
   int port = 0;
-  std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&evaluation}, &port);
+  std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&evaluation}, &port,
+                                                              max_rpc_threads);
   if (!server) {
     std::fprintf(stderr, "dfc-server: cannot listen on %s\n", listen.c_str());
     return 1;

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/rpc/rpc_util.h"
 #include "data_shards/image_codec.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 #include "models/checkpoint.h"
@@ -25,6 +26,9 @@
 
 namespace dfc {
 namespace {
+
+// The server's thread limit here (dfc-server's default is kDefaultMaxRpcThreads).
+constexpr int kMaxRpcThreads = 16;
 
 // The coordinator's catalogue as a map (one class under test: the registry).
 class MapCatalog final : public ModelCatalog {
@@ -126,12 +130,10 @@ class ServingTest : public ::testing::Test {
     batcher_ = std::make_unique<InferenceBatcher>(InferenceBatcher::Options{});
     service_ = std::make_unique<EvaluationServiceImpl>(registry_.get(), batcher_.get(), EvaluationOptions{}, "",
                                                        "test-replica");
-    grpc::ServerBuilder b;
     int port = 0;
-    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    b.RegisterService(service_.get());
-    server_ = b.BuildAndStart();
-    ASSERT_GT(port, 0);
+    server_ = StartGrpcServer("127.0.0.1:0", grpc::InsecureServerCredentials(), {service_.get()}, &port,
+                              kMaxRpcThreads);
+    ASSERT_NE(server_, nullptr);
     stub_ = v1::EvaluationService::NewStub(
         grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
   }
@@ -182,6 +184,62 @@ class ServingTest : public ::testing::Test {
 // While a cold ResNet-50 load is held inside the registry, new streams on the
 // loaded model run to the end (with a lock around loads they would wait for
 // it); ListModels shows each model's state on this replica meanwhile.
+// A client that opens stream after stream (and never finishes them) gets
+// RESOURCE_EXHAUSTED once the server's threads are all taken, instead of the
+// server spawning threads until it runs out of memory; the streams already
+// open still work, and once they end new ones are served again.
+TEST_F(ServingTest, StreamsBeyondTheThreadLimitAreRefusedAndTheOthersGoOn) {
+  struct Open {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::EvaluateRequest, v1::EvaluateResponse>> stream;
+  };
+  std::vector<std::unique_ptr<Open>> open;
+  grpc::Status refused;
+  for (int i = 0; i < 4 * kMaxRpcThreads && refused.ok(); ++i) {
+    auto o = std::make_unique<Open>();
+    o->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    o->stream = stub_->Evaluate(&o->ctx);
+    v1::EvaluateRequest first;
+    first.mutable_model()->set_name("warm");
+    v1::EvaluateResponse head;
+    // A served stream answers the model's description; a refused one ends.
+    if (o->stream->Write(first) && o->stream->Read(&head)) {
+      open.push_back(std::move(o));
+    } else {
+      refused = o->stream->Finish();
+    }
+  }
+  RecordProperty("streams_served_at_once", static_cast<int>(open.size()));
+  ASSERT_FALSE(refused.ok()) << open.size() << " streams open and none refused";
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  EXPECT_GE(open.size(), 1u);
+  EXPECT_LT(open.size(), static_cast<size_t>(kMaxRpcThreads));
+  // An open stream still evaluates.
+  v1::EvaluateRequest image;
+  image.set_id("0");
+  image.set_image(TestImage(0));
+  ASSERT_TRUE(open[0]->stream->Write(image));
+  v1::EvaluateResponse answer;
+  ASSERT_TRUE(open[0]->stream->Read(&answer));
+  EXPECT_EQ(answer.result().id(), "0");
+  EXPECT_TRUE(answer.result().error().empty()) << answer.result().error();
+  for (auto& o : open) {
+    o->stream->WritesDone();
+    while (o->stream->Read(&answer)) {
+    }
+    EXPECT_TRUE(o->stream->Finish().ok());
+  }
+  int results = 0;
+  grpc::Status again;
+  for (int attempt = 0; attempt < 50; ++attempt) {  // threads are given back as their calls end
+    again = Evaluate("warm", 2, &results);
+    if (again.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(again.ok()) << again.error_message();
+  EXPECT_EQ(results, 2);
+}
+
 TEST_F(ServingTest, AColdLoadDoesNotHoldUpStreamsOfALoadedModel) {
   int n = 0;
   ASSERT_TRUE(Evaluate("warm", 2, &n).ok());  // loaded

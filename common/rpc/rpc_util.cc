@@ -1,8 +1,11 @@
 #include "common/rpc/rpc_util.h"
 
+#include <grpcpp/resource_quota.h>
+
 #include <arpa/inet.h>
 
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include <algorithm>
 #include <vector>
@@ -45,13 +48,19 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
 
 std::unique_ptr<grpc::Server> StartGrpcServer(const std::string& listen,
                                               const std::shared_ptr<grpc::ServerCredentials>& credentials,
-                                              const std::vector<grpc::Service*>& services, int* port) {
+                                              const std::vector<grpc::Service*>& services, int* port,
+                                              int max_threads) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   *port = 0;
   builder.AddListeningPort(listen, credentials, port);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  grpc::ResourceQuota quota("dfc-rpc");
+  quota.SetMaxThreads(max_threads);
+  builder.SetResourceQuota(quota);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
   for (grpc::Service* service : services) builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (*port == 0) return nullptr;

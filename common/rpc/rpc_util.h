@@ -30,12 +30,19 @@ struct RpcSecurity {
 
 // Server side: credentials from the flags (insecure when no TLS flag is set).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const RpcSecurity& security);
-// A started gRPC server on `listen` with DFC's message limits, the default
-// health service and `services`; *port gets the bound port. nullptr when it
-// cannot listen.
+// Threads a server may run calls on (each open stream holds one): beyond
+// it, new calls are refused with RESOURCE_EXHAUSTED instead of a client
+// opening streams until the process runs out of memory.
+inline constexpr int kDefaultMaxRpcThreads = 512;
+// A started gRPC server on `listen` with DFC's message limits, at most
+// `max_threads` threads, keepalive pings (a peer that vanished without
+// closing its connection is noticed within ~80 s and its streams end), the
+// default health service and `services`; *port gets the bound port. nullptr
+// when it cannot listen.
 std::unique_ptr<grpc::Server> StartGrpcServer(const std::string& listen,
                                               const std::shared_ptr<grpc::ServerCredentials>& credentials,
-                                              const std::vector<grpc::Service*>& services, int* port);
+                                              const std::vector<grpc::Service*>& services, int* port,
+                                              int max_threads = kDefaultMaxRpcThreads);
 // `listen` (HOST:PORT) with the port a server bound: what to print and
 // advertise when it was started on port 0.
 std::string BoundAddress(const std::string& listen, int port);
