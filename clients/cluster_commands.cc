@@ -369,7 +369,7 @@ struct ClusterArgs {
 // HOST:0 becomes HOST:<a free port> (cluster up prints where things are).
 std::string ConcretePort(const std::string& listen) {
   if (listen.size() < 2 || listen.compare(listen.size() - 2, 2, ":0") != 0) return listen;
-  return listen.substr(0, listen.size() - 1) + std::to_string(PickFreePort());
+  return BoundAddress(listen, PickFreePort());
 }
 
 std::string SiblingBinary(const std::string& name) {

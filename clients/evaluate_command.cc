@@ -4,7 +4,6 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <filesystem>
@@ -17,6 +16,8 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "clients/client_rpc.h"
@@ -207,12 +208,9 @@ class StreamRunner {
     std::atomic<size_t> answered{0};
     std::atomic<int64_t> last_answer{SteadyMs()};
     std::atomic<bool> stalled{false};
-    std::mutex done_mu;
-    std::condition_variable done_cv;
-    bool stream_done = false;
+    absl::Notification stream_done;
     std::thread watchdog([&] {
-      std::unique_lock<std::mutex> lock(done_mu);
-      while (!done_cv.wait_for(lock, std::chrono::milliseconds(200), [&] { return stream_done; })) {
+      while (!stream_done.WaitForNotificationWithTimeout(absl::Milliseconds(200))) {
         size_t outstanding;
         {
           std::lock_guard<std::mutex> sent_lock(sent_mu);
@@ -274,11 +272,7 @@ class StreamRunner {
     stream->WritesDone();
     reader.join();
     grpc::Status st = stream->Finish();
-    {
-      std::lock_guard<std::mutex> lock(done_mu);
-      stream_done = true;
-    }
-    done_cv.notify_all();
+    stream_done.Notify();
     watchdog.join();
     if (stalled) {
       st = grpc::Status(grpc::StatusCode::UNAVAILABLE,

@@ -1,7 +1,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -69,7 +68,7 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
     co.rank = d.rank;
     co.world_size = d.world_size;
     co.store_port = d.master_port;
-    if (const char* key = std::getenv(kRendezvousKeyEnv); key != nullptr) co.rendezvous_key = key;
+    co.rendezvous_key = RendezvousKeyFromEnvironment();
     auto c = Collective::Connect(co);
     if (!c.ok()) return ReportError(c.status());
     collective = std::move(*c);

@@ -41,12 +41,13 @@ absl::Status ClaimForAttempt(const std::string& dir, int attempt) {
 }
 
 absl::Status CheckOwnedBy(const std::string& dir, int attempt) {
-  std::error_code ec;
-  if (!std::filesystem::exists(AttemptFile(dir), ec)) return absl::OkStatus();
-  DFC_ASSIGN_OR_RETURN(const std::string text, ReadFile(AttemptFile(dir), 64));
+  const std::string path = AttemptFile(dir);
+  absl::StatusOr<std::string> text = ReadFile(path, 64);
+  if (absl::IsNotFound(text.status())) return absl::OkStatus();
+  if (!text.ok()) return text.status();
   int owner = 0;
-  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &owner)) {
-    return absl::DataLossError(absl::StrCat("'", AttemptFile(dir), "' does not hold an attempt number"));
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &owner)) {
+    return absl::DataLossError(absl::StrCat("'", path, "' does not hold an attempt number"));
   }
   if (owner > attempt) {
     return absl::AbortedError(absl::StrCat("attempt ", attempt, " no longer owns ", dir, ": the job was restarted as "

@@ -161,10 +161,16 @@ std::vector<std::string> MetricLines(const std::string& path) {
   return testing::SplitLines(testing::ReadFileOrDie(path));
 }
 
-double Field(const std::string& json_line, const std::string& key) {
+// A number of a metrics line as written ("" when missing, with a failure).
+std::string RawField(const std::string& json_line, const std::string& key) {
   std::smatch m;
   EXPECT_TRUE(std::regex_search(json_line, m, std::regex("\"" + key + "\":([-0-9.e]+)"))) << key << " in " << json_line;
-  return m.empty() ? 0 : std::stod(m[1]);
+  return m.empty() ? "" : m[1].str();
+}
+
+double Field(const std::string& json_line, const std::string& key) {
+  const std::string raw = RawField(json_line, key);
+  return raw.empty() ? 0 : std::stod(raw);
 }
 
 TEST(DfcCliTest, TwoRanksTrainLikeOneProcess) {
@@ -226,10 +232,8 @@ std::vector<std::string> TrainedNumbers(const std::string& path) {
   std::vector<std::string> out;
   for (const std::string& line : MetricLines(path)) {
     std::string numbers;
-    for (const char* key : {"epoch", "loss", "accuracy", "val_loss", "val_auc", "lr"}) {
-      std::smatch m;
-      EXPECT_TRUE(std::regex_search(line, m, std::regex("\"" + std::string(key) + "\":([-0-9.e]+)"))) << line;
-      numbers += std::string(key) + "=" + (m.empty() ? "?" : m[1].str()) + " ";
+    for (const std::string key : {"epoch", "loss", "accuracy", "val_loss", "val_auc", "lr"}) {
+      numbers += key + "=" + RawField(line, key) + " ";
     }
     out.push_back(numbers);
   }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <thread>
@@ -14,6 +15,11 @@
 #include "common/subprocess.h"
 
 namespace dfc {
+
+std::string RendezvousKeyFromEnvironment() {
+  const char* key = std::getenv(kRendezvousKeyEnv);
+  return key != nullptr ? key : "";
+}
 
 absl::Status LaunchRanks(const RankLaunchOptions& o) {
   if (o.argv.empty()) return absl::InvalidArgumentError("no command to launch");

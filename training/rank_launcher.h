@@ -13,6 +13,9 @@ namespace dfc {
 // (CollectiveOptions::rendezvous_key). Not the command line: every local user
 // can read that in /proc, while a process's environment is its owner's.
 inline constexpr char kRendezvousKeyEnv[] = "DFC_RENDEZVOUS_KEY";
+// This process's rendezvous key, as its launcher or worker handed it over;
+// "" when none did.
+std::string RendezvousKeyFromEnvironment();
 
 // Options for LaunchRanks.
 struct RankLaunchOptions {

@@ -390,7 +390,7 @@ absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator
     co.world_size = a.world_size();
     co.store_host = a.store_host();
     co.store_port = a.store_port();
-    if (const char* key = std::getenv(kRendezvousKeyEnv); key != nullptr) co.rendezvous_key = key;
+    co.rendezvous_key = RendezvousKeyFromEnvironment();
     // One GPU per rank (the worker sets CUDA_VISIBLE_DEVICES): NCCL there,
     // Gloo on CPU.
     co.backend = torch::cuda::is_available() ? "nccl" : "gloo";

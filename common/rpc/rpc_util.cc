@@ -1,7 +1,5 @@
 #include "common/rpc/rpc_util.h"
 
-#include <grpcpp/resource_quota.h>
-
 #include <arpa/inet.h>
 
 #include <grpcpp/health_check_service_interface.h>
