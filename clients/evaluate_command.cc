@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <filesystem>
@@ -47,6 +48,13 @@ struct EvaluateArgs {
   // outstanding is given up (frozen, a hung GPU): the stream is cancelled and
   // its images go to another replica.
   int stall_timeout_s = 120;
+  // Unanswered images per stream. A stream takes its next image from the
+  // shared queue only when an answer frees a place, so a slow replica holds
+  // at most this many (and a fast one gets the rest), and a replica that dies
+  // leaves at most this many per stream to send again. Twice the server's
+  // default per-stream limit (64), so a stream's next images are on their
+  // way while the server works on the ones it has.
+  int max_in_flight = 128;
 };
 
 // One image to evaluate and, once answered, its outcome.
@@ -202,10 +210,12 @@ class StreamRunner {
       first.mutable_model()->mutable_job()->set_job_id(a_.job);
       first.mutable_model()->mutable_job()->set_checkpoint(a_.checkpoint);
     }
-    std::vector<size_t> sent;
     std::mutex sent_mu;
+    std::condition_variable window_open;  // an answer arrived or the reader ended
+    std::vector<size_t> sent;             // guarded by sent_mu, as are the next two
+    size_t answered = 0;
+    bool reader_done = false;
     // Answers (and the model's description) are the replica's signs of life.
-    std::atomic<size_t> answered{0};
     std::atomic<int64_t> last_answer{SteadyMs()};
     std::atomic<bool> stalled{false};
     absl::Notification stream_done;
@@ -235,7 +245,11 @@ class StreamRunner {
           *info = resp.model();
           continue;
         }
-        ++answered;
+        {
+          std::lock_guard<std::mutex> sent_lock(sent_mu);
+          ++answered;
+        }
+        window_open.notify_one();
         const v1::EvaluateResult& r = resp.result();
         size_t index = 0;
         if (!absl::SimpleAtoi(r.id(), &index) || index >= items_->size()) continue;  // not ours
@@ -247,10 +261,23 @@ class StreamRunner {
         item.done = true;
         ++*done_;
       }
+      {
+        std::lock_guard<std::mutex> sent_lock(sent_mu);
+        reader_done = true;
+      }
+      window_open.notify_one();
     });
+    // Room in the window, or false once the stream has ended (failed, cancelled).
+    auto wait_for_window = [&] {
+      std::unique_lock<std::mutex> lock(sent_mu);
+      window_open.wait(lock, [&] {
+        return reader_done || sent.size() - answered < static_cast<size_t>(a_.max_in_flight);
+      });
+      return !reader_done;
+    };
     bool ok = stream->Write(first);
     size_t i = 0;
-    while (ok && queue_->Take(&i)) {
+    while (ok && wait_for_window() && queue_->Take(&i)) {
       Item& item = (*items_)[i];
       auto bytes = ReadFile(item.path, kMaxMessageBytes - 4096);
       if (!bytes.ok()) {
@@ -543,6 +570,10 @@ void AddEvaluateCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> 
                    "Give a replica up when it answers nothing for this many seconds with images outstanding "
                    "(frozen, a hung GPU); its images go to another replica")
       ->check(CLI::Range(1, 86400));
+  eval->add_option("--max-in-flight", e->max_in_flight,
+                   "Unanswered images per stream: a slow replica holds at most this many, the rest go to whichever "
+                   "answers, and a replica that dies leaves at most this many per stream to send again")
+      ->check(CLI::Range(1, 100000));
   eval->add_flag("--json", c->json, "Print the summary as JSON");
   AddServerOption(eval, c.get());
   eval->callback([run, c, e] { *run = [c, e] { return RunEvaluate(*c, *e); }; });

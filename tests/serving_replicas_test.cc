@@ -41,12 +41,17 @@ class ServingReplicasTest : public ::testing::Test {
     cluster_ = std::make_unique<testing::TestCluster>(o);  // returns once both are SERVING
     for (int r = 0; r < 2; ++r) replicas_.push_back(cluster_->server_address(r));
   }
+  // One channel per replica, kept: polling a busy replica stays quick.
   v1::ListModelsResponse Models(int r) {
-    auto stub = v1::EvaluationService::NewStub(grpc::CreateChannel(replicas_[r], grpc::InsecureChannelCredentials()));
+    if (stubs_.empty()) {
+      for (const auto& address : replicas_) {
+        stubs_.push_back(v1::EvaluationService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())));
+      }
+    }
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     v1::ListModelsResponse resp;
-    EXPECT_TRUE(stub->ListModels(&ctx, v1::ListModelsRequest(), &resp).ok());
+    EXPECT_TRUE(stubs_[r]->ListModels(&ctx, v1::ListModelsRequest(), &resp).ok());
     return resp;
   }
   std::string Dfc(const std::string& args) const { return cluster_->Dfc(args); }
@@ -75,13 +80,15 @@ class ServingReplicasTest : public ::testing::Test {
 
   // Evaluates 800 images over 4 streams, imported through A, and sends A
   // `sig` once it has answered some (SIGCONT after a SIGSTOP, once the run is
-  // over). Every image must still be answered exactly once, some re-sent to B.
-  testing::CommandResult EvaluateWhileASignalled(int sig, const std::string& flags);
+  // over). Every image must still be answered exactly once, some re-sent to B
+  // (at most `max_resent`: A's streams' windows).
+  testing::CommandResult EvaluateWhileASignalled(int sig, const std::string& flags, int max_resent);
 
   testing::TempDir dir_;
   testing::TestData data_;
   std::unique_ptr<testing::TestCluster> cluster_;
   std::vector<std::string> replicas_;
+  std::vector<std::unique_ptr<v1::EvaluationService::Stub>> stubs_;
 };
 
 // Imported through replica A (the catalogue entry is written once, in the
@@ -119,7 +126,9 @@ TEST_F(ServingReplicasTest, AModelImportedThroughOneReplicaEvaluatesOnAnother) {
   EXPECT_EQ(Models(1).images_served(), static_cast<int64_t>(data_.images.size()));
   const v1::ListModelsResponse after = Models(1);
   for (const auto& m : after.models()) {
-    if (m.name() == "shared-meso") EXPECT_EQ(m.state(), v1::MODEL_LOADED);
+    if (m.name() == "shared-meso") {
+      EXPECT_EQ(m.state(), v1::MODEL_LOADED);
+    }
   }
 }
 
@@ -133,7 +142,7 @@ TEST_F(ServingReplicasTest, ConcurrentStreamsLandOnEveryReplica) {
   auto syn = RunCommand(testing::DfcBinary() + " synth --out " + dir_.Join("many") + " --count 32 --image-size 64");
   ASSERT_EQ(syn.exit_code, 0) << syn.err;
   int64_t streams_before[2] = {0, 0}, images_before[2] = {0, 0};
-  for (const std::string server : {std::string(), "ipv4:" + replicas_[0] + "," + replicas_[1]}) {
+  for (const std::string& server : {std::string(), "ipv4:" + replicas_[0] + "," + replicas_[1]}) {
     auto eval = RunCommand(Dfc("evaluate --json --concurrency 8 --model m " +
                                (server.empty() ? "" : "--server " + server + " ") + dir_.Join("many")));
     ASSERT_EQ(eval.exit_code, 0) << server << ": " << eval.err;
@@ -154,22 +163,31 @@ TEST_F(ServingReplicasTest, ConcurrentStreamsLandOnEveryReplica) {
 
 // A replica SIGKILLed mid-run fails only its own streams; `dfc evaluate`
 // sends their unanswered images to the other replica and counts each once.
-TEST_F(ServingReplicasTest, AReplicaKilledMidRunLosesNoImage) { EvaluateWhileASignalled(SIGKILL, ""); }
+// A's two streams hold at most --max-in-flight (default 128) images each.
+TEST_F(ServingReplicasTest, AReplicaKilledMidRunLosesNoImage) {
+  EvaluateWhileASignalled(SIGKILL, "", 2 * 128);
+}
 
 // A replica SIGSTOPped mid-run keeps its connections open and answers
 // nothing (as one with a hung GPU would): after --stall-timeout its streams
 // are cancelled and their images go to the other replica. Without that the
-// run would wait for --timeout and fail.
+// run would wait for --timeout and fail. With --max-in-flight 8 its two
+// streams held at most 16 images (without the window, a frozen replica's
+// streams hold hundreds, as much as the transport buffers).
 TEST_F(ServingReplicasTest, AReplicaFrozenMidRunIsGivenUpAndLosesNoImage) {
-  const auto eval = EvaluateWhileASignalled(SIGSTOP, "--stall-timeout 3 --timeout 240");
+  const auto eval = EvaluateWhileASignalled(SIGSTOP, "--stall-timeout 3 --timeout 240 --max-in-flight 8", 2 * 8);
   EXPECT_NE(eval.err.find("a replica answered nothing for 3 s"), std::string::npos) << eval.err;
 }
 
-testing::CommandResult ServingReplicasTest::EvaluateWhileASignalled(int sig, const std::string& flags) {
+testing::CommandResult ServingReplicasTest::EvaluateWhileASignalled(int sig, const std::string& flags,
+                                                                    int max_resent) {
   testing::CommandResult eval;
   EXPECT_EQ(RunCommand(Dfc("import --server " + replicas_[0] + " --name m --model mesoinception4 --weights " +
                            data_.weights)).exit_code, 0);
-  constexpr int kImages = 800;  // a run long enough to signal A mid-way even when polling it is slow under load
+  // A run long enough that A is signalled while the queue still holds images
+  // (so A's streams have some outstanding) even when polling A is slow under
+  // load: the queue lasts until all but the streams' windows are answered.
+  constexpr int kImages = 2000;
   auto syn = RunCommand(testing::DfcBinary() + " synth --out " + dir_.Join("many") + " --count " +
                         std::to_string(kImages) + " --image-size 64");
   EXPECT_EQ(syn.exit_code, 0) << syn.err;
@@ -198,6 +216,7 @@ testing::CommandResult ServingReplicasTest::EvaluateWhileASignalled(int sig, con
   EXPECT_EQ(summary["count"], kImages);
   EXPECT_EQ(summary["errors"], 0);
   EXPECT_GT(summary["retried"].get<int>(), 0) << eval.err;
+  EXPECT_LE(summary["retried"].get<int>(), max_resent) << eval.err;
   int errors = 0;
   auto got = CsvLogits(dir_.Join("all.csv"), &errors);
   EXPECT_EQ(errors, 0);
