@@ -17,8 +17,6 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
-#include "absl/synchronization/notification.h"
-#include "absl/time/time.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "clients/client_rpc.h"
@@ -210,46 +208,47 @@ class StreamRunner {
       first.mutable_model()->mutable_job()->set_job_id(a_.job);
       first.mutable_model()->mutable_job()->set_checkpoint(a_.checkpoint);
     }
-    std::mutex sent_mu;
-    std::condition_variable window_open;  // an answer arrived or the reader ended
-    std::vector<size_t> sent;             // guarded by sent_mu, as are the next two
+    // What the writer, the reader and the watchdog share, guarded by mu;
+    // `changed` is signalled on every answer and when the reader ends.
+    std::mutex mu;
+    std::condition_variable changed;
+    std::vector<size_t> sent;
     size_t answered = 0;
     bool reader_done = false;
     // Answers (and the model's description) are the replica's signs of life.
-    std::atomic<int64_t> last_answer{SteadyMs()};
-    std::atomic<bool> stalled{false};
-    absl::Notification stream_done;
+    int64_t last_answer_ms = SteadyMs();
+    bool stalled = false;
+    auto outstanding = [&] { return sent.size() - answered; };  // with mu held
     std::thread watchdog([&] {
-      while (!stream_done.WaitForNotificationWithTimeout(absl::Milliseconds(200))) {
-        size_t outstanding;
-        {
-          std::lock_guard<std::mutex> sent_lock(sent_mu);
-          outstanding = sent.size() - answered;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        while (!changed.wait_for(lock, std::chrono::milliseconds(200), [&] { return reader_done; })) {
+          if (outstanding() > 0 && SteadyMs() - last_answer_ms > int64_t{a_.stall_timeout_s} * 1000) {
+            std::fprintf(stderr,
+                         "dfc: a replica answered nothing for %d s with %zu image(s) outstanding (frozen or hung?); "
+                         "sending them to another replica\n",
+                         a_.stall_timeout_s, outstanding());
+            stalled = true;
+            break;
+          }
         }
-        if (outstanding > 0 && SteadyMs() - last_answer > int64_t{a_.stall_timeout_s} * 1000) {
-          std::fprintf(stderr,
-                       "dfc: a replica answered nothing for %d s with %zu image(s) outstanding (frozen or hung?); "
-                       "sending them to another replica\n",
-                       a_.stall_timeout_s, outstanding);
-          stalled = true;
-          ctx->TryCancel();
-          return;
-        }
+        if (!stalled) return;
       }
+      ctx->TryCancel();
     });
     std::thread reader([&] {
       v1::EvaluateResponse resp;
       while (stream->Read(&resp)) {
-        last_answer = SteadyMs();
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          last_answer_ms = SteadyMs();
+          if (!resp.has_model()) ++answered;
+        }
+        changed.notify_all();
         if (resp.has_model()) {
           *info = resp.model();
           continue;
         }
-        {
-          std::lock_guard<std::mutex> sent_lock(sent_mu);
-          ++answered;
-        }
-        window_open.notify_one();
         const v1::EvaluateResult& r = resp.result();
         size_t index = 0;
         if (!absl::SimpleAtoi(r.id(), &index) || index >= items_->size()) continue;  // not ours
@@ -262,17 +261,15 @@ class StreamRunner {
         ++*done_;
       }
       {
-        std::lock_guard<std::mutex> sent_lock(sent_mu);
+        std::lock_guard<std::mutex> lock(mu);
         reader_done = true;
       }
-      window_open.notify_one();
+      changed.notify_all();
     });
     // Room in the window, or false once the stream has ended (failed, cancelled).
     auto wait_for_window = [&] {
-      std::unique_lock<std::mutex> lock(sent_mu);
-      window_open.wait(lock, [&] {
-        return reader_done || sent.size() - answered < static_cast<size_t>(a_.max_in_flight);
-      });
+      std::unique_lock<std::mutex> lock(mu);
+      changed.wait(lock, [&] { return reader_done || outstanding() < static_cast<size_t>(a_.max_in_flight); });
       return !reader_done;
     };
     bool ok = stream->Write(first);
@@ -291,16 +288,15 @@ class StreamRunner {
       *req.mutable_image() = std::move(*bytes);
       if (item.label) req.set_label(*item.label);
       {
-        std::lock_guard<std::mutex> lock(sent_mu);
+        std::lock_guard<std::mutex> lock(mu);
         sent.push_back(i);
       }
       ok = stream->Write(req);
     }
     stream->WritesDone();
     reader.join();
+    watchdog.join();  // ends with the reader
     grpc::Status st = stream->Finish();
-    stream_done.Notify();
-    watchdog.join();
     if (stalled) {
       st = grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         absl::StrCat("the replica answered nothing for ", a_.stall_timeout_s, " s"));
