@@ -355,7 +355,9 @@ StoppedRank SubmitAndStopRank(Cluster& c, int world, const std::string& extra, i
   s.job = SubmitAndWaitForSteps(c, 400,
                                 "--world-size " + std::to_string(world) + " --epochs 50 --batch-size 16 " + extra);
   s.pid = c.RankPid(s.job, 1, rank);
-  if (s.pid > 0) EXPECT_EQ(::kill(s.pid, SIGSTOP), 0);
+  if (s.pid > 0) {
+    EXPECT_EQ(::kill(s.pid, SIGSTOP), 0);
+  }
   return s;
 }
 
@@ -506,12 +508,8 @@ TEST(ClusterTest, AFrozenWorkersRankIsFencedOffTheRestartedJobsRunDirectory) {
     epochs.push_back(nlohmann::json::parse(line).value("epoch", 0));
   }
   EXPECT_EQ(epochs, (std::vector<int>{1, 2, 3, 4, 5})) << "two attempts wrote the run directory";
-  // The stale rank said why it stopped, in its own log on its worker (whose
-  // work directory is $TMPDIR/dfc-worker-PID here).
-  const char* tmp = std::getenv("TMPDIR");
-  const std::string stale_log = testing::ReadFileOrDie(std::string(tmp != nullptr && *tmp ? tmp : "/tmp") +
-                                                       "/dfc-worker-" + std::to_string(worker) + "/" + job +
-                                                       "/attempt-1/rank-0/log");
+  // The stale rank said why it stopped, in its own log on its worker.
+  const std::string stale_log = testing::ReadFileOrDie(c.RankLog(job, 1, 0));
   EXPECT_NE(stale_log.find("attempt 1 no longer owns " + out + ": the job was restarted as attempt 2"),
             std::string::npos)
       << stale_log;

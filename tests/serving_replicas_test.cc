@@ -78,7 +78,7 @@ class ServingReplicasTest : public ::testing::Test {
     return out;
   }
 
-  // Evaluates 800 images over 4 streams, imported through A, and sends A
+  // Evaluates 2,000 images over 4 streams, imported through A, and sends A
   // `sig` once it has answered some (SIGCONT after a SIGSTOP, once the run is
   // over). Every image must still be answered exactly once, some re-sent to B
   // (at most `max_resent`: A's streams' windows).

@@ -181,9 +181,6 @@ class ServingTest : public ::testing::Test {
   std::unique_ptr<v1::EvaluationService::Stub> stub_;
 };
 
-// While a cold ResNet-50 load is held inside the registry, new streams on the
-// loaded model run to the end (with a lock around loads they would wait for
-// it); ListModels shows each model's state on this replica meanwhile.
 // A client that opens stream after stream (and never finishes them) gets
 // RESOURCE_EXHAUSTED once the server's threads are all taken, instead of the
 // server spawning threads until it runs out of memory; the streams already
@@ -240,6 +237,9 @@ TEST_F(ServingTest, StreamsBeyondTheThreadLimitAreRefusedAndTheOthersGoOn) {
   EXPECT_EQ(results, 2);
 }
 
+// While a cold ResNet-50 load is held inside the registry, new streams on the
+// loaded model run to the end (with a lock around loads they would wait for
+// it); ListModels shows each model's state on this replica meanwhile.
 TEST_F(ServingTest, AColdLoadDoesNotHoldUpStreamsOfALoadedModel) {
   int n = 0;
   ASSERT_TRUE(Evaluate("warm", 2, &n).ok());  // loaded

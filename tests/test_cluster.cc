@@ -84,11 +84,14 @@ void TestCluster::KillCoordinator() {
   coordinator_ = nullptr;
 }
 
+std::string TestCluster::WorkerDir(int i) { return dir_.Join("worker-" + std::to_string(i)); }
+
 Subprocess& TestCluster::AddWorker() {
-  std::vector<std::string> argv = {Bin("dfc-worker"), "--coordinator", address()};
+  const int i = workers();
+  std::vector<std::string> argv = {Bin("dfc-worker"), "--coordinator", address(), "--work-dir", WorkerDir(i)};
   argv.insert(argv.end(), options_.worker_flags.begin(), options_.worker_flags.end());
   AddMetricsFlag(argv, &worker_metrics_ports_);
-  workers_.push_back(&procs_.Start(argv, "worker-" + std::to_string(workers_.size()) + ".log"));
+  workers_.push_back(&procs_.Start(argv, "worker-" + std::to_string(i) + ".log"));
   return *workers_.back();
 }
 
@@ -127,14 +130,24 @@ bool TestCluster::WaitForLiveWorkers(int n, int timeout_s) {
   return false;
 }
 
-pid_t TestCluster::WorkerOf(const std::string& job_id, int rank) {
-  for (size_t w = 0; w < workers_.size(); ++w) {
-    const std::string log = procs_.Log("worker-" + std::to_string(w) + ".log");
-    if (log.find("started " + job_id + " attempt 1 rank " + std::to_string(rank) + "/") != std::string::npos) {
-      return workers_[w]->pid();
-    }
+int TestCluster::WorkerIndexOf(const std::string& job_id, int attempt, int rank) {
+  const std::string started = "started " + job_id + " attempt " + std::to_string(attempt) + " rank " +
+                              std::to_string(rank) + "/";
+  for (int w = 0; w < workers(); ++w) {
+    if (procs_.Log("worker-" + std::to_string(w) + ".log").find(started) != std::string::npos) return w;
   }
   return -1;
+}
+
+pid_t TestCluster::WorkerOf(const std::string& job_id, int rank) {
+  const int w = WorkerIndexOf(job_id, 1, rank);
+  return w >= 0 ? worker(w).pid() : -1;
+}
+
+std::string TestCluster::RankLog(const std::string& job_id, int attempt, int rank) {
+  const int w = WorkerIndexOf(job_id, attempt, rank);
+  if (w < 0) return "";
+  return WorkerDir(w) + "/" + job_id + "/attempt-" + std::to_string(attempt) + "/rank-" + std::to_string(rank) + "/log";
 }
 
 pid_t TestCluster::RankPid(const std::string& job_id, int attempt, int rank) {

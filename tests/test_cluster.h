@@ -70,6 +70,8 @@ class TestCluster {
   // The pid of `job_id`'s rank `rank` in `attempt`, from the worker logs
   // ("started JOB attempt A rank R/W (pid P)"); -1 if not started yet.
   pid_t RankPid(const std::string& job_id, int attempt, int rank);
+  // The path of that rank's log in its worker's work directory; "" if not started yet.
+  std::string RankLog(const std::string& job_id, int attempt, int rank);
 
   Subprocess& worker(int i) { return *workers_.at(static_cast<size_t>(i)); }
   Subprocess& server(int i) { return *servers_.at(static_cast<size_t>(i)); }
@@ -90,6 +92,10 @@ class TestCluster {
   static std::string Url(int port) { return "http://127.0.0.1:" + std::to_string(port); }
   // --metrics-listen on a free port when operator_endpoints; records the port.
   void AddMetricsFlag(std::vector<std::string>& argv, std::vector<int>* ports);
+  // Worker i's --work-dir (rank logs and status), inside the cluster's directory.
+  std::string WorkerDir(int i);
+  // The worker whose log says it started that rank; -1 if none did yet.
+  int WorkerIndexOf(const std::string& job_id, int attempt, int rank);
   TempDir dir_;  // first: the processes go before it
   Processes procs_{&dir_};
   const Options options_;
