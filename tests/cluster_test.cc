@@ -793,8 +793,11 @@ TEST(ClusterTest, UsersAndWorkersHoldDifferentTokensAndOpenEndpointsNeedInsecure
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   auto worker_lists = RunCommand(dfc + " --token-file " + dir.Join("worker-token") + " list");
   EXPECT_NE(worker_lists.exit_code, 0) << "the workers' token listed jobs";
-  procs.Start({Bin("dfc-worker"), "--coordinator", addr, "--token-file", dir.Join("user-token")}, "worker-user.log");
-  procs.Start({Bin("dfc-worker"), "--coordinator", addr, "--token-file", dir.Join("worker-token")},
+  procs.Start({Bin("dfc-worker"), "--coordinator", addr, "--token-file", dir.Join("user-token"), "--work-dir",
+               dir.Join("worker-user")},
+              "worker-user.log");
+  procs.Start({Bin("dfc-worker"), "--coordinator", addr, "--token-file", dir.Join("worker-token"), "--work-dir",
+               dir.Join("worker-worker")},
               "worker-worker.log");
   std::string good, bad;
   for (int i = 0; i < 100 && good.find("registered as") == std::string::npos; ++i) {
