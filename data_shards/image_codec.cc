@@ -249,7 +249,7 @@ absl::Status DecodeBmp(const unsigned char* p, size_t n, RgbImage* out) {
   auto bad = [](const std::string& why) { return absl::InvalidArgumentError("cannot decode BMP: " + why); };
   if (n < 54) return bad("truncated header");
   const uint32_t data_offset = Le32(p + 10);
-  const uint32_t header = Le32(p + 14);
+  const size_t header = Le32(p + 14);  // size_t: 14 + header must not wrap around
   if (header < 40 || 14 + header > n) return bad("unsupported header (OS/2 BMP?)");
   const int32_t width = static_cast<int32_t>(Le32(p + 18));
   const int32_t raw_height = static_cast<int32_t>(Le32(p + 22));
@@ -258,6 +258,8 @@ absl::Status DecodeBmp(const unsigned char* p, size_t n, RgbImage* out) {
   if (width <= 0 || raw_height == 0 || raw_height == INT32_MIN) return bad("zero dimension");
   const bool bottom_up = raw_height > 0;
   const int height = bottom_up ? raw_height : -raw_height;
+  // Bounds that keep stride * height (and the pixel count) inside 64 bits.
+  if (width > (1 << 30) || height > (1 << 30)) return bad("width or height over 2^30");
   if (compression == 3 && bpp == 32) {
     if (header < 52 || Le32(p + 54) != 0x00FF0000 || Le32(p + 58) != 0x0000FF00 || Le32(p + 62) != 0x000000FF) {
       return bad("BI_BITFIELDS masks other than 8-bit BGR are not supported");
@@ -306,15 +308,17 @@ absl::Status DecodeBmp(const unsigned char* p, size_t n, RgbImage* out) {
 // Pillow does) ----
 
 // The next ASCII number of a PNM header from *i on, after whitespace and
-// '#' comments (capped at 2^30); false when there is none.
+// '#' comments (saturating at 2^30 + 1); false when there is none.
 bool NextPnmNumber(const unsigned char* p, size_t n, size_t* i, int64_t* v) {
   while (*i < n && (std::isspace(p[*i]) || p[*i] == '#')) {
     if (p[*i] == '#') while (*i < n && p[*i] != '\n') ++*i;
     else ++*i;
   }
   if (*i >= n || !std::isdigit(p[*i])) return false;
+  // Every digit is consumed (a long number is one number, not several);
+  // the value saturates just above 2^30, which every caller refuses.
   *v = 0;
-  while (*i < n && std::isdigit(p[*i]) && *v < (int64_t{1} << 30)) *v = *v * 10 + (p[(*i)++] - '0');
+  for (; *i < n && std::isdigit(p[*i]); ++*i) *v = std::min<int64_t>(*v * 10 + (p[*i] - '0'), (int64_t{1} << 30) + 1);
   return true;
 }
 
@@ -331,9 +335,11 @@ absl::Status DecodePnm(const unsigned char* p, size_t n, RgbImage* out) {
   ++i;  // exactly one whitespace byte before the samples
   const int64_t maxval = vals[2];
   if (vals[0] <= 0 || vals[1] <= 0 || maxval <= 0 || maxval > 65535) return bad("bad size or maxval");
+  if (vals[0] > (1 << 30) || vals[1] > (1 << 30)) return bad("width or height over 2^30");
   const size_t channels = color ? 3 : 1, bytes_per = maxval > 255 ? 2 : 1;
-  const size_t count = static_cast<size_t>(vals[0]) * static_cast<size_t>(vals[1]) * channels;
-  if (n - i < count * bytes_per) return bad("truncated pixel data");
+  const auto pixels = static_cast<uint64_t>(vals[0] * vals[1]);  // <= 2^60
+  if (pixels > (n - i) / (channels * bytes_per)) return bad("truncated pixel data");
+  const size_t count = pixels * channels;
   out->width = static_cast<int>(vals[0]);
   out->height = static_cast<int>(vals[1]);
   out->pixels.resize(static_cast<size_t>(out->width) * out->height * 3);
@@ -373,8 +379,8 @@ absl::Status PeekImageSize(std::string_view bytes, int* width, int* height) {
     size_t i = 2;
     int64_t vals[2] = {0, 0};
     for (int64_t& v : vals) NextPnmNumber(p, n, &i, &v);  // a missing one stays 0: "zero dimension"
-    *width = static_cast<int>(vals[0]);
-    *height = static_cast<int>(vals[1]);
+    *width = static_cast<int>(std::min<int64_t>(vals[0], 1 << 30));
+    *height = static_cast<int>(std::min<int64_t>(vals[1], 1 << 30));
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError("not a supported image (expected JPEG, PNG, BMP or PPM)");

@@ -94,6 +94,37 @@ TEST(ImageCodecTest, BadInputsNameTheReason) {
   EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
 }
 
+// Inputs found by tests/fuzz/image_fuzz.cc (scripts/fuzz.sh). Each once
+// passed a size check by wrapping around; now each is refused by name.
+TEST(ImageCodecTest, FuzzFoundHeadersAreRefusedByName) {
+  // A BMP whose info-header size is 0xFFFFFFFF: 14 + size wrapped to 13 in
+  // 32 bits, and the BI_BITFIELDS masks were read past the 56-byte input.
+  std::string bmp(56, '\0');
+  bmp[0] = 'B', bmp[1] = 'M';
+  for (int k = 14; k < 18; ++k) bmp[k] = '\xff';             // header size
+  bmp[18] = 2, bmp[22] = 2, bmp[26] = 1, bmp[28] = 32, bmp[30] = 3;  // 2x2, 32 bpp, BI_BITFIELDS
+  auto r = DecodeImage(bmp);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("unsupported header"), std::string::npos) << r.status();
+
+  // A PGM whose width has 21 digits: it was read as several numbers (the
+  // digits after 2^30 started the next), so the header said one size and
+  // the decoder another. Now it is one number, over the limit either way.
+  const std::string pgm = "P5\n999999999999999999999 1\n255\n" + std::string(64, '\x7f');
+  int w = 0, h = 0;
+  ASSERT_TRUE(PeekImageSize(pgm, &w, &h).ok());
+  EXPECT_EQ(w, 1 << 30);
+  EXPECT_EQ(h, 1);
+  auto limited = DecodeImage(pgm);
+  ASSERT_FALSE(limited.ok());
+  EXPECT_EQ(limited.status().code(), absl::StatusCode::kResourceExhausted) << limited.status();
+  ImageLimits unlimited;
+  unlimited.max_pixels = int64_t{1} << 40;
+  auto pnm = DecodeImage(pgm, unlimited);
+  ASSERT_FALSE(pnm.ok());
+  EXPECT_NE(pnm.status().message().find("over 2^30"), std::string::npos) << pnm.status();
+}
+
 // Every format and mode Pillow writes decodes to exactly Pillow's RGB pixels
 // (the preprocessing Keras used), byte for byte.
 TEST(ImageCodecTest, EveryFormatDecodesExactlyAsPillow) {
