@@ -7,6 +7,8 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <limits>
+#include <stdexcept>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -129,6 +131,56 @@ std::string ManifestToJson(const Manifest& m) {
   return j.dump(2);
 }
 
+namespace {
+
+// A manifest number that is not a JSON integer in range of its field. (The
+// library's own get<int>() converts a float such as 2e19 with a cast whose
+// result is undefined.)
+struct BadManifestField : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+template <typename T>
+T Int(const nlohmann::json& v, const char* what) {
+  using Limits = std::numeric_limits<T>;
+  if (v.is_number_unsigned()) {
+    if (v.get<uint64_t>() <= static_cast<uint64_t>(Limits::max())) return static_cast<T>(v.get<uint64_t>());
+  } else if (v.is_number_integer()) {
+    const int64_t i = v.get<int64_t>();
+    if (i >= static_cast<int64_t>(Limits::min()) &&
+        (i < 0 || static_cast<uint64_t>(i) <= static_cast<uint64_t>(Limits::max()))) {
+      return static_cast<T>(i);
+    }
+  }
+  throw BadManifestField(absl::StrCat("manifest: ", what, " must be an integer from ", Limits::min(), " to ",
+                                      Limits::max(), ", not ", v.dump()));
+}
+
+// A list of counts: integers >= 0.
+int64_t Count(const nlohmann::json& v, const char* what) {
+  const auto n = Int<int64_t>(v, what);
+  if (n < 0) throw BadManifestField(absl::StrCat("manifest: ", what, " is negative (", n, ")"));
+  return n;
+}
+
+std::vector<int64_t> Counts(const nlohmann::json& v, const char* what) {
+  if (!v.is_array()) throw BadManifestField(absl::StrCat("manifest: ", what, " must be a list of counts"));
+  std::vector<int64_t> out;
+  for (const auto& e : v) out.push_back(Count(e, what));
+  return out;
+}
+
+// A record's label indexes the manifest's classes.
+absl::Status CheckLabel(const Record& r, const Manifest& m) {
+  if (r.label < 0 || static_cast<size_t>(r.label) >= m.classes.size()) {
+    return absl::DataLossError(absl::StrCat("record '", r.name, "' has label ", r.label, " but the manifest has ",
+                                            m.classes.size(), " classes"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<Manifest> ManifestFromJson(const std::string& text) {
   Manifest m;
   try {
@@ -136,10 +188,10 @@ absl::StatusOr<Manifest> ManifestFromJson(const std::string& text) {
     if (j.value("format", "") != "dfc-shards") {
       return absl::InvalidArgumentError("manifest: 'format' is not dfc-shards");
     }
-    m.version = j.at("version").get<int>();
+    m.version = Int<int>(j.at("version"), "version");
     if (m.version != 1) return absl::InvalidArgumentError(absl::StrCat("manifest: unsupported version ", m.version));
     m.classes = j.at("classes").get<std::vector<std::string>>();
-    m.image_size = j.at("image_size").get<int>();
+    m.image_size = Int<int>(j.at("image_size"), "image_size");
     const std::string fmt = j.at("record_format").get<std::string>();
     if (fmt == "encoded") m.record_format = RecordFormat::kEncoded;
     else if (fmt == "rgb8") m.record_format = RecordFormat::kRgb8;
@@ -150,7 +202,7 @@ absl::StatusOr<Manifest> ManifestFromJson(const std::string& text) {
     m.train_source = src.value("train", "");
     m.validation_source = src.value("validation", "");
     for (const auto& [split, per_class] : j.at("counts").items()) {
-      m.counts[split] = per_class.get<std::vector<int64_t>>();
+      m.counts[split] = Counts(per_class, "counts");
     }
     for (const auto& s : j.at("shards")) {
       ShardInfo info;
@@ -159,10 +211,10 @@ absl::StatusOr<Manifest> ManifestFromJson(const std::string& text) {
         return absl::InvalidArgumentError(absl::StrCat("manifest: bad shard file name '", info.file, "'"));
       }
       info.split = s.at("split").get<std::string>();
-      info.records = s.at("records").get<int64_t>();
-      info.bytes = s.at("bytes").get<int64_t>();
-      info.crc32c = s.at("crc32c").get<uint32_t>();
-      info.per_class = s.at("per_class").get<std::vector<int64_t>>();
+      info.records = Count(s.at("records"), "a shard's records");
+      info.bytes = Count(s.at("bytes"), "a shard's bytes");
+      info.crc32c = Int<uint32_t>(s.at("crc32c"), "a shard's crc32c");
+      info.per_class = Counts(s.at("per_class"), "a shard's per_class");
       m.shards.push_back(std::move(info));
     }
     for (const auto& s : j.value("skipped", nlohmann::json::array())) {
@@ -170,6 +222,8 @@ absl::StatusOr<Manifest> ManifestFromJson(const std::string& text) {
     }
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("manifest is not valid: ", e.what()));
+  } catch (const BadManifestField& e) {
+    return absl::InvalidArgumentError(e.what());
   }
   if (m.image_size <= 0 || m.image_size > 4096) {
     return absl::InvalidArgumentError(absl::StrCat("manifest: image_size ", m.image_size, " out of range"));
@@ -222,9 +276,13 @@ absl::StatusOr<Record> DecodeRecordBody(const char* body, size_t size) {
   if (name_len > size - 20) return absl::DataLossError("record name runs past its body");
   r.name.assign(body + 20, name_len);
   r.payload.assign(body + 20 + name_len, size - 20 - name_len);
-  if (r.format == RecordFormat::kRgb8 &&
-      r.payload.size() != static_cast<size_t>(r.width) * r.height * 3) {
-    return absl::DataLossError("rgb8 record size does not match its width and height");
+  if (r.format == RecordFormat::kRgb8) {
+    if (r.width <= 0 || r.height <= 0 || r.width > (1 << 30) || r.height > (1 << 30)) {
+      return absl::DataLossError(absl::StrCat("rgb8 record has a bad size ", r.width, "x", r.height));
+    }
+    if (r.payload.size() != static_cast<size_t>(r.width) * static_cast<size_t>(r.height) * 3) {
+      return absl::DataLossError("rgb8 record size does not match its width and height");
+    }
   }
   return r;
 }
@@ -253,8 +311,12 @@ absl::StatusOr<Manifest> WriteShards(const ScannedDataset& dataset, const std::s
   int64_t done = 0;
   const int threads = std::max(1, opt.threads);
 
-  for (const auto& [split, images] : {std::pair<std::string, const std::vector<SourceImage>*>{"train", &dataset.train},
-                                      {"validation", &dataset.validation}}) {
+  // Named variables, not a structured binding: the lambdas below capture
+  // them, which C++17 allows only for variables (clang refuses the binding).
+  for (const auto& entry : {std::pair<std::string, const std::vector<SourceImage>*>{"train", &dataset.train},
+                            {"validation", &dataset.validation}}) {
+    const std::string& split = entry.first;
+    const std::vector<SourceImage>* images = entry.second;
     m.counts[split] = std::vector<int64_t>(m.classes.size(), 0);
     int shard_index = 0;
     int fd = -1;
@@ -352,7 +414,8 @@ absl::StatusOr<std::unique_ptr<ShardSet>> ShardSet::Open(const std::string& dir)
     }
     set->fds_.push_back(fd);
     std::vector<RecordRef> refs;
-    refs.reserve(static_cast<size_t>(info.records));
+    // The manifest's count is a claim until the records are found.
+    refs.reserve(static_cast<size_t>(std::min<int64_t>(info.records, 1 << 20)));
     char magic[kShardHeaderBytes];
     DFC_RETURN_IF_ERROR(PreadAll(fd, magic, kShardHeaderBytes, 0, path));
     if (std::memcmp(magic, kShardMagic, kShardHeaderBytes) != 0) {
@@ -409,6 +472,9 @@ absl::StatusOr<Record> ShardSet::Read(const RecordRef& ref) const {
   if (!rec.ok()) {
     return absl::DataLossError(absl::StrCat("shard ", file, " offset ", ref.offset, ": ", rec.status().message()));
   }
+  if (absl::Status st = CheckLabel(*rec, manifest_); !st.ok()) {
+    return absl::DataLossError(absl::StrCat("shard ", file, " offset ", ref.offset, ": ", st.message()));
+  }
   return rec;
 }
 
@@ -455,8 +521,9 @@ absl::StatusOr<VerifyReport> VerifyShards(const std::string& dir) {
         fail(info.file, off, "record checksum mismatch");
         return report;
       }
-      if (auto rec = DecodeRecordBody(body, len); !rec.ok()) {
-        fail(info.file, off, std::string(rec.status().message()));
+      auto rec = DecodeRecordBody(body, len);
+      if (absl::Status st = rec.ok() ? CheckLabel(*rec, m) : rec.status(); !st.ok()) {
+        fail(info.file, off, std::string(st.message()));
         return report;
       }
       report.records_checked++;

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+#include "common/checksum.h"
 #include "data_shards/synth.h"
 #include "tests/test_util.h"
 
@@ -151,6 +153,88 @@ TEST(ManifestTest, RejectsMalformedJson) {
       R"("source":{},"counts":{},"shards":[{"file":"../x","split":"train","records":1,"bytes":1,"crc32c":0,"per_class":[1,0]}]})");
   ASSERT_FALSE(bad_name.ok());
   EXPECT_NE(bad_name.status().message().find("../x"), std::string::npos);
+}
+
+// A shard directory written by hand: one train shard holding `records`
+// (valid checksums, so only their contents are wrong), and a manifest whose
+// image_size and record count are given as raw JSON when given.
+void WriteHandMadeShards(const std::string& dir, const std::vector<Record>& records,
+                         const std::string& image_size = "8", const std::string& records_field = "") {
+  std::string shard(kShardMagic, kShardHeaderBytes);
+  for (const Record& r : records) shard += EncodeRecord(r);
+  testing::WriteFileOrDie(dir + "/train-00000.dfcs", shard);
+  testing::WriteFileOrDie(
+      dir + "/manifest.json",
+      absl::StrCat(R"({"format":"dfc-shards","version":1,"classes":["df","real"],"image_size":)", image_size,
+                   R"(,"record_format":"rgb8","source":{},"counts":{"train":[1,1]},"shards":[{"file":"train-00000.dfcs",)",
+                   R"("split":"train","records":)", records_field.empty() ? std::to_string(records.size()) : records_field,
+                   R"(,"bytes":)", shard.size(), R"(,"crc32c":)", Crc32c(shard), R"(,"per_class":[1,1]}]})"));
+}
+
+Record Rgb8(int32_t label, int32_t w, int32_t h) {
+  Record r;
+  r.label = label;
+  r.format = RecordFormat::kRgb8;
+  r.width = w;
+  r.height = h;
+  r.name = "df/x.png";
+  r.payload.assign(static_cast<size_t>(std::max(w, 0)) * static_cast<size_t>(std::max(h, 0)) * 3, '\x10');
+  return r;
+}
+
+// What tests/fuzz/shard_fuzz.cc (scripts/fuzz.sh) looks for, by hand: a
+// shard whose checksums hold but whose contents a loader must not trust.
+TEST(HandMadeShardTest, ALabelOutsideTheClassesIsDataLoss) {
+  testing::TempDir dir;
+  WriteHandMadeShards(dir.path(), {Rgb8(0, 2, 2), Rgb8(7, 2, 2)});
+  auto report = VerifyShards(dir.path());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_FALSE(report->ok);
+  EXPECT_NE(report->reason.find("label 7"), std::string::npos) << report->reason;
+  auto set = ShardSet::Open(dir.path());
+  ASSERT_TRUE(set.ok()) << set.status();
+  const auto refs = (*set)->Records("train");
+  ASSERT_EQ(refs.size(), 2u);
+  EXPECT_TRUE((*set)->Read(refs[0]).ok());
+  auto bad = (*set)->Read(refs[1]);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find("has label 7 but the manifest has 2 classes"), std::string::npos)
+      << bad.status();
+}
+
+TEST(HandMadeShardTest, AnEmptyRgb8RecordIsDataLoss) {
+  // 0x0 pixels with an empty payload matched "width * height * 3" and then
+  // the loader resized an image with no pixels.
+  testing::TempDir dir;
+  WriteHandMadeShards(dir.path(), {Rgb8(0, 0, 0), Rgb8(1, -1, 0)});
+  auto set = ShardSet::Open(dir.path());
+  ASSERT_TRUE(set.ok()) << set.status();
+  for (const RecordRef& ref : (*set)->Records("train")) {
+    auto rec = (*set)->Read(ref);
+    ASSERT_FALSE(rec.ok());
+    EXPECT_NE(rec.status().message().find("rgb8 record has a bad size"), std::string::npos) << rec.status();
+  }
+}
+
+TEST(HandMadeShardTest, ManifestNumbersMustBeIntegersInRange) {
+  testing::TempDir dir;
+  // A float far outside int: the JSON library's own conversion is undefined.
+  WriteHandMadeShards(dir.path(), {Rgb8(0, 2, 2)}, "2.2e19");
+  auto size = ShardSet::Open(dir.path());
+  ASSERT_FALSE(size.ok());
+  EXPECT_EQ(size.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(size.status().message().find("image_size must be an integer"), std::string::npos) << size.status();
+  WriteHandMadeShards(dir.path(), {Rgb8(0, 2, 2)}, "8", "-1");
+  auto negative = ShardSet::Open(dir.path());
+  ASSERT_FALSE(negative.ok());
+  EXPECT_NE(negative.status().message().find("records is negative"), std::string::npos) << negative.status();
+  // A count the file cannot hold is found out record by record, without
+  // reserving room for 10^15 of them first.
+  WriteHandMadeShards(dir.path(), {Rgb8(0, 2, 2)}, "8", "1000000000000000");
+  auto huge = ShardSet::Open(dir.path());
+  ASSERT_FALSE(huge.ok());
+  EXPECT_NE(huge.status().message().find("train-00000.dfcs"), std::string::npos) << huge.status();
 }
 
 }  // namespace
