@@ -27,8 +27,9 @@ if [[ "${1:-}" == "--binaries-only" ]]; then
 else
   # kubectl renders the Kubernetes manifests in a test; any recent one will do.
   command -v kubectl >/dev/null || packages+=(kubernetes-client)
-  # clang checks the locks (-Wthread-safety) in a test; GCC builds everything.
-  packages+=(clang)
+  # clang checks the locks (-Wthread-safety) in a test and builds the fuzz
+  # targets with its libFuzzer runtime; GCC builds everything else.
+  packages+=(clang libclang-rt-14-dev)
   # The operator tests: curl scrapes, Debian's Prometheus server scrapes, and
   # chromium (headless) renders the dashboard.
   packages+=(curl prometheus chromium)
