@@ -103,6 +103,7 @@ int RunSubmit(ClientArgs& c, SubmitArgs& s) {
   if (!s.req.config().init().empty()) {
     s.req.mutable_config()->set_init(fs::absolute(s.req.config().init()).lexically_normal().string());
   }
+  if (absl::Status st = CheckUtf8Strings(s.req); !st.ok()) return ReportError(st);
   v1::SubmitJobResponse resp;
   auto ctx = MakeContext(c.security);
   grpc::Status st = (*stub)->SubmitJob(ctx.get(), s.req, &resp);

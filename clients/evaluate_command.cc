@@ -479,6 +479,12 @@ struct ImportArgs {
 };
 
 int RunImport(ClientArgs& c, const ImportArgs& a) {
+  {
+    v1::ImportModelRequest named;
+    named.mutable_header()->set_name(a.name);
+    named.mutable_header()->set_arch(a.arch);
+    if (absl::Status st = CheckUtf8Strings(named); !st.ok()) return ReportError(st);
+  }
   std::error_code ec;
   const auto size = fs::file_size(a.weights, ec);
   if (ec) return ReportError(absl::NotFoundError(absl::StrCat("--weights '", a.weights, "': ", ec.message())));

@@ -18,6 +18,7 @@
 #include "common/atomic_file.h"
 #include "common/checksum.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 
 namespace dfc {
 namespace fs = std::filesystem;
@@ -102,16 +103,19 @@ int64_t Manifest::Count(const std::string& split) const {
 }
 
 std::string ManifestToJson(const Manifest& m) {
+  // Names from the dataset's file system need not be UTF-8; JSON must be.
+  std::vector<std::string> classes;
+  for (const std::string& c : m.classes) classes.push_back(ValidUtf8(c));
   nlohmann::ordered_json j;
   j["format"] = "dfc-shards";
   j["version"] = m.version;
-  j["classes"] = m.classes;
+  j["classes"] = classes;
   j["image_size"] = m.image_size;
   j["record_format"] = FormatName(m.record_format);
-  j["source"] = {{"path", m.source_path},
+  j["source"] = {{"path", ValidUtf8(m.source_path)},
                  {"content_hash", m.source_hash},
-                 {"train", m.train_source},
-                 {"validation", m.validation_source}};
+                 {"train", ValidUtf8(m.train_source)},
+                 {"validation", ValidUtf8(m.validation_source)}};
   nlohmann::ordered_json counts = nlohmann::ordered_json::object();
   for (const auto& [split, per_class] : m.counts) counts[split] = per_class;
   j["counts"] = counts;
@@ -126,7 +130,7 @@ std::string ManifestToJson(const Manifest& m) {
   }
   j["shards"] = shards;
   nlohmann::ordered_json skipped = nlohmann::ordered_json::array();
-  for (const auto& [path, reason] : m.skipped) skipped.push_back({{"path", path}, {"reason", reason}});
+  for (const auto& [path, reason] : m.skipped) skipped.push_back({{"path", ValidUtf8(path)}, {"reason", ValidUtf8(reason)}});
   j["skipped"] = skipped;
   return j.dump(2);
 }

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/rpc/rpc_util.h"
+#include "common/utf8.h"
 
 namespace dfc {
 namespace {
@@ -83,7 +84,7 @@ grpc::Status EvaluationServiceImpl::Serve(grpc::ServerContext* ctx,
         r->set_p_real(o.p_real);
         r->set_logit(o.logit);
       } else {
-        r->set_error(std::move(o.error));
+        r->set_error(ValidUtf8(o.error));  // it may quote a weights file's layer names
       }
       const bool ok = r->error().empty();
       if (!stream->Write(resp)) {

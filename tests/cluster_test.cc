@@ -17,7 +17,9 @@
 #include <nlohmann/json.hpp>
 #include "absl/strings/escaping.h"
 
+#include "common/checksum.h"
 #include "common/subprocess.h"
+#include "data_shards/shard_format.h"
 #include "tests/test_cluster.h"
 #include "tests/test_util.h"
 
@@ -555,6 +557,54 @@ TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {
   EXPECT_NE(reason.find("permanent"), std::string::npos) << reason;
   EXPECT_NE(reason.find("offset"), std::string::npos) << reason;
   EXPECT_NE(reason.find(std::filesystem::path(shard_file).filename().string()), std::string::npos) << reason;
+}
+
+// Appends a record to the first train shard of `shards` (checksums and the
+// manifest's counts kept right, so only its content is wrong).
+void AppendTrainRecord(const std::string& shards, const Record& record) {
+  const std::string manifest_path = shards + "/manifest.json";
+  nlohmann::json m = nlohmann::json::parse(testing::ReadFileOrDie(manifest_path));
+  for (auto& s : m["shards"]) {
+    if (s["split"] != "train") continue;
+    const std::string file = shards + "/" + s["file"].get<std::string>();
+    const std::string bytes = testing::ReadFileOrDie(file) + EncodeRecord(record);
+    testing::WriteFileOrDie(file, bytes);
+    s["records"] = s["records"].get<int64_t>() + 1;
+    s["bytes"] = bytes.size();
+    s["crc32c"] = Crc32c(bytes);
+    s["per_class"][record.label] = s["per_class"][record.label].get<int64_t>() + 1;
+    m["counts"]["train"][record.label] = m["counts"]["train"][record.label].get<int64_t>() + 1;
+    testing::WriteFileOrDie(manifest_path, m.dump(2));
+    return;
+  }
+  FAIL() << "no train shard in " << manifest_path;
+}
+
+// A rank's error line need not be UTF-8: here it quotes a record named in
+// Latin-1 ("caf\xE9.jpg") that does not decode. It is the job's reason,
+// escaped, and the worker stays live. It used to go into the heartbeat as
+// it was, the coordinator could not parse any heartbeat of that worker
+// again, the job read "worker ... stopped responding" and the worker was
+// gone for good.
+TEST(ClusterTest, ANonUtf8ErrorLineIsTheReasonAndTheWorkerStaysLive) {
+  Cluster c(1);
+  const std::string shards = testing::SyntheticShards(c.dir(), 64);
+  Record bad;
+  bad.label = 0;
+  bad.name = "df/caf\xE9.jpg";
+  bad.payload = "not an image";
+  AppendTrainRecord(shards, bad);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 1 --epochs 1 --batch-size 8 --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  const std::string json = WaitForState(c, job, "FAILED", 120);
+  EXPECT_EQ(JsonString(json, "state"), "FAILED") << json;
+  const std::string reason = JsonString(json, "reason");
+  std::printf("reason: %s\n", reason.c_str());
+  EXPECT_NE(reason.find("caf\\\\xE9.jpg"), std::string::npos) << reason;  // JSON escapes the backslash
+  EXPECT_EQ(reason.find("stopped responding"), std::string::npos) << reason;
+  EXPECT_TRUE(c.WaitForLiveWorkers(1, 5)) << RunCommand(c.Dfc("workers")).out;
 }
 
 TEST(ClusterTest, SecondCoordinatorOnOneStateDirectoryRefusesToStart) {

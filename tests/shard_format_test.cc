@@ -135,6 +135,22 @@ TEST_F(ShardFormatTest, FlippedByteIsFoundWithShardAndOffset) {
   EXPECT_NE(rec.status().message().find(m->shards[1].file), std::string::npos);
 }
 
+// File names need not be UTF-8 (a Latin-1 archive); the manifest must be.
+// An undecodable image named so once made nlohmann::json::dump() throw
+// and `dfc shard` abort, leaving a shard without a manifest.
+TEST_F(ShardFormatTest, ANonUtf8FileNameIsEscapedInTheManifest) {
+  testing::WriteFileOrDie(src_.Join("real/caf\xE9.jpg"), "not an image");
+  auto m = Write(out_.path());
+  ASSERT_TRUE(m.ok()) << m.status();
+  const std::string text = testing::ReadFileOrDie(out_.Join("manifest.json"));
+  EXPECT_NE(text.find("real/caf\\\\xE9.jpg"), std::string::npos) << text;  // \xE9, JSON-escaped
+  auto back = ReadManifest(out_.path());
+  ASSERT_TRUE(back.ok()) << back.status();
+  bool listed = false;
+  for (const auto& [path, reason] : back->skipped) listed |= path == "real/caf\\xE9.jpg";
+  EXPECT_TRUE(listed);
+}
+
 TEST_F(ShardFormatTest, RefusesToOverwriteAndReportsMissingManifest) {
   ASSERT_TRUE(Write(out_.path()).ok());
   auto again = Write(out_.path());

@@ -16,6 +16,7 @@
 #include "common/metrics.h"
 #include "common/run_dir.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "data_shards/batch_loader.h"
 #include "data_shards/dataset_scan.h"
 #include "data_shards/shard_planner.h"
@@ -648,8 +649,9 @@ double ScheduledLr(const std::string& schedule, double base_lr, int epoch) {
 }
 
 std::string TrainOptions::ToJson() const {
+  // Paths need not be UTF-8; JSON must be (common/utf8.h).
   nlohmann::ordered_json j = {{"model", arch},
-                              {"data", data_dir},
+                              {"data", ValidUtf8(data_dir)},
                               {"epochs", epochs},
                               {"batch_size", batch_size},
                               {"lr", lr},
@@ -657,7 +659,7 @@ std::string TrainOptions::ToJson() const {
                               {"loss", loss},
                               {"lr_schedule", lr_schedule},
                               {"early_stopping_patience", early_stopping_patience},
-                              {"init", init_weights},
+                              {"init", ValidUtf8(init_weights)},
                               {"seed", seed},
                               {"recipe", recipe},
                               {"precision", precision},
@@ -700,7 +702,7 @@ std::string TrainResult::ToJson() const {
                               {"train_images", train_images},
                               {"val_images", val_images},
                               {"seconds", num(seconds)},
-                              {"checkpoint", checkpoint}};
+                              {"checkpoint", ValidUtf8(checkpoint)}};
   return j.dump();
 }
 

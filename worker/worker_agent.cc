@@ -22,6 +22,7 @@
 #include "common/run_dir.h"
 #include "common/subprocess.h"
 #include "common/training_config.h"
+#include "common/utf8.h"
 
 namespace dfc {
 namespace fs = std::filesystem;
@@ -225,7 +226,10 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
       s->set_exited(r.exited);
       s->set_exit_code(r.exit_code);
       s->set_store_port(r.store_port);
-      s->set_error(r.error);
+      // The rank's error line may quote file names or a weights file's layer
+      // names in any encoding; a non-UTF-8 string would make the coordinator
+      // refuse the whole heartbeat (and take this worker for dead).
+      s->set_error(ValidUtf8(r.error));
     }
     for (v1::LogChunk& chunk : log_answers_) *req.add_logs() = std::move(chunk);
     log_answers_.clear();

@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/atomic_file.h"
+#include "common/utf8.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace dfc {
@@ -186,5 +187,36 @@ absl::StatusOr<std::string> ServerListTarget(const std::string& servers) {
   }
   return v4.empty() ? absl::StrCat("ipv6:", absl::StrJoin(v6, ",")) : absl::StrCat("ipv4:", absl::StrJoin(v4, ","));
 }
+
+namespace {
+
+absl::Status CheckUtf8Field(const google::protobuf::Message& m, const std::string& prefix) {
+  using google::protobuf::FieldDescriptor;
+  const google::protobuf::Reflection* r = m.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const FieldDescriptor* f : fields) {
+    const std::string name = prefix + f->name();
+    const int n = f->is_repeated() ? r->FieldSize(m, f) : 1;
+    for (int i = 0; i < n; ++i) {
+      const std::string at = f->is_repeated() ? absl::StrCat(name, "[", i, "]") : name;
+      if (f->type() == FieldDescriptor::TYPE_STRING) {
+        const std::string v = f->is_repeated() ? r->GetRepeatedString(m, f, i) : r->GetString(m, f);
+        if (const size_t bad = InvalidUtf8Offset(v); bad != std::string::npos) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              at, " '", ValidUtf8(v), "' is not UTF-8 (byte ", bad, "); the cluster's messages carry UTF-8 text only"));
+        }
+      } else if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+        const google::protobuf::Message& sub = f->is_repeated() ? r->GetRepeatedMessage(m, f, i) : r->GetMessage(m, f);
+        if (absl::Status st = CheckUtf8Field(sub, at + "."); !st.ok()) return st;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckUtf8Strings(const google::protobuf::Message& m) { return CheckUtf8Field(m, ""); }
 
 }  // namespace dfc
