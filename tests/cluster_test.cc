@@ -529,6 +529,17 @@ TEST(ClusterTest, CancelOfAHungJobEndsEveryProcess) {
   EXPECT_TRUE(WaitGone(rank, 15)) << "a stopped rank survived cancel";
 }
 
+// Submits a one-rank MesoInception-4 job on `shards` that is expected to
+// fail, and returns its `status --json` once FAILED (or after 120 s).
+std::string SubmitUntilFailed(Cluster& c, const std::string& shards, const std::string& flags) {
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 1 --batch-size 8 --threads 1 " + flags));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  const std::string json = WaitForState(c, JsonString(r.out, "job_id"), "FAILED", 120);
+  EXPECT_EQ(JsonString(json, "state"), "FAILED") << json;
+  return json;
+}
+
 // A permanent error is not retried: a corrupt shard fails the job at once,
 // and the rank's own message (shard and offset) is the job's reason.
 TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {
@@ -545,12 +556,7 @@ TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {
     f.seekp(static_cast<std::streamoff>(std::filesystem::file_size(shard_file) / 2));
     f.write("\xde\xad\xbe\xef\xde\xad\xbe\xef", 8);
   }
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
-                            " --world-size 1 --epochs 2 --batch-size 8 --threads 1 --max-restarts 3"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
-  const std::string json = WaitForState(c, job, "FAILED", 120);
-  EXPECT_EQ(JsonString(json, "state"), "FAILED") << json;
+  const std::string json = SubmitUntilFailed(c, shards, "--epochs 2 --max-restarts 3");
   EXPECT_EQ(JsonInt(json, "restarts"), 0) << "a permanent error was retried: " << json;
   const std::string reason = JsonString(json, "reason");
   std::printf("reason: %s\n", reason.c_str());
@@ -594,12 +600,7 @@ TEST(ClusterTest, ANonUtf8ErrorLineIsTheReasonAndTheWorkerStaysLive) {
   bad.name = "df/caf\xE9.jpg";
   bad.payload = "not an image";
   AppendTrainRecord(shards, bad);
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
-                            " --world-size 1 --epochs 1 --batch-size 8 --threads 1"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
-  const std::string json = WaitForState(c, job, "FAILED", 120);
-  EXPECT_EQ(JsonString(json, "state"), "FAILED") << json;
+  const std::string json = SubmitUntilFailed(c, shards, "--epochs 1");
   const std::string reason = JsonString(json, "reason");
   std::printf("reason: %s\n", reason.c_str());
   EXPECT_NE(reason.find("caf\\\\xE9.jpg"), std::string::npos) << reason;  // JSON escapes the backslash
