@@ -77,13 +77,13 @@ std::string HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const Rp
 
 // The one place an absl::Status becomes a grpc::Status, and back.
 grpc::Status ToGrpc(const absl::Status& status);
+absl::Status FromGrpc(const grpc::Status& status);
 
 // INVALID_ARGUMENT naming the first string field of `m` (as "config.data")
 // that is not UTF-8 and where, before a request is sent: proto3 strings
 // must be UTF-8 and the receiver would refuse the whole message with no
 // word of which field (common/utf8.h).
 absl::Status CheckUtf8Strings(const google::protobuf::Message& m);
-absl::Status FromGrpc(const grpc::Status& status);
 
 }  // namespace dfc
 
