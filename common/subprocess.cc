@@ -7,7 +7,9 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -52,7 +54,7 @@ absl::StatusOr<Subprocess> Subprocess::Start(const SubprocessOptions& o) {
   for (const auto& a : o.argv) cargs.push_back(const_cast<char*>(a.c_str()));
   cargs.push_back(nullptr);
   std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) {
+  for (char** e = environ; o.inherit_env && *e != nullptr; ++e) {
     const std::string kv = *e;
     const std::string name = kv.substr(0, kv.find('='));
     bool replaced = false;
@@ -78,6 +80,20 @@ absl::StatusOr<Subprocess> Subprocess::Start(const SubprocessOptions& o) {
         ::dup2(fd, STDOUT_FILENO);
         ::dup2(fd, STDERR_FILENO);
       }
+    }
+    if (o.close_other_fds) {
+      const int null = ::open("/dev/null", O_RDONLY);
+      if (null < 0 || ::dup2(null, STDIN_FILENO) < 0) ::_exit(127);
+      if (::syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {  // before Linux 5.9: one by one
+        rlimit nofile{};
+        ::getrlimit(RLIMIT_NOFILE, &nofile);
+        const int top = nofile.rlim_cur > 65536 ? 65536 : static_cast<int>(nofile.rlim_cur);
+        for (int fd = 3; fd < top; ++fd) ::close(fd);
+      }
+    }
+    for (const auto& [resource, value] : o.rlimits) {
+      const rlimit limit{static_cast<rlim_t>(value), static_cast<rlim_t>(value)};
+      if (::setrlimit(resource, &limit) != 0) ::_exit(127);
     }
     ::execve(cargs[0], cargs.data(), cenv.data());
     ::_exit(127);

@@ -4,7 +4,9 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,9 +23,17 @@ int PickFreePort();
 struct SubprocessOptions {
   std::vector<std::string> argv;  // argv[0]: the program's path (no shell, no PATH search)
   std::vector<std::string> env;   // NAME=VALUE added to (or replacing in) the inherited environment
+  bool inherit_env = true;        // false: the child's environment is `env` alone
   std::string log_path;           // stdout and stderr appended here; empty: inherited
   bool new_session = false;       // leave the caller's session (a daemon that outlives the terminal)
   bool die_with_parent = true;    // SIGKILL when the parent dies (PR_SET_PDEATHSIG)
+  // setrlimit(resource, {value, value}) in the child before exec (RLIMIT_AS,
+  // RLIMIT_CPU, ...); one that cannot be set makes the child exit 127.
+  std::vector<std::pair<int, uint64_t>> rlimits;
+  // The child keeps only stdout and stderr: stdin reads /dev/null and every
+  // other inherited descriptor is closed (for a child that must not reach
+  // the parent's sockets and files).
+  bool close_other_fds = false;
 };
 
 // One child process: spawn, poll, terminate with a grace period, wait. The

@@ -1,0 +1,41 @@
+#ifndef DFC_COMMON_SANDBOX_H_
+#define DFC_COMMON_SANDBOX_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace dfc {
+
+// What a confined process may still touch in the file system.
+struct SandboxPolicy {
+  std::vector<std::string> read_paths;  // files, or directories read beneath (missing ones are skipped)
+  std::vector<std::string> write_dirs;  // directories it may create, write, rename and remove files beneath
+};
+
+// The layers EnterSandbox put in force.
+struct SandboxReport {
+  bool seccomp = false;
+  int landlock_abi = 0;  // 0: the kernel has no Landlock (files are not confined)
+  std::string Describe() const;
+};
+
+// Confines the calling process for good, before it parses untrusted input
+// (dfc-server's weights converter). Call it while the process has one
+// thread: a process with more is refused (the filters bind the calling
+// thread and the threads it starts later).
+//  - No new privileges; a seccomp filter refuses (EPERM) sockets, exec,
+//    process creation other than threads, signals to other processes,
+//    ptrace and cross-process memory access, namespaces and mounts,
+//    io_uring, bpf, perf events, keyrings and userfaultfd.
+//  - Landlock (Linux 5.13+): files are opened for reading only beneath
+//    policy.read_paths, and written, created or removed only beneath
+//    policy.write_dirs; nothing may be executed.
+// Fails when seccomp cannot be installed; a kernel without Landlock is
+// reported (landlock_abi 0), not an error.
+absl::StatusOr<SandboxReport> EnterSandbox(const SandboxPolicy& policy);
+
+}  // namespace dfc
+
+#endif  // DFC_COMMON_SANDBOX_H_
