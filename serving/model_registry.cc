@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 
 #include <algorithm>
 #include <chrono>
@@ -84,12 +85,15 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(ModelRegist
   // may be uploading into the same shared directory: only our host's files,
   // and only those of processes that are gone).
   for (const auto& e : fs::directory_iterator(options.models_dir, ec)) {
-    if (e.path().extension() != ".upload") continue;
+    if (e.path().extension() != ".upload" && e.path().extension() != ".convert") continue;
     int pid = 0;
     const std::string stem = e.path().stem().string();
     if (absl::SimpleAtoi(stem.substr(0, stem.find('-')), &pid) && pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
-      fs::remove(e.path(), ec);
+      fs::remove_all(e.path(), ec);
     }
+  }
+  if (options.converter.command.empty()) {
+    return absl::InvalidArgumentError("no weights converter is configured (ModelRegistryOptions::converter)");
   }
   const int threads = options.threads > 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   torch::set_num_threads(threads);
@@ -264,45 +268,77 @@ std::string ModelRegistry::NewUploadPath() {
   return (fs::path(options_.models_dir) / absl::StrCat(::getpid(), "-", ++uploads_, ".upload")).string();
 }
 
+absl::Status ModelRegistry::Convert(const std::string& arch, const std::string& uploaded, const std::string& out) {
+  {
+    absl::MutexLock lock(&convert_mu_);
+    while (converting_ >= std::max(1, options_.max_converting)) convert_done_.Wait(&convert_mu_);
+    ++converting_;
+  }
+  std::string sandbox;
+  absl::Status st = ConvertUploadedWeights(options_.converter, arch, uploaded, out, &sandbox);
+  absl::MutexLock lock(&convert_mu_);
+  --converting_;
+  convert_done_.Signal();
+  if (!sandbox.empty() && sandbox != sandbox_) {
+    sandbox_ = sandbox;
+    std::fprintf(stderr, "dfc-server: uploaded weights are converted in a confined process (%s)\n", sandbox.c_str());
+  }
+  return st;
+}
+
 absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest::Header& h,
                                                     const std::string& uploaded) {
   // Errors go to the client: they name "the uploaded file", never a path on
   // the server.
   std::string stored;
-  auto fail = [&](absl::Status st) {
+  std::string work;  // the converter's directory
+  auto cleanup = [&] {
     std::error_code ec;
     fs::remove(uploaded, ec);
+    if (!work.empty()) fs::remove_all(work, ec);
+  };
+  auto fail = [&](absl::Status st) {
+    cleanup();
+    std::error_code ec;
     if (!stored.empty()) fs::remove(stored, ec);
-    return absl::Status(st.code(), absl::StrReplaceAll(st.message(), {{uploaded, "the uploaded file"},
+    return absl::Status(st.code(), absl::StrReplaceAll(st.message(), {{work + "/weights.ckpt", "the converted weights"},
+                                                                      {uploaded, "the uploaded file"},
                                                                       {stored, "the stored model"},
                                                                       {options_.models_dir, "the model store"}}));
   };
   // Checked again: the name may have been taken while the bytes arrived.
   if (absl::Status st = CheckImport(h); !st.ok()) return fail(st);
-  auto info = Describe(uploaded);
-  if (!info.ok()) return fail(absl::InvalidArgumentError(absl::StrCat("weights: ", info.status().message())));
-  if (info->format() == "checkpoint" && info->arch() != h.arch()) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("weights: the checkpoint is a ", info->arch(), ", not a ", h.arch())));
+  v1::ModelInfo info;
+  std::error_code ec;
+  info.set_size_bytes(static_cast<int64_t>(fs::file_size(uploaded, ec)));
+  info.set_format(LooksLikeHdf5(uploaded) ? "keras-h5" : "checkpoint");  // its first 8 bytes
+  work = fs::path(uploaded).replace_extension(".convert").string();
+  if (!fs::create_directory(work, ec)) {
+    return fail(absl::InternalError(absl::StrCat("cannot create the converter's directory: ", ec.message())));
   }
-  auto model = LoadFile(h.arch(), uploaded);  // outside the lock
+  const std::string converted = work + "/weights.ckpt";
+  if (absl::Status st = Convert(h.arch(), uploaded, converted); !st.ok()) return fail(st);
+  // From here on only the converter's output is read (a DFC checkpoint).
+  auto meta = ReadCheckpointMeta(converted);
+  if (!meta.ok()) return fail(absl::InternalError(absl::StrCat("the converted weights: ", meta.status().message())));
+  if (info.format() == "checkpoint") info.set_epoch(meta->epoch);
+  auto model = LoadFile(h.arch(), converted);  // outside the lock
   if (!model.ok()) {
-    return fail(absl::InvalidArgumentError(absl::StrCat("weights do not load as ", h.arch(), ": ",
-                                                        model.status().message())));
+    return fail(absl::InternalError(absl::StrCat("the converted weights do not load: ", model.status().message())));
   }
-  info->set_name(h.name());
-  info->set_arch(h.arch());
-  info->set_created_unix_ms(NowMs());
-  info->set_input_size((*model)->input_size);
+  info.set_name(h.name());
+  info.set_arch(h.arch());
+  info.set_created_unix_ms(NowMs());
+  info.set_input_size((*model)->input_size);
   // A file of its own (never overwritten): replicas that loaded the old
   // weights keep serving them until they ask the catalogue again.
   stored = (fs::path(options_.models_dir) /
-            absl::StrCat(h.name(), ".", info->created_unix_ms(), "-", ::getpid(), ".weights")).string();
-  std::error_code ec;
-  fs::rename(uploaded, stored, ec);
+            absl::StrCat(h.name(), ".", info.created_unix_ms(), "-", ::getpid(), ".weights")).string();
+  fs::rename(converted, stored, ec);
   if (ec) return fail(absl::InternalError(absl::StrCat("cannot store the model: ", ec.message())));
+  cleanup();
   v1::RegisterModelRequest reg;
-  *reg.mutable_entry()->mutable_info() = *info;
+  *reg.mutable_entry()->mutable_info() = info;
   reg.mutable_entry()->set_weights_path(stored);
   reg.set_replace(h.replace());
   auto registered = catalog_->RegisterModel(reg);
@@ -317,14 +353,14 @@ absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest
     absl::MutexLock lock(&mu_);
     (*model)->key = *key;
     Entry& e = entries_[*key];
-    e.info = *info;
+    e.info = info;
     e.info.set_state(v1::MODEL_LOADED);
     e.path = stored;
     e.model = *model;
     e.last_used = ++clock_;
     EvictLocked();
   }
-  return *info;
+  return info;
 }
 
 int ModelRegistry::LoadedCount() {

@@ -15,6 +15,7 @@
 #include "dfc/v1/dfc.pb.h"
 #include "serving/batcher.h"
 #include "serving/model_catalog.h"
+#include "serving/weights_converter.h"
 
 namespace dfc {
 
@@ -25,6 +26,10 @@ struct ModelRegistryOptions {
   std::string device;      // "" or "cpu"; "cuda:N" on a CUDA build
   std::string precision = "fp32";  // the forward pass: fp32, bf16 or fp16 (autocast; CUDA for fp16)
   int64_t max_import_bytes = int64_t{2} << 30;
+  // Uploads are parsed by a confined child process (weights_converter.h),
+  // at most max_converting at once (each may use converter.memory_bytes).
+  WeightsConverterOptions converter;
+  int max_converting = 2;
   // Tests only: runs on the loading thread before the weights are read.
   std::function<void(const std::string& name)> before_load;
 };
@@ -47,10 +52,11 @@ class ModelRegistry {
   absl::Status CheckImport(const v1::ImportModelRequest::Header& header);
   // A fresh temporary file in models_dir for an upload.
   std::string NewUploadPath();
-  // Loads the uploaded weights as header.arch (weights of another
-  // architecture are refused, naming the tensor), moves the file to a name
-  // of its own in models_dir and records it in the catalogue (so every
-  // replica can serve it). The uploaded file is removed on error.
+  // Converts the uploaded weights as header.arch in a confined child
+  // (weights of another architecture are refused, naming the tensor), loads
+  // the converted checkpoint, stores it under a name of its own in
+  // models_dir and records it in the catalogue (so every replica can serve
+  // it). The upload is removed in any case.
   absl::StatusOr<v1::ModelInfo> Import(const v1::ImportModelRequest::Header& header, const std::string& uploaded);
   // The catalogue's models with this replica's state of each, then the job
   // checkpoints this replica holds.
@@ -74,6 +80,8 @@ class ModelRegistry {
   absl::StatusOr<std::shared_ptr<ServedModel>> Load(const v1::ModelInfo& info, const std::string& path);
   absl::StatusOr<std::shared_ptr<ServedModel>> LoadFile(const std::string& arch, const std::string& path);
   void EvictLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ConvertUploadedWeights, waiting for a free converter slot.
+  absl::Status Convert(const std::string& arch, const std::string& uploaded, const std::string& out);
   absl::StatusOr<std::pair<std::string, v1::ModelInfo>> JobCheckpoint(const v1::ModelRef::JobCheckpoint& ref);
 
   const ModelRegistryOptions options_;
@@ -83,6 +91,11 @@ class ModelRegistry {
   std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);  // by cache key
   uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t uploads_ ABSL_GUARDED_BY(mu_) = 0;
+  // Converter children running (at most options_.max_converting).
+  absl::Mutex convert_mu_;
+  absl::CondVar convert_done_;
+  int converting_ ABSL_GUARDED_BY(convert_mu_) = 0;
+  std::string sandbox_ ABSL_GUARDED_BY(convert_mu_);  // the last converter's confinement, as logged
 };
 
 }  // namespace dfc

@@ -15,12 +15,14 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/subprocess.h"
 #include "models/inference.h"
 #include "serving/batcher.h"
 #include "common/http/metrics_endpoint.h"
 #include "serving/evaluation_service.h"
 #include "serving/model_catalog.h"
 #include "serving/model_registry.h"
+#include "serving/weights_converter.h"
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -43,6 +45,8 @@ absl::Status ReadToken(std::string* token_or_file) {
 // Long by design: the flags with their checks, then the wiring of the services,
 // read top to bottom (a table more than logic).
 int main(int argc, char** argv) {
+  // The confined child that parses uploaded weights (weights_converter.h).
+  if (argc > 1 && std::string(argv[1]) == "--convert-weights") return dfc::ConvertWeightsMain(argc, argv);
   CLI::App app{"dfc-server: serves DFC model evaluation (images in, predictions out)"};
   std::string listen = "127.0.0.1:50061";
   dfc::RpcSecurity sec;  // this server's endpoint (users' token)
@@ -99,10 +103,25 @@ int main(int argc, char** argv) {
   app.add_option("--eval-max-image-bytes", max_image_bytes, "Largest encoded image accepted")
       ->check(CLI::Range(int64_t{1}, int64_t{dfc::kMaxMessageBytes} - 4096));
   app.add_option("--eval-max-loaded", serve.max_loaded, "Models kept loaded")->check(CLI::Range(1, 64));
+  int64_t import_memory_mb = serve.converter.memory_bytes >> 20;
+  int64_t import_timeout_s = serve.converter.timeout.count();
+  app.add_option("--import-memory-mb", import_memory_mb,
+                 "Memory the confined process that parses an uploaded weights file may use, in MiB")
+      ->check(CLI::Range(int64_t{256}, int64_t{1} << 20));
+  app.add_option("--import-cpu-s", serve.converter.cpu_seconds, "CPU seconds it may use")
+      ->check(CLI::Range(1, 86400));
+  app.add_option("--import-timeout-s", import_timeout_s, "Seconds it may take (then it is killed)")
+      ->check(CLI::Range(int64_t{1}, int64_t{86400}));
+  app.add_option("--import-max-concurrent", serve.max_converting, "Uploads parsed at once (more wait)")
+      ->check(CLI::Range(1, 64));
   dfc::MetricsFlags metrics_flags;
   metrics_flags.Add(app);
   CLI11_PARSE(app, argc, argv);
   batching.max_delay = std::chrono::microseconds(max_delay_us);
+  serve.converter.command = {dfc::SelfExecutable(), "--convert-weights"};
+  serve.converter.memory_bytes = import_memory_mb << 20;
+  serve.converter.timeout = std::chrono::seconds(import_timeout_s);
+  serve.converter.max_output_bytes = 2 * serve.max_import_bytes + (int64_t{64} << 20);
   eval.limits.max_bytes = static_cast<size_t>(max_image_bytes);
   if (absl::Status st = ReadToken(&sec.token); !st.ok()) return Fail(std::string(st.message()));
   if (absl::Status st = ReadToken(&upstream.token); !st.ok()) {

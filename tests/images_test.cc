@@ -3,7 +3,7 @@
 // evaluation server container and
 // two worker containers (read-only root file system, uid 10001, the shared
 // data and the state as bind mounts, host network) train a 2-rank job that
-// `dfc evaluate` then scores. Labelled "images" (ctest -L images).
+// `dfc evaluate` then scores, as a job checkpoint and imported by name. Labelled "images" (ctest -L images).
 #include <unistd.h>
 
 #include <chrono>
@@ -122,6 +122,27 @@ TEST_F(ImagesTest, ContainersTrainATwoRankJobAndEvaluateItsCheckpoint) {
   const auto summary = nlohmann::json::parse(eval.out);
   EXPECT_EQ(summary["count"], 96) << eval.out;
   EXPECT_EQ(summary["errors"], 0) << eval.out;
+  // The same checkpoint imported through the containerised server: its
+  // confined converter runs inside the container, and the numbers agree.
+  std::string best;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(shared + "/jobs")) {
+    if (e.path().filename() == "best.ckpt") best = e.path().string();
+  }
+  ASSERT_FALSE(best.empty());
+  auto import = RunCommand(dfc + " import --name job-best --model mesoinception4 --weights " + best);
+  ASSERT_EQ(import.exit_code, 0) << import.err << Logs(server);
+  const std::string server_log = Logs(server);
+  const size_t confined = server_log.find("converted in a confined process (seccomp");
+  EXPECT_NE(confined, std::string::npos) << server_log;
+  if (confined != std::string::npos) {
+    std::printf("%s\n", server_log.substr(confined, server_log.find('\n', confined) - confined).c_str());
+  }
+  auto imported = RunCommand(dfc + " evaluate --json --model job-best " + shared + "/synth");
+  ASSERT_EQ(imported.exit_code, 0) << imported.err << Logs(server);
+  const auto imported_summary = nlohmann::json::parse(imported.out);
+  EXPECT_EQ(imported_summary["count"], 96) << imported.out;
+  EXPECT_DOUBLE_EQ(imported_summary["accuracy"].get<double>(), summary["accuracy"].get<double>());
+  EXPECT_DOUBLE_EQ(imported_summary["auc"].get<double>(), summary["auc"].get<double>());
   std::vector<std::string> all = workers;
   all.push_back(coordinator);
   all.push_back(server);

@@ -22,6 +22,7 @@
 #include "serving/batcher.h"
 #include "serving/evaluation_service.h"
 #include "serving/model_registry.h"
+#include "serving/weights_converter.h"
 #include "tests/test_util.h"
 
 namespace dfc {
@@ -117,13 +118,25 @@ class ServingTest : public ::testing::Test {
     catalog_->Add("cold", "resnet50-vggface", SaveRandomCheckpoint("resnet50-vggface", dir_.Join("cold.ckpt")));
     testing::WriteFileOrDie(dir_.Join("broken.ckpt"), std::string(1000, 'x'));
     catalog_->Add("broken", "mesoinception4", dir_.Join("broken.ckpt"));
+    Start(Options());
+  }
+  ModelRegistryOptions Options() {
     ModelRegistryOptions o;
     o.models_dir = dir_.Join("models");
     o.threads = 2;
     o.device = "cpu";
+    o.converter.command = {ServerBinary(), "--convert-weights"};
     o.before_load = [this](const std::string& name) {
       if (name == "cold") gate_.Enter();
     };
+    return o;
+  }
+  static std::string ServerBinary() {
+    return (std::filesystem::path(testing::DfcBinary()).parent_path() / "dfc-server").string();
+  }
+  // (Re)starts the registry and its service on a fresh loopback port.
+  void Start(const ModelRegistryOptions& o) {
+    if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     auto r = ModelRegistry::Create(o, catalog_);
     ASSERT_TRUE(r.ok()) << r.status();
     registry_ = std::move(*r);
@@ -136,6 +149,34 @@ class ServingTest : public ::testing::Test {
     ASSERT_NE(server_, nullptr);
     stub_ = v1::EvaluationService::NewStub(
         grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  }
+  // An ImportModel stream of the file at `path`.
+  grpc::Status Import(const std::string& name, const std::string& arch, const std::string& path,
+                      v1::ModelInfo* info) {
+    const std::string bytes = testing::ReadFileOrDie(path);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    auto stream = stub_->ImportModel(&ctx, info);
+    v1::ImportModelRequest header;
+    header.mutable_header()->set_name(name);
+    header.mutable_header()->set_arch(arch);
+    header.mutable_header()->set_size_bytes(static_cast<int64_t>(bytes.size()));
+    stream->Write(header);
+    for (size_t at = 0; at < bytes.size(); at += 1 << 20) {
+      v1::ImportModelRequest chunk;
+      chunk.set_chunk(bytes.substr(at, 1 << 20));
+      stream->Write(chunk);
+    }
+    stream->WritesDone();
+    return stream->Finish();
+  }
+  // The models directory's entries (uploads and converter directories are temporary).
+  std::vector<std::string> ModelsDirEntries() {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(dir_.Join("models"))) {
+      out.push_back(e.path().filename().string());
+    }
+    return out;
   }
   void TearDown() override {
     gate_.Open();
@@ -300,6 +341,75 @@ TEST_F(ServingTest, AFailedLoadIsTheStreamsErrorAndListedWithItsReason) {
   // The replica keeps serving the others.
   ASSERT_TRUE(Evaluate("warm", 1, &n).ok());
   EXPECT_EQ(n, 1);
+}
+
+// Uploads are parsed by `dfc-server --convert-weights` in a confined child;
+// the server stores and loads only what it wrote, a DFC checkpoint.
+TEST_F(ServingTest, AnUploadIsConvertedInAConfinedProcessAndStoredAsACheckpoint) {
+  v1::ModelInfo info;
+  grpc::Status st = Import("imported", "mesoinception4", dir_.Join("warm.ckpt"), &info);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(info.format(), "checkpoint");
+  EXPECT_EQ(info.input_size(), 256);
+  const std::vector<std::string> stored = ModelsDirEntries();
+  ASSERT_EQ(stored.size(), 1u) << "the upload and the converter's directory are removed";
+  auto meta = ReadCheckpointMeta(dir_.Join("models/" + stored[0]));
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ(meta->arch, "mesoinception4");
+  int n = 0;
+  ASSERT_TRUE(Evaluate("imported", 3, &n).ok());
+  EXPECT_EQ(n, 3);
+  // The converter reports its confinement (seccomp always; Landlock where the kernel has it).
+  std::filesystem::create_directory(dir_.Join("convert"));
+  std::string sandbox;
+  ASSERT_TRUE(ConvertUploadedWeights(Options().converter, "mesoinception4", dir_.Join("warm.ckpt"),
+                                     dir_.Join("convert/w.ckpt"), &sandbox).ok());
+  EXPECT_EQ(sandbox.rfind("seccomp, ", 0), 0u) << sandbox;
+  // Weights of another architecture are the converter's refusal, named.
+  st = Import("wrong", "meso4", dir_.Join("warm.ckpt"), &info);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("the checkpoint is a mesoinception4, not a meso4"), std::string::npos)
+      << st.error_message();
+}
+
+// A file that crashes the parser, hangs it or makes it allocate without
+// bound costs that one import: a named error, nothing registered or left
+// behind, and the replica goes on serving.
+TEST_F(ServingTest, AConverterThatCrashesHangsOrRunsOutOfMemoryCostsOnlyThatImport) {
+  struct Case {
+    std::string name;
+    std::vector<std::string> command;  // empty: the real converter
+    std::string arch, weights, error;
+  };
+  const std::vector<Case> cases = {
+      {"crashes", {"/bin/sh", "-c", "kill -SEGV $$", "sh"}, "mesoinception4", "warm.ckpt",
+       "reading the uploaded file ended the converter with SIGSEGV"},
+      {"hangs", {"/bin/sh", "-c", "kill -STOP $$", "sh"}, "mesoinception4", "warm.ckpt",
+       "converting the uploaded file took longer than 2 s"},
+      // ResNet-50's 95 MB of weights in a 48 MiB budget.
+      {"too-big", {}, "resnet50-vggface", "cold.ckpt",
+       "needs more memory than the converter may use (the converter's limits: 48 MiB of memory"},
+  };
+  for (const Case& c : cases) {
+    ModelRegistryOptions o = Options();
+    if (!c.command.empty()) o.converter.command = c.command;
+    o.converter.timeout = std::chrono::seconds(c.name == "hangs" ? 2 : 120);
+    o.converter.memory_bytes = int64_t{48} << 20;
+    Start(o);
+    v1::ModelInfo info;
+    const auto start = std::chrono::steady_clock::now();
+    grpc::Status st = Import(c.name, c.arch, dir_.Join(c.weights), &info);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name << ": " << st.error_message();
+    EXPECT_NE(st.error_message().find(c.error), std::string::npos) << c.name << ": " << st.error_message();
+    EXPECT_EQ(st.error_message().find(dir_.path()), std::string::npos)
+        << "a server path leaked: " << st.error_message();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60)) << c.name;
+    EXPECT_EQ(Models().count(c.name), 0u) << c.name;
+    EXPECT_TRUE(ModelsDirEntries().empty()) << c.name << ": " << ModelsDirEntries().front();
+    int n = 0;
+    EXPECT_TRUE(Evaluate("warm", 2, &n).ok()) << c.name;
+    EXPECT_EQ(n, 2) << c.name;
+  }
 }
 
 }  // namespace
