@@ -22,6 +22,7 @@
 #include "clients/client_rpc.h"
 #include "clients/commands.h"
 #include "common/atomic_file.h"
+#include "common/checksum.h"
 #include "common/metrics.h"
 #include "common/progress.h"
 #include "data_shards/dataset_scan.h"
@@ -490,6 +491,12 @@ int RunImport(ClientArgs& c, const ImportArgs& a) {
   if (ec) return ReportError(absl::NotFoundError(absl::StrCat("--weights '", a.weights, "': ", ec.message())));
   std::FILE* f = std::fopen(a.weights.c_str(), "rb");
   if (!f) return ReportError(absl::NotFoundError(absl::StrCat("--weights '", a.weights, "': cannot open")));
+  // The digest first (a second read of the file): the server checks what it
+  // received against it and records it, for users to compare with sha256sum.
+  std::vector<char> buf(1 << 20);
+  Sha256 digest;
+  for (size_t n; (n = std::fread(buf.data(), 1, buf.size(), f)) > 0;) digest.Update(buf.data(), n);
+  std::rewind(f);
   auto channel = OpenServerChannel(c);
   if (!channel.ok()) {
     std::fclose(f);
@@ -506,8 +513,8 @@ int RunImport(ClientArgs& c, const ImportArgs& a) {
   h->set_arch(a.arch);
   h->set_replace(a.replace);
   h->set_size_bytes(static_cast<int64_t>(size));
+  h->set_sha256(digest.HexDigest());
   bool ok = writer->Write(req);
-  std::vector<char> buf(1 << 20);
   while (ok) {
     const size_t n = std::fread(buf.data(), 1, buf.size(), f);
     if (n == 0) break;
@@ -519,8 +526,8 @@ int RunImport(ClientArgs& c, const ImportArgs& a) {
   grpc::Status st = writer->Finish();
   if (!st.ok()) return ReportError(FromGrpc(st));
   if (c.json) std::printf("%s\n", ToJson(info).c_str());
-  else std::printf("imported %s: %s, %s, %lld bytes\n", info.name().c_str(), info.arch().c_str(), info.format().c_str(),
-                   static_cast<long long>(info.size_bytes()));
+  else std::printf("imported %s: %s, %s, %lld bytes, sha256 %s\n", info.name().c_str(), info.arch().c_str(),
+                   info.format().c_str(), static_cast<long long>(info.size_bytes()), info.sha256().c_str());
   return kExitOk;
 }
 
@@ -536,14 +543,14 @@ int RunModels(ClientArgs& c) {
     std::printf("%s\n", ToJson(resp).c_str());
     return kExitOk;
   }
-  std::printf("%-24s %-17s %-10s %12s  %s\n", "NAME", "ARCH", "FORMAT", "BYTES", "ON THIS REPLICA");
+  std::printf("%-24s %-17s %-10s %12s  %-12s  %s\n", "NAME", "ARCH", "FORMAT", "BYTES", "SHA-256", "ON THIS REPLICA");
   for (const auto& m : resp.models()) {
     std::string state = m.state() == v1::MODEL_LOADED    ? "loaded"
                         : m.state() == v1::MODEL_LOADING ? "loading"
                         : m.state() == v1::MODEL_FAILED  ? absl::StrCat("failed: ", m.load_error())
                                                          : "not loaded";
-    std::printf("%-24s %-17s %-10s %12lld  %s\n", m.name().c_str(), m.arch().c_str(), m.format().c_str(),
-                static_cast<long long>(m.size_bytes()), state.c_str());
+    std::printf("%-24s %-17s %-10s %12lld  %-12s  %s\n", m.name().c_str(), m.arch().c_str(), m.format().c_str(),
+                static_cast<long long>(m.size_bytes()), m.sha256().substr(0, 12).c_str(), state.c_str());
   }
   std::printf("(replica %s: %lld stream(s), %lld image(s) served)\n", resp.replica().c_str(),
               static_cast<long long>(resp.streams_served()), static_cast<long long>(resp.images_served()));

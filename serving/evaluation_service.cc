@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/checksum.h"
 #include "common/rpc/rpc_util.h"
 #include "common/utf8.h"
 
@@ -159,6 +160,7 @@ grpc::Status EvaluationServiceImpl::ImportModel(grpc::ServerContext* ctx,
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (!f) return grpc::Status(grpc::StatusCode::INTERNAL, "cannot write the upload into the model store");
   int64_t received = 0;
+  Sha256 digest;
   absl::Status st;
   while (st.ok() && reader->Read(&req)) {
     if (req.part_case() != v1::ImportModelRequest::kChunk) {
@@ -171,6 +173,7 @@ grpc::Status EvaluationServiceImpl::ImportModel(grpc::ServerContext* ctx,
     } else if (std::fwrite(req.chunk().data(), 1, req.chunk().size(), f) != req.chunk().size()) {
       st = absl::InternalError("cannot write the upload into the model store");
     }
+    digest.Update(req.chunk());
   }
   if (st.ok() && ctx->IsCancelled()) st = absl::CancelledError("import cancelled");
   if (st.ok() && received != header.size_bytes()) {
@@ -180,12 +183,17 @@ grpc::Status EvaluationServiceImpl::ImportModel(grpc::ServerContext* ctx,
     if (st.ok()) st = absl::InternalError("cannot write the upload into the model store");
   }
   std::fclose(f);
+  const std::string sha256 = digest.HexDigest();
+  if (st.ok() && !header.sha256().empty() && header.sha256() != sha256) {
+    st = absl::DataLossError(absl::StrCat("the upload's SHA-256 is ", sha256, ", the header announced ",
+                                          header.sha256(), ": the file changed or was damaged on the way"));
+  }
   if (!st.ok()) {
     std::error_code ec;
     std::filesystem::remove(path, ec);
     return ToGrpc(st);
   }
-  auto info = registry_->Import(header, path);
+  auto info = registry_->Import(header, path, sha256);
   if (!info.ok()) return ToGrpc(info.status());
   *resp = *info;
   return grpc::Status::OK;

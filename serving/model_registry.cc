@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "common/checksum.h"
 #include "common/run_dir.h"
 #include "common/training_config.h"
 #include "common/status_macros.h"
@@ -249,6 +250,10 @@ absl::Status ModelRegistry::CheckImport(const v1::ImportModelRequest::Header& h)
   if (!KnownArch(h.arch())) {
     return absl::InvalidArgumentError(absl::StrCat("arch '", h.arch(), "': expected one of ", absl::StrJoin(DetectorNames(), ", ")));
   }
+  if (!h.sha256().empty() && !IsSha256Hex(h.sha256())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sha256 '", h.sha256(), "': expected 64 lowercase hex digits (or none)"));
+  }
   if (h.size_bytes() <= 0 || h.size_bytes() > options_.max_import_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("size_bytes ", h.size_bytes(), ": must be 1..",
                                                    options_.max_import_bytes));
@@ -287,7 +292,7 @@ absl::Status ModelRegistry::Convert(const std::string& arch, const std::string& 
 }
 
 absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest::Header& h,
-                                                    const std::string& uploaded) {
+                                                    const std::string& uploaded, const std::string& sha256) {
   // Errors go to the client: they name "the uploaded file", never a path on
   // the server.
   std::string stored;
@@ -311,6 +316,7 @@ absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest
   v1::ModelInfo info;
   std::error_code ec;
   info.set_size_bytes(static_cast<int64_t>(fs::file_size(uploaded, ec)));
+  info.set_sha256(sha256);
   info.set_format(LooksLikeHdf5(uploaded) ? "keras-h5" : "checkpoint");  // its first 8 bytes
   work = fs::path(uploaded).replace_extension(".convert").string();
   if (!fs::create_directory(work, ec)) {

@@ -57,7 +57,9 @@ class ModelRegistry {
   // the converted checkpoint, stores it under a name of its own in
   // models_dir and records it in the catalogue (so every replica can serve
   // it). The upload is removed in any case.
-  absl::StatusOr<v1::ModelInfo> Import(const v1::ImportModelRequest::Header& header, const std::string& uploaded);
+  // `sha256`: the uploaded bytes' digest, recorded in the model's info.
+  absl::StatusOr<v1::ModelInfo> Import(const v1::ImportModelRequest::Header& header, const std::string& uploaded,
+                                       const std::string& sha256);
   // The catalogue's models with this replica's state of each, then the job
   // checkpoints this replica holds.
   absl::StatusOr<std::vector<v1::ModelInfo>> List();

@@ -101,6 +101,13 @@ TEST_F(EvaluationTest, ImportedModelGivesTheSameNumbersAsPredict) {
     ++compared;
   }
   EXPECT_EQ(compared, 4);
+  // The catalogue records the uploaded file's digest, as sha256sum prints it.
+  auto sum = RunCommand("sha256sum " + data_.weights);
+  auto models = RunCommand(Dfc("models --json"));
+  ASSERT_EQ(models.exit_code, 0) << models.err;
+  const auto listed = nlohmann::json::parse(models.out)["models"];
+  ASSERT_EQ(listed.size(), 1u) << models.out;
+  EXPECT_EQ(listed[0]["sha256"], sum.out.substr(0, 64)) << models.out;
 }
 
 TEST_F(EvaluationTest, BadItemsGetErrorsTheRestGoOn) {

@@ -152,7 +152,7 @@ class ServingTest : public ::testing::Test {
   }
   // An ImportModel stream of the file at `path`.
   grpc::Status Import(const std::string& name, const std::string& arch, const std::string& path,
-                      v1::ModelInfo* info) {
+                      v1::ModelInfo* info, const std::string& sha256 = "") {
     const std::string bytes = testing::ReadFileOrDie(path);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
@@ -161,6 +161,7 @@ class ServingTest : public ::testing::Test {
     header.mutable_header()->set_name(name);
     header.mutable_header()->set_arch(arch);
     header.mutable_header()->set_size_bytes(static_cast<int64_t>(bytes.size()));
+    header.mutable_header()->set_sha256(sha256);
     stream->Write(header);
     for (size_t at = 0; at < bytes.size(); at += 1 << 20) {
       v1::ImportModelRequest chunk;
@@ -410,6 +411,34 @@ TEST_F(ServingTest, AConverterThatCrashesHangsOrRunsOutOfMemoryCostsOnlyThatImpo
     EXPECT_TRUE(Evaluate("warm", 2, &n).ok()) << c.name;
     EXPECT_EQ(n, 2) << c.name;
   }
+}
+
+// The server digests what it receives: a digest the client announced must
+// match (else nothing is imported), and the model records it either way.
+TEST_F(ServingTest, TheUploadsDigestIsCheckedAndRecorded) {
+  auto sum = testing::RunCommand("sha256sum " + dir_.Join("warm.ckpt"));
+  ASSERT_EQ(sum.exit_code, 0) << sum.err;
+  const std::string expected = sum.out.substr(0, 64);
+  std::string wrong = expected;
+  wrong[0] = wrong[0] == '0' ? '1' : '0';
+  v1::ModelInfo info;
+  grpc::Status st = Import("damaged", "mesoinception4", dir_.Join("warm.ckpt"), &info, wrong);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DATA_LOSS) << st.error_message();
+  EXPECT_NE(st.error_message().find("the upload's SHA-256 is " + expected + ", the header announced " + wrong),
+            std::string::npos) << st.error_message();
+  EXPECT_EQ(Models().count("damaged"), 0u);
+  EXPECT_TRUE(ModelsDirEntries().empty());
+  st = Import("badly-written", "mesoinception4", dir_.Join("warm.ckpt"), &info, "ABC");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("sha256 'ABC': expected 64 lowercase hex digits"), std::string::npos)
+      << st.error_message();
+  st = Import("checked", "mesoinception4", dir_.Join("warm.ckpt"), &info, expected);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(info.sha256(), expected);
+  st = Import("unchecked", "mesoinception4", dir_.Join("warm.ckpt"), &info);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(info.sha256(), expected);
+  EXPECT_EQ(Models()["checked"].sha256(), expected);
 }
 
 }  // namespace
