@@ -6,7 +6,7 @@
 # samples, and GPU throughput of both models next to Python PyTorch on the same
 # GPU, then the rest of the build. Everything goes to $OUT (default
 # gpu-results/): log.txt, ctest.txt, parity.txt, train-*.txt, bench.md,
-# loader.txt, nccl-job.txt, build-rest.txt.
+# convert.txt, loader.txt, nccl-job.txt, build-rest.txt.
 #   DFC_SHARED_DIR=/path/to/shared OUT=/tmp/out scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +62,16 @@ $bin/dfc predict --precision bf16 --model mesoinception4 --weights "$shared/weig
 paste "$out/cpu.tsv" "$out/gpu-bf16.tsv" | awk -F'\t' '{dp = $2 - $5; if (dp < 0) dp = -dp;
   ok = dp <= 0.02 && ($2 > 0.5) == ($5 > 0.5); printf "%s bf16 %s/%s %s\n", $1, $5, $6, ok ? "OK" : "MISMATCH" }' |
   tee -a "$out/parity.txt"
+
+step "dfc-server's confined weights converter in this build (what an import runs)"
+# The CUDA LibTorch must not have started threads or need files beyond the
+# sandbox's before the upload is read (serving/weights_converter.h).
+rm -rf "$out/convert" && mkdir -p "$out/convert"
+$bin/dfc-server --convert-weights mesoinception4 "$shared/weights/mesonet/MesoInception_DF.h5" \
+  "$out/convert/w.ckpt" 4294967296 2>&1 | tee "$out/convert.txt"
+[[ -s $out/convert/w.ckpt ]] && echo "converter OK" | tee -a "$out/convert.txt" ||
+  echo "converter FAILED" | tee -a "$out/convert.txt"
+rm -rf "$out/convert"
 
 step "training: each model, one short job on the GPU"
 tmp=$(mktemp -d)
