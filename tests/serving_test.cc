@@ -441,5 +441,30 @@ TEST_F(ServingTest, TheUploadsDigestIsCheckedAndRecorded) {
   EXPECT_EQ(Models()["checked"].sha256(), expected);
 }
 
+// Each converter may use gigabytes: at most max_converting run at once, the
+// other imports wait for a slot (and then run).
+TEST_F(ServingTest, ConvertersBeyondTheLimitWaitForASlot) {
+  const std::string log = dir_.Join("converters.log");
+  ModelRegistryOptions o = Options();
+  o.max_converting = 1;
+  // A converter that logs its start and end and refuses the weights.
+  o.converter.command = {"/bin/sh", "-c",
+                         "echo + >>" + log + "; sleep 0.3; echo - >>" + log + "; echo 'error: refused' >&2; exit 2",
+                         "sh"};
+  Start(o);
+  std::vector<std::thread> imports;
+  std::atomic<int> refused{0};
+  for (int i = 0; i < 3; ++i) {
+    imports.emplace_back([&, i] {
+      v1::ModelInfo info;
+      grpc::Status st = Import("m" + std::to_string(i), "mesoinception4", dir_.Join("warm.ckpt"), &info);
+      refused += st.error_code() == grpc::StatusCode::INVALID_ARGUMENT && st.error_message() == "refused";
+    });
+  }
+  for (auto& t : imports) t.join();
+  EXPECT_EQ(refused, 3);
+  EXPECT_EQ(testing::ReadFileOrDie(log), "+\n-\n+\n-\n+\n-\n") << "converters overlapped";
+}
+
 }  // namespace
 }  // namespace dfc
