@@ -7,8 +7,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "common/checksum.h"
 #include "common/rpc/rpc_util.h"
+#include "common/sha256.h"
 #include "common/utf8.h"
 
 namespace dfc {
