@@ -2,6 +2,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <fstream>
+#include <map>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -10,6 +12,7 @@
 #include "common/atomic_file.h"
 #include "common/run_dir.h"
 #include "common/status_macros.h"
+#include "common/weights_file.h"
 
 namespace dfc {
 namespace {
@@ -160,6 +163,83 @@ absl::StatusOr<CheckpointMeta> LoadCheckpoint(const std::string& path, DetectorI
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(absl::StrCat("cannot load checkpoint '", path, "': ", e.what_without_backtrace()));
   }
+}
+
+absl::Status SaveWeightsFile(const std::string& path, DetectorImpl& model, int64_t epoch) {
+  WeightsFile f;
+  f.arch = model.arch();
+  f.epoch = epoch;
+  std::vector<torch::Tensor> keep;  // owns the data the file's tensors point into
+  auto add = [&](const std::string& name, const torch::Tensor& t) -> absl::Status {
+    torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
+    WeightsTensor w;
+    w.name = name;
+    if (c.scalar_type() == torch::kFloat32) {
+      w.dtype = WeightsTensor::Dtype::kFloat32;
+    } else if (c.scalar_type() == torch::kInt64) {
+      w.dtype = WeightsTensor::Dtype::kInt64;
+    } else {
+      return absl::InternalError(absl::StrCat("tensor '", name, "': ", c10::toString(c.scalar_type()),
+                                              " has no place in a weights file"));
+    }
+    w.dims.assign(c.sizes().begin(), c.sizes().end());
+    w.data = std::string_view(static_cast<const char*>(c.data_ptr()), c.nbytes());
+    keep.push_back(c);
+    f.tensors.push_back(std::move(w));
+    return absl::OkStatus();
+  };
+  for (const auto& p : model.named_parameters()) DFC_RETURN_IF_ERROR(add(p.key(), p.value()));
+  for (const auto& b : model.named_buffers()) DFC_RETURN_IF_ERROR(add(b.key(), b.value()));
+  return WriteFileAtomically(path, SerializeWeightsFile(f));
+}
+
+bool IsWeightsFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[sizeof(kWeightsFileMagic) - 1] = {};
+  in.read(magic, sizeof(magic));
+  return in.gcount() == sizeof(magic) && LooksLikeWeightsFile(std::string_view(magic, sizeof(magic)));
+}
+
+absl::Status LoadWeightsFile(const std::string& path, DetectorImpl& model, CheckpointMeta* meta) {
+  DFC_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path));
+  auto parsed = ParseWeightsFile(bytes);
+  if (!parsed.ok()) return absl::Status(parsed.status().code(), absl::StrCat("'", path, "': ", parsed.status().message()));
+  if (parsed->arch != model.arch()) {
+    return absl::InvalidArgumentError(absl::StrCat("weights file '", path, "' holds a ", parsed->arch,
+                                                   " model, not ", model.arch()));
+  }
+  std::map<std::string_view, const WeightsTensor*> by_name;
+  for (const WeightsTensor& t : parsed->tensors) by_name[t.name] = &t;
+  torch::NoGradGuard no_grad;
+  auto load = [&](const std::string& name, torch::Tensor& dst) -> absl::Status {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("weights file '", path, "' lacks tensor '", name, "'"));
+    }
+    const WeightsTensor& t = *it->second;
+    const auto want = t.dtype == WeightsTensor::Dtype::kFloat32 ? torch::kFloat32 : torch::kInt64;
+    if (dst.scalar_type() != want || dst.sizes() != c10::IntArrayRef(t.dims)) {
+      return absl::InvalidArgumentError(absl::StrCat("weights file '", path, "' tensor '", name, "' is ",
+                                                     c10::toString(want), c10::str(c10::IntArrayRef(t.dims)),
+                                                     ", the model's is ", c10::toString(dst.scalar_type()),
+                                                     c10::str(dst.sizes())));
+    }
+    torch::Tensor src = torch::from_blob(const_cast<char*>(t.data.data()), t.dims, torch::TensorOptions().dtype(want));
+    dst.copy_(src);
+    by_name.erase(it);
+    return absl::OkStatus();
+  };
+  for (auto& p : model.named_parameters()) DFC_RETURN_IF_ERROR(load(p.key(), p.value()));
+  for (auto& b : model.named_buffers()) DFC_RETURN_IF_ERROR(load(b.key(), b.value()));
+  if (!by_name.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("weights file '", path, "' has a tensor the model lacks: '",
+                                                   std::string(by_name.begin()->first), "'"));
+  }
+  if (meta != nullptr) {
+    meta->arch = parsed->arch;
+    meta->epoch = parsed->epoch;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace dfc

@@ -37,6 +37,18 @@ absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path);
 absl::StatusOr<CheckpointMeta> LoadCheckpoint(const std::string& path, DetectorImpl& model,
                                               torch::optim::Optimizer* optimizer, bool restore_rng);
 
+// The served-weights file (common/weights_file.h) of `model`: its parameters
+// and buffers, written atomically. What dfc-server stores for imports.
+absl::Status SaveWeightsFile(const std::string& path, DetectorImpl& model, int64_t epoch);
+
+// True when the file at `path` starts with the served-weights magic.
+bool IsWeightsFile(const std::string& path);
+
+// Reads a served-weights file (its arch and epoch: `meta`, when given) into
+// `model`: every parameter and buffer by name, dtype and shape, and nothing
+// else in the file. DATA_LOSS / INVALID_ARGUMENT name what is wrong.
+absl::Status LoadWeightsFile(const std::string& path, DetectorImpl& model, CheckpointMeta* meta = nullptr);
+
 }  // namespace dfc
 
 #endif  // DFC_MODELS_CHECKPOINT_H_

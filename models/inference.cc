@@ -39,6 +39,8 @@ absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string
   DFC_ASSIGN_OR_RETURN(Detector model, MakeDetector(arch, options));
   if (LooksLikeHdf5(weights)) {
     DFC_RETURN_IF_ERROR(ImportKerasWeights(*model, weights));
+  } else if (IsWeightsFile(weights)) {
+    DFC_RETURN_IF_ERROR(LoadWeightsFile(weights, *model));
   } else {
     DFC_RETURN_IF_ERROR(LoadCheckpoint(weights, *model, nullptr, false).status());
   }

@@ -11,8 +11,8 @@
 
 namespace dfc {
 
-// Builds `arch` and loads `weights` (a Keras .h5 or a DFC checkpoint, told
-// apart by content), in eval mode on `device` ("cpu", "cuda:N"; empty: the
+// Builds `arch` and loads `weights` (a Keras .h5, a DFC checkpoint or a
+// served-weights file, told apart by content), in eval mode on `device` ("cpu", "cuda:N"; empty: the
 // default device).
 absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string& weights,
                                       const DetectorOptions& options = {}, const std::string& device = "");

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Fuzzes the two readers of untrusted bytes that need no LibTorch: the image
+# Fuzzes the readers of untrusted bytes that need no LibTorch: the image
 # decoder (tests/fuzz/image_fuzz.cc: JPEG, PNG, BMP, PPM, as dfc-server
-# receives them) and a shard directory as the loader reads it
-# (tests/fuzz/shard_fuzz.cc). libFuzzer with AddressSanitizer and UBSan,
+# receives them), a shard directory as the loader reads it
+# (tests/fuzz/shard_fuzz.cc) and the served-weights parser dfc-server runs on
+# what its weights converter wrote (tests/fuzz/weights_fuzz.cc). libFuzzer with AddressSanitizer and UBSan,
 # built with clang (Debian's clang and libclang-rt-14-dev). Seeds: every
 # format written by Pillow, the shared MesoNet samples when present, and
 # shard directories made by `dfc shard` (build/bin/dfc must exist).
-#   scripts/fuzz.sh [--seconds N | --runs N] [--target image|shard|all] [--build-dir DIR] [--dfc PATH]
+#   scripts/fuzz.sh [--seconds N | --runs N] [--target image|shard|weights|all] [--build-dir DIR] [--dfc PATH]
 # --seconds: a time budget per target (default 120; for finding bugs);
 # --runs: a fixed number of inputs from a fixed seed (the ctest: the same
 # inputs every time). An input that crashes is left in DIR/crashes/ and the
@@ -83,6 +84,27 @@ seeds_shard() {
   rm -rf "$work"
 }
 
+seeds_weights() {  # file bodies (the harness appends the checksum)
+  local s=$dir/seeds-weights
+  rm -rf "$s" && mkdir -p "$s"
+  /usr/bin/python3 - "$s" <<'PY'
+import struct, sys
+def tensor(name, dtype, dims):
+    size = (4 if dtype == 0 else 8)
+    for d in dims:
+        size *= d
+    return (struct.pack("<H", len(name)) + name + struct.pack("<BB", dtype, len(dims)) +
+            b"".join(struct.pack("<q", d) for d in dims) + bytes(range(256)) * (size // 256) + bytes(size % 256))
+def body(arch, epoch, tensors):
+    return b"DFCWTS01" + struct.pack("<H", len(arch)) + arch + struct.pack("<qI", epoch, len(tensors)) + b"".join(tensors)
+out = sys.argv[1]
+open(f"{out}/empty", "wb").write(body(b"meso4", 0, []))
+open(f"{out}/conv-bn", "wb").write(body(b"mesoinception4", 3, [
+    tensor(b"conv1.weight", 0, [8, 3, 3, 3]), tensor(b"bn1.running_mean", 0, [8]),
+    tensor(b"bn1.num_batches_tracked", 1, [])]))
+PY
+}
+
 run() {  # name max_len
   local name=$1 max_len=$2 corpus=$dir/corpus-$1
   mkdir -p "$corpus"
@@ -111,5 +133,10 @@ if [[ $target == shard || $target == all ]]; then
     common/checksum.cc
   seeds_shard
   run shard 16384 || status=1
+fi
+if [[ $target == weights || $target == all ]]; then
+  build weights_fuzz tests/fuzz/weights_fuzz.cc common/weights_file.cc common/checksum.cc
+  seeds_weights
+  run weights 4096 || status=1
 fi
 exit $status

@@ -15,8 +15,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "common/atomic_file.h"
 #include "common/run_dir.h"
 #include "common/sha256.h"
+#include "common/weights_file.h"
 #include "common/training_config.h"
 #include "common/status_macros.h"
 #include "models/checkpoint.h"
@@ -324,10 +326,15 @@ absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest
   }
   const std::string converted = work + "/weights.ckpt";
   if (absl::Status st = Convert(h.arch(), uploaded, converted); !st.ok()) return fail(st);
-  // From here on only the converter's output is read (a DFC checkpoint).
-  auto meta = ReadCheckpointMeta(converted);
-  if (!meta.ok()) return fail(absl::InternalError(absl::StrCat("the converted weights: ", meta.status().message())));
-  if (info.format() == "checkpoint") info.set_epoch(meta->epoch);
+  // From here on only the converter's output is read: a served-weights file
+  // (common/weights_file.h), never an archive or HDF5 parser.
+  auto bytes = ReadFile(converted);
+  auto parsed = bytes.ok() ? ParseWeightsFile(*bytes) : absl::StatusOr<WeightsFile>(bytes.status());
+  if (!parsed.ok()) {
+    return fail(absl::InternalError(absl::StrCat("the converted weights: ", parsed.status().message())));
+  }
+  if (info.format() == "checkpoint") info.set_epoch(parsed->epoch);
+  bytes = std::string();
   auto model = LoadFile(h.arch(), converted);  // outside the lock
   if (!model.ok()) {
     return fail(absl::InternalError(absl::StrCat("the converted weights do not load: ", model.status().message())));

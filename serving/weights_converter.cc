@@ -83,7 +83,7 @@ absl::Status Convert(const std::string& arch, const std::string& upload, const s
   if (!model.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("weights do not load as ", arch, ": ", model.status().message()));
   }
-  return SaveCheckpoint(out, **model, nullptr, meta);
+  return SaveWeightsFile(out, **model, meta.epoch);
 }
 
 }  // namespace

@@ -17,8 +17,9 @@ namespace dfc {
 // processes; files read only from the upload and the system's libraries,
 // written only in its own directory) and limited (memory, CPU, time, file
 // size, no core dumps), loads the upload as the named architecture and
-// writes it back as a DFC checkpoint, which is what the server loads and
-// stores. A file that crashes or exhausts the converter costs that import.
+// writes it back as a served-weights file (common/weights_file.h: tensors,
+// shapes and a checksum, read by a 100-line parser), which is all the server
+// loads and stores. A file that crashes or exhausts the converter costs that import.
 struct WeightsConverterOptions {
   // The converter's argv before its arguments: {dfc-server, "--convert-weights"}.
   std::vector<std::string> command;
@@ -28,7 +29,7 @@ struct WeightsConverterOptions {
   int64_t max_output_bytes = int64_t{4} << 30;  // RLIMIT_FSIZE
 };
 
-// Converts `upload` (as `arch`) into the DFC checkpoint `out` in a confined
+// Converts `upload` (as `arch`) into the served-weights file `out` in a confined
 // child. `out`'s directory must be empty and the child's alone (it may write
 // only there; its log is kept there too). Errors are the client's
 // (INVALID_ARGUMENT, naming the upload's path as the child did) unless the

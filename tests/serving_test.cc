@@ -19,6 +19,7 @@
 #include "dfc/v1/dfc.grpc.pb.h"
 #include "models/checkpoint.h"
 #include "models/detector.h"
+#include "models/inference.h"
 #include "serving/batcher.h"
 #include "serving/evaluation_service.h"
 #include "serving/model_registry.h"
@@ -345,8 +346,8 @@ TEST_F(ServingTest, AFailedLoadIsTheStreamsErrorAndListedWithItsReason) {
 }
 
 // Uploads are parsed by `dfc-server --convert-weights` in a confined child;
-// the server stores and loads only what it wrote, a DFC checkpoint.
-TEST_F(ServingTest, AnUploadIsConvertedInAConfinedProcessAndStoredAsACheckpoint) {
+// the server stores and loads only what it wrote, a served-weights file.
+TEST_F(ServingTest, AnUploadIsConvertedInAConfinedProcessAndStoredAsAWeightsFile) {
   v1::ModelInfo info;
   grpc::Status st = Import("imported", "mesoinception4", dir_.Join("warm.ckpt"), &info);
   ASSERT_TRUE(st.ok()) << st.error_message();
@@ -354,9 +355,12 @@ TEST_F(ServingTest, AnUploadIsConvertedInAConfinedProcessAndStoredAsACheckpoint)
   EXPECT_EQ(info.input_size(), 256);
   const std::vector<std::string> stored = ModelsDirEntries();
   ASSERT_EQ(stored.size(), 1u) << "the upload and the converter's directory are removed";
-  auto meta = ReadCheckpointMeta(dir_.Join("models/" + stored[0]));
-  ASSERT_TRUE(meta.ok()) << meta.status();
-  EXPECT_EQ(meta->arch, "mesoinception4");
+  ASSERT_TRUE(IsWeightsFile(dir_.Join("models/" + stored[0])));
+  auto model = MakeDetector("mesoinception4");
+  ASSERT_TRUE(model.ok());
+  CheckpointMeta meta;
+  ASSERT_TRUE(LoadWeightsFile(dir_.Join("models/" + stored[0]), **model, &meta).ok());
+  EXPECT_EQ(meta.arch, "mesoinception4");
   int n = 0;
   ASSERT_TRUE(Evaluate("imported", 3, &n).ok());
   EXPECT_EQ(n, 3);
@@ -373,14 +377,15 @@ TEST_F(ServingTest, AnUploadIsConvertedInAConfinedProcessAndStoredAsACheckpoint)
       << st.error_message();
 }
 
-// A file that crashes the parser, hangs it or makes it allocate without
-// bound costs that one import: a named error, nothing registered or left
+// A file that crashes the parser, hangs it, makes it allocate without bound
+// or takes it over costs that one import: a named error, nothing registered or left
 // behind, and the replica goes on serving.
 TEST_F(ServingTest, AConverterThatCrashesHangsOrRunsOutOfMemoryCostsOnlyThatImport) {
   struct Case {
     std::string name;
     std::vector<std::string> command;  // empty: the real converter
     std::string arch, weights, error;
+    grpc::StatusCode code = grpc::StatusCode::INVALID_ARGUMENT;
   };
   const std::vector<Case> cases = {
       {"crashes", {"/bin/sh", "-c", "kill -SEGV $$", "sh"}, "mesoinception4", "warm.ckpt",
@@ -390,6 +395,10 @@ TEST_F(ServingTest, AConverterThatCrashesHangsOrRunsOutOfMemoryCostsOnlyThatImpo
       // ResNet-50's 95 MB of weights in a 48 MiB budget.
       {"too-big", {}, "resnet50-vggface", "cold.ckpt",
        "needs more memory than the converter may use (the converter's limits: 48 MiB of memory"},
+      // A converter taken over by its input could write anything: the server
+      // reads only a served-weights file, never a checkpoint archive or HDF5.
+      {"not-weights", {"/bin/sh", "-c", "cp \"$2\" \"$3\"", "sh"}, "mesoinception4", "warm.ckpt",
+       "the converted weights: weights file: not a DFC weights file", grpc::StatusCode::INTERNAL},
   };
   for (const Case& c : cases) {
     ModelRegistryOptions o = Options();
@@ -400,7 +409,7 @@ TEST_F(ServingTest, AConverterThatCrashesHangsOrRunsOutOfMemoryCostsOnlyThatImpo
     v1::ModelInfo info;
     const auto start = std::chrono::steady_clock::now();
     grpc::Status st = Import(c.name, c.arch, dir_.Join(c.weights), &info);
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name << ": " << st.error_message();
+    EXPECT_EQ(st.error_code(), c.code) << c.name << ": " << st.error_message();
     EXPECT_NE(st.error_message().find(c.error), std::string::npos) << c.name << ": " << st.error_message();
     EXPECT_EQ(st.error_message().find(dir_.path()), std::string::npos)
         << "a server path leaked: " << st.error_message();
@@ -464,6 +473,39 @@ TEST_F(ServingTest, ConvertersBeyondTheLimitWaitForASlot) {
   for (auto& t : imports) t.join();
   EXPECT_EQ(refused, 3);
   EXPECT_EQ(testing::ReadFileOrDie(log), "+\n-\n+\n-\n+\n-\n") << "converters overlapped";
+}
+
+// What the server stores for an import holds the model exactly, and loads
+// only into the architecture, names, dtypes and shapes it was written from.
+TEST(WeightsFileModelTest, AWeightsFileHoldsExactlyTheModel) {
+  testing::TempDir dir;
+  auto model = MakeDetector("mesoinception4");
+  ASSERT_TRUE(model.ok());
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& b : (*model)->named_buffers()) {
+      if (b.value().is_floating_point()) b.value().uniform_(0.5, 1.5);  // BatchNorm statistics too
+    }
+  }
+  ASSERT_TRUE(SaveWeightsFile(dir.Join("w.dfcw"), **model, 4).ok());
+  auto loaded = LoadDetector("mesoinception4", dir.Join("w.dfcw"), {}, "cpu");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  auto a = (*model)->named_parameters(), b = (*loaded)->named_parameters();
+  for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key();
+  auto ab = (*model)->named_buffers(), bb = (*loaded)->named_buffers();
+  for (const auto& p : ab) EXPECT_TRUE(torch::equal(p.value(), bb[p.key()])) << p.key();
+  auto other = LoadDetector("meso4", dir.Join("w.dfcw"), {}, "cpu");
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.status().message().find("holds a mesoinception4 model, not meso4"), std::string::npos)
+      << other.status();
+  // A damaged byte is refused by the checksum, naming the file.
+  std::string bytes = testing::ReadFileOrDie(dir.Join("w.dfcw"));
+  bytes[bytes.size() / 2] ^= 0x01;
+  testing::WriteFileOrDie(dir.Join("damaged.dfcw"), bytes);
+  auto damaged = LoadDetector("mesoinception4", dir.Join("damaged.dfcw"), {}, "cpu");
+  ASSERT_FALSE(damaged.ok());
+  EXPECT_EQ(damaged.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(damaged.status().message().find("checksum mismatch"), std::string::npos) << damaged.status();
 }
 
 }  // namespace
