@@ -298,7 +298,8 @@ absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest
   // Errors go to the client: they name "the uploaded file", never a path on
   // the server.
   std::string stored;
-  std::string work;  // the converter's directory
+  std::string work;       // the converter's directory
+  std::string converted;  // what it writes there
   auto cleanup = [&] {
     std::error_code ec;
     fs::remove(uploaded, ec);
@@ -308,7 +309,7 @@ absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest
     cleanup();
     std::error_code ec;
     if (!stored.empty()) fs::remove(stored, ec);
-    return absl::Status(st.code(), absl::StrReplaceAll(st.message(), {{work + "/weights.ckpt", "the converted weights"},
+    return absl::Status(st.code(), absl::StrReplaceAll(st.message(), {{converted, "the converted weights"},
                                                                       {uploaded, "the uploaded file"},
                                                                       {stored, "the stored model"},
                                                                       {options_.models_dir, "the model store"}}));
@@ -324,7 +325,7 @@ absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest
   if (!fs::create_directory(work, ec)) {
     return fail(absl::InternalError(absl::StrCat("cannot create the converter's directory: ", ec.message())));
   }
-  const std::string converted = work + "/weights.ckpt";
+  converted = work + "/weights.dfcw";
   if (absl::Status st = Convert(h.arch(), uploaded, converted); !st.ok()) return fail(st);
   // From here on only the converter's output is read: a served-weights file
   // (common/weights_file.h), never an archive or HDF5 parser.

@@ -54,7 +54,7 @@ class ModelRegistry {
   std::string NewUploadPath();
   // Converts the uploaded weights as header.arch in a confined child
   // (weights of another architecture are refused, naming the tensor), loads
-  // the converted checkpoint, stores it under a name of its own in
+  // the converted weights file, stores it under a name of its own in
   // models_dir and records it in the catalogue (so every replica can serve
   // it). The upload is removed in any case.
   // `sha256`: the uploaded bytes' digest, recorded in the model's info.
