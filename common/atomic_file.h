@@ -18,6 +18,9 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view conte
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      size_t max_bytes = size_t{1} << 31);
 
+// Whether the file at `path` begins with `magic` (false when it cannot be read).
+bool FileStartsWith(const std::string& path, std::string_view magic);
+
 // Appends one line (a '\n' is added) and flushes it to disk.
 absl::Status AppendLine(const std::string& path, std::string_view line);
 

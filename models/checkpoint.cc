@@ -194,10 +194,7 @@ absl::Status SaveWeightsFile(const std::string& path, DetectorImpl& model, int64
 }
 
 bool IsWeightsFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[sizeof(kWeightsFileMagic) - 1] = {};
-  in.read(magic, sizeof(magic));
-  return in.gcount() == sizeof(magic) && LooksLikeWeightsFile(std::string_view(magic, sizeof(magic)));
+  return FileStartsWith(path, std::string_view(kWeightsFileMagic, sizeof(kWeightsFileMagic) - 1));
 }
 
 absl::Status LoadWeightsFile(const std::string& path, DetectorImpl& model, CheckpointMeta* meta) {

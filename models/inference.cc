@@ -33,6 +33,23 @@ absl::Status CheckDevice(const std::string& name) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Moves a loaded model to its device, in eval mode.
+Detector PlaceForInference(Detector model, const std::string& device_name) {
+  const torch::Device device = device_name.empty() ? DefaultDevice() : torch::Device(device_name);
+  if (device.is_cuda()) {
+    // Scores must match the CPU build (tested to 1e-4): no TF32 in inference.
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
+  }
+  model->to(device);
+  model->eval();
+  return model;
+}
+
+}  // namespace
+
 absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string& weights,
                                       const DetectorOptions& options, const std::string& device_name) {
   DFC_RETURN_IF_ERROR(CheckDevice(device_name));
@@ -44,15 +61,17 @@ absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string
   } else {
     DFC_RETURN_IF_ERROR(LoadCheckpoint(weights, *model, nullptr, false).status());
   }
-  const torch::Device device = device_name.empty() ? DefaultDevice() : torch::Device(device_name);
-  if (device.is_cuda()) {
-    // Scores must match the CPU build (tested to 1e-4): no TF32 in inference.
-    at::globalContext().setAllowTF32CuDNN(false);
-    at::globalContext().setAllowTF32CuBLAS(false);
-  }
-  model->to(device);
-  model->eval();
-  return model;
+  return PlaceForInference(std::move(model), device_name);
+}
+
+absl::StatusOr<Detector> LoadServedDetector(const std::string& arch, const std::string& weights,
+                                            const std::string& device_name, int64_t* epoch) {
+  DFC_RETURN_IF_ERROR(CheckDevice(device_name));
+  DFC_ASSIGN_OR_RETURN(Detector model, MakeDetector(arch));
+  CheckpointMeta meta;
+  DFC_RETURN_IF_ERROR(LoadWeightsFile(weights, *model, &meta));
+  if (epoch != nullptr) *epoch = meta.epoch;
+  return PlaceForInference(std::move(model), device_name);
 }
 
 absl::Status CheckInferencePrecision(const std::string& precision, const std::string& device) {

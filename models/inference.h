@@ -17,6 +17,14 @@ namespace dfc {
 absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string& weights,
                                       const DetectorOptions& options = {}, const std::string& device = "");
 
+// Builds `arch` and loads `weights`, which must be a served-weights file
+// (common/weights_file.h: read by a bounds-checked parser alone, never by
+// libhdf5 or LibTorch's archive reader; anything else is INVALID_ARGUMENT),
+// in eval mode on `device`. `epoch` (if given) receives the file's epoch.
+// dfc-server loads weights only through this.
+absl::StatusOr<Detector> LoadServedDetector(const std::string& arch, const std::string& weights,
+                                            const std::string& device = "", int64_t* epoch = nullptr);
+
 // Checks a device name ("", "cpu", "cuda", "cuda:N") against this build and machine.
 absl::Status CheckDevice(const std::string& device);
 

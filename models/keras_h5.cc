@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/atomic_file.h"
 #include "common/status_macros.h"
 #include "models/detector.h"
 
@@ -147,10 +148,7 @@ std::map<std::string, std::string> NormalizeAutoNames(const std::vector<H5Layer>
 }  // namespace
 
 bool LooksLikeHdf5(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  char sig[8] = {};
-  in.read(sig, 8);
-  return in.gcount() == 8 && std::memcmp(sig, "\x89HDF\r\n\x1a\n", 8) == 0;
+  return FileStartsWith(path, std::string_view("\x89HDF\r\n\x1a\n", 8));
 }
 
 absl::StatusOr<std::vector<H5Layer>> ReadKerasH5(const std::string& path) {

@@ -41,28 +41,22 @@ bool KnownArch(const std::string& arch) {
   return std::find(names.begin(), names.end(), arch) != names.end();
 }
 
-// The epoch a checkpoint finished: its sidecar, or (written before sidecars)
-// the archive's own metadata.
+// The epoch a job checkpoint finished, as its sidecar records it (the
+// archive itself is read only by the confined converter).
 absl::StatusOr<int64_t> CheckpointEpoch(const std::string& path) {
-  if (auto s = run_dir::ReadSidecar(path); s.ok()) return s->epoch;
-  DFC_ASSIGN_OR_RETURN(CheckpointMeta meta, ReadCheckpointMeta(path));
-  return meta.epoch;
+  DFC_ASSIGN_OR_RETURN(run_dir::CheckpointSummary s, run_dir::ReadSidecar(path));
+  return s.epoch;
 }
 
-// Format, epoch and size of a weights file.
+// Format, size and (from its sidecar, where there is one) epoch of a job's
+// weights file. Nothing of the file but its first bytes is read here.
 absl::StatusOr<v1::ModelInfo> Describe(const std::string& path) {
   v1::ModelInfo info;
   std::error_code ec;
   info.set_size_bytes(static_cast<int64_t>(fs::file_size(path, ec)));
   if (ec) return absl::NotFoundError(absl::StrCat("'", path, "': ", ec.message()));
-  if (LooksLikeHdf5(path)) {
-    info.set_format("keras-h5");
-  } else {
-    DFC_ASSIGN_OR_RETURN(CheckpointMeta meta, ReadCheckpointMeta(path));
-    info.set_format("checkpoint");
-    info.set_epoch(meta.epoch);
-    info.set_arch(meta.arch);
-  }
+  info.set_format(LooksLikeHdf5(path) ? "keras-h5" : IsWeightsFile(path) ? "weights" : "checkpoint");
+  if (auto epoch = CheckpointEpoch(path); epoch.ok()) info.set_epoch(*epoch);
   return info;
 }
 
@@ -103,8 +97,9 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(ModelRegist
   return std::unique_ptr<ModelRegistry>(new ModelRegistry(std::move(options), std::move(catalog)));
 }
 
-absl::StatusOr<std::shared_ptr<ServedModel>> ModelRegistry::LoadFile(const std::string& arch, const std::string& path) {
-  DFC_ASSIGN_OR_RETURN(Detector detector, LoadDetector(arch, path, {}, options_.device));
+absl::StatusOr<std::shared_ptr<ServedModel>> ModelRegistry::LoadWeights(const std::string& arch,
+                                                                        const std::string& path, int64_t* epoch) {
+  DFC_ASSIGN_OR_RETURN(Detector detector, LoadServedDetector(arch, path, options_.device, epoch));
   auto served = std::make_shared<ServedModel>();
   served->input_size = detector->input_size();
   served->predict = [detector, precision = options_.precision](const uint8_t* pixels,
@@ -112,6 +107,29 @@ absl::StatusOr<std::shared_ptr<ServedModel>> ModelRegistry::LoadFile(const std::
     return PredictLogits(*detector, pixels, n, precision);
   };
   return served;
+}
+
+absl::StatusOr<std::shared_ptr<ServedModel>> ModelRegistry::LoadFile(const v1::ModelInfo& info,
+                                                                     const std::string& path, int64_t* epoch) {
+  if (IsWeightsFile(path)) return LoadWeights(info.arch(), path, epoch);
+  // A job checkpoint or a model imported before the converter existed: it
+  // is converted, like an upload, and only the result is read here.
+  std::error_code ec;
+  const std::string work = NewWorkPath(".convert");
+  if (!fs::create_directory(work, ec)) {
+    return absl::InternalError(absl::StrCat("cannot create the converter's directory: ", ec.message()));
+  }
+  const std::string converted = work + "/weights.dfcw";
+  const bool job = info.name().find(':') != std::string::npos;
+  absl::Status st = Convert(info.arch(), path, converted, job ? "the job's checkpoint" : "the stored model");
+  absl::StatusOr<std::shared_ptr<ServedModel>> loaded =
+      st.ok() ? LoadWeights(info.arch(), converted, epoch) : absl::StatusOr<std::shared_ptr<ServedModel>>(st);
+  fs::remove_all(work, ec);
+  if (!loaded.ok()) {
+    return absl::Status(loaded.status().code(),
+                        absl::StrReplaceAll(loaded.status().message(), {{converted, "the converted weights"}}));
+  }
+  return loaded;
 }
 
 absl::StatusOr<std::shared_ptr<ServedModel>> ModelRegistry::Load(const v1::ModelInfo& info, const std::string& path) {
@@ -146,18 +164,21 @@ absl::StatusOr<std::shared_ptr<ServedModel>> ModelRegistry::Load(const v1::Model
   }
   // Outside the lock: other models' streams go on while this one loads.
   if (options_.before_load) options_.before_load(info.name());
-  absl::StatusOr<std::shared_ptr<ServedModel>> loaded = LoadFile(info.arch(), path);
+  int64_t epoch = 0;
+  absl::StatusOr<std::shared_ptr<ServedModel>> loaded = LoadFile(info, path, &epoch);
   absl::MutexLock lock(&mu_);
   Entry& e = entries_[key];
   if (loaded.ok()) {
     (*loaded)->key = key;
+    if (e.info.epoch() == 0) e.info.set_epoch(epoch);
     e.info.set_state(v1::MODEL_LOADED);
     e.info.set_input_size((*loaded)->input_size);
     e.model = *loaded;
   } else {
     e.info.set_state(v1::MODEL_FAILED);
     // Users read it in ListModels: the weights are named, not their server path.
-    e.info.set_load_error(absl::StrReplaceAll(loaded.status().message(), {{path, "the weights"}}));
+    e.info.set_load_error(absl::StrReplaceAll(loaded.status().message(),
+                                              {{path, "the weights"}, {options_.models_dir, "the model store"}}));
   }
   EvictLocked();
   load_done_.SignalAll();
@@ -201,7 +222,7 @@ absl::StatusOr<std::pair<std::string, v1::ModelInfo>> ModelRegistry::JobCheckpoi
     }
   } else if (absl::SimpleAtoi(which, &epoch) && epoch > 0) {
     // epoch-N.ckpt (weights kept after every epoch), else whichever of
-    // best/latest finished epoch N (outputs of older versions).
+    // best/latest finished epoch N by its sidecar (outputs of older versions).
     std::string kept;
     if (fs::exists(run_dir::EpochCheckpoint(dir, epoch))) path = run_dir::EpochCheckpoint(dir, epoch);
     for (const char* name : {run_dir::kBest, run_dir::kLatest}) {
@@ -270,25 +291,29 @@ absl::Status ModelRegistry::CheckImport(const v1::ImportModelRequest::Header& h)
   return absl::OkStatus();
 }
 
-std::string ModelRegistry::NewUploadPath() {
+std::string ModelRegistry::NewUploadPath() { return NewWorkPath(".upload"); }
+
+std::string ModelRegistry::NewWorkPath(const std::string& extension) {
   absl::MutexLock lock(&mu_);
-  return (fs::path(options_.models_dir) / absl::StrCat(::getpid(), "-", ++uploads_, ".upload")).string();
+  return (fs::path(options_.models_dir) / absl::StrCat(::getpid(), "-", ++work_paths_, extension)).string();
 }
 
-absl::Status ModelRegistry::Convert(const std::string& arch, const std::string& uploaded, const std::string& out) {
+absl::Status ModelRegistry::Convert(const std::string& arch, const std::string& input, const std::string& out,
+                                    const std::string& subject) {
   {
     absl::MutexLock lock(&convert_mu_);
     while (converting_ >= std::max(1, options_.max_converting)) convert_done_.Wait(&convert_mu_);
     ++converting_;
   }
   std::string sandbox;
-  absl::Status st = ConvertUploadedWeights(options_.converter, arch, uploaded, out, &sandbox);
+  absl::Status st = ConvertWeights(options_.converter, arch, input, out, subject, &sandbox);
   absl::MutexLock lock(&convert_mu_);
   --converting_;
   convert_done_.Signal();
   if (!sandbox.empty() && sandbox != sandbox_) {
     sandbox_ = sandbox;
-    std::fprintf(stderr, "dfc-server: uploaded weights are converted in a confined process (%s)\n", sandbox.c_str());
+    std::fprintf(stderr, "dfc-server: weights it did not write are converted in a confined process (%s)\n",
+                 sandbox.c_str());
   }
   return st;
 }
@@ -326,20 +351,16 @@ absl::StatusOr<v1::ModelInfo> ModelRegistry::Import(const v1::ImportModelRequest
     return fail(absl::InternalError(absl::StrCat("cannot create the converter's directory: ", ec.message())));
   }
   converted = work + "/weights.dfcw";
-  if (absl::Status st = Convert(h.arch(), uploaded, converted); !st.ok()) return fail(st);
-  // From here on only the converter's output is read: a served-weights file
-  // (common/weights_file.h), never an archive or HDF5 parser.
-  auto bytes = ReadFile(converted);
-  auto parsed = bytes.ok() ? ParseWeightsFile(*bytes) : absl::StatusOr<WeightsFile>(bytes.status());
-  if (!parsed.ok()) {
-    return fail(absl::InternalError(absl::StrCat("the converted weights: ", parsed.status().message())));
-  }
-  if (info.format() == "checkpoint") info.set_epoch(parsed->epoch);
-  bytes = std::string();
-  auto model = LoadFile(h.arch(), converted);  // outside the lock
+  if (absl::Status st = Convert(h.arch(), uploaded, converted, "the uploaded file"); !st.ok()) return fail(st);
+  // From here on only the converter's output is read, and only as a
+  // served-weights file (common/weights_file.h), never by an archive or HDF5
+  // parser: a converter taken over by its input can hand over nothing else.
+  int64_t epoch = 0;
+  auto model = LoadWeights(h.arch(), converted, &epoch);  // outside the lock
   if (!model.ok()) {
     return fail(absl::InternalError(absl::StrCat("the converted weights do not load: ", model.status().message())));
   }
+  if (info.format() == "checkpoint") info.set_epoch(epoch);
   info.set_name(h.name());
   info.set_arch(h.arch());
   info.set_created_unix_ms(NowMs());

@@ -80,10 +80,20 @@ class ModelRegistry {
       : options_(std::move(options)), catalog_(std::move(catalog)) {}
   // The cached model under `info` (arch, name), loading it if needed.
   absl::StatusOr<std::shared_ptr<ServedModel>> Load(const v1::ModelInfo& info, const std::string& path);
-  absl::StatusOr<std::shared_ptr<ServedModel>> LoadFile(const std::string& arch, const std::string& path);
+  // A served-weights file, loaded (`epoch`: the file's).
+  absl::StatusOr<std::shared_ptr<ServedModel>> LoadWeights(const std::string& arch, const std::string& path,
+                                                           int64_t* epoch);
+  // Any weights file of `info`'s: a served-weights file is loaded; anything
+  // else (a job checkpoint, a model stored before the converter existed) is
+  // converted in the confined child first.
+  absl::StatusOr<std::shared_ptr<ServedModel>> LoadFile(const v1::ModelInfo& info, const std::string& path,
+                                                        int64_t* epoch);
   void EvictLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // ConvertUploadedWeights, waiting for a free converter slot.
-  absl::Status Convert(const std::string& arch, const std::string& uploaded, const std::string& out);
+  // ConvertWeights, waiting for a free converter slot.
+  absl::Status Convert(const std::string& arch, const std::string& input, const std::string& out,
+                       const std::string& subject);
+  // A fresh path in models_dir for this process's work, ending in `extension`.
+  std::string NewWorkPath(const std::string& extension);
   absl::StatusOr<std::pair<std::string, v1::ModelInfo>> JobCheckpoint(const v1::ModelRef::JobCheckpoint& ref);
 
   const ModelRegistryOptions options_;
@@ -92,7 +102,7 @@ class ModelRegistry {
   absl::CondVar load_done_;
   std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);  // by cache key
   uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t uploads_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t work_paths_ ABSL_GUARDED_BY(mu_) = 0;  // NewWorkPath's counter
   // Converter children running (at most options_.max_converting).
   absl::Mutex convert_mu_;
   absl::CondVar convert_done_;

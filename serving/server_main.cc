@@ -106,13 +106,13 @@ int main(int argc, char** argv) {
   int64_t import_memory_mb = serve.converter.memory_bytes >> 20;
   int64_t import_timeout_s = serve.converter.timeout.count();
   app.add_option("--import-memory-mb", import_memory_mb,
-                 "Memory the confined process that parses an uploaded weights file may use, in MiB")
+                 "Memory the confined process that converts an uploaded weights file (or a job checkpoint) may use, in MiB")
       ->check(CLI::Range(int64_t{256}, int64_t{1} << 20));
   app.add_option("--import-cpu-s", serve.converter.cpu_seconds, "CPU seconds it may use")
       ->check(CLI::Range(1, 86400));
   app.add_option("--import-timeout-s", import_timeout_s, "Seconds it may take (then it is killed)")
       ->check(CLI::Range(int64_t{1}, int64_t{86400}));
-  app.add_option("--import-max-concurrent", serve.max_converting, "Uploads parsed at once (more wait)")
+  app.add_option("--import-max-concurrent", serve.max_converting, "Weights files converted at once (more wait)")
       ->check(CLI::Range(1, 64));
   dfc::MetricsFlags metrics_flags;
   metrics_flags.Add(app);

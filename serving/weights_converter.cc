@@ -67,11 +67,11 @@ int64_t MappedBytes() {
   return 0;
 }
 
-absl::Status Convert(const std::string& arch, const std::string& upload, const std::string& out) {
+absl::Status Convert(const std::string& arch, const std::string& input, const std::string& out) {
   CheckpointMeta meta;
   meta.arch = arch;
-  if (!LooksLikeHdf5(upload)) {
-    auto m = ReadCheckpointMeta(upload);
+  if (!LooksLikeHdf5(input)) {
+    auto m = ReadCheckpointMeta(input);
     if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat("weights: ", m.status().message()));
     if (m->arch != arch) {
       return absl::InvalidArgumentError(absl::StrCat("weights: the checkpoint is a ", m->arch, ", not a ", arch));
@@ -79,7 +79,7 @@ absl::Status Convert(const std::string& arch, const std::string& upload, const s
     meta.epoch = m->epoch;
     meta.step = m->step;
   }
-  auto model = LoadDetector(arch, upload, {}, "cpu");
+  auto model = LoadDetector(arch, input, {}, "cpu");
   if (!model.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("weights do not load as ", arch, ": ", model.status().message()));
   }
@@ -88,13 +88,13 @@ absl::Status Convert(const std::string& arch, const std::string& upload, const s
 
 }  // namespace
 
-absl::Status ConvertUploadedWeights(const WeightsConverterOptions& o, const std::string& arch,
-                                    const std::string& upload, const std::string& out, std::string* sandbox) {
+absl::Status ConvertWeights(const WeightsConverterOptions& o, const std::string& arch, const std::string& input,
+                            const std::string& out, const std::string& subject, std::string* sandbox) {
   if (o.command.empty()) return absl::InternalError("no weights converter is configured");
   const std::string log = (fs::path(out).parent_path() / kLog).string();
   SubprocessOptions so;
   so.argv = o.command;
-  so.argv.insert(so.argv.end(), {arch, upload, out, std::to_string(o.memory_bytes)});
+  so.argv.insert(so.argv.end(), {arch, input, out, std::to_string(o.memory_bytes)});
   so.log_path = log;
   so.close_other_fds = true;
   so.inherit_env = false;  // none of the server's environment (tokens, credentials) reaches it
@@ -125,17 +125,16 @@ absl::Status ConvertUploadedWeights(const WeightsConverterOptions& o, const std:
                                           o.cpu_seconds, " s of CPU, ", o.timeout.count(), " s");
   if (timed_out) {
     return absl::InvalidArgumentError(
-        absl::StrCat("weights: converting the uploaded file took longer than ", o.timeout.count(), " s (", limits,
-                     ")"));
+        absl::StrCat("weights: converting ", subject, " took longer than ", o.timeout.count(), " s (", limits, ")"));
   }
   const int sig = child->term_signal();
   if (sig == SIGXCPU) {
-    return absl::InvalidArgumentError(absl::StrCat("weights: converting the uploaded file used more than ",
+    return absl::InvalidArgumentError(absl::StrCat("weights: converting ", subject, " used more than ",
                                                    o.cpu_seconds, " s of CPU (", limits, ")"));
   }
   if (sig != 0) {
     const char* name = ::sigabbrev_np(sig);
-    return absl::InvalidArgumentError(absl::StrCat("weights: reading the uploaded file ended the converter with SIG",
+    return absl::InvalidArgumentError(absl::StrCat("weights: reading ", subject, " ended the converter with SIG",
                                                    name != nullptr ? name : std::to_string(sig), " (", limits, ")"));
   }
   switch (child->exit_code()) {
@@ -162,16 +161,16 @@ int ConvertWeightsMain(int argc, char** argv) {
   };
   int64_t memory = 0;
   if (argc != 6 || !absl::SimpleAtoi(argv[5], &memory) || memory <= 0) {
-    return fail(3, "usage: dfc-server --convert-weights ARCH UPLOAD OUT MEMORY_BYTES");
+    return fail(3, "usage: dfc-server --convert-weights ARCH INPUT OUT MEMORY_BYTES");
   }
-  const std::string arch = argv[2], upload = argv[3], out = argv[4];
+  const std::string arch = argv[2], input = argv[3], out = argv[4];
   // The memory budget on top of what the binary and its libraries map
   // (a CUDA LibTorch maps gigabytes before any weights are read).
   const auto budget = static_cast<rlim_t>(MappedBytes() + memory);
   const rlimit as{budget, budget};
   if (::setrlimit(RLIMIT_AS, &as) != 0) return fail(3, absl::StrCat("setrlimit: ", ::strerror(errno)));
   SandboxPolicy policy;
-  policy.read_paths = {upload,      "/usr",        "/lib",          "/lib64", "/lib32",
+  policy.read_paths = {input,      "/usr",        "/lib",          "/lib64", "/lib32",
                        "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu", "/dev/null", "/dev/urandom"};
   policy.write_dirs = {fs::path(out).parent_path().string()};
   auto report = EnterSandbox(policy);
@@ -181,9 +180,9 @@ int ConvertWeightsMain(int argc, char** argv) {
   torch::set_num_threads(1);
   absl::Status st;
   try {
-    st = Convert(arch, upload, out);
+    st = Convert(arch, input, out);
   } catch (const std::bad_alloc&) {
-    st = absl::InvalidArgumentError("weights: the uploaded file needs more memory than the converter may use");
+    st = absl::InvalidArgumentError("weights: the file needs more memory than the converter may use");
   } catch (const std::exception& e) {
     st = absl::InvalidArgumentError(absl::StrCat("weights: ", e.what()));
   }

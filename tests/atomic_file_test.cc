@@ -88,5 +88,19 @@ TEST(AtomicFileTest, AReadOnlyFileSystemIsPermanentAndAFullOneIsNot) {
   EXPECT_EQ(appended, static_cast<int>(absl::StatusCode::kResourceExhausted));
 }
 
+// The magic sniff that tells weights formats apart reads only the first
+// bytes, and a short, missing or unreadable file is simply not a match.
+TEST(AtomicFileTest, FileStartsWithComparesOnlyTheFirstBytes) {
+  testing::TempDir dir;
+  testing::WriteFileOrDie(dir.Join("w"), std::string("DFCWTS01") + std::string(1 << 20, '\0'));
+  testing::WriteFileOrDie(dir.Join("short"), "DFCW");
+  EXPECT_TRUE(FileStartsWith(dir.Join("w"), "DFCWTS01"));
+  EXPECT_TRUE(FileStartsWith(dir.Join("w"), std::string_view("DFCWTS01\0", 9)));
+  EXPECT_FALSE(FileStartsWith(dir.Join("w"), "DFCWTS02"));
+  EXPECT_FALSE(FileStartsWith(dir.Join("short"), "DFCWTS01"));
+  EXPECT_FALSE(FileStartsWith(dir.Join("missing"), "DFCWTS01"));
+  EXPECT_FALSE(FileStartsWith(dir.path(), "DFCWTS01"));  // a directory
+}
+
 }  // namespace
 }  // namespace dfc

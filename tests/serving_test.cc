@@ -62,20 +62,41 @@ class MapCatalog final : public ModelCatalog {
     return out;
   }
   absl::StatusOr<v1::JobOutput> GetJobOutput(const std::string& job_id) override {
-    return absl::NotFoundError(absl::StrCat("no job ", job_id));
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+    return it->second;
+  }
+  void AddJob(const std::string& job_id, const std::string& arch, const std::string& output_dir) {
+    std::lock_guard<std::mutex> lock(mu_);
+    v1::JobOutput& j = jobs_[job_id];
+    j.set_job_id(job_id);
+    j.set_arch(arch);
+    j.set_output_dir(output_dir);
+    j.set_state(v1::SUCCEEDED);
   }
 
  private:
   std::mutex mu_;
   std::map<std::string, v1::CatalogEntry> entries_;
+  std::map<std::string, v1::JobOutput> jobs_;
 };
 
-std::string SaveRandomCheckpoint(const std::string& arch, const std::string& path) {
+std::string SaveRandomCheckpoint(const std::string& arch, const std::string& path, int64_t epoch = 0) {
   auto model = MakeDetector(arch);
   EXPECT_TRUE(model.ok()) << model.status();
   CheckpointMeta meta;
   meta.arch = arch;
+  meta.epoch = epoch;
   EXPECT_TRUE(SaveCheckpoint(path, **model, nullptr, meta).ok());
+  return path;
+}
+
+// A served-weights file (what imports are stored as) of a random model.
+std::string SaveRandomWeights(const std::string& arch, const std::string& path) {
+  auto model = MakeDetector(arch);
+  EXPECT_TRUE(model.ok()) << model.status();
+  EXPECT_TRUE(SaveWeightsFile(path, **model, 0).ok());
   return path;
 }
 
@@ -119,6 +140,7 @@ class ServingTest : public ::testing::Test {
     catalog_->Add("cold", "resnet50-vggface", SaveRandomCheckpoint("resnet50-vggface", dir_.Join("cold.ckpt")));
     testing::WriteFileOrDie(dir_.Join("broken.ckpt"), std::string(1000, 'x'));
     catalog_->Add("broken", "mesoinception4", dir_.Join("broken.ckpt"));
+    catalog_->Add("served", "mesoinception4", SaveRandomWeights("mesoinception4", dir_.Join("served.dfcw")));
     Start(Options());
   }
   ModelRegistryOptions Options() {
@@ -187,11 +209,16 @@ class ServingTest : public ::testing::Test {
 
   // One stream of `n` images on `model`; the results received and the status.
   grpc::Status Evaluate(const std::string& model, int n, int* results) {
+    v1::ModelRef ref;
+    ref.set_name(model);
+    return Evaluate(ref, n, results);
+  }
+  grpc::Status Evaluate(const v1::ModelRef& model, int n, int* results) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
     auto stream = stub_->Evaluate(&ctx);
     v1::EvaluateRequest first;
-    first.mutable_model()->set_name(model);
+    *first.mutable_model() = model;
     stream->Write(first);
     for (int i = 0; i < n; ++i) {
       v1::EvaluateRequest r;
@@ -367,8 +394,8 @@ TEST_F(ServingTest, AnUploadIsConvertedInAConfinedProcessAndStoredAsAWeightsFile
   // The converter reports its confinement (seccomp always; Landlock where the kernel has it).
   std::filesystem::create_directory(dir_.Join("convert"));
   std::string sandbox;
-  ASSERT_TRUE(ConvertUploadedWeights(Options().converter, "mesoinception4", dir_.Join("warm.ckpt"),
-                                     dir_.Join("convert/w.ckpt"), &sandbox).ok());
+  ASSERT_TRUE(ConvertWeights(Options().converter, "mesoinception4", dir_.Join("warm.ckpt"),
+                             dir_.Join("convert/w.dfcw"), "the uploaded file", &sandbox).ok());
   EXPECT_EQ(sandbox.rfind("seccomp, ", 0), 0u) << sandbox;
   // Weights of another architecture are the converter's refusal, named.
   st = Import("wrong", "meso4", dir_.Join("warm.ckpt"), &info);
@@ -398,7 +425,8 @@ TEST_F(ServingTest, AConverterThatCrashesHangsOrRunsOutOfMemoryCostsOnlyThatImpo
       // A converter taken over by its input could write anything: the server
       // reads only a served-weights file, never a checkpoint archive or HDF5.
       {"not-weights", {"/bin/sh", "-c", "cp \"$2\" \"$3\"", "sh"}, "mesoinception4", "warm.ckpt",
-       "the converted weights: weights file: not a DFC weights file", grpc::StatusCode::INTERNAL},
+       "the converted weights do not load: 'the converted weights': weights file: not a DFC weights file",
+       grpc::StatusCode::INTERNAL},
   };
   for (const Case& c : cases) {
     ModelRegistryOptions o = Options();
@@ -416,10 +444,55 @@ TEST_F(ServingTest, AConverterThatCrashesHangsOrRunsOutOfMemoryCostsOnlyThatImpo
     EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60)) << c.name;
     EXPECT_EQ(Models().count(c.name), 0u) << c.name;
     EXPECT_TRUE(ModelsDirEntries().empty()) << c.name << ": " << ModelsDirEntries().front();
+    // (A served-weights file: loading it runs no converter.)
     int n = 0;
-    EXPECT_TRUE(Evaluate("warm", 2, &n).ok()) << c.name;
+    EXPECT_TRUE(Evaluate("served", 2, &n).ok()) << c.name;
     EXPECT_EQ(n, 2) << c.name;
   }
+}
+
+// The server parses only served-weights files itself. A job's checkpoint (the
+// workers write it) and a model stored before imports were converted go
+// through the same confined converter when they are loaded; what it writes is
+// loaded and then removed.
+TEST_F(ServingTest, WeightsTheServerDidNotWriteAreConvertedWhenLoaded) {
+  const std::string run = dir_.Join("job-7");
+  std::filesystem::create_directories(run);
+  SaveRandomCheckpoint("mesoinception4", run + "/best.ckpt", 3);
+  catalog_->AddJob("job-7", "mesoinception4", run);
+  v1::ModelRef best;
+  best.mutable_job()->set_job_id("job-7");
+  best.mutable_job()->set_checkpoint("best");
+  int n = 0;
+  // The real converter: both load, and the job's epoch comes from the
+  // checkpoint's sidecar and the converted file.
+  grpc::Status st = Evaluate(best, 2, &n);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(n, 2);
+  ASSERT_TRUE(Evaluate("warm", 1, &n).ok());
+  auto models = Models();
+  EXPECT_EQ(models["job-7:best"].state(), v1::MODEL_LOADED);
+  EXPECT_EQ(models["job-7:best"].epoch(), 3);
+  EXPECT_EQ(models["warm"].state(), v1::MODEL_LOADED);
+  EXPECT_TRUE(ModelsDirEntries().empty()) << ModelsDirEntries().front();
+  // A converter that crashes: the loads fail with its crash named (so the
+  // server did not parse these files itself), and a served-weights file
+  // still loads without it.
+  ModelRegistryOptions o = Options();
+  o.converter.command = {"/bin/sh", "-c", "kill -SEGV $$", "sh"};
+  Start(o);
+  st = Evaluate(best, 1, &n);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("reading the job's checkpoint ended the converter with SIGSEGV"),
+            std::string::npos) << st.error_message();
+  st = Evaluate("warm", 1, &n);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("reading the stored model ended the converter with SIGSEGV"), std::string::npos)
+      << st.error_message();
+  EXPECT_EQ(st.error_message().find(dir_.path()), std::string::npos) << "a server path leaked: " << st.error_message();
+  ASSERT_TRUE(Evaluate("served", 1, &n).ok());
+  EXPECT_EQ(n, 1);
+  EXPECT_TRUE(ModelsDirEntries().empty()) << ModelsDirEntries().front();
 }
 
 // The server digests what it receives: a digest the client announced must
