@@ -79,7 +79,9 @@ int main(int argc, char** argv) {
       head.mutable_model()->set_name(model);
       stream->Write(head);
       dfc::v1::EvaluateResponse resp;
-      stream->Read(&resp);  // the model header
+      // The model header (after any "still loading" ones).
+      while (stream->Read(&resp) && resp.has_model() && resp.model().state() == dfc::v1::MODEL_LOADING) {
+      }
       const int total = warmup + per_stream;
       std::vector<Clock::time_point> sent(static_cast<size_t>(total));
       std::vector<double> mine;

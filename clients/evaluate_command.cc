@@ -216,7 +216,8 @@ class StreamRunner {
     std::vector<size_t> sent;
     size_t answered = 0;
     bool reader_done = false;
-    // Answers (and the model's description) are the replica's signs of life.
+    // Answers, the model's description and the replica's "still loading"
+    // are its signs of life.
     int64_t last_answer_ms = SteadyMs();
     bool stalled = false;
     auto outstanding = [&] { return sent.size() - answered; };  // with mu held
@@ -247,7 +248,9 @@ class StreamRunner {
         }
         changed.notify_all();
         if (resp.has_model()) {
-          *info = resp.model();
+          // MODEL_LOADING: the replica is loading the model (a sign of life
+          // only); then the loaded model's description.
+          if (resp.model().state() != v1::MODEL_LOADING) *info = resp.model();
           continue;
         }
         const v1::EvaluateResult& r = resp.result();

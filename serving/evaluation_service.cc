@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <future>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -48,7 +49,18 @@ grpc::Status EvaluationServiceImpl::Evaluate(
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "model: the first message must name the model (a job checkpoint or an imported name)");
   }
-  auto resolved = registry_->Resolve(req.model());
+  // The load runs beside the stream's thread, which tells the client every
+  // loading_heartbeat that it is still loading.
+  auto loading = std::async(std::launch::async, [this, &req] { return registry_->Resolve(req.model()); });
+  bool client_gone = false;
+  while (loading.wait_for(options_.loading_heartbeat) != std::future_status::ready) {
+    if (client_gone) continue;
+    v1::EvaluateResponse beat;
+    beat.mutable_model()->set_state(v1::MODEL_LOADING);
+    client_gone = !stream->Write(beat);
+  }
+  auto resolved = loading.get();
+  if (client_gone) return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
   if (!resolved.ok()) {
     if (metrics_ != nullptr) metrics_->Request("unresolved", false);  // never a client-chosen name as a label
     return ToGrpc(resolved.status());

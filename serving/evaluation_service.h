@@ -2,6 +2,7 @@
 #define DFC_SERVING_EVALUATION_SERVICE_H_
 
 #include <atomic>
+#include <chrono>
 #include <string>
 
 #include "serving/batcher.h"
@@ -20,6 +21,11 @@ struct EvaluationOptions {
   int max_streams = 128;
   // Per-image limits, checked on the header before any pixel is decoded.
   ImageLimits limits{size_t{12} << 20, int64_t{40} * 1000 * 1000};
+  // While the stream's model loads (a conversion, a cold ResNet-50, a wait
+  // for a converter slot), the stream hears a ModelInfo in state
+  // MODEL_LOADING this often: a sign of life for the client's stall
+  // watchdog, which a frozen replica does not give.
+  std::chrono::milliseconds loading_heartbeat{5000};
 };
 
 // The evaluation API: Evaluate streams (decode on the stream's thread, run

@@ -12,6 +12,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "common/rpc/rpc_util.h"
@@ -164,14 +165,14 @@ class ServingTest : public ::testing::Test {
     ASSERT_TRUE(r.ok()) << r.status();
     registry_ = std::move(*r);
     batcher_ = std::make_unique<InferenceBatcher>(InferenceBatcher::Options{});
-    service_ = std::make_unique<EvaluationServiceImpl>(registry_.get(), batcher_.get(), EvaluationOptions{}, "",
+    service_ = std::make_unique<EvaluationServiceImpl>(registry_.get(), batcher_.get(), eval_options_, "",
                                                        "test-replica");
-    int port = 0;
-    server_ = StartGrpcServer("127.0.0.1:0", grpc::InsecureServerCredentials(), {service_.get()}, &port,
+    port_ = 0;
+    server_ = StartGrpcServer("127.0.0.1:0", grpc::InsecureServerCredentials(), {service_.get()}, &port_,
                               kMaxRpcThreads);
     ASSERT_NE(server_, nullptr);
     stub_ = v1::EvaluationService::NewStub(
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
   }
   // An ImportModel stream of the file at `path`.
   grpc::Status Import(const std::string& name, const std::string& arch, const std::string& path,
@@ -243,6 +244,8 @@ class ServingTest : public ::testing::Test {
 
   testing::TempDir dir_;
   Gate gate_;
+  EvaluationOptions eval_options_;  // Start's
+  int port_ = 0;
   std::shared_ptr<MapCatalog> catalog_;
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<InferenceBatcher> batcher_;
@@ -250,6 +253,63 @@ class ServingTest : public ::testing::Test {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<v1::EvaluationService::Stub> stub_;
 };
+
+// A stream whose model is loading hears so every loading_heartbeat, so that
+// `dfc evaluate --stall-timeout` tells a long load (a conversion, a cold
+// ResNet-50, a wait for a converter slot) from a frozen replica, which says
+// nothing.
+TEST_F(ServingTest, AStreamHearsThatItsModelIsLoading) {
+  eval_options_.loading_heartbeat = std::chrono::milliseconds(100);
+  Start(Options());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto stream = stub_->Evaluate(&ctx);
+  v1::EvaluateRequest first;
+  first.mutable_model()->set_name("cold");  // its load waits at the gate
+  ASSERT_TRUE(stream->Write(first));
+  v1::EvaluateResponse resp;
+  for (int beats = 0; beats < 3; ++beats) {
+    ASSERT_TRUE(stream->Read(&resp));
+    ASSERT_TRUE(resp.has_model());
+    EXPECT_EQ(resp.model().state(), v1::MODEL_LOADING);
+  }
+  gate_.Open();
+  v1::EvaluateRequest image;
+  image.set_id("0");
+  image.set_image(TestImage(0));
+  ASSERT_TRUE(stream->Write(image));
+  stream->WritesDone();
+  std::vector<v1::EvaluateResponse> rest;
+  while (stream->Read(&resp)) rest.push_back(resp);
+  ASSERT_TRUE(stream->Finish().ok());
+  size_t at = 0;
+  while (at < rest.size() && rest[at].has_model() && rest[at].model().state() == v1::MODEL_LOADING) ++at;
+  ASSERT_EQ(rest.size(), at + 2) << "the model's description, then one result";
+  EXPECT_EQ(rest[at].model().state(), v1::MODEL_LOADED);
+  EXPECT_EQ(rest[at].model().name(), "cold");
+  EXPECT_EQ(rest[at].model().input_size(), 224);
+  EXPECT_EQ(rest[at + 1].result().id(), "0");
+  EXPECT_TRUE(rest[at + 1].result().error().empty()) << rest[at + 1].result().error();
+
+  // The client: a load of 4 s under --stall-timeout 1 is waited for, not
+  // taken for a frozen replica.
+  ModelRegistryOptions slow = Options();
+  slow.before_load = [](const std::string& name) {
+    if (name == "warm") std::this_thread::sleep_for(std::chrono::seconds(4));
+  };
+  eval_options_.loading_heartbeat = std::chrono::milliseconds(300);
+  Start(slow);
+  std::filesystem::create_directories(dir_.Join("images"));
+  for (int i = 0; i < 3; ++i) testing::WriteFileOrDie(dir_.Join("images/" + std::to_string(i) + ".png"), TestImage(i));
+  auto r = testing::RunCommand(absl::StrCat(testing::DfcBinary(), " evaluate --json --stall-timeout 1 --server 127.0.0.1:",
+                                            port_, " --model warm ", dir_.Join("images")));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err.find("answered nothing"), std::string::npos) << r.err;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  EXPECT_EQ(j["count"], 3);
+  EXPECT_EQ(j["errors"], 0);
+}
 
 // A client that opens stream after stream (and never finishes them) gets
 // RESOURCE_EXHAUSTED once the server's threads are all taken, instead of the
