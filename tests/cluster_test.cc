@@ -877,6 +877,78 @@ TEST(ClusterTest, UsersAndWorkersHoldDifferentTokensAndOpenEndpointsNeedInsecure
   EXPECT_NE(log.find("WARNING: listening on " + open + " with no token"), std::string::npos) << log;
 }
 
+// A rank reads users' files with libjpeg, libpng and libhdf5, so it holds
+// no credential of the coordinator's: the worker's token (given here in its
+// environment) is neither in the rank's environment nor on its command line,
+// and neither is the coordinator's address; the worker forwards the rank's
+// reports, so the job's epochs and step progress still reach the record.
+TEST(ClusterTest, ARankHoldsNoCredentialAndItsWorkerForwardsItsReports) {
+  testing::TempDir dir;
+  testing::WriteFileOrDie(dir.Join("user-token"), "user-secret\n");
+  testing::WriteFileOrDie(dir.Join("worker-token"), "worker-secret\n");
+  const std::string shards = testing::SyntheticShards(dir, 96);
+  const std::string addr = "127.0.0.1:" + std::to_string(PickFreePort());
+  testing::Processes procs(&dir);
+  procs.Start({Bin("dfc-coordinator"), "--listen", addr, "--state", dir.Join("state"), "--heartbeat-ms", "200",
+               "--token-file", dir.Join("user-token"), "--worker-token-file", dir.Join("worker-token")},
+              "coordinator.log");
+  procs.Start({"/usr/bin/env", "DFC_TOKEN=worker-secret", Bin("dfc-worker"), "--coordinator", addr, "--work-dir",
+               dir.Join("work")},
+              "worker.log");
+  const std::string dfc = testing::DfcBinary() + " --coordinator " + addr + " --token-file " + dir.Join("user-token");
+  testing::CommandResult r;
+  for (int i = 0; i < 100; ++i) {
+    r = RunCommand(dfc + " submit --json --model mesoinception4 --data " + shards +
+                   " --world-size 1 --epochs 4 --batch-size 16 --threads 1");
+    if (r.exit_code == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  const std::regex started("started " + job + " attempt 1 rank 0/1 \\(pid ([0-9]+)\\)");
+  pid_t rank = -1;
+  for (int i = 0; i < 600 && rank < 0; ++i) {
+    std::smatch m;
+    const std::string log = procs.Log("worker.log");
+    if (std::regex_search(log, m, started)) rank = std::stoi(m[1]);
+    else std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GT(rank, 0) << procs.Log("worker.log");
+  const std::vector<std::string> env = ProcStrings(rank, "environ");
+  const std::vector<std::string> argv = ProcStrings(rank, "cmdline");
+  ASSERT_FALSE(env.empty()) << "the rank ended before it was looked at";
+  ASSERT_FALSE(argv.empty());
+  for (const std::string& e : env) {
+    EXPECT_EQ(e.find("worker-secret"), std::string::npos) << e;
+    EXPECT_NE(e.rfind("DFC_TOKEN=", 0), 0u) << e;
+  }
+  for (const std::string& a : argv) {
+    EXPECT_EQ(a.find("worker-secret"), std::string::npos) << a;
+    EXPECT_EQ(a.find(addr), std::string::npos) << "the rank was given the coordinator's address";
+    EXPECT_NE(a, "--tls-key");
+  }
+  // Step progress arrives while it trains; every epoch is in the record.
+  bool progress_seen = false;
+  std::string status;
+  for (int i = 0; i < 3000; ++i) {
+    status = RunCommand(dfc + " status --json " + job).out;
+    const auto j = nlohmann::json::parse(status, nullptr, false);
+    if (!j.is_discarded() && j.contains("progress") && j["progress"].contains("steps")) {
+      const auto& steps = j["progress"]["steps"];  // int64: a string in proto JSON
+      progress_seen = progress_seen || (steps.is_string() ? steps.get<std::string>() != "0" : steps.get<int64_t>() > 0);
+    }
+    if (JsonString(status, "state") == "SUCCEEDED" || JsonString(status, "state") == "FAILED") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(JsonString(status, "state"), "SUCCEEDED") << status << procs.Log("worker.log");
+  EXPECT_TRUE(progress_seen) << "no step progress was forwarded";
+  const auto record = nlohmann::json::parse(status);
+  std::vector<int> epochs;
+  for (const auto& e : record["epochs"]) epochs.push_back(e["epoch"].get<int>());
+  EXPECT_EQ(epochs, (std::vector<int>{1, 2, 3, 4})) << status;
+  EXPECT_FALSE(record.value("resolved_config", "").empty()) << "the resolved hyper-parameters were not forwarded";
+}
+
 // The real MesoNet training folder as users have it (`train:test/`), a subset
 // whose size leaves a ragged last global batch (97 = 3 x 32 + 1: rank 1's
 // share of the last batch is empty), two ranks on two workers, then the best

@@ -19,6 +19,7 @@
 #include "training/collective.h"
 #include "training/rank_launcher.h"
 #include "common/exit_codes.h"
+#include "common/record_file.h"
 #include "common/run_dir.h"
 #include "common/subprocess.h"
 #include "common/training_config.h"
@@ -74,11 +75,11 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   v1::RankAssignment on_command_line = r.assignment;
   on_command_line.clear_rendezvous_key();
   const std::string encoded = absl::Base64Escape(on_command_line.SerializeAsString());
-  std::vector<std::string> args = {options_.rank_binary, "--coordinator", options_.coordinator};
-  if (!options_.security.tls_ca.empty()) args.insert(args.end(), {"--tls-ca", options_.security.tls_ca});
-  if (!options_.security.tls_cert.empty()) args.insert(args.end(), {"--tls-cert", options_.security.tls_cert});
-  if (!options_.security.tls_key.empty()) args.insert(args.end(), {"--tls-key", options_.security.tls_key});
-  args.insert(args.end(), {"rank", "--assignment", encoded});
+  // The rank reads users' data and weights with libjpeg, libpng and libhdf5,
+  // so it gets no credential of the coordinator's (no token, no TLS key, not
+  // even the address): rank 0 appends its reports to DIR/reports and this
+  // worker forwards them (ForwardReports).
+  std::vector<std::string> args = {options_.rank_binary, "rank", "--assignment", encoded};
   // A rank never outlives its worker (die_with_parent): if the worker dies,
   // so do its ranks, and their peers' collectives fail instead of waiting.
   // Its output is kept per job and rank (DIR/log).
@@ -88,7 +89,6 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   so.env.push_back("DFC_RANK_DIR=" + r.dir);
   if (!a.rendezvous_key().empty()) so.env.push_back(absl::StrCat(kRendezvousKeyEnv, "=", a.rendezvous_key()));
   if (r.gpu >= 0) so.env.push_back("CUDA_VISIBLE_DEVICES=" + std::to_string(r.gpu));
-  if (!options_.security.token.empty()) so.env.push_back("DFC_TOKEN=" + options_.security.token);
   auto started = Subprocess::Start(so);
   if (started.ok()) {
     r.process = std::move(*started);
@@ -150,6 +150,8 @@ std::string FirstLine(const std::string& path) {
 
 }  // namespace
 
+std::string ReportsPath(const std::string& rank_dir) { return (fs::path(rank_dir) / "reports").string(); }
+
 std::string WorkerAgent::ExitResult(const Rank& r) {
   if (r.hung) return "hung";
   if (r.process.term_signal() != 0) return "killed";
@@ -193,6 +195,61 @@ void WorkerAgent::Reap() {
   }
 }
 
+void WorkerAgent::ForwardReports(v1::WorkerService::Stub& stub) {
+  constexpr size_t kMaxRead = size_t{1} << 20;
+  constexpr size_t kMaxRecord = size_t{64} << 10;
+  for (Rank& r : ranks_) {
+    if (r.reports_broken) continue;
+    const int fd = ::open(ReportsPath(r.dir).c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;  // nothing reported yet
+    std::string bytes(kMaxRead, '\0');
+    const ssize_t n = ::pread(fd, bytes.data(), bytes.size(), static_cast<off_t>(r.reports_offset));
+    ::close(fd);
+    if (n <= 0) continue;
+    bytes.resize(static_cast<size_t>(n));
+    auto records = DecodeRecords(bytes, kMaxRecord);
+    if (!records.ok()) {
+      // Written by a rank that is not ours to trust: its reports end here
+      // (the job's outcome still comes from its exit, its epochs from the
+      // run directory).
+      std::fprintf(stderr, "dfc-worker: %s attempt %d: its reports are damaged (%s); no more are forwarded\n",
+                   r.assignment.job_id().c_str(), r.assignment.attempt(), std::string(records.status().message()).c_str());
+      r.reports_broken = true;
+      continue;
+    }
+    const int64_t base = r.reports_offset;  // where `bytes` starts in the file
+    // Only the newest step progress matters; epochs and settings all do.
+    size_t last_progress = records->size();
+    std::vector<v1::ReportMetricsRequest> parsed(records->size());
+    std::vector<bool> valid(records->size());
+    for (size_t i = 0; i < records->size(); ++i) {
+      valid[i] = parsed[i].ParseFromString((*records)[i].payload);
+      if (valid[i] && parsed[i].has_progress()) last_progress = i;
+    }
+    for (size_t i = 0; i < records->size(); ++i) {
+      v1::ReportMetricsRequest& req = parsed[i];
+      const bool superseded = req.has_progress() && !req.has_epoch() && i != last_progress;
+      if (valid[i] && !superseded) {
+        // A rank reports for its own attempt, whatever it wrote.
+        req.set_job_id(r.assignment.job_id());
+        req.set_attempt(r.assignment.attempt());
+        v1::ReportMetricsResponse resp;
+        auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
+        const grpc::Status st = stub.ReportMetrics(ctx.get(), req, &resp);
+        if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+            st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+          break;  // sent again next time from here
+        }
+        if (!st.ok()) {
+          std::fprintf(stderr, "dfc-worker: %s attempt %d: a report was refused: %s\n", r.assignment.job_id().c_str(),
+                       r.assignment.attempt(), st.error_message().c_str());
+        }
+      }
+      r.reports_offset = base + static_cast<int64_t>((*records)[i].end);
+    }
+  }
+}
+
 absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
   if (options_.work_dir.empty()) {
     const char* tmp = std::getenv("TMPDIR");
@@ -215,6 +272,9 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
   std::vector<Rank> finished_reported;
   while (!*stop) {
     Reap();
+    // Before the heartbeat: a rank that has exited has its last epoch's
+    // report forwarded before its exit is.
+    ForwardReports(*stub);
     v1::HeartbeatRequest req;
     req.set_worker_id(worker_id_);
     for (const Rank& r : ranks_) {
@@ -266,11 +326,12 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
 
 namespace {
 
-// Sends rank 0's epoch metrics to the coordinator.
+// Rank 0's epoch metrics, progress and resolved hyper-parameters, appended
+// to DIR/reports for its worker to forward: the rank holds no credential of
+// the coordinator's.
 class ReportingObserver : public TrainObserver {
  public:
-  ReportingObserver(v1::WorkerService::Stub* stub, const RpcSecurity* sec, std::string job_id, int attempt)
-      : stub_(stub), sec_(sec), job_id_(std::move(job_id)), attempt_(attempt) {}
+  ReportingObserver(int fd, std::string job_id, int attempt) : fd_(fd), job_id_(std::move(job_id)), attempt_(attempt) {}
   void OnEpoch(const EpochMetrics& m) override {
     v1::ReportMetricsRequest req;
     req.set_job_id(job_id_);
@@ -323,14 +384,11 @@ class ReportingObserver : public TrainObserver {
 
  private:
   void Send(const v1::ReportMetricsRequest& req) {
-    v1::ReportMetricsResponse resp;
-    auto ctx = MakeContext(*sec_);
-    grpc::Status st = stub_->ReportMetrics(ctx.get(), req, &resp);
-    if (!st.ok()) std::fprintf(stderr, "dfc-worker rank: cannot report metrics: %s\n", st.error_message().c_str());
+    absl::Status st = AppendRecord(fd_, req.SerializeAsString());
+    if (!st.ok()) std::fprintf(stderr, "dfc-worker rank: cannot report metrics: %s\n", std::string(st.message()).c_str());
   }
 
-  v1::WorkerService::Stub* stub_;
-  const RpcSecurity* sec_;
+  const int fd_;
   const std::string job_id_;
   const int attempt_;
   std::chrono::steady_clock::time_point last_progress_;
@@ -372,7 +430,7 @@ class LoggingObserver : public TrainObserver {
   TrainObserver* const next_;
 };
 
-absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator, const RpcSecurity& security) {
+absl::Status RunRank(const v1::RankAssignment& a) {
   std::printf("rank %d of %d: job %s attempt %d: %s on %s%s\n", a.rank(), a.world_size(), a.job_id().c_str(),
               a.attempt(), ModelName(a.config().model()).c_str(), a.config().data().c_str(),
               a.resume() ? " (resuming from latest.ckpt)" : "");
@@ -404,16 +462,18 @@ absl::Status RunRank(const v1::RankAssignment& a, const std::string& coordinator
     o.collective = collective.get();
   }
   std::unique_ptr<ReportingObserver> observer;
-  std::unique_ptr<v1::WorkerService::Stub> stub;
-  if (a.rank() == 0) {
-    auto channel = MakeChannel(coordinator, security);
-    if (!channel.ok()) return channel.status();
-    stub = v1::WorkerService::NewStub(*channel);
-    observer = std::make_unique<ReportingObserver>(stub.get(), &security, a.job_id(), a.attempt());
+  int reports_fd = -1;
+  if (const char* dir = std::getenv("DFC_RANK_DIR"); a.rank() == 0 && dir != nullptr && *dir) {
+    reports_fd = ::open(ReportsPath(dir).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (reports_fd < 0) {
+      return absl::InternalError(absl::StrCat("cannot open ", ReportsPath(dir), ": ", std::strerror(errno)));
+    }
+    observer = std::make_unique<ReportingObserver>(reports_fd, a.job_id(), a.attempt());
   }
   LoggingObserver logging(a.rank(), observer.get());
   auto result = RunTraining(o, &logging);
   if (progress_fd >= 0) ::close(progress_fd);
+  if (reports_fd >= 0) ::close(reports_fd);
   return result.status();
 }
 

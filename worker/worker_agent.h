@@ -60,6 +60,8 @@ class WorkerAgent {
     bool stopping = false;  // SIGTERM sent; SIGKILL when the grace period ends (never moved later)
     std::string error;      // reported with the exit
     bool hung = false;
+    int64_t reports_offset = 0;   // DIR/reports forwarded up to here
+    bool reports_broken = false;  // a damaged record: no more are read
   };
   // How a rank ended, for the metrics.
   static std::string ExitResult(const Rank& r);
@@ -68,6 +70,10 @@ class WorkerAgent {
   // Stops the ranks of `job_id` whose attempt is `attempt` or older.
   void StopRanks(const std::string& job_id, int attempt);
   void Reap();
+  // Forwards what rank 0s appended to DIR/reports since the last call, as
+  // ReportMetrics of their own job and attempt, with this worker's
+  // credentials; a transient failure leaves the rest for the next call.
+  void ForwardReports(v1::WorkerService::Stub& stub);
   // A chunk of a rank's log, for the coordinator (dfc logs).
   v1::LogChunk ReadRankLog(const v1::LogRequest& request) const;
 
@@ -79,11 +85,16 @@ class WorkerAgent {
 };
 
 
-// `dfc-worker rank`: one rank of a job. Joins the process group, trains and,
-// on rank 0, reports each epoch's metrics to the coordinator. With
-// DFC_RANK_DIR set (by the worker) it touches DIR/progress after every step.
-absl::Status RunRank(const v1::RankAssignment& assignment, const std::string& coordinator,
-                     const RpcSecurity& security);
+// `dfc-worker rank`: one rank of a job. Joins the process group and trains.
+// With DFC_RANK_DIR set (by the worker) it touches DIR/progress after every
+// step and, on rank 0, appends its reports (epoch metrics, step progress, the
+// resolved hyper-parameters) to DIR/reports (common/record_file.h: serialised
+// ReportMetricsRequests), which the worker forwards. It holds no credential
+// of the coordinator's and never connects to it.
+absl::Status RunRank(const v1::RankAssignment& assignment);
+
+// DIR/reports of a rank's folder.
+std::string ReportsPath(const std::string& rank_dir);
 
 // The rank's side of the worker's failure report: the first line of `error`
 // goes to DFC_RANK_DIR/error (if set), and the exit code says whether the job

@@ -1,4 +1,6 @@
 // dfc-worker: runs the training ranks the coordinator assigns to this machine.
+#include <sys/prctl.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +41,10 @@ int main(int argc, char** argv) {
   std::string assignment_b64;
   rank_cmd->add_option("--assignment", assignment_b64)->required();
   CLI11_PARSE(app, argc, argv);
+  // The token never reaches a rank: not through this environment either.
+  const char* env_token = std::getenv("DFC_TOKEN");
+  const std::string token_from_env = env_token != nullptr ? env_token : "";
+  ::unsetenv("DFC_TOKEN");
   if (!token_file.empty()) {
     auto t = dfc::ReadTokenFile(token_file);
     if (!t.ok()) {
@@ -46,12 +52,8 @@ int main(int argc, char** argv) {
       return 2;
     }
     opts.security.token = *t;
-  } else if (const char* tok = std::getenv("DFC_TOKEN")) {
-    opts.security.token = tok;
-  }
-  if (opts.coordinator.empty()) {
-    std::fprintf(stderr, "dfc-worker: --coordinator is required\n");
-    return 2;
+  } else if (!token_from_env.empty()) {
+    opts.security.token = token_from_env;
   }
   opts.hang_timeout = std::chrono::seconds(hang_timeout_s);
   if (rank_cmd->parsed()) {
@@ -63,7 +65,7 @@ int main(int argc, char** argv) {
     }
     absl::Status st;
     try {
-      st = dfc::RunRank(a, opts.coordinator, opts.security);
+      st = dfc::RunRank(a);
     } catch (const std::exception& e) {
       st = absl::InternalError(e.what());
     }
@@ -74,6 +76,14 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
+  if (opts.coordinator.empty()) {
+    std::fprintf(stderr, "dfc-worker: --coordinator is required\n");
+    return 2;
+  }
+  // Ranks run as this user and read users' files: they may not attach to
+  // this process or read its memory and environment (/proc/PID/mem, environ),
+  // where the token is.
+  ::prctl(PR_SET_DUMPABLE, 0);
   if (opts.gpus == -1) {
     opts.gpus = static_cast<int>(torch::cuda::device_count());
     if (opts.gpus == 0) {
