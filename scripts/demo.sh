@@ -3,12 +3,14 @@
 # workers, one evaluation server) trains MesoInception-4 with 2 data-parallel ranks on the built-in
 # synthetic dataset, with live progress, then the best checkpoint is evaluated
 # on the validation split through the evaluation server's Evaluate stream.
-# Everything lands in demo/ (override with DFC_DEMO_DIR).
+# Everything lands in demo/ (override with DFC_DEMO_DIR: relative to the
+# repository, or absolute).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 bin=build/bin
-dir=$(pwd)/${DFC_DEMO_DIR:-demo}
+dir=${DFC_DEMO_DIR:-demo}
+[[ "$dir" = /* ]] || dir=$(pwd)/$dir  # relative to the repository; an absolute path as given
 count=${DFC_DEMO_IMAGES:-2000}
 epochs=${DFC_DEMO_EPOCHS:-6}
 port=${DFC_DEMO_PORT:-50151}
