@@ -74,6 +74,28 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view conte
   return absl::OkStatus();
 }
 
+bool ReadBoundedLine(std::istream& in, size_t max, std::string* line, bool* truncated) {
+  line->clear();
+  if (truncated != nullptr) *truncated = false;
+  std::streambuf* buf = in.rdbuf();
+  if (buf == nullptr) return false;
+  bool any = false;
+  for (;;) {
+    const int c = buf->sbumpc();
+    if (c == std::char_traits<char>::eof()) {
+      in.setstate(std::ios::eofbit);
+      return any;
+    }
+    any = true;
+    if (c == '\n') return true;
+    if (line->size() < max) {
+      line->push_back(static_cast<char>(c));
+    } else if (truncated != nullptr) {
+      *truncated = true;
+    }
+  }
+}
+
 bool FileStartsWith(const std::string& path, std::string_view magic) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;

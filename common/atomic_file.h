@@ -1,6 +1,7 @@
 #ifndef DFC_COMMON_ATOMIC_FILE_H_
 #define DFC_COMMON_ATOMIC_FILE_H_
 
+#include <istream>
 #include <string>
 #include <string_view>
 
@@ -20,6 +21,12 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
 
 // Whether the file at `path` begins with `magic` (false when it cannot be read).
 bool FileStartsWith(const std::string& path, std::string_view magic);
+
+// Reads the next line of `in` (without its '\n') into `line`, keeping at most
+// `max` bytes of it and skipping the rest (`*truncated` says so): a file
+// another process wrote cannot make the reader hold a line of gigabytes.
+// False at the end of the input.
+bool ReadBoundedLine(std::istream& in, size_t max, std::string* line, bool* truncated = nullptr);
 
 // Appends one line (a '\n' is added) and flushes it to disk.
 absl::Status AppendLine(const std::string& path, std::string_view line);

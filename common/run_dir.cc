@@ -1,6 +1,8 @@
 #include "common/run_dir.h"
 
+#include <cstdint>
 #include <filesystem>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -21,8 +23,9 @@ std::string SelectionDir(const std::string& dir) { return absl::StrCat(dir, "/",
 
 int MetricsLineEpoch(const nlohmann::json& line) {
   if (!line.is_object() || !line.contains("epoch") || !line["epoch"].is_number_integer()) return 0;
-  const int epoch = line["epoch"].get<int>();
-  return epoch >= 1 ? epoch : 0;
+  // An epoch beyond int (written by a rank, not by us) is no epoch.
+  const int64_t epoch = line["epoch"].get<int64_t>();
+  return epoch >= 1 && epoch <= std::numeric_limits<int>::max() ? static_cast<int>(epoch) : 0;
 }
 
 bool HasResumePoint(const std::string& dir) {

@@ -20,6 +20,7 @@
 #include "common/status_macros.h"
 #include "common/exit_codes.h"
 #include "common/random_token.h"
+#include "common/atomic_file.h"
 #include "common/run_dir.h"
 #include "common/training_config.h"
 #include "data_shards/shard_format.h"
@@ -167,11 +168,18 @@ absl::Status Coordinator::ReconcilePhaseLocked(v1::Job& job, const std::string& 
   std::map<int, v1::EpochMetrics> have;
   for (const v1::EpochMetrics& e : *list) have[e.epoch()] = e;
   bool added = false;
+  // The ranks wrote this file (and they read users' files): a line longer
+  // than any real one, or an epoch beyond the job's limit, is skipped, so
+  // the file cannot make this lock hold gigabytes or the record grow
+  // without bound.
+  constexpr size_t kMaxLine = 64 << 10;
   std::string line;
-  while (std::getline(f, line)) {
+  bool too_long = false;
+  while (ReadBoundedLine(f, kMaxLine, &line, &too_long)) {
+    if (too_long) continue;
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     const int epoch = run_dir::MetricsLineEpoch(j);
-    if (epoch == 0 || have.count(epoch)) continue;
+    if (epoch == 0 || epoch > job.config().epochs() || have.count(epoch)) continue;
     auto num = [&j](const char* k) { return j.contains(k) && j[k].is_number() ? j[k].get<double>() : 0.0; };
     v1::EpochMetrics m;
     m.set_phase(phase);
@@ -775,6 +783,10 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
     versions_[r.job_id()]++;
     changed_.SignalAll();
     return absl::OkStatus();
+  }
+  if (r.epoch().epoch() < 1 || r.epoch().epoch() > job.config().epochs()) {
+    return absl::InvalidArgumentError(absl::StrCat("epoch.epoch ", r.epoch().epoch(), ": the job has epochs 1..",
+                                                   job.config().epochs()));
   }
   DFC_RETURN_IF_ERROR(store_->PutEpoch(r.job_id(), r.epoch()));  // refuses an unknown phase
   auto* list = PhaseEpochs(job, r.epoch().phase());

@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -100,6 +101,29 @@ TEST(AtomicFileTest, FileStartsWithComparesOnlyTheFirstBytes) {
   EXPECT_FALSE(FileStartsWith(dir.Join("short"), "DFCWTS01"));
   EXPECT_FALSE(FileStartsWith(dir.Join("missing"), "DFCWTS01"));
   EXPECT_FALSE(FileStartsWith(dir.path(), "DFCWTS01"));  // a directory
+}
+
+// A line longer than the bound keeps its first `max` bytes and says it was
+// cut; the next line is read whole; a last line without '\n' still counts.
+TEST(AtomicFileTest, ReadBoundedLineKeepsAtMostMaxBytesAndGoesOn) {
+  std::istringstream in("abc\n" + std::string(5000, 'x') + "\n\nlast");
+  std::string line;
+  bool cut = true;
+  ASSERT_TRUE(ReadBoundedLine(in, 8, &line, &cut));
+  EXPECT_EQ(line, "abc");
+  EXPECT_FALSE(cut);
+  ASSERT_TRUE(ReadBoundedLine(in, 8, &line, &cut));
+  EXPECT_EQ(line, "xxxxxxxx");
+  EXPECT_TRUE(cut);
+  ASSERT_TRUE(ReadBoundedLine(in, 8, &line, &cut));
+  EXPECT_EQ(line, "");
+  EXPECT_FALSE(cut);
+  ASSERT_TRUE(ReadBoundedLine(in, 8, &line, &cut));
+  EXPECT_EQ(line, "last");
+  EXPECT_FALSE(ReadBoundedLine(in, 8, &line, &cut));
+  EXPECT_EQ(line, "");
+  std::istringstream empty("");
+  EXPECT_FALSE(ReadBoundedLine(empty, 8, &line));
 }
 
 }  // namespace

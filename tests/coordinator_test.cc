@@ -42,12 +42,12 @@ class CoordinatorTest : public ::testing::Test {
     return resp->worker_id();
   }
   std::string Submit(Coordinator& c, int world, bool wait = false, int max_restarts = 0,
-                     const std::string& recipe = "") {
+                     const std::string& recipe = "", int epochs = 1) {
     v1::SubmitJobRequest r;
     r.mutable_config()->set_recipe(recipe);
     r.mutable_config()->set_model(v1::MESOINCEPTION4);
     r.mutable_config()->set_data(dir_.Join("sh"));
-    r.mutable_config()->set_epochs(1);
+    r.mutable_config()->set_epochs(epochs);
     r.mutable_config()->set_batch_size(8);
     r.set_world_size(world);
     r.set_wait_for_capacity(wait);
@@ -285,6 +285,49 @@ TEST_F(CoordinatorTest, AStopNamesTheAttemptAndSparesTheNewOne) {
   EXPECT_EQ(j.failures(0).reason(), "rank 0: Gloo timeout");
 }
 
+// What the ranks report and write comes from processes that read users'
+// files, so the coordinator bounds it: an epoch outside the job's 1..epochs
+// is refused naming the limit, and reconciling from metrics.jsonl skips such
+// epochs and lines longer than any real one (a line of 8 MiB here) instead
+// of holding them; the epochs that are real still arrive.
+TEST_F(CoordinatorTest, ReportedAndWrittenEpochsAreBoundedByTheJob) {
+  auto c = Make();
+  const std::string w = Worker(*c, 1);
+  const std::string job = Submit(*c, 1, false, 0, "", /*epochs=*/3);
+  Beat(*c, w, {{job, 1, 0}});
+  ASSERT_EQ(State(*c, job), v1::RUNNING);
+  auto report = [&](int epoch) {
+    v1::ReportMetricsRequest r;
+    r.set_job_id(job);
+    r.set_attempt(1);
+    r.mutable_epoch()->set_epoch(epoch);
+    r.mutable_epoch()->set_val_accuracy(0.5 + 0.01 * epoch);
+    return c->ReportMetrics(r);
+  };
+  for (int bad : {0, -1, 4, 2147483647}) {
+    const absl::Status st = report(bad);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(st.message().find(absl::StrCat("epoch.epoch ", bad, ": the job has epochs 1..3")), std::string::npos)
+        << st;
+  }
+  EXPECT_EQ(c->GetJob(job)->epochs_size(), 0);
+  const std::string out = c->GetJob(job)->output_dir();
+  std::filesystem::create_directories(out);
+  testing::WriteFileOrDie(out + "/metrics.jsonl", "{\"epoch\":1,\"val_accuracy\":0.51}\n"
+                                                  "{\"epoch\":2,\"note\":\"" + std::string(8 << 20, 'x') + "\"}\n"
+                                                  "{\"epoch\":2,\"val_accuracy\":0.52}\n"
+                                                  "{\"epoch\":99999,\"val_accuracy\":1}\n"
+                                                  "{\"epoch\":1000000000000,\"val_accuracy\":1}\n"
+                                                  "not json\n");
+  ASSERT_TRUE(report(3).ok());  // skips ahead: reconciled from the file
+  const v1::Job j = *c->GetJob(job);
+  ASSERT_EQ(j.epochs_size(), 3) << j.ShortDebugString().substr(0, 2000);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(j.epochs(i).epoch(), i + 1);
+    EXPECT_DOUBLE_EQ(j.epochs(i).val_accuracy(), 0.51 + 0.01 * i);
+  }
+}
+
 // --recipe notebook reports two phases, each counting its epochs from 1: the
 // selection's and the retraining's are kept apart (one did not replace the
 // other), refused when the phase is unknown, reconciled from their own
@@ -295,7 +338,7 @@ TEST_F(CoordinatorTest, NotebookPhasesAreKeptApartAndTheSelectionIsAResumePoint)
   {
     auto c = Make(8, /*in_memory=*/false);
     const std::string w = Worker(*c, 1);
-    job = Submit(*c, 1, false, /*max_restarts=*/1, "notebook");
+    job = Submit(*c, 1, false, /*max_restarts=*/1, "notebook", /*epochs=*/4);
     Beat(*c, w, {{job, 1, 0}});
     ASSERT_EQ(State(*c, job), v1::RUNNING);
     out = c->GetJob(job)->output_dir();

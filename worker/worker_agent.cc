@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "training/collective.h"
 #include "training/rank_launcher.h"
+#include "common/atomic_file.h"
 #include "common/exit_codes.h"
 #include "common/record_file.h"
 #include "common/run_dir.h"
@@ -140,11 +141,11 @@ void WorkerAgent::StopRanks(const std::string& job_id, int attempt) {
 namespace {
 
 // The first line of a small file, or "".
+// (The rank wrote it: at most 1000 bytes are kept, however long the line.)
 std::string FirstLine(const std::string& path) {
   std::ifstream f(path);
   std::string line;
-  std::getline(f, line);
-  if (line.size() > 1000) line.resize(1000);
+  ReadBoundedLine(f, 1000, &line);
   return line;
 }
 
