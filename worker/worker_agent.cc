@@ -165,6 +165,7 @@ void WorkerAgent::Reap() {
     if (r.exited) continue;
     if (r.process.Poll()) {  // also sends the SIGKILL of a stop whose grace period is over
       r.exited = true;
+      r.exited_at = now;
       r.exit_code = r.process.exit_code();
       if (r.error.empty()) r.error = FirstLine((fs::path(r.dir) / "error").string());
       if (r.error.empty() && r.process.term_signal() != 0) {
@@ -198,56 +199,70 @@ void WorkerAgent::Reap() {
 
 void WorkerAgent::ForwardReports(v1::WorkerService::Stub& stub) {
   constexpr size_t kMaxRead = size_t{1} << 20;
+  constexpr int kMaxReadsPerCall = 16;  // a rank that wrote gigabytes is forwarded over many calls
   constexpr size_t kMaxRecord = size_t{64} << 10;
   for (Rank& r : ranks_) {
+    r.reports_pending = false;
     if (r.reports_broken) continue;
     const int fd = ::open(ReportsPath(r.dir).c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) continue;  // nothing reported yet
-    std::string bytes(kMaxRead, '\0');
-    const ssize_t n = ::pread(fd, bytes.data(), bytes.size(), static_cast<off_t>(r.reports_offset));
-    ::close(fd);
-    if (n <= 0) continue;
-    bytes.resize(static_cast<size_t>(n));
-    auto records = DecodeRecords(bytes, kMaxRecord);
-    if (!records.ok()) {
-      // Written by a rank that is not ours to trust: its reports end here
-      // (the job's outcome still comes from its exit, its epochs from the
-      // run directory).
-      std::fprintf(stderr, "dfc-worker: %s attempt %d: its reports are damaged (%s); no more are forwarded\n",
-                   r.assignment.job_id().c_str(), r.assignment.attempt(), std::string(records.status().message()).c_str());
-      r.reports_broken = true;
-      continue;
-    }
-    const int64_t base = r.reports_offset;  // where `bytes` starts in the file
-    // Only the newest step progress matters; epochs and settings all do.
-    size_t last_progress = records->size();
-    std::vector<v1::ReportMetricsRequest> parsed(records->size());
-    std::vector<bool> valid(records->size());
-    for (size_t i = 0; i < records->size(); ++i) {
-      valid[i] = parsed[i].ParseFromString((*records)[i].payload);
-      if (valid[i] && parsed[i].has_progress()) last_progress = i;
-    }
-    for (size_t i = 0; i < records->size(); ++i) {
-      v1::ReportMetricsRequest& req = parsed[i];
-      const bool superseded = req.has_progress() && !req.has_epoch() && i != last_progress;
-      if (valid[i] && !superseded) {
-        // A rank reports for its own attempt, whatever it wrote.
-        req.set_job_id(r.assignment.job_id());
-        req.set_attempt(r.assignment.attempt());
-        v1::ReportMetricsResponse resp;
-        auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
-        const grpc::Status st = stub.ReportMetrics(ctx.get(), req, &resp);
-        if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
-            st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-          break;  // sent again next time from here
-        }
-        if (!st.ok()) {
-          std::fprintf(stderr, "dfc-worker: %s attempt %d: a report was refused: %s\n", r.assignment.job_id().c_str(),
-                       r.assignment.attempt(), st.error_message().c_str());
-        }
+    for (int read = 0; read < kMaxReadsPerCall; ++read) {
+      std::string bytes(kMaxRead, '\0');
+      const ssize_t n = ::pread(fd, bytes.data(), bytes.size(), static_cast<off_t>(r.reports_offset));
+      if (n <= 0) break;
+      bytes.resize(static_cast<size_t>(n));
+      auto records = DecodeRecords(bytes, kMaxRecord);
+      if (!records.ok()) {
+        // Written by a rank that is not ours to trust: its reports end here
+        // (the job's outcome still comes from its exit, its epochs from the
+        // run directory).
+        std::fprintf(stderr, "dfc-worker: %s attempt %d: its reports are damaged (%s); no more are forwarded\n",
+                     r.assignment.job_id().c_str(), r.assignment.attempt(),
+                     std::string(records.status().message()).c_str());
+        r.reports_broken = true;
+        break;
       }
-      r.reports_offset = base + static_cast<int64_t>((*records)[i].end);
+      const int64_t base = r.reports_offset;  // where `bytes` starts in the file
+      // Only the newest step progress matters; epochs and settings all do.
+      size_t last_progress = records->size();
+      std::vector<v1::ReportMetricsRequest> parsed(records->size());
+      std::vector<bool> valid(records->size());
+      for (size_t i = 0; i < records->size(); ++i) {
+        valid[i] = parsed[i].ParseFromString((*records)[i].payload);
+        if (valid[i] && parsed[i].has_progress()) last_progress = i;
+      }
+      bool transient = false;
+      for (size_t i = 0; i < records->size() && !transient; ++i) {
+        v1::ReportMetricsRequest& req = parsed[i];
+        const bool superseded = req.has_progress() && !req.has_epoch() && i != last_progress;
+        if (valid[i] && !superseded) {
+          // A rank reports for its own attempt, whatever it wrote.
+          req.set_job_id(r.assignment.job_id());
+          req.set_attempt(r.assignment.attempt());
+          v1::ReportMetricsResponse resp;
+          auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
+          const grpc::Status st = stub.ReportMetrics(ctx.get(), req, &resp);
+          if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+              st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+            transient = true;  // sent again next time from here
+            continue;
+          }
+          if (!st.ok()) {
+            std::fprintf(stderr, "dfc-worker: %s attempt %d: a report was refused: %s\n",
+                         r.assignment.job_id().c_str(), r.assignment.attempt(), st.error_message().c_str());
+          }
+        }
+        r.reports_offset = base + static_cast<int64_t>((*records)[i].end);
+      }
+      if (transient) {
+        r.reports_pending = true;
+        break;
+      }
+      if (static_cast<size_t>(n) < kMaxRead) break;  // read to the end
+      // A full read: more may follow (next read, or next call).
+      r.reports_pending = read + 1 == kMaxReadsPerCall;
     }
+    ::close(fd);
   }
 }
 
@@ -278,19 +293,25 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
     ForwardReports(*stub);
     v1::HeartbeatRequest req;
     req.set_worker_id(worker_id_);
+    // An exited rank whose reports are not all forwarded yet is reported as
+    // running for a while longer: its exit would end the attempt and its
+    // last epochs would arrive too late or not at all.
+    const auto now = std::chrono::steady_clock::now();
+    auto held = [now](const Rank& r) { return r.exited && r.reports_pending && now - r.exited_at < kReportsGrace; };
     for (const Rank& r : ranks_) {
+      const bool exited = r.exited && !held(r);
       v1::RankStatus* s = req.add_ranks();
       s->set_job_id(r.assignment.job_id());
       s->set_attempt(r.assignment.attempt());
       s->set_rank(r.assignment.rank());
-      s->set_running(!r.exited);
-      s->set_exited(r.exited);
-      s->set_exit_code(r.exit_code);
+      s->set_running(!exited);
+      s->set_exited(exited);
+      if (exited) s->set_exit_code(r.exit_code);
       s->set_store_port(r.store_port);
       // The rank's error line may quote file names or a weights file's layer
       // names in any encoding; a non-UTF-8 string would make the coordinator
       // refuse the whole heartbeat (and take this worker for dead).
-      s->set_error(ValidUtf8(r.error));
+      if (exited) s->set_error(ValidUtf8(r.error));
     }
     for (v1::LogChunk& chunk : log_answers_) *req.add_logs() = std::move(chunk);
     log_answers_.clear();
@@ -305,7 +326,7 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
       // Exited ranks were reported; forget them.
       std::vector<Rank> keep;
       for (Rank& r : ranks_) {
-        if (!r.exited) keep.push_back(std::move(r));
+        if (!r.exited || held(r)) keep.push_back(std::move(r));
       }
       ranks_ = std::move(keep);
       for (const v1::StopRanks& stop : resp.stop()) StopRanks(stop.job_id(), stop.attempt());

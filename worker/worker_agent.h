@@ -62,7 +62,13 @@ class WorkerAgent {
     bool hung = false;
     int64_t reports_offset = 0;   // DIR/reports forwarded up to here
     bool reports_broken = false;  // a damaged record: no more are read
+    bool reports_pending = false;  // the last ForwardReports left some unsent
+    std::chrono::steady_clock::time_point exited_at;
   };
+  // How long an exited rank whose reports could not all be forwarded yet is
+  // still heartbeated as running, so its exit does not arrive (and the rank
+  // is not forgotten) before its last epochs do.
+  static constexpr std::chrono::seconds kReportsGrace{30};
   // How a rank ended, for the metrics.
   static std::string ExitResult(const Rank& r);
   absl::Status Register(v1::WorkerService::Stub& stub);
@@ -72,7 +78,8 @@ class WorkerAgent {
   void Reap();
   // Forwards what rank 0s appended to DIR/reports since the last call, as
   // ReportMetrics of their own job and attempt, with this worker's
-  // credentials; a transient failure leaves the rest for the next call.
+  // credentials; a transient failure leaves the rest for the next call
+  // (Rank::reports_pending), as does more than a call may read.
   void ForwardReports(v1::WorkerService::Stub& stub);
   // A chunk of a rank's log, for the coordinator (dfc logs).
   v1::LogChunk ReadRankLog(const v1::LogRequest& request) const;

@@ -1,0 +1,165 @@
+// The worker's forwarding of a rank's reports, against a WorkerService on
+// loopback that plays the coordinator (this class's unit test; the whole
+// path, with the real coordinator and a training rank, is
+// ClusterTest.ARankHoldsNoCredentialAndItsWorkerForwardsItsReports).
+#include "worker/worker_agent.h"
+
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "absl/synchronization/mutex.h"
+#include "common/record_file.h"
+#include "common/rpc/rpc_util.h"
+#include "dfc/v1/dfc.grpc.pb.h"
+#include "tests/test_util.h"
+
+namespace dfc {
+namespace {
+
+// Assigns one rank, answers ReportMetrics with UNAVAILABLE `failures` times
+// first, and notes which epochs it had when the rank's exit arrived.
+class FakeCoordinator final : public v1::WorkerService::Service {
+ public:
+  explicit FakeCoordinator(int failures) : failures_(failures) {}
+  grpc::Status RegisterWorker(grpc::ServerContext*, const v1::RegisterWorkerRequest*,
+                              v1::RegisterWorkerResponse* resp) override {
+    resp->set_worker_id("w1");
+    resp->set_heartbeat_interval_ms(50);
+    return grpc::Status::OK;
+  }
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
+                         v1::HeartbeatResponse* resp) override {
+    absl::MutexLock lock(&mu_);
+    for (const v1::RankStatus& r : req->ranks()) {
+      if (r.exited() && !exit_seen_) {
+        exit_seen_ = true;
+        epochs_at_exit_ = epochs_;
+        exit_code_ = r.exit_code();
+      }
+    }
+    if (!assigned_) {
+      assigned_ = true;
+      v1::RankAssignment* a = resp->add_start();
+      a->set_job_id("job-1");
+      a->set_attempt(1);
+      a->set_rank(0);
+      a->set_world_size(1);
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status ReportMetrics(grpc::ServerContext*, const v1::ReportMetricsRequest* req,
+                             v1::ReportMetricsResponse*) override {
+    absl::MutexLock lock(&mu_);
+    if (failures_ > 0) {
+      --failures_;
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator is busy");
+    }
+    EXPECT_EQ(req->job_id(), "job-1");
+    if (req->has_epoch()) epochs_.push_back(req->epoch().epoch());
+    if (req->has_progress()) last_step_ = req->progress().step();
+    return grpc::Status::OK;
+  }
+
+  bool WaitForExit(std::chrono::seconds limit) {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&exit_seen_), absl::FromChrono(limit));
+  }
+  std::vector<int> epochs_at_exit() {
+    absl::MutexLock lock(&mu_);
+    return epochs_at_exit_;
+  }
+  int exit_code() {
+    absl::MutexLock lock(&mu_);
+    return exit_code_;
+  }
+  int64_t last_step() {
+    absl::MutexLock lock(&mu_);
+    return last_step_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  int failures_;
+  bool assigned_ = false;
+  bool exit_seen_ = false;
+  int exit_code_ = -1;
+  std::vector<int> epochs_;
+  std::vector<int> epochs_at_exit_;
+  int64_t last_step_ = 0;
+};
+
+// Runs a worker whose "rank" puts `reports` in place as DIR/reports at once
+// and exits with status 3; returns the fake once the exit has arrived.
+void RunRankThatReports(FakeCoordinator& fake, const std::string& reports) {
+  testing::TempDir dir;
+  testing::WriteFileOrDie(dir.Join("reports"), reports);
+  const std::string script = dir.Join("rank.sh");
+  testing::WriteFileOrDie(script, "#!/bin/sh\ncp '" + dir.Join("reports") + "' \"$DFC_RANK_DIR/reports.tmp\" && mv \"$DFC_RANK_DIR/reports.tmp\" \"$DFC_RANK_DIR/reports\"\nexit 3\n");
+  ASSERT_EQ(::chmod(script.c_str(), 0755), 0);
+  int port = 0;
+  auto server = StartGrpcServer("127.0.0.1:0", grpc::InsecureServerCredentials(), {&fake}, &port);
+  ASSERT_NE(server, nullptr);
+  WorkerAgentOptions o;
+  o.coordinator = "127.0.0.1:" + std::to_string(port);
+  o.rank_binary = script;
+  o.work_dir = dir.Join("work");
+  WorkerAgent agent(o);
+  std::atomic<bool> stop{false};
+  std::thread run([&] { EXPECT_TRUE(agent.Run(&stop).ok()); });
+  const bool exited = fake.WaitForExit(std::chrono::seconds(20));
+  stop = true;
+  run.join();
+  server->Shutdown();
+  ASSERT_TRUE(exited) << "the rank's exit never reached the coordinator";
+  EXPECT_EQ(fake.exit_code(), 3);
+}
+
+std::string Report(int epoch, int64_t step) {
+  v1::ReportMetricsRequest r;
+  r.set_job_id("someone-else's-job");  // the worker sends it as the rank's own
+  if (epoch > 0) r.mutable_epoch()->set_epoch(epoch);
+  if (step > 0) {
+    r.mutable_progress()->set_step(step);
+    r.mutable_progress()->set_phase(std::string(100, 'p'));
+  }
+  return EncodeRecord(r.SerializeAsString());
+}
+
+// The coordinator refuses the first report as transient (UNAVAILABLE) and
+// answers the heartbeat right after: the rank has exited, but its exit is
+// held back until its epochs are forwarded, so the coordinator has all
+// three when it hears that the rank ended (without the hold it heard of
+// the exit with none, and the worker forgot the rank and its reports).
+TEST(WorkerAgentTest, AnExitedRanksReportsArriveBeforeItsExitDespiteATransientFailure) {
+  FakeCoordinator fake(/*failures=*/2);
+  std::string reports;
+  for (int e = 1; e <= 3; ++e) reports += Report(e, 0);
+  RunRankThatReports(fake, reports);
+  EXPECT_EQ(fake.epochs_at_exit(), (std::vector<int>{1, 2, 3}));
+}
+
+// More than one read's worth (1 MiB) of step progress (3.5 MiB here) before the last
+// epochs: all of it is read before the exit is reported, so the epochs at
+// the end of the file are not left behind.
+TEST(WorkerAgentTest, ReportsBeyondOneReadArriveBeforeTheExit) {
+  FakeCoordinator fake(/*failures=*/0);
+  std::string reports;
+  int64_t step = 0;
+  while (reports.size() < (size_t{7} << 19)) reports += Report(0, ++step);
+  reports += Report(1, 0) + Report(2, 0);
+  ASSERT_GT(reports.size(), size_t{3} << 20);
+  RunRankThatReports(fake, reports);
+  EXPECT_EQ(fake.epochs_at_exit(), (std::vector<int>{1, 2}));
+  EXPECT_EQ(fake.last_step(), step);
+}
+
+}  // namespace
+}  // namespace dfc
