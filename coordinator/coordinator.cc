@@ -148,6 +148,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
 }
 
 namespace {
+// Whether `epoch` is one the job can have (1..config.epochs): what ranks
+// report or write is not trusted beyond it.
+bool IsJobEpoch(const v1::Job& job, int64_t epoch) { return epoch >= 1 && epoch <= job.config().epochs(); }
+
 // The job's record of one phase's epochs: "" the run's, run_dir::kSelection
 // the notebook recipe's epoch-count selection (JobStore::PutEpoch refuses any
 // other phase).
@@ -179,7 +183,7 @@ absl::Status Coordinator::ReconcilePhaseLocked(v1::Job& job, const std::string& 
     if (too_long) continue;
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     const int epoch = run_dir::MetricsLineEpoch(j);
-    if (epoch == 0 || epoch > job.config().epochs() || have.count(epoch)) continue;
+    if (!IsJobEpoch(job, epoch) || have.count(epoch)) continue;
     auto num = [&j](const char* k) { return j.contains(k) && j[k].is_number() ? j[k].get<double>() : 0.0; };
     v1::EpochMetrics m;
     m.set_phase(phase);
@@ -784,7 +788,7 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
     changed_.SignalAll();
     return absl::OkStatus();
   }
-  if (r.epoch().epoch() < 1 || r.epoch().epoch() > job.config().epochs()) {
+  if (!IsJobEpoch(job, r.epoch().epoch())) {
     return absl::InvalidArgumentError(absl::StrCat("epoch.epoch ", r.epoch().epoch(), ": the job has epochs 1..",
                                                    job.config().epochs()));
   }

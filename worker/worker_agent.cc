@@ -197,6 +197,39 @@ void WorkerAgent::Reap() {
   }
 }
 
+bool WorkerAgent::ForwardRecords(v1::WorkerService::Stub& stub, Rank& r, const std::vector<FileRecord>& records) {
+  const int64_t base = r.reports_offset;  // where the records' bytes start in the file
+  // Only the newest step progress matters; epochs and settings all do.
+  size_t last_progress = records.size();
+  std::vector<v1::ReportMetricsRequest> parsed(records.size());
+  std::vector<bool> valid(records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    valid[i] = parsed[i].ParseFromString(records[i].payload);
+    if (valid[i] && parsed[i].has_progress()) last_progress = i;
+  }
+  for (size_t i = 0; i < records.size(); ++i) {
+    v1::ReportMetricsRequest& req = parsed[i];
+    const bool superseded = req.has_progress() && !req.has_epoch() && i != last_progress;
+    if (valid[i] && !superseded) {
+      // A rank reports for its own attempt, whatever it wrote.
+      req.set_job_id(r.assignment.job_id());
+      req.set_attempt(r.assignment.attempt());
+      v1::ReportMetricsResponse resp;
+      auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
+      const grpc::Status st = stub.ReportMetrics(ctx.get(), req, &resp);
+      if (st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+        return false;  // sent again next time from here
+      }
+      if (!st.ok()) {
+        std::fprintf(stderr, "dfc-worker: %s attempt %d: a report was refused: %s\n", r.assignment.job_id().c_str(),
+                     r.assignment.attempt(), st.error_message().c_str());
+      }
+    }
+    r.reports_offset = base + static_cast<int64_t>(records[i].end);
+  }
+  return true;
+}
+
 void WorkerAgent::ForwardReports(v1::WorkerService::Stub& stub) {
   constexpr size_t kMaxRead = size_t{1} << 20;
   constexpr int kMaxReadsPerCall = 16;  // a rank that wrote gigabytes is forwarded over many calls
@@ -222,44 +255,12 @@ void WorkerAgent::ForwardReports(v1::WorkerService::Stub& stub) {
         r.reports_broken = true;
         break;
       }
-      const int64_t base = r.reports_offset;  // where `bytes` starts in the file
-      // Only the newest step progress matters; epochs and settings all do.
-      size_t last_progress = records->size();
-      std::vector<v1::ReportMetricsRequest> parsed(records->size());
-      std::vector<bool> valid(records->size());
-      for (size_t i = 0; i < records->size(); ++i) {
-        valid[i] = parsed[i].ParseFromString((*records)[i].payload);
-        if (valid[i] && parsed[i].has_progress()) last_progress = i;
-      }
-      bool transient = false;
-      for (size_t i = 0; i < records->size() && !transient; ++i) {
-        v1::ReportMetricsRequest& req = parsed[i];
-        const bool superseded = req.has_progress() && !req.has_epoch() && i != last_progress;
-        if (valid[i] && !superseded) {
-          // A rank reports for its own attempt, whatever it wrote.
-          req.set_job_id(r.assignment.job_id());
-          req.set_attempt(r.assignment.attempt());
-          v1::ReportMetricsResponse resp;
-          auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
-          const grpc::Status st = stub.ReportMetrics(ctx.get(), req, &resp);
-          if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
-              st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-            transient = true;  // sent again next time from here
-            continue;
-          }
-          if (!st.ok()) {
-            std::fprintf(stderr, "dfc-worker: %s attempt %d: a report was refused: %s\n",
-                         r.assignment.job_id().c_str(), r.assignment.attempt(), st.error_message().c_str());
-          }
-        }
-        r.reports_offset = base + static_cast<int64_t>((*records)[i].end);
-      }
-      if (transient) {
+      if (!ForwardRecords(stub, r, *records)) {
         r.reports_pending = true;
         break;
       }
       if (static_cast<size_t>(n) < kMaxRead) break;  // read to the end
-      // A full read: more may follow (next read, or next call).
+      // A full read: more may follow (the next read, or the next call's).
       r.reports_pending = read + 1 == kMaxReadsPerCall;
     }
     ::close(fd);

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "common/rpc/rpc_util.h"
+#include "common/record_file.h"
 #include "common/subprocess.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 #include "training/trainer.h"
@@ -81,6 +82,9 @@ class WorkerAgent {
   // credentials; a transient failure leaves the rest for the next call
   // (Rank::reports_pending), as does more than a call may read.
   void ForwardReports(v1::WorkerService::Stub& stub);
+  // Sends one read's `records` (starting at r.reports_offset) and moves the
+  // offset past each one sent or refused; false at a transient failure.
+  bool ForwardRecords(v1::WorkerService::Stub& stub, Rank& r, const std::vector<FileRecord>& records);
   // A chunk of a rank's log, for the coordinator (dfc logs).
   v1::LogChunk ReadRankLog(const v1::LogRequest& request) const;
 
