@@ -120,11 +120,8 @@ TEST_F(ServingReplicasTest, AModelImportedThroughOneReplicaEvaluatesOnAnother) {
   ASSERT_EQ(expected.size(), data_.images.size());
   for (const auto& e : expected) {
     ASSERT_TRUE(got.count(e.path)) << e.path;
-    // The replica batches the images as they arrive, dfc predict all at
-    // once: float32 sums in another order differ by a few ulps, so the bound
-    // grows with the logit (~8 ulps) above |logit| 10 (real00772.jpg's is
-    // 45.6: ulp 3.8e-6, and CI saw it 1.1e-5 off).
-    EXPECT_NEAR(got[e.path], e.logit, std::max(1e-5, 1e-6 * std::abs(e.logit))) << e.path;
+    // The replica batches the images as they arrive, dfc predict all at once.
+    EXPECT_NEAR(got[e.path], e.logit, testing::LogitTolerance(e.logit)) << e.path;
   }
   EXPECT_EQ(Models(0).images_served(), 0);
   EXPECT_EQ(Models(1).images_served(), static_cast<int64_t>(data_.images.size()));
