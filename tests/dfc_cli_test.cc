@@ -270,11 +270,12 @@ TEST(DfcCliTest, TwoRankNotebookRunKilledInEitherPhaseResumesLikeAnUninterrupted
     if (run.size() >= 2) break;
   }
   ASSERT_GE(run.size(), 2u) << "no seed in 3..12 kept 2 or more epochs";
-  const std::string chosen = std::to_string(run.size());
 
   for (const std::string checkpoint : {"selection/latest.ckpt", "latest.ckpt"}) {
     SCOPED_TRACE("rank 1 killed once " + checkpoint + " exists");
-    const std::string out = dir.Join(checkpoint == "latest.ckpt" ? "retraining" : "selecting");
+    const bool retraining = checkpoint == "latest.ckpt";
+    const int phase_epochs = retraining ? static_cast<int>(run.size()) : 3;
+    const std::string out = dir.Join(retraining ? "retraining" : "selecting");
     testing::CommandResult first;
     std::thread running([&] { first = train(out, ""); });
     bool killed = false;
@@ -290,14 +291,15 @@ TEST(DfcCliTest, TwoRankNotebookRunKilledInEitherPhaseResumesLikeAnUninterrupted
     ASSERT_TRUE(killed) << "the run ended before " << checkpoint << " appeared: " << first.err;
     ASSERT_NE(first.exit_code, 0) << "killed too late: the run finished";
     EXPECT_NE(first.err.find("rank 1 was killed by signal 9"), std::string::npos) << first.err;
-    const std::string phase_file = out + (checkpoint == "latest.ckpt" ? "/metrics.jsonl" : "/selection/metrics.jsonl");
+    const std::string phase_file = out + (retraining ? "/metrics.jsonl" : "/selection/metrics.jsonl");
     const std::string first_epoch = MetricLines(phase_file).at(0);
 
     auto resumed = train(out, " --resume");
     ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
     const std::string said = resumed.out + resumed.err;
-    if (checkpoint == "latest.ckpt") {
-      EXPECT_NE(said.find("the selection phase chose " + chosen + " epochs"), std::string::npos) << said;
+    if (retraining) {
+      EXPECT_NE(said.find("the selection phase chose " + std::to_string(phase_epochs) + " epochs"), std::string::npos)
+          << said;
       EXPECT_NE(said.find("resuming the retraining"), std::string::npos) << said;
       EXPECT_EQ(said.find("selection epoch"), std::string::npos) << "the selection ran again: " << said;
     } else {
@@ -307,11 +309,12 @@ TEST(DfcCliTest, TwoRankNotebookRunKilledInEitherPhaseResumesLikeAnUninterrupted
     // timings and all, is the first run's, and the resumed run printed fewer
     // than all of that phase's epochs.
     EXPECT_EQ(MetricLines(phase_file).at(0), first_epoch);
-    const std::regex trained(checkpoint == "latest.ckpt" ? "(^|\\n)epoch [0-9]/" + chosen + " " : "selection epoch [0-9]/3 ");
+    const std::regex trained((retraining ? "(^|\\n)epoch [0-9]/" : "selection epoch [0-9]/") +
+                             std::to_string(phase_epochs) + " ");
     const auto printed = std::distance(std::sregex_iterator(said.begin(), said.end(), trained), std::sregex_iterator());
-    RecordProperty(checkpoint == "latest.ckpt" ? "retraining_epochs_resumed" : "selection_epochs_resumed",
+    RecordProperty(retraining ? "retraining_epochs_resumed" : "selection_epochs_resumed",
                    static_cast<int>(printed));
-    EXPECT_LT(printed, checkpoint == "latest.ckpt" ? static_cast<long>(run.size()) : 3) << said;
+    EXPECT_LT(printed, phase_epochs) << said;
     EXPECT_EQ(TrainedNumbers(out + "/selection/metrics.jsonl"), selection);
     EXPECT_EQ(TrainedNumbers(out + "/metrics.jsonl"), run);
     EXPECT_EQ(RunCommand("pgrep -f -- '--out " + out + " --ran[k]'").exit_code, 1) << "a rank is still running";

@@ -49,9 +49,11 @@ std::vector<PredictLine> ParsePredictions(const std::string& out);
 // How far one image's logit may move when the same model scores it in
 // another batch: oneDNN's float32 convolutions sum in an order that depends
 // on the batch, and CI has seen 1.1e-5 on a logit of -3.6 and of 45.6. Other
-// weights move a logit by far more than 1e-4. Probabilities move by at most
-// a quarter of that (the sigmoid's slope).
+// weights move a logit by far more than 1e-4.
 inline double LogitTolerance(double logit) { return 1e-4 * (std::abs(logit) > 1 ? std::abs(logit) : 1.0); }
+// The same for P(real): the sigmoid's slope times its argument is at most
+// 0.224, so a quarter of the smallest logit tolerance bounds it at any logit.
+inline double ProbabilityTolerance() { return LogitTolerance(0) / 4; }
 
 // A PNG whose header claims width x height (no pixel data).
 std::string PngHeader(uint32_t width, uint32_t height);
