@@ -10,8 +10,11 @@ WORKDIR /src
 COPY scripts/setup.sh scripts/setup.sh
 RUN DFC_SETUP_PACKAGES_ONLY=1 scripts/setup.sh --binaries-only
 COPY . .
+# scripts/build_images.sh mounts this machine's ccache and names it here, so
+# the stage reuses what scripts/setup.sh compiled; otherwise the cache mount.
+ARG DFC_CCACHE_DIR=/root/.cache/ccache
 RUN --mount=type=cache,target=/root/.cache/ccache \
-    scripts/setup.sh --binaries-only && strip build/bin/dfc build/bin/dfc-coordinator build/bin/dfc-worker build/bin/dfc-server
+    CCACHE_DIR=$DFC_CCACHE_DIR scripts/setup.sh --binaries-only && strip build/bin/dfc build/bin/dfc-coordinator build/bin/dfc-worker build/bin/dfc-server
 
 # Runtime: the shared libraries the binaries link, nothing to build with.
 FROM debian:12

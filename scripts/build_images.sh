@@ -52,7 +52,15 @@ fi
 
 if (( cpu )); then
   t1=$(date +%s)
-  podman build --network=host --pull=never -f docker/cpu.Dockerfile -t localhost/dfc:cpu .
+  # The build stage compiles with this machine's ccache (mounted for its RUN
+  # steps): after scripts/setup.sh it compiles nothing again.
+  ccache_args=()
+  if command -v ccache >/dev/null; then
+    cache_dir=$(ccache -k cache_dir)
+    mkdir -p "$cache_dir"
+    ccache_args=(--volume "$cache_dir:/var/cache/dfc-ccache" --build-arg DFC_CCACHE_DIR=/var/cache/dfc-ccache)
+  fi
+  podman build --network=host --pull=never "${ccache_args[@]}" -f docker/cpu.Dockerfile -t localhost/dfc:cpu .
   echo "build_images: dfc:cpu built in $(( $(date +%s) - t1 )) s"
   size=$(podman image inspect localhost/dfc:cpu --format '{{.Size}}')
   # podman prints layer sizes as "1.19 GB" (decimal units).
