@@ -28,22 +28,47 @@ if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -
 fi
 t0=$(date +%s)
 
-# The base image: Debian 12 minbase, made once.
+# The base image: Debian 12 minbase, made once, with the apt sources of
+# Debian's own image (bookworm, bookworm-updates, bookworm-security), so the
+# images' packages get Debian's security updates. A base made before it had
+# them (debootstrap writes bookworm alone) is made again.
+if podman image exists docker.io/library/debian:12 &&
+   ! podman run --rm --network=none docker.io/library/debian:12 \
+       grep -rqs bookworm-security /etc/apt/sources.list /etc/apt/sources.list.d; then
+  echo "build_images: the base image debian:12 has no security updates in its apt sources; making it again"
+  podman rmi -f docker.io/library/debian:12 >/dev/null
+fi
 if ! podman image exists docker.io/library/debian:12; then
-  mirror=""
+  mirror="" security=""
   for f in /etc/apt/sources.list.d/*.sources; do
     [[ -f $f ]] || continue
-    mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$f")
-    [[ -n $mirror ]] && break
+    [[ -n $mirror ]] || mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$f")
+    [[ -n $security ]] || security=$(awk '/^URIs:/ && $2 ~ /security/ {print $2; exit}' "$f")
   done
-  if [[ -z $mirror && -f /etc/apt/sources.list ]]; then
-    mirror=$(awk '$1 == "deb" && $3 ~ /^bookworm$/ {print $2; exit}' /etc/apt/sources.list)
+  if [[ -f /etc/apt/sources.list ]]; then
+    [[ -n $mirror ]] || mirror=$(awk '$1 == "deb" && $3 ~ /^bookworm$/ {print $2; exit}' /etc/apt/sources.list)
+    [[ -n $security ]] || security=$(awk '$1 == "deb" && $3 ~ /^bookworm-security$/ {print $2; exit}' /etc/apt/sources.list)
   fi
   [[ -n $mirror ]] || { echo "build_images.sh: no Debian mirror in this machine's apt sources" >&2; exit 1; }
+  security=${security:-http://deb.debian.org/debian-security}
   root=$(mktemp -d)
   trap 'rm -rf "$root"' EXIT
-  echo "build_images: debootstrap bookworm from $mirror"
+  echo "build_images: debootstrap bookworm from $mirror (security updates from $security)"
   debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
+  rm -f "$root"/etc/apt/sources.list
+  cat > "$root"/etc/apt/sources.list.d/debian.sources <<EOS
+Types: deb
+URIs: $mirror
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOS
   # As Debian's own image: no downloaded packages, no package lists.
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   tar -C "$root" -c . | podman import - docker.io/library/debian:12 >/dev/null
