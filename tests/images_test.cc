@@ -67,10 +67,13 @@ TEST_F(ImagesTest, TheImageHoldsTheProgramsAndNothingToBuildWith) {
   auto r = RunCommand(Podman(std::string("run --rm --network=host --entrypoint /bin/sh ") + kImage +
                              " -c 'id -u; for c in gcc g++ cc c++ clang ld make cmake ninja; do command -v $c; done;"
                              " ls /var/lib/apt/lists | grep -v -e lock -e partial; ls /var/cache/apt/archives | grep deb;"
-                             " test -e /src && echo SOURCE; ls /opt/dfc/bin'"));
+                             " test -e /src && echo SOURCE;"
+                             " grep -rqs bookworm-security /etc/apt/sources.list /etc/apt/sources.list.d && echo security;"
+                             " ls /opt/dfc/bin'"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, "10001\ndfc\ndfc-coordinator\ndfc-server\ndfc-worker\n")
-      << "expected uid 10001, no compiler, no package lists or archives, no source tree; got:\n" << r.out;
+  EXPECT_EQ(r.out, "10001\nsecurity\ndfc\ndfc-coordinator\ndfc-server\ndfc-worker\n")
+      << "expected uid 10001, no compiler, no package lists or archives, no source tree, Debian's security updates"
+         " in the apt sources; got:\n" << r.out;
   auto size = RunCommand(Podman(std::string("image inspect --format '{{.Size}}' ") + kImage));
   std::printf("dfc:cpu: %s bytes\n", size.out.c_str());
 }
