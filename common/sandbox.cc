@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -114,13 +115,13 @@ absl::Status RestrictFiles(const SandboxPolicy& policy, int abi) {
 sock_filter Stmt(uint16_t code, uint32_t k) { return BPF_STMT(code, k); }
 sock_filter Jump(uint16_t code, uint32_t k, uint8_t jt, uint8_t jf) { return BPF_JUMP(code, k, jt, jf); }
 
-absl::Status InstallSeccomp() {
+absl::Status InstallSeccomp(bool allow_network) {
   constexpr uint32_t kDeny = SECCOMP_RET_ERRNO | EPERM;
   constexpr uint32_t kAllow = SECCOMP_RET_ALLOW;
   const uint32_t kNr = offsetof(seccomp_data, nr);
   const uint32_t kArg0 = offsetof(seccomp_data, args);  // its low 32 bits (little-endian)
+  const int network[] = {SYS_socket, SYS_socketpair, SYS_connect, SYS_bind, SYS_listen, SYS_accept, SYS_accept4};
   const int denied[] = {
-    SYS_socket, SYS_socketpair, SYS_connect, SYS_bind, SYS_listen, SYS_accept, SYS_accept4,
     SYS_execve, SYS_execveat,
 #ifdef SYS_fork
     SYS_fork,
@@ -144,7 +145,9 @@ absl::Status InstallSeccomp() {
   f.push_back(Jump(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, 0, 1));  // x32 calls
   f.push_back(Stmt(BPF_RET | BPF_K, kDeny));
 #endif
-  for (int nr : denied) {
+  std::vector<int> deny(std::begin(denied), std::end(denied));
+  if (!allow_network) deny.insert(deny.end(), std::begin(network), std::end(network));
+  for (int nr : deny) {
     f.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(nr), 0, 1));
     f.push_back(Stmt(BPF_RET | BPF_K, kDeny));
   }
@@ -191,7 +194,7 @@ absl::StatusOr<SandboxReport> EnterSandbox(const SandboxPolicy& policy) {
   if (report.landlock_abi > 0) {
     if (absl::Status st = RestrictFiles(policy, report.landlock_abi); !st.ok()) return st;
   }
-  if (absl::Status st = InstallSeccomp(); !st.ok()) return st;
+  if (absl::Status st = InstallSeccomp(policy.allow_network); !st.ok()) return st;
   report.seccomp = true;
   return report;
 }

@@ -12,6 +12,7 @@ namespace dfc {
 struct SandboxPolicy {
   std::vector<std::string> read_paths;  // files, or directories read beneath (missing ones are skipped)
   std::vector<std::string> write_dirs;  // directories it may create, write, rename and remove files beneath
+  bool allow_network = false;           // keep sockets (a training rank's process group)
 };
 
 // The layers EnterSandbox put in force.
@@ -22,10 +23,11 @@ struct SandboxReport {
 };
 
 // Confines the calling process for good, before it parses untrusted input
-// (dfc-server's weights converter). Call it while the process has one
-// thread: a process with more is refused (the filters bind the calling
-// thread and the threads it starts later).
-//  - No new privileges; a seccomp filter refuses (EPERM) sockets, exec,
+// (dfc-server's weights converter, dfc-worker's CPU ranks). Call it while
+// the process has one thread: a process with more is refused (the filters
+// bind the calling thread and the threads it starts later).
+//  - No new privileges; a seccomp filter refuses (EPERM) sockets (unless
+//    policy.allow_network), exec,
 //    process creation other than threads, signals to other processes,
 //    ptrace and cross-process memory access, namespaces and mounts,
 //    io_uring, bpf, perf events, keyrings and userfaultfd.

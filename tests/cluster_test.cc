@@ -922,6 +922,8 @@ TEST(ClusterTest, ARankHoldsNoCredentialAndItsWorkerForwardsItsReports) {
     EXPECT_EQ(e.find("worker-secret"), std::string::npos) << e;
     EXPECT_NE(e.rfind("DFC_TOKEN=", 0), 0u) << e;
   }
+  // A CPU slot's rank sees no GPU, whatever the machine has.
+  EXPECT_NE(std::find(env.begin(), env.end(), "CUDA_VISIBLE_DEVICES="), env.end());
   for (const std::string& a : argv) {
     EXPECT_EQ(a.find("worker-secret"), std::string::npos) << a;
     EXPECT_EQ(a.find(addr), std::string::npos) << "the rank was given the coordinator's address";
@@ -947,6 +949,52 @@ TEST(ClusterTest, ARankHoldsNoCredentialAndItsWorkerForwardsItsReports) {
   for (const auto& e : record["epochs"]) epochs.push_back(e["epoch"].get<int>());
   EXPECT_EQ(epochs, (std::vector<int>{1, 2, 3, 4})) << status;
   EXPECT_FALSE(record.value("resolved_config", "").empty()) << "the resolved hyper-parameters were not forwarded";
+}
+
+// A CPU rank opens nothing of its user's outside its job's files: a train
+// shard that is a symlink out of the job's data directory (to a valid copy
+// of itself, still inside the coordinator's data roots) is refused by the
+// kernel, and the job fails at once naming it. With --rank-sandbox-off the
+// same job on the same files trains: what the confinement stops.
+TEST(ClusterTest, ACpuRankOpensNothingOutsideItsJobsFiles) {
+  for (const bool confined : {true, false}) {
+    SCOPED_TRACE(confined ? "confined" : "--rank-sandbox-off");
+    Cluster::Options o;
+    o.workers = 1;
+    if (!confined) o.worker_flags.push_back("--rank-sandbox-off");
+    Cluster c(o);
+    const std::string shards = testing::SyntheticShards(c.dir(), 48);
+    const std::string shard = shards + "/train-00000.dfcs";
+    const std::string elsewhere = c.dir().Join("elsewhere");
+    std::filesystem::create_directories(elsewhere);
+    std::filesystem::rename(shard, elsewhere + "/train-00000.dfcs");
+    std::filesystem::create_symlink(elsewhere + "/train-00000.dfcs", shard);
+    auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                              " --world-size 1 --epochs 1 --batch-size 8 --threads 1 --max-restarts 3"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string job = JsonString(r.out, "job_id");
+    std::string json;
+    for (int i = 0; i < 1200; ++i) {
+      json = RunCommand(c.Dfc("status --json " + job)).out;
+      if (JsonString(json, "state") == "SUCCEEDED" || JsonString(json, "state") == "FAILED") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    const std::string log = testing::ReadFileOrDie(c.RankLog(job, 1, 0));
+    if (!confined) {
+      EXPECT_NE(log.find("rank 0: not confined"), std::string::npos) << log;
+      EXPECT_EQ(JsonString(json, "state"), "SUCCEEDED") << json << log;
+      continue;
+    }
+    EXPECT_NE(log.find("rank 0: confined to its job's files (seccomp, "), std::string::npos) << log;
+    if (log.find("no Landlock") != std::string::npos) GTEST_SKIP() << "this kernel has no Landlock: " << log;
+    EXPECT_EQ(JsonString(json, "state"), "FAILED") << json << log;
+    EXPECT_EQ(JsonInt(json, "restarts"), 0) << "a refused file was retried: " << json;
+    const std::string reason = JsonString(json, "reason");
+    std::printf("reason: %s\n", reason.c_str());
+    EXPECT_NE(reason.find("train-00000.dfcs"), std::string::npos) << reason;
+    EXPECT_NE(reason.find("Permission denied (a confined rank opens only files beneath its job's data"),
+              std::string::npos) << reason;
+  }
 }
 
 // The real MesoNet training folder as users have it (`train:test/`), a subset

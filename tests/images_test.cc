@@ -120,6 +120,16 @@ TEST_F(ImagesTest, ContainersTrainATwoRankJobAndEvaluateItsCheckpoint) {
   const std::string job = nlohmann::json::parse(submit.out)["job_id"];
   auto watch = RunCommand(dfc + " watch --timeout 600 " + job);
   EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err << Logs(workers[0]) << Logs(workers[1]);
+  // Each rank confined itself inside its container (podman's default
+  // seccomp profile lets a process add its own filter and use Landlock).
+  for (int w = 0; w < 2; ++w) {
+    const std::string work = dir.Join("work-" + std::to_string(w)) + "/" + job + "/attempt-1";
+    std::string log;
+    for (const auto& e : std::filesystem::directory_iterator(work)) log = testing::ReadFileOrDie(e.path() / "log");
+    const size_t line = log.find("confined to its job's files (seccomp, Landlock ABI ");
+    EXPECT_NE(line, std::string::npos) << work << ":\n" << log;
+    if (line != std::string::npos) std::printf("worker %d: %s\n", w, log.substr(line, log.find('\n', line) - line).c_str());
+  }
   auto eval = RunCommand(dfc + " evaluate --json --job " + job + " --checkpoint best " + shared + "/synth");
   ASSERT_EQ(eval.exit_code, 0) << eval.err << Logs(coordinator) << Logs(server);
   const auto summary = nlohmann::json::parse(eval.out);

@@ -2,6 +2,7 @@
 // child that confines itself and then tries what a parser taken over by a
 // hostile file would try; the parent checks what the kernel let through.
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
@@ -130,6 +131,51 @@ TEST(SandboxTest, AConfinedProcessReachesOnlyWhatItsPolicyAllows) {
   EXPECT_EQ(r.lines["read_secret"], "EACCES");
   EXPECT_EQ(r.lines["write_secret"], "EACCES");
   EXPECT_EQ(r.lines["create_beside_upload"], "EACCES");
+}
+
+// A training rank's policy: its process group needs sockets, so they stay;
+// programs, processes and files outside its paths are still refused.
+TEST(SandboxTest, AllowNetworkKeepsSocketsAndNothingElse) {
+  testing::TempDir dir;
+  testing::WriteFileOrDie(dir.Join("secret"), "token");
+  ChildResult r = InChild([&](std::FILE* out) {
+    SandboxPolicy policy;
+    policy.read_paths = {"/usr", "/lib"};
+    policy.allow_network = true;
+    auto report = EnterSandbox(policy);
+    std::fprintf(out, "sandbox %s\n", report.ok() ? "ok" : std::string(report.status().message()).c_str());
+    if (!report.ok()) return;
+    std::fprintf(out, "landlock %d\n", report->landlock_abi);
+    const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+    std::fprintf(out, "inet_socket %s\n", Outcome(listener).c_str());
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::fprintf(out, "bind %s\n", Outcome(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr))).c_str());
+    std::fprintf(out, "listen %s\n", Outcome(::listen(listener, 1)).c_str());
+    socklen_t len = sizeof(addr);
+    ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+    const int client = ::socket(AF_INET, SOCK_STREAM, 0);
+    std::fprintf(out, "connect %s\n", Outcome(::connect(client, reinterpret_cast<sockaddr*>(&addr), len)).c_str());
+    std::fprintf(out, "accept %s\n", Outcome(::accept(listener, nullptr, nullptr)).c_str());
+    std::fprintf(out, "read_secret %s\n", Outcome(::open(dir.Join("secret").c_str(), O_RDONLY)).c_str());
+    const pid_t child = ::fork();
+    if (child == 0) ::_exit(0);
+    std::fprintf(out, "fork %s\n", Outcome(child).c_str());
+    std::fflush(out);
+    char* const args[] = {const_cast<char*>("/bin/true"), nullptr};
+    std::fprintf(out, "exec %s\n", Outcome(::execve("/bin/true", args, nullptr)).c_str());
+  });
+  ASSERT_EQ(r.lines["sandbox"], "ok");
+  EXPECT_EQ(r.lines["inet_socket"], "ok");
+  EXPECT_EQ(r.lines["bind"], "ok");
+  EXPECT_EQ(r.lines["listen"], "ok");
+  EXPECT_EQ(r.lines["connect"], "ok");
+  EXPECT_EQ(r.lines["accept"], "ok");
+  EXPECT_EQ(r.lines["fork"], "EPERM");
+  EXPECT_EQ(r.lines["exec"], "EPERM");
+  if (std::stoi(r.lines["landlock"]) == 0) GTEST_SKIP() << "this kernel has no Landlock: files are not confined";
+  EXPECT_EQ(r.lines["read_secret"], "EACCES");
 }
 
 TEST(SandboxTest, AConfinedProcessThatAbortsDiesOfItsOwnSignal) {

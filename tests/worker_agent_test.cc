@@ -161,5 +161,17 @@ TEST(WorkerAgentTest, ReportsBeyondOneReadArriveBeforeTheExit) {
   EXPECT_EQ(fake.last_step(), step);
 }
 
+// A rank's CUDA_VISIBLE_DEVICES: none on a CPU slot; on a GPU, that GPU as
+// the worker sees it, so a worker limited to some GPUs keeps its ranks there.
+TEST(WorkerAgentTest, ARankSeesOnlyItsOwnGpuAsTheWorkerNumbersIt) {
+  EXPECT_EQ(RankCudaDevices(-1, nullptr), "");
+  EXPECT_EQ(RankCudaDevices(-1, "2,3"), "");
+  EXPECT_EQ(RankCudaDevices(1, nullptr), "1");
+  EXPECT_EQ(RankCudaDevices(1, ""), "1");
+  EXPECT_EQ(RankCudaDevices(0, "2,3"), "2");
+  EXPECT_EQ(RankCudaDevices(1, "2, 3"), "3");
+  EXPECT_EQ(RankCudaDevices(1, "GPU-8a1f,MIG-4c2e"), "MIG-4c2e");
+}
+
 }  // namespace
 }  // namespace dfc

@@ -15,7 +15,9 @@
 #include <thread>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "training/collective.h"
 #include "training/rank_launcher.h"
 #include "common/atomic_file.h"
@@ -80,7 +82,8 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   // so it gets no credential of the coordinator's (no token, no TLS key, not
   // even the address): rank 0 appends its reports to DIR/reports and this
   // worker forwards them (ForwardReports).
-  std::vector<std::string> args = {options_.rank_binary, "rank", "--assignment", encoded};
+  std::vector<std::string> args = {options_.rank_binary, "rank", "--assignment", encoded, "--sandbox",
+                                   options_.confine_ranks && r.gpu < 0 ? "on" : "off"};
   // A rank never outlives its worker (die_with_parent): if the worker dies,
   // so do its ranks, and their peers' collectives fail instead of waiting.
   // Its output is kept per job and rank (DIR/log).
@@ -89,7 +92,9 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   so.log_path = log_path;
   so.env.push_back("DFC_RANK_DIR=" + r.dir);
   if (!a.rendezvous_key().empty()) so.env.push_back(absl::StrCat(kRendezvousKeyEnv, "=", a.rendezvous_key()));
-  if (r.gpu >= 0) so.env.push_back("CUDA_VISIBLE_DEVICES=" + std::to_string(r.gpu));
+  // A CPU slot's rank sees no GPU (else a CUDA build would train it on GPU 0
+  // beside that GPU's own rank, and pick NCCL).
+  so.env.push_back("CUDA_VISIBLE_DEVICES=" + RankCudaDevices(r.gpu, std::getenv("CUDA_VISIBLE_DEVICES")));
   auto started = Subprocess::Start(so);
   if (started.ok()) {
     r.process = std::move(*started);
@@ -498,6 +503,33 @@ absl::Status RunRank(const v1::RankAssignment& a) {
   if (progress_fd >= 0) ::close(progress_fd);
   if (reports_fd >= 0) ::close(reports_fd);
   return result.status();
+}
+
+std::string RankCudaDevices(int gpu, const char* worker_visible) {
+  if (gpu < 0) return "";
+  if (worker_visible != nullptr && *worker_visible != '\0') {
+    const std::vector<std::string> ids = absl::StrSplit(worker_visible, ',');
+    if (static_cast<size_t>(gpu) < ids.size()) return std::string(absl::StripAsciiWhitespace(ids[gpu]));
+  }
+  return std::to_string(gpu);
+}
+
+SandboxPolicy RankSandboxPolicy(const v1::RankAssignment& a, const std::string& rank_dir) {
+  SandboxPolicy p;
+  // Measured with strace on two Gloo ranks: LibTorch, OpenMP and OpenCV
+  // size their pools from /proc and /sys (CPUs, NUMA nodes, cgroup quota),
+  // Gloo reads the network card's PCI class under /sys, and glibc reads the
+  // loader's cache, its name-service files and the user database.
+  p.read_paths = {"/usr", "/lib", "/lib64", "/lib32", "/proc/self", "/proc/cpuinfo", "/proc/stat",
+                  "/proc/meminfo", "/proc/filesystems", "/sys", "/dev/urandom", "/etc/ld.so.cache",
+                  "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/host.conf",
+                  "/etc/resolv.conf", "/etc/gai.conf", "/etc/services", "/etc/protocols", "/etc/localtime",
+                  a.config().data()};
+  if (!a.config().init().empty()) p.read_paths.push_back(a.config().init());
+  p.write_dirs = {"/dev/null", a.output_dir()};
+  if (!rank_dir.empty()) p.write_dirs.push_back(rank_dir);
+  p.allow_network = true;
+  return p;
 }
 
 int ReportRankFailure(const absl::Status& error) {

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "common/rpc/rpc_util.h"
 #include "common/record_file.h"
+#include "common/sandbox.h"
 #include "common/subprocess.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 #include "training/trainer.h"
@@ -34,6 +35,10 @@ struct WorkerAgentOptions {
   // A rank with no step progress for this long is killed as hung, unless its
   // job sets config.hang_timeout_s.
   std::chrono::seconds hang_timeout{300};
+  // CPU ranks confine themselves (RankSandboxPolicy) before they read
+  // anything of the job's; false runs them unconfined. GPU ranks are not
+  // confined yet: the CUDA driver's files were never measured here.
+  bool confine_ranks = true;
   WorkerMetrics* metrics = nullptr;  // optional
 };
 
@@ -103,6 +108,22 @@ class WorkerAgent {
 // ReportMetricsRequests), which the worker forwards. It holds no credential
 // of the coordinator's and never connects to it.
 absl::Status RunRank(const v1::RankAssignment& assignment);
+
+// CUDA_VISIBLE_DEVICES for a rank: "" (no GPU) on a CPU slot; on GPU
+// `gpu` (an index among the GPUs this worker sees), that entry of the
+// worker's own CUDA_VISIBLE_DEVICES when it has one (an index, a UUID or a
+// MIG id), so a worker given GPUs 2,3 runs its ranks there and not on 0,1.
+std::string RankCudaDevices(int gpu, const char* worker_visible);
+
+// What a CPU rank may still touch once confined (EnterSandbox): its job's
+// shards (config.data), initial weights (config.init) and run directory
+// (output_dir, written too), its own folder (rank_dir: progress, reports,
+// error), the system's libraries and the few files of /proc, /sys, /dev and
+// /etc that LibTorch, OpenMP, OpenCV and name resolution read, and the
+// network (its process group). Not the worker's token or TLS key, nor any
+// other file of this user's: a rank parses users' images and weights with
+// libjpeg, libpng and libhdf5.
+SandboxPolicy RankSandboxPolicy(const v1::RankAssignment& assignment, const std::string& rank_dir);
 
 // DIR/reports of a rank's folder.
 std::string ReportsPath(const std::string& rank_dir);

@@ -1,14 +1,21 @@
 // dfc-worker: runs the training ranks the coordinator assigns to this machine.
 #include <sys/prctl.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/sandbox.h"
 #include "common/subprocess.h"
 #include "common/http/metrics_endpoint.h"
 #include "worker/worker_agent.h"
@@ -40,6 +47,13 @@ int main(int argc, char** argv) {
   CLI::App* rank_cmd = app.add_subcommand("rank", "Run one rank (started by the worker itself)");
   std::string assignment_b64;
   rank_cmd->add_option("--assignment", assignment_b64)->required();
+  std::string rank_sandbox = "on";
+  rank_cmd->add_option("--sandbox", rank_sandbox, "Confine the rank to its job's files (RankSandboxPolicy)")
+      ->check(CLI::IsMember({"on", "off"}));
+  bool rank_sandbox_off = false;
+  app.add_flag("--rank-sandbox-off", rank_sandbox_off,
+               "Run CPU ranks unconfined (by default each confines itself with seccomp and Landlock to its "
+               "job's data, weights and run directory)");
   CLI11_PARSE(app, argc, argv);
   // The token never reaches a rank: not through this environment either.
   const char* env_token = std::getenv("DFC_TOKEN");
@@ -63,11 +77,38 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "dfc-worker rank: --assignment is not a valid assignment\n");
       return 2;
     }
+    const char* rank_dir = std::getenv("DFC_RANK_DIR");
+    if (rank_sandbox == "on") {
+      // Before anything of the job's is read, while this is the only thread.
+      std::error_code ec;
+      std::filesystem::create_directories(a.output_dir(), ec);
+      auto report = dfc::EnterSandbox(dfc::RankSandboxPolicy(a, rank_dir != nullptr ? rank_dir : ""));
+      if (!report.ok()) {
+        const absl::Status st = absl::UnavailableError(
+            absl::StrCat("cannot confine the rank: ", report.status().message(),
+                         " (dfc-worker --rank-sandbox-off runs ranks unconfined)"));
+        std::fprintf(stderr, "dfc-worker rank %d of %s: %s\n", a.rank(), a.job_id().c_str(),
+                     std::string(st.message()).c_str());
+        return dfc::ReportRankFailure(st);
+      }
+      std::printf("rank %d: confined to its job's files (%s)\n", a.rank(), report->Describe().c_str());
+    } else {
+      std::printf("rank %d: not confined (a GPU rank, or dfc-worker --rank-sandbox-off)\n", a.rank());
+    }
+    std::fflush(stdout);
     absl::Status st;
     try {
       st = dfc::RunRank(a);
     } catch (const std::exception& e) {
       st = absl::InternalError(e.what());
+    }
+    if (!st.ok() && rank_sandbox == "on" && absl::StrContains(st.message(), std::strerror(EACCES))) {
+      // On the first line: the one that becomes the job's reason.
+      std::string msg(st.message());
+      msg.insert(std::min(msg.find('\n'), msg.size()),
+                 " (a confined rank opens only files beneath its job's data, init and run directory: "
+                 "a symlink out of them is refused)");
+      st = absl::Status(st.code(), msg);
     }
     if (!st.ok()) {
       std::fprintf(stderr, "dfc-worker rank %d of %s: %s\n", a.rank(), a.job_id().c_str(),
@@ -96,6 +137,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   opts.rank_binary = dfc::SelfExecutable();
+  opts.confine_ranks = !rank_sandbox_off;
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   dfc::WorkerMetrics metrics(opts.cpu_slots, opts.gpus);
