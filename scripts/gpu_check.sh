@@ -154,12 +154,18 @@ if $bin/dfc cluster up --state "$st" --workers 1 --gpus 1 --listen 127.0.0.1:500
   echo "job $job"
   timeout 200 $bin/dfc watch "$job" --timeout 180 2>&1 | tail -8 | tee "$out/nccl-job.txt"
   $bin/dfc status "$job" | head -20 | tee -a "$out/nccl-job.txt"
-  grep -h -i "nccl\|backend" "$st"/logs/*.log "$st"/jobs/*/rank-*.log 2>/dev/null | head -5
+  grep -h -i "nccl\|backend\|confined" "$st"/logs/*.log "$st"/workers/*/"$job"/attempt-*/rank-*/log 2>/dev/null | head -6
 else
   echo "NCCL JOB SKIPPED: the local cluster did not come up" | tee "$out/nccl-job.txt"
   tail -n 5 "$st"/logs/*.log
 fi
 $bin/dfc cluster down --state "$st"
+step "rank confinement on the CUDA build: a CPU-slot rank confines itself, or says why not"
+# An empty assignment: the rank enters its sandbox first, then refuses the
+# job (no model). "the process has N threads" means the CUDA LibTorch
+# started a thread before main, and CPU-slot ranks on this build need
+# dfc-worker --rank-sandbox-off.
+$bin/dfc-worker rank --assignment "" --sandbox on 2>&1 | head -3 | tee "$out/rank-sandbox.txt"
 step "CUDA test subset"
 ctest --test-dir build-cuda -R "${CTEST_FILTER:-NcclCollective|GraphedTrainStep|CapturableAdam|ImageCodec|KerasLayers|KerasH5|Trainer|DfcCli}" --output-on-failure \
   -j4 >"$out/ctest.txt" 2>&1
