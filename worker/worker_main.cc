@@ -23,6 +23,22 @@
 namespace {
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
+
+// `dfc-worker rank --sandbox on`: enters RankSandboxPolicy before anything
+// of the job's is read, while this is the only thread, and says so in the
+// rank's log. A failure is transient: it is this worker's, not the job's.
+absl::Status ConfineRank(const dfc::v1::RankAssignment& a) {
+  std::error_code ec;
+  std::filesystem::create_directories(a.output_dir(), ec);  // a rule needs the folder to exist
+  const char* rank_dir = std::getenv("DFC_RANK_DIR");
+  auto report = dfc::EnterSandbox(dfc::RankSandboxPolicy(a, rank_dir != nullptr ? rank_dir : ""));
+  if (!report.ok()) {
+    return absl::UnavailableError(absl::StrCat("cannot confine the rank: ", report.status().message(),
+                                               " (dfc-worker --rank-sandbox-off runs ranks unconfined)"));
+  }
+  std::printf("rank %d: confined to its job's files (%s)\n", a.rank(), report->Describe().c_str());
+  return absl::OkStatus();
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -77,38 +93,24 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "dfc-worker rank: --assignment is not a valid assignment\n");
       return 2;
     }
-    const char* rank_dir = std::getenv("DFC_RANK_DIR");
-    if (rank_sandbox == "on") {
-      // Before anything of the job's is read, while this is the only thread.
-      std::error_code ec;
-      std::filesystem::create_directories(a.output_dir(), ec);
-      auto report = dfc::EnterSandbox(dfc::RankSandboxPolicy(a, rank_dir != nullptr ? rank_dir : ""));
-      if (!report.ok()) {
-        const absl::Status st = absl::UnavailableError(
-            absl::StrCat("cannot confine the rank: ", report.status().message(),
-                         " (dfc-worker --rank-sandbox-off runs ranks unconfined)"));
-        std::fprintf(stderr, "dfc-worker rank %d of %s: %s\n", a.rank(), a.job_id().c_str(),
-                     std::string(st.message()).c_str());
-        return dfc::ReportRankFailure(st);
-      }
-      std::printf("rank %d: confined to its job's files (%s)\n", a.rank(), report->Describe().c_str());
-    } else {
-      std::printf("rank %d: not confined (a GPU rank, or dfc-worker --rank-sandbox-off)\n", a.rank());
-    }
+    const bool confine = rank_sandbox == "on";
+    absl::Status st = confine ? ConfineRank(a) : absl::OkStatus();
+    if (!confine) std::printf("rank %d: not confined (a GPU rank, or dfc-worker --rank-sandbox-off)\n", a.rank());
     std::fflush(stdout);
-    absl::Status st;
-    try {
-      st = dfc::RunRank(a);
-    } catch (const std::exception& e) {
-      st = absl::InternalError(e.what());
-    }
-    if (!st.ok() && rank_sandbox == "on" && absl::StrContains(st.message(), std::strerror(EACCES))) {
-      // On the first line: the one that becomes the job's reason.
-      std::string msg(st.message());
-      msg.insert(std::min(msg.find('\n'), msg.size()),
-                 " (a confined rank opens only files beneath its job's data, init and run directory: "
-                 "a symlink out of them is refused)");
-      st = absl::Status(st.code(), msg);
+    if (st.ok()) {
+      try {
+        st = dfc::RunRank(a);
+      } catch (const std::exception& e) {
+        st = absl::InternalError(e.what());
+      }
+      if (confine && absl::StrContains(st.message(), std::strerror(EACCES))) {
+        // On the first line: the one that becomes the job's reason.
+        std::string msg(st.message());
+        msg.insert(std::min(msg.find('\n'), msg.size()),
+                   " (a confined rank opens only files beneath its job's data, init and run directory: "
+                   "a symlink out of them is refused)");
+        st = absl::Status(st.code(), msg);
+      }
     }
     if (!st.ok()) {
       std::fprintf(stderr, "dfc-worker rank %d of %s: %s\n", a.rank(), a.job_id().c_str(),
