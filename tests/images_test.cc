@@ -122,14 +122,20 @@ TEST_F(ImagesTest, ContainersTrainATwoRankJobAndEvaluateItsCheckpoint) {
   EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err << Logs(workers[0]) << Logs(workers[1]);
   // Each rank confined itself inside its container (podman's default
   // seccomp profile lets a process add its own filter and use Landlock).
+  int rank_logs = 0;
   for (int w = 0; w < 2; ++w) {
     const std::string work = dir.Join("work-" + std::to_string(w)) + "/" + job + "/attempt-1";
-    std::string log;
-    for (const auto& e : std::filesystem::directory_iterator(work)) log = testing::ReadFileOrDie(e.path() / "log");
-    const size_t line = log.find("confined to its job's files (seccomp, Landlock ABI ");
-    EXPECT_NE(line, std::string::npos) << work << ":\n" << log;
-    if (line != std::string::npos) std::printf("worker %d: %s\n", w, log.substr(line, log.find('\n', line) - line).c_str());
+    for (const auto& rank : std::filesystem::directory_iterator(work)) {
+      ++rank_logs;
+      const std::string log = testing::ReadFileOrDie(rank.path() / "log");
+      const size_t line = log.find("confined to its job's files (seccomp, Landlock ABI ");
+      EXPECT_NE(line, std::string::npos) << rank.path() << ":\n" << log;
+      if (line != std::string::npos) {
+        std::printf("%s: %s\n", rank.path().filename().c_str(), log.substr(line, log.find('\n', line) - line).c_str());
+      }
+    }
   }
+  EXPECT_EQ(rank_logs, 2);
   auto eval = RunCommand(dfc + " evaluate --json --job " + job + " --checkpoint best " + shared + "/synth");
   ASSERT_EQ(eval.exit_code, 0) << eval.err << Logs(coordinator) << Logs(server);
   const auto summary = nlohmann::json::parse(eval.out);
