@@ -8,6 +8,7 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -16,10 +17,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <iterator>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 
 namespace dfc {
 namespace {
@@ -197,6 +202,22 @@ absl::StatusOr<SandboxReport> EnterSandbox(const SandboxPolicy& policy) {
   if (absl::Status st = InstallSeccomp(policy.allow_network); !st.ok()) return st;
   report.seccomp = true;
   return report;
+}
+
+absl::Status LimitAddressSpace(int64_t extra_bytes) {
+  int64_t mapped_kb = -1;
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);) {
+    if (absl::StartsWith(line, "VmSize:") &&
+        absl::SimpleAtoi(absl::StripSuffix(absl::StripAsciiWhitespace(line.substr(7)), " kB"), &mapped_kb)) {
+      break;
+    }
+  }
+  if (mapped_kb < 0) return absl::InternalError("sandbox: cannot read the process's size from /proc/self/status");
+  const auto budget = static_cast<rlim_t>(mapped_kb * 1024 + extra_bytes);
+  const rlimit as{budget, budget};
+  if (::setrlimit(RLIMIT_AS, &as) != 0) return absl::InternalError(Errno("sandbox: setrlimit(RLIMIT_AS)"));
+  return absl::OkStatus();
 }
 
 }  // namespace dfc

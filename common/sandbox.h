@@ -1,6 +1,7 @@
 #ifndef DFC_COMMON_SANDBOX_H_
 #define DFC_COMMON_SANDBOX_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,13 @@ struct SandboxReport {
 // Fails when seccomp cannot be installed; a kernel without Landlock is
 // reported (landlock_abi 0), not an error.
 absl::StatusOr<SandboxReport> EnterSandbox(const SandboxPolicy& policy);
+
+// Sets RLIMIT_AS to what the process maps now (its binary and libraries; a
+// CUDA LibTorch maps gigabytes before anything is read) plus `extra_bytes`,
+// the budget of what it may still allocate. A confined parser calls it
+// first, so that a hostile input ends in a failed allocation, not in the
+// host's OOM killer.
+absl::Status LimitAddressSpace(int64_t extra_bytes);
 
 }  // namespace dfc
 

@@ -81,8 +81,11 @@ absl::StatusOr<Subprocess> Subprocess::Start(const SubprocessOptions& o) {
         ::dup2(fd, STDERR_FILENO);
       }
     }
+    if (o.stdio_fd >= 0) {
+      if (::dup2(o.stdio_fd, STDIN_FILENO) < 0 || ::dup2(o.stdio_fd, STDOUT_FILENO) < 0) ::_exit(127);
+    }
     if (o.close_other_fds) {
-      const int null = ::open("/dev/null", O_RDONLY);
+      const int null = o.stdio_fd >= 0 ? STDIN_FILENO : ::open("/dev/null", O_RDONLY);
       if (null < 0 || ::dup2(null, STDIN_FILENO) < 0) ::_exit(127);
       if (::syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {  // before Linux 5.9: one by one
         rlimit nofile{};

@@ -34,6 +34,10 @@ struct SubprocessOptions {
   // other inherited descriptor is closed (for a child that must not reach
   // the parent's sockets and files).
   bool close_other_fds = false;
+  // >= 0: the child's stdin and stdout are this descriptor (one end of a
+  // socketpair the parent talks to it over) instead of /dev/null and the
+  // parent's stdout; stderr is still log_path or inherited.
+  int stdio_fd = -1;
 };
 
 // One child process: spawn, poll, terminate with a grace period, wait. The

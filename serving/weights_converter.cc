@@ -54,19 +54,6 @@ std::string LastLine(const std::string& log, const std::string& prefix) {
   return ValidUtf8(found);
 }
 
-// The process's address space now (its binary and libraries mapped).
-int64_t MappedBytes() {
-  std::ifstream f("/proc/self/status");
-  for (std::string line; std::getline(f, line);) {
-    int64_t kb = 0;
-    if (absl::StartsWith(line, "VmSize:") &&
-        absl::SimpleAtoi(absl::StripSuffix(absl::StripAsciiWhitespace(line.substr(7)), " kB"), &kb)) {
-      return kb * 1024;
-    }
-  }
-  return 0;
-}
-
 absl::Status Convert(const std::string& arch, const std::string& input, const std::string& out) {
   CheckpointMeta meta;
   meta.arch = arch;
@@ -164,11 +151,8 @@ int ConvertWeightsMain(int argc, char** argv) {
     return fail(3, "usage: dfc-server --convert-weights ARCH INPUT OUT MEMORY_BYTES");
   }
   const std::string arch = argv[2], input = argv[3], out = argv[4];
-  // The memory budget on top of what the binary and its libraries map
-  // (a CUDA LibTorch maps gigabytes before any weights are read).
-  const auto budget = static_cast<rlim_t>(MappedBytes() + memory);
-  const rlimit as{budget, budget};
-  if (::setrlimit(RLIMIT_AS, &as) != 0) return fail(3, absl::StrCat("setrlimit: ", ::strerror(errno)));
+  // The memory budget on top of what the binary and its libraries map.
+  if (absl::Status st = LimitAddressSpace(memory); !st.ok()) return fail(3, st.message());
   SandboxPolicy policy;
   policy.read_paths = {input,      "/usr",        "/lib",          "/lib64", "/lib32",
                        "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu", "/dev/null", "/dev/urandom"};
