@@ -140,7 +140,7 @@ grpc::Status EvaluationServiceImpl::Serve(grpc::ServerContext* ctx,
       continue;
     }
     std::vector<uint8_t> pixels(image_bytes);
-    absl::Status decoded = DecodeResizeInto(req.image(), model->input_size, pixels.data(), options_.limits);
+    absl::Status decoded = decoders_->DecodeResizeInto(req.image(), model->input_size, pixels.data());
     if (!decoded.ok()) {
       PushError(*results, std::move(id), label, absl::StrCat("image: ", decoded.message()));
       continue;

@@ -6,9 +6,9 @@
 #include <string>
 
 #include "serving/batcher.h"
+#include "serving/decoder_pool.h"
 #include "serving/serving_metrics.h"
 #include "serving/model_registry.h"
-#include "data_shards/image_codec.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 
 namespace dfc {
@@ -19,8 +19,6 @@ struct EvaluationOptions {
   int max_in_flight_per_stream = 64;
   // Open Evaluate streams; more are refused with RESOURCE_EXHAUSTED.
   int max_streams = 128;
-  // Per-image limits, checked on the header before any pixel is decoded.
-  ImageLimits limits{size_t{12} << 20, int64_t{40} * 1000 * 1000};
   // While the stream's model loads (a conversion, a cold ResNet-50, a wait
   // for a converter slot), the stream hears a ModelInfo in state
   // MODEL_LOADING this often: a sign of life for the client's stall
@@ -28,14 +26,15 @@ struct EvaluationOptions {
   std::chrono::milliseconds loading_heartbeat{5000};
 };
 
-// The evaluation API: Evaluate streams (decode on the stream's thread, run
-// in the shared batcher, answer in completion order), ImportModel uploads
-// and ListModels.
+// The evaluation API: Evaluate streams (each image decoded by the decoder
+// pool on the stream's behalf, run in the shared batcher, answered in
+// completion order), ImportModel uploads and ListModels.
 class EvaluationServiceImpl final : public v1::EvaluationService::Service {
  public:
-  EvaluationServiceImpl(ModelRegistry* registry, InferenceBatcher* batcher, EvaluationOptions options,
-                        std::string token, std::string replica = "", ServingMetrics* metrics = nullptr)
-      : registry_(registry), batcher_(batcher), options_(options), token_(std::move(token)),
+  EvaluationServiceImpl(ModelRegistry* registry, InferenceBatcher* batcher, DecoderPool* decoders,
+                        EvaluationOptions options, std::string token, std::string replica = "",
+                        ServingMetrics* metrics = nullptr)
+      : registry_(registry), batcher_(batcher), decoders_(decoders), options_(options), token_(std::move(token)),
         replica_(std::move(replica)), metrics_(metrics) {}
 
   grpc::Status Evaluate(grpc::ServerContext* ctx,
@@ -57,6 +56,7 @@ class EvaluationServiceImpl final : public v1::EvaluationService::Service {
                      const v1::ModelInfo& info);
   ModelRegistry* const registry_;
   InferenceBatcher* const batcher_;
+  DecoderPool* const decoders_;
   const EvaluationOptions options_;
   const std::string token_;
   const std::string replica_;

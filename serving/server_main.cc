@@ -5,10 +5,12 @@
 // replicas with round-robin.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -82,7 +84,9 @@ int main(int argc, char** argv) {
   batching.max_batch = 0;  // default below: by device
   dfc::EvaluationOptions eval;
   int max_delay_us = 0;
-  int64_t max_image_bytes = static_cast<int64_t>(eval.limits.max_bytes);
+  dfc::DecoderPoolOptions decoding;
+  decoding.processes = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 64u));
+  int64_t max_image_bytes = static_cast<int64_t>(decoding.limits.max_bytes);
   app.add_option("--models-dir", serve.models_dir,
                  "Where imported weights are stored (the shared volume every replica and the coordinator see)")
       ->required();
@@ -102,6 +106,16 @@ int main(int argc, char** argv) {
   app.add_option("--eval-max-streams", eval.max_streams, "Open Evaluate streams")->check(CLI::Range(1, 100000));
   app.add_option("--eval-max-image-bytes", max_image_bytes, "Largest encoded image accepted")
       ->check(CLI::Range(int64_t{1}, int64_t{dfc::kMaxMessageBytes} - 4096));
+  app.add_option("--decode-processes", decoding.processes,
+                 "Confined processes (dfc-decode) that decode clients' images (default: one per core); 0 decodes in "
+                 "the server's own process, unconfined")->check(CLI::Range(0, 1024));
+  int64_t decode_memory_mb = decoding.memory_bytes >> 20;
+  int64_t decode_timeout_ms = decoding.timeout.count();
+  app.add_option("--decode-memory-mb", decode_memory_mb, "Memory each decoder process may allocate, in MiB")
+      ->check(CLI::Range(int64_t{64}, int64_t{1} << 20));
+  app.add_option("--decode-timeout-ms", decode_timeout_ms,
+                 "Longest one image may take to decode; then that image fails and its decoder is replaced")
+      ->check(CLI::Range(int64_t{100}, int64_t{3600000}));
   app.add_option("--eval-max-loaded", serve.max_loaded, "Models kept loaded")->check(CLI::Range(1, 64));
   int64_t import_memory_mb = serve.converter.memory_bytes >> 20;
   int64_t import_timeout_s = serve.converter.timeout.count();
@@ -122,7 +136,12 @@ int main(int argc, char** argv) {
   serve.converter.memory_bytes = import_memory_mb << 20;
   serve.converter.timeout = std::chrono::seconds(import_timeout_s);
   serve.converter.max_output_bytes = 2 * serve.max_import_bytes + (int64_t{64} << 20);
-  eval.limits.max_bytes = static_cast<size_t>(max_image_bytes);
+  decoding.limits.max_bytes = static_cast<size_t>(max_image_bytes);
+  decoding.memory_bytes = decode_memory_mb << 20;
+  decoding.timeout = std::chrono::milliseconds(decode_timeout_ms);
+  if (decoding.processes > 0) {
+    decoding.program = (std::filesystem::path(dfc::SelfExecutable()).parent_path() / "dfc-decode").string();
+  }
   if (absl::Status st = ReadToken(&sec.token); !st.ok()) return Fail(std::string(st.message()));
   if (absl::Status st = ReadToken(&upstream.token); !st.ok()) {
     return Fail(absl::StrCat("--worker-token-file: ", st.message()));
@@ -154,8 +173,13 @@ int main(int argc, char** argv) {
   ::gethostname(host, sizeof(host) - 1);
   auto metrics = std::make_shared<dfc::ServingMetrics>();
   batching.metrics = metrics.get();
+  // Before any model loads: a fork of a small process is quicker.
+  auto decoders = dfc::DecoderPool::Start(decoding);
+  if (!decoders.ok()) {
+    return Fail(absl::StrCat(decoders.status().message(), " (--decode-processes 0 decodes in this process instead)"));
+  }
   dfc::InferenceBatcher batcher(batching);
-  dfc::EvaluationServiceImpl evaluation(registry->get(), &batcher, eval, sec.token,
+  dfc::EvaluationServiceImpl evaluation(registry->get(), &batcher, decoders->get(), eval, sec.token,
                                         absl::StrCat(host, ":", ::getpid()), metrics.get());
   dfc::ModelRegistry* reg = registry->get();
   metrics->SetGauges([&evaluation] { return evaluation.open_streams(); }, [reg] { return reg->LoadedCount(); });
@@ -185,6 +209,11 @@ int main(int argc, char** argv) {
               dfc::BoundAddress(listen, port).c_str(),
               serve.device.empty() ? (gpu ? "cuda:0" : "cpu") : serve.device.c_str(), serve.precision.c_str(),
               batching.max_batch, coordinator.c_str());
+  std::printf("images are decoded %s\n",
+              decoding.processes > 0
+                  ? absl::StrCat("by ", decoding.processes, " dfc-decode processes (", (*decoders)->confinement(), ")")
+                        .c_str()
+                  : (*decoders)->confinement().c_str());
   if (*metrics_server) std::printf("metrics: %s/metrics\n", (*metrics_server)->url().c_str());
   std::fflush(stdout);
   std::signal(SIGTERM, OnSignal);

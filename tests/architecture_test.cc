@@ -74,6 +74,23 @@ TEST(ArchitectureTest, CoordinatorLinksNoTorch) {
   }
 }
 
+// dfc-server's image decoder (serving/decoder_pool.h) parses what clients
+// send: it links the image codec and the sandbox, neither LibTorch nor gRPC.
+TEST(ArchitectureTest, ImageDecoderLinksNoTorchAndNoRpc) {
+  const std::set<std::string> libs = Needed(BinDir() + "/dfc-decode");
+  ASSERT_FALSE(libs.empty());
+  for (const std::string& lib : libs) {
+    EXPECT_FALSE(IsMlLibrary(lib)) << "dfc-decode needs " << lib;
+    for (const char* rpc : {"libgrpc", "libprotobuf", "libssl"}) {
+      EXPECT_EQ(lib.find(rpc), std::string::npos) << "dfc-decode needs " << lib;
+    }
+  }
+  const bool decodes = std::any_of(libs.begin(), libs.end(), [](const std::string& l) {
+    return l.find("libjpeg") != std::string::npos;
+  });
+  EXPECT_TRUE(decodes) << "dfc-decode should need libjpeg (is it the decoder?)";
+}
+
 // Which project folders each folder's sources may include from.
 TEST(ArchitectureTest, FoldersDependOneWay) {
   const std::set<std::string> project = {"common", "data_shards", "models", "training", "serving",

@@ -29,6 +29,7 @@ namespace {
 using testing::RunCommand;
 
 using testing::Bin;
+using testing::ProcStrings;
 // A coordinator and N workers (tests/test_cluster.h).
 using Cluster = testing::TestCluster;
 
@@ -376,14 +377,6 @@ TEST(ClusterTest, StoppedRankAtWorldSizeOneIsKilledAndTheJobFailsWithTheReason) 
   std::printf("reason: %s\n", JsonString(json, "reason").c_str());
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
   EXPECT_TRUE(WaitGone(rank, 10)) << "the stopped rank is still there";
-}
-
-// A live process's command line (argv) and environment (NAME=value).
-std::vector<std::string> ProcStrings(pid_t pid, const char* what) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/" + what, std::ios::binary);
-  std::vector<std::string> out;
-  for (std::string s; std::getline(f, s, '\0');) out.push_back(s);
-  return out;
 }
 
 std::string RendezvousKeyOf(pid_t pid) {

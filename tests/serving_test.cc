@@ -155,9 +155,10 @@ class ServingTest : public ::testing::Test {
     };
     return o;
   }
-  static std::string ServerBinary() {
-    return (std::filesystem::path(testing::DfcBinary()).parent_path() / "dfc-server").string();
+  static std::string SiblingBinary(const std::string& name) {
+    return (std::filesystem::path(testing::DfcBinary()).parent_path() / name).string();
   }
+  static std::string ServerBinary() { return SiblingBinary("dfc-server"); }
   // (Re)starts the registry and its service on a fresh loopback port.
   void Start(const ModelRegistryOptions& o) {
     if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -165,8 +166,13 @@ class ServingTest : public ::testing::Test {
     ASSERT_TRUE(r.ok()) << r.status();
     registry_ = std::move(*r);
     batcher_ = std::make_unique<InferenceBatcher>(InferenceBatcher::Options{});
-    service_ = std::make_unique<EvaluationServiceImpl>(registry_.get(), batcher_.get(), eval_options_, "",
-                                                       "test-replica");
+    DecoderPoolOptions decoding;
+    decoding.program = SiblingBinary("dfc-decode");
+    auto decoders = DecoderPool::Start(decoding);
+    ASSERT_TRUE(decoders.ok()) << decoders.status();
+    decoders_ = std::move(*decoders);
+    service_ = std::make_unique<EvaluationServiceImpl>(registry_.get(), batcher_.get(), decoders_.get(),
+                                                       eval_options_, "", "test-replica");
     port_ = 0;
     server_ = StartGrpcServer("127.0.0.1:0", grpc::InsecureServerCredentials(), {service_.get()}, &port_,
                               kMaxRpcThreads);
@@ -249,6 +255,7 @@ class ServingTest : public ::testing::Test {
   std::shared_ptr<MapCatalog> catalog_;
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<InferenceBatcher> batcher_;
+  std::unique_ptr<DecoderPool> decoders_;
   std::unique_ptr<EvaluationServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<v1::EvaluationService::Stub> stub_;

@@ -8,8 +8,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <regex>
+#include <sstream>
 #include <stdexcept>
 
 #include <gtest/gtest.h>
@@ -120,6 +120,33 @@ TestData MakeTestData(TempDir& dir) {
     d.images.insert(d.images.end(), files.begin(), files.begin() + 2);
   }
   return d;
+}
+
+std::vector<std::string> ProcStrings(pid_t pid, const char* what) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/" + what, std::ios::binary);
+  std::vector<std::string> out;
+  for (std::string s; std::getline(f, s, '\0');) out.push_back(s);
+  return out;
+}
+
+std::string ProcStatus(pid_t pid, const std::string& field) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind(field + ":", 0) != 0) continue;
+    const size_t v = line.find_first_not_of(" \t", field.size() + 1);
+    return v == std::string::npos ? "" : line.substr(v);
+  }
+  return "";
+}
+
+std::vector<pid_t> ChildPids(pid_t pid) {
+  std::vector<pid_t> out;
+  std::error_code ec;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::ifstream f(task.path() / "children");
+    for (pid_t c = 0; f >> c;) out.push_back(c);
+  }
+  return out;
 }
 
 }  // namespace dfc::testing

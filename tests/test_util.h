@@ -1,6 +1,8 @@
 #ifndef DFC_TESTS_TEST_UTIL_H_
 #define DFC_TESTS_TEST_UTIL_H_
 
+#include <sys/types.h>
+
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -59,6 +61,14 @@ inline double ProbabilityTolerance() { return LogitTolerance(0) / 4; }
 std::string PngHeader(uint32_t width, uint32_t height);
 void WriteFileOrDie(const std::string& path, const std::string& contents);
 std::string ReadFileOrDie(const std::string& path);
+
+// A live process's command line or environment ("cmdline", "environ": one
+// string per argument or NAME=value).
+std::vector<std::string> ProcStrings(pid_t pid, const char* what);
+// The value of a /proc/PID/status field ("Seccomp" -> "2"); "" when absent.
+std::string ProcStatus(pid_t pid, const std::string& field);
+// The process's children, all its threads' (/proc/PID/task/*/children).
+std::vector<pid_t> ChildPids(pid_t pid);
 
 // What evaluation tests evaluate: the MesoNet authors' weights and the four
 // shared samples when ../shared is there; otherwise (a clone without it) a
