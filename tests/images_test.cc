@@ -71,7 +71,7 @@ TEST_F(ImagesTest, TheImageHoldsTheProgramsAndNothingToBuildWith) {
                              " grep -rqs bookworm-security /etc/apt/sources.list /etc/apt/sources.list.d && echo security;"
                              " ls /opt/dfc/bin'"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, "10001\nsecurity\ndfc\ndfc-coordinator\ndfc-server\ndfc-worker\n")
+  EXPECT_EQ(r.out, "10001\nsecurity\ndfc\ndfc-coordinator\ndfc-decode\ndfc-server\ndfc-worker\n")
       << "expected uid 10001, no compiler, no package lists or archives, no source tree, Debian's security updates"
          " in the apt sources; got:\n" << r.out;
   auto size = RunCommand(Podman(std::string("image inspect --format '{{.Size}}' ") + kImage));
@@ -151,6 +151,13 @@ TEST_F(ImagesTest, ContainersTrainATwoRankJobAndEvaluateItsCheckpoint) {
   auto import = RunCommand(dfc + " import --name job-best --model mesoinception4 --weights " + best);
   ASSERT_EQ(import.exit_code, 0) << import.err << Logs(server);
   const std::string server_log = Logs(server);
+  // Its image decoders confined themselves inside the container too.
+  const size_t decoders = server_log.find(" dfc-decode processes (seccomp, Landlock ABI ");
+  EXPECT_NE(decoders, std::string::npos) << server_log;
+  if (decoders != std::string::npos) {
+    const size_t from = server_log.rfind('\n', decoders) + 1;
+    std::printf("%s\n", server_log.substr(from, server_log.find('\n', decoders) - from).c_str());
+  }
   const size_t confined = server_log.find("converted in a confined process (seccomp");
   EXPECT_NE(confined, std::string::npos) << server_log;
   if (confined != std::string::npos) {

@@ -97,6 +97,10 @@ for (const overlay of ["cpu", "gpu"]) {
                                   "--worker-token-file"]);
     check(Boolean(sc.readinessProbe.grpc), `${overlay}: dfc-server readiness uses gRPC health (NOT_SERVING without the catalogue)`);
     check(sc.args.includes("--coordinator=dfc-coordinator:50051"), `${overlay}: dfc-server asks the coordinator's catalogue`);
+    // Its image decoders follow the pod's CPU limit, not the node's cores (the default).
+    const decoders = Number(sc.args.find((a) => a.startsWith("--decode-processes="))?.split("=")[1]);
+    check(decoders >= 1 && decoders <= Number(sc.resources?.limits?.cpu),
+          `${overlay}: dfc-server --decode-processes (${decoders}) is at most its CPU limit`);
     const headless = objects.find((o) => o.kind === "Service" && o.metadata.name === "dfc-server");
     check(Boolean(headless && headless.spec.clusterIP === "None" && headless.spec.ports.some((p) => p.port === 50061)),
           `${overlay}: a headless Service resolves every dfc-server replica`);
