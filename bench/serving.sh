@@ -2,7 +2,9 @@
 # The serving tier: the same Evaluate load (MesoInception-4, the four MesoNet
 # samples, 8 streams with 4 images outstanding each) through 1 and 2
 # dfc-server replicas, and through a coordinator that serves Evaluate itself
-# (DFC before dfc-server) when its binary is given. One run each, Markdown.
+# (DFC before dfc-server) when its binary is given; and one replica that
+# decodes images in its own process instead of its dfc-decode processes. One
+# run each, Markdown.
 # Usage: bench/serving.sh [EMBEDDED_COORDINATOR_BINARY]
 #   (after scripts/setup.sh; needs ../shared. An embedded coordinator:
 #    git worktree add /tmp/old 4e72812 && cmake -S /tmp/old -B /tmp/old/build -G Ninja
@@ -54,6 +56,15 @@ for r in 1 2; do
     $bin/dfc --coordinator "127.0.0.1:$port" import --server "$a" --name meso --model mesoinception4 \
       --weights "$weights" >/dev/null
     load "$a" "1 dfc-server replica ($threads threads)"
+    # The same replica decoding in its own process (no dfc-decode): what the
+    # confined decoders cost.
+    b="127.0.0.1:$((port + 3))"
+    $bin/dfc-server --listen "$b" --coordinator "127.0.0.1:$port" --models-dir "$tmp/state/models" --device cpu \
+      --eval-threads "$threads" --eval-max-batch 8 --decode-processes 0 >"$tmp/server-inproc.log" 2>&1 &
+    inproc=$!
+    wait_serving "$b"
+    load "$b" "1 dfc-server replica ($threads threads), images decoded in its own process"
+    kill "$inproc"; wait "$inproc" 2>/dev/null || true
   fi
 done
 # Replica 1 runs with all the cores' threads; restart it with half for the pair.
