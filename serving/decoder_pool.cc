@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <new>
 #include <utility>
@@ -190,8 +191,8 @@ absl::StatusOr<std::unique_ptr<DecoderPool::Decoder>> DecoderPool::Acquire() {
   {
     absl::MutexLock lock(&mu_, absl::Condition(this, &DecoderPool::CanAcquire));
     if (!idle_.empty()) {
-      std::unique_ptr<Decoder> d = std::move(idle_.back());
-      idle_.pop_back();
+      std::unique_ptr<Decoder> d = std::move(idle_.front());
+      idle_.pop_front();
       return d;
     }
     ++running_;
@@ -237,11 +238,14 @@ absl::Status DecoderPool::DecodeResizeInto(std::string_view bytes, int size, uin
     const RequestHeader req{kMagic, static_cast<uint32_t>(size), bytes.size()};
     Io r = SendAll(dec.fd, &req, sizeof(req), deadline);
     if (r == Io::kOk) r = SendAll(dec.fd, bytes.data(), bytes.size(), deadline);
+    const pid_t pid = dec.process.pid();
     if (r == Io::kClosed && attempt == 0) {
       // It had ended before it read this image (killed while idle): the
       // image is not to blame, so it goes to a fresh decoder once.
-      dec.End();
+      const std::string how = dec.End();
       Release(std::move(*d), false);
+      std::fprintf(stderr, "dfc-server: an image decoder (pid %d) had ended while idle (%s); replaced\n", pid,
+                   how.c_str());
       continue;
     }
     ReplyHeader h{};
@@ -262,15 +266,19 @@ absl::Status DecoderPool::DecodeResizeInto(std::string_view bytes, int size, uin
     }
     const std::string how = dec.End();
     Release(std::move(*d), false);
+    absl::Status failed;
     if (r == Io::kTimeout) {
-      return absl::InvalidArgumentError(absl::StrCat("decoding took longer than ", options_.timeout.count(),
-                                                     " ms; its decoder process was killed and replaced"));
+      failed = absl::InvalidArgumentError(absl::StrCat("decoding took longer than ", options_.timeout.count(),
+                                                       " ms; its decoder process was killed and replaced"));
+    } else if (!protocol_ok) {
+      failed = absl::InternalError(absl::StrCat("the image decoder broke the protocol (", how, "); it was replaced"));
+    } else {
+      failed = absl::InvalidArgumentError(absl::StrCat(
+          "decoding it ended its decoder process (", how, "): a malformed image or a decoder bug; the decoder was replaced"));
     }
-    if (!protocol_ok) {
-      return absl::InternalError(absl::StrCat("the image decoder broke the protocol (", how, "); it was replaced"));
-    }
-    return absl::InvalidArgumentError(absl::StrCat("decoding it ended its decoder process (", how,
-                                                   "): a malformed image or a decoder bug; the decoder was replaced"));
+    std::fprintf(stderr, "dfc-server: image decoder (pid %d), an image of %zu bytes: %s\n", pid, bytes.size(),
+                 std::string(failed.message()).c_str());
+    return failed;
   }
 }
 

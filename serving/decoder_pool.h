@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -59,7 +60,8 @@ class DecoderPool {
   const std::string& confinement() const { return confinement_; }
   // The decoders' process ids now (idle ones; tests and logs).
   std::vector<pid_t> IdlePids() ABSL_LOCKS_EXCLUDED(mu_);
-  // Decoders replaced after a crash, a hang or an unexpected exit.
+  // Decoders replaced after a crash, a hang or an unexpected exit (each
+  // also logged on stderr with its pid and how it ended).
   int64_t replaced() const { return replaced_.load(); }
 
   struct Decoder;  // one process and its socket (decoder_pool.cc)
@@ -77,7 +79,9 @@ class DecoderPool {
   const DecoderPoolOptions options_;
   std::string confinement_;  // set by Start
   absl::Mutex mu_;
-  std::vector<std::unique_ptr<Decoder>> idle_ ABSL_GUARDED_BY(mu_);
+  // Taken from the front, returned to the back: every decoder takes its
+  // turn, so one that died while idle is found (and replaced) soon.
+  std::deque<std::unique_ptr<Decoder>> idle_ ABSL_GUARDED_BY(mu_);
   int running_ ABSL_GUARDED_BY(mu_) = 0;  // idle or in use
   std::atomic<int64_t> replaced_{0};
 };

@@ -183,6 +183,8 @@ int main(int argc, char** argv) {
                                         absl::StrCat(host, ":", ::getpid()), metrics.get());
   dfc::ModelRegistry* reg = registry->get();
   metrics->SetGauges([&evaluation] { return evaluation.open_streams(); }, [reg] { return reg->LoadedCount(); });
+  dfc::DecoderPool* pool = decoders->get();
+  metrics->SetDecodersReplaced([pool] { return pool->replaced(); });
   auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics}, sec.tls_cert, sec.tls_key);
   if (!metrics_server.ok()) return Fail(std::string(metrics_server.status().message()));
   int port = 0;

@@ -47,6 +47,14 @@ std::vector<prometheus::MetricFamily> ServingMetrics::Collect() const {
   auto loaded = GaugeFamily("dfc_models_loaded", "Models loaded in this replica's memory");
   AddGauge(loaded, loaded_models_ ? loaded_models_() : 0);
   out.push_back(std::move(loaded));
+  prometheus::MetricFamily replaced;
+  replaced.name = "dfc_eval_decoders_replaced_total";
+  replaced.help = "Image decoder processes that crashed, hung or died and were replaced (see the server's log)";
+  replaced.type = prometheus::MetricType::Counter;
+  prometheus::ClientMetric m;
+  m.counter.value = decoders_replaced_ ? static_cast<double>(decoders_replaced_()) : 0;
+  replaced.metric.push_back(std::move(m));
+  out.push_back(std::move(replaced));
   return out;
 }
 

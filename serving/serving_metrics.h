@@ -14,8 +14,9 @@ namespace dfc {
 
 // dfc-server's Prometheus metrics: evaluation requests (streams) and images
 // by model and result, the batcher's batch sizes and queue waits, each
-// image's latency from its arrival to its answer, open streams and loaded
-// models (read at each scrape). Histograms carry no labels.
+// image's latency from its arrival to its answer, open streams, loaded
+// models and replaced image decoders (read at each scrape). Histograms carry
+// no labels.
 class ServingMetrics : public prometheus::Collectable {
  public:
   ServingMetrics();
@@ -24,6 +25,8 @@ class ServingMetrics : public prometheus::Collectable {
     open_streams_ = std::move(open_streams);
     loaded_models_ = std::move(loaded_models);
   }
+  // Read at scrape time: the image decoders replaced so far (DecoderPool::replaced).
+  void SetDecodersReplaced(std::function<int64_t()> replaced) { decoders_replaced_ = std::move(replaced); }
   // result: ok | error (a stream that ended with an error status, or an image without a prediction)
   void Request(const std::string& model, bool ok) { requests_.Add({{"model", model}, {"result", ok ? "ok" : "error"}}).Increment(); }
   void Image(const std::string& model, bool ok, double latency_seconds);
@@ -39,6 +42,7 @@ class ServingMetrics : public prometheus::Collectable {
   prometheus::Histogram& queue_wait_;
   prometheus::Histogram& latency_;
   std::function<int()> open_streams_, loaded_models_;
+  std::function<int64_t()> decoders_replaced_;
 };
 
 }  // namespace dfc

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <regex>
 #include <thread>
 
@@ -175,6 +176,30 @@ TEST(OperatorTest, MetricsOfEveryBinaryFollowARealJob) {
   EXPECT_EQ(Value(s, "dfc_eval_latency_seconds_count"), images) << s;
   EXPECT_GT(Value(s, "dfc_eval_latency_seconds_sum"), 0) << s;
   EXPECT_EQ(Value(s, "dfc_models_loaded"), 1) << s;
+  // An image decoder that dies (SIGKILL while idle) is replaced, counted and
+  // logged; no image fails.
+  EXPECT_EQ(Value(s, "dfc_eval_decoders_replaced_total"), 0) << s;
+  pid_t decoder = -1;
+  for (pid_t child : testing::ChildPids(c.server(0).pid())) {
+    std::error_code ec;
+    if (std::filesystem::read_symlink("/proc/" + std::to_string(child) + "/exe", ec).filename() == "dfc-decode") {
+      decoder = child;
+    }
+  }
+  ASSERT_GT(decoder, 0) << "no dfc-decode process under the server";
+  ASSERT_EQ(::kill(decoder, SIGKILL), 0);
+  auto again = RunCommand(c.Dfc("evaluate --json --server " + c.server_address(0) + " --job " + job + " " +
+                                c.dir().Join("syn")));
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(nlohmann::json::parse(again.out)["errors"].get<int>(), 0) << again.out;
+  s = Scrape(c.server_metrics(0));
+  EXPECT_EQ(Value(s, "dfc_eval_decoders_replaced_total"), 1) << s;
+  EXPECT_EQ(Sum(s, "dfc_eval_images_total", "result=\"ok\""), 2 * images) << s;
+  const std::string server_log = c.processes().Log("server-0.log");
+  EXPECT_NE(server_log.find("dfc-server: an image decoder (pid " + std::to_string(decoder) +
+                            ") had ended while idle (SIGKILL); replaced"),
+            std::string::npos)
+      << server_log;
   // A model that does not exist is counted without its (client-chosen) name.
   auto bad = RunCommand(c.Dfc("evaluate --server " + c.server_address(0) + " --model no-such-model " +
                               c.dir().Join("syn")));
