@@ -6,7 +6,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <regex>
 #include <thread>
 
@@ -179,14 +178,9 @@ TEST(OperatorTest, MetricsOfEveryBinaryFollowARealJob) {
   // An image decoder that dies (SIGKILL while idle) is replaced, counted and
   // logged; no image fails.
   EXPECT_EQ(Value(s, "dfc_eval_decoders_replaced_total"), 0) << s;
-  pid_t decoder = -1;
-  for (pid_t child : testing::ChildPids(c.server(0).pid())) {
-    std::error_code ec;
-    if (std::filesystem::read_symlink("/proc/" + std::to_string(child) + "/exe", ec).filename() == "dfc-decode") {
-      decoder = child;
-    }
-  }
-  ASSERT_GT(decoder, 0) << "no dfc-decode process under the server";
+  const std::vector<pid_t> decoders = testing::ChildPids(c.server(0).pid(), "dfc-decode");
+  ASSERT_FALSE(decoders.empty()) << "no dfc-decode process under the server";
+  const pid_t decoder = decoders[0];
   ASSERT_EQ(::kill(decoder, SIGKILL), 0);
   auto again = RunCommand(c.Dfc("evaluate --json --server " + c.server_address(0) + " --job " + job + " " +
                                 c.dir().Join("syn")));

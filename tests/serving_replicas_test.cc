@@ -126,18 +126,13 @@ TEST_F(ServingReplicasTest, AModelImportedThroughOneReplicaEvaluatesOnAnother) {
   EXPECT_EQ(Models(0).images_served(), 0);
   EXPECT_EQ(Models(1).images_served(), static_cast<int64_t>(data_.images.size()));
   // B decoded them in its confined dfc-decode processes (serving/decoder_pool.h).
-  int decoders = 0;
-  for (pid_t child : testing::ChildPids(cluster_->server(1).pid())) {
-    std::error_code ec;
-    if (std::filesystem::read_symlink("/proc/" + std::to_string(child) + "/exe", ec).filename() != "dfc-decode") {
-      continue;
-    }
-    ++decoders;
+  const std::vector<pid_t> decoders = testing::ChildPids(cluster_->server(1).pid(), "dfc-decode");
+  for (pid_t child : decoders) {
     EXPECT_EQ(testing::ProcStatus(child, "Seccomp"), "2") << child;
     EXPECT_EQ(testing::ProcStatus(child, "NoNewPrivs"), "1") << child;
     for (const auto& e : testing::ProcStrings(child, "environ")) EXPECT_NE(e.rfind("DFC_", 0), 0u) << e;
   }
-  EXPECT_GE(decoders, 1) << "dfc-server started no dfc-decode process";
+  EXPECT_FALSE(decoders.empty()) << "dfc-server started no dfc-decode process";
   const v1::ListModelsResponse after = Models(1);
   for (const auto& m : after.models()) {
     if (m.name() == "shared-meso") {

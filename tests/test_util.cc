@@ -139,12 +139,16 @@ std::string ProcStatus(pid_t pid, const std::string& field) {
   return "";
 }
 
-std::vector<pid_t> ChildPids(pid_t pid) {
+std::vector<pid_t> ChildPids(pid_t pid, const std::string& exe) {
   std::vector<pid_t> out;
   std::error_code ec;
   for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
     std::ifstream f(task.path() / "children");
-    for (pid_t c = 0; f >> c;) out.push_back(c);
+    for (pid_t c = 0; f >> c;) {
+      if (exe.empty() || std::filesystem::read_symlink("/proc/" + std::to_string(c) + "/exe", ec).filename() == exe) {
+        out.push_back(c);
+      }
+    }
   }
   return out;
 }

@@ -67,8 +67,9 @@ std::string ReadFileOrDie(const std::string& path);
 std::vector<std::string> ProcStrings(pid_t pid, const char* what);
 // The value of a /proc/PID/status field ("Seccomp" -> "2"); "" when absent.
 std::string ProcStatus(pid_t pid, const std::string& field);
-// The process's children, all its threads' (/proc/PID/task/*/children).
-std::vector<pid_t> ChildPids(pid_t pid);
+// The process's children, all its threads' (/proc/PID/task/*/children);
+// with `exe`, only those running the program of that file name.
+std::vector<pid_t> ChildPids(pid_t pid, const std::string& exe = "");
 
 // What evaluation tests evaluate: the MesoNet authors' weights and the four
 // shared samples when ../shared is there; otherwise (a clone without it) a
