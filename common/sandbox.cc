@@ -204,6 +204,10 @@ absl::StatusOr<SandboxReport> EnterSandbox(const SandboxPolicy& policy) {
   return report;
 }
 
+std::vector<std::string> SystemReadPaths() {
+  return {"/usr", "/lib", "/lib64", "/lib32", "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu", "/dev/null"};
+}
+
 absl::Status LimitAddressSpace(int64_t extra_bytes) {
   int64_t mapped_kb = -1;
   std::ifstream f("/proc/self/status");

@@ -39,6 +39,11 @@ struct SandboxReport {
 // reported (landlock_abi 0), not an error.
 absl::StatusOr<SandboxReport> EnterSandbox(const SandboxPolicy& policy);
 
+// What a confined parser may read besides its input: the system libraries
+// (some load late), its own /proc entries, the CPU information its thread
+// pools size themselves by, and /dev/null.
+std::vector<std::string> SystemReadPaths();
+
 // Sets RLIMIT_AS to what the process maps now (its binary and libraries; a
 // CUDA LibTorch maps gigabytes before anything is read) plus `extra_bytes`,
 // the budget of what it may still allocate. A confined parser calls it

@@ -15,6 +15,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <utility>
@@ -45,6 +46,22 @@ int PickFreePort() {
   }
   ::close(fd);
   return port;
+}
+
+SubprocessOptions UntrustedInputChildOptions(std::vector<std::string> argv) {
+  SubprocessOptions so;
+  so.argv = std::move(argv);
+  so.close_other_fds = true;
+  so.inherit_env = false;
+  so.env = {"OMP_NUM_THREADS=1", "PATH=/usr/bin:/bin"};
+  if (const char* ld = std::getenv("LD_LIBRARY_PATH")) so.env.push_back(absl::StrCat("LD_LIBRARY_PATH=", ld));
+  so.rlimits = {{RLIMIT_CORE, 0}};
+  return so;
+}
+
+std::string SignalName(int sig) {
+  const char* name = ::sigabbrev_np(sig);
+  return absl::StrCat("SIG", name != nullptr ? name : std::to_string(sig));
 }
 
 absl::StatusOr<Subprocess> Subprocess::Start(const SubprocessOptions& o) {
@@ -85,8 +102,10 @@ absl::StatusOr<Subprocess> Subprocess::Start(const SubprocessOptions& o) {
       if (::dup2(o.stdio_fd, STDIN_FILENO) < 0 || ::dup2(o.stdio_fd, STDOUT_FILENO) < 0) ::_exit(127);
     }
     if (o.close_other_fds) {
-      const int null = o.stdio_fd >= 0 ? STDIN_FILENO : ::open("/dev/null", O_RDONLY);
-      if (null < 0 || ::dup2(null, STDIN_FILENO) < 0) ::_exit(127);
+      if (o.stdio_fd < 0) {  // stdin reads /dev/null
+        const int null = ::open("/dev/null", O_RDONLY);
+        if (null < 0 || ::dup2(null, STDIN_FILENO) < 0) ::_exit(127);
+      }
       if (::syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {  // before Linux 5.9: one by one
         rlimit nofile{};
         ::getrlimit(RLIMIT_NOFILE, &nofile);

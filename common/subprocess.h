@@ -40,6 +40,16 @@ struct SubprocessOptions {
   int stdio_fd = -1;
 };
 
+// The start of a child that confines itself and then parses untrusted input
+// (dfc-server's weights converter and image decoders): `argv`, every other
+// descriptor closed, an environment of OMP_NUM_THREADS=1, PATH and the
+// caller's LD_LIBRARY_PATH alone (no token or credential of the caller's
+// reaches it), no core dumps. Callers add their own limits.
+SubprocessOptions UntrustedInputChildOptions(std::vector<std::string> argv);
+
+// "SIGSEGV" for 11 ("SIG" and the number when the name is unknown).
+std::string SignalName(int sig);
+
 // One child process: spawn, poll, terminate with a grace period, wait. The
 // one way DFC starts processes (worker ranks, the rank launcher, `cluster up`,
 // the tests). A Subprocess that still runs when destroyed is killed (SIGKILL)

@@ -9,7 +9,6 @@
 
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <new>
 #include <utility>
 
@@ -90,29 +89,20 @@ absl::Status ReplyStatus(uint32_t code, std::string message) {
   return absl::Status(static_cast<absl::StatusCode>(code), message);
 }
 
-// How a decoder process ended, for an error.
-std::string HowItEnded(Subprocess& p) {
-  p.Wait();
-  if (p.term_signal() != 0) {
-    const char* name = ::sigabbrev_np(p.term_signal());
-    return absl::StrCat("SIG", name != nullptr ? name : std::to_string(p.term_signal()));
-  }
-  return absl::StrCat("exit status ", p.exit_code());
-}
-
 }  // namespace
 
 struct DecoderPool::Decoder {
   Subprocess process;
   int fd = -1;
-  std::string confinement;  // its first reply
   ~Decoder() {
     if (fd >= 0) ::close(fd);  // a decoder that is still alive reads end-of-file and exits
   }
   // Ends it for good (it hung, crashed, or broke the protocol) and says how.
   std::string End() {
     process.Signal(SIGKILL);
-    return HowItEnded(process);
+    process.Wait();
+    return process.term_signal() != 0 ? SignalName(process.term_signal())
+                                      : absl::StrCat("exit status ", process.exit_code());
   }
 };
 
@@ -127,9 +117,8 @@ absl::StatusOr<std::unique_ptr<DecoderPool>> DecoderPool::Start(const DecoderPoo
   }
   absl::MutexLock lock(&pool->mu_);
   for (int i = 0; i < options.processes; ++i) {
-    auto d = pool->Spawn();
+    auto d = pool->Spawn(i == 0 ? &pool->confinement_ : nullptr);
     if (!d.ok()) return d.status();
-    if (i == 0) pool->confinement_ = (*d)->confinement;
     pool->idle_.push_back(std::move(*d));
     ++pool->running_;
   }
@@ -139,22 +128,18 @@ absl::StatusOr<std::unique_ptr<DecoderPool>> DecoderPool::Start(const DecoderPoo
 DecoderPool::DecoderPool(const DecoderPoolOptions& options) : options_(options) {}
 DecoderPool::~DecoderPool() = default;
 
-absl::StatusOr<std::unique_ptr<DecoderPool::Decoder>> DecoderPool::Spawn() {
+absl::StatusOr<std::unique_ptr<DecoderPool::Decoder>> DecoderPool::Spawn(std::string* confinement) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     return absl::ResourceExhaustedError(absl::StrCat("image decoder: socketpair: ", ::strerror(errno)));
   }
   auto d = std::make_unique<Decoder>();
   d->fd = sv[0];
-  SubprocessOptions so;
-  so.argv = {options_.program, std::to_string(options_.limits.max_bytes), std::to_string(options_.limits.max_pixels),
-             std::to_string(options_.memory_bytes)};
+  SubprocessOptions so = UntrustedInputChildOptions(
+      {options_.program, std::to_string(options_.limits.max_bytes), std::to_string(options_.limits.max_pixels),
+       std::to_string(options_.memory_bytes)});
   so.stdio_fd = sv[1];
-  so.close_other_fds = true;
-  so.inherit_env = false;  // none of the server's environment (tokens, credentials) reaches it
-  so.env = {"OMP_NUM_THREADS=1", "PATH=/usr/bin:/bin"};
-  if (const char* ld = std::getenv("LD_LIBRARY_PATH")) so.env.push_back(absl::StrCat("LD_LIBRARY_PATH=", ld));
-  so.rlimits = {{RLIMIT_CORE, 0}, {RLIMIT_NOFILE, 64}};
+  so.rlimits.push_back({RLIMIT_NOFILE, 64});
   // The end of its socket ends it. PR_SET_PDEATHSIG would follow the thread
   // that started it, and the server's stream threads come and go.
   so.die_with_parent = false;
@@ -181,7 +166,7 @@ absl::StatusOr<std::unique_ptr<DecoderPool::Decoder>> DecoderPool::Spawn() {
     return absl::InternalError(
         absl::StrCat("the image decoder cannot confine itself: ", ReplyStatus(h.code, text).message()));
   }
-  d->confinement = std::move(text);
+  if (confinement != nullptr) *confinement = std::move(text);
   return d;
 }
 
@@ -339,8 +324,7 @@ int DecodeImagesMain(int argc, char** argv) {
   // Nothing to read but the libraries it may still load; nothing to write;
   // stdin and stdout (its socket) stay open.
   SandboxPolicy policy;
-  policy.read_paths = {"/usr", "/lib", "/lib64", "/lib32", "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu",
-                       "/dev/null"};
+  policy.read_paths = SystemReadPaths();
   auto report = EnterSandbox(policy);
   if (!report.ok()) {
     Reply(report.status());

@@ -68,8 +68,9 @@ class DecoderPool {
 
  private:
   explicit DecoderPool(const DecoderPoolOptions& options);
-  // A started decoder that reported its confinement.
-  absl::StatusOr<std::unique_ptr<Decoder>> Spawn();
+  // A started decoder that reported its confinement (into `confinement`
+  // when given).
+  absl::StatusOr<std::unique_ptr<Decoder>> Spawn(std::string* confinement = nullptr);
   bool CanAcquire() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An idle decoder, or a new one when fewer than `processes` run.
   absl::StatusOr<std::unique_ptr<Decoder>> Acquire() ABSL_LOCKS_EXCLUDED(mu_);

@@ -1,11 +1,9 @@
 #include "serving/weights_converter.h"
 
 #include <signal.h>
-#include <string.h>
 #include <sys/resource.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <new>
@@ -79,18 +77,13 @@ absl::Status ConvertWeights(const WeightsConverterOptions& o, const std::string&
                             const std::string& out, const std::string& subject, std::string* sandbox) {
   if (o.command.empty()) return absl::InternalError("no weights converter is configured");
   const std::string log = (fs::path(out).parent_path() / kLog).string();
-  SubprocessOptions so;
-  so.argv = o.command;
-  so.argv.insert(so.argv.end(), {arch, input, out, std::to_string(o.memory_bytes)});
+  std::vector<std::string> argv = o.command;
+  argv.insert(argv.end(), {arch, input, out, std::to_string(o.memory_bytes)});
+  SubprocessOptions so = UntrustedInputChildOptions(std::move(argv));
   so.log_path = log;
-  so.close_other_fds = true;
-  so.inherit_env = false;  // none of the server's environment (tokens, credentials) reaches it
-  so.env = {"OMP_NUM_THREADS=1", "PATH=/usr/bin:/bin"};
-  if (const char* ld = std::getenv("LD_LIBRARY_PATH")) so.env.push_back(absl::StrCat("LD_LIBRARY_PATH=", ld));
-  so.rlimits = {{RLIMIT_CPU, static_cast<uint64_t>(o.cpu_seconds)},
-                {RLIMIT_FSIZE, static_cast<uint64_t>(o.max_output_bytes)},
-                {RLIMIT_CORE, 0},
-                {RLIMIT_NOFILE, 256}};
+  so.rlimits.insert(so.rlimits.end(), {{RLIMIT_CPU, static_cast<uint64_t>(o.cpu_seconds)},
+                                       {RLIMIT_FSIZE, static_cast<uint64_t>(o.max_output_bytes)},
+                                       {RLIMIT_NOFILE, 256}});
   auto child = Subprocess::Start(so);
   if (!child.ok()) {
     return absl::InternalError(absl::StrCat("cannot start the weights converter: ", child.status().message()));
@@ -120,9 +113,8 @@ absl::Status ConvertWeights(const WeightsConverterOptions& o, const std::string&
                                                    o.cpu_seconds, " s of CPU (", limits, ")"));
   }
   if (sig != 0) {
-    const char* name = ::sigabbrev_np(sig);
-    return absl::InvalidArgumentError(absl::StrCat("weights: reading ", subject, " ended the converter with SIG",
-                                                   name != nullptr ? name : std::to_string(sig), " (", limits, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("weights: reading ", subject, " ended the converter with ",
+                                                   SignalName(sig), " (", limits, ")"));
   }
   switch (child->exit_code()) {
     case 0:
@@ -154,8 +146,8 @@ int ConvertWeightsMain(int argc, char** argv) {
   // The memory budget on top of what the binary and its libraries map.
   if (absl::Status st = LimitAddressSpace(memory); !st.ok()) return fail(3, st.message());
   SandboxPolicy policy;
-  policy.read_paths = {input,      "/usr",        "/lib",          "/lib64", "/lib32",
-                       "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu", "/dev/null", "/dev/urandom"};
+  policy.read_paths = SystemReadPaths();
+  policy.read_paths.insert(policy.read_paths.end(), {input, "/dev/urandom"});
   policy.write_dirs = {fs::path(out).parent_path().string()};
   auto report = EnterSandbox(policy);
   if (!report.ok()) return fail(3, report.status().message());
