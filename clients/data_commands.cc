@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "clients/commands.h"
 #include "common/atomic_file.h"
+#include "common/cpus.h"
 #include "common/learning_curves.h"
 #include "common/progress.h"
 #include "data_shards/dataset_scan.h"
@@ -18,7 +19,7 @@
 namespace dfc {
 namespace {
 
-int DefaultThreads() { return std::max(1, static_cast<int>(std::thread::hardware_concurrency())); }
+int DefaultThreads() { return UsableCpus(); }
 
 // "1000" = records per shard; "64MB", "64MiB", "512K" = bytes per shard.
 absl::Status ParseShardSize(const std::string& text, ShardWriterOptions* o) {
@@ -150,7 +151,7 @@ void AddSynthCommand(CLI::App& app, RunFn* run) {
   cmd->add_option("--count", args->opt.count, "Number of images (half df, half real)")->check(CLI::Range(2, 10000000));
   cmd->add_option("--seed", args->opt.seed, "Random seed");
   cmd->add_option("--image-size", args->opt.image_size, "Image side in pixels")->check(CLI::Range(32, 2048));
-  cmd->add_option("--threads", args->opt.threads, "Worker threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  cmd->add_option("--threads", args->opt.threads, "Worker threads (0 = every CPU this process may use)")->check(CLI::Range(0, 1024));
   cmd->callback([run, args] { *run = [args] { return RunSynth(*args); }; });
 }
 
@@ -178,7 +179,7 @@ void AddShardCommand(CLI::App& app, RunFn* run) {
   cmd->add_option("--shard-size", args->shard_size, "Records per shard (1000) or bytes per shard (64MiB)");
   cmd->add_option("--format", args->format, "Record payload: encoded (source bytes) or rgb8 (decoded pixels)")
       ->check(CLI::IsMember({"encoded", "rgb8"}));
-  cmd->add_option("--threads", args->threads, "Decode threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  cmd->add_option("--threads", args->threads, "Decode threads (0 = every CPU this process may use)")->check(CLI::Range(0, 1024));
   CLI::App* verify = cmd->add_subcommand("verify", "Check every record and shard checksum");
   verify->add_option("dir", args->verify_dir, "Shard directory")->required();
   verify->callback([run, args] { *run = [args] { return RunVerify(args->verify_dir); }; });

@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "clients/commands.h"
 #include "common/atomic_file.h"
+#include "common/cpus.h"
 #include "models/inference.h"
 
 namespace dfc {
@@ -21,7 +22,7 @@ struct PredictArgs {
 };
 
 int RunPredict(const PredictArgs& a) {
-  torch::set_num_threads(a.threads > 0 ? a.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+  torch::set_num_threads(a.threads > 0 ? a.threads : UsableCpus());
   if (absl::Status st = CheckInferencePrecision(a.precision, ""); !st.ok()) return ReportError(st);
   auto model = LoadDetector(a.model, a.weights);
   if (!model.ok()) return ReportError(model.status());
@@ -62,7 +63,7 @@ void AddPredictCommand(CLI::App& app, RunFn* run) {
   cmd->add_option("--weights", args->weights, "Keras .h5 weights or a DFC checkpoint")->required();
   cmd->add_option("images", args->images, "Image files (JPEG, PNG, BMP, PPM)")->required();
   cmd->add_option("--batch-size", args->batch_size, "Images per forward pass")->check(CLI::Range(1, 1024));
-  cmd->add_option("--threads", args->threads, "Intra-op threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  cmd->add_option("--threads", args->threads, "Intra-op threads (0 = every CPU this process may use)")->check(CLI::Range(0, 1024));
   cmd->add_option("--precision", args->precision,
                   "Forward pass: fp32 (default, the reference), bf16 or fp16 (autocast; fp16 on CUDA only)");
   cmd->callback([run, args] { *run = [args] { return RunPredict(*args); }; });

@@ -95,7 +95,7 @@ void AddTrainCommand(CLI::App& app, RunFn* run) {
   cmd->add_flag("--resume", o->resume,
                 "Continue from OUT/latest.ckpt (--recipe notebook: from the phase that was interrupted)");
   cmd->add_option("--loader-threads", o->loader_threads,
-                  "Decode threads (0 = of this rank's share of the cores: half on CPU, all but one on a GPU)")
+                  "Decode threads (0 = of this rank's share of the usable CPUs: half on CPU, all but one on a GPU)")
       ->check(CLI::Range(0, 1024));
   cmd->add_option("--freeze-keras-layers", o->detector.freeze_keras_layers,
                   "ResNet: freeze non-BatchNorm layers among the first N Keras layers")

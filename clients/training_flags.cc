@@ -64,7 +64,7 @@ void AddTrainingFlags(CLI::App* cmd, v1::TrainingConfig* c) {
   cmd->add_option_function<int64_t>("--max-val-images", [c](int64_t v) { c->set_max_val_images(v); },
                                     "Validate on a deterministic subset (0 = all)");
   cmd->add_option_function<int>("--threads", [c](int v) { c->set_threads_per_rank(v); },
-                                "Intra-op threads per rank (0 = the cores, shared between the ranks)");
+                                "Intra-op threads per rank (0 = the rank's share of the CPUs its worker may use)");
   cmd->add_option_function<std::string>("--precision",
                                         [c](const std::string& v) { c->set_precision(*ParsePrecision(v)); },
                                         "Forward-pass precision: fp32, bf16 or fp16 (default bf16 on CUDA, fp32 on CPU)")

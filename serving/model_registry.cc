@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "common/atomic_file.h"
+#include "common/cpus.h"
 #include "common/run_dir.h"
 #include "common/sha256.h"
 #include "common/weights_file.h"
@@ -92,7 +93,7 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(ModelRegist
   if (options.converter.command.empty()) {
     return absl::InvalidArgumentError("no weights converter is configured (ModelRegistryOptions::converter)");
   }
-  const int threads = options.threads > 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  const int threads = options.threads > 0 ? options.threads : UsableCpus();
   torch::set_num_threads(threads);
   return std::unique_ptr<ModelRegistry>(new ModelRegistry(std::move(options), std::move(catalog)));
 }

@@ -22,7 +22,7 @@ namespace dfc {
 struct ModelRegistryOptions {
   std::string models_dir;  // where imports are written (the shared volume)
   int max_loaded = 4;      // models kept in memory (least recently used goes first)
-  int threads = 0;         // inference intra-op threads (0 = all cores)
+  int threads = 0;         // inference intra-op threads (0 = UsableCpus: affinity and cgroup limit)
   std::string device;      // "" or "cpu"; "cuda:N" on a CUDA build
   std::string precision = "fp32";  // the forward pass: fp32, bf16 or fp16 (autocast; CUDA for fp16)
   int64_t max_import_bytes = int64_t{2} << 30;

@@ -17,6 +17,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/cpus.h"
 #include "common/subprocess.h"
 #include "models/inference.h"
 #include "serving/batcher.h"
@@ -85,7 +86,7 @@ int main(int argc, char** argv) {
   dfc::EvaluationOptions eval;
   int max_delay_us = 0;
   dfc::DecoderPoolOptions decoding;
-  decoding.processes = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 64u));
+  decoding.processes = std::clamp(dfc::UsableCpus(), 1, 64);
   int64_t max_image_bytes = static_cast<int64_t>(decoding.limits.max_bytes);
   app.add_option("--models-dir", serve.models_dir,
                  "Where imported weights are stored (the shared volume every replica and the coordinator see)")
@@ -93,7 +94,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", serve.device, "Inference device: cpu or cuda:N (default: the first GPU if any, else cpu)");
   app.add_option("--precision", serve.precision,
                  "Forward pass: fp32, bf16 or fp16 (autocast, as in training; default bf16 on a GPU, fp32 on CPU)");
-  app.add_option("--eval-threads", serve.threads, "Inference threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  app.add_option("--eval-threads", serve.threads, "Inference threads (0 = every CPU this process may use)")->check(CLI::Range(0, 1024));
   app.add_option("--eval-max-batch", batching.max_batch,
                  "Largest batch the batcher forms (default 8 on CPU, 64 on a GPU)")->check(CLI::Range(1, 1024));
   app.add_option("--eval-max-delay-us", max_delay_us,
@@ -107,7 +108,7 @@ int main(int argc, char** argv) {
   app.add_option("--eval-max-image-bytes", max_image_bytes, "Largest encoded image accepted")
       ->check(CLI::Range(int64_t{1}, int64_t{dfc::kMaxMessageBytes} - 4096));
   app.add_option("--decode-processes", decoding.processes,
-                 "Confined processes (dfc-decode) that decode clients' images (default: one per core); 0 decodes in "
+                 "Confined processes (dfc-decode) that decode clients' images (default: one per CPU this process may use); 0 decodes in "
                  "the server's own process, unconfined")->check(CLI::Range(0, 1024));
   int64_t decode_memory_mb = decoding.memory_bytes >> 20;
   int64_t decode_timeout_ms = decoding.timeout.count();
@@ -164,6 +165,8 @@ int main(int argc, char** argv) {
   auto channel = dfc::MakeChannel(coordinator, upstream);
   if (!channel.ok()) return Fail(std::string(channel.status().message()));
   std::shared_ptr<dfc::ModelCatalog> catalog = dfc::NewGrpcModelCatalog(*channel, upstream);
+  const dfc::CpuBudget cpus = dfc::UsableCpuBudget();
+  if (serve.threads == 0) serve.threads = cpus.usable;
   auto registry = dfc::ModelRegistry::Create(serve, catalog);
   if (!registry.ok()) return Fail(std::string(registry.status().message()));
   auto creds = dfc::MakeServerCredentials(sec);
@@ -207,13 +210,15 @@ int main(int argc, char** argv) {
   // readiness probe sends no streams to a replica that cannot resolve models.
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);
-  std::printf("dfc-server listening on %s (device %s, %s, max batch %d, catalogue %s)\n",
+  std::printf("dfc-server listening on %s (device %s, %s, max batch %d, %d inference thread%s, catalogue %s)\n",
               dfc::BoundAddress(listen, port).c_str(),
               serve.device.empty() ? (gpu ? "cuda:0" : "cpu") : serve.device.c_str(), serve.precision.c_str(),
-              batching.max_batch, coordinator.c_str());
+              batching.max_batch, serve.threads, serve.threads == 1 ? "" : "s", coordinator.c_str());
+  std::printf("this process may use %s\n", cpus.Describe().c_str());
   std::printf("images are decoded %s\n",
               decoding.processes > 0
-                  ? absl::StrCat("by ", decoding.processes, " dfc-decode processes (", (*decoders)->confinement(), ")")
+                  ? absl::StrCat("by ", decoding.processes, decoding.processes == 1 ? " dfc-decode process (" : " dfc-decode processes (",
+                                 (*decoders)->confinement(), ")")
                         .c_str()
                   : (*decoders)->confinement().c_str());
   if (*metrics_server) std::printf("metrics: %s/metrics\n", (*metrics_server)->url().c_str());

@@ -18,6 +18,7 @@
 #include "absl/strings/escaping.h"
 
 #include "common/checksum.h"
+#include "common/cpus.h"
 #include "common/subprocess.h"
 #include "data_shards/shard_format.h"
 #include "tests/test_cluster.h"
@@ -988,6 +989,33 @@ TEST(ClusterTest, ACpuRankOpensNothingOutsideItsJobsFiles) {
     EXPECT_NE(reason.find("Permission denied (a confined rank opens only files beneath its job's data"),
               std::string::npos) << reason;
   }
+}
+
+// A job without --threads: each rank gets its worker's share of the CPUs
+// the worker may use (here two slots: half), not the machine's cores, and
+// both the worker and the rank say so.
+TEST(ClusterTest, ARankGetsItsWorkersShareOfTheCpus) {
+  Cluster::Options o;
+  o.workers = 1;
+  o.worker_flags = {"--cpu-slots", "2"};
+  Cluster c(o);
+  const CpuBudget cpus = UsableCpuBudget();
+  const int share = std::max(1, cpus.usable / 2);
+  EXPECT_NE(c.processes().Log("worker-0.log").find(absl::StrCat("with 2 slot(s), ", share, " CPU(s) per rank of ",
+                                                                cpus.Describe())),
+            std::string::npos)
+      << c.processes().Log("worker-0.log");
+  const std::string shards = testing::SyntheticShards(c.dir(), 24);
+  auto r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --world-size 1 --epochs 1 --batch-size 6"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  auto watch = RunCommand(c.Dfc("watch --timeout 300 " + job));
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err;
+  const std::string log = testing::ReadFileOrDie(c.RankLog(job, 1, 0));
+  EXPECT_NE(log.find(absl::StrCat("threads: ", share, " intra-op, ", std::max(1, share / 2), " decoding, for ", share,
+                                  share == 1 ? " CPU;" : " CPUs;")),
+            std::string::npos)
+      << log;
 }
 
 // The real MesoNet training folder as users have it (`train:test/`), a subset

@@ -1,4 +1,7 @@
 // The `dfc` binary as a user runs it: output formats, exit codes, errors.
+#include <sched.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -10,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/numbers.h"
+#include "common/cpus.h"
 #include "absl/strings/str_split.h"
 #include "tests/test_util.h"
 
@@ -195,6 +199,33 @@ TEST(DfcCliTest, TwoRanksTrainLikeOneProcess) {
   auto plot = RunCommand(Dfc() + " plot " + dir.Join("two") + " --out " + dir.Join("curves.svg"));
   EXPECT_EQ(plot.exit_code, 0) << plot.err;
   EXPECT_NE(testing::ReadFileOrDie(dir.Join("curves.svg")).find("class=\"val_loss\""), std::string::npos);
+}
+
+// Without --threads, training sizes its threads by the CPUs it may run on,
+// not by the machine's: pinned to one CPU (taskset; a pod pinned by the
+// kubelet's CPU manager), one intra-op and one decode thread. Unpinned, all
+// the CPUs this test may use.
+TEST(DfcCliTest, TrainSizesItsThreadsByTheCpusItMayRunOn) {
+  cpu_set_t mine;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(mine), &mine), 0);
+  if (CPU_COUNT(&mine) < 2) GTEST_SKIP() << "this test may run on one CPU only: pinning changes nothing";
+  int first = 0;
+  while (!CPU_ISSET(first, &mine)) ++first;
+  testing::TempDir dir;
+  const std::string shards = MakeShards(dir, 24);
+  const std::string train = Dfc() + " train --model meso4 --data " + shards + " --epochs 1 --batch-size 6 --out ";
+  auto pinned = RunCommand("taskset -c " + std::to_string(first) + " " + train + dir.Join("pinned"));
+  ASSERT_EQ(pinned.exit_code, 0) << pinned.err;
+  EXPECT_NE(pinned.out.find("threads: 1 intra-op, 1 decoding, for 1 CPU; this process may run on 1 CPU (affinity 1, "),
+            std::string::npos)
+      << pinned.out;
+  const int usable = UsableCpus();
+  auto all = RunCommand(train + dir.Join("all"));
+  ASSERT_EQ(all.exit_code, 0) << all.err;
+  EXPECT_NE(all.out.find("threads: " + std::to_string(usable) + " intra-op, " + std::to_string(std::max(1, usable / 2)) +
+                         " decoding, for " + std::to_string(usable) + " CPU"),
+            std::string::npos)
+      << all.out;
 }
 
 TEST(DfcCliTest, ADeadRankStopsTheOthers) {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/atomic_file.h"
+#include "common/cpus.h"
 #include "common/training_config.h"
 #include "common/metrics.h"
 #include "common/run_dir.h"
@@ -101,9 +102,8 @@ absl::Status ValidateOptions(const TrainOptions& o) {
 // Decode threads when --loader-threads is 0. On CPU the model's compute
 // needs the cores too: half of this rank's share. On a GPU the rank's own
 // thread only queues kernels: all of its share but that one thread.
-int DefaultLoaderThreads(const torch::Device& device, int ranks_here) {
-  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, ranks_here));
-  return std::max(1, device.is_cuda() ? cores - 1 : cores / 2);
+int DefaultLoaderThreads(const torch::Device& device, int cpus) {
+  return std::max(1, device.is_cuda() ? cpus - 1 : cpus / 2);
 }
 
 // A deterministic subset of at most `max` records that keeps their order
@@ -338,7 +338,7 @@ class Trainer {
     lo.batch_size = std::max(1, o_.batch_size / world_);
     lo.image_size = model_->input_size();
     lo.seed = o_.seed;
-    lo.threads = o_.loader_threads > 0 ? o_.loader_threads : DefaultLoaderThreads(device_, world_);
+    lo.threads = o_.loader_threads;
     train_loader_ = std::make_unique<BatchLoader>(&shards_, phase_.train, lo);
     bn_loader_ = std::make_unique<BatchLoader>(&shards_, phase_.train, lo);
     lo.shuffle = false;
@@ -748,11 +748,17 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& given, TrainObserver
   DFC_RETURN_IF_ERROR(ValidateOptions(given));
   // Every hyper-parameter as this run uses it: printed now, kept in every
   // metrics line and checkpoint.
-  const TrainOptions o = ResolveOptions(given);
+  TrainOptions o = ResolveOptions(given);
   if (obs) obs->OnPhase("hyper-parameters: " + o.ToJson());
-  const int ranks_here = o.collective ? o.collective->world_size() : 1;
-  torch::set_num_threads(o.threads > 0 ? o.threads
-                                       : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / ranks_here));
+  const CpuBudget budget = UsableCpuBudget();
+  const int cpus = o.cpus > 0 ? o.cpus : std::max(1, budget.usable / (o.collective ? o.collective->world_size() : 1));
+  if (o.threads <= 0) o.threads = cpus;
+  if (o.loader_threads <= 0) o.loader_threads = DefaultLoaderThreads(DefaultDevice(), cpus);
+  torch::set_num_threads(o.threads);
+  if (obs) {
+    obs->OnPhase(absl::StrCat("threads: ", o.threads, " intra-op, ", o.loader_threads, " decoding, for ", cpus,
+                              cpus == 1 ? " CPU" : " CPUs", "; this process may run on ", budget.Describe()));
+  }
   DFC_ASSIGN_OR_RETURN(std::unique_ptr<ShardSet> shards, ShardSet::Open(o.data_dir));
   if (shards->manifest().classes.size() != 2) {
     return absl::InvalidArgumentError(absl::StrCat("--data: the detectors are binary; '", o.data_dir, "' has ",

@@ -36,9 +36,13 @@ struct TrainOptions {
   // phase it stopped in (out_dir/selection/latest.ckpt while choosing the
   // epoch count, out_dir/latest.ckpt once retraining).
   bool resume = false;
-  int threads = 0;                      // intra-op threads; 0 = all cores
-  // Decode threads; 0 = of this rank's share of the cores, half on CPU and
-  // all but one on a GPU (whose compute needs only the rank's own thread).
+  // The CPUs this process may use (its worker's share per slot); 0 = the
+  // CPUs it may run on (UsableCpus: affinity and cgroup limit) divided by
+  // the world size.
+  int cpus = 0;
+  int threads = 0;                      // intra-op threads; 0 = `cpus`
+  // Decode threads; 0 = of `cpus`, half on CPU and all but one on a GPU
+  // (whose compute needs only the rank's own thread).
   int loader_threads = 0;
   uint64_t seed = 1;
   std::string recipe;                   // "" or "notebook" (see RunTraining)

@@ -21,6 +21,7 @@
 #include "training/collective.h"
 #include "training/rank_launcher.h"
 #include "common/atomic_file.h"
+#include "common/cpus.h"
 #include "common/exit_codes.h"
 #include "common/record_file.h"
 #include "common/run_dir.h"
@@ -42,8 +43,13 @@ absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
   if (!st.ok()) return st;
   worker_id_ = resp.worker_id();
   interval_ = std::chrono::milliseconds(std::max(50, resp.heartbeat_interval_ms()));
-  std::fprintf(stderr, "dfc-worker: registered as %s with %d slot(s)\n", worker_id_.c_str(),
-               options_.gpus > 0 ? options_.gpus : options_.cpu_slots);
+  // Each slot's rank gets its share of the CPUs this worker may use (its
+  // pod's limit, not the node's cores): its intra-op and decode threads.
+  const int slots = options_.gpus > 0 ? options_.gpus : options_.cpu_slots;
+  const CpuBudget cpus = UsableCpuBudget();
+  cpus_per_rank_ = std::max(1, cpus.usable / slots);
+  std::fprintf(stderr, "dfc-worker: registered as %s with %d slot(s), %d CPU(s) per rank of %s\n",
+               worker_id_.c_str(), slots, cpus_per_rank_, cpus.Describe().c_str());
   return absl::OkStatus();
 }
 
@@ -83,7 +89,8 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   // even the address): rank 0 appends its reports to DIR/reports and this
   // worker forwards them (ForwardReports).
   std::vector<std::string> args = {options_.rank_binary, "rank", "--assignment", encoded, "--sandbox",
-                                   options_.confine_ranks && r.gpu < 0 ? "on" : "off"};
+                                   options_.confine_ranks && r.gpu < 0 ? "on" : "off", "--cpus",
+                                   std::to_string(cpus_per_rank_)};
   // A rank never outlives its worker (die_with_parent): if the worker dies,
   // so do its ranks, and their peers' collectives fail instead of waiting.
   // Its output is kept per job and rank (DIR/log).
@@ -458,7 +465,7 @@ class LoggingObserver : public TrainObserver {
   TrainObserver* const next_;
 };
 
-absl::Status RunRank(const v1::RankAssignment& a) {
+absl::Status RunRank(const v1::RankAssignment& a, int cpus) {
   std::printf("rank %d of %d: job %s attempt %d: %s on %s%s\n", a.rank(), a.world_size(), a.job_id().c_str(),
               a.attempt(), ModelName(a.config().model()).c_str(), a.config().data().c_str(),
               a.resume() ? " (resuming from latest.ckpt)" : "");
@@ -466,6 +473,7 @@ absl::Status RunRank(const v1::RankAssignment& a) {
   TrainOptions o = TrainOptionsFromConfig(a.config());
   o.out_dir = a.output_dir();
   o.resume = a.resume();
+  o.cpus = cpus;
   // Sign of life for the worker's hang detection: the progress file's mtime.
   int progress_fd = -1;
   if (const char* dir = std::getenv("DFC_RANK_DIR"); dir != nullptr && *dir) {

@@ -96,6 +96,7 @@ class WorkerAgent {
   WorkerAgentOptions options_;  // work_dir is filled in by Run
   std::string worker_id_;
   std::chrono::milliseconds interval_{500};
+  int cpus_per_rank_ = 1;  // a slot's share of the usable CPUs (Register)
   std::vector<Rank> ranks_;
   std::vector<v1::LogChunk> log_answers_;  // sent with the next heartbeat
 };
@@ -106,8 +107,9 @@ class WorkerAgent {
 // step and, on rank 0, appends its reports (epoch metrics, step progress, the
 // resolved hyper-parameters) to DIR/reports (common/record_file.h: serialised
 // ReportMetricsRequests), which the worker forwards. It holds no credential
-// of the coordinator's and never connects to it.
-absl::Status RunRank(const v1::RankAssignment& assignment);
+// of the coordinator's and never connects to it. `cpus`: the CPUs it may
+// use (its worker's share per slot; 0 = TrainOptions' default).
+absl::Status RunRank(const v1::RankAssignment& assignment, int cpus);
 
 // CUDA_VISIBLE_DEVICES for a rank: "" (no GPU) on a CPU slot; on GPU
 // `gpu` (an index among the GPUs this worker sees), that entry of the

@@ -66,6 +66,9 @@ int main(int argc, char** argv) {
   std::string rank_sandbox = "on";
   rank_cmd->add_option("--sandbox", rank_sandbox, "Confine the rank to its job's files (RankSandboxPolicy)")
       ->check(CLI::IsMember({"on", "off"}));
+  int rank_cpus = 0;
+  rank_cmd->add_option("--cpus", rank_cpus, "CPUs the rank may use (the worker's share per slot)")
+      ->check(CLI::Range(0, 1 << 16));
   bool rank_sandbox_off = false;
   app.add_flag("--rank-sandbox-off", rank_sandbox_off,
                "Run CPU ranks unconfined (by default each confines itself with seccomp and Landlock to its "
@@ -99,7 +102,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     if (st.ok()) {
       try {
-        st = dfc::RunRank(a);
+        st = dfc::RunRank(a, rank_cpus);
       } catch (const std::exception& e) {
         st = absl::InternalError(e.what());
       }
