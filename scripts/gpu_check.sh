@@ -154,8 +154,9 @@ if $bin/dfc cluster up --state "$st" --workers 1 --gpus 1 --listen 127.0.0.1:500
   echo "job $job"
   timeout 200 $bin/dfc watch "$job" --timeout 180 2>&1 | tail -8 | tee "$out/nccl-job.txt"
   $bin/dfc status "$job" | head -20 | tee -a "$out/nccl-job.txt"
-  # The server's "images are decoded by N dfc-decode processes (...)": its decoders confined themselves.
-  grep -h -i "nccl\|backend\|confined\|dfc-decode" "$st"/logs/*.log "$st"/workers/*/"$job"/attempt-*/rank-*/log 2>/dev/null | head -8
+  # The server's "images are decoded by N dfc-decode processes (...)": its decoders confined themselves;
+  # "threads: ..." and "CPU(s) per rank": how the rank sized its threads on the GPU node's cores.
+  grep -h -i "nccl\|backend\|confined\|dfc-decode\|threads:\|per rank\|may use" "$st"/logs/*.log "$st"/workers/*/"$job"/attempt-*/rank-*/log 2>/dev/null | head -12
 else
   echo "NCCL JOB SKIPPED: the local cluster did not come up" | tee "$out/nccl-job.txt"
   tail -n 5 "$st"/logs/*.log

@@ -41,11 +41,12 @@ class ImagesTest : public ::testing::Test {
     for (const std::string& c : containers_) RunCommand(Podman("rm -f " + c));
   }
   // Starts `program` (a binary in /opt/dfc/bin) of the image as a detached
-  // container the way the manifests run it; returns its name.
-  std::string Start(const std::string& name, const std::string& mounts, const std::string& program,
+  // container the way the manifests run it; returns its name. `options`:
+  // podman's (volumes, a CPU limit).
+  std::string Start(const std::string& name, const std::string& options, const std::string& program,
                     const std::string& args) {
     const std::string full = name + "-" + std::to_string(::getpid());
-    auto r = RunCommand(Podman("run -d --name " + full + " --network=host --read-only --user 10001:10001 " + mounts +
+    auto r = RunCommand(Podman("run -d --name " + full + " --network=host --read-only --user 10001:10001 " + options +
                                " --entrypoint /opt/dfc/bin/" + program + " " + kImage + " " + args));
     EXPECT_EQ(r.exit_code, 0) << r.err;
     containers_.push_back(full);
@@ -95,14 +96,18 @@ TEST_F(ImagesTest, ContainersTrainATwoRankJobAndEvaluateItsCheckpoint) {
   const std::string coordinator =
       Start("dfc-coordinator", "-v " + state + ":/var/lib/dfc -v " + shared + ":/shared", "dfc-coordinator",
             "--listen " + addr + " --state /var/lib/dfc --output-root /shared/jobs --data-root /shared --heartbeat-ms 200");
+  // Each with a CPU limit of one, as a pod's limits.cpu sets it (a cgroup
+  // CPU quota): they size their ranks' threads and the server its decoders
+  // and inference threads by it, not by this machine's cores.
   std::vector<std::string> workers;
   for (int w = 0; w < 2; ++w) {
     workers.push_back(Start("dfc-worker-" + std::to_string(w),
-                            "-v " + shared + ":/shared -v " + dir.Join("work-" + std::to_string(w)) + ":/var/lib/dfc-worker",
+                            "--cpus=1 -v " + shared + ":/shared -v " + dir.Join("work-" + std::to_string(w)) +
+                                ":/var/lib/dfc-worker",
                             "dfc-worker", "--coordinator " + addr + " --cpu-slots 1 --work-dir /var/lib/dfc-worker"));
   }
   // The evaluation tier in its own container, weights on the shared volume.
-  const std::string server = Start("dfc-server", "-v " + shared + ":/shared", "dfc-server",
+  const std::string server = Start("dfc-server", "--cpus=1 -v " + shared + ":/shared", "dfc-server",
                                    "--listen 127.0.0.1:" + std::to_string(PickFreePort()) + " --coordinator " + addr +
                                        " --models-dir /shared/models --device cpu");
   for (int i = 0; i < 600; ++i) {
@@ -112,6 +117,10 @@ TEST_F(ImagesTest, ContainersTrainATwoRankJobAndEvaluateItsCheckpoint) {
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  for (const std::string& w : workers) {
+    EXPECT_NE(Logs(w).find("with 1 slot(s), 1 CPU(s) per rank of 1 CPU (affinity "), std::string::npos) << Logs(w);
+    EXPECT_NE(Logs(w).find(", cgroup limit 1)"), std::string::npos) << Logs(w);
   }
   const std::string dfc = testing::DfcBinary() + " --coordinator " + addr;
   auto submit = RunCommand(dfc + " submit --json --model mesoinception4 --data /shared/shards --world-size 2"
@@ -152,7 +161,9 @@ TEST_F(ImagesTest, ContainersTrainATwoRankJobAndEvaluateItsCheckpoint) {
   ASSERT_EQ(import.exit_code, 0) << import.err << Logs(server);
   const std::string server_log = Logs(server);
   // Its image decoders confined themselves inside the container too.
-  const size_t decoders = server_log.find(" dfc-decode processes (seccomp, Landlock ABI ");
+  EXPECT_NE(server_log.find(", 1 inference thread, catalogue "), std::string::npos) << server_log;
+  EXPECT_NE(server_log.find("this process may use 1 CPU (affinity "), std::string::npos) << server_log;
+  const size_t decoders = server_log.find("images are decoded by 1 dfc-decode process (seccomp, Landlock ABI ");
   EXPECT_NE(decoders, std::string::npos) << server_log;
   if (decoders != std::string::npos) {
     const size_t from = server_log.rfind('\n', decoders) + 1;
