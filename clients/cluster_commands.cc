@@ -31,6 +31,7 @@
 #include "clients/commands.h"
 #include "clients/training_flags.h"
 #include "common/atomic_file.h"
+#include "common/cpus.h"
 #include "common/progress.h"
 #include "common/subprocess.h"
 #include "common/training_config.h"
@@ -422,10 +423,13 @@ int RunClusterUp(const ClusterArgs& a) {
     with_metrics(argv, absl::StrCat("server-", r));
     if (absl::Status st = spawn(argv, absl::StrCat("server-", r, ".log")); !st.ok()) return ReportError(st);
   }
+  // The workers share this machine's CPUs: each sizes its ranks' threads by
+  // its part, not by all of them.
+  const int cpus_per_worker = std::max(1, UsableCpus() / std::max(1, a.workers));
   for (int w = 0; w < a.workers; ++w) {
     std::vector<std::string> argv = {SiblingBinary("dfc-worker"), "--coordinator", listen, "--cpu-slots",
-                                     std::to_string(a.cpu_slots), "--work-dir",
-                                     (state / absl::StrCat("workers/worker-", w)).string()};
+                                     std::to_string(a.cpu_slots), "--cpus", std::to_string(cpus_per_worker),
+                                     "--work-dir", (state / absl::StrCat("workers/worker-", w)).string()};
     if (a.gpus != 0) argv.insert(argv.end(), {"--gpus", std::to_string(a.gpus)});
     with_metrics(argv, absl::StrCat("worker-", w));
     if (absl::Status st = spawn(argv, absl::StrCat("worker-", w, ".log")); !st.ok()) return ReportError(st);

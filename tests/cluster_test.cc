@@ -642,6 +642,12 @@ TEST(ClusterTest, ClusterUpOnAFreePortAndDownLeavesAReusedPidAlone) {
   EXPECT_NE(m[2].str(), "0") << up.out;
   EXPECT_NE(testing::ReadFileOrDie(state + "/logs/coordinator.log").find("listening on " + coordinator_address + " "),
             std::string::npos);
+  // Its workers divide this machine's CPUs between them (one worker: all).
+  EXPECT_NE(testing::ReadFileOrDie(state + "/logs/worker-0.log").find(absl::StrCat("with 1 slot(s), ", UsableCpus(),
+                                                                                   " CPU(s) per rank of --cpus ",
+                                                                                   UsableCpus(), " (this process may use ")),
+            std::string::npos)
+      << testing::ReadFileOrDie(state + "/logs/worker-0.log");
   auto workers = RunCommand(testing::DfcBinary() + " --coordinator " + coordinator_address + " workers");
   EXPECT_EQ(workers.exit_code, 0) << workers.err;
   EXPECT_NE(workers.out.find("live"), std::string::npos) << workers.out;

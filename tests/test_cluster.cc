@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <regex>
@@ -11,6 +12,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/cpus.h"
 #include "common/rpc/rpc_util.h"
 
 namespace dfc::testing {
@@ -89,6 +91,10 @@ std::string TestCluster::WorkerDir(int i) { return dir_.Join("worker-" + std::to
 Subprocess& TestCluster::AddWorker() {
   const int i = workers();
   std::vector<std::string> argv = {Bin("dfc-worker"), "--coordinator", address(), "--work-dir", WorkerDir(i)};
+  // Workers on one machine share its CPUs, as `dfc cluster up` starts them.
+  if (options_.workers > 1) {
+    argv.insert(argv.end(), {"--cpus", std::to_string(std::max(1, UsableCpus() / options_.workers))});
+  }
   argv.insert(argv.end(), options_.worker_flags.begin(), options_.worker_flags.end());
   AddMetricsFlag(argv, &worker_metrics_ports_);
   workers_.push_back(&procs_.Start(argv, "worker-" + std::to_string(i) + ".log"));

@@ -47,9 +47,12 @@ absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
   // pod's limit, not the node's cores): its intra-op and decode threads.
   const int slots = options_.gpus > 0 ? options_.gpus : options_.cpu_slots;
   const CpuBudget cpus = UsableCpuBudget();
-  cpus_per_rank_ = std::max(1, cpus.usable / slots);
+  cpus_per_rank_ = std::max(1, (options_.cpus > 0 ? options_.cpus : cpus.usable) / slots);
+  const std::string of = options_.cpus > 0
+                             ? absl::StrCat("--cpus ", options_.cpus, " (this process may use ", cpus.Describe(), ")")
+                             : cpus.Describe();
   std::fprintf(stderr, "dfc-worker: registered as %s with %d slot(s), %d CPU(s) per rank of %s\n",
-               worker_id_.c_str(), slots, cpus_per_rank_, cpus.Describe().c_str());
+               worker_id_.c_str(), slots, cpus_per_rank_, of.c_str());
   return absl::OkStatus();
 }
 
@@ -89,7 +92,7 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   // even the address): rank 0 appends its reports to DIR/reports and this
   // worker forwards them (ForwardReports).
   std::vector<std::string> args = {options_.rank_binary, "rank", "--assignment", encoded, "--sandbox",
-                                   options_.confine_ranks && r.gpu < 0 ? "on" : "off", "--cpus",
+                                   options_.confine_ranks && r.gpu < 0 ? "on" : "off", "--cpu-share",
                                    std::to_string(cpus_per_rank_)};
   // A rank never outlives its worker (die_with_parent): if the worker dies,
   // so do its ranks, and their peers' collectives fail instead of waiting.

@@ -27,6 +27,10 @@ struct WorkerAgentOptions {
   std::string advertise_host = "127.0.0.1";  // where this worker's rank 0 store is reachable
   int cpu_slots = 1;
   int gpus = 0;
+  // The CPUs this worker's ranks share, each slot's rank an equal part;
+  // 0 = the CPUs this process may use (UsableCpus). Several workers on one
+  // machine (dfc cluster up) divide its CPUs between them.
+  int cpus = 0;
   std::string rank_binary;        // the dfc-worker executable (runs `rank`)
   std::chrono::milliseconds kill_grace{3000};  // SIGTERM -> SIGKILL for stopped ranks
   // Per-rank folders (log, progress, error): WORK/JOB/attempt-A/rank-R.

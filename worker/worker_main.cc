@@ -66,8 +66,11 @@ int main(int argc, char** argv) {
   std::string rank_sandbox = "on";
   rank_cmd->add_option("--sandbox", rank_sandbox, "Confine the rank to its job's files (RankSandboxPolicy)")
       ->check(CLI::IsMember({"on", "off"}));
+  app.add_option("--cpus", opts.cpus,
+                 "CPUs this worker's ranks share, an equal part per slot (default: the CPUs this process may use, "
+                 "its affinity and cgroup limit)")->check(CLI::Range(0, 1 << 16));
   int rank_cpus = 0;
-  rank_cmd->add_option("--cpus", rank_cpus, "CPUs the rank may use (the worker's share per slot)")
+  rank_cmd->add_option("--cpu-share", rank_cpus, "CPUs the rank may use (its worker's share per slot)")
       ->check(CLI::Range(0, 1 << 16));
   bool rank_sandbox_off = false;
   app.add_flag("--rank-sandbox-off", rank_sandbox_off,
