@@ -46,10 +46,14 @@ std::vector<std::string> SystemReadPaths();
 
 // Sets RLIMIT_AS to what the process maps now (its binary and libraries; a
 // CUDA LibTorch maps gigabytes before anything is read) plus `extra_bytes`,
-// the budget of what it may still allocate. A confined parser calls it
-// first, so that a hostile input ends in a failed allocation, not in the
-// host's OOM killer.
-absl::Status LimitAddressSpace(int64_t extra_bytes);
+// the budget of what it may still allocate, and makes the process the
+// kernel's first choice when memory runs out anyway (oom_score_adj 1000):
+// several parsers within their budgets can still exhaust a pod's memory
+// together, and then one of them goes, not the server holding every client's
+// stream. A confined parser calls it first (before EnterSandbox: /proc is
+// not writable after), so that a hostile input ends in a failed allocation
+// or in the death of its own process.
+absl::Status LimitMemory(int64_t extra_bytes);
 
 }  // namespace dfc
 

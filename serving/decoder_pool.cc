@@ -317,7 +317,7 @@ int DecodeImagesMain(int argc, char** argv) {
     return 3;
   }
   limits.max_bytes = static_cast<size_t>(max_bytes);
-  if (absl::Status st = LimitAddressSpace(memory); !st.ok()) {
+  if (absl::Status st = LimitMemory(memory); !st.ok()) {
     Reply(st);
     return 3;
   }

@@ -144,7 +144,7 @@ int ConvertWeightsMain(int argc, char** argv) {
   }
   const std::string arch = argv[2], input = argv[3], out = argv[4];
   // The memory budget on top of what the binary and its libraries map.
-  if (absl::Status st = LimitAddressSpace(memory); !st.ok()) return fail(3, st.message());
+  if (absl::Status st = LimitMemory(memory); !st.ok()) return fail(3, st.message());
   SandboxPolicy policy;
   policy.read_paths = SystemReadPaths();
   policy.read_paths.insert(policy.read_paths.end(), {input, "/dev/urandom"});

@@ -101,6 +101,8 @@ TEST(DecoderPoolTest, DecodersAreConfinedAndHoldNothingOfTheServers) {
   for (pid_t pid : pids) {
     EXPECT_EQ(testing::ProcStatus(pid, "Seccomp"), "2") << pid;
     EXPECT_EQ(testing::ProcStatus(pid, "NoNewPrivs"), "1") << pid;
+    // The first to go if the decoders together exhaust the memory.
+    EXPECT_EQ(testing::ReadFileOrDie("/proc/" + std::to_string(pid) + "/oom_score_adj"), "1000\n") << pid;
     const auto env = testing::ProcStrings(pid, "environ");
     EXPECT_FALSE(env.empty());
     for (const auto& e : env) EXPECT_NE(e.rfind("DFC_", 0), 0u) << e;

@@ -131,8 +131,11 @@ TEST_F(ServingReplicasTest, AModelImportedThroughOneReplicaEvaluatesOnAnother) {
     EXPECT_EQ(testing::ProcStatus(child, "Seccomp"), "2") << child;
     EXPECT_EQ(testing::ProcStatus(child, "NoNewPrivs"), "1") << child;
     for (const auto& e : testing::ProcStrings(child, "environ")) EXPECT_NE(e.rfind("DFC_", 0), 0u) << e;
+    EXPECT_EQ(testing::ReadFileOrDie("/proc/" + std::to_string(child) + "/oom_score_adj"), "1000\n") << child;
   }
   EXPECT_FALSE(decoders.empty()) << "dfc-server started no dfc-decode process";
+  // When memory runs out a decoder goes first, not the server.
+  EXPECT_NE(testing::ReadFileOrDie("/proc/" + std::to_string(cluster_->server(1).pid()) + "/oom_score_adj"), "1000\n");
   const v1::ListModelsResponse after = Models(1);
   for (const auto& m : after.models()) {
     if (m.name() == "shared-meso") {
