@@ -425,7 +425,7 @@ int RunClusterUp(const ClusterArgs& a) {
   }
   // The workers share this machine's CPUs: each sizes its ranks' threads by
   // its part, not by all of them.
-  const int cpus_per_worker = std::max(1, UsableCpus() / std::max(1, a.workers));
+  const int cpus_per_worker = CpuShare(UsableCpus(), a.workers);
   for (int w = 0; w < a.workers; ++w) {
     std::vector<std::string> argv = {SiblingBinary("dfc-worker"), "--coordinator", listen, "--cpu-slots",
                                      std::to_string(a.cpu_slots), "--cpus", std::to_string(cpus_per_worker),

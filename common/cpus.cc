@@ -162,6 +162,8 @@ CpuBudget UsableCpuBudget() {
 
 int UsableCpus() { return UsableCpuBudget().usable; }
 
+int CpuShare(int cpus, int parts) { return std::max(1, cpus / std::max(1, parts)); }
+
 std::string CpuBudget::Describe() const {
   std::ostringstream limit;
   if (quota) limit << *quota;

@@ -22,6 +22,10 @@ struct CpuBudget {
 CpuBudget UsableCpuBudget();
 int UsableCpus();
 
+// One of `parts` equal shares of `cpus` (a worker's per slot, a machine's
+// per local worker or rank), at least 1.
+int CpuShare(int cpus, int parts);
+
 // The lowest CPU limit (quota / period) of this process's cgroup and its
 // ancestors, in CPUs, from cgroup v2 (cpu.max) and v1 (cpu.cfs_quota_us,
 // cpu.cfs_period_us); nullopt when none is set or none can be read.

@@ -85,8 +85,10 @@ int main(int argc, char** argv) {
   batching.max_batch = 0;  // default below: by device
   dfc::EvaluationOptions eval;
   int max_delay_us = 0;
+  // Inference threads and decoders default to the CPUs this process may use.
+  const dfc::CpuBudget cpus = dfc::UsableCpuBudget();
   dfc::DecoderPoolOptions decoding;
-  decoding.processes = std::clamp(dfc::UsableCpus(), 1, 64);
+  decoding.processes = std::clamp(cpus.usable, 1, 64);
   int64_t max_image_bytes = static_cast<int64_t>(decoding.limits.max_bytes);
   app.add_option("--models-dir", serve.models_dir,
                  "Where imported weights are stored (the shared volume every replica and the coordinator see)")
@@ -165,7 +167,6 @@ int main(int argc, char** argv) {
   auto channel = dfc::MakeChannel(coordinator, upstream);
   if (!channel.ok()) return Fail(std::string(channel.status().message()));
   std::shared_ptr<dfc::ModelCatalog> catalog = dfc::NewGrpcModelCatalog(*channel, upstream);
-  const dfc::CpuBudget cpus = dfc::UsableCpuBudget();
   if (serve.threads == 0) serve.threads = cpus.usable;
   auto registry = dfc::ModelRegistry::Create(serve, catalog);
   if (!registry.ok()) return Fail(std::string(registry.status().message()));

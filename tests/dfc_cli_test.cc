@@ -13,8 +13,8 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/numbers.h"
-#include "common/cpus.h"
 #include "absl/strings/str_split.h"
+#include "common/cpus.h"
 #include "tests/test_util.h"
 
 namespace dfc {

@@ -2,7 +2,6 @@
 
 #include <signal.h>
 
-#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <regex>
@@ -93,7 +92,7 @@ Subprocess& TestCluster::AddWorker() {
   std::vector<std::string> argv = {Bin("dfc-worker"), "--coordinator", address(), "--work-dir", WorkerDir(i)};
   // Workers on one machine share its CPUs, as `dfc cluster up` starts them.
   if (options_.workers > 1) {
-    argv.insert(argv.end(), {"--cpus", std::to_string(std::max(1, UsableCpus() / options_.workers))});
+    argv.insert(argv.end(), {"--cpus", std::to_string(CpuShare(UsableCpus(), options_.workers))});
   }
   argv.insert(argv.end(), options_.worker_flags.begin(), options_.worker_flags.end());
   AddMetricsFlag(argv, &worker_metrics_ports_);

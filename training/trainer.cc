@@ -751,7 +751,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& given, TrainObserver
   TrainOptions o = ResolveOptions(given);
   if (obs) obs->OnPhase("hyper-parameters: " + o.ToJson());
   const CpuBudget budget = UsableCpuBudget();
-  const int cpus = o.cpus > 0 ? o.cpus : std::max(1, budget.usable / (o.collective ? o.collective->world_size() : 1));
+  const int cpus = o.cpus > 0 ? o.cpus : CpuShare(budget.usable, o.collective ? o.collective->world_size() : 1);
   if (o.threads <= 0) o.threads = cpus;
   if (o.loader_threads <= 0) o.loader_threads = DefaultLoaderThreads(DefaultDevice(), cpus);
   torch::set_num_threads(o.threads);

@@ -47,7 +47,7 @@ absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
   // pod's limit, not the node's cores): its intra-op and decode threads.
   const int slots = options_.gpus > 0 ? options_.gpus : options_.cpu_slots;
   const CpuBudget cpus = UsableCpuBudget();
-  cpus_per_rank_ = std::max(1, (options_.cpus > 0 ? options_.cpus : cpus.usable) / slots);
+  cpus_per_rank_ = CpuShare(options_.cpus > 0 ? options_.cpus : cpus.usable, slots);
   const std::string of = options_.cpus > 0
                              ? absl::StrCat("--cpus ", options_.cpus, " (this process may use ", cpus.Describe(), ")")
                              : cpus.Describe();

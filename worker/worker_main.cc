@@ -47,6 +47,9 @@ int main(int argc, char** argv) {
   std::string token_file;
   app.add_option("--coordinator", opts.coordinator, "Coordinator address host:port")->envname("DFC_COORDINATOR");
   app.add_option("--cpu-slots", opts.cpu_slots, "CPU ranks this worker runs")->check(CLI::Range(1, 1024));
+  app.add_option("--cpus", opts.cpus,
+                 "CPUs this worker's ranks share, an equal part per slot (default: the CPUs this process may use, "
+                 "its affinity and cgroup limit)")->check(CLI::Range(0, 1 << 16));
   app.add_option("--gpus", opts.gpus, "GPU ranks, one per GPU (-1: every visible GPU; needs a CUDA build)")
       ->check(CLI::Range(-1, 64));
   app.add_option("--advertise-host", opts.advertise_host, "Address other ranks reach this machine on");
@@ -66,9 +69,6 @@ int main(int argc, char** argv) {
   std::string rank_sandbox = "on";
   rank_cmd->add_option("--sandbox", rank_sandbox, "Confine the rank to its job's files (RankSandboxPolicy)")
       ->check(CLI::IsMember({"on", "off"}));
-  app.add_option("--cpus", opts.cpus,
-                 "CPUs this worker's ranks share, an equal part per slot (default: the CPUs this process may use, "
-                 "its affinity and cgroup limit)")->check(CLI::Range(0, 1 << 16));
   int rank_cpus = 0;
   rank_cmd->add_option("--cpu-share", rank_cpus, "CPUs the rank may use (its worker's share per slot)")
       ->check(CLI::Range(0, 1 << 16));
