@@ -1,9 +1,15 @@
 #include "data_shards/dataset_scan.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <map>
 #include <system_error>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -35,17 +41,52 @@ absl::StatusOr<std::vector<std::string>> SortedSubdirs(const fs::path& dir) {
   return out;
 }
 
-// Keras walks os.walk sorted by directory path, files sorted by name.
-absl::Status ListImagesRecursive(const fs::path& class_dir, std::vector<fs::path>* out) {
-  std::error_code ec;
-  std::vector<fs::path> files;
-  for (fs::recursive_directory_iterator it(class_dir, fs::directory_options::follow_directory_symlink, ec), end;
-       !ec && it != end; it.increment(ec)) {
-    if (it->is_regular_file(ec) && HasImageExtension(it->path().filename().string())) {
-      files.push_back(it->path());
-    }
+// The folders a scan has listed, by identity (device, inode), with the path
+// that first reached each.
+using SeenFolders = std::map<std::pair<dev_t, ino_t>, fs::path>;
+
+// Records `dir` as listed. Symbolic links to folders are followed (a class
+// folder may live elsewhere), so a folder can be reached twice: through a
+// loop (df/up -> ..) or two links to one folder (real -> df). Listing it
+// again would count its images twice, under whichever class each path
+// names, and they would land on both sides of the validation split.
+absl::Status Visit(const fs::path& dir, SeenFolders* seen) {
+  struct stat sb;
+  if (::stat(dir.c_str(), &sb) != 0) {
+    return absl::NotFoundError(absl::StrCat("cannot read '", dir.string(), "': ", std::strerror(errno)));
   }
-  if (ec) return absl::NotFoundError(absl::StrCat("cannot list '", class_dir.string(), "': ", ec.message()));
+  const auto [it, fresh] = seen->emplace(std::make_pair(sb.st_dev, sb.st_ino), dir);
+  if (!fresh) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", it->second.string(), "' and '", dir.string(),
+        "' are the same folder (a symbolic link loop, or two links to one folder): its images would be listed "
+        "twice; remove the link"));
+  }
+  return absl::OkStatus();
+}
+
+// Keras walks os.walk sorted by directory path, files sorted by name.
+absl::Status ListImagesRecursive(const fs::path& class_dir, SeenFolders* seen, std::vector<fs::path>* out) {
+  std::vector<fs::path> files;
+  std::vector<fs::path> pending{class_dir};  // depth first, subfolders in name order
+  while (!pending.empty()) {
+    const fs::path dir = std::move(pending.back());
+    pending.pop_back();
+    if (absl::Status st = Visit(dir, seen); !st.ok()) return st;
+    std::error_code ec;
+    std::vector<fs::path> subdirs;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      std::error_code type_ec;  // a dangling link is neither
+      if (it->is_directory(type_ec)) {
+        subdirs.push_back(it->path());
+      } else if (it->is_regular_file(type_ec) && HasImageExtension(it->path().filename().string())) {
+        files.push_back(it->path());
+      }
+    }
+    if (ec) return absl::NotFoundError(absl::StrCat("cannot list '", dir.string(), "': ", ec.message()));
+    std::sort(subdirs.rbegin(), subdirs.rend());
+    for (fs::path& d : subdirs) pending.push_back(std::move(d));
+  }
   std::sort(files.begin(), files.end(), [](const fs::path& a, const fs::path& b) {
     const std::string da = a.parent_path().string(), db = b.parent_path().string();
     if (da != db) return da < db;
@@ -55,16 +96,14 @@ absl::Status ListImagesRecursive(const fs::path& class_dir, std::vector<fs::path
   return absl::OkStatus();
 }
 
-}  // namespace
-
-
-absl::StatusOr<std::vector<SourceImage>> ListClassFolders(const std::string& root,
-                                                          std::vector<std::string>* classes) {
+absl::StatusOr<std::vector<SourceImage>> ListClassTree(const std::string& root, std::vector<std::string>* classes,
+                                                       SeenFolders* seen) {
   const fs::path base(root);
   std::error_code ec;
   if (!fs::is_directory(base, ec)) {
     return absl::NotFoundError(absl::StrCat("dataset folder '", root, "' does not exist"));
   }
+  if (absl::Status st = Visit(base, seen); !st.ok()) return st;
   auto found = SortedSubdirs(base);
   if (!found.ok()) return found.status();
   if (classes->empty()) {
@@ -82,12 +121,21 @@ absl::StatusOr<std::vector<SourceImage>> ListClassFolders(const std::string& roo
   for (size_t c = 0; c < classes->size(); ++c) {
     std::vector<fs::path> files;
     const fs::path class_dir = base / (*classes)[c];
-    if (absl::Status st = ListImagesRecursive(class_dir, &files); !st.ok()) return st;
+    if (absl::Status st = ListImagesRecursive(class_dir, seen, &files); !st.ok()) return st;
     for (const fs::path& f : files) {
-      images.push_back({f.string(), fs::relative(f, base).string(), static_cast<int>(c)});
+      images.push_back({f.string(), f.lexically_relative(base).string(), static_cast<int>(c)});
     }
   }
   return images;
+}
+
+}  // namespace
+
+
+absl::StatusOr<std::vector<SourceImage>> ListClassFolders(const std::string& root,
+                                                          std::vector<std::string>* classes) {
+  SeenFolders seen;
+  return ListClassTree(root, classes, &seen);
 }
 
 std::vector<bool> KerasValidationMask(const std::vector<int32_t>& labels, int num_classes, double fraction,
@@ -137,19 +185,20 @@ absl::StatusOr<ScannedDataset> ScanDataset(const std::string& root, const ScanOp
     }
   }
   const bool has_validation_dir = train_dir != base && fs::is_directory(base / "validation", ec);
-  auto all = ListClassFolders(train_dir.string(), &ds.classes);
+  SeenFolders seen;  // shared by both splits: no folder may feed both
+  auto all = ListClassTree(train_dir.string(), &ds.classes, &seen);
   if (!all.ok()) return all.status();
 
   double fraction = options.validation_split;
   if (fraction < 0) fraction = has_validation_dir ? 0.0 : 0.2;
-  ds.train_source = fs::relative(train_dir, base).string();
+  ds.train_source = train_dir.lexically_relative(base).string();
   if (has_validation_dir) {
     if (fraction > 0) {
       return absl::InvalidArgumentError(
           "--validation-split given but the dataset has a validation/ folder; use one or the other");
     }
     ds.train = std::move(*all);
-    auto val = ListClassFolders((base / "validation").string(), &ds.classes);
+    auto val = ListClassTree((base / "validation").string(), &ds.classes, &seen);
     if (!val.ok()) return val.status();
     ds.validation = std::move(*val);
     // Paths relative to the dataset root, so both splits read the same way.

@@ -44,6 +44,10 @@ struct ScanOptions {
 //   ROOT/{train:test|train}/<class>/...   [+ ROOT/validation/<class>/...]
 // Class folders are sorted by name (Keras flow_from_directory); files are
 // found recursively with Keras's extensions (png jpg jpeg bmp ppm tif tiff).
+// Symbolic links to folders are followed, but a folder reached twice (a link
+// loop, two links to one folder, validation/ linked to the training folder)
+// is an INVALID_ARGUMENT naming both paths: its images would be counted
+// twice, under two classes or on both sides of the split.
 absl::StatusOr<ScannedDataset> ScanDataset(const std::string& root, const ScanOptions& options);
 
 // Whether a file name has one of Keras's image extensions (png jpg jpeg bmp
@@ -51,7 +55,7 @@ absl::StatusOr<ScannedDataset> ScanDataset(const std::string& root, const ScanOp
 bool HasImageExtension(const std::string& name);
 
 // Lists one class-folder tree (ROOT/<class>/...), with the given class list
-// or, when empty, the sorted folder names.
+// or, when empty, the sorted folder names; folders reached twice as above.
 absl::StatusOr<std::vector<SourceImage>> ListClassFolders(const std::string& root,
                                                           std::vector<std::string>* classes);
 

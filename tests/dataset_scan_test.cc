@@ -1,5 +1,7 @@
 #include "data_shards/dataset_scan.h"
 
+#include <filesystem>
+
 #include <gtest/gtest.h>
 
 #include "tests/test_util.h"
@@ -88,6 +90,47 @@ TEST(DatasetScanTest, ErrorsNameWhatIsWrong) {
   auto m = ScanDataset(mismatch.path(), {});
   ASSERT_FALSE(m.ok());
   EXPECT_NE(m.status().message().find("[a, c]"), std::string::npos) << m.status();
+}
+
+// Linked folders are followed once; a folder reached twice is refused, naming
+// both paths, instead of listing its images again (a loop df/up -> .. made 4
+// images 164, real ones among them labelled df, on both sides of the split).
+TEST(DatasetScanTest, LinkedFoldersAreListedOnceAndAFolderReachedTwiceIsRefused) {
+  testing::TempDir elsewhere, dir;
+  testing::WriteFileOrDie(elsewhere.Join("more/3.jpg"), "x");
+  for (const char* f : {"df/1.jpg", "df/sub/2.jpg", "real/1.jpg"}) testing::WriteFileOrDie(dir.Join(f), "x");
+  std::filesystem::create_symlink(elsewhere.Join("more"), dir.Join("df/more"));
+  ScanOptions opt;
+  opt.validation_split = 0;
+  auto ds = ScanDataset(dir.path(), opt);
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  EXPECT_EQ(Names(ds->train), (std::vector<std::string>{"df/1.jpg", "df/more/3.jpg", "df/sub/2.jpg", "real/1.jpg"}));
+
+  std::filesystem::create_symlink("..", dir.Join("df/sub/up"));
+  auto loop = ScanDataset(dir.path(), opt);
+  ASSERT_FALSE(loop.ok());
+  EXPECT_EQ(loop.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string df_and_up = "'" + dir.Join("df") + "' and '" + dir.Join("df/sub/up") + "' are the same folder";
+  EXPECT_NE(loop.status().message().find(df_and_up), std::string::npos) << loop.status();
+  std::vector<std::string> classes;
+  EXPECT_FALSE(ListClassFolders(dir.path(), &classes).ok());  // what dfc evaluate lists
+  std::filesystem::remove(dir.Join("df/sub/up"));
+
+  std::filesystem::create_symlink(dir.Join("real"), dir.Join("df/real-too"));
+  auto twice = ScanDataset(dir.path(), opt);
+  ASSERT_FALSE(twice.ok());
+  const std::string link_and_real = "'" + dir.Join("df/real-too") + "' and '" + dir.Join("real") + "' are the same";
+  EXPECT_NE(twice.status().message().find(link_and_real), std::string::npos) << twice.status();
+  std::filesystem::remove(dir.Join("df/real-too"));
+
+  // validation/ linked to the training folder would validate on training images.
+  testing::TempDir split;
+  for (const char* f : {"train/a/1.jpg", "train/b/1.jpg"}) testing::WriteFileOrDie(split.Join(f), "x");
+  std::filesystem::create_symlink("train", split.Join("validation"));
+  auto both = ScanDataset(split.path(), {});
+  ASSERT_FALSE(both.ok());
+  const std::string train_and_val = "'" + split.Join("train") + "' and '" + split.Join("validation") + "' are the same";
+  EXPECT_NE(both.status().message().find(train_and_val), std::string::npos) << both.status();
 }
 
 }  // namespace
