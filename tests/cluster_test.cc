@@ -158,6 +158,12 @@ TEST(ClusterTest, BadRequestsNameTheFieldAndCreateNothing) {
   auto unknown = RunCommand(c.Dfc("status job-000000000000"));
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_NE(unknown.err.find("job_id"), std::string::npos) << unknown.err;
+  // An error quoting a 50,000-byte id arrives cut, not as a metadata-limit error.
+  auto huge = RunCommand(c.Dfc("status " + std::string(50000, 'j')));
+  EXPECT_EQ(huge.exit_code, 2) << huge.err.substr(0, 300);
+  EXPECT_NE(huge.err.find("job_id: no job 'jjjj"), std::string::npos) << huge.err.substr(0, 300);
+  EXPECT_NE(huge.err.find("... (47"), std::string::npos) << huge.err.substr(0, 300);
+  EXPECT_LT(huge.err.size(), 2200u);
   auto list = RunCommand(c.Dfc("list --json"));
   ASSERT_EQ(list.exit_code, 0) << list.err;
   EXPECT_EQ(list.out.find("job_id"), std::string::npos) << "a bad request left a job: " << list.out;

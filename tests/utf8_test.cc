@@ -52,5 +52,18 @@ TEST(Utf8Test, ARequestNamesItsFirstNonUtf8Field) {
   EXPECT_NE(rank.message().find("ranks[1].error"), std::string::npos) << rank;
 }
 
+// ToGrpc cuts a long status message so that it fits the peer's metadata limit,
+// never inside a character (ClusterTest sends a 50,000-byte job id through it).
+TEST(Utf8Test, ALongStatusMessageIsCutBetweenCharacters) {
+  const std::string before(2047, 'a');
+  const grpc::Status cut = ToGrpc(absl::NotFoundError(before + "\xc3\xa9" + std::string(5000, 'x')));
+  EXPECT_EQ(cut.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(cut.error_message(), before + "... (5002 more bytes)");
+  EXPECT_EQ(InvalidUtf8Offset(cut.error_message()), std::string_view::npos);
+  const std::string limit(2048, 'b');  // at the limit: whole
+  EXPECT_EQ(ToGrpc(absl::InternalError(limit)).error_message(), limit);
+  EXPECT_EQ(ToGrpc(absl::InternalError(limit + "c")).error_message(), limit + "... (1 more bytes)");
+}
+
 }  // namespace
 }  // namespace dfc

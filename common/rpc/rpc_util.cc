@@ -143,7 +143,17 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
 }
 
 grpc::Status ToGrpc(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  // The message travels in the grpc-message trailer, percent-encoded, and a
+  // peer refuses trailers over its metadata limit (8 KiB by default) with
+  // "received initial metadata size exceeds limit" in place of the message:
+  // one that quotes what a client sent (a 50,000-byte job id) is cut.
+  constexpr size_t kMaxMessageBytes = 2048;
+  const auto code = static_cast<grpc::StatusCode>(s.code());
+  const absl::string_view message = s.message();
+  if (message.size() <= kMaxMessageBytes) return grpc::Status(code, std::string(message));
+  size_t cut = kMaxMessageBytes;
+  while (cut > 0 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 sequence
+  return grpc::Status(code, absl::StrCat(message.substr(0, cut), "... (", message.size() - cut, " more bytes)"));
 }
 
 absl::Status FromGrpc(const grpc::Status& s) {

@@ -75,7 +75,9 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
 std::string HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const RpcSecurity& security = {},
                          std::chrono::milliseconds deadline = std::chrono::seconds(5));
 
-// The one place an absl::Status becomes a grpc::Status, and back.
+// The one place an absl::Status becomes a grpc::Status, and back. ToGrpc
+// cuts a message past 2 KiB (at a character boundary, saying how much was
+// left out) so that it fits the peer's metadata limit.
 grpc::Status ToGrpc(const absl::Status& status);
 absl::Status FromGrpc(const grpc::Status& status);
 
