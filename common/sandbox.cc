@@ -107,7 +107,13 @@ absl::Status RestrictFiles(const SandboxPolicy& policy, int abi) {
   for (const std::string& p : policy.read_paths) {
     if (absl::Status st = AddRule(ruleset.get(), p, read, handled); !st.ok()) return st;
   }
-  const uint64_t write = handled & ~static_cast<uint64_t>(LANDLOCK_ACCESS_FS_EXECUTE);
+  // Beneath write_dirs: regular files and folders only. Not executables, and
+  // no FIFO, socket, device or symbolic link that an unconfined reader of
+  // the same folder (the worker, the coordinator, dfc-server) could be led
+  // to wait on or through.
+  const uint64_t write = handled & ~static_cast<uint64_t>(LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_MAKE_CHAR |
+                                                          LANDLOCK_ACCESS_FS_MAKE_SOCK | LANDLOCK_ACCESS_FS_MAKE_FIFO |
+                                                          LANDLOCK_ACCESS_FS_MAKE_BLOCK | LANDLOCK_ACCESS_FS_MAKE_SYM);
   for (const std::string& p : policy.write_dirs) {
     if (absl::Status st = AddRule(ruleset.get(), p, write, handled); !st.ok()) return st;
   }

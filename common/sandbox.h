@@ -34,7 +34,9 @@ struct SandboxReport {
 //    io_uring, bpf, perf events, keyrings and userfaultfd.
 //  - Landlock (Linux 5.13+): files are opened for reading only beneath
 //    policy.read_paths, and written, created or removed only beneath
-//    policy.write_dirs; nothing may be executed.
+//    policy.write_dirs, where only regular files and folders may be made
+//    (no FIFO, socket, device node or symbolic link); nothing may be
+//    executed.
 // Fails when seccomp cannot be installed; a kernel without Landlock is
 // reported (landlock_abi 0), not an error.
 absl::StatusOr<SandboxReport> EnterSandbox(const SandboxPolicy& policy);

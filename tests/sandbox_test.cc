@@ -7,6 +7,7 @@
 #include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -116,6 +117,10 @@ TEST(SandboxTest, AConfinedProcessReachesOnlyWhatItsPolicyAllows) {
                  Outcome(::open(dir.Join("out/tmp").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644)).c_str());
     std::fprintf(out, "rename_in_out %s\n",
                  Outcome(::rename(dir.Join("out/tmp").c_str(), dir.Join("out/weights").c_str())).c_str());
+    std::fprintf(out, "mkdir_in_out %s\n", Outcome(::mkdir(dir.Join("out/sub").c_str(), 0755)).c_str());
+    std::fprintf(out, "fifo_in_out %s\n", Outcome(::mkfifo(dir.Join("out/fifo").c_str(), 0644)).c_str());
+    std::fprintf(out, "symlink_in_out %s\n",
+                 Outcome(::symlink(dir.Join("secret").c_str(), dir.Join("out/link").c_str())).c_str());
     std::fprintf(out, "inet_socket %s\n", Outcome(::socket(AF_INET, SOCK_STREAM, 0)).c_str());
     std::fprintf(out, "unix_socket %s\n", Outcome(::socket(AF_UNIX, SOCK_STREAM, 0)).c_str());
     std::fprintf(out, "kill_parent %s\n", Outcome(::kill(::getppid(), 0)).c_str());
@@ -141,6 +146,11 @@ TEST(SandboxTest, AConfinedProcessReachesOnlyWhatItsPolicyAllows) {
   EXPECT_EQ(r.lines["read_secret"], "EACCES");
   EXPECT_EQ(r.lines["write_secret"], "EACCES");
   EXPECT_EQ(r.lines["create_beside_upload"], "EACCES");
+  // In the output directory: folders and regular files, nothing an
+  // unconfined reader of it could be made to wait on (a FIFO) or follow.
+  EXPECT_EQ(r.lines["mkdir_in_out"], "ok");
+  EXPECT_EQ(r.lines["fifo_in_out"], "EACCES");
+  EXPECT_EQ(r.lines["symlink_in_out"], "EACCES");
 }
 
 // A training rank's policy: its process group needs sockets, so they stay;
