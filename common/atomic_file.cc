@@ -74,55 +74,53 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view conte
   return absl::OkStatus();
 }
 
-bool ReadBoundedLine(std::istream& in, size_t max, std::string* line, bool* truncated) {
-  line->clear();
-  if (truncated != nullptr) *truncated = false;
-  std::streambuf* buf = in.rdbuf();
-  if (buf == nullptr) return false;
-  bool any = false;
-  for (;;) {
-    const int c = buf->sbumpc();
-    if (c == std::char_traits<char>::eof()) {
-      in.setstate(std::ios::eofbit);
-      return any;
-    }
-    any = true;
-    if (c == '\n') return true;
-    if (line->size() < max) {
-      line->push_back(static_cast<char>(c));
-    } else if (truncated != nullptr) {
-      *truncated = true;
-    }
+namespace {
+
+// Opens `path` to read it, if it is a regular file (atomic_file.h). With
+// O_NONBLOCK, so that a FIFO is refused instead of waited on; reads of a
+// regular file are not affected.
+absl::StatusOr<int> OpenRegularFile(const std::string& path, struct stat* sb) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return ErrnoStatus("cannot open", path);
+  if (::fstat(fd, sb) != 0) {
+    absl::Status st = ErrnoStatus("cannot stat", path);
+    ::close(fd);
+    return st;
   }
+  if (!S_ISREG(sb->st_mode)) {
+    ::close(fd);
+    const char* kind = S_ISDIR(sb->st_mode)    ? "a directory"
+                       : S_ISFIFO(sb->st_mode) ? "a FIFO"
+                       : S_ISSOCK(sb->st_mode) ? "a socket"
+                                               : "a device";
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is ", kind, ", not a regular file"));
+  }
+  return fd;
 }
 
+}  // namespace
+
 bool FileStartsWith(const std::string& path, std::string_view magic) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
+  struct stat sb;
+  auto fd = OpenRegularFile(path, &sb);
+  if (!fd.ok()) return false;
   std::string head(magic.size(), '\0');
   size_t done = 0;
   while (done < head.size()) {
-    ssize_t n = ::read(fd, head.data() + done, head.size() - done);
+    ssize_t n = ::read(*fd, head.data() + done, head.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     done += static_cast<size_t>(n);
   }
-  ::close(fd);
+  ::close(*fd);
   return done == magic.size() && head == magic;
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus("cannot open", path);
   struct stat sb;
-  if (::fstat(fd, &sb) != 0) {
-    ::close(fd);
-    return ErrnoStatus("cannot stat", path);
-  }
-  if (S_ISDIR(sb.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is a directory, not a file"));
-  }
+  auto opened = OpenRegularFile(path, &sb);
+  if (!opened.ok()) return opened.status();
+  const int fd = *opened;
   if (static_cast<size_t>(sb.st_size) > max_bytes) {
     ::close(fd);
     return absl::ResourceExhaustedError(absl::StrCat("'", path, "' is ", sb.st_size,
@@ -143,6 +141,36 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) 
   }
   ::close(fd);
   return out;
+}
+
+absl::StatusOr<ReadOnlyFile> OpenToRead(const std::string& path) {
+  struct stat sb;
+  auto fd = OpenRegularFile(path, &sb);
+  if (!fd.ok()) return fd.status();
+  std::FILE* f = ::fdopen(*fd, "r");
+  if (f == nullptr) {
+    absl::Status st = ErrnoStatus("cannot open", path);
+    ::close(*fd);
+    return st;
+  }
+  return ReadOnlyFile(f, &std::fclose);
+}
+
+bool ReadBoundedLine(std::FILE* in, size_t max, std::string* line, bool* truncated) {
+  line->clear();
+  if (truncated != nullptr) *truncated = false;
+  bool any = false;
+  for (;;) {
+    const int c = ::getc_unlocked(in);
+    if (c == EOF) return any;
+    any = true;
+    if (c == '\n') return true;
+    if (line->size() < max) {
+      line->push_back(static_cast<char>(c));
+    } else if (truncated != nullptr) {
+      *truncated = true;
+    }
+  }
 }
 
 absl::Status AppendLine(const std::string& path, std::string_view line) {

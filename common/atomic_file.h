@@ -1,7 +1,8 @@
 #ifndef DFC_COMMON_ATOMIC_FILE_H_
 #define DFC_COMMON_ATOMIC_FILE_H_
 
-#include <istream>
+#include <cstdio>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -14,6 +15,12 @@ namespace dfc {
 // whole new one: write to a temporary file beside it, fsync, rename, fsync dir.
 absl::Status WriteFileAtomically(const std::string& path, std::string_view contents);
 
+// Every reader below opens regular files only: a FIFO, device, socket or
+// directory is INVALID_ARGUMENT naming it. Opening a FIFO would wait for a
+// writer, for ever when none comes (`dfc predict` given one hung, and so
+// would a coordinator or worker reading a run-directory file that a rank had
+// replaced by one); a device has no size to bound the read by.
+
 // Reads a whole file; NOT_FOUND when it does not exist, RESOURCE_EXHAUSTED when
 // it is larger than `max_bytes`.
 absl::StatusOr<std::string> ReadFile(const std::string& path,
@@ -22,11 +29,15 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
 // Whether the file at `path` begins with `magic` (false when it cannot be read).
 bool FileStartsWith(const std::string& path, std::string_view magic);
 
+// A file opened to read, closed with the pointer.
+using ReadOnlyFile = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
+absl::StatusOr<ReadOnlyFile> OpenToRead(const std::string& path);
+
 // Reads the next line of `in` (without its '\n') into `line`, keeping at most
 // `max` bytes of it and skipping the rest (`*truncated` says so): a file
 // another process wrote cannot make the reader hold a line of gigabytes.
 // False at the end of the input.
-bool ReadBoundedLine(std::istream& in, size_t max, std::string* line, bool* truncated = nullptr);
+bool ReadBoundedLine(std::FILE* in, size_t max, std::string* line, bool* truncated = nullptr);
 
 // Appends one line (a '\n' is added) and flushes it to disk.
 absl::Status AppendLine(const std::string& path, std::string_view line);

@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 #include <nlohmann/json.hpp>
@@ -166,8 +165,8 @@ absl::Status Coordinator::ReconcileEpochsLocked(v1::Job& job) {
 }
 
 absl::Status Coordinator::ReconcilePhaseLocked(v1::Job& job, const std::string& phase) {
-  std::ifstream f(run_dir::Metrics(phase.empty() ? job.output_dir() : run_dir::SelectionDir(job.output_dir())));
-  if (!f) return absl::OkStatus();
+  auto f = OpenToRead(run_dir::Metrics(phase.empty() ? job.output_dir() : run_dir::SelectionDir(job.output_dir())));
+  if (!f.ok()) return absl::OkStatus();  // none yet (or not a file: a FIFO would hold this lock for ever)
   auto* list = PhaseEpochs(job, phase);
   std::map<int, v1::EpochMetrics> have;
   for (const v1::EpochMetrics& e : *list) have[e.epoch()] = e;
@@ -179,7 +178,7 @@ absl::Status Coordinator::ReconcilePhaseLocked(v1::Job& job, const std::string& 
   constexpr size_t kMaxLine = 64 << 10;
   std::string line;
   bool too_long = false;
-  while (ReadBoundedLine(f, kMaxLine, &line, &too_long)) {
+  while (ReadBoundedLine(f->get(), kMaxLine, &line, &too_long)) {
     if (too_long) continue;
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     const int epoch = run_dir::MetricsLineEpoch(j);

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <regex>
 
@@ -153,9 +152,8 @@ bool LooksLikeHdf5(const std::string& path) {
 
 absl::StatusOr<std::vector<H5Layer>> ReadKerasH5(const std::string& path) {
   static QuietHdf5 quiet;
-  {
-    std::ifstream probe(path);
-    if (!probe) return absl::NotFoundError(absl::StrCat("weights file '", path, "' cannot be opened"));
+  if (auto probe = OpenToRead(path); !probe.ok()) {  // a FIFO is refused, not waited on
+    return absl::Status(probe.status().code(), absl::StrCat("weights file: ", probe.status().message()));
   }
   if (!LooksLikeHdf5(path)) {
     return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not an HDF5 file"));

@@ -5,12 +5,12 @@
 
 #include <sched.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -106,7 +106,12 @@ TEST(AtomicFileTest, FileStartsWithComparesOnlyTheFirstBytes) {
 // A line longer than the bound keeps its first `max` bytes and says it was
 // cut; the next line is read whole; a last line without '\n' still counts.
 TEST(AtomicFileTest, ReadBoundedLineKeepsAtMostMaxBytesAndGoesOn) {
-  std::istringstream in("abc\n" + std::string(5000, 'x') + "\n\nlast");
+  testing::TempDir dir;
+  testing::WriteFileOrDie(dir.Join("lines"), "abc\n" + std::string(5000, 'x') + "\n\nlast");
+  testing::WriteFileOrDie(dir.Join("empty"), "");
+  auto file = OpenToRead(dir.Join("lines"));
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::FILE* in = file->get();
   std::string line;
   bool cut = true;
   ASSERT_TRUE(ReadBoundedLine(in, 8, &line, &cut));
@@ -122,8 +127,29 @@ TEST(AtomicFileTest, ReadBoundedLineKeepsAtMostMaxBytesAndGoesOn) {
   EXPECT_EQ(line, "last");
   EXPECT_FALSE(ReadBoundedLine(in, 8, &line, &cut));
   EXPECT_EQ(line, "");
-  std::istringstream empty("");
-  EXPECT_FALSE(ReadBoundedLine(empty, 8, &line));
+  auto empty = OpenToRead(dir.Join("empty"));
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_FALSE(ReadBoundedLine(empty->get(), 8, &line));
+}
+
+// A FIFO (or a device) where a file should be is refused at once, naming it;
+// opening a FIFO for reading used to wait for a writer for ever.
+TEST(AtomicFileTest, ReadersRefuseAFifoInsteadOfWaitingForAWriter) {
+  testing::TempDir dir;
+  ASSERT_EQ(::mkfifo(dir.Join("fifo").c_str(), 0644), 0);
+  auto read = ReadFile(dir.Join("fifo"));
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(read.status().message(), "'" + dir.Join("fifo") + "' is a FIFO, not a regular file");
+  EXPECT_FALSE(FileStartsWith(dir.Join("fifo"), "DFCWTS01"));
+  auto opened = OpenToRead(dir.Join("fifo"));
+  ASSERT_FALSE(opened.ok());
+  EXPECT_NE(opened.status().message().find("is a FIFO"), std::string::npos) << opened.status();
+  auto device = ReadFile("/dev/zero");
+  ASSERT_FALSE(device.ok());
+  EXPECT_NE(device.status().message().find("is a device"), std::string::npos) << device.status();
+  EXPECT_NE(ReadFile(dir.path()).status().message().find("is a directory"), std::string::npos);
+  EXPECT_EQ(OpenToRead(dir.Join("missing")).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -125,22 +125,21 @@ v1::LogChunk WorkerAgent::ReadRankLog(const v1::LogRequest& l) const {
   chunk.set_request_id(l.request_id());
   const fs::path path = fs::path(options_.work_dir) / l.job_id() / absl::StrCat("attempt-", l.attempt()) /
                         absl::StrCat("rank-", l.rank()) / "log";
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  if (ec) {
+  auto f = OpenToRead(path.string());  // the rank's folder is the rank's: the log may have become a FIFO
+  struct stat sb;
+  if (!f.ok() || ::fstat(::fileno(f->get()), &sb) != 0) {
     chunk.set_error(absl::StrCat("this worker has no log of ", l.job_id(), " attempt ", l.attempt(), " rank ",
                                  l.rank()));
     return chunk;
   }
-  chunk.set_size(static_cast<int64_t>(size));
+  const int64_t size = sb.st_size;
+  chunk.set_size(size);
   const int64_t offset = std::max<int64_t>(0, l.offset());
   const int64_t want = std::clamp<int64_t>(l.max_bytes(), 1, 256 << 10);
-  if (offset >= static_cast<int64_t>(size)) return chunk;
-  std::ifstream f(path, std::ios::binary);
-  f.seekg(offset);
-  std::string data(static_cast<size_t>(std::min<int64_t>(want, static_cast<int64_t>(size) - offset)), '\0');
-  f.read(data.data(), static_cast<std::streamsize>(data.size()));
-  data.resize(static_cast<size_t>(f.gcount()));
+  if (offset >= size) return chunk;
+  std::string data(static_cast<size_t>(std::min<int64_t>(want, size - offset)), '\0');
+  const ssize_t n = ::pread(::fileno(f->get()), data.data(), data.size(), static_cast<off_t>(offset));
+  data.resize(static_cast<size_t>(std::max<ssize_t>(n, 0)));
   chunk.set_data(std::move(data));
   return chunk;
 }
@@ -158,9 +157,9 @@ namespace {
 // The first line of a small file, or "".
 // (The rank wrote it: at most 1000 bytes are kept, however long the line.)
 std::string FirstLine(const std::string& path) {
-  std::ifstream f(path);
+  auto f = OpenToRead(path);
   std::string line;
-  ReadBoundedLine(f, 1000, &line);
+  if (f.ok()) ReadBoundedLine(f->get(), 1000, &line);
   return line;
 }
 
@@ -252,8 +251,17 @@ void WorkerAgent::ForwardReports(v1::WorkerService::Stub& stub) {
   for (Rank& r : ranks_) {
     r.reports_pending = false;
     if (r.reports_broken) continue;
-    const int fd = ::open(ReportsPath(r.dir).c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;  // nothing reported yet
+    auto file = OpenToRead(ReportsPath(r.dir));
+    if (!file.ok()) {
+      if (absl::IsInvalidArgument(file.status())) {  // not a regular file: the rank is not ours to trust
+        std::fprintf(stderr, "dfc-worker: %s attempt %d: no more reports are forwarded: %s\n",
+                     r.assignment.job_id().c_str(), r.assignment.attempt(),
+                     std::string(file.status().message()).c_str());
+        r.reports_broken = true;
+      }
+      continue;  // otherwise nothing reported yet
+    }
+    const int fd = ::fileno(file->get());
     for (int read = 0; read < kMaxReadsPerCall; ++read) {
       std::string bytes(kMaxRead, '\0');
       const ssize_t n = ::pread(fd, bytes.data(), bytes.size(), static_cast<off_t>(r.reports_offset));
@@ -278,7 +286,6 @@ void WorkerAgent::ForwardReports(v1::WorkerService::Stub& stub) {
       // A full read: more may follow (the next read, or the next call's).
       r.reports_pending = read + 1 == kMaxReadsPerCall;
     }
-    ::close(fd);
   }
 }
 
