@@ -81,12 +81,19 @@ absl::Status GatherItems(const EvaluateArgs& a, std::vector<Item>* items, std::v
     }
     if (!fs::is_directory(p, ec)) return absl::NotFoundError(absl::StrCat("'", p, "': no such file or folder"));
     bool has_subdirs = false;
-    for (const auto& e : fs::directory_iterator(p, ec)) has_subdirs |= e.is_directory();
-    if (!has_subdirs) {
-      std::vector<std::string> files;
-      for (const auto& e : fs::directory_iterator(p, ec)) {
-        if (e.is_regular_file() && HasImageExtension(e.path().filename().string())) files.push_back(e.path().string());
+    std::vector<std::string> files;
+    // The error_code forms throughout: an entry that cannot be stat'ed (a
+    // link to itself: ELOOP) is neither, where the throwing forms ended dfc.
+    for (fs::directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec)) {
+      std::error_code type_ec;
+      if (it->is_directory(type_ec)) {
+        has_subdirs = true;
+      } else if (it->is_regular_file(type_ec) && HasImageExtension(it->path().filename().string())) {
+        files.push_back(it->path().string());
       }
+    }
+    if (ec) return absl::NotFoundError(absl::StrCat("cannot list '", p, "': ", ec.message()));
+    if (!has_subdirs) {
       std::sort(files.begin(), files.end());
       if (files.empty()) return absl::NotFoundError(absl::StrCat("'", p, "' holds no images"));
       for (auto& f : files) items->push_back({std::move(f), std::nullopt});
@@ -489,11 +496,14 @@ int RunImport(ClientArgs& c, const ImportArgs& a) {
     named.mutable_header()->set_arch(a.arch);
     if (absl::Status st = CheckUtf8Strings(named); !st.ok()) return ReportError(st);
   }
-  std::error_code ec;
-  const auto size = fs::file_size(a.weights, ec);
-  if (ec) return ReportError(absl::NotFoundError(absl::StrCat("--weights '", a.weights, "': ", ec.message())));
-  std::FILE* f = std::fopen(a.weights.c_str(), "rb");
-  if (!f) return ReportError(absl::NotFoundError(absl::StrCat("--weights '", a.weights, "': cannot open")));
+  auto weights_error = [](const absl::Status& st) {
+    return ReportError(absl::Status(st.code(), absl::StrCat("--weights: ", st.message())));
+  };
+  auto file = OpenToRead(a.weights);
+  if (!file.ok()) return weights_error(file.status());
+  auto size = RegularFileSize(a.weights);
+  if (!size.ok()) return weights_error(size.status());
+  std::FILE* f = file->get();
   // The digest first (a second read of the file): the server checks what it
   // received against it and records it, for users to compare with sha256sum.
   std::vector<char> buf(1 << 20);
@@ -501,10 +511,7 @@ int RunImport(ClientArgs& c, const ImportArgs& a) {
   for (size_t n; (n = std::fread(buf.data(), 1, buf.size(), f)) > 0;) digest.Update(buf.data(), n);
   std::rewind(f);
   auto channel = OpenServerChannel(c);
-  if (!channel.ok()) {
-    std::fclose(f);
-    return ReportError(channel.status());
-  }
+  if (!channel.ok()) return ReportError(channel.status());
   auto stub = v1::EvaluationService::NewStub(*channel);
   // A generous deadline: a ResNet-50 .h5 is ~100 MB.
   auto ctx = MakeContext(c.security, std::chrono::seconds(600));
@@ -515,7 +522,7 @@ int RunImport(ClientArgs& c, const ImportArgs& a) {
   h->set_name(a.name);
   h->set_arch(a.arch);
   h->set_replace(a.replace);
-  h->set_size_bytes(static_cast<int64_t>(size));
+  h->set_size_bytes(*size);
   h->set_sha256(digest.HexDigest());
   bool ok = writer->Write(req);
   while (ok) {
@@ -524,7 +531,6 @@ int RunImport(ClientArgs& c, const ImportArgs& a) {
     req.set_chunk(buf.data(), n);
     ok = writer->Write(req);
   }
-  std::fclose(f);
   writer->WritesDone();
   grpc::Status st = writer->Finish();
   if (!st.ok()) return ReportError(FromGrpc(st));

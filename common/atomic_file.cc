@@ -143,6 +143,14 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) 
   return out;
 }
 
+absl::StatusOr<int64_t> RegularFileSize(const std::string& path) {
+  struct stat sb;
+  auto fd = OpenRegularFile(path, &sb);
+  if (!fd.ok()) return fd.status();
+  ::close(*fd);
+  return static_cast<int64_t>(sb.st_size);
+}
+
 absl::StatusOr<ReadOnlyFile> OpenToRead(const std::string& path) {
   struct stat sb;
   auto fd = OpenRegularFile(path, &sb);

@@ -1,6 +1,7 @@
 #ifndef DFC_COMMON_ATOMIC_FILE_H_
 #define DFC_COMMON_ATOMIC_FILE_H_
 
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -28,6 +29,9 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
 
 // Whether the file at `path` begins with `magic` (false when it cannot be read).
 bool FileStartsWith(const std::string& path, std::string_view magic);
+
+// The size of a regular file.
+absl::StatusOr<int64_t> RegularFileSize(const std::string& path);
 
 // A file opened to read, closed with the pointer.
 using ReadOnlyFile = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;

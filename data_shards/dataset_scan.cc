@@ -34,7 +34,8 @@ absl::StatusOr<std::vector<std::string>> SortedSubdirs(const fs::path& dir) {
   std::error_code ec;
   std::vector<std::string> out;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    if (it->is_directory(ec)) out.push_back(it->path().filename().string());
+    std::error_code type_ec;  // a dangling link, or one to itself, is no folder
+    if (it->is_directory(type_ec)) out.push_back(it->path().filename().string());
   }
   if (ec) return absl::NotFoundError(absl::StrCat("cannot list '", dir.string(), "': ", ec.message()));
   std::sort(out.begin(), out.end());

@@ -53,9 +53,8 @@ absl::StatusOr<int64_t> CheckpointEpoch(const std::string& path) {
 // weights file. Nothing of the file but its first bytes is read here.
 absl::StatusOr<v1::ModelInfo> Describe(const std::string& path) {
   v1::ModelInfo info;
-  std::error_code ec;
-  info.set_size_bytes(static_cast<int64_t>(fs::file_size(path, ec)));
-  if (ec) return absl::NotFoundError(absl::StrCat("'", path, "': ", ec.message()));
+  DFC_ASSIGN_OR_RETURN(const int64_t size, RegularFileSize(path));  // a FIFO among the ranks' files is refused
+  info.set_size_bytes(size);
   info.set_format(LooksLikeHdf5(path) ? "keras-h5" : IsWeightsFile(path) ? "weights" : "checkpoint");
   if (auto epoch = CheckpointEpoch(path); epoch.ok()) info.set_epoch(*epoch);
   return info;
@@ -64,9 +63,8 @@ absl::StatusOr<v1::ModelInfo> Describe(const std::string& path) {
 // What identifies loaded weights: architecture, file, size and modification
 // time (so a rewritten best.ckpt is loaded again).
 absl::StatusOr<std::string> CacheKey(const std::string& arch, const std::string& path) {
+  DFC_ASSIGN_OR_RETURN(const int64_t size, RegularFileSize(path));
   std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  if (ec) return absl::NotFoundError(absl::StrCat("'", path, "': ", ec.message()));
   const auto mtime = fs::last_write_time(path, ec).time_since_epoch().count();
   return absl::StrCat(arch, "|", path, "|", size, "|", mtime);
 }
@@ -82,12 +80,14 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(ModelRegist
   // Leftovers of this host's uploads interrupted by a crash (other replicas
   // may be uploading into the same shared directory: only our host's files,
   // and only those of processes that are gone).
-  for (const auto& e : fs::directory_iterator(options.models_dir, ec)) {
-    if (e.path().extension() != ".upload" && e.path().extension() != ".convert") continue;
+  for (fs::directory_iterator it(options.models_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const fs::path& path = it->path();
+    if (path.extension() != ".upload" && path.extension() != ".convert") continue;
     int pid = 0;
-    const std::string stem = e.path().stem().string();
+    const std::string stem = path.stem().string();
     if (absl::SimpleAtoi(stem.substr(0, stem.find('-')), &pid) && pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
-      fs::remove_all(e.path(), ec);
+      std::error_code removed;
+      fs::remove_all(path, removed);
     }
   }
   if (options.converter.command.empty()) {
@@ -217,7 +217,8 @@ absl::StatusOr<std::pair<std::string, v1::ModelInfo>> ModelRegistry::JobCheckpoi
   int64_t epoch = 0;
   if (which == run_dir::kLatest || which == run_dir::kBest) {
     path = run_dir::Checkpoint(dir, which);
-    if (!fs::exists(path)) {
+    std::error_code ec;  // the run directory is the ranks': a link loop there must not throw
+    if (!fs::exists(path, ec)) {
       return absl::NotFoundError(absl::StrCat("job ", job_id, " has no ", which, " checkpoint yet (state ",
                                               v1::JobState_Name(job.state()), ")"));
     }
@@ -225,7 +226,8 @@ absl::StatusOr<std::pair<std::string, v1::ModelInfo>> ModelRegistry::JobCheckpoi
     // epoch-N.ckpt (weights kept after every epoch), else whichever of
     // best/latest finished epoch N by its sidecar (outputs of older versions).
     std::string kept;
-    if (fs::exists(run_dir::EpochCheckpoint(dir, epoch))) path = run_dir::EpochCheckpoint(dir, epoch);
+    std::error_code ec;
+    if (fs::exists(run_dir::EpochCheckpoint(dir, epoch), ec)) path = run_dir::EpochCheckpoint(dir, epoch);
     for (const char* name : {run_dir::kBest, run_dir::kLatest}) {
       if (!path.empty()) break;
       const std::string p = run_dir::Checkpoint(dir, name);

@@ -118,7 +118,7 @@ absl::Status ConvertWeights(const WeightsConverterOptions& o, const std::string&
   }
   switch (child->exit_code()) {
     case 0:
-      if (!fs::exists(out)) return absl::InternalError("the weights converter exited without writing the weights");
+      if (std::error_code ec; !fs::exists(out, ec)) return absl::InternalError("the weights converter exited without writing the weights");
       return absl::OkStatus();
     case 2:
       if (absl::StrContains(error, "alloc") || absl::StrContains(error, "memory")) {

@@ -150,6 +150,9 @@ TEST(AtomicFileTest, ReadersRefuseAFifoInsteadOfWaitingForAWriter) {
   EXPECT_NE(device.status().message().find("is a device"), std::string::npos) << device.status();
   EXPECT_NE(ReadFile(dir.path()).status().message().find("is a directory"), std::string::npos);
   EXPECT_EQ(OpenToRead(dir.Join("missing")).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(RegularFileSize(dir.Join("fifo")).status().message().find("is a FIFO"), std::string::npos);
+  testing::WriteFileOrDie(dir.Join("five"), "12345");
+  EXPECT_EQ(RegularFileSize(dir.Join("five")).value_or(-1), 5);
 }
 
 }  // namespace

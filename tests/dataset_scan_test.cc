@@ -100,6 +100,8 @@ TEST(DatasetScanTest, LinkedFoldersAreListedOnceAndAFolderReachedTwiceIsRefused)
   testing::WriteFileOrDie(elsewhere.Join("more/3.jpg"), "x");
   for (const char* f : {"df/1.jpg", "df/sub/2.jpg", "real/1.jpg"}) testing::WriteFileOrDie(dir.Join(f), "x");
   std::filesystem::create_symlink(elsewhere.Join("more"), dir.Join("df/more"));
+  std::filesystem::create_symlink("self", dir.Join("self"));  // ELOOP: neither a class nor an image
+  std::filesystem::create_symlink("self.jpg", dir.Join("df/self.jpg"));
   ScanOptions opt;
   opt.validation_split = 0;
   auto ds = ScanDataset(dir.path(), opt);

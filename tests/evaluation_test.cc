@@ -1,6 +1,7 @@
 // The evaluation API as users reach it: a real dfc-coordinator and dfc-server
 // on loopback, `dfc import/evaluate/predict`, and raw gRPC streams.
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -221,6 +222,12 @@ TEST_F(EvaluationTest, StreamLevelErrorsNameTheProblem) {
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("the uploaded file"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find(cluster_->dir().Join("state")), std::string::npos) << "a server path leaked: " << r.err;
+  // A FIFO as weights is refused by the client at once (it named no cause before).
+  ASSERT_EQ(::mkfifo(dir_.Join("fifo.h5").c_str(), 0644), 0);
+  r = RunCommand(Dfc("import --name fifo --model mesoinception4 --weights " + dir_.Join("fifo.h5")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--weights: '" + dir_.Join("fifo.h5") + "' is a FIFO, not a regular file"), std::string::npos)
+      << r.err;
   EXPECT_TRUE(Healthy());
 }
 
@@ -301,6 +308,10 @@ TEST_F(EvaluationTest, ACancelledStreamLeavesTheServerServing) {
 TEST_F(EvaluationTest, EvaluateCliReportsBadFilesAndKeepsGoing) {
   testing::WriteFileOrDie(dir_.Join("in/notes.png"), "not an image");
   fs::copy_file(data_.images[0], dir_.Join("in/a.jpg"));
+  // Neither a link to itself (ELOOP: the throwing listing ended dfc) nor a
+  // FIFO is an image to send.
+  fs::create_symlink("self.jpg", dir_.Join("in/self.jpg"));
+  ASSERT_EQ(::mkfifo(dir_.Join("in/fifo.jpg").c_str(), 0644), 0);
   auto r = RunCommand(Dfc("evaluate --json --concurrency 3 --model meso-df --out " + dir_.Join("o.csv") + " " +
                           dir_.Join("in") + " " + dir_.Join("in/missing.jpg")));
   // A missing path is refused before anything is sent.

@@ -1,6 +1,8 @@
 // The serving tier's registry and Evaluate stream in one process, with a
 // real gRPC server on loopback and real checkpoints; only the coordinator's
 // catalogue is an in-memory stand-in (serving_replicas_test runs the real one).
+#include <sys/stat.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -516,6 +518,30 @@ TEST_F(ServingTest, AConverterThatCrashesHangsOrRunsOutOfMemoryCostsOnlyThatImpo
     EXPECT_TRUE(Evaluate("served", 2, &n).ok()) << c.name;
     EXPECT_EQ(n, 2) << c.name;
   }
+}
+
+// The run directory is the ranks': a checkpoint there that is a link to
+// itself or a FIFO fails only its own request (fs::exists threw on the loop,
+// ending the server), and the server serves on.
+TEST_F(ServingTest, ACheckpointThatIsALinkLoopOrAFifoFailsOnlyItsRequest) {
+  const std::string run = dir_.Join("job-8");
+  std::filesystem::create_directories(run);
+  std::filesystem::create_symlink("best.ckpt", run + "/best.ckpt");
+  ASSERT_EQ(::mkfifo((run + "/latest.ckpt").c_str(), 0644), 0);
+  catalog_->AddJob("job-8", "mesoinception4", run);
+  v1::ModelRef ref;
+  ref.mutable_job()->set_job_id("job-8");
+  ref.mutable_job()->set_checkpoint("best");
+  int n = 0;
+  grpc::Status st = Evaluate(ref, 1, &n);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
+  EXPECT_NE(st.error_message().find("job job-8 has no best checkpoint yet"), std::string::npos) << st.error_message();
+  ref.mutable_job()->set_checkpoint("latest");
+  st = Evaluate(ref, 1, &n);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("is a FIFO, not a regular file"), std::string::npos) << st.error_message();
+  ASSERT_TRUE(Evaluate("served", 1, &n).ok());
+  EXPECT_EQ(n, 1);
 }
 
 // The server parses only served-weights files itself. A job's checkpoint (the
