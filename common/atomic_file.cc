@@ -181,6 +181,14 @@ bool ReadBoundedLine(std::FILE* in, size_t max, std::string* line, bool* truncat
   }
 }
 
+absl::StatusOr<std::string> ReadFirstLine(const std::string& path, size_t max) {
+  auto f = OpenToRead(path);
+  if (!f.ok()) return f.status();
+  std::string line;
+  ReadBoundedLine(f->get(), max, &line);
+  return line;
+}
+
 absl::Status AppendLine(const std::string& path, std::string_view line) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus("cannot open", path);

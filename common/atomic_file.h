@@ -43,6 +43,10 @@ absl::StatusOr<ReadOnlyFile> OpenToRead(const std::string& path);
 // False at the end of the input.
 bool ReadBoundedLine(std::FILE* in, size_t max, std::string* line, bool* truncated = nullptr);
 
+// The first line of a regular file (without its '\n'), at most `max` bytes
+// of it; "" for an empty file.
+absl::StatusOr<std::string> ReadFirstLine(const std::string& path, size_t max);
+
 // Appends one line (a '\n' is added) and flushes it to disk.
 absl::Status AppendLine(const std::string& path, std::string_view line);
 

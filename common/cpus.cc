@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/atomic_file.h"
 
 namespace dfc {
 namespace {
@@ -27,13 +28,6 @@ struct CgroupMount {
   std::string root;
   std::string mountpoint;
 };
-
-std::optional<std::string> ReadFirstLine(const std::string& path) {
-  std::ifstream f(path);
-  std::string line;
-  if (!f || !std::getline(f, line)) return std::nullopt;
-  return line;
-}
 
 // mountinfo escapes space, tab, newline and backslash as \ooo.
 std::string Unescape(absl::string_view s) {
@@ -86,16 +80,17 @@ std::optional<std::string> CgroupPath(const std::string& root, bool v2) {
 
 // The limit one directory sets, in CPUs.
 std::optional<double> LimitIn(const std::string& dir, bool v2) {
+  constexpr size_t kMaxLine = 256;
   double quota = 0, period = 0;
   if (v2) {
-    const auto line = ReadFirstLine(dir + "/cpu.max");  // "max 100000" or "150000 100000"
-    if (!line) return std::nullopt;
+    const auto line = ReadFirstLine(dir + "/cpu.max", kMaxLine);  // "max 100000" or "150000 100000"
+    if (!line.ok()) return std::nullopt;
     const std::vector<absl::string_view> f = absl::StrSplit(*line, ' ', absl::SkipEmpty());
     if (f.size() != 2 || !absl::SimpleAtod(f[0], &quota) || !absl::SimpleAtod(f[1], &period)) return std::nullopt;
   } else {
-    const auto q = ReadFirstLine(dir + "/cpu.cfs_quota_us");  // -1: none
-    const auto p = ReadFirstLine(dir + "/cpu.cfs_period_us");
-    if (!q || !p || !absl::SimpleAtod(*q, &quota) || !absl::SimpleAtod(*p, &period)) return std::nullopt;
+    const auto q = ReadFirstLine(dir + "/cpu.cfs_quota_us", kMaxLine);  // -1: none
+    const auto p = ReadFirstLine(dir + "/cpu.cfs_period_us", kMaxLine);
+    if (!q.ok() || !p.ok() || !absl::SimpleAtod(*q, &quota) || !absl::SimpleAtod(*p, &period)) return std::nullopt;
   }
   if (quota <= 0 || period <= 0) return std::nullopt;
   return quota / period;

@@ -1,6 +1,5 @@
 #include "common/subprocess.h"
 
-#include <fstream>
 #include <sstream>
 
 #include <fcntl.h>
@@ -21,6 +20,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/atomic_file.h"
 
 extern char** environ;
 
@@ -213,9 +213,9 @@ pid_t Subprocess::Release() { return std::exchange(pid_, -1); }
 namespace dfc {
 
 unsigned long long ProcessStartTime(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(f, line)) return 0;
+  const absl::StatusOr<std::string> stat = ReadFirstLine("/proc/" + std::to_string(pid) + "/stat", 4096);
+  if (!stat.ok()) return 0;
+  const std::string& line = *stat;
   // The command name (field 2) is in parentheses and may hold spaces.
   const size_t close = line.rfind(')');
   if (close == std::string::npos) return 0;

@@ -152,19 +152,6 @@ void WorkerAgent::StopRanks(const std::string& job_id, int attempt) {
   }
 }
 
-namespace {
-
-// The first line of a small file, or "".
-// (The rank wrote it: at most 1000 bytes are kept, however long the line.)
-std::string FirstLine(const std::string& path) {
-  auto f = OpenToRead(path);
-  std::string line;
-  if (f.ok()) ReadBoundedLine(f->get(), 1000, &line);
-  return line;
-}
-
-}  // namespace
-
 std::string ReportsPath(const std::string& rank_dir) { return (fs::path(rank_dir) / "reports").string(); }
 
 std::string WorkerAgent::ExitResult(const Rank& r) {
@@ -181,7 +168,8 @@ void WorkerAgent::Reap() {
       r.exited = true;
       r.exited_at = now;
       r.exit_code = r.process.exit_code();
-      if (r.error.empty()) r.error = FirstLine((fs::path(r.dir) / "error").string());
+      // The rank wrote it: at most 1000 bytes of its first line are kept.
+      if (r.error.empty()) r.error = ReadFirstLine((fs::path(r.dir) / "error").string(), 1000).value_or("");
       if (r.error.empty() && r.process.term_signal() != 0) {
         r.error = absl::StrCat("killed by signal ", r.process.term_signal(), " (", strsignal(r.process.term_signal()), ")");
       }
