@@ -35,6 +35,7 @@
 #include "common/progress.h"
 #include "common/subprocess.h"
 #include "common/training_config.h"
+#include "common/utf8.h"
 #include "common/rpc/rpc_util.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 
@@ -50,6 +51,10 @@ absl::StatusOr<std::unique_ptr<v1::JobService::Stub>> Connect(ClientArgs& c) {
 
 int ReportRpc(const grpc::Status& st) { return ReportError(FromGrpc(st)); }
 
+// Text a job or worker carries is printed through ForTerminal: a failure
+// reason quotes the paths another user chose, and reaches whoever runs
+// `dfc status` or `dfc list` (--json prints it exactly, JSON-escaped).
+
 // One timeline entry: local time, what, details.
 std::string EventLine(const v1::TimelineEvent& e) {
   const std::time_t t = static_cast<std::time_t>(e.unix_ms() / 1000);
@@ -57,22 +62,24 @@ std::string EventLine(const v1::TimelineEvent& e) {
   ::localtime_r(&t, &tm);
   char when[32];
   std::strftime(when, sizeof(when), "%H:%M:%S", &tm);
-  return absl::StrFormat("  %s  %-12s %s", when, e.kind(), e.message());
+  return absl::StrFormat("  %s  %-12s %s", when, ForTerminal(e.kind()), ForTerminal(e.message()));
 }
 
 void PrintJob(const v1::Job& j) {
-  std::printf("job %s  %s  model %s  world %d  restarts %d/%d\n", j.job_id().c_str(),
+  std::printf("job %s  %s  model %s  world %d  restarts %d/%d\n", ForTerminal(j.job_id()).c_str(),
               v1::JobState_Name(j.state()).c_str(), ModelName(j.config().model()).c_str(), j.world_size(), j.restarts(),
               j.max_restarts());
-  if (!j.reason().empty()) std::printf("reason: %s\n", j.reason().c_str());
+  if (!j.reason().empty()) std::printf("reason: %s\n", ForTerminal(j.reason()).c_str());
   if (j.has_waiting()) {
-    std::printf("waiting: position %d in the queue: %s\n", j.waiting().position(), j.waiting().reason().c_str());
+    std::printf("waiting: position %d in the queue: %s\n", j.waiting().position(),
+                ForTerminal(j.waiting().reason()).c_str());
   }
   for (const auto& f : j.failures()) {
-    std::printf("attempt %d failed%s: %s\n", f.attempt(), f.permanent() ? " (permanent)" : "", f.reason().c_str());
+    std::printf("attempt %d failed%s: %s\n", f.attempt(), f.permanent() ? " (permanent)" : "",
+                ForTerminal(f.reason()).c_str());
   }
-  std::printf("output: %s\n", j.output_dir().c_str());
-  if (!j.resolved_config().empty()) std::printf("hyper-parameters: %s\n", j.resolved_config().c_str());
+  std::printf("output: %s\n", ForTerminal(j.output_dir()).c_str());
+  if (!j.resolved_config().empty()) std::printf("hyper-parameters: %s\n", ForTerminal(j.resolved_config()).c_str());
   for (const auto& e : j.events()) std::printf("%s\n", EventLine(e).c_str());
   auto print_epoch = [](const char* prefix, const v1::EpochMetrics& e) {
     std::printf("%sepoch %d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_auc %.4f  %.1f img/s  "
@@ -111,7 +118,7 @@ int RunSubmit(ClientArgs& c, SubmitArgs& s) {
   if (!st.ok()) return ReportRpc(st);
   if (c.json) std::printf("%s\n", ToJson(resp).c_str());
   else std::printf("%s\n", resp.job_id().c_str());
-  if (!resp.warning().empty()) std::fprintf(stderr, "dfc: warning: %s\n", resp.warning().c_str());
+  if (!resp.warning().empty()) std::fprintf(stderr, "dfc: warning: %s\n", ForTerminal(resp.warning()).c_str());
   return kExitOk;
 }
 
@@ -149,7 +156,7 @@ int RunList(ClientArgs& c, const std::string& state, int page_size) {
     const std::string epochs = j.epochs_done() == 0 && j.selection_epochs_done() > 0
                                    ? absl::StrCat(j.selection_epochs_done(), " sel")
                                    : absl::StrCat(j.epochs_done());
-    std::printf("%-18s %-10s %-17s %5d %8d %6s %8s\n", j.job_id().c_str(), v1::JobState_Name(j.state()).c_str(),
+    std::printf("%-18s %-10s %-17s %5d %8d %6s %8s\n", ForTerminal(j.job_id()).c_str(), v1::JobState_Name(j.state()).c_str(),
                 ModelName(j.config().model()).c_str(), j.world_size(), j.restarts(), epochs.c_str(),
                 j.epochs_done() ? absl::StrCat(j.last_epoch().val_accuracy()).c_str() : "-");
   }
@@ -225,9 +232,10 @@ int RunWorkers(ClientArgs& c) {
   for (const auto& w : resp.workers()) {
     std::string ranks;
     for (const auto& r : w.ranks()) absl::StrAppend(&ranks, ranks.empty() ? "" : " ", r.job_id(), "/", r.rank());
-    std::printf("%-20s %-22s %-8s %5s %5d %8.1fs  %s\n", w.worker_id().c_str(), w.address().c_str(), w.state().c_str(),
+    std::printf("%-20s %-22s %-8s %5s %5d %8.1fs  %s\n", ForTerminal(w.worker_id()).c_str(),
+                ForTerminal(w.address()).c_str(), ForTerminal(w.state()).c_str(),
                 absl::StrCat(w.slots(), w.gpus() > 0 ? "g" : "").c_str(), w.free_slots(), w.seconds_since_heartbeat(),
-                ranks.empty() ? "-" : ranks.c_str());
+                ranks.empty() ? "-" : ForTerminal(ranks).c_str());
   }
   return kExitOk;
 }
@@ -256,7 +264,7 @@ int RunCancel(ClientArgs& c, const std::string& job_id) {
   grpc::Status st = (*stub)->CancelJob(ctx.get(), req, &resp);
   if (!st.ok()) return ReportRpc(st);
   if (c.json) std::printf("%s\n", ToJson(resp.job()).c_str());
-  else std::printf("%s %s\n", job_id.c_str(), v1::JobState_Name(resp.job().state()).c_str());
+  else std::printf("%s %s\n", ForTerminal(job_id).c_str(), v1::JobState_Name(resp.job().state()).c_str());
   return kExitOk;
 }
 
@@ -294,7 +302,7 @@ int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
       if (job.state() != last_state) {
         if (bar) bar->Finish();
         if (c.json) std::printf("{\"state\":\"%s\",\"restarts\":%d}\n", v1::JobState_Name(job.state()).c_str(), job.restarts());
-        else std::printf("%s %s%s\n", job_id.c_str(), v1::JobState_Name(job.state()).c_str(),
+        else std::printf("%s %s%s\n", ForTerminal(job_id).c_str(), v1::JobState_Name(job.state()).c_str(),
                          job.restarts() ? absl::StrCat(" (restart ", job.restarts(), ")").c_str() : "");
         last_state = job.state();
       }
@@ -340,7 +348,8 @@ int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
     if (st.ok()) break;
     if (st.error_code() == grpc::StatusCode::UNAVAILABLE &&
         std::chrono::steady_clock::now() + std::chrono::milliseconds(500) < deadline) {
-      if (!said_retrying) std::fprintf(stderr, "dfc: coordinator unavailable (%s); reconnecting\n", st.error_message().c_str());
+      if (!said_retrying) std::fprintf(stderr, "dfc: coordinator unavailable (%s); reconnecting\n",
+                                       ForTerminal(st.error_message()).c_str());
       said_retrying = true;
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
       continue;

@@ -3,6 +3,7 @@
 
 #include "clients/client_rpc.h"
 #include "clients/commands.h"
+#include "common/utf8.h"
 
 namespace dfc {
 
@@ -12,7 +13,7 @@ std::vector<std::string>& CommandLine() {
 }
 
 int ReportError(const absl::Status& status) {
-  std::fprintf(stderr, "dfc: %s\n", std::string(status.message()).c_str());
+  std::fprintf(stderr, "dfc: %s\n", ForTerminal(std::string(status.message())).c_str());
   switch (status.code()) {
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kNotFound:

@@ -25,6 +25,7 @@
 #include "common/metrics.h"
 #include "common/progress.h"
 #include "common/sha256.h"
+#include "common/utf8.h"
 #include "data_shards/dataset_scan.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 #include "models/detector.h"
@@ -350,7 +351,7 @@ int Summarise(ClientArgs& c, const EvaluateArgs& a, const std::vector<Item>& ite
   for (const Item& item : items) {
     if (!item.error.empty()) {
       ++errors;
-      std::fprintf(stderr, "dfc: %s: %s\n", item.path.c_str(), item.error.c_str());
+      std::fprintf(stderr, "dfc: %s: %s\n", ForTerminal(item.path).c_str(), ForTerminal(item.error).c_str());
       continue;
     }
     if (item.label) {
@@ -393,7 +394,7 @@ int Summarise(ClientArgs& c, const EvaluateArgs& a, const std::vector<Item>& ite
     j["images_per_second"] = static_cast<double>(items.size()) / seconds;
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("model %s (%s, %s, epoch %lld)\n", info.name().c_str(), info.arch().c_str(), info.format().c_str(),
+    std::printf("model %s (%s, %s, epoch %lld)\n", ForTerminal(info.name()).c_str(), info.arch().c_str(), info.format().c_str(),
                 static_cast<long long>(info.epoch()));
     std::printf("count %zu  errors %lld  labelled %zu  %.1f s  %.1f img/s\n", items.size(),
                 static_cast<long long>(errors), labels.size(), seconds, static_cast<double>(items.size()) / seconds);
@@ -558,8 +559,8 @@ int RunModels(ClientArgs& c) {
                         : m.state() == v1::MODEL_LOADING ? "loading"
                         : m.state() == v1::MODEL_FAILED  ? absl::StrCat("failed: ", m.load_error())
                                                          : "not loaded";
-    std::printf("%-24s %-17s %-10s %12lld  %-12s  %s\n", m.name().c_str(), m.arch().c_str(), m.format().c_str(),
-                static_cast<long long>(m.size_bytes()), m.sha256().substr(0, 12).c_str(), state.c_str());
+    std::printf("%-24s %-17s %-10s %12lld  %-12s  %s\n", ForTerminal(m.name()).c_str(), m.arch().c_str(), m.format().c_str(),
+                static_cast<long long>(m.size_bytes()), m.sha256().substr(0, 12).c_str(), ForTerminal(state).c_str());
   }
   std::printf("(replica %s: %lld stream(s), %lld image(s) served)\n", resp.replica().c_str(),
               static_cast<long long>(resp.streams_served()), static_cast<long long>(resp.images_served()));

@@ -58,4 +58,43 @@ std::string ValidUtf8(std::string_view s) {
   return out;
 }
 
+std::string ForTerminal(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const size_t n = SequenceLength(s, i);
+    const uint8_t c = static_cast<uint8_t>(s[i]);
+    if (n == 0) {
+      out += absl::StrFormat("\\x%02X", c);
+      ++i;
+      continue;
+    }
+    uint32_t code = 0;  // the code point, for the escapes below
+    if (n == 1) {
+      code = c;
+    } else if (n == 2) {
+      code = ((c & 0x1Fu) << 6) | (static_cast<uint8_t>(s[i + 1]) & 0x3Fu);
+    } else if (n == 3) {
+      code = ((c & 0x0Fu) << 12) | ((static_cast<uint8_t>(s[i + 1]) & 0x3Fu) << 6) |
+             (static_cast<uint8_t>(s[i + 2]) & 0x3Fu);
+    }
+    if (code == '\n') {
+      out += "\\n";
+    } else if (code == '\r') {
+      out += "\\r";
+    } else if (code == '\t') {
+      out += "\\t";
+    } else if (n == 1 && (code < 0x20 || code == 0x7F)) {
+      out += absl::StrFormat("\\x%02X", code);
+    } else if ((code >= 0x80 && code <= 0x9F) || (code >= 0x202A && code <= 0x202E) ||
+               (code >= 0x2066 && code <= 0x2069)) {
+      out += absl::StrFormat("\\u%04X", code);
+    } else {
+      out.append(s, i, n);
+    }
+    i += n;
+  }
+  return out;
+}
+
 }  // namespace dfc

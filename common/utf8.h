@@ -22,6 +22,14 @@ size_t InvalidUtf8Offset(std::string_view s);
 // \xNN (upper-case hex); UTF-8 text comes back unchanged.
 std::string ValidUtf8(std::string_view s);
 
+// `s` made safe to print on a terminal, for text that reaches one user from
+// another (a job's failure reason quotes the paths its submitter chose): the
+// C0 controls and DEL (\n, \r, \t, else \xNN), the C1 controls and the
+// bidirectional overrides and isolates (\uNNNN) and bytes that are not UTF-8
+// (\xNN) are written as escapes, so no escape sequence reaches the terminal
+// and no text is reordered; other UTF-8 comes back unchanged.
+std::string ForTerminal(std::string_view s);
+
 }  // namespace dfc
 
 #endif  // DFC_COMMON_UTF8_H_

@@ -591,20 +591,25 @@ void AppendTrainRecord(const std::string& shards, const Record& record) {
 // escaped, and the worker stays live. It used to go into the heartbeat as
 // it was, the coordinator could not parse any heartbeat of that worker
 // again, the job read "worker ... stopped responding" and the worker was
-// gone for good.
+// gone for good. The name also holds an escape sequence that would clear
+// the screen of whoever runs `dfc status`: it is printed as text.
 TEST(ClusterTest, ANonUtf8ErrorLineIsTheReasonAndTheWorkerStaysLive) {
   Cluster c(1);
   const std::string shards = testing::SyntheticShards(c.dir(), 64);
   Record bad;
   bad.label = 0;
-  bad.name = "df/caf\xE9.jpg";
+  bad.name = "df/caf\xE9\x1B[2J.jpg";
   bad.payload = "not an image";
   AppendTrainRecord(shards, bad);
   const std::string json = SubmitUntilFailed(c, shards, "--epochs 1");
   const std::string reason = JsonString(json, "reason");
   std::printf("reason: %s\n", reason.c_str());
-  EXPECT_NE(reason.find("caf\\\\xE9.jpg"), std::string::npos) << reason;  // JSON escapes the backslash
+  EXPECT_NE(reason.find("caf\\\\xE9\\u001b[2J.jpg"), std::string::npos) << reason;  // JSON escapes the backslash and ESC
   EXPECT_EQ(reason.find("stopped responding"), std::string::npos) << reason;
+  const std::string text = RunCommand(c.Dfc("status " + JsonString(json, "job_id"))).out;
+  EXPECT_EQ(text.find('\x1B'), std::string::npos) << text;
+  EXPECT_NE(text.find("reason: "), std::string::npos) << text;
+  EXPECT_NE(text.find("caf\\xE9\\x1B[2J.jpg"), std::string::npos) << text;
   EXPECT_TRUE(c.WaitForLiveWorkers(1, 5)) << RunCommand(c.Dfc("workers")).out;
 }
 

@@ -33,6 +33,28 @@ TEST(Utf8Test, EachBadByteIsEscapedAndTheRestKept) {
   EXPECT_EQ(InvalidUtf8Offset(ValidUtf8("\xFF\xFE any \xC3")), std::string::npos);
 }
 
+TEST(Utf8Test, TextForATerminalCarriesNoControlsAndNoReordering) {
+  // Text a user may print unchanged: ASCII, accents, CJK, emoji, backslashes.
+  for (const std::string s : {"", "'/data/x' is not a shard directory", "caf\xC3\xA9 \xE4\xB8\xAD\xF0\x9F\x98\x80",
+                              "C:\\path"}) {
+    EXPECT_EQ(ForTerminal(s), s);
+  }
+  // An ANSI sequence that clears the screen, an OSC that retitles the
+  // window (ended by BEL), NUL and DEL.
+  EXPECT_EQ(ForTerminal("/tmp/x\x1B[2J\x1B]0;owned\x07y"), "/tmp/x\\x1B[2J\\x1B]0;owned\\x07y");
+  EXPECT_EQ(ForTerminal(std::string("a\0b\x7F", 4)), "a\\x00b\\x7F");
+  EXPECT_EQ(ForTerminal("line 1\nline 2\r\tx"), "line 1\\nline 2\\r\\tx");
+  // C1 controls: CSI (U+009B) starts a sequence on many terminals.
+  EXPECT_EQ(ForTerminal("a\xC2\x9B" "2Jb\xC2\x85"), "a\\u009B2Jb\\u0085");
+  EXPECT_EQ(ForTerminal("\xC2\xA0"), "\xC2\xA0");  // U+00A0, the first after C1, is kept
+  // Bidirectional overrides and isolates (U+202E makes "gpj.exe" read "exe.jpg").
+  EXPECT_EQ(ForTerminal("x\xE2\x80\xAEgpj.exe"), "x\\u202Egpj.exe");
+  EXPECT_EQ(ForTerminal("\xE2\x81\xA6" "a\xE2\x81\xA9"), "\\u2066a\\u2069");
+  EXPECT_EQ(ForTerminal("\xE2\x80\xA9"), "\xE2\x80\xA9");  // U+2029 is not an override
+  // Bytes that are not UTF-8, as ValidUtf8 writes them.
+  EXPECT_EQ(ForTerminal("caf\xE9 \x1B"), "caf\\xE9 \\x1B");
+}
+
 TEST(Utf8Test, ARequestNamesItsFirstNonUtf8Field) {
   v1::SubmitJobRequest req;
   req.mutable_config()->set_epochs(2);
