@@ -6,6 +6,7 @@
 #include <map>
 #include <sstream>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include <nlohmann/json.hpp>
 
@@ -13,6 +14,7 @@
 #include "common/run_dir.h"
 #include "common/status_macros.h"
 #include "common/weights_file.h"
+#include "models/keras_h5.h"
 
 namespace dfc {
 namespace {
@@ -46,8 +48,14 @@ absl::StatusOr<CheckpointMeta> ReadMeta(torch::serialize::InputArchive& a, const
     return t;
   };
   torch::Tensor version;
-  if (!a.try_read("dfc/version", version) || version.item<int64_t>() != kFormatVersion) {
-    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a DFC checkpoint of version ", kFormatVersion));
+  if (!a.try_read("dfc/version", version)) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a DFC checkpoint: it is a LibTorch archive "
+                                                   "without DFC's metadata (a TorchScript module?)"));
+  }
+  if (version.item<int64_t>() != kFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is a DFC checkpoint of format version ",
+                                                   version.item<int64_t>(), "; this DFC reads version ",
+                                                   kFormatVersion));
   }
   CheckpointMeta m;
   m.arch = TensorString(get("dfc/arch"));
@@ -59,6 +67,40 @@ absl::StatusOr<CheckpointMeta> ReadMeta(torch::serialize::InputArchive& a, const
   return m;
 }
 
+// What a file LibTorch's archive reader refused seems to be, for its error:
+// the usual mistakes are a Python torch.save file, a Keras 3 archive and a
+// file cut short. (A DFC checkpoint is a zip archive, as those two are.)
+std::string WhatTheFileIs(std::string_view b, const char* reader_error) {
+  if (b.empty()) return "the file is empty";
+  const bool zip = b.substr(0, 4) == std::string_view("PK\x03\x04", 4);
+  if (!zip) {
+    // A pickle starts with PROTO (0x80) and its version: torch.save's
+    // format before PyTorch 1.6, or pickle.dump.
+    if (b.size() >= 2 && static_cast<uint8_t>(b[0]) == 0x80 && b[1] >= 2 && b[1] <= 5) {
+      return "it is a Python pickle (torch.save's format before PyTorch 1.6?), which DFC does not read";
+    }
+    return absl::StrCat("it is none of the formats DFC reads (a DFC checkpoint, Keras HDF5 weights or served "
+                        "weights): it begins with bytes ",
+                        absl::BytesToHexString(std::string(b.substr(0, 8))));
+  }
+  // The end-of-central-directory record is in the last 64 KiB + 22 bytes.
+  const size_t tail = std::min<size_t>(b.size(), 65536 + 22);
+  if (b.substr(b.size() - tail).find(std::string_view("PK\x05\x06", 4)) == std::string_view::npos) {
+    return absl::StrCat("it is a zip archive cut short (", b.size(),
+                        " bytes, without the archive's end): a copy or save that did not finish?");
+  }
+  // Entry names are stored in the clear in each entry's header.
+  auto has = [&](std::string_view name) { return b.find(name) != std::string_view::npos; };
+  if (has("model.weights.h5") && has("config.json")) {
+    return "it is a Keras 3 .keras archive; DFC reads Keras weights in the HDF5 layout, which Keras 3 writes "
+           "with model.save('model.h5')";
+  }
+  if (has("data.pkl") && !has("constants.pkl")) {
+    return "it is a Python torch.save file (a pickled object such as a state_dict), which DFC does not read";
+  }
+  return absl::StrCat("a zip archive LibTorch cannot read as one: ", reader_error);
+}
+
 absl::Status LoadArchive(const std::string& path, torch::serialize::InputArchive* archive) {
   auto bytes = ReadFile(path);
   if (!bytes.ok()) return bytes.status();
@@ -66,7 +108,8 @@ absl::Status LoadArchive(const std::string& path, torch::serialize::InputArchive
     std::istringstream in(*bytes);
     archive->load_from(in);
   } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a readable checkpoint: ", e.what_without_backtrace()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", path, "' is not a DFC checkpoint: ", WhatTheFileIs(*bytes, e.what_without_backtrace())));
   }
   return absl::OkStatus();
 }
@@ -237,6 +280,12 @@ absl::Status LoadWeightsFile(const std::string& path, DetectorImpl& model, Check
     meta->epoch = parsed->epoch;
   }
   return absl::OkStatus();
+}
+
+absl::Status LoadWeightsByContent(const std::string& path, DetectorImpl& model) {
+  if (LooksLikeHdf5(path)) return ImportKerasWeights(model, path);
+  if (IsWeightsFile(path)) return LoadWeightsFile(path, model);
+  return LoadCheckpoint(path, model, nullptr, false).status();
 }
 
 }  // namespace dfc

@@ -49,6 +49,13 @@ bool IsWeightsFile(const std::string& path);
 // else in the file. DATA_LOSS / INVALID_ARGUMENT name what is wrong.
 absl::Status LoadWeightsFile(const std::string& path, DetectorImpl& model, CheckpointMeta* meta = nullptr);
 
+// Loads the weights in `path` into `model`, the format told apart by content:
+// Keras HDF5 weights, a served-weights file or a DFC checkpoint (its model
+// tensors). What `--init` and `--weights` take. A file of none of these
+// formats is INVALID_ARGUMENT saying what it seems to be instead: empty, cut
+// short, a Python torch.save file, a Keras 3 archive.
+absl::Status LoadWeightsByContent(const std::string& path, DetectorImpl& model);
+
 }  // namespace dfc
 
 #endif  // DFC_MODELS_CHECKPOINT_H_

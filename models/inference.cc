@@ -5,7 +5,6 @@
 #include "common/metrics.h"
 #include "common/status_macros.h"
 #include "models/checkpoint.h"
-#include "models/keras_h5.h"
 #include "models/tensor_batch.h"
 #include "models/precision.h"
 
@@ -54,13 +53,7 @@ absl::StatusOr<Detector> LoadDetector(const std::string& arch, const std::string
                                       const DetectorOptions& options, const std::string& device_name) {
   DFC_RETURN_IF_ERROR(CheckDevice(device_name));
   DFC_ASSIGN_OR_RETURN(Detector model, MakeDetector(arch, options));
-  if (LooksLikeHdf5(weights)) {
-    DFC_RETURN_IF_ERROR(ImportKerasWeights(*model, weights));
-  } else if (IsWeightsFile(weights)) {
-    DFC_RETURN_IF_ERROR(LoadWeightsFile(weights, *model));
-  } else {
-    DFC_RETURN_IF_ERROR(LoadCheckpoint(weights, *model, nullptr, false).status());
-  }
+  DFC_RETURN_IF_ERROR(LoadWeightsByContent(weights, *model));
   return PlaceForInference(std::move(model), device_name);
 }
 

@@ -166,6 +166,17 @@ absl::StatusOr<std::vector<H5Layer>> ReadKerasH5(const std::string& path) {
     model_weights = std::make_unique<H5Handle>(H5Gopen2(root, "model_weights", H5P_DEFAULT), H5Gclose);
     root = model_weights->get();
   }
+  if (H5Aexists(root, "layer_names") <= 0) {
+    // Keras 3's .weights.h5 keeps each layer's variables at
+    // layers/NAME/vars/0, 1, ... with no names or order of its own.
+    if (H5Lexists(root, "layers", H5P_DEFAULT) > 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", path, "' is a Keras 3 .weights.h5 file (layers/NAME/vars); DFC reads Keras weights in "
+                       "the HDF5 layout, which Keras 3 writes with model.save('model.h5')"));
+    }
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is an HDF5 file but not Keras weights: it has no ",
+                                                   "'layer_names' attribute at its root or in model_weights/"));
+  }
   DFC_ASSIGN_OR_RETURN(std::vector<std::string> names,
                        ReadStringArrayAttr(root, "layer_names", absl::StrCat("'", path, "'")));
   std::vector<H5Layer> layers;

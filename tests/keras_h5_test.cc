@@ -1,11 +1,15 @@
 #include "models/keras_h5.h"
 
+#include <caffe2/serialize/inline_container.h>
+#include <hdf5.h>
+
 #include <fstream>
 
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
 #include "tests/test_util.h"
+#include "models/checkpoint.h"
 #include "models/inference.h"
 #include "models/detector.h"
 
@@ -203,6 +207,141 @@ TEST(KerasH5Test, LoadsTheMesoNetAuthorsFiles) {
   auto st = ImportKerasWeights(**wrong, MesoWeights("Meso4_DF.h5"));
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("layer"), std::string::npos) << st;
+}
+
+// A zip archive of stored (uncompressed) entries, as Python's zipfile
+// writes one with ZIP_STORED (a Keras 3 .keras file is such an archive).
+std::string StoredZip(const std::vector<std::pair<std::string, std::string>>& entries) {
+  auto crc32 = [](const std::string& d) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (unsigned char b : d) {
+      c ^= b;
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+    }
+    return ~c;
+  };
+  auto put = [](std::string& out, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+  };
+  std::string out, central;
+  for (const auto& [name, data] : entries) {
+    const uint32_t crc = crc32(data);
+    const size_t offset = out.size();
+    put(out, 0x04034b50, 4);
+    put(out, 20, 2), put(out, 0, 2), put(out, 0, 2), put(out, 0, 2), put(out, 0, 2);
+    put(out, crc, 4), put(out, data.size(), 4), put(out, data.size(), 4);
+    put(out, name.size(), 2), put(out, 0, 2);
+    out += name + data;
+    put(central, 0x02014b50, 4);
+    put(central, 20, 2), put(central, 20, 2), put(central, 0, 2), put(central, 0, 2), put(central, 0, 2);
+    put(central, 0, 2), put(central, crc, 4), put(central, data.size(), 4), put(central, data.size(), 4);
+    put(central, name.size(), 2), put(central, 0, 2), put(central, 0, 2), put(central, 0, 2), put(central, 0, 2);
+    put(central, 0, 4), put(central, offset, 4);
+    central += name;
+  }
+  const size_t central_at = out.size();
+  out += central;
+  put(out, 0x06054b50, 4);
+  put(out, 0, 2), put(out, 0, 2), put(out, entries.size(), 2), put(out, entries.size(), 2);
+  put(out, central.size(), 4), put(out, central_at, 4), put(out, 0, 2);
+  return out;
+}
+
+// An HDF5 file at `path`, filled by `fill`.
+template <typename Fill>
+void WriteHdf5(const std::string& path, Fill fill) {
+  const hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(f, 0) << path;
+  fill(f);
+  H5Fclose(f);
+}
+
+void WriteFloatDataset(hid_t where, const char* name, hsize_t n) {
+  const std::vector<float> zeros(n, 0.0f);
+  const hid_t space = H5Screate_simple(1, &n, nullptr);
+  const hid_t ds = H5Dcreate2(where, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros.data());
+  H5Dclose(ds);
+  H5Sclose(space);
+}
+
+// --weights and --init are given the wrong file often: a PyTorch
+// state_dict, a Keras 3 file, a copy that did not finish. Each is refused
+// naming what it is, where LibTorch's reader said "PytorchStreamReader
+// failed locating file constants.pkl" or "istream reader failed: getting
+// the current position" and the HDF5 reader "no 'layer_names' attribute".
+TEST(KerasH5Test, AWrongWeightsFileIsRefusedSayingWhatItIs) {
+  testing::TempDir dir;
+  auto model = MakeDetector("meso4");
+  ASSERT_TRUE(model.ok());
+  CheckpointMeta meta;
+  meta.arch = "meso4";
+  ASSERT_TRUE(SaveCheckpoint(dir.Join("good.ckpt"), **model, nullptr, meta).ok());
+  ASSERT_TRUE(LoadDetector("meso4", dir.Join("good.ckpt")).ok());
+  const std::string ckpt = testing::ReadFileOrDie(dir.Join("good.ckpt"));
+
+  testing::WriteFileOrDie(dir.Join("empty.ckpt"), "");
+  testing::WriteFileOrDie(dir.Join("cut.ckpt"), ckpt.substr(0, ckpt.size() / 2));
+  testing::WriteFileOrDie(dir.Join("text.ckpt"), "junk\n");
+  // torch.save(state_dict) since PyTorch 1.6: LibTorch's own zip writer,
+  // with a pickle and no TorchScript constants.
+  {
+    std::string bytes;
+    caffe2::serialize::PyTorchStreamWriter w([&](const void* b, size_t n) {
+      bytes.append(static_cast<const char*>(b), n);
+      return n;
+    });
+    const std::string pickle = "\x80\x02}q\x00.";
+    w.writeRecord("data.pkl", pickle.data(), pickle.size());
+    w.writeRecord("data/0", "\0\0\0\0", 4);
+    w.writeRecord("version", "3\n", 2);
+    w.writeEndOfFile();
+    testing::WriteFileOrDie(dir.Join("state_dict.pt"), bytes);
+  }
+  // torch.save before 1.6: a pickle, its magic number first.
+  testing::WriteFileOrDie(dir.Join("legacy.pt"), std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.", 15));
+  // A LibTorch archive that is not a checkpoint (torch::save of a tensor).
+  torch::save(torch::zeros({2}), dir.Join("tensor.pt"));
+  testing::WriteFileOrDie(dir.Join("model.keras"),
+                          StoredZip({{"metadata.json", R"({"keras_version": "3.3.3"})"},
+                                     {"config.json", R"({"class_name": "Functional"})"},
+                                     {"model.weights.h5", "\x89HDF\r\n\x1a\n"}}));
+  WriteHdf5(dir.Join("model.weights.h5"), [](hid_t f) {
+    // Keras 3: layers/NAME/vars/0, 1, ... and the model's own vars/.
+    const hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    const hid_t vars = H5Gcreate2(f, "layers/conv2d/vars", lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    WriteFloatDataset(vars, "0", 8);
+    H5Gclose(vars);
+    H5Gclose(H5Gcreate2(f, "vars", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5Pclose(lcpl);
+  });
+  WriteHdf5(dir.Join("other.h5"), [](hid_t f) { WriteFloatDataset(f, "x", 3); });
+
+  for (const auto& [file, what] : std::vector<std::pair<std::string, std::string>>{
+           {"empty.ckpt", "is not a DFC checkpoint: the file is empty"},
+           {"cut.ckpt", "is not a DFC checkpoint: it is a zip archive cut short"},
+           {"text.ckpt", "none of the formats DFC reads (a DFC checkpoint, Keras HDF5 weights or served weights): "
+                         "it begins with bytes 6a756e6b0a"},
+           {"state_dict.pt", "it is a Python torch.save file (a pickled object such as a state_dict)"},
+           {"legacy.pt", "it is a Python pickle"},
+           {"tensor.pt", "is not a DFC checkpoint: it is a LibTorch archive without DFC's metadata"},
+           {"model.keras", "it is a Keras 3 .keras archive; DFC reads Keras weights in the HDF5 layout, which "
+                           "Keras 3 writes with model.save('model.h5')"},
+           {"model.weights.h5", "is a Keras 3 .weights.h5 file (layers/NAME/vars)"},
+           {"other.h5", "is an HDF5 file but not Keras weights: it has no 'layer_names' attribute"}}) {
+    SCOPED_TRACE(file);
+    auto loaded = LoadDetector("meso4", dir.Join(file));
+    ASSERT_FALSE(loaded.ok());
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument) << loaded.status();
+    EXPECT_NE(loaded.status().message().find(absl::StrCat("'", dir.Join(file), "' ")), std::string::npos)
+        << loaded.status();
+    EXPECT_NE(loaded.status().message().find(what), std::string::npos) << loaded.status();
+    // --init goes the same way.
+    auto m = MakeDetector("meso4");
+    const absl::Status init = LoadWeightsByContent(dir.Join(file), **m);
+    EXPECT_EQ(init.message(), loaded.status().message());
+  }
 }
 
 // The forward pass under autocast (dfc predict/dfc-server --precision bf16)

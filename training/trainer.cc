@@ -26,7 +26,6 @@
 #include "training/gradient_sync.h"
 #include "training/graphed_step.h"
 #include "models/checkpoint.h"
-#include "models/keras_h5.h"
 #include "models/precision.h"
 #include "models/tensor_batch.h"
 
@@ -294,13 +293,7 @@ class Trainer {
   absl::Status SetUp() {
     torch::manual_seed(o_.seed);
     DFC_ASSIGN_OR_RETURN(model_, MakeDetector(o_.arch, o_.detector));
-    if (!o_.init_weights.empty()) {
-      if (LooksLikeHdf5(o_.init_weights)) {
-        DFC_RETURN_IF_ERROR(ImportKerasWeights(*model_, o_.init_weights));
-      } else {
-        DFC_RETURN_IF_ERROR(LoadCheckpoint(o_.init_weights, *model_, nullptr, false).status());
-      }
-    }
+    if (!o_.init_weights.empty()) DFC_RETURN_IF_ERROR(LoadWeightsByContent(o_.init_weights, *model_));
     model_->to(device_);
     collective_ = o_.collective;
     world_ = collective_ ? collective_->world_size() : 1;
