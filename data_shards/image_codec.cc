@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include <jpeglib.h>
 #include <png.h>
@@ -80,18 +81,29 @@ absl::Status DecodeJpeg(const unsigned char* p, size_t n, RgbImage* out) {
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, p, static_cast<unsigned long>(n));
   jpeg_read_header(&cinfo, TRUE);
-  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
-    jpeg_destroy_decompress(&cinfo);
-    return absl::InvalidArgumentError("cannot decode JPEG: CMYK JPEGs are not supported");
-  }
-  cinfo.out_color_space = JCS_RGB;
+  // Four components (CMYK, or YCCK that libjpeg turns into CMYK): Pillow
+  // reads them as Adobe writes them, inverted, and convert("RGB") takes
+  // R = (255 - K) - C * (255 - K) / 255 (its cmyk2rgb, rounded the same way).
+  const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
   jpeg_start_decompress(&cinfo);
   out->width = static_cast<int>(cinfo.output_width);
   out->height = static_cast<int>(cinfo.output_height);
   out->pixels.resize(static_cast<size_t>(out->width) * out->height * 3);
+  std::vector<uint8_t> cmyk_row(cmyk ? static_cast<size_t>(out->width) * 4 : 0);
   while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = out->pixels.data() + static_cast<size_t>(cinfo.output_scanline) * out->width * 3;
+    uint8_t* rgb = out->pixels.data() + static_cast<size_t>(cinfo.output_scanline) * out->width * 3;
+    JSAMPROW row = cmyk ? cmyk_row.data() : rgb;
     jpeg_read_scanlines(&cinfo, &row, 1);
+    if (!cmyk) continue;
+    for (int x = 0; x < out->width; ++x) {
+      const uint8_t* stored = cmyk_row.data() + static_cast<size_t>(x) * 4;  // inverted C, M, Y, K
+      const int nk = stored[3];                                               // 255 - K
+      for (int c = 0; c < 3; ++c) {
+        const int t = (255 - stored[c]) * nk + 128;                           // C * (255 - K), /255 rounded
+        rgb[x * 3 + c] = static_cast<uint8_t>(std::clamp(nk - (((t >> 8) + t) >> 8), 0, 255));
+      }
+    }
   }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
