@@ -1,5 +1,6 @@
 // dfc: the DFC command-line client: offline tools, cluster commands and evaluation.
 #include <cstdio>
+#include <exception>
 
 #include "clients/client_rpc.h"
 #include "clients/commands.h"
@@ -59,5 +60,14 @@ int main(int argc, char** argv) {
     app.exit(e);
     return dfc::kExitBadInput;
   }
-  return run ? run() : dfc::kExitBadInput;
+  if (!run) return dfc::kExitBadInput;
+  // Errors are statuses; an exception reaching here is a defect, reported
+  // as one rather than as "terminate called after throwing" and a core dump.
+  try {
+    return run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dfc: internal error (please report it): %s\n",
+                 dfc::ForTerminal(e.what()).c_str());
+    return dfc::kExitFailure;
+  }
 }

@@ -287,7 +287,7 @@ absl::Status ModelRegistry::CheckImport(const v1::ImportModelRequest::Header& h)
   if (!h.replace()) {
     auto existing = catalog_->GetModel(h.name());
     if (existing.ok()) {
-      return absl::AlreadyExistsError(absl::StrCat("model '", h.name(), "' exists (import with replace to overwrite)"));
+      return absl::AlreadyExistsError(absl::StrCat("model '", h.name(), "' exists (dfc import --replace overwrites it)"));
     }
     if (existing.status().code() != absl::StatusCode::kNotFound) return existing.status();
   }

@@ -471,6 +471,22 @@ TEST_F(ServingTest, AnUploadIsConvertedInAConfinedProcessAndStoredAsAWeightsFile
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("the checkpoint is a mesoinception4, not a meso4"), std::string::npos)
       << st.error_message();
+  // So is a file that is no checkpoint, named for what it is (here one cut
+  // short, as an upload of a copy still being written would be).
+  const std::string whole = testing::ReadFileOrDie(dir_.Join("warm.ckpt"));
+  testing::WriteFileOrDie(dir_.Join("cut.ckpt"), whole.substr(0, whole.size() / 2));
+  st = Import("cut", "mesoinception4", dir_.Join("cut.ckpt"), &info);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("'the uploaded file' is not a DFC checkpoint: it is a zip archive cut short"),
+            std::string::npos)
+      << st.error_message();
+  // A name in use is refused, saying how to overwrite it.
+  st = Import("imported", "mesoinception4", dir_.Join("warm.ckpt"), &info);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_NE(st.error_message().find("model 'imported' exists (dfc import --replace overwrites it)"),
+            std::string::npos)
+      << st.error_message();
+  EXPECT_EQ(ModelsDirEntries().size(), 1u);
 }
 
 // A file that crashes the parser, hangs it, makes it allocate without bound
