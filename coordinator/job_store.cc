@@ -66,7 +66,12 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   std::unique_ptr<JobStore> store(new JobStore(db));
   absl::MutexLock lock(&store->mu_);
   sqlite3_busy_timeout(db, 5000);
-  DFC_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
+  // The first statement reads the file: one that is not a database, or a
+  // damaged one, is named and left as it is (nothing below writes to it).
+  if (absl::Status st = store->Exec("PRAGMA journal_mode=WAL"); !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("state database '", path, "' cannot be used (it is left as it is; "
+                                                "restore it from a backup or move it away): ", st.message()));
+  }
   DFC_RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
   // The job is kept as its protobuf (the schema evolves with the proto); the
   // columns are what queries need.

@@ -623,6 +623,22 @@ TEST(ClusterTest, SecondCoordinatorOnOneStateDirectoryRefusesToStart) {
   EXPECT_EQ(RunCommand(c.Dfc("list")).exit_code, 0);
 }
 
+// A jobs.db that is not a database (a bad restore, a disk error) stops the
+// coordinator at start, naming the file, and is not overwritten.
+TEST(ClusterTest, ADamagedStateDatabaseIsNamedAndLeftAsItIs) {
+  testing::TempDir dir;
+  std::filesystem::create_directory(dir.Join("state"));
+  const std::string garbage(8192, '\x5a');
+  testing::WriteFileOrDie(dir.Join("state/jobs.db"), garbage);
+  auto r = RunCommand(Bin("dfc-coordinator") + " --listen 127.0.0.1:" + std::to_string(PickFreePort()) +
+                      " --state " + dir.Join("state"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("state database '" + dir.Join("state/jobs.db") + "' cannot be used"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("file is not a database"), std::string::npos) << r.err;
+  EXPECT_EQ(testing::ReadFileOrDie(dir.Join("state/jobs.db")), garbage);
+}
+
 TEST(ClusterTest, IdempotencyKeyWithAnotherRequestIsRefusedNamingTheDifference) {
   Cluster c(0);
   const std::string shards = testing::SyntheticShards(c.dir(), 8);
