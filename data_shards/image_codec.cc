@@ -68,6 +68,18 @@ void JpegErrorExit(j_common_ptr cinfo) {
 
 void JpegSilent(j_common_ptr, int) {}  // warnings (e.g. extraneous bytes) are not fatal, as in Pillow
 
+// Called as libjpeg reads input: stops a JPEG past kMaxJpegScans scans (the
+// check TurboJPEG makes for its TJFLAG_LIMITSCANS).
+void JpegLimitScans(j_common_ptr cinfo) {
+  auto* d = reinterpret_cast<j_decompress_ptr>(cinfo);
+  if (d->input_scan_number <= kMaxJpegScans) return;
+  auto* err = reinterpret_cast<JpegError*>(cinfo->err);
+  std::snprintf(err->message, sizeof(err->message),
+                "more than %d scans (decoding each is a pass over the whole image; encoders write a few dozen at most)",
+                kMaxJpegScans);
+  std::longjmp(err->jump, 1);
+}
+
 absl::Status DecodeJpeg(const unsigned char* p, size_t n, RgbImage* out) {
   jpeg_decompress_struct cinfo;
   JpegError err;
@@ -79,6 +91,9 @@ absl::Status DecodeJpeg(const unsigned char* p, size_t n, RgbImage* out) {
     return absl::InvalidArgumentError(absl::StrCat("cannot decode JPEG: ", err.message));
   }
   jpeg_create_decompress(&cinfo);
+  jpeg_progress_mgr progress{};
+  progress.progress_monitor = JpegLimitScans;
+  cinfo.progress = &progress;
   jpeg_mem_src(&cinfo, p, static_cast<unsigned long>(n));
   jpeg_read_header(&cinfo, TRUE);
   // Four components (CMYK, or YCCK that libjpeg turns into CMYK): Pillow

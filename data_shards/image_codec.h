@@ -19,6 +19,13 @@ struct ImageLimits {
   int64_t max_pixels = int64_t{40} * 1000 * 1000;
 };
 
+// Most scans a JPEG may have. Each scan of a progressive JPEG is a pass over
+// the whole image, and an all-zero scan takes a dozen bytes: a 160 KB file
+// of 1,000 such scans over 4000x4000 pixels took 20 s to decode (Pillow
+// too). Encoders write at most a few dozen (libjpeg's progression 10);
+// libjpeg-turbo's TurboJPEG API refuses more than 500 for the same reason.
+inline constexpr int kMaxJpegScans = 100;
+
 // An 8-bit RGB image, row-major HWC.
 struct RgbImage {
   int width = 0;

@@ -1,7 +1,11 @@
 #include "data_shards/image_codec.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+
+#include <jpeglib.h>
 
 #include <gtest/gtest.h>
 
@@ -123,6 +127,77 @@ TEST(ImageCodecTest, FuzzFoundHeadersAreRefusedByName) {
   auto pnm = DecodeImage(pgm, unlimited);
   ASSERT_FALSE(pnm.ok());
   EXPECT_NE(pnm.status().message().find("over 2^30"), std::string::npos) << pnm.status();
+}
+
+// A progressive JPEG (libjpeg's progression: 10 scans) of a flat w x h
+// image, its last scan then repeated `extra` times before the end. The
+// scan is a dozen bytes (one run of empty blocks), each copy a pass over
+// the whole image for the decoder.
+std::string ProgressiveJpegWithRepeatedScan(int w, int h, int extra) {
+  jpeg_compress_struct cinfo;
+  jpeg_error_mgr err;
+  cinfo.err = jpeg_std_error(&err);
+  jpeg_create_compress(&cinfo);
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  jpeg_mem_dest(&cinfo, &buf, &size);
+  cinfo.image_width = static_cast<JDIMENSION>(w);
+  cinfo.image_height = static_cast<JDIMENSION>(h);
+  cinfo.input_components = 3;
+  cinfo.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&cinfo);
+  jpeg_simple_progression(&cinfo);
+  jpeg_start_compress(&cinfo, TRUE);
+  std::vector<uint8_t> row(static_cast<size_t>(w) * 3, 128);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    JSAMPROW r = row.data();
+    jpeg_write_scanlines(&cinfo, &r, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  jpeg_destroy_compress(&cinfo);
+  std::string jpeg(reinterpret_cast<char*>(buf), size);
+  std::free(buf);
+  // Walk the markers to the last start-of-scan; its scan runs to the EOI.
+  size_t i = 2, last_sos = 0;
+  while (i + 4 <= jpeg.size()) {
+    const auto at = [&](size_t k) { return static_cast<uint8_t>(jpeg[k]); };
+    if (at(i + 1) == 0xD9) break;
+    const size_t len = (size_t{at(i + 2)} << 8) | at(i + 3);
+    if (at(i + 1) != 0xDA) {
+      i += 2 + len;
+      continue;
+    }
+    last_sos = i;
+    i += 2 + len;
+    while (!(at(i) == 0xFF && at(i + 1) != 0 && (at(i + 1) < 0xD0 || at(i + 1) > 0xD7))) ++i;  // entropy data
+  }
+  const size_t eoi = jpeg.size() - 2;
+  std::string scan = jpeg.substr(last_sos, eoi - last_sos);
+  std::string out = jpeg.substr(0, eoi);
+  for (int k = 0; k < extra; ++k) out += scan;
+  return out + jpeg.substr(eoi);
+}
+
+// A JPEG of thousands of scans decodes for minutes; past kMaxJpegScans it
+// is refused at once, naming why. Fewer extra scans decode as before.
+TEST(ImageCodecTest, AJpegOfTooManyScansIsRefused) {
+  const std::string plain = ProgressiveJpegWithRepeatedScan(800, 600, 0);
+  auto expected = DecodeImage(plain);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  const std::string some = ProgressiveJpegWithRepeatedScan(800, 600, 50);
+  auto decoded = DecodeImage(some);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->pixels, expected->pixels);
+
+  const std::string bomb = ProgressiveJpegWithRepeatedScan(800, 600, 5000);
+  EXPECT_LT(bomb.size(), 100u * 1024) << "5,000 scans in so few bytes";
+  auto refused = DecodeImage(bomb);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("cannot decode JPEG: more than 100 scans"), std::string::npos)
+      << refused.status();
+  std::vector<uint8_t> out(64 * 64 * 3);
+  EXPECT_FALSE(DecodeResizeInto(bomb, 64, out.data()).ok());
 }
 
 // Every format and mode Pillow writes decodes to exactly Pillow's RGB pixels
