@@ -129,11 +129,10 @@ TEST(ImageCodecTest, FuzzFoundHeadersAreRefusedByName) {
   EXPECT_NE(pnm.status().message().find("over 2^30"), std::string::npos) << pnm.status();
 }
 
-// A progressive JPEG (libjpeg's progression: 10 scans) of a flat w x h
-// image, its last scan then repeated `extra` times before the end. The
-// scan is a dozen bytes (one run of empty blocks), each copy a pass over
-// the whole image for the decoder.
-std::string ProgressiveJpegWithRepeatedScan(int w, int h, int extra) {
+// `pixels` (w x h, `components` samples each, in colour space `in`) as a
+// JPEG that libjpeg writes in colour space `as`, progressive or baseline.
+std::string LibjpegEncode(const std::vector<uint8_t>& pixels, int w, int h, int components, J_COLOR_SPACE in,
+                          J_COLOR_SPACE as, bool progressive) {
   jpeg_compress_struct cinfo;
   jpeg_error_mgr err;
   cinfo.err = jpeg_std_error(&err);
@@ -143,20 +142,31 @@ std::string ProgressiveJpegWithRepeatedScan(int w, int h, int extra) {
   jpeg_mem_dest(&cinfo, &buf, &size);
   cinfo.image_width = static_cast<JDIMENSION>(w);
   cinfo.image_height = static_cast<JDIMENSION>(h);
-  cinfo.input_components = 3;
-  cinfo.in_color_space = JCS_RGB;
+  cinfo.input_components = components;
+  cinfo.in_color_space = in;
   jpeg_set_defaults(&cinfo);
-  jpeg_simple_progression(&cinfo);
+  jpeg_set_colorspace(&cinfo, as);
+  jpeg_set_quality(&cinfo, 90, TRUE);
+  if (progressive) jpeg_simple_progression(&cinfo);
   jpeg_start_compress(&cinfo, TRUE);
-  std::vector<uint8_t> row(static_cast<size_t>(w) * 3, 128);
   while (cinfo.next_scanline < cinfo.image_height) {
-    JSAMPROW r = row.data();
+    JSAMPROW r = const_cast<uint8_t*>(pixels.data()) + static_cast<size_t>(cinfo.next_scanline) * w * components;
     jpeg_write_scanlines(&cinfo, &r, 1);
   }
   jpeg_finish_compress(&cinfo);
   jpeg_destroy_compress(&cinfo);
   std::string jpeg(reinterpret_cast<char*>(buf), size);
   std::free(buf);
+  return jpeg;
+}
+
+// A progressive JPEG (libjpeg's progression: 10 scans) of a flat w x h
+// image, its last scan then repeated `extra` times before the end. The
+// scan is a dozen bytes (one run of empty blocks), each copy a pass over
+// the whole image for the decoder.
+std::string ProgressiveJpegWithRepeatedScan(int w, int h, int extra) {
+  const std::vector<uint8_t> flat(static_cast<size_t>(w) * h * 3, 128);
+  const std::string jpeg = LibjpegEncode(flat, w, h, 3, JCS_RGB, JCS_YCbCr, /*progressive=*/true);
   // Walk the markers to the last start-of-scan; its scan runs to the EOI.
   size_t i = 2, last_sos = 0;
   while (i + 4 <= jpeg.size()) {
@@ -220,6 +230,31 @@ TEST(ImageCodecTest, EveryFormatDecodesExactlyAsPillow) {
     ++checked;
   }
   EXPECT_EQ(checked, 17);
+}
+
+// Photoshop writes CMYK JPEGs as YCCK (Adobe transform 2), which Pillow
+// cannot write: libjpeg writes one here, Pillow decodes it for reference.
+TEST(ImageCodecTest, AYcckJpegDecodesExactlyAsPillow) {
+  testing::TempDir dir;
+  const int w = 53, h = 37;
+  std::vector<uint8_t> cmyk(static_cast<size_t>(w) * h * 4);
+  for (size_t i = 0; i < cmyk.size(); ++i) cmyk[i] = static_cast<uint8_t>((i * 37 + (i / 4) % 11 * 9) & 0xFF);
+  testing::WriteFileOrDie(dir.Join("ycck.jpg"), LibjpegEncode(cmyk, w, h, 4, JCS_CMYK, JCS_YCCK, false));
+  testing::WriteFileOrDie(dir.Join("pil.py"), R"(
+import sys
+from PIL import Image
+im = Image.open(sys.argv[1])
+assert im.mode == "CMYK" and im.info.get("adobe_transform") == 2, (im.mode, im.info)
+open(sys.argv[2], "wb").write(im.convert("RGB").tobytes())
+)");
+  auto pil = testing::RunCommand("/usr/bin/python3 " + dir.Join("pil.py") + " " + dir.Join("ycck.jpg") + " " +
+                                 dir.Join("ycck.raw"));
+  ASSERT_EQ(pil.exit_code, 0) << "needs python3-pil (scripts/setup.sh): " << pil.err;
+  auto img = DecodeImage(testing::ReadFileOrDie(dir.Join("ycck.jpg")));
+  ASSERT_TRUE(img.ok()) << img.status();
+  const std::string expected = testing::ReadFileOrDie(dir.Join("ycck.raw"));
+  ASSERT_EQ(expected.size(), img->pixels.size());
+  EXPECT_EQ(std::memcmp(expected.data(), img->pixels.data(), expected.size()), 0) << "differs from Pillow";
 }
 
 TEST(ImageCodecTest, SharedSampleDecodes) {
