@@ -120,7 +120,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&jobs, &workers, &catalog}, &port,
                                                               max_rpc_threads);
   if (!server) {
-    std::fprintf(stderr, "dfc-coordinator: cannot listen on %s\n", listen.c_str());
+    const std::string why = dfc::WhyCannotListen(listen);
+    std::fprintf(stderr, "dfc-coordinator: cannot listen on %s%s%s\n", listen.c_str(), why.empty() ? "" : ": ", why.c_str());
     return 1;
   }
   metrics->Attach(coordinator->get());

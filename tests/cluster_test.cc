@@ -623,6 +623,37 @@ TEST(ClusterTest, SecondCoordinatorOnOneStateDirectoryRefusesToStart) {
   EXPECT_EQ(RunCommand(c.Dfc("list")).exit_code, 0);
 }
 
+// A second coordinator (another state directory) started on the first's
+// port, or on its dashboard's, is refused with the reason. Both used to
+// listen (SO_REUSEPORT), and each client's connection went to either: a job
+// submitted to one was "no job" to the next `dfc status`.
+TEST(ClusterTest, ASecondCoordinatorOnAPortInUseIsRefusedNamingWhy) {
+  Cluster::Options o;
+  o.operator_endpoints = true;
+  Cluster c(o);
+  testing::TempDir dir;
+  // (Under `timeout`: a second coordinator that did listen would serve on.)
+  auto grpc_port =
+      RunCommand("timeout 20 " + Bin("dfc-coordinator") + " --listen " + c.address() + " --state " + dir.Join("a"));
+  EXPECT_NE(grpc_port.exit_code, 0);
+  EXPECT_NE(grpc_port.err.find("dfc-coordinator: cannot listen on " + c.address() + ": Address already in use"),
+            std::string::npos)
+      << grpc_port.err;
+  const std::string dashboard = c.dashboard().substr(std::string("http://").size());
+  auto http_port = RunCommand("timeout 20 " + Bin("dfc-coordinator") + " --listen 127.0.0.1:" +
+                              std::to_string(PickFreePort()) +
+                              " --http-listen " + dashboard + " --state " + dir.Join("b"));
+  EXPECT_NE(http_port.exit_code, 0);
+  EXPECT_NE(http_port.err.find("cannot listen on " + dashboard + ": Address already in use"), std::string::npos)
+      << http_port.err;
+  // Every call reaches the first: a job it holds is found every time.
+  auto submitted = RunCommand(c.Dfc("submit --json --model meso4 --data " + testing::SyntheticShards(c.dir(), 16) +
+                                    " --wait-for-capacity"));
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  const std::string job = JsonString(submitted.out, "job_id");
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(RunCommand(c.Dfc("status " + job)).exit_code, 0);
+}
+
 // A jobs.db that is not a database (a bad restore, a disk error) stops the
 // coordinator at start, naming the file, and is not overwritten.
 TEST(ClusterTest, ADamagedStateDatabaseIsNamedAndLeftAsItIs) {

@@ -1,5 +1,7 @@
 #include "common/http/http_server.h"
 
+#include <sys/socket.h>
+
 #include <httplib.h>
 
 #include "absl/strings/str_cat.h"
@@ -73,6 +75,12 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpOptions&
   s.set_write_timeout(std::chrono::seconds(10));
   s.set_payload_max_length(16 << 10);
   s.set_keep_alive_max_count(20);
+  // SO_REUSEADDR alone: cpp-httplib sets SO_REUSEPORT, with which a second
+  // process on the same port is let in and takes half the connections.
+  s.set_socket_options([](socket_t sock) {
+    const int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   HttpServer* raw = self.get();
   s.Get(".*", [raw, tls](const httplib::Request& req, httplib::Response& res) {
     HttpRequest r;
@@ -107,8 +115,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpOptions&
     port = -1;
   }
   if (port <= 0) {
-    return absl::UnavailableError(absl::StrCat(options.name, ": cannot listen on ", options.listen,
-                                               " (in use, or not an address of this machine)"));
+    const std::string why = WhyCannotListen(options.listen);
+    return absl::UnavailableError(absl::StrCat(options.name, ": cannot listen on ", options.listen, ": ",
+                                               why.empty() ? "in use, or not an address of this machine" : why));
   }
   self->port_ = port;
   const std::string url_host = host == "0.0.0.0" || host == "::" ? "127.0.0.1"

@@ -39,11 +39,18 @@ inline constexpr int kDefaultMaxRpcThreads = 512;
 // `max_threads` threads, keepalive pings (a peer that vanished without
 // closing its connection is noticed within ~80 s and its streams end), the
 // default health service and `services`; *port gets the bound port. nullptr
-// when it cannot listen.
+// when it cannot listen (WhyCannotListen says why). The port is its own: a
+// second process cannot listen on it too (gRPC's default, SO_REUSEPORT,
+// let a second coordinator share it, and clients' connections were split
+// between the two, each with its own jobs).
 std::unique_ptr<grpc::Server> StartGrpcServer(const std::string& listen,
                                               const std::shared_ptr<grpc::ServerCredentials>& credentials,
                                               const std::vector<grpc::Service*>& services, int* port,
                                               int max_threads = kDefaultMaxRpcThreads);
+// Why no server can listen on `listen` (HOST:PORT, [V6]:PORT): what binding
+// a socket there as the servers do says ("Address already in use", "Cannot
+// assign requested address"), or "" when that bind succeeds.
+std::string WhyCannotListen(const std::string& listen);
 // `listen` (HOST:PORT) with the port a server bound: what to print and
 // advertise when it was started on port 0.
 std::string BoundAddress(const std::string& listen, int port);
