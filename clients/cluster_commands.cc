@@ -27,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "clients/client_rpc.h"
 #include "clients/commands.h"
 #include "clients/training_flags.h"
@@ -456,7 +457,34 @@ int RunClusterUp(const ClusterArgs& a) {
   if (!channel.ok()) return ReportError(channel.status());
   auto stub = v1::JobService::NewStub(*channel);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(a.wait_s);
+  // The coordinator that answers must be this one: its log says it listens
+  // on `listen` for `state`. (Another one on that port answered before, and
+  // this cluster's workers registered with it, while its own had exited.)
+  const std::string coordinator_log = (state / "logs/coordinator.log").string();
+  const std::string own_line = absl::StrCat("dfc-coordinator listening on ", listen, " (state ", state.string(), ")");
+  bool own_coordinator = false;
   while (std::chrono::steady_clock::now() < deadline) {
+    if (procs[0].Poll()) {
+      // Its own last word (gRPC's log lines come before it) says why.
+      std::string why;
+      if (auto text = ReadFile(coordinator_log, 1 << 20); text.ok()) {
+        for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+          if (absl::ConsumePrefix(&line, "dfc-coordinator: ")) why = std::string(line);
+        }
+      }
+      procs.clear();  // the workers and servers started for it stop
+      fs::remove(state / "cluster.pids", ec);
+      return ReportError(absl::UnavailableError(
+          absl::StrCat("the coordinator exited", why.empty() ? "" : ": ", why, " (its log: ", coordinator_log, ")")));
+    }
+    if (!own_coordinator) {
+      auto text = ReadFile(coordinator_log, 1 << 20);
+      own_coordinator = text.ok() && text->find(own_line) != std::string::npos;
+      if (!own_coordinator) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        continue;
+      }
+    }
     v1::ListServersResponse servers;
     v1::ListWorkersResponse workers;
     {
@@ -469,10 +497,6 @@ int RunClusterUp(const ClusterArgs& a) {
     }
     const int live = static_cast<int>(std::count_if(workers.workers().begin(), workers.workers().end(),
                                                     [](const v1::WorkerSummary& w) { return w.state() == "live"; }));
-    if (procs[0].Poll()) {
-      return ReportError(absl::UnavailableError(absl::StrCat("the coordinator exited; see ",
-                                                             (state / "logs/coordinator.log").string())));
-    }
     if (live >= a.workers && servers.addresses_size() >= a.servers) {
       for (Subprocess& p : procs) p.Release();
       std::printf("cluster up: coordinator %s, %d worker(s) x %d slot(s), evaluation server(s) %s, state %s\n",

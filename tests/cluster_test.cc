@@ -720,6 +720,14 @@ TEST(ClusterTest, ClusterUpOnAFreePortAndDownLeavesAReusedPidAlone) {
     EXPECT_NE(RunCommand("curl -sS -m 10 " + url).out.find("# TYPE dfc_"), std::string::npos) << line;
   }
   EXPECT_EQ(endpoints, 3) << up.out;  // coordinator, server, worker
+  // A second cluster on its port fails with the coordinator's own reason.
+  auto second = RunCommand(testing::DfcBinary() + " cluster up --workers 1 --listen " + coordinator_address +
+                           " --state " + dir.Join("second"));
+  EXPECT_NE(second.exit_code, 0);
+  EXPECT_NE(second.err.find("the coordinator exited: cannot listen on " + coordinator_address +
+                            ": Address already in use (its log: "),
+            std::string::npos)
+      << second.err;
   auto lines = testing::SplitLines(testing::ReadFileOrDie(state + "/cluster.pids"));
   ASSERT_EQ(lines.size(), 3u);  // coordinator, server, worker
   // The worker exits; an unrelated process takes "its" pid (simulated: its
