@@ -728,6 +728,8 @@ TEST(ClusterTest, ClusterUpOnAFreePortAndDownLeavesAReusedPidAlone) {
                             ": Address already in use (its log: "),
             std::string::npos)
       << second.err;
+  // What it started for that coordinator is stopped, not left for `cluster down`.
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("second/cluster.pids")));
   auto lines = testing::SplitLines(testing::ReadFileOrDie(state + "/cluster.pids"));
   ASSERT_EQ(lines.size(), 3u);  // coordinator, server, worker
   // The worker exits; an unrelated process takes "its" pid (simulated: its
