@@ -120,8 +120,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&jobs, &workers, &catalog}, &port,
                                                               max_rpc_threads);
   if (!server) {
-    const std::string why = dfc::WhyCannotListen(listen);
-    std::fprintf(stderr, "dfc-coordinator: cannot listen on %s%s%s\n", listen.c_str(), why.empty() ? "" : ": ", why.c_str());
+    std::fprintf(stderr, "dfc-coordinator: %s\n", dfc::CannotListen(listen).c_str());
     return 1;
   }
   metrics->Attach(coordinator->get());

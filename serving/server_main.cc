@@ -195,8 +195,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&evaluation}, &port,
                                                               max_rpc_threads);
   if (!server) {
-    const std::string why = dfc::WhyCannotListen(listen);
-    std::fprintf(stderr, "dfc-server: cannot listen on %s%s%s\n", listen.c_str(), why.empty() ? "" : ": ", why.c_str());
+    std::fprintf(stderr, "dfc-server: %s\n", dfc::CannotListen(listen).c_str());
     return 1;
   }
   if (advertise.empty()) {

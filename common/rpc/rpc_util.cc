@@ -100,6 +100,11 @@ std::string WhyCannotListen(const std::string& listen) {
   return why;
 }
 
+std::string CannotListen(const std::string& listen) {
+  const std::string why = WhyCannotListen(listen);
+  return absl::StrCat("cannot listen on ", listen, why.empty() ? "" : ": ", why);
+}
+
 std::string BoundAddress(const std::string& listen, int port) {
   const size_t colon = listen.rfind(':');
   return absl::StrCat(colon == std::string::npos ? listen : listen.substr(0, colon), ":", port);

@@ -51,6 +51,9 @@ std::unique_ptr<grpc::Server> StartGrpcServer(const std::string& listen,
 // a socket there as the servers do says ("Address already in use", "Cannot
 // assign requested address"), or "" when that bind succeeds.
 std::string WhyCannotListen(const std::string& listen);
+// "cannot listen on LISTEN: WHY" (WhyCannotListen), or without ": WHY" when
+// it has no answer: what a server that cannot start says.
+std::string CannotListen(const std::string& listen);
 // `listen` (HOST:PORT) with the port a server bound: what to print and
 // advertise when it was started on port 0.
 std::string BoundAddress(const std::string& listen, int port);
