@@ -222,6 +222,13 @@ class ServingTest : public ::testing::Test {
     ref.set_name(model);
     return Evaluate(ref, n, results);
   }
+  // Checkpoint `which` (best, latest, N) of job `job_id`.
+  static v1::ModelRef JobCheckpoint(const std::string& job_id, const std::string& which) {
+    v1::ModelRef ref;
+    ref.mutable_job()->set_job_id(job_id);
+    ref.mutable_job()->set_checkpoint(which);
+    return ref;
+  }
   grpc::Status Evaluate(const v1::ModelRef& model, int n, int* results) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
@@ -545,15 +552,11 @@ TEST_F(ServingTest, ACheckpointThatIsALinkLoopOrAFifoFailsOnlyItsRequest) {
   std::filesystem::create_symlink("best.ckpt", run + "/best.ckpt");
   ASSERT_EQ(::mkfifo((run + "/latest.ckpt").c_str(), 0644), 0);
   catalog_->AddJob("job-8", "mesoinception4", run);
-  v1::ModelRef ref;
-  ref.mutable_job()->set_job_id("job-8");
-  ref.mutable_job()->set_checkpoint("best");
   int n = 0;
-  grpc::Status st = Evaluate(ref, 1, &n);
+  grpc::Status st = Evaluate(JobCheckpoint("job-8", "best"), 1, &n);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
   EXPECT_NE(st.error_message().find("job job-8 has no best checkpoint yet"), std::string::npos) << st.error_message();
-  ref.mutable_job()->set_checkpoint("latest");
-  st = Evaluate(ref, 1, &n);
+  st = Evaluate(JobCheckpoint("job-8", "latest"), 1, &n);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
   EXPECT_NE(st.error_message().find("is a FIFO, not a regular file"), std::string::npos) << st.error_message();
   ASSERT_TRUE(Evaluate("served", 1, &n).ok());
@@ -569,9 +572,7 @@ TEST_F(ServingTest, WeightsTheServerDidNotWriteAreConvertedWhenLoaded) {
   std::filesystem::create_directories(run);
   SaveRandomCheckpoint("mesoinception4", run + "/best.ckpt", 3);
   catalog_->AddJob("job-7", "mesoinception4", run);
-  v1::ModelRef best;
-  best.mutable_job()->set_job_id("job-7");
-  best.mutable_job()->set_checkpoint("best");
+  const v1::ModelRef best = JobCheckpoint("job-7", "best");
   int n = 0;
   // The real converter: both load, and the job's epoch comes from the
   // checkpoint's sidecar and the converted file.
