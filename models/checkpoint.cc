@@ -98,7 +98,7 @@ std::string WhatTheFileIs(std::string_view b, const char* reader_error) {
   if (has("data.pkl") && !has("constants.pkl")) {
     return "it is a Python torch.save file (a pickled object such as a state_dict), which DFC does not read";
   }
-  return absl::StrCat("a zip archive LibTorch cannot read as one: ", reader_error);
+  return absl::StrCat("it is a zip archive LibTorch cannot read: ", reader_error);
 }
 
 absl::Status LoadArchive(const std::string& path, torch::serialize::InputArchive* archive) {
