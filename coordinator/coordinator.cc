@@ -15,6 +15,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "common/exit_codes.h"
@@ -105,7 +106,15 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
                  std::chrono::system_clock::now().time_since_epoch())
           .count();
     };
+    if (!o.elapsed_ms) {
+      o.elapsed_ms = [] {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now().time_since_epoch())
+            .count();
+      };
+    }
   }
+  if (!o.elapsed_ms) o.elapsed_ms = o.now_ms;
   if (o.output_root.empty()) o.output_root = (fs::path(o.state_dir) / "jobs").string();
   std::error_code ec;
   fs::create_directories(o.state_dir, ec);
@@ -348,7 +357,7 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   if (r.address().empty()) return absl::InvalidArgumentError("address: required");
   absl::MutexLock lock(&mu_);
   const std::string id = absl::StrCat("worker-", next_worker_++, "-", Now() % 100000);
-  workers_[id] = WorkerInfo{r.address(), slots, Now(), r.cpu_slots(), r.gpus()};
+  workers_[id] = WorkerInfo{r.address(), slots, Elapsed(), r.cpu_slots(), r.gpus()};
   v1::RegisterWorkerResponse resp;
   resp.set_worker_id(id);
   resp.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
@@ -413,7 +422,7 @@ void Coordinator::FillWaitingLocked(v1::Job* job, const std::vector<std::string>
   job->clear_waiting();
   if (job->state() != v1::QUEUED) return;
   const int position = static_cast<int>(std::find(order.begin(), order.end(), job->job_id()) - order.begin()) + 1;
-  const int64_t now = Now();
+  const int64_t now = Elapsed();
   int free = 0, live = 0;
   for (const auto& [wid, w] : workers_) {
     if (Late(w, now)) continue;
@@ -453,8 +462,15 @@ absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::stri
     job.set_restarts(job.restarts() + 1);
     job.set_state(v1::QUEUED);
     job.set_reason(absl::StrCat("restarting (", job.restarts(), " of ", job.max_restarts(), ") after: ", reason));
-    not_before_ms_[job_id] = Now() + 3 * options_.heartbeat_interval.count();
-    AddEvent(job, "restart", absl::StrCat("restart ", job.restarts(), " of ", job.max_restarts(), ": ", reason));
+    // Each further restart waits twice as long, so a fault that lasts a while
+    // (a full disk, a peer machine rebooting) does not use up every restart
+    // within seconds.
+    int64_t backoff = 3 * options_.heartbeat_interval.count();
+    for (int i = 1; i < job.restarts() && backoff < options_.max_restart_backoff.count(); ++i) backoff *= 2;
+    backoff = std::min<int64_t>(backoff, options_.max_restart_backoff.count());
+    not_before_ms_[job_id] = Elapsed() + backoff;
+    AddEvent(job, "restart", absl::StrCat("restart ", job.restarts(), " of ", job.max_restarts(), ", placed again in ",
+                                          absl::StrFormat("%.1f", static_cast<double>(backoff) / 1000), " s: ", reason));
   } else {
     job.set_state(v1::FAILED);
     if (permanent) {
@@ -475,7 +491,7 @@ absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::stri
 }
 
 void Coordinator::CreditOwnPauseLocked() {
-  const int64_t now = Now();
+  const int64_t now = Elapsed();
   const int64_t paused = last_ran_ms_ > 0 ? now - last_ran_ms_ - options_.heartbeat_interval.count() : 0;
   last_ran_ms_ = now;
   if (paused <= 0) return;
@@ -490,7 +506,7 @@ void Coordinator::CreditOwnPauseLocked() {
 
 void Coordinator::ExpireWorkersLocked() {
   CreditOwnPauseLocked();
-  const int64_t now = Now();
+  const int64_t now = Elapsed();
   std::vector<std::string> dead;
   for (const auto& [id, w] : workers_) {
     if (now - w.last_seen_ms > options_.worker_timeout.count()) dead.push_back(id);
@@ -531,7 +547,7 @@ int Coordinator::TotalLiveSlotsLocked() const {
 // request) is passed over without blocking anyone.
 void Coordinator::ScheduleLocked() {
   const std::vector<std::string> ids = QueueOrderLocked();
-  const int64_t now = Now();
+  const int64_t now = Elapsed();
   const int capacity = TotalLiveSlotsLocked();
   std::string head;  // the first job that waits (and may be bypassed)
   for (const std::string& id : ids) {
@@ -607,7 +623,7 @@ void Coordinator::ScheduleLocked() {
 }
 
 void Coordinator::RequeueUnstartedLocked() {
-  const int64_t now = Now();
+  const int64_t now = Elapsed();
   std::vector<std::string> late;
   for (const auto& [id, a] : active_) {
     if (jobs_[id].state() == v1::SCHEDULED && now - a.scheduled_ms > options_.schedule_timeout.count() &&
@@ -646,7 +662,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
     return resp;
   }
   CreditOwnPauseLocked();  // before this worker's time is refreshed
-  w->second.last_seen_ms = Now();
+  w->second.last_seen_ms = Elapsed();
   for (const v1::RankStatus& st : r.ranks()) DFC_RETURN_IF_ERROR(RecordRankStatusLocked(r.worker_id(), st, &resp));
   for (const v1::LogChunk& chunk : r.logs()) {
     if (chunk.request_id() > 0 && chunk.request_id() < next_log_request_) log_answers_[chunk.request_id()] = chunk;
@@ -853,7 +869,7 @@ absl::Status Coordinator::AnnounceServer(const std::string& address) {
   }
   absl::MutexLock lock(&mu_);
   CreditOwnPauseLocked();
-  const int64_t now = Now();
+  const int64_t now = Elapsed();
   servers_[address] = now;
   for (auto it = servers_.begin(); it != servers_.end();) {  // bounded: the gone are forgotten
     it = now - it->second > 60000 ? servers_.erase(it) : std::next(it);
@@ -865,14 +881,14 @@ std::vector<std::string> Coordinator::ListServers() {
   absl::MutexLock lock(&mu_);
   std::vector<std::string> out;
   for (const auto& [address, seen] : servers_) {
-    if (Now() - seen <= 10000) out.push_back(address);
+    if (Elapsed() - seen <= 10000) out.push_back(address);
   }
   return out;
 }
 
 v1::ListWorkersResponse Coordinator::ListWorkers() {
   absl::MutexLock lock(&mu_);
-  const int64_t now = Now();
+  const int64_t now = Elapsed();
   v1::ListWorkersResponse resp;
   auto fill = [&](const std::string& id, const WorkerInfo& w, const char* state) {
     v1::WorkerSummary* s = resp.add_workers();
@@ -905,7 +921,7 @@ v1::ListWorkersResponse Coordinator::ListWorkers() {
 
 ClusterSnapshot Coordinator::Snapshot() {
   absl::MutexLock lock(&mu_);
-  const int64_t now = Now();
+  const int64_t now = Elapsed();
   ClusterSnapshot s;
   for (const auto& [id, job] : jobs_) {
     s.jobs[job.state()]++;

@@ -25,7 +25,18 @@ struct CoordinatorOptions {
   std::chrono::milliseconds heartbeat_interval{500};
   // A worker not heard from for this long is dead; its jobs restart or fail.
   std::chrono::milliseconds worker_timeout{3000};
-  std::function<int64_t()> now_ms;  // clock (tests may fake it); default: system clock
+  // The wall clock, for the times jobs record (created, finished, events);
+  // default: the system clock. Tests may fake it.
+  std::function<int64_t()> now_ms;
+  // The clock every timeout, heartbeat age and back-off is measured on;
+  // default: the steady clock, so a step of the wall clock (NTP, a VM
+  // restored, `date -s`) neither declares live workers dead nor keeps dead
+  // ones for as long as it stepped back. Tests that fake now_ms and not
+  // this one get now_ms for both.
+  std::function<int64_t()> elapsed_ms;
+  // A failed attempt is placed again after 3 heartbeat intervals, twice as
+  // long after each further failure of the job, at most this.
+  std::chrono::milliseconds max_restart_backoff{60000};
   // A SCHEDULED job whose rank 0 has not started after this goes back to the queue.
   std::chrono::milliseconds schedule_timeout{60000};
   // How many later jobs may start ahead of a queue head that does not fit
@@ -138,7 +149,8 @@ class Coordinator {
 
   explicit Coordinator(CoordinatorOptions options, std::unique_ptr<JobStore> store)
       : options_(std::move(options)), store_(std::move(store)) {}
-  int64_t Now() const { return options_.now_ms(); }
+  int64_t Now() const { return options_.now_ms(); }  // for timestamps
+  int64_t Elapsed() const { return options_.elapsed_ms(); }  // for intervals
   absl::Status Save(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fails the job's current attempt: restarts it (QUEUED) while restarts are
   // left and the error is not permanent, else FAILED with the first error.

@@ -39,6 +39,11 @@ int main(int argc, char** argv) {
   app.add_option("--output-root", opts.output_root, "Where job outputs go (shared with workers; default STATE/jobs)");
   app.add_option("--heartbeat-ms", heartbeat_ms, "Worker heartbeat interval")->check(CLI::Range(50, 60000));
   app.add_option("--worker-timeout-ms", worker_timeout_ms, "A silent worker is dead after this")->check(CLI::Range(200, 600000));
+  int max_restart_backoff_s = 60;
+  app.add_option("--max-restart-backoff", max_restart_backoff_s,
+                 "Seconds a failed job waits at most before it is placed again (the wait starts at 3 heartbeats "
+                 "and doubles with each restart)")
+      ->check(CLI::Range(1, 86400));
   app.add_option("--tls-cert", sec.tls_cert, "Server certificate (PEM); enables TLS");
   app.add_option("--tls-key", sec.tls_key, "Server key (PEM)");
   app.add_option("--tls-ca", sec.tls_ca, "CA (PEM) that client certificates must chain to; requires them");
@@ -96,6 +101,7 @@ int main(int argc, char** argv) {
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   opts.schedule_timeout = std::chrono::seconds(schedule_timeout_s);
   opts.worker_timeout = std::chrono::milliseconds(worker_timeout_ms);
+  opts.max_restart_backoff = std::chrono::seconds(max_restart_backoff_s);
   if (!http_listen.empty() && !dfc::IsLoopbackListen(http_listen) && sec.token.empty() && !insecure) {
     std::fprintf(stderr, "dfc-coordinator: refusing to serve the dashboard on %s without a token; give "
                  "--token-file, or --insecure\n", http_listen.c_str());

@@ -33,6 +33,8 @@ else
   # The operator tests: curl scrapes, Debian's Prometheus server scrapes, and
   # chromium (headless) renders the dashboard.
   packages+=(curl prometheus chromium)
+  # libfaketime steps a test coordinator's wall clock.
+  packages+=(libfaketime)
   command -v npm >/dev/null || packages+=(nodejs npm)
 fi
 

@@ -476,6 +476,46 @@ TEST(ClusterTest, StoppedCoordinatorFailsNoJob) {
       << c.processes().Log("coordinator.log");
 }
 
+// The coordinator's wall clock steps back an hour (NTP correcting it, a VM
+// restored from a snapshot) just after a worker died: the dead worker is
+// still given up after the worker timeout, and its job fails saying so.
+// Timeouts used to be measured on the wall clock, so the dead worker's last
+// heartbeat lay an hour in the future and its job read RUNNING for that
+// hour. The coordinator is stopped while its worker is killed and its clock
+// stepped, so that no heartbeat comes between them; libfaketime steps its
+// CLOCK_REALTIME alone, and the job's finish time (an hour ago) shows that it
+// did.
+TEST(ClusterTest, AWallClockSteppedBackDoesNotHideADeadWorker) {
+  const std::string faketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+  ASSERT_TRUE(std::filesystem::exists(faketime)) << faketime << ": install libfaketime (scripts/setup.sh does)";
+  testing::TempDir clock;
+  const std::string offset = clock.Join("offset");
+  testing::WriteFileOrDie(offset, "+0\n");
+  Cluster::Options o;
+  o.workers = 1;
+  o.coordinator_env = {"LD_PRELOAD=" + faketime, "FAKETIME_TIMESTAMP_FILE=" + offset, "FAKETIME_NO_CACHE=1",
+                       "FAKETIME_DONT_FAKE_MONOTONIC=1"};
+  Cluster c(o);
+  const std::string job = SubmitAndWaitForSteps(c, 200, "--world-size 1 --epochs 50 --batch-size 16 --max-restarts 0");
+  const pid_t worker = c.WorkerOf(job, 0), rank = c.RankPid(job, 1, 0);
+  ASSERT_GT(worker, 0);
+  ASSERT_GT(rank, 0);
+  ASSERT_EQ(::kill(c.coordinator_pid(), SIGSTOP), 0);
+  ASSERT_EQ(::kill(worker, SIGKILL), 0);
+  ASSERT_EQ(::kill(rank, SIGKILL), 0);
+  testing::WriteFileOrDie(offset, "-3600\n");
+  ASSERT_EQ(::kill(c.coordinator_pid(), SIGCONT), 0);
+  const std::string json = WaitForState(c, job, "FAILED", 30);
+  ASSERT_EQ(JsonString(json, "state"), "FAILED") << "the dead worker was not given up within 30 s: " << json;
+  EXPECT_NE(JsonString(json, "reason").find("stopped responding"), std::string::npos) << json;
+  const int64_t finished = std::stoll(nlohmann::json::parse(json).value("finished_unix_ms", "0"));
+  const int64_t real_now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+  EXPECT_NEAR(static_cast<double>(real_now - finished), 3'600'000.0, 60'000.0)
+      << "the coordinator's wall clock did not step back an hour";
+}
+
 // A worker that is frozen (SIGSTOP) past the worker timeout is given up; the
 // job restarts on the other worker. Its rank, a separate process, still
 // trains, and its stop cannot arrive while the worker is frozen: fencing

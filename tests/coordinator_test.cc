@@ -4,6 +4,7 @@
 // durable store is exercised by cluster_test's coordinator restarts, and here
 // by the notebook-phase test, which reopens its SQLite file.
 #include <filesystem>
+#include <functional>
 
 #include <gtest/gtest.h>
 
@@ -23,12 +24,14 @@ class CoordinatorTest : public ::testing::Test {
                   .exit_code,
               0);
   }
-  std::unique_ptr<Coordinator> Make(int max_bypass = 8, bool in_memory = true) {
+  std::unique_ptr<Coordinator> Make(int max_bypass = 8, bool in_memory = true,
+                                    const std::function<void(CoordinatorOptions&)>& more = {}) {
     CoordinatorOptions o;
     o.state_dir = dir_.Join("state");
     o.now_ms = [this] { return now_; };
     o.max_bypass = max_bypass;
     o.in_memory_store = in_memory;
+    if (more) more(o);
     auto c = Coordinator::Create(o);
     EXPECT_TRUE(c.ok()) << c.status();
     return std::move(*c);
@@ -75,6 +78,20 @@ class CoordinatorTest : public ::testing::Test {
     return *resp;
   }
   v1::JobState State(Coordinator& c, const std::string& job) { return c.GetJob(job)->state(); }
+  // `worker` reports that `job`'s rank 0 of `attempt` exited with code 1.
+  void FailRank(Coordinator& c, const std::string& worker, const std::string& job, int attempt,
+                const std::string& error) {
+    v1::HeartbeatRequest r;
+    r.set_worker_id(worker);
+    v1::RankStatus* s = r.add_ranks();
+    s->set_job_id(job);
+    s->set_attempt(attempt);
+    s->set_rank(0);
+    s->set_exited(true);
+    s->set_exit_code(1);
+    s->set_error(error);
+    ASSERT_TRUE(c.Heartbeat(r).ok());
+  }
 
   testing::TempDir dir_;
   int64_t now_ = 1000000;
@@ -283,6 +300,98 @@ TEST_F(CoordinatorTest, AStopNamesTheAttemptAndSparesTheNewOne) {
   EXPECT_EQ(j.reason(), "");
   ASSERT_EQ(j.failures_size(), 1);
   EXPECT_EQ(j.failures(0).reason(), "rank 0: Gloo timeout");
+}
+
+// A fault that lasts (a full disk, a peer machine rebooting) fails each
+// attempt as soon as it starts. Each restart waits twice as long as the one
+// before, from 3 heartbeat intervals (1.5 s) up to max_restart_backoff (5 s
+// here), so restarts are not all used up within seconds; the wait is in the
+// queue's reason and in the restart's event.
+TEST_F(CoordinatorTest, EachRestartWaitsTwiceAsLongAsTheOneBeforeUpToTheLimit) {
+  auto c = Make(8, true, [](CoordinatorOptions& o) { o.max_restart_backoff = std::chrono::milliseconds(5000); });
+  const std::string w = Worker(*c, 1);
+  const std::string job = Submit(*c, 1, false, /*max_restarts=*/4);
+  Beat(*c, w, {{job, 1, 0}});
+  ASSERT_EQ(State(*c, job), v1::RUNNING);
+  const std::vector<int64_t> waits = {1500, 3000, 5000, 5000};
+  const std::vector<std::string> said = {"1.5 s", "3.0 s", "5.0 s", "5.0 s"};
+  for (int attempt = 1; attempt <= 4; ++attempt) {
+    FailRank(*c, w, job, attempt, "No space left on device");
+    ASSERT_EQ(State(*c, job), v1::QUEUED) << c->GetJob(job)->reason();
+    const v1::Job queued = *c->GetJob(job);
+    const std::string& event = queued.events(queued.events_size() - 1).message();
+    EXPECT_NE(event.find("restart " + std::to_string(attempt) + " of 4, placed again in " + said[attempt - 1]),
+              std::string::npos)
+        << event;
+    now_ += waits[attempt - 1] - 100;
+    auto early = Beat(*c, w);
+    EXPECT_EQ(early.start_size(), 0) << "attempt " << attempt + 1 << " placed before its back-off ended";
+    EXPECT_NE(c->GetJob(job)->waiting().reason().find("restarting: placed again in 1 s"), std::string::npos)
+        << c->GetJob(job)->waiting().reason();
+    now_ += 100;
+    auto placed = Beat(*c, w);
+    ASSERT_EQ(placed.start_size(), 1) << "attempt " << attempt + 1 << " not placed when its back-off ended";
+    EXPECT_EQ(placed.start(0).attempt(), attempt + 1);
+    Beat(*c, w, {{job, attempt + 1, 0}});
+    ASSERT_EQ(State(*c, job), v1::RUNNING);
+  }
+  FailRank(*c, w, job, 5, "No space left on device");
+  EXPECT_EQ(State(*c, job), v1::FAILED);
+  EXPECT_NE(c->GetJob(job)->reason().find("and 4 more failed attempt(s)"), std::string::npos)
+      << c->GetJob(job)->reason();
+}
+
+// The wall clock can step (NTP correcting it, a VM restored from a
+// snapshot, an operator's `date -s`); timeouts are measured on a clock that
+// does not. Here the wall clock steps back an hour, then forward two, while
+// a worker that died just before the first step must still be given up
+// after the worker timeout, one that beats must never be, and the times
+// jobs record are the wall clock's. (cluster_test steps a real
+// coordinator's clock with libfaketime.)
+TEST_F(CoordinatorTest, AStepOfTheWallClockNeitherKeepsADeadWorkerNorKillsALiveOne) {
+  int64_t wall = 1'800'000'000'000;
+  auto c = Make(8, true, [&wall](CoordinatorOptions& o) {
+    o.elapsed_ms = o.now_ms;  // the fixture's fake clock: timeouts
+    o.now_ms = [&wall] { return wall; };
+  });
+  c->Tick();
+  const std::string dead = Worker(*c, 1), live = Worker(*c, 1);
+  const std::string job = Submit(*c, 1);
+  c->Tick();
+  const std::string on = c->GetJob(job)->workers(0);
+  const std::string other = on == dead ? live : dead;
+  Beat(*c, on, {{job, 1, 0}});
+  ASSERT_EQ(State(*c, job), v1::RUNNING);
+  // `on` dies here; the wall clock steps back an hour.
+  wall -= 3'600'000;
+  int ticks = 0;
+  while (State(*c, job) == v1::RUNNING && ticks < 100) {
+    now_ += 100;
+    wall += 100;
+    Beat(*c, other);
+    c->Tick();
+    ++ticks;
+  }
+  EXPECT_EQ(State(*c, job), v1::FAILED) << "a dead worker was kept after the wall clock stepped back";
+  EXPECT_EQ(ticks, 31) << "given up after " << ticks * 100 << " ms; the worker timeout is 3000";
+  EXPECT_NE(c->GetJob(job)->reason().find("stopped responding"), std::string::npos) << c->GetJob(job)->reason();
+  EXPECT_EQ(c->GetJob(job)->finished_unix_ms(), wall) << "recorded times are the wall clock's";
+  // Forward two hours: the worker that beats stays live.
+  wall += 7'200'000;
+  for (int i = 0; i < 10; ++i) {
+    now_ += 500;
+    wall += 500;
+    Beat(*c, other);
+    c->Tick();
+  }
+  const v1::ListWorkersResponse workers = c->ListWorkers();
+  ASSERT_EQ(workers.workers_size(), 2);
+  for (const auto& w : workers.workers()) {
+    EXPECT_EQ(w.state(), w.worker_id() == other ? "live" : "gone") << w.worker_id();
+    if (w.worker_id() == other) {
+      EXPECT_LE(w.seconds_since_heartbeat(), 0.5);
+    }
+  }
 }
 
 // What the ranks report and write comes from processes that read users'

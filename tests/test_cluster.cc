@@ -74,6 +74,10 @@ void TestCluster::StartCoordinator() {
                              "--http-listen", "127.0.0.1:" + std::to_string(dashboard_port_)});
   }
   argv.insert(argv.end(), options_.coordinator_flags.begin(), options_.coordinator_flags.end());
+  if (!options_.coordinator_env.empty()) {
+    argv.insert(argv.begin(), options_.coordinator_env.begin(), options_.coordinator_env.end());
+    argv.insert(argv.begin(), "/usr/bin/env");
+  }
   coordinator_ = &procs_.Start(argv, "coordinator.log");
   for (int i = 0; i < 300 && RunCommand(Dfc("list")).exit_code != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));

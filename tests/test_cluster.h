@@ -47,6 +47,8 @@ class TestCluster {
     int workers = 0;
     int servers = 0;
     std::vector<std::string> coordinator_flags = {"--heartbeat-ms", "200", "--worker-timeout-ms", "1500"};
+    // NAME=VALUE pairs in the coordinator's environment alone (it runs through env(1)).
+    std::vector<std::string> coordinator_env = {};
     std::vector<std::string> worker_flags = {"--cpu-slots", "1"};
     std::vector<std::string> server_flags = {"--device", "cpu"};
     // The operator's endpoints: --metrics-listen on every process and the
