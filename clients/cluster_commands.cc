@@ -499,9 +499,11 @@ int RunClusterUp(const ClusterArgs& a) {
                                                     [](const v1::WorkerSummary& w) { return w.state() == "live"; }));
     if (live >= a.workers && servers.addresses_size() >= a.servers) {
       for (Subprocess& p : procs) p.Release();
-      std::printf("cluster up: coordinator %s, %d worker(s) x %d slot(s), evaluation server(s) %s, state %s\n",
-                  listen.c_str(), a.workers, a.cpu_slots, absl::StrJoin(servers.addresses(), ",").c_str(),
-                  state.c_str());
+      const std::string evaluation = servers.addresses().empty()
+                                         ? "no evaluation server"
+                                         : "evaluation server(s) " + absl::StrJoin(servers.addresses(), ",");
+      std::printf("cluster up: coordinator %s, %d worker(s) x %d slot(s), %s, state %s\n", listen.c_str(), a.workers,
+                  a.cpu_slots, evaluation.c_str(), state.c_str());
       if (!http.empty()) std::printf("dashboard: http://%s/\n", http.c_str());
       for (const auto& [who, addr] : metrics) std::printf("metrics: %s http://%s/metrics\n", who.c_str(), addr.c_str());
       return kExitOk;
