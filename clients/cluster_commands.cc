@@ -384,10 +384,6 @@ std::string ConcretePort(const std::string& listen) {
   return BoundAddress(listen, PickFreePort());
 }
 
-std::string SiblingBinary(const std::string& name) {
-  return (fs::path(SelfExecutable()).parent_path() / name).string();
-}
-
 int RunClusterUp(const ClusterArgs& a) {
   if (a.state.empty()) return ReportError(absl::InvalidArgumentError("cluster up: --state is required"));
   // The workers and servers are told the coordinator's address, so port 0
@@ -420,14 +416,14 @@ int RunClusterUp(const ClusterArgs& a) {
     metrics.emplace_back(who, ConcretePort("127.0.0.1:0"));
     argv.insert(argv.end(), {"--metrics-listen", metrics.back().second});
   };
-  std::vector<std::string> coordinator = {SiblingBinary("dfc-coordinator"), "--listen", listen, "--state",
+  std::vector<std::string> coordinator = {SiblingExecutable("dfc-coordinator"), "--listen", listen, "--state",
                                           state.string()};
   const std::string http = ConcretePort(a.http_listen);
   if (!http.empty()) coordinator.insert(coordinator.end(), {"--http-listen", http});
   with_metrics(coordinator, "coordinator");
   if (absl::Status st = spawn(coordinator, "coordinator.log"); !st.ok()) return ReportError(st);
   for (int r = 0; r < a.servers; ++r) {
-    std::vector<std::string> argv = {SiblingBinary("dfc-server"), "--coordinator", listen, "--listen",
+    std::vector<std::string> argv = {SiblingExecutable("dfc-server"), "--coordinator", listen, "--listen",
                                      a.server_listen, "--models-dir", (state / "models").string()};
     if (a.gpus == 0) argv.insert(argv.end(), {"--device", "cpu"});
     with_metrics(argv, absl::StrCat("server-", r));
@@ -437,7 +433,7 @@ int RunClusterUp(const ClusterArgs& a) {
   // its part, not by all of them.
   const int cpus_per_worker = CpuShare(UsableCpus(), a.workers);
   for (int w = 0; w < a.workers; ++w) {
-    std::vector<std::string> argv = {SiblingBinary("dfc-worker"), "--coordinator", listen, "--cpu-slots",
+    std::vector<std::string> argv = {SiblingExecutable("dfc-worker"), "--coordinator", listen, "--cpu-slots",
                                      std::to_string(a.cpu_slots), "--cpus", std::to_string(cpus_per_worker),
                                      "--work-dir", (state / absl::StrCat("workers/worker-", w)).string()};
     if (a.gpus != 0) argv.insert(argv.end(), {"--gpus", std::to_string(a.gpus)});

@@ -30,6 +30,20 @@ std::vector<std::string>& CommandLine();
 // Each Add*Command registers a subcommand on `app` and sets *run to the
 // function main() calls when that subcommand was chosen.
 using RunFn = std::function<int()>;
+
+// main() of dfc and of dfc-torch: records argv (CommandLine), parses it
+// (one subcommand required; help, version and usage errors printed as CLI11
+// prints them; a usage error exits kExitBadInput) and runs the command
+// chosen. An exception escaping it is reported as an internal error rather
+// than "terminate called" and a core dump.
+int ParseAndRun(CLI::App& app, int argc, char** argv, const RunFn* run);
+
+// The commands that run a model (train, predict) are in dfc-torch, the one
+// part of the client that links LibTorch, so that every other command starts
+// in milliseconds instead of after LibTorch's half a second of start-up.
+// These register them on dfc: each execs dfc-torch (beside dfc) with its own
+// arguments, help included.
+void AddModelCommandsOfDfcTorch(CLI::App& app, RunFn* run);
 void AddPredictCommand(CLI::App& app, RunFn* run);
 void AddSynthCommand(CLI::App& app, RunFn* run);
 void AddShardCommand(CLI::App& app, RunFn* run);

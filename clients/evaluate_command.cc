@@ -25,10 +25,10 @@
 #include "common/metrics.h"
 #include "common/progress.h"
 #include "common/sha256.h"
+#include "common/training_config.h"
 #include "common/utf8.h"
 #include "data_shards/dataset_scan.h"
 #include "dfc/v1/dfc.grpc.pb.h"
-#include "models/detector.h"
 
 namespace dfc {
 namespace fs = std::filesystem;
@@ -600,7 +600,7 @@ void AddEvaluateCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> 
   auto i = std::make_shared<ImportArgs>();
   CLI::App* imp = app.add_subcommand("import", "Register Keras .h5 weights or a DFC checkpoint as a named model");
   imp->add_option("--name", i->name, "Model name")->required();
-  imp->add_option("--model", i->arch, "Architecture")->required()->check(CLI::IsMember(DetectorNames()));
+  imp->add_option("--model", i->arch, "Architecture")->required()->check(CLI::IsMember(KnownModels()));
   imp->add_option("--weights", i->weights, "Weights file")->required();
   imp->add_flag("--replace", i->replace, "Overwrite a model of that name");
   imp->add_flag("--json", c->json, "Print the model as JSON");

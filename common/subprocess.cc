@@ -32,6 +32,12 @@ std::string SelfExecutable() {
   return n > 0 ? std::string(exe, static_cast<size_t>(n)) : "/proc/self/exe";
 }
 
+std::string SiblingExecutable(const std::string& name) {
+  const std::string self = SelfExecutable();
+  const size_t slash = self.rfind('/');
+  return (slash == std::string::npos ? std::string(".") : self.substr(0, slash)) + "/" + name;
+}
+
 int PickFreePort() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return 0;

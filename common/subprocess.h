@@ -16,6 +16,9 @@ namespace dfc {
 // The absolute path of the running executable (to re-launch it or find its
 // sibling binaries); "/proc/self/exe" if it cannot be read.
 std::string SelfExecutable();
+// The program `name` in the running executable's directory (dfc-worker
+// beside dfc, dfc-decode beside dfc-server).
+std::string SiblingExecutable(const std::string& name);
 
 // A TCP port on 127.0.0.1 that was free a moment ago (0 if none could be had).
 int PickFreePort();

@@ -14,7 +14,7 @@ COPY . .
 # the stage reuses what scripts/setup.sh compiled; otherwise the cache mount.
 ARG DFC_CCACHE_DIR=/root/.cache/ccache
 RUN --mount=type=cache,target=/root/.cache/ccache \
-    CCACHE_DIR=$DFC_CCACHE_DIR scripts/setup.sh --binaries-only && strip build/bin/dfc build/bin/dfc-coordinator build/bin/dfc-worker build/bin/dfc-server build/bin/dfc-decode
+    CCACHE_DIR=$DFC_CCACHE_DIR scripts/setup.sh --binaries-only && strip build/bin/dfc build/bin/dfc-torch build/bin/dfc-coordinator build/bin/dfc-worker build/bin/dfc-server build/bin/dfc-decode
 
 # Runtime: the shared libraries the binaries link, nothing to build with.
 FROM debian:12
@@ -25,7 +25,7 @@ RUN apt-get update -q && apt-get install -y -q --no-install-recommends \
       libprometheus-cpp-core1.0 libcpp-httplib0.11 \
     && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /var/cache/debconf/*-old \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin dfc
-COPY --from=build /src/build/bin/dfc /src/build/bin/dfc-coordinator /src/build/bin/dfc-worker /src/build/bin/dfc-server /src/build/bin/dfc-decode /opt/dfc/bin/
+COPY --from=build /src/build/bin/dfc /src/build/bin/dfc-torch /src/build/bin/dfc-coordinator /src/build/bin/dfc-worker /src/build/bin/dfc-server /src/build/bin/dfc-decode /opt/dfc/bin/
 ENV PATH=/opt/dfc/bin:$PATH
 USER 10001:10001
 ENTRYPOINT ["/opt/dfc/bin/dfc"]

@@ -30,7 +30,7 @@ WORKDIR /src
 COPY . .
 COPY --from=deps /deps /src/deps
 RUN PYTHON=/opt/torch/bin/python scripts/build_cuda.sh --deps deps \
-    && strip build-cuda/bin/dfc build-cuda/bin/dfc-coordinator build-cuda/bin/dfc-worker build-cuda/bin/dfc-server build-cuda/bin/dfc-decode \
+    && strip build-cuda/bin/dfc build-cuda/bin/dfc-torch build-cuda/bin/dfc-coordinator build-cuda/bin/dfc-worker build-cuda/bin/dfc-server build-cuda/bin/dfc-decode \
     && mkdir -p /opt/dfc/deps \
     && cp -a deps/root/usr/lib/x86_64-linux-gnu/*.so.* /opt/dfc/deps/
 
@@ -41,7 +41,7 @@ FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-${UBUNTU}
 COPY --from=build /opt/torch/lib/python3.12/site-packages/torch/lib /opt/dfc/site-packages/torch/lib
 COPY --from=build /opt/torch/lib/python3.12/site-packages/nvidia /opt/dfc/site-packages/nvidia
 COPY --from=build /opt/dfc/deps /opt/dfc/deps
-COPY --from=build /src/build-cuda/bin/dfc /src/build-cuda/bin/dfc-coordinator /src/build-cuda/bin/dfc-worker /src/build-cuda/bin/dfc-server /src/build-cuda/bin/dfc-decode /opt/dfc/bin/
+COPY --from=build /src/build-cuda/bin/dfc /src/build-cuda/bin/dfc-torch /src/build-cuda/bin/dfc-coordinator /src/build-cuda/bin/dfc-worker /src/build-cuda/bin/dfc-server /src/build-cuda/bin/dfc-decode /opt/dfc/bin/
 RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin dfc
 ENV PATH=/opt/dfc/bin:$PATH \
     LD_LIBRARY_PATH=/opt/dfc/site-packages/torch/lib:/opt/dfc/site-packages/nvidia/nccl/lib:/opt/dfc/deps

@@ -10,7 +10,6 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -143,7 +142,7 @@ int main(int argc, char** argv) {
   decoding.memory_bytes = decode_memory_mb << 20;
   decoding.timeout = std::chrono::milliseconds(decode_timeout_ms);
   if (decoding.processes > 0) {
-    decoding.program = (std::filesystem::path(dfc::SelfExecutable()).parent_path() / "dfc-decode").string();
+    decoding.program = dfc::SiblingExecutable("dfc-decode");
   }
   if (absl::Status st = ReadToken(&sec.token); !st.ok()) return Fail(std::string(st.message()));
   if (absl::Status st = ReadToken(&upstream.token); !st.ok()) {

@@ -74,6 +74,26 @@ TEST(ArchitectureTest, CoordinatorLinksNoTorch) {
   }
 }
 
+// The client's commands start at once: dfc links no LibTorch (its start-up
+// alone took half a second, for `dfc list` as for `dfc train`). train and
+// predict run in dfc-torch, which dfc execs: that one needs LibTorch.
+TEST(ArchitectureTest, TheClientLinksNoTorchAndExecsDfcTorchForTheModelCommands) {
+  const std::set<std::string> dfc = Needed(testing::DfcBinary());
+  ASSERT_FALSE(dfc.empty());
+  for (const std::string& lib : dfc) EXPECT_FALSE(IsMlLibrary(lib)) << "dfc needs " << lib;
+  const std::set<std::string> torch = Needed(BinDir() + "/dfc-torch");
+  EXPECT_TRUE(std::any_of(torch.begin(), torch.end(), IsMlLibrary)) << "dfc-torch should need LibTorch";
+  // `dfc train --help` is dfc-torch's help for train, under dfc's name.
+  auto help = RunCommand(testing::DfcBinary() + " train --help");
+  EXPECT_EQ(help.exit_code, 0) << help.err;
+  EXPECT_NE(help.out.find("Usage: dfc train [OPTIONS]"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("--world-size"), std::string::npos) << help.out;
+  // A usage error there is dfc's usage error (exit 2), naming the option.
+  auto bad = RunCommand(testing::DfcBinary() + " predict --model meso4 --weights w.h5");
+  EXPECT_EQ(bad.exit_code, 2) << bad.out << bad.err;
+  EXPECT_NE(bad.err.find("images is required"), std::string::npos) << bad.err;
+}
+
 // dfc-server's image decoder (serving/decoder_pool.h) parses what clients
 // send: it links the image codec and the sandbox, neither LibTorch nor gRPC.
 TEST(ArchitectureTest, ImageDecoderLinksNoTorchAndNoRpc) {

@@ -72,9 +72,13 @@ TEST_F(ImagesTest, TheImageHoldsTheProgramsAndNothingToBuildWith) {
                              " grep -rqs bookworm-security /etc/apt/sources.list /etc/apt/sources.list.d && echo security;"
                              " ls /opt/dfc/bin'"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, "10001\nsecurity\ndfc\ndfc-coordinator\ndfc-decode\ndfc-server\ndfc-worker\n")
+  EXPECT_EQ(r.out, "10001\nsecurity\ndfc\ndfc-coordinator\ndfc-decode\ndfc-server\ndfc-torch\ndfc-worker\n")
       << "expected uid 10001, no compiler, no package lists or archives, no source tree, Debian's security updates"
          " in the apt sources; got:\n" << r.out;
+  // dfc (the entrypoint) runs train and predict in dfc-torch beside it.
+  auto train = RunCommand(Podman(std::string("run --rm --network=host ") + kImage + " train --help"));
+  EXPECT_EQ(train.exit_code, 0) << train.err;
+  EXPECT_NE(train.out.find("Usage: dfc train [OPTIONS]"), std::string::npos) << train.out << train.err;
   auto size = RunCommand(Podman(std::string("image inspect --format '{{.Size}}' ") + kImage));
   std::printf("dfc:cpu: %s bytes\n", size.out.c_str());
 }
