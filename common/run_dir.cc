@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <limits>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -58,6 +59,34 @@ absl::Status CheckOwnedBy(const std::string& dir, int attempt) {
                                            "stopping without writing"));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckClaimedFor(const std::string& dir, int attempt, std::chrono::milliseconds wait) {
+  const std::string path = AttemptFile(dir);
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  std::string found;
+  while (true) {
+    absl::StatusOr<std::string> text = ReadFile(path, 64);
+    if (text.ok()) {
+      int owner = 0;
+      if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &owner)) {
+        return absl::DataLossError(absl::StrCat("'", path, "' does not hold an attempt number"));
+      }
+      if (owner == attempt) return absl::OkStatus();
+      if (owner > attempt) return CheckOwnedBy(dir, attempt);
+      found = absl::StrCat("it names attempt ", owner);
+    } else if (absl::IsNotFound(text.status())) {
+      found = "there is none";
+    } else {
+      return text.status();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the coordinator claimed the run directory '", dir, "' for attempt ", attempt, " in its 'attempt' file, but ",
+      found, " on this worker: this worker does not see the coordinator's --output-root (the coordinator and "
+      "every worker need the same shared storage at that path)"));
 }
 
 std::string CheckpointSummary::ToJson() const {

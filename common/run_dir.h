@@ -1,6 +1,7 @@
 #ifndef DFC_COMMON_RUN_DIR_H_
 #define DFC_COMMON_RUN_DIR_H_
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -56,6 +57,15 @@ absl::Status ClaimForAttempt(const std::string& dir, int attempt);
 // OK when `attempt` still owns `dir` (or no attempt was recorded: `dfc
 // train`); ABORTED naming both attempts when a later one does.
 absl::Status CheckOwnedBy(const std::string& dir, int attempt);
+// A cluster rank's first check, before it reads or writes anything there:
+// the coordinator claimed `dir` for exactly this attempt. A later attempt
+// there is ABORTED (as CheckOwnedBy). No claim, or an earlier attempt's,
+// after waiting up to `wait` for shared storage to show it, means this
+// worker does not see the coordinator's --output-root (another volume, or
+// none, at that path): FAILED_PRECONDITION saying so, since the rank would
+// train into a directory nobody else reads, and a restart elsewhere would
+// start over.
+absl::Status CheckClaimedFor(const std::string& dir, int attempt, std::chrono::milliseconds wait);
 
 // What a checkpoint's sidecar records.
 struct CheckpointSummary {

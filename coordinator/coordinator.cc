@@ -441,6 +441,9 @@ void Coordinator::FillWaitingLocked(v1::Job* job, const std::vector<std::string>
     w->set_can_never_fit(true);
     reason = absl::StrCat("needs ", need, " slots; the live workers have ", capacity,
                           " in all: it cannot run until more workers join");
+  } else if (auto unclaimed = unclaimed_.find(job->job_id()); unclaimed != unclaimed_.end()) {
+    reason = absl::StrCat(unclaimed->second, " (tried again every ", 3 * options_.heartbeat_interval.count() / 1000.0,
+                          " s)");
   } else if (backoff != not_before_ms_.end() && now < backoff->second) {
     reason = absl::StrCat("restarting: placed again in ", (backoff->second - now + 999) / 1000, " s");
   } else if (free < need) {
@@ -573,11 +576,29 @@ void Coordinator::ScheduleLocked() {
       }
       continue;
     }
+    // Fencing: from now on a rank of an earlier attempt that still runs (its
+    // worker frozen or cut off) writes nothing more to the run directory, and
+    // a rank that does not find this claim is on a worker that does not share
+    // the output root. A job whose run directory cannot be claimed (a full
+    // or unwritable output root) waits, and is tried again after a back-off.
+    const int attempt = job.attempt() + 1;
+    if (absl::Status st = run_dir::ClaimForAttempt(job.output_dir(), attempt); !st.ok()) {
+      const std::string why = absl::StrCat("cannot claim its run directory for attempt ", attempt, ": ", st.message());
+      if (unclaimed_[id] != why) std::fprintf(stderr, "dfc-coordinator: %s %s\n", id.c_str(), why.c_str());
+      unclaimed_[id] = why;
+      not_before_ms_[id] = now + 3 * options_.heartbeat_interval.count();
+      if (head.empty()) {
+        head = id;
+        if (bypassed_[head] >= options_.max_bypass) break;
+      }
+      continue;
+    }
+    unclaimed_.erase(id);
     if (!head.empty()) ++bypassed_[head];
     bypassed_.erase(id);
     std::sort(free.begin(), free.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
     ActiveJob a;
-    a.attempt = job.attempt() + 1;
+    a.attempt = attempt;
     a.scheduled_ms = now;
     for (auto& [f, wid] : free) {
       while (f > 0 && static_cast<int>(a.ranks.size()) < job.world_size()) {
@@ -589,12 +610,6 @@ void Coordinator::ScheduleLocked() {
     }
     a.store_host = workers_[a.ranks[0].worker_id].address;
     a.rendezvous_key = RandomHexToken();
-    // Fencing: from now on a rank of an earlier attempt that still runs
-    // (its worker frozen or cut off) writes nothing more to the run directory.
-    if (absl::Status st = run_dir::ClaimForAttempt(job.output_dir(), a.attempt); !st.ok()) {
-      std::fprintf(stderr, "dfc-coordinator: %s: cannot record attempt %d in its run directory: %s\n", id.c_str(),
-                   a.attempt, std::string(st.message()).c_str());
-    }
     not_before_ms_.erase(id);
     job.set_attempt(a.attempt);
     job.set_state(v1::SCHEDULED);

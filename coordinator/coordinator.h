@@ -214,6 +214,8 @@ class Coordinator {
   // A restarted job waits a couple of heartbeats before it is placed again,
   // so that a worker that just died has stopped looking alive.
   std::map<std::string, int64_t> not_before_ms_ ABSL_GUARDED_BY(mu_);
+  // Queued jobs whose run directory could not be claimed: why (status says it).
+  std::map<std::string, std::string> unclaimed_ ABSL_GUARDED_BY(mu_);
   // Queue head -> jobs started ahead of it so far (bounded by max_bypass).
   std::map<std::string, int> bypassed_ ABSL_GUARDED_BY(mu_);
   int TotalLiveSlotsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

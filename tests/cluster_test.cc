@@ -580,6 +580,35 @@ std::string SubmitUntilFailed(Cluster& c, const std::string& shards, const std::
   return json;
 }
 
+// A worker that does not see the coordinator's --output-root (a pod without
+// the shared volume, a machine without the NFS mount) used to train into a
+// directory of its own at that path: the job SUCCEEDED with its checkpoints
+// where neither the coordinator, the evaluation servers nor a restarted
+// attempt could find them. The rank now finds no claim of the run directory
+// there and the job fails at once, not retried, saying why. The worker runs
+// in its own mount namespace with an empty tmpfs over the output root.
+TEST(ClusterTest, AWorkerThatDoesNotShareTheOutputRootFailsTheJobSayingSo) {
+  testing::TempDir outside;
+  const std::string root = outside.Join("jobs");
+  std::filesystem::create_directories(root);
+  Cluster::Options o;
+  o.workers = 1;
+  o.coordinator_flags = {"--heartbeat-ms", "200", "--worker-timeout-ms", "1500", "--output-root", root};
+  o.worker_prefix = {"/usr/bin/unshare", "-rm", "/bin/sh", "-c", "mount -t tmpfs none \"$0\" && exec \"$@\"", root};
+  Cluster c(o);
+  const std::string shards = testing::SyntheticShards(c.dir(), 64);
+  const std::string json = SubmitUntilFailed(c, shards, "--epochs 1 --max-restarts 3");
+  EXPECT_EQ(JsonInt(json, "restarts"), 0) << "a worker without the output root is not a transient fault: " << json;
+  const std::string reason = JsonString(json, "reason");
+  std::printf("reason: %s\n", reason.c_str());
+  EXPECT_NE(reason.find("permanent"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("this worker does not see the coordinator's --output-root"), std::string::npos) << reason;
+  // The coordinator's side of the run directory holds its claim and nothing trained.
+  const std::string out = JsonString(json, "output_dir");
+  EXPECT_EQ(testing::ReadFileOrDie(out + "/attempt"), "1\n");
+  EXPECT_FALSE(std::filesystem::exists(out + "/metrics.jsonl"));
+}
+
 // A permanent error is not retried: a corrupt shard fails the job at once,
 // and the rank's own message (shard and offset) is the job's reason.
 TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {

@@ -341,6 +341,40 @@ TEST_F(CoordinatorTest, EachRestartWaitsTwiceAsLongAsTheOneBeforeUpToTheLimit) {
       << c->GetJob(job)->reason();
 }
 
+// A job whose run directory cannot be claimed (the output root full, or
+// not writable: here a file stands where the directory goes) is not placed:
+// its ranks would not find the claim. It waits saying why, and is placed
+// once the claim succeeds.
+TEST_F(CoordinatorTest, AJobWhoseRunDirectoryCannotBeClaimedWaitsSayingWhy) {
+  auto c = Make();
+  const std::string w = Worker(*c, 1);
+  const std::string job = Submit(*c, 1);
+  // Submit may have placed it already; take a job that is still queued.
+  const std::string queued = Submit(*c, 1);
+  ASSERT_EQ(State(*c, queued), v1::QUEUED);
+  const std::string out = c->GetJob(queued)->output_dir();
+  std::error_code ec;
+  std::filesystem::remove_all(out, ec);
+  testing::WriteFileOrDie(out, "not a directory");
+  Beat(*c, w, {{job, 1, 0}});
+  FailRank(*c, w, job, 1, "done");  // frees the slot (no restarts: FAILED)
+  ASSERT_EQ(State(*c, job), v1::FAILED);
+  for (int i = 0; i < 3; ++i) {
+    now_ += 2000;
+    EXPECT_EQ(Beat(*c, w).start_size(), 0) << "placed without its claim";
+  }
+  EXPECT_EQ(State(*c, queued), v1::QUEUED);
+  const std::string reason = c->GetJob(queued)->waiting().reason();
+  EXPECT_NE(reason.find("cannot claim its run directory for attempt 1: "), std::string::npos) << reason;
+  EXPECT_NE(reason.find("(tried again every 1.5 s)"), std::string::npos) << reason;
+  std::filesystem::remove(out);
+  now_ += 2000;
+  auto placed = Beat(*c, w);
+  ASSERT_EQ(placed.start_size(), 1);
+  EXPECT_EQ(placed.start(0).job_id(), queued);
+  EXPECT_EQ(testing::ReadFileOrDie(out + "/attempt"), "1\n");
+}
+
 // The wall clock can step (NTP correcting it, a VM restored from a
 // snapshot, an operator's `date -s`); timeouts are measured on a clock that
 // does not. Here the wall clock steps back an hour, then forward two, while

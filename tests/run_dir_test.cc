@@ -1,7 +1,10 @@
 // The run directory's fencing file: which attempt of a cluster job may write.
 #include "common/run_dir.h"
 
+#include <chrono>
+#include <filesystem>
 #include <string>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -32,6 +35,39 @@ TEST(RunDirTest, OnlyTheAttemptThatOwnsTheDirectoryMayWrite) {
   const absl::Status garbled = run_dir::CheckOwnedBy(out, 3);
   EXPECT_EQ(garbled.code(), absl::StatusCode::kDataLoss) << garbled;
   EXPECT_NE(garbled.message().find(run_dir::AttemptFile(out)), std::string::npos) << garbled;
+}
+
+// A cluster rank starts only where the coordinator's claim for its attempt
+// is visible. None there, or an earlier attempt's, after the wait, means the
+// worker does not share the coordinator's output root: FAILED_PRECONDITION
+// (permanent) saying so. A later attempt's claim fences it off (ABORTED).
+TEST(RunDirTest, ARankStartsOnlyWhereTheCoordinatorClaimedItsRunDirectory) {
+  testing::TempDir dir;
+  const std::string out = dir.Join("jobs/job-1");
+  const absl::Status none = run_dir::CheckClaimedFor(out, 1, std::chrono::milliseconds(300));
+  EXPECT_EQ(none.code(), absl::StatusCode::kFailedPrecondition) << none;
+  EXPECT_NE(none.message().find("but there is none on this worker: this worker does not see the coordinator's "
+                                "--output-root"),
+            std::string::npos)
+      << none;
+  EXPECT_FALSE(std::filesystem::exists(out)) << "the check created the run directory";
+  ASSERT_TRUE(run_dir::ClaimForAttempt(out, 1).ok());
+  EXPECT_TRUE(run_dir::CheckClaimedFor(out, 1, std::chrono::milliseconds(0)).ok());
+  const absl::Status earlier = run_dir::CheckClaimedFor(out, 2, std::chrono::milliseconds(0));
+  EXPECT_EQ(earlier.code(), absl::StatusCode::kFailedPrecondition) << earlier;
+  EXPECT_NE(earlier.message().find("for attempt 2 in its 'attempt' file, but it names attempt 1"), std::string::npos)
+      << earlier;
+  ASSERT_TRUE(run_dir::ClaimForAttempt(out, 3).ok());
+  EXPECT_EQ(run_dir::CheckClaimedFor(out, 2, std::chrono::milliseconds(0)).code(), absl::StatusCode::kAborted);
+  // Shared storage may show the claim late: it is waited for.
+  const std::string late = dir.Join("jobs/job-2");
+  std::thread claim([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    EXPECT_TRUE(run_dir::ClaimForAttempt(late, 1).ok());
+  });
+  const absl::Status waited = run_dir::CheckClaimedFor(late, 1, std::chrono::seconds(10));
+  claim.join();
+  EXPECT_TRUE(waited.ok()) << waited;
 }
 
 }  // namespace

@@ -100,6 +100,7 @@ Subprocess& TestCluster::AddWorker() {
   }
   argv.insert(argv.end(), options_.worker_flags.begin(), options_.worker_flags.end());
   AddMetricsFlag(argv, &worker_metrics_ports_);
+  argv.insert(argv.begin(), options_.worker_prefix.begin(), options_.worker_prefix.end());
   workers_.push_back(&procs_.Start(argv, "worker-" + std::to_string(i) + ".log"));
   return *workers_.back();
 }

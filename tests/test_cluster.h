@@ -50,6 +50,8 @@ class TestCluster {
     // NAME=VALUE pairs in the coordinator's environment alone (it runs through env(1)).
     std::vector<std::string> coordinator_env = {};
     std::vector<std::string> worker_flags = {"--cpu-slots", "1"};
+    // Words before each worker's argv: a wrapper that ends by exec'ing it.
+    std::vector<std::string> worker_prefix = {};
     std::vector<std::string> server_flags = {"--device", "cpu"};
     // The operator's endpoints: --metrics-listen on every process and the
     // coordinator's dashboard (--http-listen), each on a free port.

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/run_dir.h"
 #include "common/sandbox.h"
 #include "common/subprocess.h"
 #include "common/http/metrics_endpoint.h"
@@ -100,7 +102,12 @@ int main(int argc, char** argv) {
       return 2;
     }
     const bool confine = rank_sandbox == "on";
-    absl::Status st = confine ? ConfineRank(a) : absl::OkStatus();
+    // First, before anything is created there: the coordinator's claim of
+    // the run directory for this attempt must be visible on this worker.
+    absl::Status st = a.output_dir().empty()
+                          ? absl::OkStatus()  // no job to run: refused below, naming what it lacks
+                          : dfc::run_dir::CheckClaimedFor(a.output_dir(), a.attempt(), std::chrono::seconds(5));
+    if (st.ok() && confine) st = ConfineRank(a);
     if (!confine) std::printf("rank %d: not confined (a GPU rank, or dfc-worker --rank-sandbox-off)\n", a.rank());
     std::fflush(stdout);
     if (st.ok()) {
