@@ -85,9 +85,17 @@ void AddModelCommandsOfDfcTorch(CLI::App& app, RunFn* run) {
         c_argv.push_back(nullptr);
         std::fflush(stdout);
         ::execv(program.c_str(), c_argv.data());
+        const int beside = errno;
+        if (beside == ENOENT) {  // dfc alone was copied somewhere: dfc-torch on PATH will do
+          ::execvp("dfc-torch", c_argv.data());
+          if (errno != ENOENT) {
+            return ReportError(absl::FailedPreconditionError(absl::StrCat(
+                "dfc ", command, " runs in dfc-torch: cannot run the one on PATH: ", std::strerror(errno))));
+          }
+        }
         return ReportError(absl::FailedPreconditionError(
             absl::StrCat("dfc ", command, " runs in dfc-torch, which is installed beside dfc: cannot run ", program,
-                         ": ", std::strerror(errno))));
+                         ": ", std::strerror(beside), beside == ENOENT ? " (nor is there one on PATH)" : "")));
       };
     });
   }

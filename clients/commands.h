@@ -41,8 +41,8 @@ int ParseAndRun(CLI::App& app, int argc, char** argv, const RunFn* run);
 // The commands that run a model (train, predict) are in dfc-torch, the one
 // part of the client that links LibTorch, so that every other command starts
 // in milliseconds instead of after LibTorch's half a second of start-up.
-// These register them on dfc: each execs dfc-torch (beside dfc) with its own
-// arguments, help included.
+// These register them on dfc: each execs dfc-torch (beside dfc, else the one
+// on PATH) with its own arguments, help included.
 void AddModelCommandsOfDfcTorch(CLI::App& app, RunFn* run);
 void AddPredictCommand(CLI::App& app, RunFn* run);
 void AddSynthCommand(CLI::App& app, RunFn* run);

@@ -92,6 +92,21 @@ TEST(ArchitectureTest, TheClientLinksNoTorchAndExecsDfcTorchForTheModelCommands)
   auto bad = RunCommand(testing::DfcBinary() + " predict --model meso4 --weights w.h5");
   EXPECT_EQ(bad.exit_code, 2) << bad.out << bad.err;
   EXPECT_NE(bad.err.find("images is required"), std::string::npos) << bad.err;
+  // dfc copied alone somewhere finds dfc-torch on PATH, or says it has none.
+  testing::TempDir dir;
+  const std::string alone = dir.Join("dfc");
+  fs::copy_file(testing::DfcBinary(), alone);
+  fs::permissions(alone, fs::perms::owner_all);
+  auto on_path = RunCommand("PATH=" + BinDir() + ":/usr/bin:/bin " + alone + " train --help");
+  EXPECT_EQ(on_path.exit_code, 0) << on_path.err;
+  EXPECT_NE(on_path.out.find("Usage: dfc train [OPTIONS]"), std::string::npos) << on_path.out;
+  auto nowhere = RunCommand("PATH=/usr/bin:/bin " + alone + " train --help");
+  EXPECT_EQ(nowhere.exit_code, 1) << nowhere.out;
+  EXPECT_NE(nowhere.err.find("dfc train runs in dfc-torch, which is installed beside dfc: cannot run " +
+                             (fs::canonical(dir.path()) / "dfc-torch").string() +
+                             ": No such file or directory (nor is there one on PATH)"),
+            std::string::npos)
+      << nowhere.err;
 }
 
 // dfc-server's image decoder (serving/decoder_pool.h) parses what clients

@@ -486,8 +486,14 @@ TEST(ClusterTest, StoppedCoordinatorFailsNoJob) {
 // CLOCK_REALTIME alone, and the job's finish time (an hour ago) shows that it
 // did.
 TEST(ClusterTest, AWallClockSteppedBackDoesNotHideADeadWorker) {
-  const std::string faketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-  ASSERT_TRUE(std::filesystem::exists(faketime)) << faketime << ": install libfaketime (scripts/setup.sh does)";
+  std::string faketime;  // /usr/lib/<multiarch triplet>/faketime/
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/usr/lib", ec)) {
+    const std::filesystem::path lib = e.path() / "faketime" / "libfaketimeMT.so.1";
+    if (std::filesystem::exists(lib, ec)) faketime = lib.string();
+  }
+  ASSERT_FALSE(faketime.empty()) << "no /usr/lib/*/faketime/libfaketimeMT.so.1: install libfaketime (scripts/setup.sh "
+                                    "does)";
   testing::TempDir clock;
   const std::string offset = clock.Join("offset");
   testing::WriteFileOrDie(offset, "+0\n");
