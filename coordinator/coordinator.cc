@@ -156,18 +156,6 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
 }
 
 namespace {
-// The answer for a job id nobody has. The id is the caller's: one longer
-// than any job's is refused as such without being echoed whole, so the
-// message stays short whatever was sent (a 100 KB id came back whole).
-absl::Status NoSuchJob(const std::string& job_id) {
-  constexpr size_t kLongestId = 64;
-  if (job_id.size() > kLongestId) {
-    return absl::InvalidArgumentError(absl::StrCat("job_id: '", job_id.substr(0, 32), "...' is ", job_id.size(),
-                                                   " bytes long; job ids are at most ", kLongestId));
-  }
-  return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
-}
-
 // Whether `epoch` is one the job can have (1..config.epochs): what ranks
 // report or write is not trusted beyond it.
 bool IsJobEpoch(const v1::Job& job, int64_t epoch) { return epoch >= 1 && epoch <= job.config().epochs(); }
@@ -275,7 +263,7 @@ absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobReq
 absl::StatusOr<v1::Job> Coordinator::GetJob(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) return NoSuchJob(job_id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
   v1::Job job = it->second;
   FillWaitingLocked(&job, QueueOrderLocked());
   return job;
@@ -332,7 +320,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsReq
 absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) return NoSuchJob(job_id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
   v1::Job job = it->second;
   if (IsTerminal(job.state())) {
     return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already ended (",
@@ -351,7 +339,7 @@ absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
 absl::StatusOr<v1::Job> Coordinator::WaitForChange(const std::string& job_id, int64_t* version,
                                                    std::chrono::milliseconds timeout) {
   absl::MutexLock lock(&mu_);
-  if (!jobs_.count(job_id)) return NoSuchJob(job_id);
+  if (!jobs_.count(job_id)) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
   const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
   while (versions_[job_id] == *version && !changed_.WaitWithDeadline(&mu_, deadline)) {
   }
@@ -816,7 +804,7 @@ void Coordinator::AssignRanksLocked(const std::string& worker_id, v1::HeartbeatR
 absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(r.job_id());
-  if (it == jobs_.end()) return NoSuchJob(r.job_id());
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", r.job_id(), "'"));
   if (r.attempt() != it->second.attempt()) return absl::OkStatus();  // a stale rank
   v1::Job& job = it->second;
   if (r.has_progress()) *job.mutable_progress() = r.progress();
@@ -987,7 +975,7 @@ absl::StatusOr<v1::GetRankLogResponse> Coordinator::GetRankLog(const v1::GetRank
                                                                std::chrono::milliseconds wait) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(r.job_id());
-  if (it == jobs_.end()) return NoSuchJob(r.job_id());
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", r.job_id(), "'"));
   const v1::Job& job = it->second;
   if (job.placements().empty()) {
     return absl::FailedPreconditionError(absl::StrCat("job ", r.job_id(), " has not been placed yet (",

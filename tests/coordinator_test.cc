@@ -341,20 +341,6 @@ TEST_F(CoordinatorTest, EachRestartWaitsTwiceAsLongAsTheOneBeforeUpToTheLimit) {
       << c->GetJob(job)->reason();
 }
 
-// A job id is the caller's: one longer than any job's is refused as such,
-// and the answer quotes only its start, whatever its length.
-TEST_F(CoordinatorTest, AJobIdLongerThanAnyJobsIsRefusedWithoutBeingEchoedWhole) {
-  auto c = Make();
-  const auto huge = c->GetJob(std::string(4 << 20, 'a'));
-  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument) << huge.status().message().substr(0, 200);
-  EXPECT_LT(huge.status().message().size(), 200u);
-  EXPECT_NE(huge.status().message().find("is 4194304 bytes long; job ids are at most 64"), std::string::npos)
-      << huge.status().message().substr(0, 200);
-  const auto missing = c->GetJob("job-000000000000");
-  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(missing.status().message(), "job_id: no job 'job-000000000000'");
-}
-
 // A job whose run directory cannot be claimed (the output root full, or
 // not writable: here a file stands where the directory goes) is not placed:
 // its ranks would not find the claim. It waits saying why, and is placed
