@@ -44,49 +44,47 @@ absl::Status ClaimForAttempt(const std::string& dir, int attempt) {
   return WriteFileAtomically(AttemptFile(dir), absl::StrCat(attempt, "\n"));
 }
 
-absl::Status CheckOwnedBy(const std::string& dir, int attempt) {
+namespace {
+// The attempt `dir`'s attempt file records; 0 when there is no such file.
+absl::StatusOr<int> RecordedAttempt(const std::string& dir) {
   const std::string path = AttemptFile(dir);
   absl::StatusOr<std::string> text = ReadFile(path, 64);
-  if (absl::IsNotFound(text.status())) return absl::OkStatus();
+  if (absl::IsNotFound(text.status())) return 0;
   if (!text.ok()) return text.status();
   int owner = 0;
   if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &owner)) {
     return absl::DataLossError(absl::StrCat("'", path, "' does not hold an attempt number"));
   }
-  if (owner > attempt) {
-    return absl::AbortedError(absl::StrCat("attempt ", attempt, " no longer owns ", dir, ": the job was restarted as "
-                                           "attempt ", owner, " while this rank was cut off from the coordinator; "
-                                           "stopping without writing"));
-  }
-  return absl::OkStatus();
+  return owner;
+}
+
+absl::Status FencedOff(const std::string& dir, int attempt, int owner) {
+  return absl::AbortedError(absl::StrCat("attempt ", attempt, " no longer owns ", dir, ": the job was restarted as "
+                                         "attempt ", owner, " while this rank was cut off from the coordinator; "
+                                         "stopping without writing"));
+}
+}  // namespace
+
+absl::Status CheckOwnedBy(const std::string& dir, int attempt) {
+  DFC_ASSIGN_OR_RETURN(const int owner, RecordedAttempt(dir));
+  return owner > attempt ? FencedOff(dir, attempt, owner) : absl::OkStatus();
 }
 
 absl::Status CheckClaimedFor(const std::string& dir, int attempt, std::chrono::milliseconds wait) {
-  const std::string path = AttemptFile(dir);
   const auto deadline = std::chrono::steady_clock::now() + wait;
-  std::string found;
+  int owner = 0;
   while (true) {
-    absl::StatusOr<std::string> text = ReadFile(path, 64);
-    if (text.ok()) {
-      int owner = 0;
-      if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &owner)) {
-        return absl::DataLossError(absl::StrCat("'", path, "' does not hold an attempt number"));
-      }
-      if (owner == attempt) return absl::OkStatus();
-      if (owner > attempt) return CheckOwnedBy(dir, attempt);
-      found = absl::StrCat("it names attempt ", owner);
-    } else if (absl::IsNotFound(text.status())) {
-      found = "there is none";
-    } else {
-      return text.status();
-    }
+    DFC_ASSIGN_OR_RETURN(owner, RecordedAttempt(dir));
+    if (owner == attempt) return absl::OkStatus();
+    if (owner > attempt) return FencedOff(dir, attempt, owner);
     if (std::chrono::steady_clock::now() >= deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   return absl::FailedPreconditionError(absl::StrCat(
       "the coordinator claimed the run directory '", dir, "' for attempt ", attempt, " in its 'attempt' file, but ",
-      found, " on this worker: this worker does not see the coordinator's --output-root (the coordinator and "
-      "every worker need the same shared storage at that path)"));
+      owner == 0 ? "there is none" : absl::StrCat("it names attempt ", owner),
+      " on this worker: this worker does not see the coordinator's --output-root (the coordinator and every worker "
+      "need the same shared storage at that path)"));
 }
 
 std::string CheckpointSummary::ToJson() const {
