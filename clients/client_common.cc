@@ -64,8 +64,8 @@ int ParseAndRun(CLI::App& app, int argc, char** argv, const RunFn* run) {
 
 void AddModelCommandsOfDfcTorch(CLI::App& app, RunFn* run) {
   const std::pair<const char*, const char*> commands[] = {
-      {"predict", "Score images with a model: PATH<TAB>P(real)<TAB>logit per line"},
-      {"train", "Train a detector in this process on a shard directory"},
+      {"predict", kPredictAbout},
+      {"train", kTrainAbout},
   };
   for (const auto& [name, description] : commands) {
     CLI::App* cmd = app.add_subcommand(name, description);

@@ -44,6 +44,9 @@ int ParseAndRun(CLI::App& app, int argc, char** argv, const RunFn* run);
 // These register them on dfc: each execs dfc-torch (beside dfc, else the one
 // on PATH) with its own arguments, help included.
 void AddModelCommandsOfDfcTorch(CLI::App& app, RunFn* run);
+// Their one-line descriptions, the same in `dfc --help` and in dfc-torch.
+inline constexpr char kPredictAbout[] = "Score images with a model: PATH<TAB>P(real)<TAB>logit per line";
+inline constexpr char kTrainAbout[] = "Train a detector in this process on a shard directory";
 void AddPredictCommand(CLI::App& app, RunFn* run);
 void AddSynthCommand(CLI::App& app, RunFn* run);
 void AddShardCommand(CLI::App& app, RunFn* run);

@@ -56,7 +56,7 @@ int RunPredict(const PredictArgs& a) {
 
 void AddPredictCommand(CLI::App& app, RunFn* run) {
   auto args = std::make_shared<PredictArgs>();
-  CLI::App* cmd = app.add_subcommand("predict", "Score images with a model: PATH<TAB>P(real)<TAB>logit per line");
+  CLI::App* cmd = app.add_subcommand("predict", kPredictAbout);
   cmd->add_option("--model", args->model, "Architecture: mesoinception4, meso4 or resnet50-vggface")
       ->required()
       ->check(CLI::IsMember(DetectorNames()));

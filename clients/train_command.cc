@@ -85,7 +85,7 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
 }  // namespace
 
 void AddTrainCommand(CLI::App& app, RunFn* run) {
-  CLI::App* cmd = app.add_subcommand("train", "Train a detector in this process on a shard directory");
+  CLI::App* cmd = app.add_subcommand("train", kTrainAbout);
   // The flags `dfc submit` has (one set, one TrainingConfig), then those of a
   // local run only.
   auto config = std::make_shared<v1::TrainingConfig>();
