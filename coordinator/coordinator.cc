@@ -100,21 +100,21 @@ Coordinator::~Coordinator() {
 
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const CoordinatorOptions& in) {
   CoordinatorOptions o = in;
+  // A test that fakes the wall clock alone has it measure intervals too.
+  if (!o.elapsed_ms && o.now_ms) o.elapsed_ms = o.now_ms;
   if (!o.now_ms) {
     o.now_ms = [] {
       return std::chrono::duration_cast<std::chrono::milliseconds>(
                  std::chrono::system_clock::now().time_since_epoch())
           .count();
     };
-    if (!o.elapsed_ms) {
-      o.elapsed_ms = [] {
-        return std::chrono::duration_cast<std::chrono::milliseconds>(
-                   std::chrono::steady_clock::now().time_since_epoch())
-            .count();
-      };
-    }
   }
-  if (!o.elapsed_ms) o.elapsed_ms = o.now_ms;
+  if (!o.elapsed_ms) {
+    o.elapsed_ms = [] {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count();
+    };
+  }
   if (o.output_root.empty()) o.output_root = (fs::path(o.state_dir) / "jobs").string();
   std::error_code ec;
   fs::create_directories(o.state_dir, ec);
@@ -442,8 +442,7 @@ void Coordinator::FillWaitingLocked(v1::Job* job, const std::vector<std::string>
     reason = absl::StrCat("needs ", need, " slots; the live workers have ", capacity,
                           " in all: it cannot run until more workers join");
   } else if (auto unclaimed = unclaimed_.find(job->job_id()); unclaimed != unclaimed_.end()) {
-    reason = absl::StrCat(unclaimed->second, " (tried again every ", 3 * options_.heartbeat_interval.count() / 1000.0,
-                          " s)");
+    reason = absl::StrCat(unclaimed->second, " (tried again every ", RetryDelayMs() / 1000.0, " s)");
   } else if (backoff != not_before_ms_.end() && now < backoff->second) {
     reason = absl::StrCat("restarting: placed again in ", (backoff->second - now + 999) / 1000, " s");
   } else if (free < need) {
@@ -468,7 +467,7 @@ absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::stri
     // Each further restart waits twice as long, so a fault that lasts a while
     // (a full disk, a peer machine rebooting) does not use up every restart
     // within seconds.
-    int64_t backoff = 3 * options_.heartbeat_interval.count();
+    int64_t backoff = RetryDelayMs();
     for (int i = 1; i < job.restarts() && backoff < options_.max_restart_backoff.count(); ++i) backoff *= 2;
     backoff = std::min<int64_t>(backoff, options_.max_restart_backoff.count());
     not_before_ms_[job_id] = Elapsed() + backoff;
@@ -586,7 +585,7 @@ void Coordinator::ScheduleLocked() {
       const std::string why = absl::StrCat("cannot claim its run directory for attempt ", attempt, ": ", st.message());
       if (unclaimed_[id] != why) std::fprintf(stderr, "dfc-coordinator: %s %s\n", id.c_str(), why.c_str());
       unclaimed_[id] = why;
-      not_before_ms_[id] = now + 3 * options_.heartbeat_interval.count();
+      not_before_ms_[id] = now + RetryDelayMs();
       if (head.empty()) {
         head = id;
         if (bypassed_[head] >= options_.max_bypass) break;

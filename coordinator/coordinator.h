@@ -151,6 +151,10 @@ class Coordinator {
       : options_(std::move(options)), store_(std::move(store)) {}
   int64_t Now() const { return options_.now_ms(); }  // for timestamps
   int64_t Elapsed() const { return options_.elapsed_ms(); }  // for intervals
+  // How long a job waits before it is tried again (a first restart, an
+  // unclaimed run directory): three heartbeats, so a worker that just died
+  // has stopped looking alive.
+  int64_t RetryDelayMs() const { return 3 * options_.heartbeat_interval.count(); }
   absl::Status Save(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fails the job's current attempt: restarts it (QUEUED) while restarts are
   // left and the error is not permanent, else FAILED with the first error.
