@@ -219,6 +219,11 @@ absl::Status Coordinator::ReconcilePhaseLocked(v1::Job& job, const std::string& 
 
 absl::Status Coordinator::Save(const v1::Job& job) {
   DFC_RETURN_IF_ERROR(store_->Update(job));
+  Cache(job);
+  return absl::OkStatus();
+}
+
+void Coordinator::Cache(const v1::Job& job) {
   if (options_.on_job_change) {
     auto it = jobs_.find(job.job_id());
     options_.on_job_change(it == jobs_.end() ? nullptr : &it->second, job);
@@ -226,7 +231,6 @@ absl::Status Coordinator::Save(const v1::Job& job) {
   jobs_[job.job_id()] = job;  // callers pass a copy of the cached job, epochs included
   versions_[job.job_id()]++;
   changed_.SignalAll();
-  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobRequest& request) {
@@ -245,16 +249,22 @@ absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobReq
   } else if (capacity == 0) {
     warning = "no live workers yet; the job waits for them";
   }
-  DFC_ASSIGN_OR_RETURN(auto created, store_->Create(request, options_.output_root, Now()));
+  auto created = store_->Create(request, options_.output_root, Now());
+  if (!created.ok()) {
+    return absl::Status(created.status().code(), absl::StrCat("the job was not submitted: ", created.status().message()));
+  }
   v1::SubmitJobResponse resp;
-  resp.set_job_id(created.first.job_id());
-  resp.set_existing(created.second);
+  resp.set_job_id(created->first.job_id());
+  resp.set_existing(created->second);
   resp.set_warning(warning);
-  if (!created.second) {
-    v1::Job job = created.first;
+  if (!created->second) {
+    v1::Job job = created->first;
     AddEvent(job, "submitted", absl::StrCat("world size ", job.world_size(), ", priority ", job.priority(),
                                             warning.empty() ? "" : "; ", warning));
-    DFC_RETURN_IF_ERROR(Save(job));
+    // The job is written (Create); should its event not be, it is written
+    // with the job's next change.
+    (void)store_->Update(job);
+    Cache(job);
     ScheduleLocked();
   }
   return resp;
@@ -326,12 +336,14 @@ absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
     return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already ended (",
                                                       v1::JobState_Name(job.state()), ")"));
   }
-  StopRanks(job_id);
   job.set_state(v1::CANCELLED);
   job.set_reason("cancelled by request");
   job.set_finished_unix_ms(Now());
   AddEvent(job, "cancelled", "cancelled by request");
-  DFC_RETURN_IF_ERROR(Save(job));
+  if (absl::Status st = Save(job); !st.ok()) {  // nothing is stopped unless the cancel is written
+    return absl::Status(st.code(), absl::StrCat("the job was not cancelled: ", st.message()));
+  }
+  StopRanks(job_id);
   ScheduleLocked();
   return jobs_[job_id];
 }
@@ -457,9 +469,9 @@ void Coordinator::FillWaitingLocked(v1::Job* job, const std::vector<std::string>
 }
 
 absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::string& reason, bool permanent) {
-  StopRanks(job_id);
   v1::Job job = jobs_[job_id];
   RecordFailure(job, reason, permanent);
+  int64_t not_before = 0;
   if (!permanent && job.restarts() < job.max_restarts()) {
     job.set_restarts(job.restarts() + 1);
     job.set_state(v1::QUEUED);
@@ -470,7 +482,7 @@ absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::stri
     int64_t backoff = RetryDelayMs();
     for (int i = 1; i < job.restarts() && backoff < options_.max_restart_backoff.count(); ++i) backoff *= 2;
     backoff = std::min<int64_t>(backoff, options_.max_restart_backoff.count());
-    not_before_ms_[job_id] = Elapsed() + backoff;
+    not_before = Elapsed() + backoff;
     AddEvent(job, "restart", absl::StrCat("restart ", job.restarts(), " of ", job.max_restarts(), ", placed again in ",
                                           absl::StrFormat("%.1f", static_cast<double>(backoff) / 1000), " s: ", reason));
   } else {
@@ -489,7 +501,12 @@ absl::Status Coordinator::FailAttempt(const std::string& job_id, const std::stri
   }
   job.clear_workers();
   job.clear_progress();
-  return Save(job);
+  // The attempt ends once that is written; until then its ranks stay the
+  // job's (a failed write is tried again at the next heartbeat).
+  DFC_RETURN_IF_ERROR(Save(job));
+  StopRanks(job_id);
+  if (not_before > 0) not_before_ms_[job_id] = not_before;
+  return absl::OkStatus();
 }
 
 void Coordinator::CreditOwnPauseLocked() {
@@ -517,21 +534,23 @@ void Coordinator::ExpireWorkersLocked() {
     gone_.emplace_back(id, workers_[id]);
     if (gone_.size() > 16) gone_.pop_front();
     workers_.erase(id);
-    std::vector<std::string> hit;
-    for (const auto& [job_id, a] : active_) {
-      for (const RankSlot& s : a.ranks) {
-        if (s.worker_id == id) {
-          hit.push_back(job_id);
-          break;
-        }
+  }
+  // Attempts with a rank on a worker that is gone, now or at an earlier tick
+  // whose failure could not be written (the store logs why; tried again here).
+  std::vector<std::pair<std::string, std::string>> hit;  // job, worker
+  for (const auto& [job_id, a] : active_) {
+    for (const RankSlot& s : a.ranks) {
+      if (!workers_.count(s.worker_id)) {
+        hit.emplace_back(job_id, s.worker_id);
+        break;
       }
     }
-    for (const std::string& job_id : hit) {
-      absl::Status st = FailAttempt(job_id, absl::StrCat("worker ", id, " stopped responding"));
-      if (!st.ok()) std::fprintf(stderr, "dfc-coordinator: cannot record the failure of %s: %s\n", job_id.c_str(),
-                                 std::string(st.message()).c_str());
-    }
-    stop_.erase(id);
+  }
+  for (const auto& [job_id, worker_id] : hit) {
+    (void)FailAttempt(job_id, absl::StrCat("worker ", worker_id, " stopped responding"));
+  }
+  for (auto it = stop_.begin(); it != stop_.end();) {  // nobody is left to tell
+    it = workers_.count(it->first) ? std::next(it) : stop_.erase(it);
   }
 }
 
@@ -626,9 +645,7 @@ void Coordinator::ScheduleLocked() {
       if (job.placements_size() > 20) job.mutable_placements()->DeleteSubrange(0, job.placements_size() - 20);
     }
     active_[id] = std::move(a);
-    if (absl::Status st = Save(job); !st.ok()) {
-      std::fprintf(stderr, "dfc-coordinator: cannot record the placement of %s: %s\n", id.c_str(),
-                   std::string(st.message()).c_str());
+    if (!Save(job).ok()) {  // the store logs why; placed again at the next tick
       active_.erase(id);
       jobs_[id].set_state(v1::QUEUED);
       return;
@@ -646,7 +663,6 @@ void Coordinator::RequeueUnstartedLocked() {
     }
   }
   for (const std::string& id : late) {
-    StopRanks(id);
     v1::Job job = jobs_[id];
     RecordFailure(job, absl::StrCat("rank 0 did not start within ", options_.schedule_timeout.count() / 1000,
                                     " s of scheduling; back to the queue"),
@@ -654,9 +670,8 @@ void Coordinator::RequeueUnstartedLocked() {
     job.set_state(v1::QUEUED);
     job.clear_workers();
     AddEvent(job, "requeued", job.failures(job.failures_size() - 1).reason());
-    if (absl::Status st = Save(job); !st.ok()) {
-      std::fprintf(stderr, "dfc-coordinator: cannot requeue %s: %s\n", id.c_str(), std::string(st.message()).c_str());
-    }
+    if (!Save(job).ok()) continue;  // the store logs why; tried again at the next tick
+    StopRanks(id);
   }
 }
 
@@ -717,23 +732,27 @@ absl::Status Coordinator::RecordRankStatusLocked(const std::string& worker_id, c
     return absl::OkStatus();
   }
   RankSlot& slot = a->second.ranks[st.rank()];
-  const bool started = st.running() && !slot.running && !slot.exited;
-  slot.running = st.running();
   if (st.rank() == 0 && st.store_port() > 0) a->second.store_port = st.store_port();
+  const bool started = st.running() && !slot.running && !slot.exited;
   const bool exited = st.exited() && !slot.exited;
+  if (started || exited) {
+    // The slot changes once its event is written: until then the heartbeat
+    // fails and the worker reports the same again.
+    v1::Job job = jobs_[st.job_id()];
+    if (started) AddEvent(job, "rank_started", absl::StrCat("rank ", st.rank(), " on ", worker_id));
+    if (exited) {
+      AddEvent(job, "rank_exited", absl::StrCat("rank ", st.rank(), " on ", worker_id, " exited with code ",
+                                                st.exit_code(), st.error().empty() ? "" : ": ", st.error()));
+    }
+    DFC_RETURN_IF_ERROR(Save(job));
+  }
+  slot.running = st.running();
   if (exited) {
     slot.exited = true;
     slot.exit_code = st.exit_code();
     slot.error = st.error();
   }
-  if (!started && !exited) return absl::OkStatus();
-  v1::Job job = jobs_[st.job_id()];
-  if (started) AddEvent(job, "rank_started", absl::StrCat("rank ", st.rank(), " on ", worker_id));
-  if (exited) {
-    AddEvent(job, "rank_exited", absl::StrCat("rank ", st.rank(), " on ", worker_id, " exited with code ",
-                                              st.exit_code(), st.error().empty() ? "" : ": ", st.error()));
-  }
-  return Save(job);
+  return absl::OkStatus();
 }
 
 absl::Status Coordinator::AdvanceJobsLocked() {
@@ -754,24 +773,28 @@ absl::Status Coordinator::AdvanceJobsLocked() {
                                 : absl::StrCat("rank ", i, ": ", s.error);
       }
     }
+    // A job leaves active_ only once its new state is written: a write that
+    // fails (a full disk) is tried again at the next heartbeat.
     v1::Job job = jobs_[id];
+    absl::Status st;
     if (failed) {
-      DFC_RETURN_IF_ERROR(FailAttempt(id, error, permanent));
+      st = FailAttempt(id, error, permanent);
     } else if (all_ok) {
-      active_.erase(id);
-      DFC_RETURN_IF_ERROR(ReconcileEpochsLocked(job));
+      st = ReconcileEpochsLocked(job);
       job.set_state(v1::SUCCEEDED);
       job.clear_reason();  // an earlier attempt's failure stays in `failures`, not as the reason
       job.clear_progress();
       job.set_finished_unix_ms(Now());
       AddEvent(job, "succeeded", absl::StrCat(job.epochs_size(), " epoch(s)"));
-      DFC_RETURN_IF_ERROR(Save(job));
+      if (st.ok()) st = Save(job);
+      if (st.ok()) active_.erase(id);
     } else if (all_running && job.state() == v1::SCHEDULED) {
       job.set_state(v1::RUNNING);
       if (job.started_unix_ms() == 0) job.set_started_unix_ms(Now());
       AddEvent(job, "running", absl::StrCat("all ", a.ranks.size(), " rank(s) started"));
-      DFC_RETURN_IF_ERROR(Save(job));
+      st = Save(job);
     }
+    if (!st.ok()) return st;
   }
   return absl::OkStatus();
 }
@@ -809,8 +832,9 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
   if (r.has_progress()) *job.mutable_progress() = r.progress();
   if (!r.resolved_config().empty() && r.resolved_config().size() <= 16384 &&
       r.resolved_config() != job.resolved_config()) {
-    job.set_resolved_config(r.resolved_config());
-    DFC_RETURN_IF_ERROR(Save(v1::Job(job)));
+    v1::Job changed = job;  // the cached job changes once it is written
+    changed.set_resolved_config(r.resolved_config());
+    DFC_RETURN_IF_ERROR(Save(changed));
   }
   if (!r.has_epoch()) {
     versions_[r.job_id()]++;

@@ -156,6 +156,9 @@ class Coordinator {
   // has stopped looking alive.
   int64_t RetryDelayMs() const { return 3 * options_.heartbeat_interval.count(); }
   absl::Status Save(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Save's second half: the job as the coordinator holds it (and tells
+  // on_job_change) once it is written.
+  void Cache(const v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fails the job's current attempt: restarts it (QUEUED) while restarts are
   // left and the error is not permanent, else FAILED with the first error.
   absl::Status FailAttempt(const std::string& job_id, const std::string& reason, bool permanent = false)

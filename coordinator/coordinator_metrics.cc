@@ -65,6 +65,11 @@ std::vector<prometheus::MetricFamily> CoordinatorMetrics::Collect() const {
     AddGauge(jobs, it == s.jobs.end() ? 0 : it->second, {{"state", StateLabel(static_cast<v1::JobState>(st))}});
   }
   out.push_back(std::move(jobs));
+  auto failing = GaugeFamily("dfc_state_database_write_failing",
+                             "1 while the last write of the state database failed (its disk full or read-only): "
+                             "submissions are refused and jobs' changes wait");
+  AddGauge(failing, c->store()->write_failing() ? 1 : 0);
+  out.push_back(std::move(failing));
   auto queue = GaugeFamily("dfc_queue_length", "Jobs waiting in the queue (QUEUED)");
   AddGauge(queue, s.queued);
   out.push_back(std::move(queue));

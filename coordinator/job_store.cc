@@ -18,6 +18,24 @@
 namespace dfc {
 namespace {
 
+// The connection's last error, with the database named where that is what
+// the operator must act on: a full disk is RESOURCE_EXHAUSTED (as in
+// atomic_file), a read-only one FAILED_PRECONDITION.
+absl::Status SqliteError(sqlite3* db, const std::string& detail = "") {
+  const char* file = sqlite3_db_filename(db, "main");
+  const std::string name = file != nullptr && *file ? absl::StrCat("the state database '", file, "'") : "the state database";
+  const std::string sqlite = absl::StrCat("sqlite: ", detail.empty() ? sqlite3_errmsg(db) : detail);
+  switch (sqlite3_errcode(db)) {
+    case SQLITE_FULL:
+      return absl::ResourceExhaustedError(
+          absl::StrCat(name, " cannot grow: its disk is full (", sqlite, "); free space there"));
+    case SQLITE_READONLY:
+      return absl::FailedPreconditionError(absl::StrCat(name, " is read-only (", sqlite, ")"));
+    default:
+      return absl::InternalError(sqlite);
+  }
+}
+
 // A prepared statement that finalises itself.
 class Stmt {
  public:
@@ -26,7 +44,7 @@ class Stmt {
   Stmt(const Stmt&) = delete;
   Stmt& operator=(const Stmt&) = delete;
   absl::Status status() const {
-    return rc_ == SQLITE_OK ? absl::OkStatus() : absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+    return rc_ == SQLITE_OK ? absl::OkStatus() : SqliteError(db_);
   }
   void Bind(int i, const std::string& s) { sqlite3_bind_blob(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT); }
   void BindText(int i, const std::string& s) { sqlite3_bind_text(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT); }
@@ -39,7 +57,7 @@ class Stmt {
   }
   absl::Status Done() {
     int rc = Step();
-    return rc == SQLITE_DONE ? absl::OkStatus() : absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+    return rc == SQLITE_DONE ? absl::OkStatus() : SqliteError(db_);
   }
 
  private:
@@ -102,11 +120,24 @@ JobStore::~JobStore() { sqlite3_close(db_); }
 absl::Status JobStore::Exec(const std::string& sql) {
   char* err = nullptr;
   if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string msg = err ? err : "unknown error";
+    const std::string msg = absl::StrCat(err ? err : "unknown error", " in: ", sql);
     sqlite3_free(err);
-    return absl::InternalError(absl::StrCat("sqlite: ", msg, " in: ", sql));
+    return SqliteError(db_, msg);
   }
   return absl::OkStatus();
+}
+
+absl::Status JobStore::Written(absl::Status st) {
+  const bool failing = !st.ok();
+  if (failing != write_failing_.exchange(failing)) {
+    if (failing) {
+      std::fprintf(stderr, "dfc-coordinator: %s; what is not written waits (requests that need a write are refused) "
+                   "until it can be written again\n", std::string(st.message()).c_str());
+    } else {
+      std::fprintf(stderr, "dfc-coordinator: the state database is written again\n");
+    }
+  }
+  return st;
 }
 
 absl::StatusOr<std::pair<v1::Job, bool>> JobStore::Create(const v1::SubmitJobRequest& r, const std::string& output_root,
@@ -152,7 +183,7 @@ absl::StatusOr<std::pair<v1::Job, bool>> JobStore::Create(const v1::SubmitJobReq
   if (r.idempotency_key().empty()) ins.BindNull(2);
   else ins.BindText(2, r.idempotency_key());
   ins.Bind(3, job.SerializeAsString());
-  DFC_RETURN_IF_ERROR(ins.Done());
+  DFC_RETURN_IF_ERROR(Written(ins.Done()));
   return std::make_pair(job, false);
 }
 
@@ -211,7 +242,7 @@ absl::Status JobStore::Update(const v1::Job& job) {
   DFC_RETURN_IF_ERROR(u.status());
   u.Bind(1, stored.SerializeAsString());
   u.BindText(2, job.job_id());
-  DFC_RETURN_IF_ERROR(u.Done());
+  DFC_RETURN_IF_ERROR(Written(u.Done()));
   if (sqlite3_changes(db_) != 1) return absl::NotFoundError(absl::StrCat("job_id: no job '", job.job_id(), "'"));
   return absl::OkStatus();
 }
@@ -227,7 +258,7 @@ absl::Status JobStore::PutEpoch(const std::string& job_id, const v1::EpochMetric
   u.BindText(1, job_id);
   u.Bind(2, static_cast<int64_t>(m.epoch()));
   u.Bind(3, m.SerializeAsString());
-  return u.Done();
+  return Written(u.Done());
 }
 
 absl::StatusOr<std::string> JobStore::PutModel(const v1::CatalogEntry& entry, bool replace) {
@@ -250,7 +281,7 @@ absl::StatusOr<std::string> JobStore::PutModel(const v1::CatalogEntry& entry, bo
   DFC_RETURN_IF_ERROR(u.status());
   u.BindText(1, entry.info().name());
   u.Bind(2, entry.SerializeAsString());
-  DFC_RETURN_IF_ERROR(u.Done());
+  DFC_RETURN_IF_ERROR(Written(u.Done()));
   return replaced;
 }
 

@@ -1,6 +1,7 @@
 #ifndef DFC_COORDINATOR_JOB_STORE_H_
 #define DFC_COORDINATOR_JOB_STORE_H_
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -47,13 +48,21 @@ class JobStore {
   // Copies models imported before the catalogue (weights in models_dir/NAME.weights).
   absl::Status MigrateLegacyModels(const std::string& models_dir);
 
+  // Whether the last write failed (a full or read-only disk): the
+  // coordinator's metrics say so.
+  bool write_failing() const { return write_failing_; }
+
  private:
   explicit JobStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const std::string& sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::Job> GetLocked(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Returns a write's status; logs when writes start failing and when they
+  // work again (not each failure).
+  absl::Status Written(absl::Status st);
 
   absl::Mutex mu_;
   sqlite3* const db_;
+  std::atomic<bool> write_failing_{false};
 };
 
 }  // namespace dfc

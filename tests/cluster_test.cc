@@ -729,6 +729,97 @@ TEST(ClusterTest, ASecondCoordinatorOnAPortInUseIsRefusedNamingWhy) {
   for (int i = 0; i < 5; ++i) EXPECT_EQ(RunCommand(c.Dfc("status " + job)).exit_code, 0);
 }
 
+// The coordinator's state disk fills up while a job trains. A submission
+// is refused naming the database and the full disk, a cancel is refused and
+// stops nothing, and the job's end, which cannot be written, waits: once
+// space is freed the job is SUCCEEDED with every epoch. (It used to read
+// RUNNING for ever, and a refused epoch report was dropped.) The state
+// directory is a 4 MiB tmpfs in the coordinator's own mount namespace,
+// filled through /proc/PID/root.
+TEST(ClusterTest, ACoordinatorWhoseDiskFillsRefusesWritesSayingSoAndCatchesUpWhenSpaceIsFreed) {
+  testing::TempDir dir;
+  const std::string shards = testing::SyntheticShards(dir, 64);
+  const std::string state = dir.Join("state");
+  std::filesystem::create_directories(state);
+  const std::string addr = "127.0.0.1:" + std::to_string(PickFreePort());
+  const std::string metrics = "127.0.0.1:" + std::to_string(PickFreePort());
+  testing::Processes procs(&dir);
+  Subprocess& coordinator = procs.Start(
+      {"/usr/bin/unshare", "-rm", "/bin/sh", "-c", "mount -t tmpfs -o size=4m none \"$0\" && exec \"$@\"", state,
+       Bin("dfc-coordinator"), "--listen", addr, "--state", state, "--output-root", dir.Join("jobs"),
+       "--heartbeat-ms", "200", "--worker-timeout-ms", "1500", "--metrics-listen", metrics},
+      "coordinator.log");
+  const std::string failing = "curl -sS -m 20 http://" + metrics + "/metrics | grep '^dfc_state_database_write_failing '";
+  procs.Start({Bin("dfc-worker"), "--coordinator", addr, "--work-dir", dir.Join("work"), "--cpu-slots", "1"},
+              "worker.log");
+  const std::string dfc = testing::DfcBinary() + " --coordinator " + addr;
+  testing::CommandResult r;
+  for (int i = 0; i < 300; ++i) {
+    r = RunCommand(dfc + " submit --json --model meso4 --data " + shards + " --epochs 6 --threads 1");
+    if (r.exit_code == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.err << procs.Log("coordinator.log");
+  const std::string job = JsonString(r.out, "job_id");
+  std::string json;
+  for (int i = 0; i < 1200 && CountEpochs(json) < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    json = RunCommand(dfc + " status --json " + job).out;
+  }
+  ASSERT_GE(CountEpochs(json), 1) << json;
+
+  // Fill the coordinator's tmpfs (its mount namespace, seen through /proc).
+  const std::string filler = "/proc/" + std::to_string(coordinator.pid()) + "/root" + state + "/filler";
+  {
+    std::ofstream f(filler, std::ios::binary);
+    ASSERT_TRUE(f.is_open()) << filler;
+    const std::string block(4096, '\0');
+    for (int i = 0; i < 4096 && f.write(block.data(), block.size()) && f.flush(); ++i) {
+    }
+  }
+  ASSERT_GT(std::filesystem::file_size(filler), 2u << 20);
+  auto refused = RunCommand(dfc + " submit --model meso4 --data " + shards + " --epochs 1");
+  EXPECT_NE(refused.exit_code, 0);
+  std::printf("refused submit: %s", refused.err.c_str());
+  EXPECT_NE(refused.err.find("the job was not submitted: the state database '" + state + "/jobs.db' cannot grow: "
+                             "its disk is full"), std::string::npos) << refused.err;
+  auto cancel = RunCommand(dfc + " cancel " + job);
+  EXPECT_NE(cancel.exit_code, 0) << "a cancel that could not be written: " << cancel.out;
+  EXPECT_NE(cancel.err.find("the job was not cancelled: the state database"), std::string::npos) << cancel.err;
+
+  // The rank ends; its exit cannot be written, so the worker's heartbeat is
+  // refused (and sent again) and the job still reads RUNNING.
+  std::string worker_log;
+  for (int i = 0; i < 1200 && worker_log.find("did not take a heartbeat") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    worker_log = procs.Log("worker.log");
+  }
+  ASSERT_NE(worker_log.find("the coordinator did not take a heartbeat: the state database"), std::string::npos)
+      << worker_log;
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // heartbeats sent again meanwhile
+  EXPECT_EQ(JsonString(RunCommand(dfc + " status --json " + job).out, "state"), "RUNNING");
+  EXPECT_EQ(RunCommand(failing).out, "dfc_state_database_write_failing 1\n");
+
+  std::filesystem::remove(filler);
+  for (int i = 0; i < 300 && JsonString(json, "state") != "SUCCEEDED"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    json = RunCommand(dfc + " status --json " + job).out;
+  }
+  EXPECT_EQ(JsonString(json, "state"), "SUCCEEDED") << json << procs.Log("coordinator.log");
+  EXPECT_EQ(CountEpochs(json), 6) << json;
+  EXPECT_NE(json.find("exited with code 0"), std::string::npos) << "the rank's exit event was lost: " << json;
+  EXPECT_EQ(RunCommand(failing).out, "dfc_state_database_write_failing 0\n");
+  // Each side said so once when writes failed and once when they worked again.
+  const std::string log = procs.Log("coordinator.log");
+  const std::string full = "cannot grow: its disk is full";
+  EXPECT_EQ(log.find(full), log.rfind(full)) << "logged more than once: " << log;
+  EXPECT_NE(log.find("the state database is written again"), std::string::npos) << log;
+  worker_log = procs.Log("worker.log");
+  EXPECT_EQ(worker_log.find("did not take a heartbeat"), worker_log.rfind("did not take a heartbeat")) << worker_log;
+  EXPECT_NE(worker_log.find("the coordinator takes heartbeats again"), std::string::npos) << worker_log;
+  EXPECT_EQ(RunCommand(dfc + " submit --model meso4 --data " + shards + " --epochs 1").exit_code, 0);
+}
+
 // A jobs.db that is not a database (a bad restore, a disk error) stops the
 // coordinator at start, naming the file, and is not overwritten.
 TEST(ClusterTest, ADamagedStateDatabaseIsNamedAndLeftAsItIs) {

@@ -219,8 +219,11 @@ bool WorkerAgent::ForwardRecords(v1::WorkerService::Stub& stub, Rank& r, const s
       v1::ReportMetricsResponse resp;
       auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
       const grpc::Status st = stub.ReportMetrics(ctx.get(), req, &resp);
-      if (st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-        return false;  // sent again next time from here
+      // Unreachable, or it cannot write the report now (its state disk is
+      // full): sent again next time from here.
+      if (st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+          st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        return false;
       }
       if (!st.ok()) {
         std::fprintf(stderr, "dfc-worker: %s attempt %d: a report was refused: %s\n", r.assignment.job_id().c_str(),
@@ -296,7 +299,7 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
                  std::string(st.message()).c_str());
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }
-  std::vector<Rank> finished_reported;
+  std::string heartbeat_error;
   while (!*stop) {
     Reap();
     // Before the heartbeat: a rank that has exited has its last epoch's
@@ -333,6 +336,15 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
     if (options_.metrics != nullptr) {
       options_.metrics->Heartbeat(st.ok(), std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count());
     }
+    // Logged when heartbeats start failing, or fail otherwise, and when they
+    // go through again; not each one.
+    if (!st.ok() && st.ToString() != heartbeat_error) {
+      std::fprintf(stderr, "dfc-worker: the coordinator did not take a heartbeat: %s (sent again every %lld ms)\n",
+                   std::string(st.message()).c_str(), static_cast<long long>(interval_.count()));
+    } else if (st.ok() && !heartbeat_error.empty()) {
+      std::fprintf(stderr, "dfc-worker: the coordinator takes heartbeats again\n");
+    }
+    heartbeat_error = st.ok() ? "" : st.ToString();
     if (st.ok()) {
       // Exited ranks were reported; forget them.
       std::vector<Rank> keep;
