@@ -173,38 +173,101 @@ struct LogsArgs {
 };
 
 // A rank's output through the coordinator, which asks the worker that ran it.
+// A rank's output as `logs` prints it: raw to a file or a pipe; on a
+// terminal line by line through ForTerminal, since a rank prints what its
+// job's data made it print (file names included), so no escape sequence in
+// it reaches the terminal of whoever reads the log.
+class LogPrinter {
+ public:
+  explicit LogPrinter(bool terminal) : terminal_(terminal) {}
+  ~LogPrinter() { Finish(); }
+  void Add(std::string_view data) {
+    if (!terminal_) {
+      std::fwrite(data.data(), 1, data.size(), stdout);
+      std::fflush(stdout);
+      return;
+    }
+    pending_.append(data.data(), data.size());
+    size_t from = 0;
+    for (size_t nl; (nl = pending_.find('\n', from)) != std::string::npos; from = nl + 1) {
+      std::printf("%s\n", ForLog(std::string_view(pending_).substr(from, nl - from)).c_str());
+    }
+    pending_.erase(0, from);
+    std::fflush(stdout);
+  }
+  // The last line, when the log does not end with one.
+  void Finish() {
+    if (!pending_.empty()) std::printf("%s", ForLog(pending_).c_str());
+    pending_.clear();
+    std::fflush(stdout);
+  }
+
+ private:
+  // ForTerminal, tabs kept.
+  static std::string ForLog(std::string_view line) {
+    std::vector<std::string> parts;
+    for (absl::string_view part : absl::StrSplit(absl::string_view(line.data(), line.size()), '\t')) {
+      parts.push_back(ForTerminal(std::string_view(part.data(), part.size())));
+    }
+    return absl::StrJoin(parts, "\t");
+  }
+  const bool terminal_;
+  std::string pending_;
+};
+
 int RunLogs(ClientArgs& c, const LogsArgs& a) {
   auto stub = Connect(c);
   if (!stub.ok()) return ReportError(stub.status());
-  std::string held;  // --tail: everything up to now, then the last lines
-  int64_t offset = 0;
-  bool caught_up = false;
-  for (;;) {
+  // One chunk, through the worker's next heartbeat.
+  auto fetch = [&](int64_t offset, int max_bytes, v1::GetRankLogResponse* resp) {
     v1::GetRankLogRequest req;
     req.set_job_id(a.job);
     req.set_rank(a.rank);
     req.set_attempt(a.attempt);
     req.set_offset(offset);
-    v1::GetRankLogResponse resp;
+    req.set_max_bytes(max_bytes);
     auto ctx = MakeContext(c.security);
-    grpc::Status st = (*stub)->GetRankLog(ctx.get(), req, &resp);
-    if (!st.ok()) return ReportRpc(st);
-    offset += static_cast<int64_t>(resp.data().size());
-    if (a.tail > 0 && !caught_up) {
-      held += resp.data();
-    } else {
-      std::fwrite(resp.data().data(), 1, resp.data().size(), stdout);
-      std::fflush(stdout);
-    }
-    if (offset < resp.size()) continue;  // more to read now
-    if (!caught_up && a.tail > 0) {
-      std::vector<std::string> lines = absl::StrSplit(held, '\n');
+    return (*stub)->GetRankLog(ctx.get(), req, resp);
+  };
+  LogPrinter out(::isatty(STDOUT_FILENO) != 0);
+  int64_t offset = 0;
+  if (a.tail > 0) {
+    // Only the end is read, from further back each time until it holds the
+    // last `tail` lines: a long log is not fetched chunk by chunk from its start.
+    v1::GetRankLogResponse resp;
+    if (grpc::Status st = fetch(0, 1, &resp); !st.ok()) return ReportRpc(st);
+    const int64_t size = resp.size();
+    constexpr int64_t kMaxWindow = int64_t{64} << 20;
+    std::vector<absl::string_view> lines;
+    std::string text;
+    for (int64_t window = 64 << 10;; window *= 4) {
+      const int64_t start = std::max<int64_t>(0, size - window);
+      text.clear();
+      for (int64_t at = start; at < size;) {
+        if (grpc::Status st = fetch(at, static_cast<int>(std::min<int64_t>(size - at, 256 << 10)), &resp); !st.ok()) {
+          return ReportRpc(st);
+        }
+        if (resp.data().empty()) break;  // the log was cut meanwhile
+        text += resp.data();
+        at += static_cast<int64_t>(resp.data().size());
+      }
+      lines = absl::StrSplit(text, '\n');
       if (!lines.empty() && lines.back().empty()) lines.pop_back();
-      const size_t from = lines.size() > static_cast<size_t>(a.tail) ? lines.size() - static_cast<size_t>(a.tail) : 0;
-      for (size_t i = from; i < lines.size(); ++i) std::printf("%s\n", lines[i].c_str());
-      std::fflush(stdout);
+      // From inside the log, the first line may be the end of a longer one.
+      const bool cut = start > 0;
+      if (!cut || lines.size() > static_cast<size_t>(a.tail) || window >= kMaxWindow) break;
     }
-    caught_up = true;
+    const size_t from = lines.size() > static_cast<size_t>(a.tail) ? lines.size() - static_cast<size_t>(a.tail) : 0;
+    for (size_t i = from; i < lines.size(); ++i) out.Add(absl::StrCat(lines[i], "\n"));
+    offset = size;
+    if (!a.follow) return kExitOk;
+  }
+  for (;;) {
+    v1::GetRankLogResponse resp;
+    if (grpc::Status st = fetch(offset, 0, &resp); !st.ok()) return ReportRpc(st);
+    offset += static_cast<int64_t>(resp.data().size());
+    out.Add(resp.data());
+    if (offset < resp.size()) continue;  // more to read now
     if (!a.follow) return kExitOk;
     // Following: until the job has ended and the log is read to its end.
     v1::GetJobRequest jr;

@@ -729,6 +729,55 @@ TEST(ClusterTest, ASecondCoordinatorOnAPortInUseIsRefusedNamingWhy) {
   for (int i = 0; i < 5; ++i) EXPECT_EQ(RunCommand(c.Dfc("status " + job)).exit_code, 0);
 }
 
+// `dfc logs` prints a rank's output raw to a pipe, but on a terminal (here
+// script(1)'s) with every escape sequence written out: a rank prints what
+// its job's data made it print, and the reader is often another user. --tail
+// reads the log's end, not all of it, and still gives exactly the last lines.
+// Once the rank has exited, its worker keeps its log and drops its reports.
+TEST(ClusterTest, LogsEscapeARanksOutputOnATerminalAndTailReadsOnlyTheEnd) {
+  Cluster c(1);
+  const std::string shards = testing::SyntheticShards(c.dir(), 64);
+  auto r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 1 --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  ASSERT_EQ(JsonString(WaitForState(c, job, "SUCCEEDED", 240), "state"), "SUCCEEDED");
+  const std::string path = c.RankLog(job, 1, 0);
+  ASSERT_FALSE(path.empty());
+  // Its reports were forwarded: the worker keeps the rank's log alone.
+  const std::string reports = std::filesystem::path(path).parent_path() / "reports";
+  for (int i = 0; i < 100 && std::filesystem::exists(reports); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE(std::filesystem::exists(reports));
+  // As if the rank had printed them: 2 MiB of lines, then a line with a
+  // terminal title, a screen clear, a bell and a byte that is not UTF-8.
+  std::string appended;
+  for (int i = 0; appended.size() < (2u << 20); ++i) appended += "filler line " + std::to_string(i) + "\n";
+  const std::string hostile = "evil \x1b]0;owned\x07 \x1b[2J\tname\xff";
+  appended += hostile + "\nlast line\n";
+  {
+    std::ofstream f(path, std::ios::app | std::ios::binary);
+    f << appended;
+  }
+  const std::string log = testing::ReadFileOrDie(path);
+  auto piped = RunCommand(c.Dfc("logs " + job));
+  ASSERT_EQ(piped.exit_code, 0) << piped.err;
+  EXPECT_TRUE(piped.out == log) << "a pipe gets the log as it is (" << piped.out.size() << " of " << log.size()
+                                << " bytes)";
+  auto tail = RunCommand(c.Dfc("logs " + job + " --tail 2"));
+  ASSERT_EQ(tail.exit_code, 0) << tail.err;
+  EXPECT_EQ(tail.out, hostile + "\nlast line\n");
+
+  for (const std::string& args : {std::string("logs ") + job, std::string("logs --tail 2 ") + job}) {
+    auto tty = RunCommand("script -qec '" + c.Dfc(args) + "' /dev/null");
+    ASSERT_EQ(tty.exit_code, 0) << tty.out << tty.err;
+    EXPECT_EQ(tty.out.find('\x1b'), std::string::npos) << "an escape sequence reached the terminal";
+    EXPECT_EQ(tty.out.find('\x07'), std::string::npos) << "a bell reached the terminal";
+    EXPECT_NE(tty.out.find("evil \\x1B]0;owned\\x07 \\x1B[2J\tname\\xFF\r\nlast line\r\n"), std::string::npos)
+        << tty.out.substr(tty.out.size() > 300 ? tty.out.size() - 300 : 0);
+  }
+}
+
 // The coordinator's state disk fills up while a job trains. A submission
 // is refused naming the database and the full disk, a cancel is refused and
 // stops nothing, and the job's end, which cannot be written, waits: once

@@ -346,10 +346,15 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
     }
     heartbeat_error = st.ok() ? "" : st.ToString();
     if (st.ok()) {
-      // Exited ranks were reported; forget them.
+      // Exited ranks were reported; forget them, and their reports (forwarded,
+      // or given up after kReportsGrace): a rank's folder keeps its log alone.
       std::vector<Rank> keep;
       for (Rank& r : ranks_) {
-        if (!r.exited || held(r)) keep.push_back(std::move(r));
+        if (!r.exited || held(r)) {
+          keep.push_back(std::move(r));
+        } else {
+          ::unlink(ReportsPath(r.dir).c_str());  // the link itself, should the rank have made it one
+        }
       }
       ranks_ = std::move(keep);
       for (const v1::StopRanks& stop : resp.stop()) StopRanks(stop.job_id(), stop.attempt());
