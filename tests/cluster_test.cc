@@ -617,20 +617,24 @@ TEST(ClusterTest, AWorkerThatDoesNotShareTheOutputRootFailsTheJobSayingSo) {
 
 // A permanent error is not retried: a corrupt shard fails the job at once,
 // and the rank's own message (shard and offset) is the job's reason.
-TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {
-  Cluster c(1);
-  const std::string shards = testing::SyntheticShards(c.dir(), 64);
-  // Flip bytes in the middle of the first shard file.
+// Flips bytes in the middle of a shard file of `shards`; returns its path.
+std::string CorruptAShard(const std::string& shards) {
   std::string shard_file;
   for (const auto& e : std::filesystem::directory_iterator(shards)) {
     if (e.path().extension() == ".dfcs" || e.path().filename().string().find("shard") == 0) shard_file = e.path().string();
   }
+  EXPECT_FALSE(shard_file.empty()) << shards;
+  std::fstream f(shard_file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(std::filesystem::file_size(shard_file) / 2));
+  f.write("\xde\xad\xbe\xef\xde\xad\xbe\xef", 8);
+  return shard_file;
+}
+
+TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {
+  Cluster c(1);
+  const std::string shards = testing::SyntheticShards(c.dir(), 64);
+  const std::string shard_file = CorruptAShard(shards);
   ASSERT_FALSE(shard_file.empty());
-  {
-    std::fstream f(shard_file, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(std::filesystem::file_size(shard_file) / 2));
-    f.write("\xde\xad\xbe\xef\xde\xad\xbe\xef", 8);
-  }
   const std::string json = SubmitUntilFailed(c, shards, "--epochs 2 --max-restarts 3");
   EXPECT_EQ(JsonInt(json, "restarts"), 0) << "a permanent error was retried: " << json;
   const std::string reason = JsonString(json, "reason");
@@ -638,6 +642,38 @@ TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {
   EXPECT_NE(reason.find("permanent"), std::string::npos) << reason;
   EXPECT_NE(reason.find("offset"), std::string::npos) << reason;
   EXPECT_NE(reason.find(std::filesystem::path(shard_file).filename().string()), std::string::npos) << reason;
+}
+
+// A rank writes its error line in its folder on the worker. When the
+// worker's --work-dir is full, that line is lost, and the job's reason used
+// to be "rank 0 exited with status 3" alone. It now names the full work
+// directory, and the worker's log warns when it starts a rank there. The
+// work directory is a 1 MiB tmpfs in the worker's own mount namespace,
+// filled through /proc/PID/root.
+TEST(ClusterTest, AWorkerWhoseWorkDirIsFullNamesItInTheReasonOfAFailedRank) {
+  Cluster::Options o;
+  o.workers = 1;
+  o.worker_prefix = {"/usr/bin/unshare", "-rm", "/bin/sh", "-c",
+                     "mkdir -p \"$4\" && mount -t tmpfs -o size=1m none \"$4\" && exec \"$0\" \"$@\""};
+  Cluster c(o);
+  const std::string shards = testing::SyntheticShards(c.dir(), 64);
+  ASSERT_FALSE(CorruptAShard(shards).empty());
+  const std::string filler = "/proc/" + std::to_string(c.worker(0).pid()) + "/root" + c.WorkerDir(0) + "/filler";
+  {
+    std::ofstream f(filler, std::ios::binary);
+    ASSERT_TRUE(f.is_open()) << filler;
+    const std::string block(4096, '\0');
+    for (int i = 0; i < 4096 && f.write(block.data(), block.size()) && f.flush(); ++i) {
+    }
+  }
+  ASSERT_GT(std::filesystem::file_size(filler), 512u << 10);
+  const std::string json = SubmitUntilFailed(c, shards, "--epochs 2 --max-restarts 3");
+  const std::string reason = JsonString(json, "reason");
+  std::printf("reason: %s\n", reason.c_str());
+  EXPECT_NE(reason.find("rank 0: exited with status 3; its error line could not be kept: this worker's --work-dir '" +
+                        c.WorkerDir(0) + "' is full"), std::string::npos) << reason;
+  EXPECT_NE(c.processes().Log("worker-0.log").find("bytes free: the rank's log, reports and error line may be lost"),
+            std::string::npos) << c.processes().Log("worker-0.log");
 }
 
 // Appends a record to the first train shard of `shards` (checksums and the

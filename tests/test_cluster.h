@@ -91,13 +91,14 @@ class TestCluster {
   std::string server_metrics(int i) const { return Url(server_metrics_ports_.at(static_cast<size_t>(i))); }
   TempDir& dir() { return dir_; }
   Processes& processes() { return procs_; }
+  // Worker i's --work-dir (rank logs and status), inside the cluster's
+  // directory: the fifth word of its argv, after any worker_prefix.
+  std::string WorkerDir(int i);
 
  private:
   static std::string Url(int port) { return "http://127.0.0.1:" + std::to_string(port); }
   // --metrics-listen on a free port when operator_endpoints; records the port.
   void AddMetricsFlag(std::vector<std::string>& argv, std::vector<int>* ports);
-  // Worker i's --work-dir (rank logs and status), inside the cluster's directory.
-  std::string WorkerDir(int i);
   // The worker whose log says it started that rank; -1 if none did yet.
   int WorkerIndexOf(const std::string& job_id, int attempt, int rank);
   TempDir dir_;  // first: the processes go before it

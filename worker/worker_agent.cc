@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <cstring>
 #include <filesystem>
@@ -31,6 +32,22 @@
 
 namespace dfc {
 namespace fs = std::filesystem;
+
+namespace {
+
+// Bytes an unprivileged writer may still use on `path`'s file system; -1 if unknown.
+int64_t FreeBytes(const std::string& path) {
+  struct statvfs vfs;
+  if (::statvfs(path.c_str(), &vfs) != 0) return -1;
+  return static_cast<int64_t>(vfs.f_bavail) * static_cast<int64_t>(vfs.f_frsize);
+}
+
+// Below this, a rank's log, reports and error line are likely lost.
+constexpr int64_t kLowSpace = int64_t{16} << 20;
+// Below this, a rank that failed without an error line could not write one.
+constexpr int64_t kNoSpace = int64_t{1} << 20;
+
+}  // namespace
 
 absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
   v1::RegisterWorkerRequest req;
@@ -81,6 +98,10 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   r.started = std::chrono::steady_clock::now();
   r.hang_timeout = a.config().hang_timeout_s() > 0 ? std::chrono::seconds(a.config().hang_timeout_s())
                                                    : options_.hang_timeout;
+  if (const int64_t free = FreeBytes(r.dir); free >= 0 && free < kLowSpace) {
+    std::fprintf(stderr, "dfc-worker: --work-dir '%s' has %lld bytes free: the rank's log, reports and error line may "
+                 "be lost\n", options_.work_dir.c_str(), static_cast<long long>(free));
+  }
   const std::string log_path = (fs::path(r.dir) / "log").string();
   // The rendezvous key goes to the rank in its environment, not in the
   // assignment on its command line.
@@ -172,6 +193,12 @@ void WorkerAgent::Reap() {
       if (r.error.empty()) r.error = ReadFirstLine((fs::path(r.dir) / "error").string(), 1000).value_or("");
       if (r.error.empty() && r.process.term_signal() != 0) {
         r.error = absl::StrCat("killed by signal ", r.process.term_signal(), " (", strsignal(r.process.term_signal()), ")");
+      }
+      // A failed rank writes its error line in its folder: none, and no
+      // space there, is the operator's to know.
+      if (const int64_t free = r.error.empty() && r.exit_code != 0 ? FreeBytes(r.dir) : -1; free >= 0 && free < kNoSpace) {
+        r.error = absl::StrCat("exited with status ", r.exit_code, "; its error line could not be kept: this worker's "
+                               "--work-dir '", options_.work_dir, "' is full (", free, " bytes free); free space there");
       }
       if (options_.metrics != nullptr) options_.metrics->RankExited(ExitResult(r));
       continue;
