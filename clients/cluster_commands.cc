@@ -172,7 +172,6 @@ struct LogsArgs {
   int tail = 0;
 };
 
-// A rank's output through the coordinator, which asks the worker that ran it.
 // A rank's output as `logs` prints it: raw to a file or a pipe; on a
 // terminal line by line through ForTerminal, since a rank prints what its
 // job's data made it print (file names included), so no escape sequence in
@@ -215,6 +214,7 @@ class LogPrinter {
   std::string pending_;
 };
 
+// A rank's output through the coordinator, which asks the worker that ran it.
 int RunLogs(ClientArgs& c, const LogsArgs& a) {
   auto stub = Connect(c);
   if (!stub.ok()) return ReportError(stub.status());
