@@ -20,7 +20,8 @@ namespace {
 
 // The connection's last error, with the database named where that is what
 // the operator must act on: a full disk is RESOURCE_EXHAUSTED (as in
-// atomic_file), a read-only one FAILED_PRECONDITION.
+// atomic_file), a read-only one FAILED_PRECONDITION, a lock another program
+// held past the busy timeout UNAVAILABLE.
 absl::Status SqliteError(sqlite3* db, const std::string& detail = "") {
   const char* file = sqlite3_db_filename(db, "main");
   const std::string name = file != nullptr && *file ? absl::StrCat("the state database '", file, "'") : "the state database";
@@ -31,6 +32,9 @@ absl::Status SqliteError(sqlite3* db, const std::string& detail = "") {
           absl::StrCat(name, " cannot grow: its disk is full (", sqlite, "); free space there"));
     case SQLITE_READONLY:
       return absl::FailedPreconditionError(absl::StrCat(name, " is read-only (", sqlite, ")"));
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return absl::UnavailableError(absl::StrCat(name, " is locked by another program (", sqlite, ")"));
     default:
       return absl::InternalError(sqlite);
   }

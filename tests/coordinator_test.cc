@@ -7,6 +7,7 @@
 #include <functional>
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include "coordinator/coordinator.h"
 #include "tests/test_util.h"
@@ -192,6 +193,55 @@ TEST_F(CoordinatorTest, AScheduledJobWhoseRankZeroNeverStartsGoesBackToTheQueue)
   ASSERT_GE(j.failures_size(), 1);
   EXPECT_NE(j.failures(0).reason().find("rank 0 did not start within 60 s"), std::string::npos) << j.DebugString();
   EXPECT_EQ(j.restarts(), 0) << "a placement that never started is not a restart";
+}
+
+// A worker dies while the state database cannot be written: here another
+// program holds its write lock (an operator's sqlite3 shell inside a
+// transaction); a full disk is the same to the coordinator. The attempt's
+// failure is not written, so nothing changes, and a submission is refused
+// naming the lock. The coordinator used to drop the job from its active
+// set anyway, and it read RUNNING for ever; the failure is now written at
+// the first tick after the lock is gone, and the job restarts.
+TEST_F(CoordinatorTest, AFailureThatCannotBeWrittenIsWrittenAtALaterTick) {
+  auto c = Make(8, /*in_memory=*/false);
+  const std::string w = Worker(*c, 1);
+  const std::string job = Submit(*c, 1, false, /*max_restarts=*/1);
+  Beat(*c, w, {{job, 1, 0}});
+  ASSERT_EQ(State(*c, job), v1::RUNNING);
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(dir_.Join("state/jobs.db").c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  // The worker is silent past its timeout (3 s): the last tick fails its
+  // attempt, and that write waits out the store's busy timeout (5 s) and fails.
+  for (int i = 0; i < 7; ++i) {
+    now_ += 500;
+    c->Tick();
+  }
+  const v1::ListWorkersResponse workers = c->ListWorkers();
+  ASSERT_EQ(workers.workers_size(), 1);
+  EXPECT_EQ(workers.workers(0).state(), "gone") << "the worker was not given up";
+  EXPECT_EQ(State(*c, job), v1::RUNNING) << "nothing changes unless it is written";
+  v1::SubmitJobRequest r;
+  r.mutable_config()->set_model(v1::MESOINCEPTION4);
+  r.mutable_config()->set_data(dir_.Join("sh"));
+  r.mutable_config()->set_epochs(1);
+  r.mutable_config()->set_batch_size(8);
+  r.set_world_size(1);
+  r.set_wait_for_capacity(true);
+  auto refused = c->Submit(r);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  EXPECT_NE(refused.status().message().find("the job was not submitted: the state database '" +
+                                            dir_.Join("state/jobs.db") + "' is locked by another program"),
+            std::string::npos)
+      << refused.status();
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  c->Tick();
+  const v1::Job j = *c->GetJob(job);
+  EXPECT_EQ(j.state(), v1::QUEUED) << j.DebugString();
+  EXPECT_EQ(j.restarts(), 1);
+  ASSERT_EQ(j.failures_size(), 1) << j.DebugString();
+  EXPECT_NE(j.failures(0).reason().find("worker " + w + " stopped responding"), std::string::npos);
 }
 
 // The coordinator stopped for 20 s (SIGSTOP, a frozen VM) heard nobody in
