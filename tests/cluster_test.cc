@@ -615,8 +615,6 @@ TEST(ClusterTest, AWorkerThatDoesNotShareTheOutputRootFailsTheJobSayingSo) {
   EXPECT_FALSE(std::filesystem::exists(out + "/metrics.jsonl"));
 }
 
-// A permanent error is not retried: a corrupt shard fails the job at once,
-// and the rank's own message (shard and offset) is the job's reason.
 // Flips bytes in the middle of a shard file of `shards`; returns its path.
 std::string CorruptAShard(const std::string& shards) {
   std::string shard_file;
@@ -630,6 +628,23 @@ std::string CorruptAShard(const std::string& shards) {
   return shard_file;
 }
 
+// Fills the file system `dir` lies on, as process `pid` sees it (its own
+// mount namespace, through /proc/PID/root), with DIR/filler: up to 16 MiB,
+// for the tests' small tmpfs. Returns the filler's path; "" if it could not
+// be created.
+std::string FillFileSystemOf(pid_t pid, const std::string& dir) {
+  const std::string filler = "/proc/" + std::to_string(pid) + "/root" + dir + "/filler";
+  std::ofstream f(filler, std::ios::binary);
+  EXPECT_TRUE(f.is_open()) << filler;
+  if (!f.is_open()) return "";
+  const std::string block(4096, '\0');
+  for (int i = 0; i < 4096 && f.write(block.data(), block.size()) && f.flush(); ++i) {
+  }
+  return filler;
+}
+
+// A permanent error is not retried: a corrupt shard fails the job at once,
+// and the rank's own message (shard and offset) is the job's reason.
 TEST(ClusterTest, CorruptShardFailsAtOnceWithTheShardAndOffset) {
   Cluster c(1);
   const std::string shards = testing::SyntheticShards(c.dir(), 64);
@@ -658,14 +673,8 @@ TEST(ClusterTest, AWorkerWhoseWorkDirIsFullNamesItInTheReasonOfAFailedRank) {
   Cluster c(o);
   const std::string shards = testing::SyntheticShards(c.dir(), 64);
   ASSERT_FALSE(CorruptAShard(shards).empty());
-  const std::string filler = "/proc/" + std::to_string(c.worker(0).pid()) + "/root" + c.WorkerDir(0) + "/filler";
-  {
-    std::ofstream f(filler, std::ios::binary);
-    ASSERT_TRUE(f.is_open()) << filler;
-    const std::string block(4096, '\0');
-    for (int i = 0; i < 4096 && f.write(block.data(), block.size()) && f.flush(); ++i) {
-    }
-  }
+  const std::string filler = FillFileSystemOf(c.worker(0).pid(), c.WorkerDir(0));
+  ASSERT_FALSE(filler.empty());
   ASSERT_GT(std::filesystem::file_size(filler), 512u << 10);
   const std::string json = SubmitUntilFailed(c, shards, "--epochs 2 --max-restarts 3");
   const std::string reason = JsonString(json, "reason");
@@ -854,14 +863,8 @@ TEST(ClusterTest, ACoordinatorWhoseDiskFillsRefusesWritesSayingSoAndCatchesUpWhe
   ASSERT_GE(CountEpochs(json), 1) << json;
 
   // Fill the coordinator's tmpfs (its mount namespace, seen through /proc).
-  const std::string filler = "/proc/" + std::to_string(coordinator.pid()) + "/root" + state + "/filler";
-  {
-    std::ofstream f(filler, std::ios::binary);
-    ASSERT_TRUE(f.is_open()) << filler;
-    const std::string block(4096, '\0');
-    for (int i = 0; i < 4096 && f.write(block.data(), block.size()) && f.flush(); ++i) {
-    }
-  }
+  const std::string filler = FillFileSystemOf(coordinator.pid(), state);
+  ASSERT_FALSE(filler.empty());
   ASSERT_GT(std::filesystem::file_size(filler), 2u << 20);
   auto refused = RunCommand(dfc + " submit --model meso4 --data " + shards + " --epochs 1");
   EXPECT_NE(refused.exit_code, 0);
