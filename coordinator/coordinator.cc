@@ -645,9 +645,8 @@ void Coordinator::ScheduleLocked() {
       if (job.placements_size() > 20) job.mutable_placements()->DeleteSubrange(0, job.placements_size() - 20);
     }
     active_[id] = std::move(a);
-    if (!Save(job).ok()) {  // the store logs why; placed again at the next tick
+    if (!Save(job).ok()) {  // the store logs why; placed again at the next tick (the cached job is still QUEUED)
       active_.erase(id);
-      jobs_[id].set_state(v1::QUEUED);
       return;
     }
   }
