@@ -1236,8 +1236,16 @@ TEST(ClusterTest, ARankHoldsNoCredentialAndItsWorkerForwardsItsReports) {
     else std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_GT(rank, 0) << procs.Log("worker.log");
-  const std::vector<std::string> env = ProcStrings(rank, "environ");
-  const std::vector<std::string> argv = ProcStrings(rank, "cmdline");
+  // The worker logs the start right after its fork: until the rank has
+  // exec'd, /proc shows the worker's copy of its command line and
+  // environment, and inside execve nothing. Wait for the rank's own.
+  std::vector<std::string> env, argv;
+  for (int i = 0; i < 500; ++i) {
+    argv = ProcStrings(rank, "cmdline");
+    env = ProcStrings(rank, "environ");
+    if ((argv.size() > 1 && argv[1] == "rank" && !env.empty()) || ::kill(rank, 0) != 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   ASSERT_FALSE(env.empty()) << "the rank ended before it was looked at";
   ASSERT_FALSE(argv.empty());
   for (const std::string& e : env) {
