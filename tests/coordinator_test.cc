@@ -244,6 +244,74 @@ TEST_F(CoordinatorTest, AFailureThatCannotBeWrittenIsWrittenAtALaterTick) {
   EXPECT_NE(j.failures(0).reason().find("worker " + w + " stopped responding"), std::string::npos);
 }
 
+// While another program holds jobs.db's write lock, a placement cannot be
+// written: no rank is sent to the worker and the job stays QUEUED, so no
+// rank runs for a job the database does not show placed. Once the lock is
+// gone, the next heartbeat places it, once.
+TEST_F(CoordinatorTest, APlacementThatCannotBeWrittenStartsNoRankAndIsMadeLater) {
+  auto c = Make(8, /*in_memory=*/false);
+  const std::string job = Submit(*c, 1, /*wait=*/true);  // no worker yet: it waits
+  ASSERT_EQ(State(*c, job), v1::QUEUED);
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(dir_.Join("state/jobs.db").c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  const std::string w = Worker(*c, 1);  // a place for it: the placement's write waits out the busy timeout, fails
+  const v1::HeartbeatResponse locked = Beat(*c, w);
+  EXPECT_EQ(locked.start_size(), 0) << "a rank was sent for a placement that was not written: "
+                                    << locked.DebugString();
+  EXPECT_EQ(State(*c, job), v1::QUEUED);
+  EXPECT_EQ(c->GetJob(job)->placements_size(), 0);
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  const v1::HeartbeatResponse placed = Beat(*c, w);
+  ASSERT_EQ(placed.start_size(), 1) << placed.DebugString();
+  EXPECT_EQ(placed.start(0).job_id(), job);
+  EXPECT_EQ(placed.start(0).attempt(), 1);
+  const v1::Job j = *c->GetJob(job);
+  EXPECT_EQ(j.state(), v1::SCHEDULED);
+  EXPECT_EQ(j.attempt(), 1);
+  EXPECT_EQ(j.placements_size(), 1) << j.DebugString();
+}
+
+// A job whose rank 0 did not start within the schedule timeout goes back to
+// the queue; while that cannot be written, it stays SCHEDULED with its slot
+// and its rank is not stopped, and the requeue is made at the first tick
+// after the lock is gone (then it is placed again, as attempt 2).
+TEST_F(CoordinatorTest, ARequeueThatCannotBeWrittenIsMadeAtALaterTick) {
+  auto c = Make(8, /*in_memory=*/false);
+  const std::string w = Worker(*c, 1);
+  const std::string job = Submit(*c, 1);
+  ASSERT_EQ(Beat(*c, w).start_size(), 1);
+  for (int i = 0; i < 122; ++i) {  // 61 s of heartbeats that never report the rank running
+    now_ += 500;
+    Beat(*c, w);
+  }
+  ASSERT_EQ(State(*c, job), v1::SCHEDULED);
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(dir_.Join("state/jobs.db").c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  c->Tick();
+  EXPECT_EQ(State(*c, job), v1::SCHEDULED) << "nothing changes unless it is written";
+  EXPECT_EQ(c->GetJob(job)->failures_size(), 0);
+  const v1::HeartbeatResponse locked = Beat(*c, w);
+  EXPECT_EQ(locked.stop_size(), 0) << "the rank was stopped for a requeue that was not written: "
+                                   << locked.DebugString();
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  c->Tick();
+  const v1::Job j = *c->GetJob(job);
+  ASSERT_EQ(j.failures_size(), 1) << j.DebugString();
+  EXPECT_NE(j.failures(0).reason().find("rank 0 did not start within 60 s of scheduling"), std::string::npos)
+      << j.failures(0).reason();
+  EXPECT_EQ(j.state(), v1::SCHEDULED) << "placed again at once: the worker's slot is free";
+  EXPECT_EQ(j.attempt(), 2);
+  const v1::HeartbeatResponse after = Beat(*c, w);
+  ASSERT_EQ(after.stop_size(), 1) << after.DebugString();
+  EXPECT_EQ(after.stop(0).attempt(), 1);
+  ASSERT_EQ(after.start_size(), 1) << after.DebugString();
+  EXPECT_EQ(after.start(0).attempt(), 2);
+}
+
 // The coordinator stopped for 20 s (SIGSTOP, a frozen VM) heard nobody in
 // that time, through no fault of the workers': on waking, a running job keeps
 // running and a placed one is not sent back to the queue. A worker that then
