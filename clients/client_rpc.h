@@ -41,6 +41,12 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenServerChannel(ClientArgs& c);
 // itself; one round-robin channel for a single name (dns:///NAME:PORT).
 absl::StatusOr<std::vector<std::shared_ptr<grpc::Channel>>> OpenServerChannels(ClientArgs& c);
 
+// ReportError for a call's status. A server's RESOURCE_EXHAUSTED says it
+// cannot take the call now (at its limit of calls or streams, its state
+// disk full), not that the request was bad (dfc checks its own size limits
+// before sending): it exits kExitUnavailable, as an unreachable one does.
+int ReportRpcError(const grpc::Status& status);
+
 // A message as JSON with the proto field names and every field printed.
 std::string ToJson(const google::protobuf::Message& m);
 

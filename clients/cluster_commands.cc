@@ -50,8 +50,6 @@ absl::StatusOr<std::unique_ptr<v1::JobService::Stub>> Connect(ClientArgs& c) {
   return v1::JobService::NewStub(*channel);
 }
 
-int ReportRpc(const grpc::Status& st) { return ReportError(FromGrpc(st)); }
-
 // Text a job or worker carries is printed through ForTerminal: a failure
 // reason quotes the paths another user chose, and reaches whoever runs
 // `dfc status` or `dfc list` (--json prints it exactly, JSON-escaped).
@@ -116,7 +114,7 @@ int RunSubmit(ClientArgs& c, SubmitArgs& s) {
   v1::SubmitJobResponse resp;
   auto ctx = MakeContext(c.security);
   grpc::Status st = (*stub)->SubmitJob(ctx.get(), s.req, &resp);
-  if (!st.ok()) return ReportRpc(st);
+  if (!st.ok()) return ReportRpcError(st);
   if (c.json) std::printf("%s\n", ToJson(resp).c_str());
   else std::printf("%s\n", resp.job_id().c_str());
   if (!resp.warning().empty()) std::fprintf(stderr, "dfc: warning: %s\n", ForTerminal(resp.warning()).c_str());
@@ -142,7 +140,7 @@ int RunList(ClientArgs& c, const std::string& state, int page_size) {
     v1::ListJobsResponse resp;
     auto ctx = MakeContext(c.security);
     grpc::Status st = (*stub)->ListJobs(ctx.get(), req, &resp);
-    if (!st.ok()) return ReportRpc(st);
+    if (!st.ok()) return ReportRpcError(st);
     for (auto& j : *resp.mutable_jobs()) *all.add_jobs() = std::move(j);
     if (resp.next_page_token().empty()) break;
     req.set_page_token(resp.next_page_token());
@@ -235,7 +233,7 @@ int RunLogs(ClientArgs& c, const LogsArgs& a) {
     // Only the end is read, from further back each time until it holds the
     // last `tail` lines: a long log is not fetched chunk by chunk from its start.
     v1::GetRankLogResponse resp;
-    if (grpc::Status st = fetch(0, 1, &resp); !st.ok()) return ReportRpc(st);
+    if (grpc::Status st = fetch(0, 1, &resp); !st.ok()) return ReportRpcError(st);
     const int64_t size = resp.size();
     constexpr int64_t kMaxWindow = int64_t{64} << 20;
     std::vector<absl::string_view> lines;
@@ -245,7 +243,7 @@ int RunLogs(ClientArgs& c, const LogsArgs& a) {
       text.clear();
       for (int64_t at = start; at < size;) {
         if (grpc::Status st = fetch(at, static_cast<int>(std::min<int64_t>(size - at, 256 << 10)), &resp); !st.ok()) {
-          return ReportRpc(st);
+          return ReportRpcError(st);
         }
         if (resp.data().empty()) break;  // the log was cut meanwhile
         text += resp.data();
@@ -264,7 +262,7 @@ int RunLogs(ClientArgs& c, const LogsArgs& a) {
   }
   for (;;) {
     v1::GetRankLogResponse resp;
-    if (grpc::Status st = fetch(offset, 0, &resp); !st.ok()) return ReportRpc(st);
+    if (grpc::Status st = fetch(offset, 0, &resp); !st.ok()) return ReportRpcError(st);
     offset += static_cast<int64_t>(resp.data().size());
     out.Add(resp.data());
     if (offset < resp.size()) continue;  // more to read now
@@ -287,7 +285,7 @@ int RunWorkers(ClientArgs& c) {
   v1::ListWorkersResponse resp;
   auto ctx = MakeContext(c.security);
   grpc::Status st = (*stub)->ListWorkers(ctx.get(), v1::ListWorkersRequest(), &resp);
-  if (!st.ok()) return ReportRpc(st);
+  if (!st.ok()) return ReportRpcError(st);
   if (c.json) {
     std::printf("%s\n", ToJson(resp).c_str());
     return kExitOk;
@@ -312,7 +310,7 @@ int RunStatus(ClientArgs& c, const std::string& job_id) {
   v1::Job job;
   auto ctx = MakeContext(c.security);
   grpc::Status st = (*stub)->GetJob(ctx.get(), req, &job);
-  if (!st.ok()) return ReportRpc(st);
+  if (!st.ok()) return ReportRpcError(st);
   if (c.json) std::printf("%s\n", ToJson(job).c_str());
   else PrintJob(job);
   return kExitOk;
@@ -326,7 +324,7 @@ int RunCancel(ClientArgs& c, const std::string& job_id) {
   v1::CancelJobResponse resp;
   auto ctx = MakeContext(c.security);
   grpc::Status st = (*stub)->CancelJob(ctx.get(), req, &resp);
-  if (!st.ok()) return ReportRpc(st);
+  if (!st.ok()) return ReportRpcError(st);
   if (c.json) std::printf("%s\n", ToJson(resp.job()).c_str());
   else std::printf("%s %s\n", ForTerminal(job_id).c_str(), v1::JobState_Name(resp.job().state()).c_str());
   return kExitOk;
@@ -419,7 +417,7 @@ int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
       continue;
     }
     if (bar) bar->Finish();
-    return ReportRpc(st);
+    return ReportRpcError(st);
   }
   if (bar) bar->Finish();
   if (!c.json) PrintJob(job);
@@ -629,6 +627,11 @@ std::shared_ptr<ClientArgs> AddCoordinatorOptions(CLI::App& app) {
   app.add_option("--tls-key", c->security.tls_key, "Client key (PEM)");
   app.add_option("--token-file", c->token_file, "File holding the API bearer token");
   return c;
+}
+
+int ReportRpcError(const grpc::Status& status) {
+  if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) return ReportError(FromGrpc(status));
+  return ReportError(absl::UnavailableError(absl::StrCat(status.error_message(), "; try again later")));
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(ClientArgs& c) {

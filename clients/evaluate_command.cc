@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -146,6 +147,10 @@ class WorkQueue {
     *i = next_++;
     return true;
   }
+  bool Empty() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return retry_.empty() && next_ >= n_;
+  }
   void Return(const std::vector<size_t>& items) {
     std::lock_guard<std::mutex> lock(mu_);
     retry_.insert(retry_.end(), items.begin(), items.end());
@@ -169,31 +174,66 @@ int64_t SteadyMs() {
 // with images outstanding: the replica is frozen or hung and its connection
 // still open) gives its unanswered items back and opens a new stream, which
 // round-robin places on another replica; each image is answered (and
-// counted) once.
+// counted) once. A stream refused RESOURCE_EXHAUSTED (the replica is at its
+// limit of open streams or threads: busy, evaluating nothing of ours) gives
+// its items back too and waits for a place, trying the replicas in turn with
+// a growing pause, for at most --stall-timeout, unless the queue is empty
+// (the other streams have the images).
 class StreamRunner {
  public:
   static constexpr int kMaxReplicaFailures = 10;
+  static constexpr int64_t kMaxBusyPauseMs = 2000;
 
   // Stream s starts on replica s mod N of `stubs` and moves to the next one
   // when its replica fails.
   StreamRunner(const std::vector<std::unique_ptr<v1::EvaluationService::Stub>>* stubs, size_t first, ClientArgs& c,
                const EvaluateArgs& a, std::vector<Item>* items, WorkQueue* queue, std::atomic<size_t>* done,
-               std::atomic<int>* retried)
-      : stubs_(stubs), replica_(first), c_(c), a_(a), items_(items), queue_(queue), done_(done), retried_(retried) {}
+               std::atomic<int>* retried, std::atomic<bool>* said_busy)
+      : stubs_(stubs), replica_(first), c_(c), a_(a), items_(items), queue_(queue), done_(done), retried_(retried),
+        said_busy_(said_busy) {}
 
   // The last stream's status.
   grpc::Status Run(v1::ModelInfo* info) {
-    for (int failures = 0;; ++failures) {
+    int64_t busy_since_ms = -1;
+    int64_t busy_pause_ms = 100;
+    std::minstd_rand jitter(static_cast<uint32_t>(SteadyMs() + static_cast<int64_t>(replica_) * 7919));
+    for (int failures = 0;;) {
       std::vector<size_t> unanswered;
       grpc::Status st = RunStream(info, &unanswered);
+      if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        queue_->Return(unanswered);  // never evaluated: not counted as sent again
+        if (queue_->Empty()) return st;
+        const int64_t now = SteadyMs();
+        if (busy_since_ms < 0) busy_since_ms = now;
+        const int64_t left = int64_t{a_.stall_timeout_s} * 1000 - (now - busy_since_ms);
+        if (left <= 0) {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              absl::StrCat("the evaluation servers stayed busy for ", a_.stall_timeout_s,
+                                           " s (--stall-timeout): ", st.error_message(), "; try again later"));
+        }
+        if (!said_busy_->exchange(true)) {
+          std::fprintf(stderr, "dfc: a replica is busy (%s); waiting for a place, for at most %d s\n",
+                       ForTerminal(st.error_message()).c_str(), a_.stall_timeout_s);
+        }
+        ++replica_;
+        // Half the pause, plus up to the other half at random: clients
+        // refused together do not all come back together.
+        const int64_t pause = busy_pause_ms / 2 + static_cast<int64_t>(jitter() % static_cast<uint32_t>(busy_pause_ms / 2 + 1));
+        std::this_thread::sleep_for(std::chrono::milliseconds(std::min(pause, left)));
+        busy_pause_ms = std::min(busy_pause_ms * 2, kMaxBusyPauseMs);
+        continue;
+      }
+      busy_since_ms = -1;
+      busy_pause_ms = 100;
       const bool retry = st.error_code() == grpc::StatusCode::UNAVAILABLE && failures < kMaxReplicaFailures;
       if (retry) {
+        ++failures;
         ++replica_;  // the next replica (with one round-robin channel: its next pick)
         if (!unanswered.empty()) {
           *retried_ += static_cast<int>(unanswered.size());
           queue_->Return(unanswered);
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100 * (failures + 1)));
+        std::this_thread::sleep_for(std::chrono::milliseconds(100 * failures));
         continue;
       }
       for (size_t i : unanswered) {
@@ -327,6 +367,7 @@ class StreamRunner {
   WorkQueue* queue_;
   std::atomic<size_t>* done_;
   std::atomic<int>* retried_;
+  std::atomic<bool>* said_busy_;  // the busy line is printed once per command
 };
 
 std::string CsvField(const std::string& s) {
@@ -434,6 +475,7 @@ int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
   WorkQueue queue(items.size());
   std::atomic<size_t> done{0};
   std::atomic<int> retried{0};
+  std::atomic<bool> said_busy{false};
   const int streams = std::max(1, std::min<int>(a.concurrency, static_cast<int>(items.size())));
   std::vector<grpc::Status> status(streams);
   std::vector<v1::ModelInfo> infos(streams);
@@ -448,7 +490,7 @@ int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
   for (int s = 0; s < streams; ++s) {
     if (s > 0 && channels->size() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     threads.emplace_back([&, s] {
-      StreamRunner runner(&stubs, static_cast<size_t>(s), c, a, &items, &queue, &done, &retried);
+      StreamRunner runner(&stubs, static_cast<size_t>(s), c, a, &items, &queue, &done, &retried, &said_busy);
       status[s] = runner.Run(&infos[s]);
       --running;
     });
@@ -471,7 +513,7 @@ int RunEvaluate(ClientArgs& c, const EvaluateArgs& a) {
   // (no stream got as far as the model).
   if (std::all_of(infos.begin(), infos.end(), [](const v1::ModelInfo& i) { return i.arch().empty(); })) {
     for (const grpc::Status& st : status) {
-      if (!st.ok()) return ReportError(FromGrpc(st));
+      if (!st.ok()) return ReportRpcError(st);
     }
   }
   for (Item& item : items) {
@@ -534,7 +576,7 @@ int RunImport(ClientArgs& c, const ImportArgs& a) {
   }
   writer->WritesDone();
   grpc::Status st = writer->Finish();
-  if (!st.ok()) return ReportError(FromGrpc(st));
+  if (!st.ok()) return ReportRpcError(st);
   if (c.json) std::printf("%s\n", ToJson(info).c_str());
   else std::printf("imported %s: %s, %s, %lld bytes, sha256 %s\n", info.name().c_str(), info.arch().c_str(),
                    info.format().c_str(), static_cast<long long>(info.size_bytes()), info.sha256().c_str());
@@ -548,7 +590,7 @@ int RunModels(ClientArgs& c) {
   auto ctx = MakeContext(c.security);
   v1::ListModelsResponse resp;
   grpc::Status st = stub->ListModels(ctx.get(), v1::ListModelsRequest(), &resp);
-  if (!st.ok()) return ReportError(FromGrpc(st));
+  if (!st.ok()) return ReportRpcError(st);
   if (c.json) {
     std::printf("%s\n", ToJson(resp).c_str());
     return kExitOk;
@@ -587,7 +629,8 @@ void AddEvaluateCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> 
   eval->add_option("--timeout", e->timeout_s, "Give up after this many seconds")->check(CLI::Range(1, 604800));
   eval->add_option("--stall-timeout", e->stall_timeout_s,
                    "Give a replica up when it answers nothing for this many seconds with images outstanding "
-                   "(frozen, a hung GPU); its images go to another replica")
+                   "(frozen, a hung GPU), its images going to another replica; and give up when every replica stays busy "
+                   "(at its limit of open streams) for this long")
       ->check(CLI::Range(1, 86400));
   eval->add_option("--max-in-flight", e->max_in_flight,
                    "Unanswered images per stream: a slow replica holds at most this many, the rest go to whichever "

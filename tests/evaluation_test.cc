@@ -49,12 +49,14 @@ class EvaluationTest : public ::testing::Test {
     testing::TestCluster::Options o;
     o.servers = 1;
     o.server_flags = {"--device", "cpu", "--eval-max-batch", "8", "--eval-max-delay-us", "2000"};
+    for (const std::string& f : ExtraServerFlags()) o.server_flags.push_back(f);
     cluster_ = std::make_unique<testing::TestCluster>(o);  // returns once the server is SERVING
     channel_ = grpc::CreateChannel(cluster_->server_address(0), grpc::InsecureChannelCredentials());
     stub_ = v1::EvaluationService::NewStub(channel_);
     auto r = RunCommand(Dfc("import --name meso-df --model mesoinception4 --weights " + data_.weights));
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
+  virtual std::vector<std::string> ExtraServerFlags() const { return {}; }
   std::string Dfc(const std::string& args) const { return cluster_->Dfc(args); }
   // The server still answers: health-checked by a unary call.
   bool Healthy() {
@@ -325,6 +327,79 @@ TEST_F(EvaluationTest, EvaluateCliReportsBadFilesAndKeepsGoing) {
   EXPECT_EQ(j["errors"], 1);
   EXPECT_NE(r.err.find("notes.png: image: not a supported image"), std::string::npos) << r.err;
   EXPECT_NE(testing::ReadFileOrDie(dir_.Join("o.csv")).find("not a supported image"), std::string::npos);
+}
+
+// A replica that takes one Evaluate stream at a time (--eval-max-streams 1),
+// as a busy serving tier is for a client that comes late.
+class BusyServerTest : public EvaluationTest {
+ protected:
+  std::vector<std::string> ExtraServerFlags() const override { return {"--eval-max-streams", "1"}; }
+};
+
+// The streams of one `dfc evaluate` beyond the replica's limit are refused;
+// their images wait for a place instead of failing (they did: "no result:
+// the stream ended: too many open evaluation streams", exit 4).
+TEST_F(BusyServerTest, StreamsBeyondAReplicasLimitWaitForAPlaceAndNoImageFails) {
+  std::string paths;
+  for (int i = 0; i < 40; ++i) {
+    const fs::path from = data_.images[static_cast<size_t>(i % 4)];
+    const std::string to = dir_.Join("many/" + std::to_string(i) + from.extension().string());
+    fs::create_directories(fs::path(to).parent_path());
+    fs::copy_file(from, to);
+    paths += " " + to;
+  }
+  // One image in flight per stream: the first stream is still at work when
+  // the other two open (100 ms apart), and each of those takes an image.
+  auto r = RunCommand(Dfc("evaluate --json --concurrency 3 --max-in-flight 1 --model meso-df" + paths));
+  std::printf("%s", r.err.c_str());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["count"], 40);
+  EXPECT_EQ(j["errors"], 0) << r.out;
+  EXPECT_EQ(j["retried"], 0) << "an image refused before it was evaluated is not 'sent again': " << r.out;
+  EXPECT_NE(r.err.find("dfc: a replica is busy (too many open evaluation streams (limit 1)); waiting for a place, "
+                       "for at most 120 s"),
+            std::string::npos)
+      << "no stream was refused, so nothing was tested: " << r.err;
+  EXPECT_TRUE(Healthy());
+}
+
+// While another client holds the replica's one place, `dfc evaluate` waits
+// for at most --stall-timeout and then exits 6 (try again later), not 2 (bad
+// input, as it did); once the place is given back, a waiting client gets it.
+TEST_F(BusyServerTest, AClientWaitsForABusyReplicaAndGivesUpAfterTheStallTimeout) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto held = stub_->Evaluate(&ctx);
+  v1::EvaluateRequest first;
+  first.mutable_model()->set_name("meso-df");
+  v1::EvaluateResponse head;
+  ASSERT_TRUE(held->Write(first) && held->Read(&head)) << "the holding stream was not served";
+
+  const auto start = std::chrono::steady_clock::now();
+  auto r = RunCommand(Dfc("evaluate --stall-timeout 3 --model meso-df " + data_.images[0]));
+  const double waited_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("gave up after %.1f s: %s", waited_s, r.err.c_str());
+  EXPECT_EQ(r.exit_code, 6) << r.err;
+  EXPECT_NE(r.err.find("dfc: the evaluation servers stayed busy for 3 s (--stall-timeout): too many open evaluation "
+                       "streams (limit 1); try again later"),
+            std::string::npos)
+      << r.err;
+  EXPECT_GE(waited_s, 3.0);
+
+  testing::CommandResult late;
+  std::thread client([&] { late = RunCommand(Dfc("evaluate --json --model meso-df " + data_.folder)); });
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  held->WritesDone();
+  while (held->Read(&head)) {
+  }
+  EXPECT_TRUE(held->Finish().ok());
+  client.join();
+  ASSERT_EQ(late.exit_code, 0) << late.err;
+  EXPECT_NE(late.err.find("a replica is busy"), std::string::npos) << "it never waited: " << late.err;
+  auto j = nlohmann::json::parse(late.out);
+  EXPECT_EQ(j["count"], 4);
+  EXPECT_EQ(j["errors"], 0) << late.out;
 }
 
 }  // namespace
