@@ -330,6 +330,30 @@ int RunCancel(ClientArgs& c, const std::string& job_id) {
   return kExitOk;
 }
 
+// Each job in turn: one that cannot be deleted is named and the rest go on;
+// the exit code is the first failure's.
+int RunDelete(ClientArgs& c, const std::vector<std::string>& job_ids, bool outputs) {
+  auto stub = Connect(c);
+  if (!stub.ok()) return ReportError(stub.status());
+  int code = kExitOk;
+  for (const std::string& id : job_ids) {
+    v1::DeleteJobRequest req;
+    req.set_job_id(id);
+    req.set_outputs(outputs);
+    v1::DeleteJobResponse resp;
+    auto ctx = MakeContext(c.security);
+    grpc::Status st = (*stub)->DeleteJob(ctx.get(), req, &resp);
+    if (!st.ok()) {
+      const int failed = ReportRpcError(st);
+      if (code == kExitOk) code = failed;
+      continue;
+    }
+    if (resp.removed_outputs().empty()) std::printf("%s deleted\n", ForTerminal(id).c_str());
+    else std::printf("%s deleted; removed %s\n", ForTerminal(id).c_str(), ForTerminal(resp.removed_outputs()).c_str());
+  }
+  return code;
+}
+
 int RunWatch(ClientArgs& c, const std::string& job_id, int timeout_s) {
   auto stub = Connect(c);
   if (!stub.ok()) return ReportError(stub.status());
@@ -811,6 +835,17 @@ void AddClusterCommands(CLI::App& app, RunFn* run, std::shared_ptr<ClientArgs> c
   cancel->add_option("job", *job_id, "Job id")->required();
   AddClientFlags(cancel, c.get());
   cancel->callback([run, c, job_id] { *run = [c, job_id] { return RunCancel(*c, *job_id); }; });
+
+  auto delete_ids = std::make_shared<std::vector<std::string>>();
+  auto delete_outputs = std::make_shared<bool>(false);
+  CLI::App* del = app.add_subcommand(
+      "delete", "Delete jobs that ended (SUCCEEDED, FAILED, CANCELLED): their records, and their rank logs on workers");
+  del->add_option("jobs", *delete_ids, "Job ids")->required();
+  del->add_flag("--outputs", *delete_outputs,
+                "Also remove each job's run directory (checkpoints, metrics) under the coordinator's output root");
+  del->callback([run, c, delete_ids, delete_outputs] {
+    *run = [c, delete_ids, delete_outputs] { return RunDelete(*c, *delete_ids, *delete_outputs); };
+  });
 
   auto k = std::make_shared<ClusterArgs>();
   CLI::App* cluster = app.add_subcommand("cluster", "A local cluster on loopback");

@@ -348,13 +348,73 @@ absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
   return jobs_[job_id];
 }
 
+absl::StatusOr<std::string> Coordinator::Delete(const std::string& job_id, bool outputs) {
+  std::string run_dir;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+    const v1::Job& job = it->second;
+    if (!IsTerminal(job.state())) {
+      return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " is ", v1::JobState_Name(job.state()),
+                                                        ": only a job that ended can be deleted (dfc cancel ", job_id,
+                                                        " first)"));
+    }
+    if (outputs) {
+      const fs::path expected = fs::path(options_.output_root) / job_id;
+      if (job.output_dir() != expected.string()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "job ", job_id, "'s outputs are at '", job.output_dir(), "', outside this coordinator's output root '",
+            options_.output_root, "': nothing was deleted (remove them by hand, then delete the job without outputs)"));
+      }
+      std::error_code ec;
+      const std::vector<std::string> within = {fs::weakly_canonical(expected, ec).string()};
+      for (const auto& [other_id, other] : jobs_) {
+        if (IsTerminal(other.state())) continue;
+        for (const std::string& path : {other.config().init(), other.config().data()}) {
+          if (InsideRoots(path, within)) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                "job ", other_id, " (", v1::JobState_Name(other.state()), ") reads '", path, "' from job ", job_id,
+                "'s outputs: nothing was deleted (delete them once it has ended)"));
+          }
+        }
+      }
+      run_dir = expected.string();
+    }
+  }
+  // Outside the lock (a run directory may hold gigabytes of checkpoints);
+  // first, so that what cannot be removed leaves a record to delete again.
+  if (!run_dir.empty()) {
+    std::error_code ec;
+    fs::remove_all(run_dir, ec);
+    if (ec) {
+      return absl::InternalError(absl::StrCat("the job was not deleted: its outputs at '", run_dir,
+                                              "' could not all be removed (", ec.message(), "); what is left is there"));
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  if (!jobs_.count(job_id)) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+  if (absl::Status st = store_->Delete(job_id); !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("the job was not deleted: ", st.message()));
+  }
+  jobs_.erase(job_id);
+  versions_.erase(job_id);
+  not_before_ms_.erase(job_id);
+  unclaimed_.erase(job_id);
+  bypassed_.erase(job_id);
+  for (const auto& [wid, w] : workers_) forget_[wid].insert(job_id);
+  changed_.SignalAll();  // watchers hear that it is gone
+  return run_dir;
+}
+
 absl::StatusOr<v1::Job> Coordinator::WaitForChange(const std::string& job_id, int64_t* version,
                                                    std::chrono::milliseconds timeout) {
   absl::MutexLock lock(&mu_);
   if (!jobs_.count(job_id)) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
   const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
-  while (versions_[job_id] == *version && !changed_.WaitWithDeadline(&mu_, deadline)) {
+  while (jobs_.count(job_id) && versions_[job_id] == *version && !changed_.WaitWithDeadline(&mu_, deadline)) {
   }
+  if (!jobs_.count(job_id)) return absl::NotFoundError(absl::StrCat("job_id: job '", job_id, "' was deleted"));
   *version = versions_[job_id];
   v1::Job job = jobs_[job_id];
   FillWaitingLocked(&job, QueueOrderLocked());
@@ -552,6 +612,9 @@ void Coordinator::ExpireWorkersLocked() {
   for (auto it = stop_.begin(); it != stop_.end();) {  // nobody is left to tell
     it = workers_.count(it->first) ? std::next(it) : stop_.erase(it);
   }
+  for (auto it = forget_.begin(); it != forget_.end();) {
+    it = workers_.count(it->first) ? std::next(it) : forget_.erase(it);
+  }
 }
 
 int Coordinator::TotalLiveSlotsLocked() const {
@@ -713,6 +776,10 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
       stop->set_attempt(attempt);
     }
     stop_.erase(stops);
+  }
+  if (auto forget = forget_.find(r.worker_id()); forget != forget_.end()) {
+    for (const std::string& id : forget->second) resp.add_forget_jobs(id);
+    forget_.erase(forget);
   }
   return resp;
 }

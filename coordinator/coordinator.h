@@ -89,6 +89,12 @@ class Coordinator {
   // One page of job summaries (see ListJobsRequest).
   absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& request);
   absl::StatusOr<v1::Job> Cancel(const std::string& job_id);
+  // Removes a job that ended: its run directory first (with `outputs`, and
+  // only OUTPUT_ROOT/JOB; a job not yet ended whose data or init weights lie
+  // there keeps it), then its record; every worker is told to forget its
+  // rank folders. Returns the run directory removed ("" without outputs).
+  // What cannot be removed leaves the job as it was, named in the error.
+  absl::StatusOr<std::string> Delete(const std::string& job_id, bool outputs);
   // Returns the job once its version passes *version (or at timeout),
   // updating *version. Starts with *version = 0 for the current job.
   absl::StatusOr<v1::Job> WaitForChange(const std::string& job_id, int64_t* version,
@@ -209,6 +215,8 @@ class Coordinator {
   std::map<std::string, ActiveJob> active_ ABSL_GUARDED_BY(mu_);
   // worker -> job -> the newest attempt whose ranks there must stop
   std::map<std::string, std::map<std::string, int>> stop_ ABSL_GUARDED_BY(mu_);
+  // worker -> deleted jobs whose rank folders it must remove
+  std::map<std::string, std::set<std::string>> forget_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t last_ran_ms_ ABSL_GUARDED_BY(mu_) = 0;  // CreditOwnPauseLocked's last call
   std::map<std::string, int64_t> servers_ ABSL_GUARDED_BY(mu_);

@@ -43,6 +43,15 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* ctx, const v1::Cance
   return grpc::Status::OK;
 }
 
+grpc::Status JobServiceImpl::DeleteJob(grpc::ServerContext* ctx, const v1::DeleteJobRequest* req,
+                                       v1::DeleteJobResponse* resp) {
+  DFC_CHECK_TOKEN(ctx);
+  auto r = coordinator_->Delete(req->job_id(), req->outputs());
+  if (!r.ok()) return ToGrpc(r.status());
+  resp->set_removed_outputs(*r);
+  return grpc::Status::OK;
+}
+
 grpc::Status JobServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                                       grpc::ServerWriter<v1::JobEvent>* writer) {
   DFC_CHECK_TOKEN(ctx);

@@ -251,6 +251,23 @@ absl::Status JobStore::Update(const v1::Job& job) {
   return absl::OkStatus();
 }
 
+absl::Status JobStore::Delete(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  absl::Status st = Exec("BEGIN IMMEDIATE");
+  for (const char* sql : {"DELETE FROM epochs WHERE job_id = ?", "DELETE FROM selection_epochs WHERE job_id = ?",
+                          "DELETE FROM jobs WHERE job_id = ?"}) {
+    if (!st.ok()) break;
+    Stmt d(db_, sql);
+    st = d.status();
+    if (!st.ok()) break;
+    d.BindText(1, job_id);
+    st = d.Done();
+  }
+  if (st.ok()) st = Exec("COMMIT");
+  if (!st.ok()) (void)Exec("ROLLBACK");  // none open (BEGIN failed) is an error nobody needs
+  return Written(st);
+}
+
 absl::Status JobStore::PutEpoch(const std::string& job_id, const v1::EpochMetrics& m) {
   if (!m.phase().empty() && m.phase() != run_dir::kSelection) {
     return absl::InvalidArgumentError(absl::StrCat("epoch.phase: no phase '", m.phase(), "'"));

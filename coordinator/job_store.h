@@ -36,6 +36,8 @@ class JobStore {
   absl::StatusOr<std::vector<v1::Job>> List();
   // Writes the job's mutable fields (state, reason, restarts, times, workers).
   absl::Status Update(const v1::Job& job);
+  // Removes a job and its epochs (one transaction).
+  absl::Status Delete(const std::string& job_id);
   // Records one epoch's metrics (replacing a re-run of the same epoch).
   absl::Status PutEpoch(const std::string& job_id, const v1::EpochMetrics& m);
 

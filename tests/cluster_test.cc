@@ -779,6 +779,63 @@ TEST(ClusterTest, ASecondCoordinatorOnAPortInUseIsRefusedNamingWhy) {
 // its job's data made it print, and the reader is often another user. --tail
 // reads the log's end, not all of it, and still gives exactly the last lines.
 // Once the rank has exited, its worker keeps its log and drops its reports.
+// An operator clears what ended: `dfc delete` names a running job (cancel it
+// first) and an unknown one and goes on with the rest. A deleted job is gone
+// from status, list and logs; with --outputs its run directory is removed;
+// its worker removes the job's rank folders. The running job is untouched.
+TEST(ClusterTest, DeleteRemovesAnEndedJobItsOutputsAndItsRankFoldersAndSparesARunningOne) {
+  Cluster c(1);
+  const std::string shards = testing::SyntheticShards(c.dir(), 64);
+  auto r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 1 --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string done = JsonString(r.out, "job_id");
+  const std::string status = WaitForState(c, done, "SUCCEEDED", 240);
+  ASSERT_EQ(JsonString(status, "state"), "SUCCEEDED") << status;
+  const std::string outputs = JsonString(status, "output_dir");
+  ASSERT_TRUE(std::filesystem::exists(outputs + "/latest.ckpt")) << outputs;
+  const std::string rank_log = c.RankLog(done, 1, 0);
+  ASSERT_FALSE(rank_log.empty());
+  const std::filesystem::path rank_folders = std::filesystem::path(rank_log).parent_path().parent_path().parent_path();
+  ASSERT_EQ(rank_folders.filename(), done);
+  r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 200 --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string running = JsonString(r.out, "job_id");
+  const std::string running_status = WaitForState(c, running, "RUNNING", 120);
+  ASSERT_EQ(JsonString(running_status, "state"), "RUNNING");
+  const std::string running_outputs = JsonString(running_status, "output_dir");
+
+  auto del = RunCommand(c.Dfc("delete --outputs " + running + " job-000000000000 " + done));
+  EXPECT_EQ(del.exit_code, 1) << "the first failure's code (FAILED_PRECONDITION): " << del.err;
+  EXPECT_NE(del.err.find("dfc: job " + running + " is RUNNING: only a job that ended can be deleted (dfc cancel " +
+                         running + " first)"),
+            std::string::npos)
+      << del.err;
+  EXPECT_NE(del.err.find("no job 'job-000000000000'"), std::string::npos) << del.err;
+  EXPECT_EQ(del.out, done + " deleted; removed " + outputs + "\n");
+  EXPECT_FALSE(std::filesystem::exists(outputs));
+  auto gone = RunCommand(c.Dfc("status " + done));
+  EXPECT_EQ(gone.exit_code, 2) << gone.out;
+  EXPECT_NE(gone.err.find("no job '" + done + "'"), std::string::npos) << gone.err;
+  auto list = RunCommand(c.Dfc("list --json"));
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_EQ(list.out.find(done), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find(running), std::string::npos) << list.out;
+  EXPECT_NE(RunCommand(c.Dfc("logs " + done)).exit_code, 0);
+  for (int i = 0; i < 100 && std::filesystem::exists(rank_folders); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE(std::filesystem::exists(rank_folders)) << "the worker kept the deleted job's rank folders";
+  EXPECT_NE(c.processes().Log("worker-0.log").find("deleted job " + done + ": removed its rank folders"),
+            std::string::npos);
+
+  EXPECT_EQ(JsonString(RunCommand(c.Dfc("status --json " + running)).out, "state"), "RUNNING");
+  ASSERT_EQ(RunCommand(c.Dfc("cancel " + running)).exit_code, 0);
+  del = RunCommand(c.Dfc("delete " + running));
+  EXPECT_EQ(del.exit_code, 0) << del.err;
+  EXPECT_EQ(del.out, running + " deleted\n");
+  EXPECT_TRUE(std::filesystem::exists(running_outputs)) << "without --outputs they stay: " << running_outputs;
+}
+
 TEST(ClusterTest, LogsEscapeARanksOutputOnATerminalAndTailReadsOnlyTheEnd) {
   Cluster c(1);
   const std::string shards = testing::SyntheticShards(c.dir(), 64);

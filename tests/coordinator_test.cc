@@ -5,6 +5,7 @@
 // by the notebook-phase test, which reopens its SQLite file.
 #include <filesystem>
 #include <functional>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <sqlite3.h>
@@ -310,6 +311,96 @@ TEST_F(CoordinatorTest, ARequeueThatCannotBeWrittenIsMadeAtALaterTick) {
   EXPECT_EQ(after.stop(0).attempt(), 1);
   ASSERT_EQ(after.start_size(), 1) << after.DebugString();
   EXPECT_EQ(after.start(0).attempt(), 2);
+}
+
+// Only a job that ended is deleted. With outputs its run directory goes too,
+// unless a job not yet ended starts from weights in it. The record and its
+// epochs leave the SQLite file (a reopened coordinator has none of it), a
+// watcher hears that the job is gone, and every worker is told to forget it.
+TEST_F(CoordinatorTest, OnlyAnEndedJobIsDeletedWithItsEpochsAndItsOutputsWhenNothingReadsThem) {
+  auto c = Make(8, /*in_memory=*/false);
+  const std::string w = Worker(*c, 1);
+  const std::string job = Submit(*c, 1, false, 0, "", /*epochs=*/2);
+  Beat(*c, w, {{job, 1, 0}});
+  ASSERT_EQ(State(*c, job), v1::RUNNING);
+  v1::ReportMetricsRequest m;
+  m.set_job_id(job);
+  m.set_attempt(1);
+  m.mutable_epoch()->set_epoch(1);
+  ASSERT_TRUE(c->ReportMetrics(m).ok());
+  auto epoch_rows = [&] {
+    sqlite3* db = nullptr;
+    EXPECT_EQ(sqlite3_open(dir_.Join("state/jobs.db").c_str(), &db), SQLITE_OK);
+    sqlite3_stmt* q = nullptr;
+    sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM epochs WHERE job_id = ?", -1, &q, nullptr);
+    sqlite3_bind_text(q, 1, job.c_str(), -1, SQLITE_TRANSIENT);
+    const int n = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int(q, 0) : -1;
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return n;
+  };
+  ASSERT_EQ(epoch_rows(), 1);
+
+  auto refused = c->Delete(job, true);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_NE(refused.status().message().find("job " + job + " is RUNNING: only a job that ended can be deleted (dfc "
+                                            "cancel " + job + " first)"),
+            std::string::npos)
+      << refused.status();
+  ASSERT_TRUE(c->Cancel(job).ok());
+  const std::string outputs = c->GetJob(job)->output_dir();
+  ASSERT_TRUE(std::filesystem::is_directory(outputs)) << outputs;  // claimed at placement
+  testing::WriteFileOrDie(outputs + "/best.ckpt", "weights");
+
+  // A job that starts from those weights keeps them.
+  v1::SubmitJobRequest from;
+  from.mutable_config()->set_model(v1::MESOINCEPTION4);
+  from.mutable_config()->set_data(dir_.Join("sh"));
+  from.mutable_config()->set_epochs(1);
+  from.mutable_config()->set_batch_size(8);
+  from.mutable_config()->set_init(outputs + "/best.ckpt");
+  from.set_world_size(1);
+  auto next = c->Submit(from);
+  ASSERT_TRUE(next.ok()) << next.status();
+  auto kept = c->Delete(job, true);
+  EXPECT_EQ(kept.status().code(), absl::StatusCode::kFailedPrecondition) << kept.status();
+  EXPECT_NE(kept.status().message().find("job " + next->job_id() + " ("), std::string::npos) << kept.status();
+  EXPECT_NE(kept.status().message().find(") reads '" + outputs + "/best.ckpt' from job " + job +
+                                         "'s outputs: nothing was deleted"),
+            std::string::npos)
+      << kept.status();
+  EXPECT_TRUE(std::filesystem::exists(outputs + "/best.ckpt"));
+  EXPECT_TRUE(c->GetJob(job).ok());
+  ASSERT_TRUE(c->Cancel(next->job_id()).ok());
+
+  // A watcher of the job hears that it is gone (it was handed an empty job).
+  int64_t version = 0;
+  ASSERT_TRUE(c->WaitForChange(job, &version, std::chrono::milliseconds(0)).ok());
+  absl::StatusOr<v1::Job> watched;
+  std::thread watcher([&] { watched = c->WaitForChange(job, &version, std::chrono::milliseconds(2000)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto deleted = c->Delete(job, true);
+  watcher.join();
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, outputs);
+  EXPECT_EQ(watched.status().code(), absl::StatusCode::kNotFound) << (watched.ok() ? watched->DebugString() : "");
+  EXPECT_FALSE(std::filesystem::exists(outputs));
+  EXPECT_EQ(c->GetJob(job).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(c->Delete(job, false).status().code(), absl::StatusCode::kNotFound);
+  auto list = c->ListJobs(v1::ListJobsRequest());
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->jobs_size(), 1);
+  EXPECT_EQ(list->jobs(0).job_id(), next->job_id());
+  const v1::HeartbeatResponse beat = Beat(*c, w);
+  ASSERT_EQ(beat.forget_jobs_size(), 1) << beat.DebugString();
+  EXPECT_EQ(beat.forget_jobs(0), job);
+  EXPECT_EQ(Beat(*c, w).forget_jobs_size(), 0) << "told once";
+  EXPECT_EQ(epoch_rows(), 0);
+
+  c.reset();  // a restarted coordinator has none of it
+  c = Make(8, /*in_memory=*/false);
+  EXPECT_EQ(c->GetJob(job).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(c->ListJobs(v1::ListJobsRequest())->jobs_size(), 1);
 }
 
 // The coordinator stopped for 20 s (SIGSTOP, a frozen VM) heard nobody in

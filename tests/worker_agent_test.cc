@@ -8,6 +8,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,17 +26,61 @@
 namespace dfc {
 namespace {
 
-// Assigns one rank, answers ReportMetrics with UNAVAILABLE `failures` times
-// first, and notes which epochs it had when the rank's exit arrived.
-class FakeCoordinator final : public v1::WorkerService::Service {
+// Registers the worker as w1, heartbeats every 50 ms; takes every report.
+class RegisteringCoordinator : public v1::WorkerService::Service {
+ protected:
+  // Starts job-1's one rank at the first heartbeat; whether it did now.
+  bool AssignOnce(v1::HeartbeatResponse* resp) {
+    if (assigned_.exchange(true)) return false;
+    v1::RankAssignment* a = resp->add_start();
+    a->set_job_id("job-1");
+    a->set_attempt(1);
+    a->set_rank(0);
+    a->set_world_size(1);
+    return true;
+  }
+
  public:
-  explicit FakeCoordinator(int failures) : failures_(failures) {}
   grpc::Status RegisterWorker(grpc::ServerContext*, const v1::RegisterWorkerRequest*,
                               v1::RegisterWorkerResponse* resp) override {
     resp->set_worker_id("w1");
     resp->set_heartbeat_interval_ms(50);
     return grpc::Status::OK;
   }
+  grpc::Status ReportMetrics(grpc::ServerContext*, const v1::ReportMetricsRequest*,
+                             v1::ReportMetricsResponse*) override {
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::atomic<bool> assigned_{false};
+};
+
+// Runs `body` while a worker on `work_dir`, whose ranks run `rank_binary`,
+// works for `fake` on loopback; stops the worker after.
+void WhileAWorkerRuns(v1::WorkerService::Service& fake, const std::string& rank_binary, const std::string& work_dir,
+                      const std::function<void()>& body) {
+  int port = 0;
+  auto server = StartGrpcServer("127.0.0.1:0", grpc::InsecureServerCredentials(), {&fake}, &port);
+  ASSERT_NE(server, nullptr);
+  WorkerAgentOptions o;
+  o.coordinator = "127.0.0.1:" + std::to_string(port);
+  o.rank_binary = rank_binary;
+  o.work_dir = work_dir;
+  WorkerAgent agent(o);
+  std::atomic<bool> stop{false};
+  std::thread run([&] { EXPECT_TRUE(agent.Run(&stop).ok()); });
+  body();
+  stop = true;
+  run.join();
+  server->Shutdown();
+}
+
+// Assigns one rank, answers ReportMetrics with UNAVAILABLE `failures` times
+// first, and notes which epochs it had when the rank's exit arrived.
+class FakeCoordinator final : public RegisteringCoordinator {
+ public:
+  explicit FakeCoordinator(int failures) : failures_(failures) {}
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
                          v1::HeartbeatResponse* resp) override {
     absl::MutexLock lock(&mu_);
@@ -45,14 +91,7 @@ class FakeCoordinator final : public v1::WorkerService::Service {
         exit_code_ = r.exit_code();
       }
     }
-    if (!assigned_) {
-      assigned_ = true;
-      v1::RankAssignment* a = resp->add_start();
-      a->set_job_id("job-1");
-      a->set_attempt(1);
-      a->set_rank(0);
-      a->set_world_size(1);
-    }
+    AssignOnce(resp);
     return grpc::Status::OK;
   }
   grpc::Status ReportMetrics(grpc::ServerContext*, const v1::ReportMetricsRequest* req,
@@ -88,7 +127,6 @@ class FakeCoordinator final : public v1::WorkerService::Service {
  private:
   absl::Mutex mu_;
   int failures_;
-  bool assigned_ = false;
   bool exit_seen_ = false;
   int exit_code_ = -1;
   std::vector<int> epochs_;
@@ -104,20 +142,8 @@ void RunRankThatReports(FakeCoordinator& fake, const std::string& reports) {
   const std::string script = dir.Join("rank.sh");
   testing::WriteFileOrDie(script, "#!/bin/sh\ncp '" + dir.Join("reports") + "' \"$DFC_RANK_DIR/reports.tmp\" && mv \"$DFC_RANK_DIR/reports.tmp\" \"$DFC_RANK_DIR/reports\"\nexit 3\n");
   ASSERT_EQ(::chmod(script.c_str(), 0755), 0);
-  int port = 0;
-  auto server = StartGrpcServer("127.0.0.1:0", grpc::InsecureServerCredentials(), {&fake}, &port);
-  ASSERT_NE(server, nullptr);
-  WorkerAgentOptions o;
-  o.coordinator = "127.0.0.1:" + std::to_string(port);
-  o.rank_binary = script;
-  o.work_dir = dir.Join("work");
-  WorkerAgent agent(o);
-  std::atomic<bool> stop{false};
-  std::thread run([&] { EXPECT_TRUE(agent.Run(&stop).ok()); });
-  const bool exited = fake.WaitForExit(std::chrono::seconds(20));
-  stop = true;
-  run.join();
-  server->Shutdown();
+  bool exited = false;
+  WhileAWorkerRuns(fake, script, dir.Join("work"), [&] { exited = fake.WaitForExit(std::chrono::seconds(20)); });
   ASSERT_TRUE(exited) << "the rank's exit never reached the coordinator";
   EXPECT_EQ(fake.exit_code(), 3);
 }
@@ -159,6 +185,72 @@ TEST(WorkerAgentTest, ReportsBeyondOneReadArriveBeforeTheExit) {
   RunRankThatReports(fake, reports);
   EXPECT_EQ(fake.epochs_at_exit(), (std::vector<int>{1, 2}));
   EXPECT_EQ(fake.last_step(), step);
+}
+
+// Starts job-1's rank, and once it runs, tells the worker to forget job-1
+// (its rank still there), job-0 (none here) and two names that are no plain
+// file name.
+class ForgettingCoordinator final : public RegisteringCoordinator {
+ public:
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
+                         v1::HeartbeatResponse* resp) override {
+    absl::MutexLock lock(&mu_);
+    ++beats_;
+    if (AssignOnce(resp)) return grpc::Status::OK;
+    const bool running = req->ranks_size() == 1 && req->ranks(0).running();
+    if (running && !told_) {
+      told_ = true;
+      for (const char* id : {"job-1", "job-0", "..", "../outside"}) resp->add_forget_jobs(id);
+    }
+    return grpc::Status::OK;
+  }
+  std::pair<bool, int> told_and_beats() {
+    absl::MutexLock lock(&mu_);
+    return {told_, beats_};
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool told_ = false;
+  int beats_ = 0;
+};
+
+bool WaitUntil(const std::function<bool()>& done, std::chrono::seconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+// A deleted job's rank folders: removed at once where no rank of it is
+// left, kept while one is (and removed once it has gone), and nothing
+// outside the work dir is touched whatever the name.
+TEST(WorkerAgentTest, ADeletedJobsFoldersGoOnceItsRanksHaveGoneAndNothingOutsideTheWorkDir) {
+  testing::TempDir dir;
+  const std::string work = dir.Join("work");
+  testing::WriteFileOrDie(work + "/job-0/attempt-1/rank-0/log", "an old job's log\n");
+  testing::WriteFileOrDie(dir.Join("outside/keep"), "not the worker's\n");
+  const std::string script = dir.Join("rank.sh");
+  testing::WriteFileOrDie(script, "#!/bin/sh\nwhile [ ! -e '" + dir.Join("release") + "' ]; do sleep 0.05; done\n");
+  ASSERT_EQ(::chmod(script.c_str(), 0755), 0);
+  ForgettingCoordinator fake;
+  namespace fs = std::filesystem;
+  WhileAWorkerRuns(fake, script, work, [&] {
+    EXPECT_TRUE(WaitUntil([&] { return !fs::exists(work + "/job-0"); }, std::chrono::seconds(20)))
+        << "job-0's folders were kept";
+    const auto [told, beats] = fake.told_and_beats();
+    EXPECT_TRUE(told);
+    EXPECT_TRUE(WaitUntil([&, beats = beats] { return fake.told_and_beats().second >= beats + 5; },
+                          std::chrono::seconds(20)));
+    EXPECT_TRUE(fs::exists(work + "/job-1/attempt-1/rank-0")) << "removed under its running rank";
+    testing::WriteFileOrDie(dir.Join("release"), "");
+    EXPECT_TRUE(WaitUntil([&] { return !fs::exists(work + "/job-1"); }, std::chrono::seconds(20)))
+        << "job-1's folders were kept after its rank had gone";
+  });
+  EXPECT_TRUE(fs::exists(dir.Join("outside/keep")));
+  EXPECT_TRUE(fs::is_directory(work));
 }
 
 // A rank's CUDA_VISIBLE_DEVICES: none on a CPU slot; on a GPU, that GPU as

@@ -173,6 +173,31 @@ void WorkerAgent::StopRanks(const std::string& job_id, int attempt) {
   }
 }
 
+void WorkerAgent::ForgetJob(const std::string& job_id) {
+  const bool plain = !job_id.empty() && job_id != "." && job_id != ".." &&
+                     std::all_of(job_id.begin(), job_id.end(), [](char ch) {
+                       return absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.';
+                     });
+  if (!plain) return;
+  for (const Rank& r : ranks_) {
+    if (r.assignment.job_id() == job_id) {
+      forget_.insert(job_id);
+      return;
+    }
+  }
+  forget_.erase(job_id);
+  std::error_code ec;
+  const fs::path dir = fs::path(options_.work_dir) / job_id;
+  if (!fs::exists(fs::symlink_status(dir, ec))) return;
+  fs::remove_all(dir, ec);
+  if (ec) {
+    std::fprintf(stderr, "dfc-worker: deleted job %s: its rank folders '%s' could not all be removed: %s\n",
+                 job_id.c_str(), dir.c_str(), ec.message().c_str());
+  } else {
+    std::fprintf(stderr, "dfc-worker: deleted job %s: removed its rank folders\n", job_id.c_str());
+  }
+}
+
 std::string ReportsPath(const std::string& rank_dir) { return (fs::path(rank_dir) / "reports").string(); }
 
 std::string WorkerAgent::ExitResult(const Rank& r) {
@@ -385,6 +410,8 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
       }
       ranks_ = std::move(keep);
       for (const v1::StopRanks& stop : resp.stop()) StopRanks(stop.job_id(), stop.attempt());
+      for (const std::string& job : std::set<std::string>(forget_)) ForgetJob(job);  // those that waited
+      for (const std::string& job : resp.forget_jobs()) ForgetJob(job);
       for (const v1::RankAssignment& a : resp.start()) StartRank(a);
       for (const v1::LogRequest& l : resp.logs()) log_answers_.push_back(ReadRankLog(l));
       if (resp.reregister()) (void)Register(*stub);

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -85,6 +86,10 @@ class WorkerAgent {
   void StartRank(const v1::RankAssignment& a);
   // Stops the ranks of `job_id` whose attempt is `attempt` or older.
   void StopRanks(const std::string& job_id, int attempt);
+  // A deleted job: removes WORK_DIR/JOB (its rank folders) unless the id
+  // is no plain file name; while a rank of it is still here (stopping), the
+  // job waits in forget_ and is removed at a later heartbeat.
+  void ForgetJob(const std::string& job_id);
   void Reap();
   // Forwards what rank 0s appended to DIR/reports since the last call, as
   // ReportMetrics of their own job and attempt, with this worker's
@@ -102,6 +107,7 @@ class WorkerAgent {
   std::chrono::milliseconds interval_{500};
   int cpus_per_rank_ = 1;  // a slot's share of the usable CPUs (Register)
   std::vector<Rank> ranks_;
+  std::set<std::string> forget_;  // deleted jobs whose folders wait for their ranks to go
   std::vector<v1::LogChunk> log_answers_;  // sent with the next heartbeat
 };
 
