@@ -394,9 +394,14 @@ absl::StatusOr<std::string> Coordinator::Delete(const std::string& job_id, bool 
   }
   absl::MutexLock lock(&mu_);
   if (!jobs_.count(job_id)) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
-  if (absl::Status st = store_->Delete(job_id); !st.ok()) {
+  if (absl::Status st = DeleteRecordLocked(job_id); !st.ok()) {
     return absl::Status(st.code(), absl::StrCat("the job was not deleted: ", st.message()));
   }
+  return run_dir;
+}
+
+absl::Status Coordinator::DeleteRecordLocked(const std::string& job_id) {
+  DFC_RETURN_IF_ERROR(store_->Delete(job_id));
   jobs_.erase(job_id);
   versions_.erase(job_id);
   not_before_ms_.erase(job_id);
@@ -404,7 +409,26 @@ absl::StatusOr<std::string> Coordinator::Delete(const std::string& job_id, bool 
   bypassed_.erase(job_id);
   for (const auto& [wid, w] : workers_) forget_[wid].insert(job_id);
   changed_.SignalAll();  // watchers hear that it is gone
-  return run_dir;
+  return absl::OkStatus();
+}
+
+void Coordinator::DeleteExpiredLocked() {
+  if (options_.keep_ended.count() <= 0 || Elapsed() < next_expiry_ms_) return;
+  next_expiry_ms_ = Elapsed() + 60000;
+  std::vector<std::string> expired;
+  for (const auto& [id, job] : jobs_) {
+    const int64_t ended = job.finished_unix_ms() > 0 ? job.finished_unix_ms() : job.created_unix_ms();
+    if (IsTerminal(job.state()) && Now() - ended > options_.keep_ended.count()) expired.push_back(id);
+  }
+  int deleted = 0;
+  for (const std::string& id : expired) {
+    if (!DeleteRecordLocked(id).ok()) break;  // the store logs why; tried again a minute later
+    ++deleted;
+  }
+  if (deleted > 0) {
+    std::fprintf(stderr, "dfc-coordinator: deleted %d job(s) that ended more than %lld h ago (--keep-ended-days)\n",
+                 deleted, static_cast<long long>(options_.keep_ended.count() / 3600000));
+  }
 }
 
 absl::StatusOr<v1::Job> Coordinator::WaitForChange(const std::string& job_id, int64_t* version,
@@ -742,6 +766,7 @@ void Coordinator::Tick() {
   ExpireWorkersLocked();
   RequeueUnstartedLocked();
   ScheduleLocked();
+  DeleteExpiredLocked();
 }
 
 absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::HeartbeatRequest& r) {

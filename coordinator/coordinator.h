@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <functional>
+#include <limits>
 #include <deque>
 #include <map>
 #include <memory>
@@ -37,6 +38,10 @@ struct CoordinatorOptions {
   // A failed attempt is placed again after 3 heartbeat intervals, twice as
   // long after each further failure of the job, at most this.
   std::chrono::milliseconds max_restart_backoff{60000};
+  // Records of jobs that ended longer ago than this (by their finish time,
+  // on the wall clock) are deleted by a tick, once a minute at most, as
+  // DeleteJob without outputs would; 0: kept for ever.
+  std::chrono::milliseconds keep_ended{0};
   // A SCHEDULED job whose rank 0 has not started after this goes back to the queue.
   std::chrono::milliseconds schedule_timeout{60000};
   // How many later jobs may start ahead of a queue head that does not fit
@@ -235,6 +240,11 @@ class Coordinator {
   std::map<std::string, int> bypassed_ ABSL_GUARDED_BY(mu_);
   int TotalLiveSlotsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RequeueUnstartedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Deletes a job's record and epochs, forgets it, tells the workers.
+  absl::Status DeleteRecordLocked(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // keep_ended: deletes the records of jobs that ended before it.
+  void DeleteExpiredLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int64_t next_expiry_ms_ ABSL_GUARDED_BY(mu_) = std::numeric_limits<int64_t>::min();  // DeleteExpiredLocked's next run
 };
 
 // Locks STATE/coordinator.lock (flock, non-blocking); the fd keeps it.

@@ -44,6 +44,11 @@ int main(int argc, char** argv) {
                  "Seconds a failed job waits at most before it is placed again (the wait starts at 3 heartbeats "
                  "and doubles with each restart)")
       ->check(CLI::Range(1, 86400));
+  int keep_ended_days = 0;
+  app.add_option("--keep-ended-days", keep_ended_days,
+                 "Delete the records of jobs that ended more than this many days ago, as `dfc delete` does (their "
+                 "outputs stay); 0: keep them all")
+      ->check(CLI::Range(0, 36500));
   app.add_option("--tls-cert", sec.tls_cert, "Server certificate (PEM); enables TLS");
   app.add_option("--tls-key", sec.tls_key, "Server key (PEM)");
   app.add_option("--tls-ca", sec.tls_ca, "CA (PEM) that client certificates must chain to; requires them");
@@ -102,6 +107,7 @@ int main(int argc, char** argv) {
   opts.schedule_timeout = std::chrono::seconds(schedule_timeout_s);
   opts.worker_timeout = std::chrono::milliseconds(worker_timeout_ms);
   opts.max_restart_backoff = std::chrono::seconds(max_restart_backoff_s);
+  opts.keep_ended = std::chrono::hours(24 * keep_ended_days);
   if (!http_listen.empty() && !dfc::IsLoopbackListen(http_listen) && sec.token.empty() && !insecure) {
     std::fprintf(stderr, "dfc-coordinator: refusing to serve the dashboard on %s without a token; give "
                  "--token-file, or --insecure\n", http_listen.c_str());

@@ -403,6 +403,32 @@ TEST_F(CoordinatorTest, OnlyAnEndedJobIsDeletedWithItsEpochsAndItsOutputsWhenNot
   EXPECT_EQ(c->ListJobs(v1::ListJobsRequest())->jobs_size(), 1);
 }
 
+// --keep-ended-days: a job that ended longer ago than that is deleted by a
+// tick (a restarted coordinator has none of it); a younger one, and one that
+// has not ended however old, are kept.
+TEST_F(CoordinatorTest, JobsThatEndedLongerAgoThanTheRetentionAreDeleted) {
+  auto retention = [](CoordinatorOptions& o) { o.keep_ended = std::chrono::hours(24); };
+  auto c = Make(8, /*in_memory=*/false, retention);
+  const std::string old_job = Submit(*c, 1, /*wait=*/true);  // no worker: it waits
+  ASSERT_TRUE(c->Cancel(old_job).ok());
+  const std::string waiting = Submit(*c, 1, /*wait=*/true);
+  now_ += 12 * 3600 * 1000;
+  const std::string young = Submit(*c, 1, /*wait=*/true);
+  ASSERT_TRUE(c->Cancel(young).ok());
+  now_ += 12 * 3600 * 1000 - 1000;  // old_job ended 24 h less 1 s ago
+  c->Tick();
+  EXPECT_TRUE(c->GetJob(old_job).ok()) << "deleted before its time";
+  now_ += 61000;  // 24 h and a minute: the next sweep deletes it
+  c->Tick();
+  EXPECT_EQ(c->GetJob(old_job).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(State(*c, waiting), v1::QUEUED);
+  EXPECT_EQ(State(*c, young), v1::CANCELLED);
+  c.reset();
+  c = Make(8, /*in_memory=*/false, retention);
+  EXPECT_EQ(c->GetJob(old_job).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(c->ListJobs(v1::ListJobsRequest())->jobs_size(), 2);
+}
+
 // The coordinator stopped for 20 s (SIGSTOP, a frozen VM) heard nobody in
 // that time, through no fault of the workers': on waking, a running job keeps
 // running and a placed one is not sent back to the queue. A worker that then
