@@ -218,7 +218,8 @@ class StreamRunner {
         ++replica_;
         // Half the pause, plus up to the other half at random: clients
         // refused together do not all come back together.
-        const int64_t pause = busy_pause_ms / 2 + static_cast<int64_t>(jitter() % static_cast<uint32_t>(busy_pause_ms / 2 + 1));
+        const auto half = static_cast<uint32_t>(busy_pause_ms / 2);
+        const int64_t pause = half + jitter() % (half + 1);
         std::this_thread::sleep_for(std::chrono::milliseconds(std::min(pause, left)));
         busy_pause_ms = std::min(busy_pause_ms * 2, kMaxBusyPauseMs);
         continue;
