@@ -72,7 +72,7 @@ absl::StatusOr<Enum> ParseEnum(const std::vector<std::string>& names, const std:
 }
 }  // namespace
 
-bool ValidModelName(const std::string& name) {
+bool IsPlainName(const std::string& name) {
   if (name.empty() || name.size() > kMaxNameBytes || name[0] == '.') return false;
   for (char c : name) {
     if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') return false;

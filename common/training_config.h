@@ -22,9 +22,11 @@ inline constexpr size_t kMaxIdempotencyKeyBytes = 256;
 // Priorities are small integers; INT_MAX would starve everything forever.
 inline constexpr int kMaxPriority = 1000;
 
-// An imported model's name: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with
-// '.' (the coordinator's catalogue and every dfc-server check it).
-bool ValidModelName(const std::string& name);
+// One plain path component: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with
+// '.' (so neither "." nor ".."). An imported model's name must be one (the
+// coordinator's catalogue and every dfc-server check it); a worker removes a
+// deleted job's folder only under such an id.
+bool IsPlainName(const std::string& name);
 
 // SUCCEEDED, FAILED or CANCELLED: the job will not change again.
 bool IsTerminalState(v1::JobState state);

@@ -415,10 +415,11 @@ absl::Status Coordinator::DeleteRecordLocked(const std::string& job_id) {
 void Coordinator::DeleteExpiredLocked() {
   if (options_.keep_ended.count() <= 0 || Elapsed() < next_expiry_ms_) return;
   next_expiry_ms_ = Elapsed() + 60000;
+  const int64_t cutoff = Now() - options_.keep_ended.count();
   std::vector<std::string> expired;
   for (const auto& [id, job] : jobs_) {
     const int64_t ended = job.finished_unix_ms() > 0 ? job.finished_unix_ms() : job.created_unix_ms();
-    if (IsTerminal(job.state()) && Now() - ended > options_.keep_ended.count()) expired.push_back(id);
+    if (IsTerminal(job.state()) && ended < cutoff) expired.push_back(id);
   }
   int deleted = 0;
   for (const std::string& id : expired) {
@@ -955,13 +956,13 @@ absl::Status Coordinator::ReportMetrics(const v1::ReportMetricsRequest& r) {
 }
 
 absl::StatusOr<v1::CatalogEntry> Coordinator::GetModel(const std::string& name) {
-  if (!ValidModelName(name)) return absl::InvalidArgumentError(absl::StrCat("model name '", name, "' is not valid"));
+  if (!IsPlainName(name)) return absl::InvalidArgumentError(absl::StrCat("model name '", name, "' is not valid"));
   return store_->GetModel(name);
 }
 
 absl::StatusOr<v1::RegisterModelResponse> Coordinator::RegisterModel(const v1::RegisterModelRequest& r) {
   const v1::ModelInfo& info = r.entry().info();
-  if (!ValidModelName(info.name())) {
+  if (!IsPlainName(info.name())) {
     return absl::InvalidArgumentError(
         absl::StrCat("name '", info.name(), "': use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"));
   }

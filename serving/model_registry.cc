@@ -269,7 +269,7 @@ absl::StatusOr<std::pair<std::shared_ptr<ServedModel>, v1::ModelInfo>> ModelRegi
 }
 
 absl::Status ModelRegistry::CheckImport(const v1::ImportModelRequest::Header& h) {
-  if (!ValidModelName(h.name())) {
+  if (!IsPlainName(h.name())) {
     return absl::InvalidArgumentError(
         absl::StrCat("name '", h.name(), "': use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with '.')"));
   }

@@ -71,6 +71,19 @@ std::string WaitForState(Cluster& c, const std::string& job, const std::string& 
   return json;
 }
 
+// A one-epoch meso4 job on `shards`, run to its end: its id once it
+// SUCCEEDED, else "" (*status says why: the submit's error or its last status).
+std::string OneEpochThatSucceeded(Cluster& c, const std::string& shards, std::string* status) {
+  auto r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 1 --threads 1"));
+  if (r.exit_code != 0) {
+    *status = r.err;
+    return "";
+  }
+  const std::string job = JsonString(r.out, "job_id");
+  *status = WaitForState(c, job, "SUCCEEDED", 240);
+  return JsonString(*status, "state") == "SUCCEEDED" ? job : "";
+}
+
 TEST(ClusterTest, EndToEndJobSucceedsAndItsCheckpointPredicts) {
   Cluster c(WithServer(2));
   const std::string shards = testing::SyntheticShards(c.dir(), 48);
@@ -774,11 +787,6 @@ TEST(ClusterTest, ASecondCoordinatorOnAPortInUseIsRefusedNamingWhy) {
   for (int i = 0; i < 5; ++i) EXPECT_EQ(RunCommand(c.Dfc("status " + job)).exit_code, 0);
 }
 
-// `dfc logs` prints a rank's output raw to a pipe, but on a terminal (here
-// script(1)'s) with every escape sequence written out: a rank prints what
-// its job's data made it print, and the reader is often another user. --tail
-// reads the log's end, not all of it, and still gives exactly the last lines.
-// Once the rank has exited, its worker keeps its log and drops its reports.
 // An operator clears what ended: `dfc delete` names a running job (cancel it
 // first) and an unknown one and goes on with the rest. A deleted job is gone
 // from status, list and logs; with --outputs its run directory is removed;
@@ -786,18 +794,16 @@ TEST(ClusterTest, ASecondCoordinatorOnAPortInUseIsRefusedNamingWhy) {
 TEST(ClusterTest, DeleteRemovesAnEndedJobItsOutputsAndItsRankFoldersAndSparesARunningOne) {
   Cluster c(1);
   const std::string shards = testing::SyntheticShards(c.dir(), 64);
-  auto r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 1 --threads 1"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string done = JsonString(r.out, "job_id");
-  const std::string status = WaitForState(c, done, "SUCCEEDED", 240);
-  ASSERT_EQ(JsonString(status, "state"), "SUCCEEDED") << status;
+  std::string status;
+  const std::string done = OneEpochThatSucceeded(c, shards, &status);
+  ASSERT_FALSE(done.empty()) << status;
   const std::string outputs = JsonString(status, "output_dir");
   ASSERT_TRUE(std::filesystem::exists(outputs + "/latest.ckpt")) << outputs;
   const std::string rank_log = c.RankLog(done, 1, 0);
   ASSERT_FALSE(rank_log.empty());
   const std::filesystem::path rank_folders = std::filesystem::path(rank_log).parent_path().parent_path().parent_path();
   ASSERT_EQ(rank_folders.filename(), done);
-  r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 200 --threads 1"));
+  auto r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 200 --threads 1"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string running = JsonString(r.out, "job_id");
   const std::string running_status = WaitForState(c, running, "RUNNING", 120);
@@ -836,13 +842,16 @@ TEST(ClusterTest, DeleteRemovesAnEndedJobItsOutputsAndItsRankFoldersAndSparesARu
   EXPECT_TRUE(std::filesystem::exists(running_outputs)) << "without --outputs they stay: " << running_outputs;
 }
 
+// `dfc logs` prints a rank's output raw to a pipe, but on a terminal (here
+// script(1)'s) with every escape sequence written out: a rank prints what
+// its job's data made it print, and the reader is often another user. --tail
+// reads the log's end, not all of it, and still gives exactly the last lines.
+// Once the rank has exited, its worker keeps its log and drops its reports.
 TEST(ClusterTest, LogsEscapeARanksOutputOnATerminalAndTailReadsOnlyTheEnd) {
   Cluster c(1);
-  const std::string shards = testing::SyntheticShards(c.dir(), 64);
-  auto r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 1 --threads 1"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
-  ASSERT_EQ(JsonString(WaitForState(c, job, "SUCCEEDED", 240), "state"), "SUCCEEDED");
+  std::string status;
+  const std::string job = OneEpochThatSucceeded(c, testing::SyntheticShards(c.dir(), 64), &status);
+  ASSERT_FALSE(job.empty()) << status;
   const std::string path = c.RankLog(job, 1, 0);
   ASSERT_FALSE(path.empty());
   // Its reports were forwarded: the worker keeps the rank's log alone.

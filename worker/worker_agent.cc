@@ -174,12 +174,7 @@ void WorkerAgent::StopRanks(const std::string& job_id, int attempt) {
 }
 
 void WorkerAgent::ForgetJob(const std::string& job_id) {
-  auto plain_char = [](char ch) {
-    return absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.';
-  };
-  const bool plain = !job_id.empty() && job_id != "." && job_id != ".." &&
-                     std::all_of(job_id.begin(), job_id.end(), plain_char);
-  if (!plain) return;
+  if (!IsPlainName(job_id)) return;
   for (const Rank& r : ranks_) {
     if (r.assignment.job_id() == job_id) {
       forget_.insert(job_id);

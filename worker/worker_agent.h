@@ -87,7 +87,7 @@ class WorkerAgent {
   // Stops the ranks of `job_id` whose attempt is `attempt` or older.
   void StopRanks(const std::string& job_id, int attempt);
   // A deleted job: removes WORK_DIR/JOB (its rank folders) unless the id
-  // is no plain file name; while a rank of it is still here (stopping), the
+  // is no plain name (IsPlainName); while a rank of it is still here (stopping), the
   // job waits in forget_ and is removed at a later heartbeat.
   void ForgetJob(const std::string& job_id);
   void Reap();
