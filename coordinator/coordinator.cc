@@ -361,8 +361,10 @@ absl::StatusOr<std::string> Coordinator::Delete(const std::string& job_id, bool 
                                                         " first)"));
     }
     if (outputs) {
-      const fs::path expected = fs::path(options_.output_root) / job_id;
-      if (job.output_dir() != expected.string()) {
+      // Compared as paths: a root given with a trailing '/' made the
+      // record's ROOT//JOB.
+      const fs::path expected = (fs::path(options_.output_root) / job_id).lexically_normal();
+      if (fs::path(job.output_dir()).lexically_normal() != expected) {
         return absl::FailedPreconditionError(absl::StrCat(
             "job ", job_id, "'s outputs are at '", job.output_dir(), "', outside this coordinator's output root '",
             options_.output_root, "': nothing was deleted (remove them by hand, then delete the job without outputs)"));

@@ -403,6 +403,22 @@ TEST_F(CoordinatorTest, OnlyAnEndedJobIsDeletedWithItsEpochsAndItsOutputsWhenNot
   EXPECT_EQ(c->ListJobs(v1::ListJobsRequest())->jobs_size(), 1);
 }
 
+// An --output-root written with a trailing '/' (its jobs' records read
+// ROOT//JOB): `dfc delete --outputs` still takes the run directory for its own.
+TEST_F(CoordinatorTest, OutputsAreDeletedUnderAnOutputRootWrittenWithATrailingSlash) {
+  auto c = Make(8, /*in_memory=*/true, [this](CoordinatorOptions& o) { o.output_root = dir_.Join("out") + "/"; });
+  const std::string w = Worker(*c, 1);
+  const std::string job = Submit(*c, 1);
+  ASSERT_EQ(State(*c, job), v1::SCHEDULED);
+  ASSERT_TRUE(c->Cancel(job).ok());
+  const std::string outputs = c->GetJob(job)->output_dir();
+  ASSERT_TRUE(std::filesystem::is_directory(outputs)) << outputs;  // claimed at placement
+  auto deleted = c->Delete(job, true);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_FALSE(std::filesystem::exists(outputs));
+  EXPECT_EQ(c->GetJob(job).status().code(), absl::StatusCode::kNotFound);
+}
+
 // --keep-ended-days: a job that ended longer ago than that is deleted by a
 // tick (a restarted coordinator has none of it); a younger one, and one that
 // has not ended however old, are kept.
