@@ -19,6 +19,7 @@
 
 #include "common/checksum.h"
 #include "common/cpus.h"
+#include "common/rpc/rpc_util.h"
 #include "common/subprocess.h"
 #include "data_shards/shard_format.h"
 #include "tests/test_cluster.h"
@@ -1532,6 +1533,67 @@ TEST(ClusterTest, TlsAndTokenAreEnforced) {
   testing::WriteFileOrDie(d + "/img/a.png", "x");
   auto eval_no_token = RunCommand(dfc + tls + " evaluate --model m " + d + "/img");
   EXPECT_NE(eval_no_token.err.find("token"), std::string::npos) << eval_no_token.err;
+}
+
+// Certificates renewed on disk while the cluster runs, through a move to a
+// new CA (as cert-manager or an operator updating the Secret does): the
+// coordinator serves its renewed certificate without a restart, and a
+// worker that was never restarted uses its renewed certificate and CA when
+// it next connects (to the coordinator, restarted to trust the new CA alone).
+TEST(ClusterTest, CertificatesRenewedOnDiskAreUsedWithoutRestartingTheWorker) {
+  testing::Pki pki;
+  testing::TempDir files;
+  auto install = [&](const std::string& who, const std::string& ca, const std::string& identity) {
+    std::filesystem::create_directories(files.Join(who));
+    testing::Pki::Install(pki[ca + ".pem"], files.Join(who + "/ca.crt"));
+    testing::Pki::Install(pki[identity + ".key"], files.Join(who + "/tls.key"));
+    testing::Pki::Install(pki[identity + ".pem"], files.Join(who + "/tls.crt"));
+  };
+  auto tls = [&](const std::string& who) {
+    return std::vector<std::string>{"--tls-ca", files.Join(who + "/ca.crt"), "--tls-cert", files.Join(who + "/tls.crt"),
+                                    "--tls-key", files.Join(who + "/tls.key")};
+  };
+  install("coordinator", "both", "server1");
+  install("worker", "ca1", "client1");
+  install("user", "ca1", "client1");
+  testing::WriteFileOrDie(files.Join("token"), "users-token\n");
+  testing::WriteFileOrDie(files.Join("worker-token"), "workers-token\n");
+  Cluster::Options o;
+  o.workers = 1;
+  for (const std::string& flag : tls("coordinator")) o.coordinator_flags.push_back(flag);
+  o.coordinator_flags.insert(o.coordinator_flags.end(), {"--token-file", files.Join("token"), "--worker-token-file",
+                                                         files.Join("worker-token")});
+  for (const std::string& flag : tls("worker")) o.worker_flags.push_back(flag);
+  o.worker_flags.insert(o.worker_flags.end(), {"--token-file", files.Join("worker-token")});
+  for (const std::string& flag : tls("user")) o.dfc_flags += flag + " ";
+  o.dfc_flags += "--token-file " + files.Join("token");
+  Cluster c(o);
+  ASSERT_TRUE(c.WaitForLiveWorkers(1, 1)) << c.processes().Log("worker-0.log") << c.processes().Log("coordinator.log");
+
+  install("coordinator", "both", "server2");
+  install("worker", "ca2", "client2");
+  install("user", "ca2", "client2");
+  // The user's dfc now trusts CA 2 alone: it gets through once the running
+  // coordinator serves its renewed certificate.
+  testing::CommandResult list;
+  const auto renewed = std::chrono::steady_clock::now();
+  for (int i = 0; i < 12 * kTlsRefreshSeconds && (list = RunCommand(c.Dfc("list"))).exit_code != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  EXPECT_EQ(list.exit_code, 0) << list.err;
+  std::printf("the running coordinator served its renewed certificate %.1f s after it was written\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - renewed).count());
+  // It is restarted trusting CA 2 alone: the worker is back only if it
+  // presents its renewed certificate and trusts the renewed CA.
+  testing::Pki::Install(pki["ca2.pem"], files.Join("coordinator/ca.crt"));
+  c.KillCoordinator();
+  c.StartCoordinator();
+  EXPECT_TRUE(c.WaitForLiveWorkers(1, 6 * kTlsRefreshSeconds)) << c.processes().Log("worker-0.log");
+  // A client still holding CA 1's certificate is refused.
+  auto stale = RunCommand(testing::DfcBinary() + " --coordinator " + c.address() + " --tls-ca " + pki["ca2.pem"] +
+                          " --tls-cert " + pki["client1.pem"] + " --tls-key " + pki["client1.key"] +
+                          " --token-file " + files.Join("token") + " list");
+  EXPECT_NE(stale.exit_code, 0) << stale.out;
 }
 
 }  // namespace

@@ -55,7 +55,7 @@ TestCluster::TestCluster(Options options) : options_(std::move(options)), port_(
 }
 
 std::string TestCluster::Dfc(const std::string& args) const {
-  return DfcBinary() + " --coordinator " + address() + " " + args;
+  return DfcBinary() + " --coordinator " + address() + " " + options_.dfc_flags + " " + args;
 }
 
 void TestCluster::AddMetricsFlag(std::vector<std::string>& argv, std::vector<int>* ports) {

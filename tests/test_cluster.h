@@ -53,6 +53,8 @@ class TestCluster {
     // Words before each worker's argv: a wrapper that ends by exec'ing it.
     std::vector<std::string> worker_prefix = {};
     std::vector<std::string> server_flags = {"--device", "cpu"};
+    // Before the subcommand of every Dfc() line (TLS and token files).
+    std::string dfc_flags = "";
     // The operator's endpoints: --metrics-listen on every process and the
     // coordinator's dashboard (--http-listen), each on a free port.
     bool operator_endpoints = false;

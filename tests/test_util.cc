@@ -153,4 +153,34 @@ std::vector<pid_t> ChildPids(pid_t pid, const std::string& exe) {
   return out;
 }
 
+Pki::Pki() {
+  for (const char* ca : {"ca1", "ca2"}) {
+    Run(std::string("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ") + ca +
+        ".key -out " + ca + ".pem -days 2 -subj /CN=dfc-" + ca + " 2>/dev/null");
+  }
+  Run("cat ca1.pem ca2.pem > both.pem");
+  Issue("server1", "ca1", "subjectAltName=IP:127.0.0.1");
+  Issue("server2", "ca2", "subjectAltName=IP:127.0.0.1");
+  Issue("client1", "ca1", "extendedKeyUsage=clientAuth");
+  Issue("client2", "ca2", "extendedKeyUsage=clientAuth");
+  Issue("elsewhere", "ca1", "subjectAltName=DNS:elsewhere.example");
+}
+
+void Pki::Install(const std::string& from, const std::string& to) {
+  std::filesystem::copy_file(from, to + ".new", std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::rename(to + ".new", to);
+}
+
+void Pki::Run(const std::string& command) {
+  auto r = RunCommand("cd " + dir_.path() + " && " + command);
+  ASSERT_EQ(r.exit_code, 0) << command << "\n" << r.err;
+}
+
+void Pki::Issue(const std::string& name, const std::string& ca, const std::string& extension) {
+  Run("printf '" + extension + "\\n' > " + name + ".ext && openssl req -newkey ec -pkeyopt " +
+      "ec_paramgen_curve:prime256v1 -nodes -keyout " + name + ".key -out " + name + ".csr -subj /CN=" + name +
+      " 2>/dev/null && openssl x509 -req -in " + name + ".csr -CA " + ca + ".pem -CAkey " + ca + ".key " +
+      "-CAcreateserial -out " + name + ".pem -days 2 -extfile " + name + ".ext 2>/dev/null");
+}
+
 }  // namespace dfc::testing

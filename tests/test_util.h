@@ -71,6 +71,25 @@ std::string ProcStatus(pid_t pid, const std::string& field);
 // with `exe`, only those running the program of that file name.
 std::vector<pid_t> ChildPids(pid_t pid, const std::string& exe = "");
 
+// Certificates made by openssl (P-256 keys, valid 2 days) in a folder of
+// their own: two CAs, and for each a server certificate for 127.0.0.1 and a
+// client certificate (server1, client1 by ca1; server2, client2 by ca2);
+// also "elsewhere", a ca1 server certificate for elsewhere.example, and
+// both.pem, the two CAs in one bundle. Files are NAME.pem and NAME.key.
+class Pki {
+ public:
+  Pki();
+  std::string operator[](const std::string& file) const { return dir_.Join(file); }
+  // Copies FROM over TO as the kubelet and cert-manager renew files:
+  // written beside it, then renamed into place.
+  static void Install(const std::string& from, const std::string& to);
+
+ private:
+  void Run(const std::string& command);
+  void Issue(const std::string& name, const std::string& ca, const std::string& extension);
+  TempDir dir_;
+};
+
 // What evaluation tests evaluate: the MesoNet authors' weights and the four
 // shared samples when ../shared is there; otherwise (a clone without it) a
 // MesoInception-4 trained for one epoch on 8 synthetic images, so that every

@@ -1,12 +1,22 @@
 #include "common/http/http_server.h"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <httplib.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+
+#include <chrono>
+#include <cstdio>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "common/atomic_file.h"
 #include "common/rpc/rpc_util.h"
 
 namespace dfc {
@@ -41,6 +51,102 @@ std::string CookieValue(const std::string& cookies, const std::string& name) {
 
 }  // namespace
 
+// The certificate and key an HTTPS server hands out, read again when either
+// file changes (looked at in a handshake, at most once a second), so that a
+// renewed pair is served without a restart. A changed pair that does not
+// load (a file half written, a key that is not the certificate's) is not
+// served: the pair loaded before stays, and why is logged once.
+class CertificateFiles {
+ public:
+  CertificateFiles(std::string name, std::string cert, std::string key)
+      : name_(std::move(name)), cert_path_(std::move(cert)), key_path_(std::move(key)) {}
+
+  absl::Status Load() {
+    absl::MutexLock lock(&mu_);
+    version_ = Version();
+    auto pair = Read();
+    if (!pair.ok()) return pair.status();
+    pair_ = *std::move(pair);
+    return absl::OkStatus();
+  }
+
+  // SSL_CTX_set_cert_cb: the pair for this handshake.
+  static int Select(SSL* ssl, void* arg) {
+    std::shared_ptr<const Pair> pair = static_cast<CertificateFiles*>(arg)->Current();
+    return SSL_use_cert_and_key(ssl, pair->cert, pair->key, pair->chain, 1) == 1 ? 1 : 0;
+  }
+
+ private:
+  struct Pair {
+    X509* cert = nullptr;
+    STACK_OF(X509)* chain = nullptr;
+    EVP_PKEY* key = nullptr;
+    ~Pair() {
+      X509_free(cert);
+      sk_X509_pop_free(chain, X509_free);
+      EVP_PKEY_free(key);
+    }
+  };
+  using FileVersion = std::tuple<dev_t, ino_t, off_t, int64_t, int64_t>;
+
+  static FileVersion VersionOf(const std::string& path) {
+    struct stat sb {};
+    if (::stat(path.c_str(), &sb) != 0) return {};
+    return {sb.st_dev, sb.st_ino, sb.st_size, sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec};
+  }
+  std::pair<FileVersion, FileVersion> Version() const { return {VersionOf(cert_path_), VersionOf(key_path_)}; }
+
+  absl::StatusOr<std::shared_ptr<const Pair>> Read() const {
+    auto cert_pem = ReadFile(cert_path_, 1 << 20);
+    if (!cert_pem.ok()) return cert_pem.status();
+    auto key_pem = ReadFile(key_path_, 1 << 20);
+    if (!key_pem.ok()) return key_pem.status();
+    auto pair = std::make_shared<Pair>();
+    BIO* bio = BIO_new_mem_buf(cert_pem->data(), static_cast<int>(cert_pem->size()));
+    pair->cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+    pair->chain = sk_X509_new_null();
+    while (X509* more = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) sk_X509_push(pair->chain, more);
+    BIO_free(bio);
+    bio = BIO_new_mem_buf(key_pem->data(), static_cast<int>(key_pem->size()));
+    pair->key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+    BIO_free(bio);
+    const bool matches = pair->cert != nullptr && pair->key != nullptr && X509_check_private_key(pair->cert, pair->key) == 1;
+    ERR_clear_error();
+    if (pair->cert == nullptr) return absl::InvalidArgumentError(absl::StrCat("'", cert_path_, "' holds no PEM certificate"));
+    if (pair->key == nullptr) return absl::InvalidArgumentError(absl::StrCat("'", key_path_, "' holds no PEM private key"));
+    if (!matches) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", key_path_, "' is not the key of the certificate in '", cert_path_, "'"));
+    }
+    return std::shared_ptr<const Pair>(std::move(pair));
+  }
+
+  std::shared_ptr<const Pair> Current() {
+    absl::MutexLock lock(&mu_);
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_look_) return pair_;
+    next_look_ = now + std::chrono::seconds(1);
+    const auto version = Version();
+    if (version == version_) return pair_;
+    version_ = version;
+    auto pair = Read();
+    if (pair.ok()) {
+      pair_ = *std::move(pair);
+      std::fprintf(stderr, "%s: serving the renewed certificate '%s'\n", name_.c_str(), cert_path_.c_str());
+    } else {
+      std::fprintf(stderr, "%s: the certificate or key changed on disk but does not load (%s); still serving the "
+                   "pair loaded before\n", name_.c_str(), std::string(pair.status().message()).c_str());
+    }
+    return pair_;
+  }
+
+  const std::string name_, cert_path_, key_path_;
+  absl::Mutex mu_;
+  std::shared_ptr<const Pair> pair_ ABSL_GUARDED_BY(mu_);
+  std::pair<FileVersion, FileVersion> version_ ABSL_GUARDED_BY(mu_);
+  std::chrono::steady_clock::time_point next_look_ ABSL_GUARDED_BY(mu_);
+};
+
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpOptions& options, HttpHandler handler) {
   const bool tls = !options.tls_cert.empty() || !options.tls_key.empty();
   if (tls && (options.tls_cert.empty() || options.tls_key.empty())) {
@@ -64,6 +170,11 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpOptions&
       return absl::InvalidArgumentError(absl::StrCat(options.name, ": cannot load the certificate '",
                                                      options.tls_cert, "' with the key '", options.tls_key, "'"));
     }
+    self->certificate_ = std::make_unique<CertificateFiles>(options.name, options.tls_cert, options.tls_key);
+    if (absl::Status st = self->certificate_->Load(); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(options.name, ": ", st.message()));
+    }
+    SSL_CTX_set_cert_cb(ssl->ssl_context(), &CertificateFiles::Select, self->certificate_.get());
     self->server_ = std::move(ssl);
   } else {
     self->server_ = std::make_unique<httplib::Server>();

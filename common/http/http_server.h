@@ -17,10 +17,13 @@ class Server;
 
 namespace dfc {
 
+class CertificateFiles;
+
 // A small read-only HTTP(S) server (cpp-httplib) for the operator's endpoints:
 // Prometheus /metrics and the coordinator's dashboard. GET and HEAD only,
 // bounded threads, request size and time; HTTPS with the binary's
-// certificate; when a token is set every request must carry it.
+// certificate (renewed on disk, it is served from the next connection on);
+// when a token is set every request must carry it.
 struct HttpOptions {
   std::string listen;    // host:port; port 0 picks a free one
   std::string tls_cert;  // PEM files, both or neither: serve HTTPS
@@ -71,6 +74,7 @@ class HttpServer {
                      std::string* set_cookie) const;
   const HttpOptions options_;
   const HttpHandler handler_;
+  std::unique_ptr<CertificateFiles> certificate_;  // HTTPS: what handshakes hand out
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;

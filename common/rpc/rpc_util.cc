@@ -7,10 +7,19 @@
 
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_certificate_verifier.h>
+#include <grpcpp/security/tls_credentials_options.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -19,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/atomic_file.h"
+#include "common/status_macros.h"
 #include "common/utf8.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -26,28 +36,89 @@ namespace dfc {
 namespace {
 
 absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  if (path.empty()) return std::string();
   auto pem = ReadFile(path, 1 << 20);
   if (!pem.ok()) return absl::InvalidArgumentError(absl::StrCat(flag, ": ", pem.status().message()));
   return *pem;
+}
+
+struct BioFree {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+struct X509Free {
+  void operator()(X509* x) const { X509_free(x); }
+};
+struct KeyFree {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+
+std::unique_ptr<BIO, BioFree> MemoryBio(const std::string& pem) {
+  return std::unique_ptr<BIO, BioFree>(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+}
+
+// The first certificate in `pem`, or nullptr.
+std::unique_ptr<X509, X509Free> FirstCertificate(const std::string& pem) {
+  auto bio = MemoryBio(pem);
+  std::unique_ptr<X509, X509Free> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  ERR_clear_error();
+  return cert;
+}
+
+// The files a process is started with are read here, so that a missing or
+// unreadable one, one that holds no certificate, or a key that is not the
+// certificate's stops it at start with the flag named (gRPC's file watcher
+// would start anyway and fail every handshake).
+absl::Status CheckTlsFiles(const RpcSecurity& s) {
+  if (s.tls_cert.empty() != s.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together: give both or neither");
+  }
+  if (!s.tls_ca.empty()) {
+    DFC_ASSIGN_OR_RETURN(const std::string ca, ReadPem(s.tls_ca, "--tls-ca"));
+    if (!FirstCertificate(ca)) {
+      return absl::InvalidArgumentError(absl::StrCat("--tls-ca: '", s.tls_ca, "' holds no PEM certificate"));
+    }
+  }
+  if (s.tls_cert.empty()) return absl::OkStatus();
+  DFC_ASSIGN_OR_RETURN(const std::string cert_pem, ReadPem(s.tls_cert, "--tls-cert"));
+  DFC_ASSIGN_OR_RETURN(const std::string key_pem, ReadPem(s.tls_key, "--tls-key"));
+  auto cert = FirstCertificate(cert_pem);
+  if (!cert) return absl::InvalidArgumentError(absl::StrCat("--tls-cert: '", s.tls_cert, "' holds no PEM certificate"));
+  auto bio = MemoryBio(key_pem);
+  std::unique_ptr<EVP_PKEY, KeyFree> key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  const bool matches = key && X509_check_private_key(cert.get(), key.get()) == 1;
+  ERR_clear_error();
+  if (!key) return absl::InvalidArgumentError(absl::StrCat("--tls-key: '", s.tls_key, "' holds no PEM private key"));
+  if (!matches) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-key: '", s.tls_key, "' is not the key of the certificate in --tls-cert '", s.tls_cert, "'"));
+  }
+  return absl::OkStatus();
+}
+
+// Watches the files (absolute paths: gRPC reads them on its own thread for
+// the life of the process) for renewed certificates.
+std::shared_ptr<grpc::experimental::CertificateProviderInterface> WatchTlsFiles(const RpcSecurity& s) {
+  auto abs = [](const std::string& p) { return p.empty() ? p : std::filesystem::absolute(p).string(); };
+  return std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      abs(s.tls_key), abs(s.tls_cert), abs(s.tls_ca), static_cast<unsigned>(kTlsRefreshSeconds));
 }
 
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const RpcSecurity& s) {
   if (s.insecure()) return grpc::InsecureServerCredentials();
-  auto cert = ReadPem(s.tls_cert, "--tls-cert");
-  auto key = ReadPem(s.tls_key, "--tls-key");
-  auto ca = ReadPem(s.tls_ca, "--tls-ca");
-  if (!cert.ok()) return cert.status();
-  if (!key.ok()) return key.status();
-  if (!ca.ok()) return ca.status();
-  if (cert->empty() || key->empty()) return absl::InvalidArgumentError("--tls-cert and --tls-key are both required for TLS");
-  grpc::SslServerCredentialsOptions opts(ca->empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                                     : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  opts.pem_root_certs = *ca;
-  opts.pem_key_cert_pairs.push_back({*key, *cert});
-  return grpc::SslServerCredentials(opts);
+  if (s.tls_cert.empty() || s.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key are both required for TLS");
+  }
+  DFC_RETURN_IF_ERROR(CheckTlsFiles(s));
+  grpc::experimental::TlsServerCredentialsOptions opts(WatchTlsFiles(s));
+  opts.watch_identity_key_cert_pairs();
+  if (s.tls_ca.empty()) {
+    opts.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    opts.watch_root_certs();
+    opts.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  return grpc::experimental::TlsServerCredentials(opts);
 }
 
 std::unique_ptr<grpc::Server> StartGrpcServer(const std::string& listen,
@@ -121,17 +192,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
   if (s.insecure()) {
     creds = grpc::InsecureChannelCredentials();
   } else {
-    auto ca = ReadPem(s.tls_ca, "--tls-ca");
-    auto cert = ReadPem(s.tls_cert, "--tls-cert");
-    auto key = ReadPem(s.tls_key, "--tls-key");
-    if (!ca.ok()) return ca.status();
-    if (!cert.ok()) return cert.status();
-    if (!key.ok()) return key.status();
-    grpc::SslCredentialsOptions opts;
-    opts.pem_root_certs = *ca;
-    opts.pem_cert_chain = *cert;
-    opts.pem_private_key = *key;
-    creds = grpc::SslCredentials(opts);
+    DFC_RETURN_IF_ERROR(CheckTlsFiles(s));
+    grpc::experimental::TlsChannelCredentialsOptions opts;
+    opts.set_certificate_provider(WatchTlsFiles(s));
+    if (!s.tls_ca.empty()) opts.watch_root_certs();  // else the system's roots
+    if (!s.tls_cert.empty()) opts.watch_identity_key_cert_pairs();
+    opts.set_verify_server_certs(true);
+    opts.set_certificate_verifier(std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
+    creds = grpc::experimental::TlsCredentials(opts);
   }
   return grpc::CreateCustomChannel(address, creds, args);
 }

@@ -29,7 +29,16 @@ struct RpcSecurity {
   bool insecure() const { return tls_cert.empty() && tls_ca.empty(); }
 };
 
+// How often the TLS files are read again: a certificate, key or CA renewed
+// on disk (a Kubernetes Secret updated in place, cert-manager) is used for
+// the connections made after that, without a restart. Replace a key and
+// its certificate together (rename into place, as the kubelet does): a
+// key read with the other's certificate fails handshakes until the next read.
+inline constexpr int kTlsRefreshSeconds = 10;
+
 // Server side: credentials from the flags (insecure when no TLS flag is set).
+// The files are checked at start (readable, PEM, the key is the
+// certificate's) and then watched (kTlsRefreshSeconds).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const RpcSecurity& security);
 // Threads a server may run calls on (each open stream holds one): beyond
 // it, new calls are refused with RESOURCE_EXHAUSTED instead of a client
@@ -57,7 +66,9 @@ std::string CannotListen(const std::string& listen);
 // `listen` (HOST:PORT) with the port a server bound: what to print and
 // advertise when it was started on port 0.
 std::string BoundAddress(const std::string& listen, int port);
-// Client side: a channel with size limits, TLS when a CA is given.
+// Client side: a channel with size limits, TLS when a CA is given; the
+// server's name is checked against its certificate, and the files are
+// checked and watched as a server's are.
 // With `round_robin`, calls spread over every address the target resolves
 // to (`dns:///name:port` of a headless Service, or an `ipv4:a:p,b:p` list)
 // instead of all going to the first.

@@ -1,0 +1,204 @@
+// TLS files as operators keep them: certificates renewed on disk while the
+// processes run (a Kubernetes Secret updated in place, cert-manager), a move
+// to a new CA, and files that cannot serve. Real gRPC servers and channels
+// on loopback, real HTTPS with curl, certificates made by openssl.
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "common/http/http_server.h"
+#include "common/rpc/rpc_util.h"
+#include "dfc/v1/dfc.grpc.pb.h"
+#include "tests/test_util.h"
+
+namespace dfc {
+namespace {
+
+using testing::Pki;
+using testing::RunCommand;
+
+// A process's TLS files, in a folder of their own (what it was started with).
+struct Files {
+  testing::TempDir dir;
+  RpcSecurity security;
+  Files(const Pki& pki, const std::string& ca, const std::string& identity) {
+    security.tls_ca = dir.Join("ca.pem");
+    security.tls_cert = dir.Join("tls.crt");
+    security.tls_key = dir.Join("tls.key");
+    Renew(pki, ca, identity);
+  }
+  void Renew(const Pki& pki, const std::string& ca, const std::string& identity) const {
+    Pki::Install(pki[ca + ".pem"], security.tls_ca);
+    Pki::Install(pki[identity + ".key"], security.tls_key);
+    Pki::Install(pki[identity + ".pem"], security.tls_cert);
+  }
+};
+
+// A gRPC server with the health service (and a service whose calls are all
+// unimplemented: a server needs one).
+std::unique_ptr<grpc::Server> Serve(const RpcSecurity& security, const std::string& listen, int* port) {
+  static v1::JobService::Service unimplemented;
+  auto creds = MakeServerCredentials(security);
+  EXPECT_TRUE(creds.ok()) << creds.status();
+  if (!creds.ok()) return nullptr;
+  return StartGrpcServer(listen, *creds, {&unimplemented}, port);
+}
+
+// The health of the server at `address` over a new channel with `files`.
+std::string HealthOverNewChannel(const std::string& address, const Files& files) {
+  auto channel = MakeChannel(address, files.security);
+  if (!channel.ok()) return channel.status().ToString();
+  return HealthStatus(*channel, files.security, std::chrono::seconds(3));
+}
+
+// Calls `probe` until it answers `want`, for at most `seconds`; its last answer.
+template <typename Probe>
+std::string Await(const std::string& want, int seconds, Probe probe) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  std::string got = probe();
+  while (got != want && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    got = probe();
+  }
+  return got;
+}
+
+TEST(TlsFilesTest, AServerServesACertificateRenewedOnDiskWithoutARestart) {
+  Pki pki;
+  // Moving to a new CA: the server first trusts clients of both.
+  Files server(pki, "both", "server1");
+  int port = 0;
+  auto grpc_server = Serve(server.security, "127.0.0.1:0", &port);
+  ASSERT_NE(grpc_server, nullptr);
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  Files old_client(pki, "ca1", "client1");
+  Files new_client(pki, "ca2", "client2");
+  ASSERT_EQ(HealthOverNewChannel(address, old_client), "SERVING");
+  // A client that trusts the new CA alone refuses the certificate served now.
+  ASSERT_NE(HealthOverNewChannel(address, new_client), "SERVING");
+
+  server.Renew(pki, "both", "server2");
+  const auto renewed = std::chrono::steady_clock::now();
+  EXPECT_EQ(Await("SERVING", 3 * kTlsRefreshSeconds, [&] { return HealthOverNewChannel(address, new_client); }),
+            "SERVING");
+  std::printf("served the renewed certificate %.1f s after it was written\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - renewed).count());
+  // And the old one is no longer served.
+  EXPECT_NE(HealthOverNewChannel(address, old_client), "SERVING");
+}
+
+TEST(TlsFilesTest, AClientUsesItsRenewedFilesForItsNextConnection) {
+  Pki pki;
+  Files client(pki, "ca1", "client1");
+  Files server(pki, "ca1", "server1");
+  int port = 0;
+  auto first = Serve(server.security, "127.0.0.1:0", &port);
+  ASSERT_NE(first, nullptr);
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  // One channel for the whole test, as a worker keeps its channel to the coordinator.
+  auto channel = MakeChannel(address, client.security);
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  ASSERT_EQ(HealthStatus(*channel, client.security), "SERVING");
+
+  // Everything moves to CA 2; the server comes back trusting CA 2 alone, so
+  // the channel gets through only with both its renewed CA and its renewed
+  // certificate.
+  client.Renew(pki, "ca2", "client2");
+  server.Renew(pki, "ca2", "server2");
+  first->Shutdown();
+  first.reset();
+  int same_port = 0;
+  auto second = Serve(server.security, address, &same_port);
+  ASSERT_NE(second, nullptr);
+  ASSERT_EQ(same_port, port);
+  EXPECT_EQ(Await("SERVING", 6 * kTlsRefreshSeconds, [&] { return HealthStatus(*channel, client.security); }),
+            "SERVING");
+  // A channel made now from CA 1's files is refused by the renewed server.
+  Files stale(pki, "ca1", "client1");
+  EXPECT_NE(HealthOverNewChannel(address, stale), "SERVING");
+}
+
+TEST(TlsFilesTest, AClientRefusesACertificateForAnotherName) {
+  Pki pki;
+  Files server(pki, "ca1", "elsewhere");
+  int port = 0;
+  auto grpc_server = Serve(server.security, "127.0.0.1:0", &port);
+  ASSERT_NE(grpc_server, nullptr);
+  Files client(pki, "ca1", "client1");
+  const std::string got = HealthOverNewChannel("127.0.0.1:" + std::to_string(port), client);
+  EXPECT_NE(got, "SERVING") << "a certificate for elsewhere.example was taken for 127.0.0.1";
+  // The same client reaches a server whose certificate names the address.
+  Files right(pki, "ca1", "server1");
+  auto right_server = Serve(right.security, "127.0.0.1:0", &port);
+  ASSERT_NE(right_server, nullptr);
+  EXPECT_EQ(HealthOverNewChannel("127.0.0.1:" + std::to_string(port), client), "SERVING");
+}
+
+TEST(TlsFilesTest, FilesThatCannotServeStopAProcessAtStartNamingTheFlag) {
+  Pki pki;
+  Files files(pki, "ca1", "server1");
+  auto error_of = [](const absl::Status& st) { return std::string(st.message()); };
+  // A key that is not the certificate's.
+  Pki::Install(pki["server2.key"], files.security.tls_key);
+  auto mismatched = MakeServerCredentials(files.security);
+  ASSERT_FALSE(mismatched.ok());
+  EXPECT_NE(error_of(mismatched.status()).find("--tls-key: '" + files.security.tls_key +
+                                               "' is not the key of the certificate in --tls-cert"),
+            std::string::npos)
+      << mismatched.status();
+  EXPECT_FALSE(MakeChannel("127.0.0.1:1", files.security).ok());
+  // A certificate file half written.
+  Pki::Install(pki["server1.key"], files.security.tls_key);
+  testing::WriteFileOrDie(files.security.tls_cert, "-----BEGIN CERTIFICATE-----\nMIIB");
+  auto truncated = MakeServerCredentials(files.security);
+  ASSERT_FALSE(truncated.ok());
+  EXPECT_NE(error_of(truncated.status()).find("--tls-cert: '" + files.security.tls_cert + "' holds no PEM certificate"),
+            std::string::npos)
+      << truncated.status();
+  // A missing CA, and a client certificate without its key.
+  Pki::Install(pki["server1.pem"], files.security.tls_cert);
+  RpcSecurity no_ca = files.security;
+  no_ca.tls_ca = files.dir.Join("absent.pem");
+  auto missing = MakeChannel("127.0.0.1:1", no_ca);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(error_of(missing.status()).find("--tls-ca"), std::string::npos) << missing.status();
+  RpcSecurity no_key = files.security;
+  no_key.tls_key.clear();
+  auto half = MakeChannel("127.0.0.1:1", no_key);
+  ASSERT_FALSE(half.ok());
+  EXPECT_NE(error_of(half.status()).find("--tls-cert and --tls-key go together"), std::string::npos) << half.status();
+  // The files as they were serve.
+  EXPECT_TRUE(MakeServerCredentials(files.security).ok());
+}
+
+TEST(TlsFilesTest, HttpsServesARenewedCertificateAndKeepsTheOldOneWhileTheNewOneDoesNotLoad) {
+  Pki pki;
+  Files files(pki, "ca1", "server1");
+  HttpOptions options;
+  options.listen = "127.0.0.1:0";
+  options.tls_cert = files.security.tls_cert;
+  options.tls_key = files.security.tls_key;
+  options.name = "--metrics-listen";
+  auto server = HttpServer::Start(options, [](const HttpRequest&) { return HttpResponse::Text(200, "ok\n"); });
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto get = [&](const std::string& ca) {
+    return RunCommand("curl -sS -m 5 --cacert " + pki[ca] + " " + (*server)->url() + "/").out;
+  };
+  ASSERT_EQ(get("ca1.pem"), "ok\n");
+  ASSERT_NE(get("ca2.pem"), "ok\n");
+  // A renewal caught half way: the new key is in place, the certificate is
+  // still the old one. The pair loaded before is served meanwhile.
+  Pki::Install(pki["server2.key"], files.security.tls_key);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // past the once-a-second look at the files
+  EXPECT_EQ(get("ca1.pem"), "ok\n");
+  EXPECT_EQ(get("ca1.pem"), "ok\n");
+  Pki::Install(pki["server2.pem"], files.security.tls_cert);
+  EXPECT_EQ(Await("ok\n", 5, [&] { return get("ca2.pem"); }), "ok\n");
+  EXPECT_NE(get("ca1.pem"), "ok\n");
+}
+
+}  // namespace
+}  // namespace dfc
