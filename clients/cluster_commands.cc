@@ -34,6 +34,7 @@
 #include "common/atomic_file.h"
 #include "common/cpus.h"
 #include "common/progress.h"
+#include "common/status_macros.h"
 #include "common/subprocess.h"
 #include "common/training_config.h"
 #include "common/utf8.h"
@@ -658,12 +659,19 @@ int ReportRpcError(const grpc::Status& status) {
   return ReportError(absl::UnavailableError(absl::StrCat(status.error_message(), "; try again later")));
 }
 
+namespace {
+// --token-file's token into c.security, once.
+absl::Status LoadToken(ClientArgs& c) {
+  if (c.token_file.empty() || !c.security.token.empty()) return absl::OkStatus();
+  auto t = BearerToken::FromFile(c.token_file, "--token-file");
+  if (!t.ok()) return t.status();
+  c.security.token = *t;
+  return absl::OkStatus();
+}
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(ClientArgs& c) {
-  if (!c.token_file.empty() && c.security.token.empty()) {
-    auto t = ReadTokenFile(c.token_file);
-    if (!t.ok()) return t.status();
-    c.security.token = *t;
-  }
+  DFC_RETURN_IF_ERROR(LoadToken(c));
   return MakeChannel(c.coordinator, c.security);
 }
 
@@ -697,11 +705,7 @@ absl::StatusOr<std::string> ResolveHostPort(const std::string& address) {
 
 // --server as given, or the replicas the coordinator lists (resolved to IPs).
 absl::StatusOr<std::string> ServerList(ClientArgs& c) {
-  if (!c.token_file.empty() && c.security.token.empty()) {
-    auto t = ReadTokenFile(c.token_file);
-    if (!t.ok()) return t.status();
-    c.security.token = *t;
-  }
+  DFC_RETURN_IF_ERROR(LoadToken(c));
   if (!c.server.empty()) return c.server;
   auto channel = OpenChannel(c);
   if (!channel.ok()) return channel.status();

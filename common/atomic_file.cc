@@ -200,4 +200,10 @@ absl::Status AppendLine(const std::string& path, std::string_view line) {
   return st;
 }
 
+std::string FileStamp(const std::string& path) {
+  struct stat sb {};
+  if (::stat(path.c_str(), &sb) != 0) return "";
+  return absl::StrCat(sb.st_dev, ":", sb.st_ino, ":", sb.st_size, ":", sb.st_mtim.tv_sec, ".", sb.st_mtim.tv_nsec);
+}
+
 }  // namespace dfc

@@ -47,6 +47,11 @@ bool ReadBoundedLine(std::FILE* in, size_t max, std::string* line, bool* truncat
 // of it; "" for an empty file.
 absl::StatusOr<std::string> ReadFirstLine(const std::string& path, size_t max);
 
+// What changes when a file is replaced or rewritten (device, inode, size,
+// modification time, following symlinks); "" when it cannot be stat'ed.
+// Cheap enough to look at on every use of a file read once and kept.
+std::string FileStamp(const std::string& path);
+
 // Appends one line (a '\n' is added) and flushes it to disk.
 absl::Status AppendLine(const std::string& path, std::string_view line);
 

@@ -59,7 +59,10 @@ int main(int argc, char** argv) {
                  "workers or report metrics. Without it workers use --token-file's token (one shared secret)")
       ->check(CLI::ExistingFile);
   app.add_flag("--insecure", insecure, "Allow a non-loopback --listen without a token");
-  app.add_option("--token-file", sec.token, "File holding the bearer token callers must present")
+  std::string token_file;
+  app.add_option("--token-file", token_file,
+                 "File holding the bearer token callers must present (one per line: any is accepted; read again "
+                 "when it changes)")
       ->check(CLI::ExistingFile);
   std::string http_listen;
   app.add_option("--http-listen", http_listen,
@@ -68,24 +71,25 @@ int main(int argc, char** argv) {
   dfc::MetricsFlags metrics_flags;
   metrics_flags.Add(app);
   CLI11_PARSE(app, argc, argv);
-  if (!sec.token.empty()) {
-    auto t = dfc::ReadTokenFile(sec.token);
+  if (!token_file.empty()) {
+    auto t = dfc::BearerToken::FromFile(token_file, "--token-file");
     if (!t.ok()) {
       std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(t.status().message()).c_str());
       return 2;
     }
     sec.token = *t;
   }
-  std::string worker_token = sec.token;
+  dfc::BearerToken worker_token = sec.token;
   if (!worker_token_file.empty()) {
-    auto t = dfc::ReadTokenFile(worker_token_file);
+    auto t = dfc::BearerToken::FromFile(worker_token_file, "--worker-token-file");
     if (!t.ok()) {
-      std::fprintf(stderr, "dfc-coordinator: --worker-token-file: %s\n", std::string(t.status().message()).c_str());
+      std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(t.status().message()).c_str());
       return 2;
     }
     worker_token = *t;
-    if (worker_token == sec.token) {
-      std::fprintf(stderr, "dfc-coordinator: --worker-token-file holds the users' token; they must differ\n");
+    if (worker_token.Shares(sec.token)) {
+      std::fprintf(stderr,
+                   "dfc-coordinator: --worker-token-file holds a token of --token-file (the users'); they must differ\n");
       return 2;
     }
   }

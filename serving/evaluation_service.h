@@ -5,6 +5,7 @@
 #include <chrono>
 #include <string>
 
+#include "common/rpc/bearer_token.h"
 #include "serving/batcher.h"
 #include "serving/decoder_pool.h"
 #include "serving/serving_metrics.h"
@@ -32,7 +33,7 @@ struct EvaluationOptions {
 class EvaluationServiceImpl final : public v1::EvaluationService::Service {
  public:
   EvaluationServiceImpl(ModelRegistry* registry, InferenceBatcher* batcher, DecoderPool* decoders,
-                        EvaluationOptions options, std::string token, std::string replica = "",
+                        EvaluationOptions options, BearerToken token, std::string replica = "",
                         ServingMetrics* metrics = nullptr)
       : registry_(registry), batcher_(batcher), decoders_(decoders), options_(options), token_(std::move(token)),
         replica_(std::move(replica)), metrics_(metrics) {}
@@ -58,7 +59,7 @@ class EvaluationServiceImpl final : public v1::EvaluationService::Service {
   InferenceBatcher* const batcher_;
   DecoderPool* const decoders_;
   const EvaluationOptions options_;
-  const std::string token_;
+  const BearerToken token_;
   const std::string replica_;
   ServingMetrics* const metrics_;
   std::atomic<int> open_streams_{0};

@@ -35,11 +35,12 @@ int Fail(const std::string& what) {
   return 2;
 }
 
-absl::Status ReadToken(std::string* token_or_file) {
-  if (token_or_file->empty()) return absl::OkStatus();
-  auto t = dfc::ReadTokenFile(*token_or_file);
+// `file`'s tokens into *token (none when no file is given).
+absl::Status ReadToken(const std::string& file, const std::string& flag, dfc::BearerToken* token) {
+  if (file.empty()) return absl::OkStatus();
+  auto t = dfc::BearerToken::FromFile(file, flag);
   if (!t.ok()) return t.status();
-  *token_or_file = *t;
+  *token = *t;
   return absl::OkStatus();
 }
 }  // namespace
@@ -69,14 +70,18 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", sec.tls_cert, "Server certificate (PEM); enables TLS");
   app.add_option("--tls-key", sec.tls_key, "Server key (PEM)");
   app.add_option("--tls-ca", sec.tls_ca, "CA (PEM) that client certificates must chain to; requires them");
-  app.add_option("--token-file", sec.token, "File holding the bearer token callers (users) must present")
+  std::string token_file, worker_token_file;
+  app.add_option("--token-file", token_file,
+                 "File holding the bearer token callers (users) must present (one per line: any is accepted; read "
+                 "again when it changes)")
       ->check(CLI::ExistingFile);
   app.add_flag("--insecure", insecure, "Allow a non-loopback --listen without a token");
   app.add_option("--coordinator-tls-ca", upstream.tls_ca, "CA (PEM) of the coordinator's certificate; enables TLS");
   app.add_option("--coordinator-tls-cert", upstream.tls_cert, "Client certificate (PEM) for the coordinator");
   app.add_option("--coordinator-tls-key", upstream.tls_key, "Client key (PEM) for the coordinator");
-  app.add_option("--worker-token-file", upstream.token,
-                 "File holding the token the coordinator's catalogue expects (the workers' token)")
+  app.add_option("--worker-token-file", worker_token_file,
+                 "File holding the token the coordinator's catalogue expects (the workers' token; the first line "
+                 "is sent)")
       ->check(CLI::ExistingFile);
   dfc::ModelRegistryOptions serve;
   serve.precision.clear();  // chosen by the device unless given
@@ -144,9 +149,11 @@ int main(int argc, char** argv) {
   if (decoding.processes > 0) {
     decoding.program = dfc::SiblingExecutable("dfc-decode");
   }
-  if (absl::Status st = ReadToken(&sec.token); !st.ok()) return Fail(std::string(st.message()));
-  if (absl::Status st = ReadToken(&upstream.token); !st.ok()) {
-    return Fail(absl::StrCat("--worker-token-file: ", st.message()));
+  if (absl::Status st = ReadToken(token_file, "--token-file", &sec.token); !st.ok()) {
+    return Fail(std::string(st.message()));
+  }
+  if (absl::Status st = ReadToken(worker_token_file, "--worker-token-file", &upstream.token); !st.ok()) {
+    return Fail(std::string(st.message()));
   }
   if (!dfc::IsLoopbackListen(listen) && sec.token.empty()) {
     if (!insecure) {

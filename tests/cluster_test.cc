@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -1594,6 +1595,75 @@ TEST(ClusterTest, CertificatesRenewedOnDiskAreUsedWithoutRestartingTheWorker) {
                           " --tls-cert " + pki["client1.pem"] + " --tls-key " + pki["client1.key"] +
                           " --token-file " + files.Join("token") + " list");
   EXPECT_NE(stale.exit_code, 0) << stale.out;
+}
+
+// Tokens rotated while the cluster runs (a leaked one replaced): each
+// process reads its token file again when it changes, a server accepting
+// any line and a client sending the first, so neither the coordinator nor
+// the worker is restarted, and the worker stays live throughout.
+TEST(ClusterTest, TokensAreRotatedWithoutRestartingAnything) {
+  testing::TempDir files;
+  const std::string users = files.Join("users"), workers = files.Join("workers");
+  auto put = [](const std::string& path, const std::string& text) {
+    testing::WriteFileOrDie(path + ".new", text);
+    std::filesystem::rename(path + ".new", path);
+  };
+  put(users, "old-user\n");
+  put(workers, "old-worker\n");
+  Cluster::Options o;
+  o.workers = 1;
+  o.operator_endpoints = true;
+  o.coordinator_flags.insert(o.coordinator_flags.end(), {"--token-file", users, "--worker-token-file", workers});
+  o.worker_flags.insert(o.worker_flags.end(), {"--token-file", workers});  // one Secret for both sides
+  o.dfc_flags = "--token-file " + users;
+  Cluster c(o);
+  auto list_with = [&](const std::string& token) {
+    put(files.Join("mine"), token + "\n");
+    return RunCommand(testing::DfcBinary() + " --coordinator " + c.address() + " --token-file " + files.Join("mine") +
+                      " list");
+  };
+  auto until = [](int seconds, const std::function<bool()>& done) {
+    for (int i = 0; i < seconds * 10 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    return done();
+  };
+  ASSERT_EQ(list_with("old-user").exit_code, 0) << list_with("old-user").err;
+  ASSERT_NE(list_with("new-user").exit_code, 0);
+  // The users' token: the new one is added, then the old one dropped.
+  put(users, "old-user\nnew-user\n");
+  EXPECT_TRUE(until(5, [&] { return list_with("new-user").exit_code == 0; })) << list_with("new-user").err;
+  EXPECT_EQ(list_with("old-user").exit_code, 0);
+  put(users, "new-user\n");
+  EXPECT_TRUE(until(5, [&] { return list_with("old-user").exit_code != 0; }));
+  const auto refused = list_with("old-user");
+  EXPECT_NE(refused.err.find("a valid bearer token is required"), std::string::npos) << refused.err;
+  EXPECT_EQ(list_with("new-user").exit_code, 0);
+  auto dashboard = [&](const std::string& token) {
+    return RunCommand("curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer " + token + "' " +
+                      c.dashboard() + "/api/jobs").out;
+  };
+  EXPECT_EQ(dashboard("new-user"), "200");
+  EXPECT_EQ(dashboard("old-user"), "401");
+  // The workers' token, one file read by both sides: the new token added
+  // second, made first, the old one dropped, each step a few heartbeats apart.
+  put(workers, "old-worker\nnew-worker\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  put(workers, "new-worker\nold-worker\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  put(workers, "new-worker\n");
+  // Heartbeats refused for --worker-timeout-ms (1.5 s) would have given the worker up.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_TRUE(c.WaitForLiveWorkers(1, 1));
+  EXPECT_EQ(c.processes().Log("worker-0.log").find("bearer token"), std::string::npos)
+      << c.processes().Log("worker-0.log");
+  // A worker still holding the old token is refused.
+  put(files.Join("stale"), "old-worker\n");
+  c.processes().Start({Bin("dfc-worker"), "--coordinator", c.address(), "--work-dir", files.Join("stale-work"),
+                       "--cpu-slots", "1", "--token-file", files.Join("stale")},
+                      "stale-worker.log");
+  EXPECT_TRUE(until(10, [&] {
+    return c.processes().Log("stale-worker.log").find("a valid bearer token is required") != std::string::npos;
+  })) << c.processes().Log("stale-worker.log");
+  EXPECT_FALSE(c.WaitForLiveWorkers(2, 2));
 }
 
 }  // namespace

@@ -174,7 +174,7 @@ class ServingTest : public ::testing::Test {
     ASSERT_TRUE(decoders.ok()) << decoders.status();
     decoders_ = std::move(*decoders);
     service_ = std::make_unique<EvaluationServiceImpl>(registry_.get(), batcher_.get(), decoders_.get(),
-                                                       eval_options_, "", "test-replica");
+                                                       eval_options_, BearerToken(), "test-replica");
     port_ = 0;
     server_ = StartGrpcServer("127.0.0.1:0", grpc::InsecureServerCredentials(), {service_.get()}, &port_,
                               kMaxRpcThreads);

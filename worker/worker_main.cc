@@ -64,7 +64,8 @@ int main(int argc, char** argv) {
   app.add_option("--tls-key", opts.security.tls_key, "Client key (PEM)");
   dfc::MetricsFlags metrics_flags;
   metrics_flags.Add(app);
-  app.add_option("--token-file", token_file, "File holding the bearer token")->check(CLI::ExistingFile);
+  app.add_option("--token-file", token_file, "File holding the bearer token (the first line is sent; read again when it "
+                 "changes)")->check(CLI::ExistingFile);
   CLI::App* rank_cmd = app.add_subcommand("rank", "Run one rank (started by the worker itself)");
   std::string assignment_b64;
   rank_cmd->add_option("--assignment", assignment_b64)->required();
@@ -84,14 +85,14 @@ int main(int argc, char** argv) {
   const std::string token_from_env = env_token != nullptr ? env_token : "";
   ::unsetenv("DFC_TOKEN");
   if (!token_file.empty()) {
-    auto t = dfc::ReadTokenFile(token_file);
+    auto t = dfc::BearerToken::FromFile(token_file, "--token-file");
     if (!t.ok()) {
       std::fprintf(stderr, "dfc-worker: %s\n", std::string(t.status().message()).c_str());
       return 2;
     }
     opts.security.token = *t;
   } else if (!token_from_env.empty()) {
-    opts.security.token = token_from_env;
+    opts.security.token = dfc::BearerToken(token_from_env);
   }
   opts.hang_timeout = std::chrono::seconds(hang_timeout_s);
   if (rank_cmd->parsed()) {

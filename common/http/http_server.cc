@@ -1,7 +1,6 @@
 #include "common/http/http_server.h"
 
 #include <sys/socket.h>
-#include <sys/stat.h>
 
 #include <httplib.h>
 #include <openssl/err.h>
@@ -10,7 +9,6 @@
 
 #include <chrono>
 #include <cstdio>
-#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -87,14 +85,7 @@ class CertificateFiles {
       EVP_PKEY_free(key);
     }
   };
-  using FileVersion = std::tuple<dev_t, ino_t, off_t, int64_t, int64_t>;
-
-  static FileVersion VersionOf(const std::string& path) {
-    struct stat sb {};
-    if (::stat(path.c_str(), &sb) != 0) return {};
-    return {sb.st_dev, sb.st_ino, sb.st_size, sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec};
-  }
-  std::pair<FileVersion, FileVersion> Version() const { return {VersionOf(cert_path_), VersionOf(key_path_)}; }
+  std::string Version() const { return FileStamp(cert_path_) + "|" + FileStamp(key_path_); }
 
   absl::StatusOr<std::shared_ptr<const Pair>> Read() const {
     auto cert_pem = ReadFile(cert_path_, 1 << 20);
@@ -143,7 +134,7 @@ class CertificateFiles {
   const std::string name_, cert_path_, key_path_;
   absl::Mutex mu_;
   std::shared_ptr<const Pair> pair_ ABSL_GUARDED_BY(mu_);
-  std::pair<FileVersion, FileVersion> version_ ABSL_GUARDED_BY(mu_);
+  std::string version_ ABSL_GUARDED_BY(mu_);
   std::chrono::steady_clock::time_point next_look_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -249,11 +240,14 @@ HttpServer::~HttpServer() {
 HttpResponse HttpServer::Serve(const HttpRequest& req, const std::string& authorization, const std::string& cookies,
                                std::string* set_cookie) const {
   if (!options_.token.empty()) {
-    bool ok = ConstantTimeEquals(authorization, "Bearer " + options_.token) ||
-              ConstantTimeEquals(CookieValue(cookies, kCookie), options_.token);
-    if (!ok && !req.Param("token").empty() && ConstantTimeEquals(req.Param("token"), options_.token)) {
+    absl::string_view bearer = authorization;
+    const std::string cookie = CookieValue(cookies, kCookie);
+    bool ok = (absl::ConsumePrefix(&bearer, "Bearer ") && options_.token.Accepts(bearer)) ||
+              (!cookie.empty() && options_.token.Accepts(cookie));
+    const std::string link = req.Param("token");
+    if (!ok && !link.empty() && options_.token.Accepts(link)) {
       // A link with the token: keep it in a cookie and drop it from the address bar.
-      *set_cookie = absl::StrCat(kCookie, "=", options_.token, "; Path=/; HttpOnly; SameSite=Strict");
+      *set_cookie = absl::StrCat(kCookie, "=", link, "; Path=/; HttpOnly; SameSite=Strict");
       return HttpResponse::Text(303, "see " + req.path + "\n");
     }
     if (!ok) {

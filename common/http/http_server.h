@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/rpc/bearer_token.h"
 
 namespace httplib {
 class Server;
@@ -28,8 +29,9 @@ struct HttpOptions {
   std::string listen;    // host:port; port 0 picks a free one
   std::string tls_cert;  // PEM files, both or neither: serve HTTPS
   std::string tls_key;
-  std::string token;     // non-empty: "Authorization: Bearer T", or the
-                         // dfc_token cookie that "?token=T" sets
+  BearerToken token;     // non-empty: "Authorization: Bearer T", or the
+                         // dfc_token cookie that "?token=T" sets (T: any
+                         // token it holds)
   int threads = 4;
   std::string name = "http";  // in error messages ("--metrics-listen")
 };

@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/atomic_file.h"
 #include "common/status_macros.h"
 #include "common/utf8.h"
@@ -207,7 +208,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
 std::unique_ptr<grpc::ClientContext> MakeContext(const RpcSecurity& s, std::chrono::milliseconds deadline) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(std::chrono::system_clock::now() + deadline);
-  if (!s.token.empty()) ctx->AddMetadata("authorization", "Bearer " + s.token);
+  if (!s.token.empty()) ctx->AddMetadata("authorization", "Bearer " + s.token.Current());
   return ctx;
 }
 
@@ -224,11 +225,12 @@ bool ConstantTimeEquals(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
-grpc::Status CheckToken(const grpc::ServerContext& context, const std::string& token) {
+grpc::Status CheckToken(const grpc::ServerContext& context, const BearerToken& token) {
   if (token.empty()) return grpc::Status::OK;
   auto it = context.client_metadata().find("authorization");
-  if (it == context.client_metadata().end() ||
-      !ConstantTimeEquals(std::string(it->second.data(), it->second.size()), "Bearer " + token)) {
+  absl::string_view presented;
+  if (it != context.client_metadata().end()) presented = absl::string_view(it->second.data(), it->second.size());
+  if (!absl::ConsumePrefix(&presented, "Bearer ") || !token.Accepts(presented)) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "a valid bearer token is required");
   }
   return grpc::Status::OK;
@@ -239,14 +241,6 @@ bool IsLoopbackListen(const std::string& address) {
   if (const size_t colon = host.rfind(':'); colon != std::string::npos) host.resize(colon);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
-}
-
-absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  auto text = ReadFile(path, 4096);
-  if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("--token-file: ", text.status().message()));
-  const size_t begin = text->find_first_not_of(" \n\r\t");
-  if (begin == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("--token-file: '", path, "' is empty"));
-  return text->substr(begin, text->find_last_not_of(" \n\r\t") + 1 - begin);
 }
 
 grpc::Status ToGrpc(const absl::Status& s) {

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/rpc/bearer_token.h"
 
 namespace dfc {
 
@@ -25,7 +26,7 @@ struct RpcSecurity {
   std::string tls_cert;   // PEM file: server certificate (server) / client certificate (client, optional)
   std::string tls_key;    // PEM file: its key
   std::string tls_ca;     // PEM file: CA to verify the peer; on a server, set => client certificates required
-  std::string token;      // bearer token; empty = none
+  BearerToken token;      // a client sends it, a server requires it; empty = none
   bool insecure() const { return tls_cert.empty() && tls_ca.empty(); }
 };
 
@@ -80,16 +81,14 @@ absl::StatusOr<std::string> ServerListTarget(const std::string& servers);
 // A client context with the deadline and the bearer token.
 std::unique_ptr<grpc::ClientContext> MakeContext(const RpcSecurity& security,
                                                  std::chrono::milliseconds deadline = kRpcDeadline);
-// Server side: OK when no token is configured or the call carries it
-// (compared in constant time).
-grpc::Status CheckToken(const grpc::ServerContext& context, const std::string& token);
+// Server side: OK when no token is configured or the call carries one of
+// them ("authorization: Bearer T", compared in constant time).
+grpc::Status CheckToken(const grpc::ServerContext& context, const BearerToken& token);
 bool ConstantTimeEquals(const std::string& a, const std::string& b);
 
 // Whether a listen address (host:port) binds only the loopback interface.
 bool IsLoopbackListen(const std::string& address);
 
-// The bearer token in `path` (surrounding whitespace removed); errors name --token-file.
-absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
 
 // grpc.health.v1 Check of the server's overall status: "SERVING",
 // "NOT_SERVING", or why the call failed.

@@ -1,7 +1,8 @@
-// TLS files as operators keep them: certificates renewed on disk while the
-// processes run (a Kubernetes Secret updated in place, cert-manager), a move
-// to a new CA, and files that cannot serve. Real gRPC servers and channels
-// on loopback, real HTTPS with curl, certificates made by openssl.
+// Credential files as operators keep them: certificates renewed on disk
+// while the processes run (a Kubernetes Secret updated in place,
+// cert-manager), a move to a new CA, files that cannot serve, and token
+// files rotated. Real gRPC servers and channels on loopback, real HTTPS
+// with curl, certificates made by openssl.
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -10,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "common/http/http_server.h"
+#include "common/rpc/bearer_token.h"
 #include "common/rpc/rpc_util.h"
 #include "dfc/v1/dfc.grpc.pb.h"
 #include "tests/test_util.h"
@@ -198,6 +200,82 @@ TEST(TlsFilesTest, HttpsServesARenewedCertificateAndKeepsTheOldOneWhileTheNewOne
   Pki::Install(pki["server2.pem"], files.security.tls_cert);
   EXPECT_EQ(Await("ok\n", 5, [&] { return get("ca2.pem"); }), "ok\n");
   EXPECT_NE(get("ca1.pem"), "ok\n");
+}
+
+// Rewrites a token file as a Secret's files are renewed (renamed into place).
+void PutTokens(const std::string& path, const std::string& text) {
+  testing::WriteFileOrDie(path + ".new", text);
+  std::filesystem::rename(path + ".new", path);
+}
+
+// Past the once-a-second look at the file.
+void AfterALook() { std::this_thread::sleep_for(std::chrono::milliseconds(1100)); }
+
+TEST(BearerTokenTest, AFileIsReadAgainWhenItChangesAndAnyOfItsTokensIsAccepted) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("token");
+  PutTokens(path, "  old-token \n");
+  auto token = BearerToken::FromFile(path, "--token-file");
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->Current(), "old-token");
+  EXPECT_TRUE(token->Accepts("old-token"));
+  EXPECT_FALSE(token->Accepts("new-token"));
+  const BearerToken copy = *token;  // as each service holds one
+  PutTokens(path, "old-token\nnew-token\n");
+  AfterALook();
+  EXPECT_TRUE(copy.Accepts("new-token"));
+  EXPECT_TRUE(copy.Accepts("old-token"));
+  EXPECT_EQ(token->Current(), "old-token");  // a client sends the first line
+  PutTokens(path, "new-token\n\nold-token\n");
+  AfterALook();
+  EXPECT_EQ(token->Current(), "new-token");
+  PutTokens(path, "new-token\n");
+  AfterALook();
+  EXPECT_FALSE(copy.Accepts("old-token"));
+  EXPECT_TRUE(copy.Accepts("new-token"));
+  EXPECT_FALSE(copy.Accepts(""));
+  EXPECT_FALSE(copy.Accepts("new-token\nold-token"));
+}
+
+TEST(BearerTokenTest, AFileThatBecomesEmptyOrGoesKeepsTheTokensReadBefore) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("token");
+  PutTokens(path, "kept\n");
+  auto token = BearerToken::FromFile(path, "--worker-token-file");
+  ASSERT_TRUE(token.ok()) << token.status();
+  PutTokens(path, "\n \n");
+  AfterALook();
+  EXPECT_TRUE(token->Accepts("kept"));
+  EXPECT_FALSE(token->Accepts(""));
+  EXPECT_EQ(token->Current(), "kept");
+  std::filesystem::remove(path);
+  AfterALook();
+  EXPECT_TRUE(token->Accepts("kept"));
+  EXPECT_FALSE(token->empty());
+  // Once it is back it is read again.
+  PutTokens(path, "renewed\n");
+  AfterALook();
+  EXPECT_EQ(token->Current(), "renewed");
+}
+
+TEST(BearerTokenTest, AFileWithoutATokenIsRefusedAtStartNamingTheFlag) {
+  testing::TempDir dir;
+  PutTokens(dir.Join("empty"), " \n\n");
+  auto empty = BearerToken::FromFile(dir.Join("empty"), "--worker-token-file");
+  ASSERT_FALSE(empty.ok());
+  EXPECT_EQ(empty.status().message(), "--worker-token-file: '" + dir.Join("empty") + "' is empty");
+  auto missing = BearerToken::FromFile(dir.Join("absent"), "--token-file");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(std::string(missing.status().message()).rfind("--token-file: ", 0), 0u) << missing.status();
+  // No token accepts every call; a fixed one only itself.
+  EXPECT_TRUE(BearerToken().empty());
+  EXPECT_TRUE(BearerToken().Accepts("anything"));
+  EXPECT_TRUE(BearerToken("").empty());
+  EXPECT_TRUE(BearerToken("s3cret").Accepts("s3cret"));
+  EXPECT_FALSE(BearerToken("s3cret").Accepts("s3cret "));
+  EXPECT_FALSE(BearerToken("s3cret").Accepts("S3cret"));
+  EXPECT_TRUE(BearerToken("a").Shares(BearerToken("a")));
+  EXPECT_FALSE(BearerToken("a").Shares(BearerToken("b")));
 }
 
 }  // namespace
