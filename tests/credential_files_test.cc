@@ -49,6 +49,17 @@ std::unique_ptr<grpc::Server> Serve(const RpcSecurity& security, const std::stri
   return StartGrpcServer(listen, *creds, {&unimplemented}, port);
 }
 
+// A server started on a free loopback port with a process's TLS files.
+struct ServedFiles {
+  Files files;
+  int port = 0;
+  std::unique_ptr<grpc::Server> server;
+  ServedFiles(const Pki& pki, const std::string& ca, const std::string& identity) : files(pki, ca, identity) {
+    server = Serve(files.security, "127.0.0.1:0", &port);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port); }
+};
+
 // The health of the server at `address` over a new channel with `files`.
 std::string HealthOverNewChannel(const std::string& address, const Files& files) {
   auto channel = MakeChannel(address, files.security);
@@ -71,18 +82,16 @@ std::string Await(const std::string& want, int seconds, Probe probe) {
 TEST(TlsFilesTest, AServerServesACertificateRenewedOnDiskWithoutARestart) {
   Pki pki;
   // Moving to a new CA: the server first trusts clients of both.
-  Files server(pki, "both", "server1");
-  int port = 0;
-  auto grpc_server = Serve(server.security, "127.0.0.1:0", &port);
-  ASSERT_NE(grpc_server, nullptr);
-  const std::string address = "127.0.0.1:" + std::to_string(port);
+  ServedFiles server(pki, "both", "server1");
+  ASSERT_NE(server.server, nullptr);
+  const std::string address = server.address();
   Files old_client(pki, "ca1", "client1");
   Files new_client(pki, "ca2", "client2");
   ASSERT_EQ(HealthOverNewChannel(address, old_client), "SERVING");
   // A client that trusts the new CA alone refuses the certificate served now.
   ASSERT_NE(HealthOverNewChannel(address, new_client), "SERVING");
 
-  server.Renew(pki, "both", "server2");
+  server.files.Renew(pki, "both", "server2");
   const auto renewed = std::chrono::steady_clock::now();
   EXPECT_EQ(Await("SERVING", 3 * kTlsRefreshSeconds, [&] { return HealthOverNewChannel(address, new_client); }),
             "SERVING");
@@ -125,18 +134,15 @@ TEST(TlsFilesTest, AClientUsesItsRenewedFilesForItsNextConnection) {
 
 TEST(TlsFilesTest, AClientRefusesACertificateForAnotherName) {
   Pki pki;
-  Files server(pki, "ca1", "elsewhere");
-  int port = 0;
-  auto grpc_server = Serve(server.security, "127.0.0.1:0", &port);
-  ASSERT_NE(grpc_server, nullptr);
+  ServedFiles elsewhere(pki, "ca1", "elsewhere");
+  ASSERT_NE(elsewhere.server, nullptr);
   Files client(pki, "ca1", "client1");
-  const std::string got = HealthOverNewChannel("127.0.0.1:" + std::to_string(port), client);
+  const std::string got = HealthOverNewChannel(elsewhere.address(), client);
   EXPECT_NE(got, "SERVING") << "a certificate for elsewhere.example was taken for 127.0.0.1";
   // The same client reaches a server whose certificate names the address.
-  Files right(pki, "ca1", "server1");
-  auto right_server = Serve(right.security, "127.0.0.1:0", &port);
-  ASSERT_NE(right_server, nullptr);
-  EXPECT_EQ(HealthOverNewChannel("127.0.0.1:" + std::to_string(port), client), "SERVING");
+  ServedFiles right(pki, "ca1", "server1");
+  ASSERT_NE(right.server, nullptr);
+  EXPECT_EQ(HealthOverNewChannel(right.address(), client), "SERVING");
 }
 
 TEST(TlsFilesTest, FilesThatCannotServeStopAProcessAtStartNamingTheFlag) {
