@@ -27,6 +27,8 @@ inline constexpr int kMaxPriority = 1000;
 // coordinator's catalogue and every dfc-server check it); a worker removes a
 // deleted job's folder only under such an id.
 bool IsPlainName(const std::string& name);
+// The job folders a worker names when it registers (held_jobs), at most.
+inline constexpr int kMaxHeldJobs = 10000;
 
 // SUCCEEDED, FAILED or CANCELLED: the job will not change again.
 bool IsTerminalState(v1::JobState state);

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "common/status_macros.h"
 #include "common/exit_codes.h"
 #include "common/random_token.h"
@@ -139,6 +140,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
   std::unique_ptr<Coordinator> c(new Coordinator(std::move(o), std::move(*store)));
   c->lock_fd_ = lock_fd;
   DFC_ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c->store_->List());
+  // Deletions are remembered for kKeepDeletedIds (a full disk leaves them for the next start).
+  (void)c->store_->ForgetDeletedBefore(c->Now() - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      kKeepDeletedIds).count());
   absl::MutexLock lock(&c->mu_);
   for (v1::Job& job : jobs) {
     // Ranks of a job that was placed when the coordinator died are orphans
@@ -273,7 +277,15 @@ absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobReq
 absl::StatusOr<v1::Job> Coordinator::GetJob(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+  if (it == jobs_.end()) {
+    auto deleted = store_->DeletedAt(job_id);
+    if (deleted.ok() && *deleted > 0) {
+      return absl::NotFoundError(absl::StrCat("job_id: job '", job_id, "' was deleted at ",
+                                              absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixMillis(*deleted),
+                                                               absl::UTCTimeZone())));
+    }
+    return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+  }
   v1::Job job = it->second;
   FillWaitingLocked(&job, QueueOrderLocked());
   return job;
@@ -403,7 +415,7 @@ absl::StatusOr<std::string> Coordinator::Delete(const std::string& job_id, bool 
 }
 
 absl::Status Coordinator::DeleteRecordLocked(const std::string& job_id) {
-  DFC_RETURN_IF_ERROR(store_->Delete(job_id));
+  DFC_RETURN_IF_ERROR(store_->Delete(job_id, Now()));
   jobs_.erase(job_id);
   versions_.erase(job_id);
   not_before_ms_.erase(job_id);
@@ -460,6 +472,14 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   v1::RegisterWorkerResponse resp;
   resp.set_worker_id(id);
   resp.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
+  // Folders of jobs deleted while the worker was away (or before this
+  // coordinator restarted, which forgets forget_).
+  for (int i = 0; i < std::min(r.held_jobs_size(), kMaxHeldJobs); ++i) {
+    const std::string& job = r.held_jobs(i);
+    if (jobs_.count(job) || !IsPlainName(job)) continue;
+    auto deleted = store_->DeletedAt(job);
+    if (deleted.ok() && *deleted > 0) resp.add_forget_jobs(job);
+  }
   ScheduleLocked();
   return resp;
 }

@@ -20,6 +20,9 @@
 
 namespace dfc {
 
+// How long the ids of deleted jobs are kept, for workers that were away.
+inline constexpr std::chrono::hours kKeepDeletedIds{24 * 90};
+
 struct CoordinatorOptions {
   std::string state_dir;   // jobs.db lives here
   std::string output_root; // job output dirs (default: STATE/jobs); must be shared with workers

@@ -9,6 +9,7 @@
 
 #include <google/protobuf/util/message_differencer.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/run_dir.h"
@@ -54,6 +55,7 @@ class Stmt {
   void BindText(int i, const std::string& s) { sqlite3_bind_text(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT); }
   void Bind(int i, int64_t v) { sqlite3_bind_int64(stmt_, i, v); }
   void BindNull(int i) { sqlite3_bind_null(stmt_, i); }
+  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
   int Step() { return sqlite3_step(stmt_); }
   std::string Blob(int col) {
     const void* p = sqlite3_column_blob(stmt_, col);
@@ -116,6 +118,10 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   // catalogue named their path); `catalog` holds CatalogEntry rows.
   DFC_RETURN_IF_ERROR(store->Exec("CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, info BLOB NOT NULL)"));
   DFC_RETURN_IF_ERROR(store->Exec("CREATE TABLE IF NOT EXISTS catalog (name TEXT PRIMARY KEY, entry BLOB NOT NULL)"));
+  // The ids of deleted jobs, and when: a worker that was away when a job
+  // was deleted still learns that its folders can go.
+  DFC_RETURN_IF_ERROR(store->Exec(
+      "CREATE TABLE IF NOT EXISTS deleted_jobs (job_id TEXT PRIMARY KEY, unix_ms INTEGER NOT NULL)"));
   return store;
 }
 
@@ -251,21 +257,42 @@ absl::Status JobStore::Update(const v1::Job& job) {
   return absl::OkStatus();
 }
 
-absl::Status JobStore::Delete(const std::string& job_id) {
+absl::Status JobStore::Delete(const std::string& job_id, int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   absl::Status st = Exec("BEGIN IMMEDIATE");
   for (const char* sql : {"DELETE FROM epochs WHERE job_id = ?", "DELETE FROM selection_epochs WHERE job_id = ?",
-                          "DELETE FROM jobs WHERE job_id = ?"}) {
+                          "DELETE FROM jobs WHERE job_id = ?",
+                          "INSERT OR REPLACE INTO deleted_jobs (job_id, unix_ms) VALUES (?, ?)"}) {
     if (!st.ok()) break;
     Stmt d(db_, sql);
     st = d.status();
     if (!st.ok()) break;
     d.BindText(1, job_id);
+    if (absl::StartsWith(sql, "INSERT")) d.Bind(2, now_ms);
     st = d.Done();
   }
   if (st.ok()) st = Exec("COMMIT");
   if (!st.ok()) (void)Exec("ROLLBACK");  // none open (BEGIN failed) is an error nobody needs
   return Written(st);
+}
+
+absl::StatusOr<int64_t> JobStore::DeletedAt(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  Stmt q(db_, "SELECT unix_ms FROM deleted_jobs WHERE job_id = ?");
+  DFC_RETURN_IF_ERROR(q.status());
+  q.BindText(1, job_id);
+  const int rc = q.Step();
+  if (rc == SQLITE_DONE) return int64_t{0};
+  if (rc != SQLITE_ROW) return SqliteError(db_);
+  return q.Int(0);
+}
+
+absl::Status JobStore::ForgetDeletedBefore(int64_t unix_ms) {
+  absl::MutexLock lock(&mu_);
+  Stmt d(db_, "DELETE FROM deleted_jobs WHERE unix_ms < ?");
+  DFC_RETURN_IF_ERROR(d.status());
+  d.Bind(1, unix_ms);
+  return Written(d.Done());
 }
 
 absl::Status JobStore::PutEpoch(const std::string& job_id, const v1::EpochMetrics& m) {

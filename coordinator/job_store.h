@@ -36,8 +36,13 @@ class JobStore {
   absl::StatusOr<std::vector<v1::Job>> List();
   // Writes the job's mutable fields (state, reason, restarts, times, workers).
   absl::Status Update(const v1::Job& job);
-  // Removes a job and its epochs (one transaction).
-  absl::Status Delete(const std::string& job_id);
+  // Removes a job and its epochs, and records that it was deleted at
+  // `now_ms` (one transaction).
+  absl::Status Delete(const std::string& job_id, int64_t now_ms);
+  // When the job was deleted; 0 when it was not (or that was forgotten).
+  absl::StatusOr<int64_t> DeletedAt(const std::string& job_id);
+  // Forgets the deletions made before `unix_ms`.
+  absl::Status ForgetDeletedBefore(int64_t unix_ms);
   // Records one epoch's metrics (replacing a re-run of the same epoch).
   absl::Status PutEpoch(const std::string& job_id, const v1::EpochMetrics& m);
 

@@ -823,7 +823,7 @@ TEST(ClusterTest, DeleteRemovesAnEndedJobItsOutputsAndItsRankFoldersAndSparesARu
   EXPECT_FALSE(std::filesystem::exists(outputs));
   auto gone = RunCommand(c.Dfc("status " + done));
   EXPECT_EQ(gone.exit_code, 2) << gone.out;
-  EXPECT_NE(gone.err.find("no job '" + done + "'"), std::string::npos) << gone.err;
+  EXPECT_NE(gone.err.find("job '" + done + "' was deleted at "), std::string::npos) << gone.err;
   auto list = RunCommand(c.Dfc("list --json"));
   ASSERT_EQ(list.exit_code, 0) << list.err;
   EXPECT_EQ(list.out.find(done), std::string::npos) << list.out;
@@ -1534,6 +1534,33 @@ TEST(ClusterTest, TlsAndTokenAreEnforced) {
   testing::WriteFileOrDie(d + "/img/a.png", "x");
   auto eval_no_token = RunCommand(dfc + tls + " evaluate --model m " + d + "/img");
   EXPECT_NE(eval_no_token.err.find("token"), std::string::npos) << eval_no_token.err;
+}
+
+// A worker down when its job is deleted: when it comes back on the same
+// --work-dir (a restarted container, a rebooted machine), the job's rank
+// folders go, because the coordinator recorded the deletion.
+TEST(ClusterTest, AWorkerDownWhenItsJobIsDeletedRemovesTheJobsFoldersWhenItComesBack) {
+  Cluster c(1);
+  const std::string shards = testing::SyntheticShards(c.dir(), 16);
+  std::string status;
+  const std::string job = OneEpochThatSucceeded(c, shards, &status);
+  ASSERT_FALSE(job.empty()) << status;
+  const std::string folder = c.WorkerDir(0) + "/" + job;
+  ASSERT_TRUE(std::filesystem::is_directory(folder)) << folder;
+  c.worker(0).Stop(std::chrono::milliseconds(0));
+  auto deleted = RunCommand(c.Dfc("delete " + job));
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.err;
+  ASSERT_TRUE(std::filesystem::is_directory(folder)) << "removed by a worker that was down";
+  c.processes().Start({Bin("dfc-worker"), "--coordinator", c.address(), "--work-dir", c.WorkerDir(0),
+                       "--cpu-slots", "1"},
+                      "worker-0-again.log");
+  for (int i = 0; i < 200 && std::filesystem::exists(folder); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE(std::filesystem::exists(folder)) << c.processes().Log("worker-0-again.log");
+  auto gone = RunCommand(c.Dfc("status " + job));
+  EXPECT_NE(gone.exit_code, 0);
+  EXPECT_NE(gone.err.find("job '" + job + "' was deleted at "), std::string::npos) << gone.err;
 }
 
 // Certificates renewed on disk while the cluster runs, through a move to a

@@ -403,6 +403,37 @@ TEST_F(CoordinatorTest, OnlyAnEndedJobIsDeletedWithItsEpochsAndItsOutputsWhenNot
   EXPECT_EQ(c->ListJobs(v1::ListJobsRequest())->jobs_size(), 1);
 }
 
+// A worker away when a job was deleted (down, or not yet registered), and a
+// coordinator restarted since, which forgets what it was to tell workers:
+// the deletion is recorded, so the worker's next registration is answered
+// with the deleted job among the folders it holds, and only that one.
+TEST_F(CoordinatorTest, AWorkerAwayWhenAJobWasDeletedIsToldWhenItRegisters) {
+  auto c = Make(8, /*in_memory=*/false);
+  Worker(*c, 1);
+  const std::string gone = Submit(*c, 1);
+  const std::string kept = Submit(*c, 1);
+  ASSERT_TRUE(c->Cancel(gone).ok());
+  ASSERT_TRUE(c->Delete(gone, false).ok());
+  c.reset();
+  c = Make(8, /*in_memory=*/false);
+  auto status = c->GetJob(gone);
+  EXPECT_EQ(status.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(status.status().message(), "job_id: job '" + gone + "' was deleted at 1970-01-01 00:16:40 UTC")
+      << "the fixture's clock reads 1,000 s";
+  EXPECT_EQ(c->GetJob("job-000000000000").status().message(), "job_id: no job 'job-000000000000'");
+  v1::RegisterWorkerRequest r;
+  r.set_address("127.0.0.1");
+  r.set_cpu_slots(1);
+  for (const std::string& held : {gone, kept, std::string("job-000000000000"), std::string(".."),
+                                  std::string("../") + gone}) {
+    r.add_held_jobs(held);
+  }
+  auto registered = c->RegisterWorker(r);
+  ASSERT_TRUE(registered.ok()) << registered.status();
+  ASSERT_EQ(registered->forget_jobs_size(), 1) << registered->DebugString();
+  EXPECT_EQ(registered->forget_jobs(0), gone);
+}
+
 // An --output-root written with a trailing '/' (its jobs' records read
 // ROOT//JOB): `dfc delete --outputs` still takes the run directory for its own.
 TEST_F(CoordinatorTest, OutputsAreDeletedUnderAnOutputRootWrittenWithATrailingSlash) {

@@ -6,6 +6,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -251,6 +252,55 @@ TEST(WorkerAgentTest, ADeletedJobsFoldersGoOnceItsRanksHaveGoneAndNothingOutside
   });
   EXPECT_TRUE(fs::exists(dir.Join("outside/keep")));
   EXPECT_TRUE(fs::is_directory(work));
+}
+
+// Names the job folders the worker holds when it registers, and answers
+// that job-old was deleted (while the worker was away).
+class RememberingCoordinator final : public RegisteringCoordinator {
+ public:
+  grpc::Status RegisterWorker(grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
+                              v1::RegisterWorkerResponse* resp) override {
+    RegisteringCoordinator::RegisterWorker(ctx, req, resp);
+    {
+      absl::MutexLock lock(&mu_);
+      held_.assign(req->held_jobs().begin(), req->held_jobs().end());
+    }
+    resp->add_forget_jobs("job-old");
+    resp->add_forget_jobs("..");
+    return grpc::Status::OK;
+  }
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*, v1::HeartbeatResponse*) override {
+    return grpc::Status::OK;
+  }
+  std::vector<std::string> held() {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> sorted = held_;
+    std::sort(sorted.begin(), sorted.end());
+    return sorted;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> held_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST(WorkerAgentTest, FoldersOfAJobDeletedWhileTheWorkerWasAwayGoWhenItRegisters) {
+  testing::TempDir dir;
+  const std::string work = dir.Join("work");
+  testing::WriteFileOrDie(work + "/job-old/attempt-1/rank-0/log", "a deleted job's log\n");
+  testing::WriteFileOrDie(work + "/job-live/attempt-1/rank-0/log", "a job's log\n");
+  testing::WriteFileOrDie(work + "/notes", "not a job's folder\n");
+  std::filesystem::create_directories(work + "/.hidden");
+  RememberingCoordinator fake;
+  namespace fs = std::filesystem;
+  WhileAWorkerRuns(fake, "/bin/true", work, [&] {
+    EXPECT_TRUE(WaitUntil([&] { return !fs::exists(work + "/job-old"); }, std::chrono::seconds(20)))
+        << "job-old's folders were kept";
+  });
+  EXPECT_EQ(fake.held(), (std::vector<std::string>{"job-live", "job-old"}));
+  EXPECT_TRUE(fs::exists(work + "/job-live/attempt-1/rank-0/log"));
+  EXPECT_TRUE(fs::exists(work + "/notes"));
+  EXPECT_TRUE(fs::is_directory(work + "/.hidden"));
 }
 
 // A rank's CUDA_VISIBLE_DEVICES: none on a CPU slot; on a GPU, that GPU as

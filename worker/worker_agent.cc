@@ -54,12 +54,21 @@ absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
   req.set_address(options_.advertise_host);
   req.set_cpu_slots(options_.cpu_slots);
   req.set_gpus(options_.gpus);
+  // The job folders here, so that those of jobs deleted while this worker
+  // was away (or not yet registered) are named in the answer.
+  std::error_code ec;
+  for (fs::directory_iterator it(options_.work_dir, ec), end; !ec && it != end && req.held_jobs_size() < kMaxHeldJobs;
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (IsPlainName(name) && it->is_directory(ec)) req.add_held_jobs(name);
+  }
   v1::RegisterWorkerResponse resp;
   auto ctx = MakeContext(options_.security);
   absl::Status st = FromGrpc(stub.RegisterWorker(ctx.get(), req, &resp));
   if (!st.ok()) return st;
   worker_id_ = resp.worker_id();
   interval_ = std::chrono::milliseconds(std::max(50, resp.heartbeat_interval_ms()));
+  for (const std::string& job : resp.forget_jobs()) ForgetJob(job);
   // Each slot's rank gets its share of the CPUs this worker may use (its
   // pod's limit, not the node's cores): its intra-op and decode threads.
   const int slots = options_.gpus > 0 ? options_.gpus : options_.cpu_slots;
