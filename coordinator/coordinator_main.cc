@@ -129,9 +129,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(creds.status().message()).c_str());
     return 2;
   }
-  dfc::JobServiceImpl jobs(coordinator->get(), sec.token);
-  dfc::WorkerServiceImpl workers(coordinator->get(), worker_token);
-  dfc::CatalogServiceImpl catalog(coordinator->get(), worker_token);
+  dfc::JobServiceImpl jobs(coordinator->get(), sec.token.Excluding(worker_token));
+  dfc::WorkerServiceImpl workers(coordinator->get(), worker_token.Excluding(sec.token));
+  dfc::CatalogServiceImpl catalog(coordinator->get(), worker_token.Excluding(sec.token));
   int port = 0;
   std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&jobs, &workers, &catalog}, &port,
                                                               max_rpc_threads);
@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
     h.listen = http_listen;
     h.tls_cert = sec.tls_cert;
     h.tls_key = sec.tls_key;
-    h.token = sec.token;
+    h.token = sec.token.Excluding(worker_token);
     h.name = "--http-listen";
     auto d = dfc::HttpServer::Start(h, dfc::DashboardHandler(coordinator->get()));
     if (!d.ok()) {

@@ -1682,6 +1682,15 @@ TEST(ClusterTest, TokensAreRotatedWithoutRestartingAnything) {
   EXPECT_TRUE(c.WaitForLiveWorkers(1, 1));
   EXPECT_EQ(c.processes().Log("worker-0.log").find("bearer token"), std::string::npos)
       << c.processes().Log("worker-0.log");
+  // A users' token put in the workers' file by mistake is refused on both
+  // sides (as it would be at start), and taken again once it is out.
+  put(workers, "new-worker\nnew-user\n");
+  EXPECT_TRUE(until(5, [&] { return list_with("new-user").exit_code != 0; })) << "a token held by both files listed";
+  EXPECT_NE(c.processes().Log("coordinator.log").find("--token-file and --worker-token-file hold the same token"),
+            std::string::npos)
+      << c.processes().Log("coordinator.log");
+  put(workers, "new-worker\n");
+  EXPECT_TRUE(until(5, [&] { return list_with("new-user").exit_code == 0; })) << list_with("new-user").err;
   // A worker still holding the old token is refused.
   put(files.Join("stale"), "old-worker\n");
   c.processes().Start({Bin("dfc-worker"), "--coordinator", c.address(), "--work-dir", files.Join("stale-work"),

@@ -284,5 +284,29 @@ TEST(BearerTokenTest, AFileWithoutATokenIsRefusedAtStartNamingTheFlag) {
   EXPECT_FALSE(BearerToken("a").Shares(BearerToken("b")));
 }
 
+TEST(BearerTokenTest, ATokenThatBothTheUsersAndTheWorkersFilesHoldIsRefusedOnBothSides) {
+  testing::TempDir dir;
+  PutTokens(dir.Join("users"), "user\n");
+  PutTokens(dir.Join("workers"), "worker\n");
+  auto users_file = BearerToken::FromFile(dir.Join("users"), "--token-file");
+  auto workers_file = BearerToken::FromFile(dir.Join("workers"), "--worker-token-file");
+  ASSERT_TRUE(users_file.ok() && workers_file.ok());
+  const BearerToken users = users_file->Excluding(*workers_file);
+  const BearerToken workers = workers_file->Excluding(*users_file);
+  EXPECT_TRUE(users.Accepts("user"));
+  EXPECT_FALSE(users.Accepts("worker"));
+  EXPECT_TRUE(workers.Accepts("worker"));
+  PutTokens(dir.Join("workers"), "worker\nuser\n");
+  AfterALook();
+  EXPECT_FALSE(users.Accepts("user"));
+  EXPECT_FALSE(workers.Accepts("user"));
+  EXPECT_TRUE(workers.Accepts("worker"));
+  PutTokens(dir.Join("workers"), "worker\n");
+  AfterALook();
+  EXPECT_TRUE(users.Accepts("user"));
+  // One token for both (no --worker-token-file) stays one.
+  EXPECT_TRUE(users_file->Excluding(*users_file).Accepts("user"));
+}
+
 }  // namespace
 }  // namespace dfc

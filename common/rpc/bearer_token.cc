@@ -1,5 +1,6 @@
 #include "common/rpc/bearer_token.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 
@@ -31,6 +32,7 @@ absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path, con
 
 struct BearerToken::State {
   std::string path, flag;  // no path: fixed
+  std::atomic<bool> said_shared{false};
   absl::Mutex mu;
   std::vector<std::string> tokens ABSL_GUARDED_BY(mu);
   std::string stamp ABSL_GUARDED_BY(mu);
@@ -88,7 +90,24 @@ bool BearerToken::Accepts(absl::string_view presented) const {
   if (state_ == nullptr) return true;
   bool accepted = false;
   for (const std::string& t : Tokens()) accepted |= ConstantTimeEquals(std::string(presented), t);
+  if (accepted && excluded_ != nullptr) {
+    BearerToken other;
+    other.state_ = excluded_;
+    if (other.Accepts(presented)) {
+      if (!state_->said_shared.exchange(true)) {
+        std::fprintf(stderr, "%s and %s hold the same token: it is refused on both sides until they differ\n",
+                     state_->flag.c_str(), excluded_->flag.c_str());
+      }
+      return false;
+    }
+  }
   return accepted;
+}
+
+BearerToken BearerToken::Excluding(const BearerToken& other) const {
+  BearerToken t = *this;
+  if (other.state_ != state_) t.excluded_ = other.state_;  // one token for both (no worker token file) stays one
+  return t;
 }
 
 bool BearerToken::Shares(const BearerToken& other) const {

@@ -34,11 +34,17 @@ class BearerToken {
   bool Accepts(absl::string_view presented) const;
   // Whether any token is in both (the users' and the workers' must differ).
   bool Shares(const BearerToken& other) const;
+  // This token, refusing what `other` also accepts: the users' and the
+  // workers' files are checked for a shared token at start, and this keeps
+  // that true after either is read again (a token put in both by mistake
+  // is refused on both sides, and the first refusal is logged).
+  BearerToken Excluding(const BearerToken& other) const;
 
  private:
   struct State;
   std::vector<std::string> Tokens() const;
   std::shared_ptr<State> state_;
+  std::shared_ptr<State> excluded_;  // Excluding's other token, when set
 };
 
 }  // namespace dfc
