@@ -88,8 +88,8 @@ int main(int argc, char** argv) {
     }
     worker_token = *t;
     if (worker_token.Shares(sec.token)) {
-      std::fprintf(stderr,
-                   "dfc-coordinator: --worker-token-file holds a token of --token-file (the users'); they must differ\n");
+      std::fprintf(stderr, "dfc-coordinator: --worker-token-file holds a token of --token-file (the users'); "
+                   "they must differ\n");
       return 2;
     }
   }

@@ -13,7 +13,8 @@ namespace dfc {
 // function, converts its status. Thread-safe as the Coordinator is.
 class JobServiceImpl final : public v1::JobService::Service {
  public:
-  JobServiceImpl(Coordinator* coordinator, BearerToken token) : coordinator_(coordinator), token_(std::move(token)) {}
+  JobServiceImpl(Coordinator* coordinator, BearerToken token)
+      : coordinator_(coordinator), token_(std::move(token)) {}
   grpc::Status SubmitJob(grpc::ServerContext* ctx, const v1::SubmitJobRequest* req, v1::SubmitJobResponse* resp) override;
   grpc::Status GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::Job* resp) override;
   grpc::Status ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req, v1::ListJobsResponse* resp) override;
@@ -36,7 +37,8 @@ class JobServiceImpl final : public v1::JobService::Service {
 // The worker-facing gRPC edge.
 class WorkerServiceImpl final : public v1::WorkerService::Service {
  public:
-  WorkerServiceImpl(Coordinator* coordinator, BearerToken token) : coordinator_(coordinator), token_(std::move(token)) {}
+  WorkerServiceImpl(Coordinator* coordinator, BearerToken token)
+      : coordinator_(coordinator), token_(std::move(token)) {}
   grpc::Status RegisterWorker(grpc::ServerContext* ctx, const v1::RegisterWorkerRequest* req,
                               v1::RegisterWorkerResponse* resp) override;
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) override;
@@ -52,7 +54,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
 // serving tier is trusted like the workers; users never see weights paths).
 class CatalogServiceImpl final : public v1::CatalogService::Service {
  public:
-  CatalogServiceImpl(Coordinator* coordinator, BearerToken token) : coordinator_(coordinator), token_(std::move(token)) {}
+  CatalogServiceImpl(Coordinator* coordinator, BearerToken token)
+      : coordinator_(coordinator), token_(std::move(token)) {}
   grpc::Status AnnounceServer(grpc::ServerContext* ctx, const v1::AnnounceServerRequest* req,
                               v1::AnnounceServerResponse* resp) override;
   grpc::Status GetModel(grpc::ServerContext* ctx, const v1::GetModelRequest* req, v1::CatalogEntry* resp) override;

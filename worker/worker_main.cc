@@ -64,8 +64,9 @@ int main(int argc, char** argv) {
   app.add_option("--tls-key", opts.security.tls_key, "Client key (PEM)");
   dfc::MetricsFlags metrics_flags;
   metrics_flags.Add(app);
-  app.add_option("--token-file", token_file, "File holding the bearer token (the first line is sent; read again when it "
-                 "changes)")->check(CLI::ExistingFile);
+  app.add_option("--token-file", token_file,
+                 "File holding the bearer token (the first line is sent; read again when it changes)")
+      ->check(CLI::ExistingFile);
   CLI::App* rank_cmd = app.add_subcommand("rank", "Run one rank (started by the worker itself)");
   std::string assignment_b64;
   rank_cmd->add_option("--assignment", assignment_b64)->required();

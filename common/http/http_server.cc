@@ -101,10 +101,15 @@ class CertificateFiles {
     bio = BIO_new_mem_buf(key_pem->data(), static_cast<int>(key_pem->size()));
     pair->key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
     BIO_free(bio);
-    const bool matches = pair->cert != nullptr && pair->key != nullptr && X509_check_private_key(pair->cert, pair->key) == 1;
+    const bool matches =
+        pair->cert != nullptr && pair->key != nullptr && X509_check_private_key(pair->cert, pair->key) == 1;
     ERR_clear_error();
-    if (pair->cert == nullptr) return absl::InvalidArgumentError(absl::StrCat("'", cert_path_, "' holds no PEM certificate"));
-    if (pair->key == nullptr) return absl::InvalidArgumentError(absl::StrCat("'", key_path_, "' holds no PEM private key"));
+    if (pair->cert == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("'", cert_path_, "' holds no PEM certificate"));
+    }
+    if (pair->key == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("'", key_path_, "' holds no PEM private key"));
+    }
     if (!matches) {
       return absl::InvalidArgumentError(
           absl::StrCat("'", key_path_, "' is not the key of the certificate in '", cert_path_, "'"));

@@ -90,7 +90,8 @@ absl::Status CheckTlsFiles(const RpcSecurity& s) {
   if (!key) return absl::InvalidArgumentError(absl::StrCat("--tls-key: '", s.tls_key, "' holds no PEM private key"));
   if (!matches) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--tls-key: '", s.tls_key, "' is not the key of the certificate in --tls-cert '", s.tls_cert, "'"));
+        absl::StrCat("--tls-key: '", s.tls_key, "' is not the key of the certificate in --tls-cert '", s.tls_cert,
+                     "'"));
   }
   return absl::OkStatus();
 }
