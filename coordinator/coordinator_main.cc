@@ -140,7 +140,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   metrics->Attach(coordinator->get());
-  auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics}, sec.tls_cert, sec.tls_key);
+  auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics},
+                                                  {{"--tls-cert", sec.tls_cert}, {"--tls-ca", sec.tls_ca}},
+                                                  sec.tls_cert, sec.tls_key);
   if (!metrics_server.ok()) {
     std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(metrics_server.status().message()).c_str());
     return 2;

@@ -195,7 +195,11 @@ int main(int argc, char** argv) {
   metrics->SetGauges([&evaluation] { return evaluation.open_streams(); }, [reg] { return reg->LoadedCount(); });
   dfc::DecoderPool* pool = decoders->get();
   metrics->SetDecodersReplaced([pool] { return pool->replaced(); });
-  auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics}, sec.tls_cert, sec.tls_key);
+  auto metrics_server = dfc::StartMetricsEndpoint(
+      metrics_flags, {metrics},
+      {{"--tls-cert", sec.tls_cert}, {"--tls-ca", sec.tls_ca}, {"--coordinator-tls-cert", upstream.tls_cert},
+       {"--coordinator-tls-ca", upstream.tls_ca}},
+      sec.tls_cert, sec.tls_key);
   if (!metrics_server.ok()) return Fail(std::string(metrics_server.status().message()));
   int port = 0;
   std::unique_ptr<grpc::Server> server = dfc::StartGrpcServer(listen, *creds, {&evaluation}, &port,

@@ -1526,6 +1526,13 @@ TEST(ClusterTest, TlsAndTokenAreEnforced) {
   auto plain = RunCommand("curl -sS -m 10 http://" + http + "/api/jobs -H 'Authorization: Bearer s3cret'");
   EXPECT_EQ(plain.out.find("\"jobs\""), std::string::npos) << "plaintext HTTP answered: " << plain.out;
   EXPECT_EQ(code(curl("https://" + metrics + "/metrics")), "200");
+  // With the expiry of the certificates it uses, for an alert before one lapses.
+  auto scrape = RunCommand("curl -sS -m 10 --cacert " + d + "/ca.pem https://" + metrics + "/metrics");
+  EXPECT_NE(scrape.out.find("dfc_tls_certificate_expiry_timestamp_seconds{flag=\"--tls-cert\",file=\"" + d +
+                            "/server.pem\"}"),
+            std::string::npos)
+      << scrape.out;
+  EXPECT_NE(scrape.out.find("dfc_tls_certificate_expiry_timestamp_seconds{flag=\"--tls-ca\""), std::string::npos);
   auto metrics_plain = RunCommand("curl -sS -m 10 http://" + metrics + "/metrics");
   EXPECT_EQ(metrics_plain.out.find("dfc_jobs"), std::string::npos) << "plaintext metrics answered";
   auto models_no_token = RunCommand(dfc + tls + " models");

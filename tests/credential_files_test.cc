@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "common/http/http_server.h"
+#include "common/http/metrics_endpoint.h"
 #include "common/rpc/bearer_token.h"
 #include "common/rpc/rpc_util.h"
 #include "dfc/v1/dfc.grpc.pb.h"
@@ -306,6 +307,49 @@ TEST(BearerTokenTest, ATokenThatBothTheUsersAndTheWorkersFilesHoldIsRefusedOnBot
   EXPECT_TRUE(users.Accepts("user"));
   // One token for both (no --worker-token-file) stays one.
   EXPECT_TRUE(users_file->Excluding(*users_file).Accepts("user"));
+}
+
+// The sample of `flag` in a scrape of `metrics`; -1 when there is none.
+double ExpirySample(const std::shared_ptr<prometheus::Collectable>& metrics, const std::string& flag) {
+  for (const std::string& line : testing::SplitLines(SerializeMetrics({metrics}))) {
+    if (line.rfind("dfc_tls_certificate_expiry_timestamp_seconds{flag=\"" + flag + "\"", 0) == 0) {
+      return std::stod(line.substr(line.rfind(' ') + 1));
+    }
+  }
+  return -1;
+}
+
+// notAfter of the first certificate in `path`, as openssl and date(1) read it.
+double OpensslExpiry(const std::string& path) {
+  auto r = RunCommand("date -d \"$(openssl x509 -enddate -noout -in " + path + " | cut -d= -f2)\" +%s");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return r.exit_code == 0 ? std::stod(r.out) : -2;
+}
+
+TEST(CertificateExpiryTest, EachFilesEarliestExpiryIsExportedAndFollowsARenewal) {
+  Pki pki;
+  Files files(pki, "both", "server1");
+  testing::TempDir dir;
+  auto metrics = CertificateExpiryMetrics({{"--tls-cert", files.security.tls_cert},
+                                           {"--tls-ca", files.security.tls_ca},
+                                           {"--coordinator-tls-ca", dir.Join("absent.pem")},
+                                           {"--metrics-tls-cert", ""}});
+  const double cert = OpensslExpiry(files.security.tls_cert);
+  EXPECT_GT(cert, static_cast<double>(std::time(nullptr)) + 86400);  // made valid for 2 days
+  EXPECT_EQ(ExpirySample(metrics, "--tls-cert"), cert);
+  // A bundle: its earliest.
+  EXPECT_EQ(ExpirySample(metrics, "--tls-ca"), std::min(OpensslExpiry(pki["ca1.pem"]), OpensslExpiry(pki["ca2.pem"])));
+  EXPECT_EQ(ExpirySample(metrics, "--coordinator-tls-ca"), -1) << "a file that is not there has no sample";
+  EXPECT_EQ(ExpirySample(metrics, "--metrics-tls-cert"), -1);
+  // Renewed for 30 days: the next scrape says so.
+  auto made = RunCommand("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout " +
+                         dir.Join("renewed.key") + " -out " + dir.Join("renewed.pem") +
+                         " -days 30 -subj /CN=renewed 2>&1");
+  ASSERT_EQ(made.exit_code, 0) << made.out;
+  Pki::Install(dir.Join("renewed.pem"), files.security.tls_cert);
+  const double renewed = OpensslExpiry(files.security.tls_cert);
+  EXPECT_GT(renewed, cert + 27 * 86400);
+  EXPECT_EQ(ExpirySample(metrics, "--tls-cert"), renewed);
 }
 
 }  // namespace

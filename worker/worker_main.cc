@@ -159,7 +159,9 @@ int main(int argc, char** argv) {
   std::signal(SIGINT, OnSignal);
   dfc::WorkerMetrics metrics(opts.cpu_slots, opts.gpus);
   opts.metrics = &metrics;
-  auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics.registry()});
+  auto metrics_server = dfc::StartMetricsEndpoint(
+      metrics_flags, {metrics.registry()},
+      {{"--tls-cert", opts.security.tls_cert}, {"--tls-ca", opts.security.tls_ca}});
   if (!metrics_server.ok()) {
     std::fprintf(stderr, "dfc-worker: %s\n", std::string(metrics_server.status().message()).c_str());
     return 2;

@@ -1,11 +1,83 @@
 #include "common/http/metrics_endpoint.h"
 
+#include <openssl/asn1.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <ctime>
+#include <map>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
 #include <prometheus/text_serializer.h>
 
+#include "absl/synchronization/mutex.h"
+#include "common/atomic_file.h"
+
 namespace dfc {
+namespace {
+
+// The earliest notAfter of the certificates in `path` (Unix seconds); -1
+// when it cannot be read or holds none.
+double EarliestExpiry(const std::string& path) {
+  auto pem = ReadFile(path, 1 << 20);
+  if (!pem.ok()) return -1;
+  BIO* bio = BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size()));
+  double earliest = -1;
+  while (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+    std::tm tm{};
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1) {
+      const double at = static_cast<double>(::timegm(&tm));
+      if (earliest < 0 || at < earliest) earliest = at;
+    }
+    X509_free(cert);
+  }
+  ERR_clear_error();
+  BIO_free(bio);
+  return earliest;
+}
+
+class CertificateExpiry final : public prometheus::Collectable {
+ public:
+  explicit CertificateExpiry(TlsFileFlags files) : files_(std::move(files)) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    prometheus::MetricFamily f = GaugeFamily(
+        "dfc_tls_certificate_expiry_timestamp_seconds",
+        "When the first certificate in a TLS file this process uses expires (Unix seconds), as the file is now");
+    absl::MutexLock lock(&mu_);
+    for (const auto& [flag, path] : files_) {
+      Seen& seen = seen_[path];
+      const std::string stamp = FileStamp(path);
+      if (stamp != seen.stamp || stamp.empty()) {
+        seen.stamp = stamp;
+        seen.expiry = EarliestExpiry(path);
+      }
+      if (seen.expiry >= 0) AddGauge(f, seen.expiry, {{"flag", flag}, {"file", path}});
+    }
+    return {std::move(f)};
+  }
+
+ private:
+  struct Seen {
+    std::string stamp;
+    double expiry = -1;
+  };
+  const TlsFileFlags files_;
+  mutable absl::Mutex mu_;
+  mutable std::map<std::string, Seen> seen_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+std::shared_ptr<prometheus::Collectable> CertificateExpiryMetrics(TlsFileFlags files) {
+  TlsFileFlags given;
+  for (auto& [flag, path] : files) {
+    if (!path.empty()) given.emplace_back(std::move(flag), std::move(path));
+  }
+  return std::make_shared<CertificateExpiry>(std::move(given));
+}
 
 void MetricsFlags::Add(CLI::App& app) {
   app.add_option("--metrics-listen", listen,
@@ -28,8 +100,11 @@ std::string SerializeMetrics(const std::vector<std::shared_ptr<prometheus::Colle
 
 absl::StatusOr<std::unique_ptr<HttpServer>> StartMetricsEndpoint(
     MetricsFlags flags, std::vector<std::shared_ptr<prometheus::Collectable>> collectables,
-    const std::string& default_cert, const std::string& default_key) {
+    const TlsFileFlags& tls_files, const std::string& default_cert, const std::string& default_key) {
   if (flags.listen.empty()) return std::unique_ptr<HttpServer>();
+  TlsFileFlags expiring = tls_files;
+  expiring.emplace_back("--metrics-tls-cert", flags.tls_cert);
+  collectables.push_back(CertificateExpiryMetrics(std::move(expiring)));
   HttpOptions o;
   o.listen = flags.listen;
   o.tls_cert = flags.tls_cert.empty() ? default_cert : flags.tls_cert;

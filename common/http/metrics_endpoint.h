@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <prometheus/collectable.h>
@@ -24,13 +25,25 @@ struct MetricsFlags {
   void Add(CLI::App& app);
 };
 
+// The TLS files a process uses, by flag ("--tls-cert" -> path; empty paths
+// are left out).
+using TlsFileFlags = std::vector<std::pair<std::string, std::string>>;
+
 // Serves Prometheus' text format on /metrics (and a pointer to it on /) of
-// flags.listen, from every collectable (read at each scrape). nullptr when
-// the flag is empty. Binaries whose gRPC port has a certificate pass it as
-// the default for HTTPS.
+// flags.listen, from every collectable (read at each scrape), and the
+// expiry of `tls_files` and of its own certificate (CertificateExpiryMetrics).
+// nullptr when the flag is empty. Binaries whose gRPC port has a
+// certificate pass it as the default for HTTPS.
 absl::StatusOr<std::unique_ptr<HttpServer>> StartMetricsEndpoint(
     MetricsFlags flags, std::vector<std::shared_ptr<prometheus::Collectable>> collectables,
-    const std::string& default_cert = "", const std::string& default_key = "");
+    const TlsFileFlags& tls_files = {}, const std::string& default_cert = "", const std::string& default_key = "");
+
+// dfc_tls_certificate_expiry_timestamp_seconds{flag, file}: when the first
+// certificate in each file expires (Unix seconds; a CA bundle's or a chain's
+// earliest), read again when the file changes, so that an alert on it minus
+// time() fires before a certificate nobody renewed stops the cluster. A file
+// that cannot be read or holds no certificate has no sample.
+std::shared_ptr<prometheus::Collectable> CertificateExpiryMetrics(TlsFileFlags files);
 
 // Building blocks of collectables that compute their values at scrape time.
 prometheus::MetricFamily GaugeFamily(const std::string& name, const std::string& help);
