@@ -274,18 +274,20 @@ absl::StatusOr<v1::SubmitJobResponse> Coordinator::Submit(const v1::SubmitJobReq
   return resp;
 }
 
+absl::Status Coordinator::NoJob(const std::string& job_id) {
+  auto deleted = store_->DeletedAt(job_id);
+  if (deleted.ok() && *deleted > 0) {
+    return absl::NotFoundError(absl::StrCat("job_id: job '", job_id, "' was deleted at ",
+                                            absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixMillis(*deleted),
+                                                             absl::UTCTimeZone())));
+  }
+  return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+}
+
 absl::StatusOr<v1::Job> Coordinator::GetJob(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) {
-    auto deleted = store_->DeletedAt(job_id);
-    if (deleted.ok() && *deleted > 0) {
-      return absl::NotFoundError(absl::StrCat("job_id: job '", job_id, "' was deleted at ",
-                                              absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixMillis(*deleted),
-                                                               absl::UTCTimeZone())));
-    }
-    return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
-  }
+  if (it == jobs_.end()) return NoJob(job_id);
   v1::Job job = it->second;
   FillWaitingLocked(&job, QueueOrderLocked());
   return job;
@@ -342,7 +344,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::ListJobs(const v1::ListJobsReq
 absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+  if (it == jobs_.end()) return NoJob(job_id);
   v1::Job job = it->second;
   if (IsTerminal(job.state())) {
     return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already ended (",
@@ -365,7 +367,7 @@ absl::StatusOr<std::string> Coordinator::Delete(const std::string& job_id, bool 
   {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(job_id);
-    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+    if (it == jobs_.end()) return NoJob(job_id);
     const v1::Job& job = it->second;
     if (!IsTerminal(job.state())) {
       return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " is ", v1::JobState_Name(job.state()),
@@ -407,7 +409,7 @@ absl::StatusOr<std::string> Coordinator::Delete(const std::string& job_id, bool 
     }
   }
   absl::MutexLock lock(&mu_);
-  if (!jobs_.count(job_id)) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+  if (!jobs_.count(job_id)) return NoJob(job_id);
   if (absl::Status st = DeleteRecordLocked(job_id); !st.ok()) {
     return absl::Status(st.code(), absl::StrCat("the job was not deleted: ", st.message()));
   }
@@ -449,7 +451,7 @@ void Coordinator::DeleteExpiredLocked() {
 absl::StatusOr<v1::Job> Coordinator::WaitForChange(const std::string& job_id, int64_t* version,
                                                    std::chrono::milliseconds timeout) {
   absl::MutexLock lock(&mu_);
-  if (!jobs_.count(job_id)) return absl::NotFoundError(absl::StrCat("job_id: no job '", job_id, "'"));
+  if (!jobs_.count(job_id)) return NoJob(job_id);
   const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
   while (jobs_.count(job_id) && versions_[job_id] == *version && !changed_.WaitWithDeadline(&mu_, deadline)) {
   }
@@ -1112,7 +1114,7 @@ absl::StatusOr<v1::GetRankLogResponse> Coordinator::GetRankLog(const v1::GetRank
                                                                std::chrono::milliseconds wait) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(r.job_id());
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job_id: no job '", r.job_id(), "'"));
+  if (it == jobs_.end()) return NoJob(r.job_id());
   const v1::Job& job = it->second;
   if (job.placements().empty()) {
     return absl::FailedPreconditionError(absl::StrCat("job ", r.job_id(), " has not been placed yet (",

@@ -245,6 +245,9 @@ class Coordinator {
   void RequeueUnstartedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Deletes a job's record and epochs, forgets it, tells the workers.
   absl::Status DeleteRecordLocked(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // NOT_FOUND for a job this coordinator does not hold: "was deleted at
+  // TIME" when deleted_jobs remembers it, else "no job".
+  absl::Status NoJob(const std::string& job_id);
   // keep_ended: deletes the records of jobs that ended before it.
   void DeleteExpiredLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t next_expiry_ms_ ABSL_GUARDED_BY(mu_) = std::numeric_limits<int64_t>::min();  // DeleteExpiredLocked's next run

@@ -1568,6 +1568,9 @@ TEST(ClusterTest, AWorkerDownWhenItsJobIsDeletedRemovesTheJobsFoldersWhenItComes
   auto gone = RunCommand(c.Dfc("status " + job));
   EXPECT_NE(gone.exit_code, 0);
   EXPECT_NE(gone.err.find("job '" + job + "' was deleted at "), std::string::npos) << gone.err;
+  auto logs = RunCommand(c.Dfc("logs " + job));
+  EXPECT_NE(logs.exit_code, 0);
+  EXPECT_NE(logs.err.find("job '" + job + "' was deleted at "), std::string::npos) << logs.err;
 }
 
 // Certificates renewed on disk while the cluster runs, through a move to a

@@ -418,8 +418,12 @@ TEST_F(CoordinatorTest, AWorkerAwayWhenAJobWasDeletedIsToldWhenItRegisters) {
   c = Make(8, /*in_memory=*/false);
   auto status = c->GetJob(gone);
   EXPECT_EQ(status.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(status.status().message(), "job_id: job '" + gone + "' was deleted at 1970-01-01 00:16:40 UTC")
-      << "the fixture's clock reads 1,000 s";
+  const std::string was_deleted = "job_id: job '" + gone + "' was deleted at 1970-01-01 00:16:40 UTC";
+  EXPECT_EQ(status.status().message(), was_deleted) << "the fixture's clock reads 1,000 s";
+  EXPECT_EQ(c->Cancel(gone).status().message(), was_deleted);
+  EXPECT_EQ(c->Delete(gone, false).status().message(), was_deleted);
+  int64_t version = 0;
+  EXPECT_EQ(c->WaitForChange(gone, &version, std::chrono::milliseconds(0)).status().message(), was_deleted);
   EXPECT_EQ(c->GetJob("job-000000000000").status().message(), "job_id: no job 'job-000000000000'");
   v1::RegisterWorkerRequest r;
   r.set_address("127.0.0.1");
