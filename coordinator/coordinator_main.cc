@@ -1,6 +1,7 @@
 // dfc-coordinator: job queue, scheduler and API server.
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -68,9 +69,24 @@ int main(int argc, char** argv) {
   app.add_option("--http-listen", http_listen,
                  "Serve the read-only web dashboard on HOST:PORT (off when empty; HTTPS with --tls-cert; "
                  "needs --token-file's token when one is set)");
+  std::string backup_to;
+  app.add_option("--backup-to", backup_to,
+                 "Write a consistent copy of --state's job database to this file and exit (safe while a "
+                 "coordinator runs on --state)");
   dfc::MetricsFlags metrics_flags;
   metrics_flags.Add(app);
   CLI11_PARSE(app, argc, argv);
+  if (!backup_to.empty()) {
+    const std::string db = (std::filesystem::path(opts.state_dir) / "jobs.db").string();
+    auto jobs = dfc::JobStore::Backup(db, backup_to);
+    if (!jobs.ok()) {
+      std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(jobs.status().message()).c_str());
+      return 2;
+    }
+    std::printf("dfc-coordinator: backed up %lld job(s) from %s to %s\n", static_cast<long long>(*jobs), db.c_str(),
+                backup_to.c_str());
+    return 0;
+  }
   if (!token_file.empty()) {
     auto t = dfc::BearerToken::FromFile(token_file, "--token-file");
     if (!t.ok()) {

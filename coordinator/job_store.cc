@@ -1,6 +1,8 @@
 #include "coordinator/job_store.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include <sqlite3.h>
 
@@ -123,6 +125,55 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   DFC_RETURN_IF_ERROR(store->Exec(
       "CREATE TABLE IF NOT EXISTS deleted_jobs (job_id TEXT PRIMARY KEY, unix_ms INTEGER NOT NULL)"));
   return store;
+}
+
+absl::StatusOr<int64_t> JobStore::Backup(const std::string& path, const std::string& to) {
+  sqlite3* src = nullptr;
+  // No SQLITE_OPEN_CREATE: a wrong --state is named, not backed up empty.
+  if (sqlite3_open_v2(path.c_str(), &src, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
+    const std::string msg = src ? sqlite3_errmsg(src) : "out of memory";
+    sqlite3_close(src);
+    return absl::NotFoundError(absl::StrCat("cannot open the state database '", path, "': ", msg));
+  }
+  sqlite3_busy_timeout(src, 5000);
+  const std::string tmp = to + ".partial";
+  std::remove(tmp.c_str());
+  sqlite3* dst = nullptr;
+  absl::Status st;
+  if (sqlite3_open_v2(tmp.c_str(), &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) != SQLITE_OK) {
+    st = absl::InvalidArgumentError(absl::StrCat("--backup-to: cannot write '", tmp, "': ",
+                                                 dst ? sqlite3_errmsg(dst) : "out of memory"));
+  } else if (sqlite3_backup* b = sqlite3_backup_init(dst, "main", src, "main"); b == nullptr) {
+    st = SqliteError(dst, "backup");
+  } else {
+    const int rc = sqlite3_backup_step(b, -1);  // every page, in one read transaction of the source
+    sqlite3_backup_finish(b);
+    if (rc != SQLITE_DONE) st = SqliteError(dst, absl::StrCat("backup of '", path, "' to '", tmp, "'"));
+  }
+  int64_t jobs = -1;
+  if (st.ok()) {
+    Stmt check(dst, "PRAGMA integrity_check");
+    st = check.status();
+    if (st.ok() && (check.Step() != SQLITE_ROW || check.Blob(0) != "ok")) {
+      st = absl::DataLossError(absl::StrCat("the copy '", tmp, "' fails integrity_check"));
+    }
+  }
+  if (st.ok()) {
+    Stmt count(dst, "SELECT COUNT(*) FROM jobs");
+    st = count.status();
+    if (st.ok() && count.Step() == SQLITE_ROW) jobs = count.Int(0);
+  }
+  sqlite3_close(dst);
+  sqlite3_close(src);
+  if (st.ok() && std::rename(tmp.c_str(), to.c_str()) != 0) {
+    st = absl::InvalidArgumentError(absl::StrCat("--backup-to: cannot rename '", tmp, "' to '", to, "': ",
+                                                 std::strerror(errno)));
+  }
+  if (!st.ok()) {
+    std::remove(tmp.c_str());
+    return st;
+  }
+  return jobs;
 }
 
 JobStore::~JobStore() { sqlite3_close(db_); }

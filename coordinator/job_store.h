@@ -23,6 +23,11 @@ namespace dfc {
 class JobStore {
  public:
   static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path);
+  // Writes a consistent copy of the database at `path` to `to` (SQLite's
+  // online backup, safe while a coordinator uses it; written beside `to`,
+  // checked with integrity_check, then renamed into place). Returns the
+  // number of jobs in the copy.
+  static absl::StatusOr<int64_t> Backup(const std::string& path, const std::string& to);
   ~JobStore();
   JobStore(const JobStore&) = delete;
   JobStore& operator=(const JobStore&) = delete;

@@ -1573,6 +1573,44 @@ TEST(ClusterTest, AWorkerDownWhenItsJobIsDeletedRemovesTheJobsFoldersWhenItComes
   EXPECT_NE(logs.err.find("job '" + job + "' was deleted at "), std::string::npos) << logs.err;
 }
 
+// The state database backed up while its coordinator runs, as an operator
+// does from cron, then restored: a coordinator started on the copy knows
+// the job and its epochs.
+TEST(ClusterTest, AStateBackupTakenWhileTheCoordinatorRunsRestoresItsJobs) {
+  Cluster c(1);
+  const std::string shards = testing::SyntheticShards(c.dir(), 16);
+  std::string status;
+  const std::string job = OneEpochThatSucceeded(c, shards, &status);
+  ASSERT_FALSE(job.empty()) << status;
+  const std::string restored = c.dir().Join("restored");
+  std::filesystem::create_directories(restored);
+  auto backup = RunCommand(Bin("dfc-coordinator") + " --state " + c.dir().Join("state") + " --backup-to " + restored +
+                           "/jobs.db");
+  ASSERT_EQ(backup.exit_code, 0) << backup.err;
+  EXPECT_NE(backup.out.find("backed up 1 job(s)"), std::string::npos) << backup.out;
+  EXPECT_FALSE(std::filesystem::exists(restored + "/jobs.db.partial"));
+  EXPECT_TRUE(c.WaitForLiveWorkers(1, 1)) << "the running coordinator was disturbed";
+  // A wrong --state is named, not backed up empty.
+  auto wrong = RunCommand(Bin("dfc-coordinator") + " --state " + c.dir().Join("nowhere") + " --backup-to " +
+                          c.dir().Join("empty.db"));
+  EXPECT_EQ(wrong.exit_code, 2);
+  EXPECT_NE(wrong.err.find("cannot open the state database '" + c.dir().Join("nowhere") + "/jobs.db'"),
+            std::string::npos)
+      << wrong.err;
+  EXPECT_FALSE(std::filesystem::exists(c.dir().Join("empty.db")));
+
+  const std::string addr = "127.0.0.1:" + std::to_string(PickFreePort());
+  c.processes().Start({Bin("dfc-coordinator"), "--listen", addr, "--state", restored}, "restored.log");
+  const std::string dfc = testing::DfcBinary() + " --coordinator " + addr;
+  testing::CommandResult got;
+  for (int i = 0; i < 100 && (got = RunCommand(dfc + " status --json " + job)).exit_code != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(got.exit_code, 0) << got.err << c.processes().Log("restored.log");
+  EXPECT_EQ(JsonString(got.out, "state"), "SUCCEEDED") << got.out;
+  EXPECT_EQ(CountEpochs(got.out), 1) << got.out;
+}
+
 // Certificates renewed on disk while the cluster runs, through a move to a
 // new CA (as cert-manager or an operator updating the Secret does): the
 // coordinator serves its renewed certificate without a restart, and a
