@@ -3,8 +3,6 @@
 #include <sys/socket.h>
 
 #include <httplib.h>
-#include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/ssl.h>
 
 #include <chrono>
@@ -15,6 +13,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "common/atomic_file.h"
+#include "common/rpc/tls_files.h"
 #include "common/rpc/rpc_util.h"
 
 namespace dfc {
@@ -70,54 +69,20 @@ class CertificateFiles {
 
   // SSL_CTX_set_cert_cb: the pair for this handshake.
   static int Select(SSL* ssl, void* arg) {
-    std::shared_ptr<const Pair> pair = static_cast<CertificateFiles*>(arg)->Current();
-    return SSL_use_cert_and_key(ssl, pair->cert, pair->key, pair->chain, 1) == 1 ? 1 : 0;
+    std::shared_ptr<const KeyPair> pair = static_cast<CertificateFiles*>(arg)->Current();
+    return SSL_use_cert_and_key(ssl, pair->cert.get(), pair->key.get(), pair->chain.get(), 1) == 1 ? 1 : 0;
   }
 
  private:
-  struct Pair {
-    X509* cert = nullptr;
-    STACK_OF(X509)* chain = nullptr;
-    EVP_PKEY* key = nullptr;
-    ~Pair() {
-      X509_free(cert);
-      sk_X509_pop_free(chain, X509_free);
-      EVP_PKEY_free(key);
-    }
-  };
   std::string Version() const { return FileStamp(cert_path_) + "|" + FileStamp(key_path_); }
 
-  absl::StatusOr<std::shared_ptr<const Pair>> Read() const {
-    auto cert_pem = ReadFile(cert_path_, 1 << 20);
-    if (!cert_pem.ok()) return cert_pem.status();
-    auto key_pem = ReadFile(key_path_, 1 << 20);
-    if (!key_pem.ok()) return key_pem.status();
-    auto pair = std::make_shared<Pair>();
-    BIO* bio = BIO_new_mem_buf(cert_pem->data(), static_cast<int>(cert_pem->size()));
-    pair->cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
-    pair->chain = sk_X509_new_null();
-    while (X509* more = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) sk_X509_push(pair->chain, more);
-    BIO_free(bio);
-    bio = BIO_new_mem_buf(key_pem->data(), static_cast<int>(key_pem->size()));
-    pair->key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
-    BIO_free(bio);
-    const bool matches =
-        pair->cert != nullptr && pair->key != nullptr && X509_check_private_key(pair->cert, pair->key) == 1;
-    ERR_clear_error();
-    if (pair->cert == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("'", cert_path_, "' holds no PEM certificate"));
-    }
-    if (pair->key == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("'", key_path_, "' holds no PEM private key"));
-    }
-    if (!matches) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("'", key_path_, "' is not the key of the certificate in '", cert_path_, "'"));
-    }
-    return std::shared_ptr<const Pair>(std::move(pair));
+  absl::StatusOr<std::shared_ptr<const KeyPair>> Read() const {
+    auto pair = ReadKeyPair(cert_path_, key_path_);
+    if (!pair.ok()) return pair.status();
+    return std::make_shared<const KeyPair>(*std::move(pair));
   }
 
-  std::shared_ptr<const Pair> Current() {
+  std::shared_ptr<const KeyPair> Current() {
     absl::MutexLock lock(&mu_);
     const auto now = std::chrono::steady_clock::now();
     if (now < next_look_) return pair_;
@@ -138,7 +103,7 @@ class CertificateFiles {
 
   const std::string name_, cert_path_, key_path_;
   absl::Mutex mu_;
-  std::shared_ptr<const Pair> pair_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const KeyPair> pair_ ABSL_GUARDED_BY(mu_);
   std::string version_ ABSL_GUARDED_BY(mu_);
   std::chrono::steady_clock::time_point next_look_ ABSL_GUARDED_BY(mu_);
 };

@@ -1,9 +1,6 @@
 #include "common/http/metrics_endpoint.h"
 
 #include <openssl/asn1.h>
-#include <openssl/err.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 
 #include <ctime>
 #include <map>
@@ -14,6 +11,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "common/atomic_file.h"
+#include "common/rpc/tls_files.h"
 
 namespace dfc {
 namespace {
@@ -21,20 +19,16 @@ namespace {
 // The earliest notAfter of the certificates in `path` (Unix seconds); -1
 // when it cannot be read or holds none.
 double EarliestExpiry(const std::string& path) {
-  auto pem = ReadFile(path, 1 << 20);
+  auto pem = ReadPemFile(path);
   if (!pem.ok()) return -1;
-  BIO* bio = BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size()));
   double earliest = -1;
-  while (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+  for (const X509Ptr& cert : ParseCertificates(*pem)) {
     std::tm tm{};
-    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1) {
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &tm) == 1) {
       const double at = static_cast<double>(::timegm(&tm));
       if (earliest < 0 || at < earliest) earliest = at;
     }
-    X509_free(cert);
   }
-  ERR_clear_error();
-  BIO_free(bio);
   return earliest;
 }
 

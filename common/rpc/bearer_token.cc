@@ -60,9 +60,7 @@ absl::StatusOr<BearerToken> BearerToken::FromFile(const std::string& path, const
   return t;
 }
 
-std::vector<std::string> BearerToken::Tokens() const {
-  if (state_ == nullptr) return {};
-  State& s = *state_;
+std::vector<std::string> BearerToken::Tokens(State& s) {
   absl::MutexLock lock(&s.mu);
   const auto now = std::chrono::steady_clock::now();
   if (s.path.empty() || now < s.next_look) return s.tokens;
@@ -81,27 +79,29 @@ std::vector<std::string> BearerToken::Tokens() const {
   return s.tokens;
 }
 
+bool BearerToken::Holds(State& s, absl::string_view presented) {
+  bool held = false;
+  for (const std::string& t : Tokens(s)) held |= ConstantTimeEquals(std::string(presented), t);
+  return held;
+}
+
 std::string BearerToken::Current() const {
-  std::vector<std::string> tokens = Tokens();
+  if (state_ == nullptr) return "";
+  std::vector<std::string> tokens = Tokens(*state_);
   return tokens.empty() ? "" : tokens.front();
 }
 
 bool BearerToken::Accepts(absl::string_view presented) const {
   if (state_ == nullptr) return true;
-  bool accepted = false;
-  for (const std::string& t : Tokens()) accepted |= ConstantTimeEquals(std::string(presented), t);
-  if (accepted && excluded_ != nullptr) {
-    BearerToken other;
-    other.state_ = excluded_;
-    if (other.Accepts(presented)) {
-      if (!state_->said_shared.exchange(true)) {
-        std::fprintf(stderr, "%s and %s hold the same token: it is refused on both sides until they differ\n",
-                     state_->flag.c_str(), excluded_->flag.c_str());
-      }
-      return false;
+  if (!Holds(*state_, presented)) return false;
+  if (excluded_ != nullptr && Holds(*excluded_, presented)) {
+    if (!state_->said_shared.exchange(true)) {
+      std::fprintf(stderr, "%s and %s hold the same token: it is refused on both sides until they differ\n",
+                   state_->flag.c_str(), excluded_->flag.c_str());
     }
+    return false;
   }
-  return accepted;
+  return true;
 }
 
 BearerToken BearerToken::Excluding(const BearerToken& other) const {
@@ -111,8 +111,9 @@ BearerToken BearerToken::Excluding(const BearerToken& other) const {
 }
 
 bool BearerToken::Shares(const BearerToken& other) const {
-  for (const std::string& a : Tokens()) {
-    for (const std::string& b : other.Tokens()) {
+  if (state_ == nullptr || other.state_ == nullptr) return false;
+  for (const std::string& a : Tokens(*state_)) {
+    for (const std::string& b : Tokens(*other.state_)) {
       if (a == b) return true;
     }
   }

@@ -42,7 +42,10 @@ class BearerToken {
 
  private:
   struct State;
-  std::vector<std::string> Tokens() const;
+  // The file's tokens now (read again when it changed).
+  static std::vector<std::string> Tokens(State& s);
+  // Whether `presented` is one of them (each compared in constant time).
+  static bool Holds(State& s, absl::string_view presented);
   std::shared_ptr<State> state_;
   std::shared_ptr<State> excluded_;  // Excluding's other token, when set
 };

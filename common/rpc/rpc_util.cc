@@ -10,11 +10,6 @@
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_certificate_verifier.h>
 #include <grpcpp/security/tls_credentials_options.h>
-#include <openssl/bio.h>
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -28,41 +23,13 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "common/atomic_file.h"
+#include "common/rpc/tls_files.h"
 #include "common/status_macros.h"
 #include "common/utf8.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace dfc {
 namespace {
-
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  auto pem = ReadFile(path, 1 << 20);
-  if (!pem.ok()) return absl::InvalidArgumentError(absl::StrCat(flag, ": ", pem.status().message()));
-  return *pem;
-}
-
-struct BioFree {
-  void operator()(BIO* b) const { BIO_free(b); }
-};
-struct X509Free {
-  void operator()(X509* x) const { X509_free(x); }
-};
-struct KeyFree {
-  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-
-std::unique_ptr<BIO, BioFree> MemoryBio(const std::string& pem) {
-  return std::unique_ptr<BIO, BioFree>(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-}
-
-// The first certificate in `pem`, or nullptr.
-std::unique_ptr<X509, X509Free> FirstCertificate(const std::string& pem) {
-  auto bio = MemoryBio(pem);
-  std::unique_ptr<X509, X509Free> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-  ERR_clear_error();
-  return cert;
-}
 
 // The files a process is started with are read here, so that a missing or
 // unreadable one, one that holds no certificate, or a key that is not the
@@ -73,27 +40,13 @@ absl::Status CheckTlsFiles(const RpcSecurity& s) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together: give both or neither");
   }
   if (!s.tls_ca.empty()) {
-    DFC_ASSIGN_OR_RETURN(const std::string ca, ReadPem(s.tls_ca, "--tls-ca"));
-    if (!FirstCertificate(ca)) {
+    DFC_ASSIGN_OR_RETURN(const std::string ca, ReadPemFile(s.tls_ca, "--tls-ca"));
+    if (ParseCertificates(ca).empty()) {
       return absl::InvalidArgumentError(absl::StrCat("--tls-ca: '", s.tls_ca, "' holds no PEM certificate"));
     }
   }
   if (s.tls_cert.empty()) return absl::OkStatus();
-  DFC_ASSIGN_OR_RETURN(const std::string cert_pem, ReadPem(s.tls_cert, "--tls-cert"));
-  DFC_ASSIGN_OR_RETURN(const std::string key_pem, ReadPem(s.tls_key, "--tls-key"));
-  auto cert = FirstCertificate(cert_pem);
-  if (!cert) return absl::InvalidArgumentError(absl::StrCat("--tls-cert: '", s.tls_cert, "' holds no PEM certificate"));
-  auto bio = MemoryBio(key_pem);
-  std::unique_ptr<EVP_PKEY, KeyFree> key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
-  const bool matches = key && X509_check_private_key(cert.get(), key.get()) == 1;
-  ERR_clear_error();
-  if (!key) return absl::InvalidArgumentError(absl::StrCat("--tls-key: '", s.tls_key, "' holds no PEM private key"));
-  if (!matches) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--tls-key: '", s.tls_key, "' is not the key of the certificate in --tls-cert '", s.tls_cert,
-                     "'"));
-  }
-  return absl::OkStatus();
+  return ReadKeyPair(s.tls_cert, s.tls_key, "--tls-cert", "--tls-key").status();
 }
 
 // Watches the files (absolute paths: gRPC reads them on its own thread for
