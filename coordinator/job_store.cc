@@ -11,7 +11,6 @@
 
 #include <google/protobuf/util/message_differencer.h>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/run_dir.h"
@@ -312,15 +311,22 @@ absl::Status JobStore::Delete(const std::string& job_id, int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   absl::Status st = Exec("BEGIN IMMEDIATE");
   for (const char* sql : {"DELETE FROM epochs WHERE job_id = ?", "DELETE FROM selection_epochs WHERE job_id = ?",
-                          "DELETE FROM jobs WHERE job_id = ?",
-                          "INSERT OR REPLACE INTO deleted_jobs (job_id, unix_ms) VALUES (?, ?)"}) {
+                          "DELETE FROM jobs WHERE job_id = ?"}) {
     if (!st.ok()) break;
     Stmt d(db_, sql);
     st = d.status();
     if (!st.ok()) break;
     d.BindText(1, job_id);
-    if (absl::StartsWith(sql, "INSERT")) d.Bind(2, now_ms);
     st = d.Done();
+  }
+  if (st.ok()) {
+    Stmt remember(db_, "INSERT OR REPLACE INTO deleted_jobs (job_id, unix_ms) VALUES (?, ?)");
+    st = remember.status();
+    if (st.ok()) {
+      remember.BindText(1, job_id);
+      remember.Bind(2, now_ms);
+      st = remember.Done();
+    }
   }
   if (st.ok()) st = Exec("COMMIT");
   if (!st.ok()) (void)Exec("ROLLBACK");  // none open (BEGIN failed) is an error nobody needs
