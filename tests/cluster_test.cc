@@ -1561,10 +1561,8 @@ TEST(ClusterTest, AWorkerDownWhenItsJobIsDeletedRemovesTheJobsFoldersWhenItComes
   c.processes().Start({Bin("dfc-worker"), "--coordinator", c.address(), "--work-dir", c.WorkerDir(0),
                        "--cpu-slots", "1"},
                       "worker-0-again.log");
-  for (int i = 0; i < 200 && std::filesystem::exists(folder); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  EXPECT_FALSE(std::filesystem::exists(folder)) << c.processes().Log("worker-0-again.log");
+  EXPECT_TRUE(testing::WaitUntil([&] { return !std::filesystem::exists(folder); }, std::chrono::seconds(20)))
+      << c.processes().Log("worker-0-again.log");
   auto gone = RunCommand(c.Dfc("status " + job));
   EXPECT_NE(gone.exit_code, 0);
   EXPECT_NE(gone.err.find("job '" + job + "' was deleted at "), std::string::npos) << gone.err;
@@ -1697,18 +1695,15 @@ TEST(ClusterTest, TokensAreRotatedWithoutRestartingAnything) {
     return RunCommand(testing::DfcBinary() + " --coordinator " + c.address() + " --token-file " + files.Join("mine") +
                       " list");
   };
-  auto until = [](int seconds, const std::function<bool()>& done) {
-    for (int i = 0; i < seconds * 10 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    return done();
-  };
   ASSERT_EQ(list_with("old-user").exit_code, 0) << list_with("old-user").err;
   ASSERT_NE(list_with("new-user").exit_code, 0);
   // The users' token: the new one is added, then the old one dropped.
   put(users, "old-user\nnew-user\n");
-  EXPECT_TRUE(until(5, [&] { return list_with("new-user").exit_code == 0; })) << list_with("new-user").err;
+  EXPECT_TRUE(testing::WaitUntil([&] { return list_with("new-user").exit_code == 0; }, std::chrono::seconds(5)))
+      << list_with("new-user").err;
   EXPECT_EQ(list_with("old-user").exit_code, 0);
   put(users, "new-user\n");
-  EXPECT_TRUE(until(5, [&] { return list_with("old-user").exit_code != 0; }));
+  EXPECT_TRUE(testing::WaitUntil([&] { return list_with("old-user").exit_code != 0; }, std::chrono::seconds(5)));
   const auto refused = list_with("old-user");
   EXPECT_NE(refused.err.find("a valid bearer token is required"), std::string::npos) << refused.err;
   EXPECT_EQ(list_with("new-user").exit_code, 0);
@@ -1733,20 +1728,22 @@ TEST(ClusterTest, TokensAreRotatedWithoutRestartingAnything) {
   // A users' token put in the workers' file by mistake is refused on both
   // sides (as it would be at start), and taken again once it is out.
   put(workers, "new-worker\nnew-user\n");
-  EXPECT_TRUE(until(5, [&] { return list_with("new-user").exit_code != 0; })) << "a token held by both files listed";
+  EXPECT_TRUE(testing::WaitUntil([&] { return list_with("new-user").exit_code != 0; }, std::chrono::seconds(5)))
+      << "a token held by both files listed";
   EXPECT_NE(c.processes().Log("coordinator.log").find("--token-file and --worker-token-file hold the same token"),
             std::string::npos)
       << c.processes().Log("coordinator.log");
   put(workers, "new-worker\n");
-  EXPECT_TRUE(until(5, [&] { return list_with("new-user").exit_code == 0; })) << list_with("new-user").err;
+  EXPECT_TRUE(testing::WaitUntil([&] { return list_with("new-user").exit_code == 0; }, std::chrono::seconds(5)))
+      << list_with("new-user").err;
   // A worker still holding the old token is refused.
   put(files.Join("stale"), "old-worker\n");
   c.processes().Start({Bin("dfc-worker"), "--coordinator", c.address(), "--work-dir", files.Join("stale-work"),
                        "--cpu-slots", "1", "--token-file", files.Join("stale")},
                       "stale-worker.log");
-  EXPECT_TRUE(until(10, [&] {
+  EXPECT_TRUE(testing::WaitUntil([&] {
     return c.processes().Log("stale-worker.log").find("a valid bearer token is required") != std::string::npos;
-  })) << c.processes().Log("stale-worker.log");
+  }, std::chrono::seconds(10))) << c.processes().Log("stale-worker.log");
   EXPECT_FALSE(c.WaitForLiveWorkers(2, 2));
 }
 

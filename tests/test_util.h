@@ -3,8 +3,10 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -38,6 +40,9 @@ struct CommandResult {
 };
 // Runs a shell command line, capturing stdout and stderr.
 CommandResult RunCommand(const std::string& command_line);
+
+// Asks `done` every 20 ms until it says yes (true) or `limit` has passed (false).
+bool WaitUntil(const std::function<bool()>& done, std::chrono::seconds limit);
 
 std::vector<std::string> SplitLines(const std::string& text);
 

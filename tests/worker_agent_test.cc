@@ -216,14 +216,7 @@ class ForgettingCoordinator final : public RegisteringCoordinator {
   int beats_ = 0;
 };
 
-bool WaitUntil(const std::function<bool()>& done, std::chrono::seconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return true;
-}
+using testing::WaitUntil;
 
 // A deleted job's rank folders: removed at once where no rank of it is
 // left, kept while one is (and removed once it has gone), and nothing
