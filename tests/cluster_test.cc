@@ -1548,9 +1548,8 @@ TEST(ClusterTest, TlsAndTokenAreEnforced) {
 // folders go, because the coordinator recorded the deletion.
 TEST(ClusterTest, AWorkerDownWhenItsJobIsDeletedRemovesTheJobsFoldersWhenItComesBack) {
   Cluster c(1);
-  const std::string shards = testing::SyntheticShards(c.dir(), 16);
   std::string status;
-  const std::string job = OneEpochThatSucceeded(c, shards, &status);
+  const std::string job = OneEpochThatSucceeded(c, testing::SyntheticShards(c.dir(), 16), &status);
   ASSERT_FALSE(job.empty()) << status;
   const std::string folder = c.WorkerDir(0) + "/" + job;
   ASSERT_TRUE(std::filesystem::is_directory(folder)) << folder;
@@ -1576,9 +1575,8 @@ TEST(ClusterTest, AWorkerDownWhenItsJobIsDeletedRemovesTheJobsFoldersWhenItComes
 // the job and its epochs.
 TEST(ClusterTest, AStateBackupTakenWhileTheCoordinatorRunsRestoresItsJobs) {
   Cluster c(1);
-  const std::string shards = testing::SyntheticShards(c.dir(), 16);
   std::string status;
-  const std::string job = OneEpochThatSucceeded(c, shards, &status);
+  const std::string job = OneEpochThatSucceeded(c, testing::SyntheticShards(c.dir(), 16), &status);
   ASSERT_FALSE(job.empty()) << status;
   const std::string restored = c.dir().Join("restored");
   std::filesystem::create_directories(restored);
@@ -1677,10 +1675,7 @@ TEST(ClusterTest, CertificatesRenewedOnDiskAreUsedWithoutRestartingTheWorker) {
 TEST(ClusterTest, TokensAreRotatedWithoutRestartingAnything) {
   testing::TempDir files;
   const std::string users = files.Join("users"), workers = files.Join("workers");
-  auto put = [](const std::string& path, const std::string& text) {
-    testing::WriteFileOrDie(path + ".new", text);
-    std::filesystem::rename(path + ".new", path);
-  };
+  const auto put = testing::ReplaceFileOrDie;
   put(users, "old-user\n");
   put(workers, "old-worker\n");
   Cluster::Options o;

@@ -209,11 +209,6 @@ TEST(TlsFilesTest, HttpsServesARenewedCertificateAndKeepsTheOldOneWhileTheNewOne
   EXPECT_NE(get("ca1.pem"), "ok\n");
 }
 
-// Rewrites a token file as a Secret's files are renewed (renamed into place).
-void PutTokens(const std::string& path, const std::string& text) {
-  testing::WriteFileOrDie(path + ".new", text);
-  std::filesystem::rename(path + ".new", path);
-}
 
 // Past the once-a-second look at the file.
 void AfterALook() { std::this_thread::sleep_for(std::chrono::milliseconds(1100)); }
@@ -221,22 +216,22 @@ void AfterALook() { std::this_thread::sleep_for(std::chrono::milliseconds(1100))
 TEST(BearerTokenTest, AFileIsReadAgainWhenItChangesAndAnyOfItsTokensIsAccepted) {
   testing::TempDir dir;
   const std::string path = dir.Join("token");
-  PutTokens(path, "  old-token \n");
+  testing::ReplaceFileOrDie(path, "  old-token \n");
   auto token = BearerToken::FromFile(path, "--token-file");
   ASSERT_TRUE(token.ok()) << token.status();
   EXPECT_EQ(token->Current(), "old-token");
   EXPECT_TRUE(token->Accepts("old-token"));
   EXPECT_FALSE(token->Accepts("new-token"));
   const BearerToken copy = *token;  // as each service holds one
-  PutTokens(path, "old-token\nnew-token\n");
+  testing::ReplaceFileOrDie(path, "old-token\nnew-token\n");
   AfterALook();
   EXPECT_TRUE(copy.Accepts("new-token"));
   EXPECT_TRUE(copy.Accepts("old-token"));
   EXPECT_EQ(token->Current(), "old-token");  // a client sends the first line
-  PutTokens(path, "new-token\n\nold-token\n");
+  testing::ReplaceFileOrDie(path, "new-token\n\nold-token\n");
   AfterALook();
   EXPECT_EQ(token->Current(), "new-token");
-  PutTokens(path, "new-token\n");
+  testing::ReplaceFileOrDie(path, "new-token\n");
   AfterALook();
   EXPECT_FALSE(copy.Accepts("old-token"));
   EXPECT_TRUE(copy.Accepts("new-token"));
@@ -247,10 +242,10 @@ TEST(BearerTokenTest, AFileIsReadAgainWhenItChangesAndAnyOfItsTokensIsAccepted) 
 TEST(BearerTokenTest, AFileThatBecomesEmptyOrGoesKeepsTheTokensReadBefore) {
   testing::TempDir dir;
   const std::string path = dir.Join("token");
-  PutTokens(path, "kept\n");
+  testing::ReplaceFileOrDie(path, "kept\n");
   auto token = BearerToken::FromFile(path, "--worker-token-file");
   ASSERT_TRUE(token.ok()) << token.status();
-  PutTokens(path, "\n \n");
+  testing::ReplaceFileOrDie(path, "\n \n");
   AfterALook();
   EXPECT_TRUE(token->Accepts("kept"));
   EXPECT_FALSE(token->Accepts(""));
@@ -260,14 +255,14 @@ TEST(BearerTokenTest, AFileThatBecomesEmptyOrGoesKeepsTheTokensReadBefore) {
   EXPECT_TRUE(token->Accepts("kept"));
   EXPECT_FALSE(token->empty());
   // Once it is back it is read again.
-  PutTokens(path, "renewed\n");
+  testing::ReplaceFileOrDie(path, "renewed\n");
   AfterALook();
   EXPECT_EQ(token->Current(), "renewed");
 }
 
 TEST(BearerTokenTest, AFileWithoutATokenIsRefusedAtStartNamingTheFlag) {
   testing::TempDir dir;
-  PutTokens(dir.Join("empty"), " \n\n");
+  testing::ReplaceFileOrDie(dir.Join("empty"), " \n\n");
   auto empty = BearerToken::FromFile(dir.Join("empty"), "--worker-token-file");
   ASSERT_FALSE(empty.ok());
   EXPECT_EQ(empty.status().message(), "--worker-token-file: '" + dir.Join("empty") + "' is empty");
@@ -287,8 +282,8 @@ TEST(BearerTokenTest, AFileWithoutATokenIsRefusedAtStartNamingTheFlag) {
 
 TEST(BearerTokenTest, ATokenThatBothTheUsersAndTheWorkersFilesHoldIsRefusedOnBothSides) {
   testing::TempDir dir;
-  PutTokens(dir.Join("users"), "user\n");
-  PutTokens(dir.Join("workers"), "worker\n");
+  testing::ReplaceFileOrDie(dir.Join("users"), "user\n");
+  testing::ReplaceFileOrDie(dir.Join("workers"), "worker\n");
   auto users_file = BearerToken::FromFile(dir.Join("users"), "--token-file");
   auto workers_file = BearerToken::FromFile(dir.Join("workers"), "--worker-token-file");
   ASSERT_TRUE(users_file.ok() && workers_file.ok());
@@ -297,12 +292,12 @@ TEST(BearerTokenTest, ATokenThatBothTheUsersAndTheWorkersFilesHoldIsRefusedOnBot
   EXPECT_TRUE(users.Accepts("user"));
   EXPECT_FALSE(users.Accepts("worker"));
   EXPECT_TRUE(workers.Accepts("worker"));
-  PutTokens(dir.Join("workers"), "worker\nuser\n");
+  testing::ReplaceFileOrDie(dir.Join("workers"), "worker\nuser\n");
   AfterALook();
   EXPECT_FALSE(users.Accepts("user"));
   EXPECT_FALSE(workers.Accepts("user"));
   EXPECT_TRUE(workers.Accepts("worker"));
-  PutTokens(dir.Join("workers"), "worker\n");
+  testing::ReplaceFileOrDie(dir.Join("workers"), "worker\n");
   AfterALook();
   EXPECT_TRUE(users.Accepts("user"));
   // One token for both (no --worker-token-file) stays one.

@@ -154,6 +154,11 @@ std::vector<pid_t> ChildPids(pid_t pid, const std::string& exe) {
   return out;
 }
 
+void ReplaceFileOrDie(const std::string& path, const std::string& contents) {
+  WriteFileOrDie(path + ".new", contents);
+  std::filesystem::rename(path + ".new", path);
+}
+
 bool WaitUntil(const std::function<bool()>& done, std::chrono::seconds limit) {
   const auto end = std::chrono::steady_clock::now() + limit;
   while (!done()) {

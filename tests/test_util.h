@@ -65,6 +65,9 @@ inline double ProbabilityTolerance() { return LogitTolerance(0) / 4; }
 // A PNG whose header claims width x height (no pixel data).
 std::string PngHeader(uint32_t width, uint32_t height);
 void WriteFileOrDie(const std::string& path, const std::string& contents);
+// Replaces `path` as the kubelet renews a Secret's files: written beside
+// it, then renamed into place (readers see the old file or the new one).
+void ReplaceFileOrDie(const std::string& path, const std::string& contents);
 std::string ReadFileOrDie(const std::string& path);
 
 // A live process's command line or environment ("cmdline", "environ": one
