@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
   std::string listen = "127.0.0.1:50061";
   dfc::RpcSecurity sec;  // this server's endpoint (users' token)
   dfc::RpcSecurity upstream;  // the coordinator's catalogue (workers' token)
+  upstream.flag_prefix = "--coordinator-";
   std::string coordinator;
   bool insecure = false;
   std::string advertise;

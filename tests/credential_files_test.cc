@@ -179,6 +179,13 @@ TEST(TlsFilesTest, FilesThatCannotServeStopAProcessAtStartNamingTheFlag) {
   auto half = MakeChannel("127.0.0.1:1", no_key);
   ASSERT_FALSE(half.ok());
   EXPECT_NE(error_of(half.status()).find("--tls-cert and --tls-key go together"), std::string::npos) << half.status();
+  // Files set by other flags (dfc-server's towards the coordinator) are
+  // named by those flags.
+  no_ca.flag_prefix = "--coordinator-";
+  auto upstream = MakeChannel("127.0.0.1:1", no_ca);
+  ASSERT_FALSE(upstream.ok());
+  EXPECT_NE(error_of(upstream.status()).find("--coordinator-tls-ca: cannot open '" + no_ca.tls_ca + "'"), std::string::npos)
+      << upstream.status();
   // The files as they were serve.
   EXPECT_TRUE(MakeServerCredentials(files.security).ok());
 }

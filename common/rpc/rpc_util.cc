@@ -36,17 +36,21 @@ namespace {
 // certificate's stops it at start with the flag named (gRPC's file watcher
 // would start anyway and fail every handshake).
 absl::Status CheckTlsFiles(const RpcSecurity& s) {
+  const std::string cert_flag = s.flag_prefix + "tls-cert";
+  const std::string key_flag = s.flag_prefix + "tls-key";
+  const std::string ca_flag = s.flag_prefix + "tls-ca";
   if (s.tls_cert.empty() != s.tls_key.empty()) {
-    return absl::InvalidArgumentError("--tls-cert and --tls-key go together: give both or neither");
+    return absl::InvalidArgumentError(
+        absl::StrCat(cert_flag, " and ", key_flag, " go together: give both or neither"));
   }
   if (!s.tls_ca.empty()) {
-    DFC_ASSIGN_OR_RETURN(const std::string ca, ReadPemFile(s.tls_ca, "--tls-ca"));
+    DFC_ASSIGN_OR_RETURN(const std::string ca, ReadPemFile(s.tls_ca, ca_flag));
     if (ParseCertificates(ca).empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("--tls-ca: '", s.tls_ca, "' holds no PEM certificate"));
+      return absl::InvalidArgumentError(absl::StrCat(ca_flag, ": '", s.tls_ca, "' holds no PEM certificate"));
     }
   }
   if (s.tls_cert.empty()) return absl::OkStatus();
-  return ReadKeyPair(s.tls_cert, s.tls_key, "--tls-cert", "--tls-key").status();
+  return ReadKeyPair(s.tls_cert, s.tls_key, cert_flag, key_flag).status();
 }
 
 // Watches the files (absolute paths: gRPC reads them on its own thread for
@@ -62,7 +66,8 @@ std::shared_ptr<grpc::experimental::CertificateProviderInterface> WatchTlsFiles(
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const RpcSecurity& s) {
   if (s.insecure()) return grpc::InsecureServerCredentials();
   if (s.tls_cert.empty() || s.tls_key.empty()) {
-    return absl::InvalidArgumentError("--tls-cert and --tls-key are both required for TLS");
+    return absl::InvalidArgumentError(absl::StrCat(s.flag_prefix, "tls-cert and ", s.flag_prefix,
+                                                   "tls-key are both required for TLS"));
   }
   DFC_RETURN_IF_ERROR(CheckTlsFiles(s));
   grpc::experimental::TlsServerCredentialsOptions opts(WatchTlsFiles(s));

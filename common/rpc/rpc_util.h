@@ -27,6 +27,9 @@ struct RpcSecurity {
   std::string tls_key;    // PEM file: its key
   std::string tls_ca;     // PEM file: CA to verify the peer; on a server, set => client certificates required
   BearerToken token;      // a client sends it, a server requires it; empty = none
+  // How the flags that set the files begin, for messages: dfc-server's
+  // files towards the coordinator are --coordinator-tls-cert and so on.
+  std::string flag_prefix = "--";
   bool insecure() const { return tls_cert.empty() && tls_ca.empty(); }
 };
 
