@@ -64,6 +64,11 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view conte
     ::unlink(tmp.c_str());
     return st;
   }
+  SyncParentDirectory(path);
+  return absl::OkStatus();
+}
+
+void SyncParentDirectory(const std::string& path) {
   std::string dir = std::filesystem::path(path).parent_path().string();
   if (dir.empty()) dir = ".";
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -71,7 +76,6 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view conte
     ::fsync(dfd);
     ::close(dfd);
   }
-  return absl::OkStatus();
 }
 
 namespace {

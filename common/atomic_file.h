@@ -16,6 +16,9 @@ namespace dfc {
 // whole new one: write to a temporary file beside it, fsync, rename, fsync dir.
 absl::Status WriteFileAtomically(const std::string& path, std::string_view contents);
 
+// Flushes the directory holding `path` (a rename into it survives a crash).
+void SyncParentDirectory(const std::string& path);
+
 // Every reader below opens regular files only: a FIFO, device, socket or
 // directory is INVALID_ARGUMENT naming it. Opening a FIFO would wait for a
 // writer, for ever when none comes (`dfc predict` given one hung, and so

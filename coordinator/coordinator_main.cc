@@ -73,6 +73,17 @@ int main(int argc, char** argv) {
   app.add_option("--backup-to", backup_to,
                  "Write a consistent copy of --state's job database to this file and exit (safe while a "
                  "coordinator runs on --state)");
+  dfc::StateBackupOptions backups;
+  int backup_interval_s = 86400;
+  app.add_option("--backup-dir", backups.dir,
+                 "Take a copy of the job database into this folder every --backup-interval while running, as "
+                 "jobs-YYYYMMDDTHHMMSSZ.db (off when empty; put it on another volume than --state)");
+  app.add_option("--backup-interval", backup_interval_s,
+                 "Seconds between scheduled copies (the first is due this long after the newest copy in "
+                 "--backup-dir, at once when there is none)")
+      ->check(CLI::Range(1, 366 * 86400));
+  app.add_option("--backup-keep", backups.keep, "Scheduled copies kept; older ones are removed")
+      ->check(CLI::Range(1, 100000));
   dfc::MetricsFlags metrics_flags;
   metrics_flags.Add(app);
   CLI11_PARSE(app, argc, argv);
@@ -140,6 +151,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(coordinator.status().message()).c_str());
     return 2;
   }
+  std::unique_ptr<dfc::StateBackups> scheduled_backups;
+  if (!backups.dir.empty()) {
+    backups.database = (std::filesystem::path(opts.state_dir) / "jobs.db").string();
+    backups.interval = std::chrono::seconds(backup_interval_s);
+    auto b = dfc::StateBackups::Start(backups);
+    if (!b.ok()) {
+      std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(b.status().message()).c_str());
+      return 2;
+    }
+    scheduled_backups = std::move(*b);
+  }
   auto creds = dfc::MakeServerCredentials(sec);
   if (!creds.ok()) {
     std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(creds.status().message()).c_str());
@@ -156,6 +178,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   metrics->Attach(coordinator->get());
+  if (scheduled_backups) metrics->Attach(scheduled_backups.get());
   auto metrics_server = dfc::StartMetricsEndpoint(metrics_flags, {metrics},
                                                   {{"--tls-cert", sec.tls_cert}, {"--tls-ca", sec.tls_ca}},
                                                   sec.tls_cert, sec.tls_key);

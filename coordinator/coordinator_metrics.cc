@@ -56,6 +56,19 @@ void CoordinatorMetrics::OnJobChange(const v1::Job* before, const v1::Job& after
 
 std::vector<prometheus::MetricFamily> CoordinatorMetrics::Collect() const {
   std::vector<prometheus::MetricFamily> out = registry_->Collect();
+  if (const StateBackups* b = backups_.load()) {
+    auto last = GaugeFamily("dfc_state_last_backup_timestamp_seconds",
+                            "When the newest scheduled copy of the state database in --backup-dir was taken (Unix "
+                            "seconds; 0: none yet)");
+    AddGauge(last, static_cast<double>(b->last_copy_unix()));
+    out.push_back(std::move(last));
+    prometheus::MetricFamily failed;
+    failed.name = "dfc_state_backup_failures_total";
+    failed.help = "Scheduled copies of the state database that failed (the reason is in the coordinator's log)";
+    failed.type = prometheus::MetricType::Counter;
+    failed.metric.emplace_back().counter.value = static_cast<double>(b->failures());
+    out.push_back(std::move(failed));
+  }
   Coordinator* c = coordinator_.load();
   if (c == nullptr) return out;
   const ClusterSnapshot s = c->Snapshot();

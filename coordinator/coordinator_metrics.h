@@ -10,6 +10,7 @@
 #include <prometheus/registry.h>
 
 #include "coordinator/coordinator.h"
+#include "coordinator/state_backups.h"
 
 namespace dfc {
 
@@ -25,6 +26,8 @@ class CoordinatorMetrics : public prometheus::Collectable {
   void Hook(CoordinatorOptions* options);
   // Then tell it the coordinator (scrapes before this see no cluster state).
   void Attach(Coordinator* coordinator) { coordinator_ = coordinator; }
+  // And the scheduled backups, when --backup-dir is set (they outlive it).
+  void Attach(const StateBackups* backups) { backups_ = backups; }
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
@@ -35,6 +38,7 @@ class CoordinatorMetrics : public prometheus::Collectable {
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Histogram& start_delay_;
   std::atomic<Coordinator*> coordinator_{nullptr};
+  std::atomic<const StateBackups*> backups_{nullptr};
 };
 
 }  // namespace dfc

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/atomic_file.h"
 #include "common/run_dir.h"
 #include "common/status_macros.h"
 #include "common/training_config.h"
@@ -126,7 +127,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   return store;
 }
 
-absl::StatusOr<int64_t> JobStore::Backup(const std::string& path, const std::string& to) {
+absl::StatusOr<int64_t> JobStore::Backup(const std::string& path, const std::string& to, const std::string& flag) {
   sqlite3* src = nullptr;
   // No SQLITE_OPEN_CREATE: a wrong --state is named, not backed up empty.
   if (sqlite3_open_v2(path.c_str(), &src, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
@@ -140,7 +141,7 @@ absl::StatusOr<int64_t> JobStore::Backup(const std::string& path, const std::str
   sqlite3* dst = nullptr;
   absl::Status st;
   if (sqlite3_open_v2(tmp.c_str(), &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) != SQLITE_OK) {
-    st = absl::InvalidArgumentError(absl::StrCat("--backup-to: cannot write '", tmp, "': ",
+    st = absl::InvalidArgumentError(absl::StrCat(flag, ": cannot write '", tmp, "': ",
                                                  dst ? sqlite3_errmsg(dst) : "out of memory"));
   } else if (sqlite3_backup* b = sqlite3_backup_init(dst, "main", src, "main"); b == nullptr) {
     st = SqliteError(dst, "backup");
@@ -165,9 +166,10 @@ absl::StatusOr<int64_t> JobStore::Backup(const std::string& path, const std::str
   sqlite3_close(dst);
   sqlite3_close(src);
   if (st.ok() && std::rename(tmp.c_str(), to.c_str()) != 0) {
-    st = absl::InvalidArgumentError(absl::StrCat("--backup-to: cannot rename '", tmp, "' to '", to, "': ",
+    st = absl::InvalidArgumentError(absl::StrCat(flag, ": cannot rename '", tmp, "' to '", to, "': ",
                                                  std::strerror(errno)));
   }
+  if (st.ok()) SyncParentDirectory(to);
   if (!st.ok()) {
     std::remove(tmp.c_str());
     return st;

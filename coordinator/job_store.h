@@ -26,8 +26,9 @@ class JobStore {
   // Writes a consistent copy of the database at `path` to `to` (SQLite's
   // online backup, safe while a coordinator uses it; written beside `to`,
   // checked with integrity_check, then renamed into place). Returns the
-  // number of jobs in the copy.
-  static absl::StatusOr<int64_t> Backup(const std::string& path, const std::string& to);
+  // number of jobs in the copy. `flag` names where `to` came from in errors.
+  static absl::StatusOr<int64_t> Backup(const std::string& path, const std::string& to,
+                                        const std::string& flag = "--backup-to");
   ~JobStore();
   JobStore(const JobStore&) = delete;
   JobStore& operator=(const JobStore&) = delete;

@@ -1572,7 +1572,7 @@ TEST(ClusterTest, AWorkerDownWhenItsJobIsDeletedRemovesTheJobsFoldersWhenItComes
 
 // The state database backed up while its coordinator runs, as an operator
 // does from cron, then restored: a coordinator started on the copy knows
-// the job and its epochs.
+// the job and its epochs, and takes its own copies into --backup-dir.
 TEST(ClusterTest, AStateBackupTakenWhileTheCoordinatorRunsRestoresItsJobs) {
   Cluster c(1);
   std::string status;
@@ -1595,8 +1595,17 @@ TEST(ClusterTest, AStateBackupTakenWhileTheCoordinatorRunsRestoresItsJobs) {
       << wrong.err;
   EXPECT_FALSE(std::filesystem::exists(c.dir().Join("empty.db")));
 
+  // The restored coordinator takes scheduled copies itself (--backup-dir);
+  // one that cannot write there does not start.
+  const std::string copies = c.dir().Join("copies");
+  auto no_folder = RunCommand("timeout 20 " + Bin("dfc-coordinator") + " --listen 127.0.0.1:0 --state " +
+                              c.dir().Join("other") + " --backup-dir " + copies);
+  EXPECT_EQ(no_folder.exit_code, 2);
+  EXPECT_NE(no_folder.err.find("--backup-dir: '" + copies + "' does not exist"), std::string::npos) << no_folder.err;
+  std::filesystem::create_directories(copies);
   const std::string addr = "127.0.0.1:" + std::to_string(PickFreePort());
-  c.processes().Start({Bin("dfc-coordinator"), "--listen", addr, "--state", restored}, "restored.log");
+  c.processes().Start({Bin("dfc-coordinator"), "--listen", addr, "--state", restored, "--backup-dir", copies},
+                      "restored.log");
   const std::string dfc = testing::DfcBinary() + " --coordinator " + addr;
   testing::CommandResult got;
   for (int i = 0; i < 100 && (got = RunCommand(dfc + " status --json " + job)).exit_code != 0; ++i) {
@@ -1605,6 +1614,22 @@ TEST(ClusterTest, AStateBackupTakenWhileTheCoordinatorRunsRestoresItsJobs) {
   ASSERT_EQ(got.exit_code, 0) << got.err << c.processes().Log("restored.log");
   EXPECT_EQ(JsonString(got.out, "state"), "SUCCEEDED") << got.out;
   EXPECT_EQ(CountEpochs(got.out), 1) << got.out;
+  std::string copy;
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        for (const auto& e : std::filesystem::directory_iterator(copies)) {
+          if (e.path().extension() == ".db") copy = e.path().string();
+        }
+        return !copy.empty();
+      },
+      std::chrono::seconds(10)))
+      << c.processes().Log("restored.log");
+  EXPECT_NE(copy.find("/jobs-"), std::string::npos) << copy;
+  std::filesystem::create_directories(c.dir().Join("from-copy"));
+  std::filesystem::copy_file(copy, c.dir().Join("from-copy/jobs.db"));
+  auto again = RunCommand(Bin("dfc-coordinator") + " --state " + c.dir().Join("from-copy") + " --backup-to " +
+                          c.dir().Join("again.db"));
+  EXPECT_NE(again.out.find("backed up 1 job(s)"), std::string::npos) << again.out << again.err;
 }
 
 // Certificates renewed on disk while the cluster runs, through a move to a

@@ -56,9 +56,17 @@ for (const overlay of ["cpu", "gpu"]) {
   check(Boolean(coordinator && worker), `${overlay}: coordinator and worker workloads exist`);
   if (!coordinator || !worker) continue;
   const cc = podSpec(coordinator).containers[0];
-  check(coordinator.kind === "StatefulSet" && coordinator.spec.replicas === 1 &&
-        coordinator.spec.volumeClaimTemplates?.length === 1,
+  const claims = (coordinator.spec.volumeClaimTemplates ?? []).map((t) => t.metadata.name);
+  const mountOf = (c, flag) => {
+    const path = c.args.find((a) => a.startsWith(`${flag}=`))?.split("=")[1] ?? "";
+    return c.volumeMounts.find((m) => path === m.mountPath || path.startsWith(m.mountPath + "/"));
+  };
+  const stateMount = mountOf(cc, "--state");
+  const backupMount = mountOf(cc, "--backup-dir");
+  check(coordinator.kind === "StatefulSet" && coordinator.spec.replicas === 1 && claims.includes(stateMount?.name),
         `${overlay}: coordinator is a one-replica StatefulSet with a PVC for its state`);
+  check(Boolean(backupMount && backupMount.name !== stateMount?.name && claims.includes(backupMount.name)),
+        `${overlay}: the coordinator copies its state (--backup-dir) to a PVC of its own`);
   check(Boolean(cc.readinessProbe.grpc && cc.livenessProbe.grpc), `${overlay}: coordinator probes use gRPC health`);
   const gpuOf = (c) => c.resources?.limits?.["nvidia.com/gpu"];
   check(!gpuOf(cc), `${overlay}: the coordinator requests no GPU`);

@@ -1,0 +1,143 @@
+// Scheduled copies of the job database (--backup-dir): a real SQLite file
+// written through JobStore, copied by StateBackups on its own thread, each
+// copy opened again as a database.
+#include "coordinator/state_backups.h"
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "common/http/metrics_endpoint.h"
+#include "coordinator/coordinator_metrics.h"
+#include "coordinator/job_store.h"
+#include "tests/test_util.h"
+
+namespace dfc {
+namespace {
+
+namespace fs = std::filesystem;
+using std::chrono::seconds;
+
+class StateBackupsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fs::create_directories(dir_.Join("state"));
+    fs::create_directories(dir_.Join("copies"));
+    auto store = JobStore::Open(database());
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    v1::SubmitJobRequest r;
+    r.mutable_config()->set_model(v1::MESOINCEPTION4);
+    r.mutable_config()->set_data(dir_.Join("data"));
+    r.mutable_config()->set_epochs(1);
+    r.set_world_size(1);
+    auto job = store_->Create(r, dir_.Join("out"), 1000);
+    ASSERT_TRUE(job.ok()) << job.status();
+    job_id_ = job->first.job_id();
+  }
+  std::string database() const { return dir_.Join("state/jobs.db"); }
+  StateBackupOptions Options(int interval_s, int keep) const {
+    StateBackupOptions o;
+    o.database = database();
+    o.dir = dir_.Join("copies");
+    o.interval = seconds(interval_s);
+    o.keep = keep;
+    return o;
+  }
+  // Whether the copy opens as a database holding the job.
+  bool HoldsTheJob(const std::string& copy) const {
+    auto store = JobStore::Open(copy);
+    return store.ok() && (*store)->Get(job_id_).ok();
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<JobStore> store_;
+  std::string job_id_;
+};
+
+TEST_F(StateBackupsTest, CopiesAreTakenOnScheduleAndOnlyTheNewestAreKept) {
+  // What an operator's folder may hold: an old copy, one a killed process
+  // left half written, and a file of their own.
+  const std::string old_copy = dir_.Join("copies/jobs-20200101T000000Z.db");
+  ASSERT_TRUE(JobStore::Backup(database(), old_copy).ok());
+  testing::WriteFileOrDie(dir_.Join("copies/jobs-20200102T000000Z.db.partial"), "half");
+  testing::WriteFileOrDie(dir_.Join("copies/jobs-20200102T000000Z.db.partial-journal"), "its journal");
+  testing::WriteFileOrDie(dir_.Join("copies/notes.txt"), "mine");
+
+  auto backups = StateBackups::Start(Options(1, 2));
+  ASSERT_TRUE(backups.ok()) << backups.status();
+  EXPECT_FALSE(fs::exists(dir_.Join("copies/jobs-20200102T000000Z.db.partial")));
+  EXPECT_FALSE(fs::exists(dir_.Join("copies/jobs-20200102T000000Z.db.partial-journal")));
+  ASSERT_TRUE(testing::WaitUntil([&] { return (*backups)->copies_taken() >= 3; }, seconds(20)))
+      << (*backups)->copies_taken() << " copies taken, " << (*backups)->failures() << " failed";
+  CoordinatorMetrics metrics;
+  metrics.Attach(backups->get());
+  const int64_t last = (*backups)->last_copy_unix();
+  const std::string scraped = SerializeMetrics({std::shared_ptr<prometheus::Collectable>(&metrics, [](auto*) {})});
+  backups->reset();
+
+  const std::vector<std::string> copies = StateBackups::List(dir_.Join("copies"));
+  ASSERT_EQ(copies.size(), 2u);
+  EXPECT_GT(copies[0], old_copy) << "the oldest copy is removed first";
+  for (const std::string& copy : copies) EXPECT_TRUE(HoldsTheJob(copy)) << copy;
+  EXPECT_TRUE(fs::exists(dir_.Join("copies/notes.txt")));
+  EXPECT_GT(last, 1700000000);
+  EXPECT_NE(scraped.find("dfc_state_last_backup_timestamp_seconds " + std::to_string(last)), std::string::npos)
+      << scraped;
+  EXPECT_NE(scraped.find("dfc_state_backup_failures_total 0"), std::string::npos) << scraped;
+}
+
+TEST_F(StateBackupsTest, ACoordinatorRestartedWithinTheIntervalTakesNoNewCopy) {
+  auto first = StateBackups::Start(Options(3600, 2));
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(testing::WaitUntil([&] { return (*first)->copies_taken() == 1; }, seconds(10)));
+  const int64_t taken_at = (*first)->last_copy_unix();
+  first->reset();
+  // A crash loop: three more starts within the hour take nothing, so the
+  // copies from before it are not pushed out.
+  for (int i = 0; i < 3; ++i) {
+    auto again = StateBackups::Start(Options(3600, 2));
+    ASSERT_TRUE(again.ok()) << again.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    EXPECT_EQ((*again)->copies_taken(), 0);
+    EXPECT_EQ((*again)->last_copy_unix(), taken_at);
+  }
+  EXPECT_EQ(StateBackups::List(dir_.Join("copies")).size(), 1u);
+}
+
+TEST_F(StateBackupsTest, AFailedCopyIsCountedRemovesNothingAndIsTriedAgain) {
+  auto backups = StateBackups::Start(Options(1, 1));
+  ASSERT_TRUE(backups.ok()) << backups.status();
+  ASSERT_TRUE(testing::WaitUntil([&] { return (*backups)->copies_taken() >= 1; }, seconds(10)));
+  // The database is not where it was (a volume not mounted): copies fail.
+  fs::rename(database(), database() + ".away");
+  ASSERT_TRUE(testing::WaitUntil([&] { return (*backups)->failures() >= 2; }, seconds(10)));
+  const int64_t taken = (*backups)->copies_taken();
+  const std::vector<std::string> kept = StateBackups::List(dir_.Join("copies"));
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_TRUE(HoldsTheJob(kept[0]));
+  fs::rename(database() + ".away", database());
+  EXPECT_TRUE(testing::WaitUntil([&] { return (*backups)->copies_taken() > taken; }, seconds(10)));
+}
+
+TEST_F(StateBackupsTest, AFolderThatCannotHoldCopiesIsNamedAtStart) {
+  StateBackupOptions missing = Options(60, 2);
+  missing.dir = dir_.Join("nowhere");
+  auto a = StateBackups::Start(missing);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().message(), "--backup-dir: '" + missing.dir + "' does not exist");
+  StateBackupOptions file = Options(60, 2);
+  file.dir = dir_.Join("copies/notes.txt");
+  testing::WriteFileOrDie(file.dir, "mine");
+  auto b = StateBackups::Start(file);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().message(), "--backup-dir: '" + file.dir + "' is not a directory");
+  auto c = StateBackups::Start(Options(60, 0));
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message(), "--backup-keep must be at least 1");
+}
+
+}  // namespace
+}  // namespace dfc
