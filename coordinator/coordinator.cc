@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/status_macros.h"
 #include "common/exit_codes.h"
@@ -93,6 +94,23 @@ absl::StatusOr<int> LockStateDir(const std::string& state_dir) {
     return absl::PermissionDeniedError(absl::StrCat("--state: cannot write ", path, ": ", std::strerror(errno)));
   }
   return fd;  // held (and the lock with it) for the process's life
+}
+
+absl::StatusOr<RestoredState> RestoreState(const std::string& state_dir, const std::string& from) {
+  std::error_code ec;
+  fs::create_directories(state_dir, ec);  // a new, empty volume is restored into too
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("--state: cannot create '", state_dir, "': ", ec.message()));
+  DFC_ASSIGN_OR_RETURN(const int lock_fd, LockStateDir(state_dir));
+  RestoredState r;
+  r.database = (fs::path(state_dir) / "jobs.db").string();
+  const std::string stamp = absl::FormatTime("%Y%m%dT%H%M%SZ", absl::Now(), absl::UTCTimeZone());
+  r.aside = (fs::path(state_dir) / absl::StrCat("before-restore-", stamp)).string();
+  auto jobs = JobStore::Restore(from, r.database, r.aside);
+  ::close(lock_fd);
+  if (!jobs.ok()) return jobs.status();
+  r.jobs = jobs->first;
+  if (!jobs->second) r.aside.clear();
+  return r;
 }
 
 Coordinator::~Coordinator() {

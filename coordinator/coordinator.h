@@ -256,6 +256,17 @@ class Coordinator {
 // Locks STATE/coordinator.lock (flock, non-blocking); the fd keeps it.
 absl::StatusOr<int> LockStateDir(const std::string& state_dir);
 
+// dfc-coordinator --restore-from: with the state directory's lock held (so
+// refused while a coordinator runs on it), STATE/jobs.db becomes a checked
+// copy of `from` (JobStore::Restore); the database it replaces, with its
+// WAL, is moved into STATE/before-restore-YYYYMMDDTHHMMSSZ (UTC) first.
+struct RestoredState {
+  int64_t jobs = 0;
+  std::string database;  // STATE/jobs.db
+  std::string aside;     // where the replaced database went; "" when there was none
+};
+absl::StatusOr<RestoredState> RestoreState(const std::string& state_dir, const std::string& from);
+
 // Checks a submission: every field, then that data and init lie inside
 // `roots` (canonical paths) and data is a shard directory. INVALID_ARGUMENT
 // names the field; a path outside the roots gets the same answer whether or

@@ -73,6 +73,10 @@ int main(int argc, char** argv) {
   app.add_option("--backup-to", backup_to,
                  "Write a consistent copy of --state's job database to this file and exit (safe while a "
                  "coordinator runs on --state)");
+  std::string restore_from;
+  app.add_option("--restore-from", restore_from,
+                 "Make --state's job database a checked copy of this backup and exit (refused while a coordinator "
+                 "runs on --state; the database it replaces is moved to STATE/before-restore-TIME/)");
   dfc::StateBackupOptions backups;
   int backup_interval_s = 86400;
   app.add_option("--backup-dir", backups.dir,
@@ -87,6 +91,10 @@ int main(int argc, char** argv) {
   dfc::MetricsFlags metrics_flags;
   metrics_flags.Add(app);
   CLI11_PARSE(app, argc, argv);
+  if (!backup_to.empty() && !restore_from.empty()) {
+    std::fprintf(stderr, "dfc-coordinator: --backup-to and --restore-from are separate steps: give one\n");
+    return 2;
+  }
   if (!backup_to.empty()) {
     const std::string db = (std::filesystem::path(opts.state_dir) / "jobs.db").string();
     auto jobs = dfc::JobStore::Backup(db, backup_to);
@@ -96,6 +104,17 @@ int main(int argc, char** argv) {
     }
     std::printf("dfc-coordinator: backed up %lld job(s) from %s to %s\n", static_cast<long long>(*jobs), db.c_str(),
                 backup_to.c_str());
+    return 0;
+  }
+  if (!restore_from.empty()) {
+    auto restored = dfc::RestoreState(opts.state_dir, restore_from);
+    if (!restored.ok()) {
+      std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(restored.status().message()).c_str());
+      return 2;
+    }
+    std::printf("dfc-coordinator: restored %lld job(s) from %s into %s\n", static_cast<long long>(restored->jobs),
+                restore_from.c_str(), restored->database.c_str());
+    if (!restored->aside.empty()) std::printf("the database it replaced is in %s\n", restored->aside.c_str());
     return 0;
   }
   if (!token_file.empty()) {

@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <random>
 
 #include <google/protobuf/util/message_differencer.h>
@@ -148,7 +149,9 @@ absl::StatusOr<int64_t> JobStore::Backup(const std::string& path, const std::str
   } else {
     const int rc = sqlite3_backup_step(b, -1);  // every page, in one read transaction of the source
     sqlite3_backup_finish(b);
-    if (rc != SQLITE_DONE) st = SqliteError(dst, absl::StrCat("backup of '", path, "' to '", tmp, "'"));
+    if (rc != SQLITE_DONE) {
+      st = SqliteError(dst, absl::StrCat("backup of '", path, "' to '", tmp, "': ", sqlite3_errmsg(dst)));
+    }
   }
   int64_t jobs = -1;
   if (st.ok()) {
@@ -160,8 +163,21 @@ absl::StatusOr<int64_t> JobStore::Backup(const std::string& path, const std::str
   }
   if (st.ok()) {
     Stmt count(dst, "SELECT COUNT(*) FROM jobs");
-    st = count.status();
-    if (st.ok() && count.Step() == SQLITE_ROW) jobs = count.Int(0);
+    if (!count.status().ok()) {
+      st = absl::InvalidArgumentError(
+          absl::StrCat("'", path, "' is not a DFC state database (", sqlite3_errmsg(dst), ")"));
+    } else if (count.Step() == SQLITE_ROW) {
+      jobs = count.Int(0);
+    }
+  }
+  if (st.ok()) {
+    // The copy is one file: it opens with no -wal or -shm created
+    // beside it. JobStore::Open puts a restored copy back into WAL mode.
+    Stmt rollback_journal(dst, "PRAGMA journal_mode=DELETE");
+    st = rollback_journal.status();
+    if (st.ok() && (rollback_journal.Step() != SQLITE_ROW || rollback_journal.Blob(0) != "delete")) {
+      st = SqliteError(dst, absl::StrCat("cannot take '", tmp, "' out of WAL mode"));
+    }
   }
   sqlite3_close(dst);
   sqlite3_close(src);
@@ -175,6 +191,48 @@ absl::StatusOr<int64_t> JobStore::Backup(const std::string& path, const std::str
     return st;
   }
   return jobs;
+}
+
+absl::StatusOr<std::pair<int64_t, bool>> JobStore::Restore(const std::string& from, const std::string& path,
+                                                            const std::string& aside) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_regular_file(from, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat("--restore-from: '", from, "' is not a file"));
+  }
+  const std::string incoming = path + ".restoring";
+  auto jobs = Backup(from, incoming, "--restore-from");
+  if (!jobs.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--restore-from: cannot restore '", from, "': ",
+                                                   jobs.status().message(), "; nothing was changed"));
+  }
+  // The database in place, and its WAL (writes not yet in jobs.db), move
+  // together: the folder they go to opens as the state it was.
+  std::vector<std::pair<std::string, std::string>> moved;
+  auto undo = [&](const std::string& why) {
+    for (auto it = moved.rbegin(); it != moved.rend(); ++it) std::rename(it->second.c_str(), it->first.c_str());
+    std::remove(incoming.c_str());
+    return absl::InternalError(absl::StrCat(why, "; the state was left as it was"));
+  };
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    const std::string file = path + suffix;
+    if (!fs::exists(file, ec)) continue;
+    if (moved.empty()) {
+      fs::create_directories(aside, ec);
+      if (ec) return undo(absl::StrCat("cannot create '", aside, "': ", ec.message()));
+    }
+    const std::string to = (fs::path(aside) / fs::path(file).filename()).string();
+    if (std::rename(file.c_str(), to.c_str()) != 0) {
+      return undo(absl::StrCat("cannot move '", file, "' to '", to, "': ", std::strerror(errno)));
+    }
+    moved.emplace_back(file, to);
+  }
+  if (std::rename(incoming.c_str(), path.c_str()) != 0) {
+    return undo(absl::StrCat("cannot rename '", incoming, "' to '", path, "': ", std::strerror(errno)));
+  }
+  SyncParentDirectory(path);
+  if (!moved.empty()) SyncParentDirectory(moved.front().second);
+  return std::make_pair(*jobs, !moved.empty());
 }
 
 JobStore::~JobStore() { sqlite3_close(db_); }

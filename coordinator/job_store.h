@@ -29,6 +29,15 @@ class JobStore {
   // number of jobs in the copy. `flag` names where `to` came from in errors.
   static absl::StatusOr<int64_t> Backup(const std::string& path, const std::string& to,
                                         const std::string& flag = "--backup-to");
+  // Makes `path` (a database no connection has open: the caller holds the
+  // state directory's lock) a checked copy of `from` (Backup: a backup
+  // taken with its WAL, or any DFC state database). The database at `path`,
+  // with its -wal and -shm, is moved into the folder `aside` first (created;
+  // second = false when there was nothing to move). A copy that does not
+  // check (not a database, damaged, not DFC's) changes nothing:
+  // INVALID_ARGUMENT naming --restore-from. Returns the number of jobs.
+  static absl::StatusOr<std::pair<int64_t, bool>> Restore(const std::string& from, const std::string& path,
+                                                          const std::string& aside);
   ~JobStore();
   JobStore(const JobStore&) = delete;
   JobStore& operator=(const JobStore&) = delete;

@@ -1632,6 +1632,60 @@ TEST(ClusterTest, AStateBackupTakenWhileTheCoordinatorRunsRestoresItsJobs) {
   EXPECT_NE(again.out.find("backed up 1 job(s)"), std::string::npos) << again.out << again.err;
 }
 
+// Restoring a backup (docs/DEPLOY.md section 7): refused while the
+// coordinator runs on the state; a file that is not a state database changes
+// nothing; then the coordinator, started again on the restored state, knows
+// the job the backup held, and the database it replaced, moved aside with its
+// WAL (the coordinator was SIGKILLed), opens as it was.
+TEST(ClusterTest, ARestoredBackupReplacesTheStateAndTheReplacedOneIsKept) {
+  Cluster c(1);
+  std::string status;
+  const std::string job = OneEpochThatSucceeded(c, testing::SyntheticShards(c.dir(), 16), &status);
+  ASSERT_FALSE(job.empty()) << status;
+  const std::string state = c.dir().Join("state");
+  const std::string copy = c.dir().Join("copy.db");
+  auto backup = RunCommand(Bin("dfc-coordinator") + " --state " + state + " --backup-to " + copy);
+  ASSERT_EQ(backup.exit_code, 0) << backup.err;
+  auto deleted = RunCommand(c.Dfc("delete " + job));  // the state and the copy now differ
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.err;
+  const std::string restore = "timeout 20 " + Bin("dfc-coordinator") + " --state " + state + " --restore-from ";
+  auto running = RunCommand(restore + copy);
+  EXPECT_EQ(running.exit_code, 2);
+  EXPECT_NE(running.err.find("is in use by another dfc-coordinator"), std::string::npos) << running.err;
+
+  c.KillCoordinator();
+  const std::string junk = c.dir().Join("jobs-20260101T000000Z.db");
+  testing::WriteFileOrDie(junk, "named like a copy, but not a database\n");
+  auto refused = RunCommand(restore + junk);
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_NE(refused.err.find("--restore-from: cannot restore '" + junk + "'"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("file is not a database"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("nothing was changed"), std::string::npos) << refused.err;
+  for (const auto& e : std::filesystem::directory_iterator(state)) {
+    EXPECT_EQ(e.path().filename().string().rfind("before-restore-", 0), std::string::npos) << e.path();
+  }
+
+  auto restored = RunCommand(restore + copy);
+  ASSERT_EQ(restored.exit_code, 0) << restored.err;
+  EXPECT_NE(restored.out.find("restored 1 job(s) from " + copy), std::string::npos) << restored.out;
+  const std::string said = "the database it replaced is in ";
+  const size_t at = restored.out.find(said);
+  ASSERT_NE(at, std::string::npos) << restored.out;
+  const std::string aside = restored.out.substr(at + said.size(), restored.out.find('\n', at) - at - said.size());
+  EXPECT_TRUE(std::filesystem::exists(aside + "/jobs.db")) << aside;
+  EXPECT_FALSE(std::filesystem::exists(state + "/jobs.db-wal")) << "the replaced database's WAL stayed beside the copy";
+  auto before = RunCommand(Bin("dfc-coordinator") + " --state " + aside + " --backup-to " + c.dir().Join("before.db"));
+  EXPECT_NE(before.out.find("backed up 0 job(s)"), std::string::npos) << before.out << before.err;
+
+  c.StartCoordinator();
+  testing::CommandResult got;
+  ASSERT_TRUE(testing::WaitUntil([&] { return (got = RunCommand(c.Dfc("status --json " + job))).exit_code == 0; },
+                                 std::chrono::seconds(10)))
+      << got.err << c.processes().Log("coordinator.log");
+  EXPECT_EQ(JsonString(got.out, "state"), "SUCCEEDED") << got.out;
+  EXPECT_EQ(CountEpochs(got.out), 1) << got.out;
+}
+
 // Certificates renewed on disk while the cluster runs, through a move to a
 // new CA (as cert-manager or an operator updating the Secret does): the
 // coordinator serves its renewed certificate without a restart, and a

@@ -1,6 +1,6 @@
-// Scheduled copies of the job database (--backup-dir): a real SQLite file
-// written through JobStore, copied by StateBackups on its own thread, each
-// copy opened again as a database.
+// Scheduled copies of the job database (--backup-dir) and restoring one
+// (--restore-from): a real SQLite file written through JobStore, copied by
+// StateBackups on its own thread, each copy opened again as a database.
 #include "coordinator/state_backups.h"
 
 #include <filesystem>
@@ -8,6 +8,7 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include "common/http/metrics_endpoint.h"
 #include "coordinator/coordinator_metrics.h"
@@ -81,6 +82,12 @@ TEST_F(StateBackupsTest, CopiesAreTakenOnScheduleAndOnlyTheNewestAreKept) {
   const std::vector<std::string> copies = StateBackups::List(dir_.Join("copies"));
   ASSERT_EQ(copies.size(), 2u);
   EXPECT_GT(copies[0], old_copy) << "the oldest copy is removed first";
+  for (const std::string& copy : copies) {
+    // Each copy is one file (a rollback-journal database: header bytes 18
+    // and 19 are 1; WAL mode would want a -wal and -shm beside it).
+    const std::string header = testing::ReadFileOrDie(copy).substr(18, 2);
+    EXPECT_EQ(header, std::string("\1\1", 2)) << copy;
+  }
   for (const std::string& copy : copies) EXPECT_TRUE(HoldsTheJob(copy)) << copy;
   EXPECT_TRUE(fs::exists(dir_.Join("copies/notes.txt")));
   EXPECT_GT(last, 1700000000);
@@ -137,6 +144,37 @@ TEST_F(StateBackupsTest, AFolderThatCannotHoldCopiesIsNamedAtStart) {
   auto c = StateBackups::Start(Options(60, 0));
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().message(), "--backup-keep must be at least 1");
+}
+
+// --restore-from given another program's SQLite database: refused, naming
+// it, and the state is as it was (nothing moved aside).
+TEST_F(StateBackupsTest, ARestoreFromADatabaseThatIsNotDfcsChangesNothing) {
+  const std::string other = dir_.Join("other.db");
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(other.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE notes(t TEXT); INSERT INTO notes VALUES('mine')", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  store_.reset();
+  auto restored = JobStore::Restore(other, database(), dir_.Join("state/aside"));
+  ASSERT_FALSE(restored.ok());
+  EXPECT_EQ(restored.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(restored.status().message().find("--restore-from: cannot restore '" + other + "': '" + other +
+                                             "' is not a DFC state database (no such table: jobs); nothing was changed"),
+            std::string::npos)
+      << restored.status();
+  EXPECT_FALSE(fs::exists(dir_.Join("state/aside")));
+  EXPECT_FALSE(fs::exists(database() + ".restoring"));
+  EXPECT_TRUE(HoldsTheJob(database()));
+  // A copy of its own state is restored, and the one it replaced kept.
+  const std::string copy = dir_.Join("copy.db");
+  ASSERT_TRUE(JobStore::Backup(database(), copy).ok());
+  restored = JobStore::Restore(copy, database(), dir_.Join("state/aside"));
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->first, 1);
+  EXPECT_TRUE(restored->second);
+  EXPECT_TRUE(HoldsTheJob(database()));
+  EXPECT_TRUE(HoldsTheJob(dir_.Join("state/aside/jobs.db")));
 }
 
 }  // namespace
