@@ -1686,6 +1686,46 @@ TEST(ClusterTest, ARestoredBackupReplacesTheStateAndTheReplacedOneIsKept) {
   EXPECT_EQ(CountEpochs(got.out), 1) << got.out;
 }
 
+// A backup taken while a job ran (its rank held still for the copy), then
+// restored after the job had finished: the record says RUNNING, before its
+// last epoch; the outputs hold 4 epochs and a final checkpoint. The restored
+// coordinator ends the job SUCCEEDED with its 4 epochs from what its run left.
+TEST(ClusterTest, AJobThatFinishedAfterTheBackupEndsSucceededAfterARestore) {
+  Cluster c(1);
+  const std::string shards = testing::SyntheticShards(c.dir(), 48);
+  auto submitted = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 4 --threads 1"));
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  const std::string job = JsonString(submitted.out, "job_id");
+  std::string status;
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) >= 1; },
+      std::chrono::seconds(240)))
+      << status;
+  const pid_t rank = c.RankPid(job, 1, 0);
+  ASSERT_GT(rank, 0);
+  ASSERT_EQ(::kill(rank, SIGSTOP), 0);
+  status = RunCommand(c.Dfc("status --json " + job)).out;
+  const std::string copy = c.dir().Join("copy.db");
+  auto backup = RunCommand(Bin("dfc-coordinator") + " --state " + c.dir().Join("state") + " --backup-to " + copy);
+  ASSERT_EQ(::kill(rank, SIGCONT), 0);
+  ASSERT_EQ(backup.exit_code, 0) << backup.err;
+  ASSERT_EQ(JsonString(status, "state"), "RUNNING") << status;
+  ASSERT_LT(CountEpochs(status), 4) << status;
+  status = WaitForState(c, job, "SUCCEEDED", 240);
+  ASSERT_EQ(JsonString(status, "state"), "SUCCEEDED") << status;
+
+  c.KillCoordinator();
+  auto restored = RunCommand("timeout 20 " + Bin("dfc-coordinator") + " --state " + c.dir().Join("state") +
+                             " --restore-from " + copy);
+  ASSERT_EQ(restored.exit_code, 0) << restored.err;
+  c.StartCoordinator();
+  auto watch = RunCommand(c.Dfc("watch --timeout 240 " + job));
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err << c.processes().Log("coordinator.log");
+  status = RunCommand(c.Dfc("status --json " + job)).out;
+  EXPECT_EQ(JsonString(status, "state"), "SUCCEEDED") << status;
+  EXPECT_EQ(CountEpochs(status), 4) << status;
+}
+
 // Certificates renewed on disk while the cluster runs, through a move to a
 // new CA (as cert-manager or an operator updating the Secret does): the
 // coordinator serves its renewed certificate without a restart, and a
