@@ -174,6 +174,12 @@ int main(int argc, char** argv) {
   if (!backups.dir.empty()) {
     backups.database = (std::filesystem::path(opts.state_dir) / "jobs.db").string();
     backups.interval = std::chrono::seconds(backup_interval_s);
+    auto state_id = (*coordinator)->store()->StateId();
+    if (!state_id.ok()) {
+      std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(state_id.status().message()).c_str());
+      return 2;
+    }
+    backups.state_id = *state_id;
     auto b = dfc::StateBackups::Start(backups);
     if (!b.ok()) {
       std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(b.status().message()).c_str());

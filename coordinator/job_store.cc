@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/atomic_file.h"
+#include "common/random_token.h"
 #include "common/run_dir.h"
 #include "common/status_macros.h"
 #include "common/training_config.h"
@@ -125,7 +126,19 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   // was deleted still learns that its folders can go.
   DFC_RETURN_IF_ERROR(store->Exec(
       "CREATE TABLE IF NOT EXISTS deleted_jobs (job_id TEXT PRIMARY KEY, unix_ms INTEGER NOT NULL)"));
+  // What this state is, across copies and restores (StateId).
+  DFC_RETURN_IF_ERROR(store->Exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"));
+  DFC_RETURN_IF_ERROR(store->Exec(
+      absl::StrCat("INSERT OR IGNORE INTO meta (key, value) VALUES ('state_id', '", RandomHexToken(16), "')")));
   return store;
+}
+
+absl::StatusOr<std::string> JobStore::StateId() {
+  absl::MutexLock lock(&mu_);
+  Stmt q(db_, "SELECT value FROM meta WHERE key = 'state_id'");
+  DFC_RETURN_IF_ERROR(q.status());
+  if (q.Step() != SQLITE_ROW) return absl::InternalError("the state database has no state_id");
+  return q.Blob(0);
 }
 
 absl::StatusOr<int64_t> JobStore::Backup(const std::string& path, const std::string& to, const std::string& flag) {

@@ -70,6 +70,11 @@ class JobStore {
   // Copies models imported before the catalogue (weights in models_dir/NAME.weights).
   absl::Status MigrateLegacyModels(const std::string& models_dir);
 
+  // A random id given to the state when its database is created; copies
+  // (Backup) and restores keep it. Scheduled backups check it against
+  // their folder's.
+  absl::StatusOr<std::string> StateId();
+
   // Whether the last write failed (a full or read-only disk): the
   // coordinator's metrics say so.
   bool write_failing() const { return write_failing_; }

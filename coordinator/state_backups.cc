@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/atomic_file.h"
 #include "coordinator/job_store.h"
 
 namespace dfc {
@@ -24,6 +25,7 @@ namespace fs = std::filesystem;
 constexpr char kStamp[] = "%Y%m%dT%H%M%SZ";
 constexpr size_t kNameSize = 24;  // jobs-YYYYMMDDTHHMMSSZ.db
 constexpr char kPartial[] = ".partial";
+constexpr char kStateIdFile[] = ".dfc-state-id";
 constexpr std::chrono::seconds kRetryAtMost = std::chrono::minutes(10);
 // A wait is cut into pieces of this at most, so that a step of the wall
 // clock (which names the copies and sets their times) is followed.
@@ -82,6 +84,21 @@ absl::StatusOr<std::unique_ptr<StateBackups>> StateBackups::Start(StateBackupOpt
     std::remove(probe.c_str());
   } else {
     return absl::InvalidArgumentError(absl::StrCat(Flag(dir), " cannot be written: ", std::strerror(errno)));
+  }
+  if (!options.state_id.empty()) {
+    const std::string marker = (fs::path(dir) / kStateIdFile).string();
+    auto marked = ReadFirstLine(marker, 256);
+    if (marked.ok() && *marked != options.state_id) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          Flag(dir), " holds the copies of another state (", kStateIdFile, " says ", *marked, "; this one is ",
+          options.state_id, "): give each coordinator a folder of its own (remove ", marker,
+          " if the copies there are to be this state's, e.g. after restoring one of them elsewhere)"));
+    }
+    if (!marked.ok()) {
+      if (absl::Status st = WriteFileAtomically(marker, options.state_id + "\n"); !st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(Flag(dir), " cannot be marked: ", st.message()));
+      }
+    }
   }
   if (options.keep < 1) return absl::InvalidArgumentError("--backup-keep must be at least 1");
   if (options.interval.count() < 1) return absl::InvalidArgumentError("--backup-interval must be at least 1 s");

@@ -20,6 +20,11 @@ struct StateBackupOptions {
   std::string dir;       // --backup-dir: where the copies go
   std::chrono::seconds interval{86400};
   int keep = 7;  // the newest copies kept; older ones are removed
+  // JobStore::StateId of `database`: the folder is marked with it
+  // (DIR/.dfc-state-id), and a folder marked with another state's is refused,
+  // so that two coordinators given one folder do not prune each other's
+  // copies or mix them. Empty: not checked.
+  std::string state_id;
 };
 
 // Scheduled copies of the job database, taken while the coordinator runs
@@ -32,8 +37,8 @@ struct StateBackupOptions {
 // removed then. Files in DIR not named as copies are never touched.
 class StateBackups {
  public:
-  // Checks DIR (a directory this process can write; named as --backup-dir
-  // when not), removes copies a process stopped in the middle of writing
+  // Checks DIR (a directory this process can write, marked with no other
+  // state's id; named as --backup-dir when not), removes copies a process stopped in the middle of writing
   // (DIR/jobs-*.db.partial and its journal), and starts the schedule on its
   // own thread.
   static absl::StatusOr<std::unique_ptr<StateBackups>> Start(StateBackupOptions options);

@@ -146,6 +146,51 @@ TEST_F(StateBackupsTest, AFolderThatCannotHoldCopiesIsNamedAtStart) {
   EXPECT_EQ(c.status().message(), "--backup-keep must be at least 1");
 }
 
+// Two coordinators given one folder (two clusters' backups on one share):
+// the second is refused, so neither prunes the other's copies; a state
+// restored from a copy keeps the id its copies' folder is marked with.
+TEST_F(StateBackupsTest, AFolderHoldingAnotherStatesCopiesIsRefused) {
+  auto id = store_->StateId();
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(id->size(), 32u);
+  StateBackupOptions mine = Options(3600, 2);
+  mine.state_id = *id;
+  auto first = StateBackups::Start(mine);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(testing::WaitUntil([&] { return (*first)->copies_taken() == 1; }, seconds(10)));
+  first->reset();
+
+  fs::create_directories(dir_.Join("other"));
+  auto other_store = JobStore::Open(dir_.Join("other/jobs.db"));
+  ASSERT_TRUE(other_store.ok()) << other_store.status();
+  auto other_id = (*other_store)->StateId();
+  ASSERT_TRUE(other_id.ok()) << other_id.status();
+  ASSERT_NE(*other_id, *id);
+  StateBackupOptions theirs = Options(1, 1);
+  theirs.database = dir_.Join("other/jobs.db");
+  theirs.state_id = *other_id;
+  auto refused = StateBackups::Start(theirs);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("--backup-dir: '" + dir_.Join("copies") +
+                                            "' holds the copies of another state (.dfc-state-id says " + *id),
+            std::string::npos)
+      << refused.status();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  const std::vector<std::string> copies = StateBackups::List(dir_.Join("copies"));
+  ASSERT_EQ(copies.size(), 1u) << "the other state took or removed copies";
+
+  // A state restored from one of the copies is the same state.
+  store_.reset();
+  fs::create_directories(dir_.Join("new"));
+  auto restored = JobStore::Restore(copies[0], dir_.Join("new/jobs.db"), dir_.Join("new/aside"));
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  auto reopened = JobStore::Open(dir_.Join("new/jobs.db"));
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ((*reopened)->StateId().value_or(""), *id);
+  mine.database = dir_.Join("new/jobs.db");
+  EXPECT_TRUE(StateBackups::Start(mine).ok());
+}
+
 // --restore-from given another program's SQLite database: refused, naming
 // it, and the state is as it was (nothing moved aside).
 TEST_F(StateBackupsTest, ARestoreFromADatabaseThatIsNotDfcsChangesNothing) {
