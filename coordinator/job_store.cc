@@ -126,10 +126,20 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   // was deleted still learns that its folders can go.
   DFC_RETURN_IF_ERROR(store->Exec(
       "CREATE TABLE IF NOT EXISTS deleted_jobs (job_id TEXT PRIMARY KEY, unix_ms INTEGER NOT NULL)"));
-  // What this state is, across copies and restores (StateId).
+  // What this state is, across copies and restores (StateId). Written once:
+  // a state that already has one opens without a write (a full or read-only
+  // disk is reported by the writes that need it, not at start).
   DFC_RETURN_IF_ERROR(store->Exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"));
-  DFC_RETURN_IF_ERROR(store->Exec(
-      absl::StrCat("INSERT OR IGNORE INTO meta (key, value) VALUES ('state_id', '", RandomHexToken(16), "')")));
+  bool has_id = false;
+  {
+    Stmt q(db, "SELECT 1 FROM meta WHERE key = 'state_id'");
+    DFC_RETURN_IF_ERROR(q.status());
+    has_id = q.Step() == SQLITE_ROW;
+  }
+  if (!has_id) {
+    DFC_RETURN_IF_ERROR(store->Exec(
+        absl::StrCat("INSERT INTO meta (key, value) VALUES ('state_id', '", RandomHexToken(16), "')")));
+  }
   return store;
 }
 
