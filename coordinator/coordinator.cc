@@ -25,6 +25,7 @@
 #include "common/atomic_file.h"
 #include "common/run_dir.h"
 #include "common/training_config.h"
+#include "coordinator/state_backups.h"
 #include "data_shards/shard_format.h"
 
 namespace dfc {
@@ -72,6 +73,8 @@ absl::Status ValidateSubmit(const v1::SubmitJobRequest& r, const std::vector<std
   return absl::OkStatus();
 }
 
+std::string StateDatabase(const std::string& state_dir) { return (fs::path(state_dir) / "jobs.db").string(); }
+
 absl::StatusOr<int> LockStateDir(const std::string& state_dir) {
   const std::string path = (fs::path(state_dir) / "coordinator.lock").string();
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -102,9 +105,9 @@ absl::StatusOr<RestoredState> RestoreState(const std::string& state_dir, const s
   if (ec) return absl::InvalidArgumentError(absl::StrCat("--state: cannot create '", state_dir, "': ", ec.message()));
   DFC_ASSIGN_OR_RETURN(const int lock_fd, LockStateDir(state_dir));
   RestoredState r;
-  r.database = (fs::path(state_dir) / "jobs.db").string();
-  const std::string stamp = absl::FormatTime("%Y%m%dT%H%M%SZ", absl::Now(), absl::UTCTimeZone());
-  r.aside = (fs::path(state_dir) / absl::StrCat("before-restore-", stamp)).string();
+  r.database = StateDatabase(state_dir);
+  r.aside = (fs::path(state_dir) / absl::StrCat("before-restore-", StateStamp(absl::ToUnixSeconds(absl::Now()))))
+                .string();
   auto jobs = JobStore::Restore(from, r.database, r.aside);
   ::close(lock_fd);
   if (!jobs.ok()) return jobs.status();
@@ -146,7 +149,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
     if (ec || root.empty()) return absl::InvalidArgumentError(absl::StrCat("--data-root: cannot resolve '", root, "'"));
   }
   DFC_ASSIGN_OR_RETURN(int lock_fd, LockStateDir(o.state_dir));
-  auto store = JobStore::Open(o.in_memory_store ? ":memory:" : (fs::path(o.state_dir) / "jobs.db").string());
+  auto store = JobStore::Open(o.in_memory_store ? ":memory:" : StateDatabase(o.state_dir));
   if (!store.ok()) {
     ::close(lock_fd);
     return store.status();

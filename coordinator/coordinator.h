@@ -253,6 +253,9 @@ class Coordinator {
   int64_t next_expiry_ms_ ABSL_GUARDED_BY(mu_) = std::numeric_limits<int64_t>::min();  // DeleteExpiredLocked's next run
 };
 
+// The job database of a state directory: STATE/jobs.db.
+std::string StateDatabase(const std::string& state_dir);
+
 // Locks STATE/coordinator.lock (flock, non-blocking); the fd keeps it.
 absl::StatusOr<int> LockStateDir(const std::string& state_dir);
 

@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!backup_to.empty()) {
-    const std::string db = (std::filesystem::path(opts.state_dir) / "jobs.db").string();
+    const std::string db = dfc::StateDatabase(opts.state_dir);
     auto jobs = dfc::JobStore::Backup(db, backup_to);
     if (!jobs.ok()) {
       std::fprintf(stderr, "dfc-coordinator: %s\n", std::string(jobs.status().message()).c_str());
@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<dfc::StateBackups> scheduled_backups;
   if (!backups.dir.empty()) {
-    backups.database = (std::filesystem::path(opts.state_dir) / "jobs.db").string();
+    backups.database = dfc::StateDatabase(opts.state_dir);
     backups.interval = std::chrono::seconds(backup_interval_s);
     auto state_id = (*coordinator)->store()->StateId();
     if (!state_id.ok()) {

@@ -22,7 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr char kStamp[] = "%Y%m%dT%H%M%SZ";
 constexpr size_t kNameSize = 24;  // jobs-YYYYMMDDTHHMMSSZ.db
 constexpr char kPartial[] = ".partial";
 constexpr char kStateIdFile[] = ".dfc-state-id";
@@ -33,9 +32,7 @@ constexpr std::chrono::seconds kLookAgain{30};
 
 int64_t NowUnix() { return absl::ToUnixSeconds(absl::Now()); }
 
-std::string CopyName(int64_t unix_s) {
-  return absl::StrCat("jobs-", absl::FormatTime(kStamp, absl::FromUnixSeconds(unix_s), absl::UTCTimeZone()), ".db");
-}
+std::string CopyName(int64_t unix_s) { return absl::StrCat("jobs-", StateStamp(unix_s), ".db"); }
 
 // When the copy named `name` was taken; nullopt for any other name (one
 // that CopyName does not give back as it is).
@@ -44,9 +41,6 @@ std::optional<int64_t> CopyTime(const std::string& name) {
     return std::nullopt;
   }
   const std::string stamp = name.substr(5, kNameSize - 8);  // YYYYMMDDTHHMMSSZ
-  for (size_t i : {size_t{8}, size_t{15}}) {
-    if (stamp[i] != (i == 8 ? 'T' : 'Z')) return std::nullopt;
-  }
   auto number = [&](size_t at, size_t n, int* out) { return absl::SimpleAtoi(stamp.substr(at, n), out); };
   int y, mo, d, h, mi, sec;
   if (!number(0, 4, &y) || !number(4, 2, &mo) || !number(6, 2, &d) || !number(9, 2, &h) || !number(11, 2, &mi) ||
@@ -54,13 +48,17 @@ std::optional<int64_t> CopyTime(const std::string& name) {
     return std::nullopt;
   }
   const int64_t t = absl::ToUnixSeconds(absl::FromCivil(absl::CivilSecond(y, mo, d, h, mi, sec), absl::UTCTimeZone()));
-  if (CopyName(t) != name) return std::nullopt;  // 20261399..., signs, spaces
+  if (CopyName(t) != name) return std::nullopt;  // no T or Z, 20261399..., signs, spaces
   return t;
 }
 
 std::string Flag(const std::string& dir) { return absl::StrCat("--backup-dir: '", dir, "'"); }
 
 }  // namespace
+
+std::string StateStamp(int64_t unix_s) {
+  return absl::FormatTime("%Y%m%dT%H%M%SZ", absl::FromUnixSeconds(unix_s), absl::UTCTimeZone());
+}
 
 std::vector<std::string> StateBackups::List(const std::string& dir) {
   std::vector<std::string> copies;
@@ -73,6 +71,8 @@ std::vector<std::string> StateBackups::List(const std::string& dir) {
 }
 
 absl::StatusOr<std::unique_ptr<StateBackups>> StateBackups::Start(StateBackupOptions options) {
+  if (options.keep < 1) return absl::InvalidArgumentError("--backup-keep must be at least 1");
+  if (options.interval.count() < 1) return absl::InvalidArgumentError("--backup-interval must be at least 1 s");
   const std::string& dir = options.dir;
   std::error_code ec;
   if (!fs::exists(dir, ec)) return absl::InvalidArgumentError(Flag(dir) + " does not exist");
@@ -100,8 +100,6 @@ absl::StatusOr<std::unique_ptr<StateBackups>> StateBackups::Start(StateBackupOpt
       }
     }
   }
-  if (options.keep < 1) return absl::InvalidArgumentError("--backup-keep must be at least 1");
-  if (options.interval.count() < 1) return absl::InvalidArgumentError("--backup-interval must be at least 1 s");
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     // A copy being written, and SQLite's journal of it.
@@ -164,7 +162,8 @@ absl::Status StateBackups::TakeOne() {
   ++taken_;
   std::vector<std::string> copies = List(options_.dir);
   copies.erase(std::remove(copies.begin(), copies.end(), path), copies.end());  // kept whatever its name sorts as
-  const size_t remove = copies.size() + 1 > static_cast<size_t>(options_.keep) ? copies.size() + 1 - options_.keep : 0;
+  const size_t others = static_cast<size_t>(options_.keep) - 1;  // kept beside the new one
+  const size_t remove = copies.size() > others ? copies.size() - others : 0;
   for (size_t i = 0; i < remove; ++i) {
     std::error_code ec;
     if (!fs::remove(copies[i], ec) && ec) {

@@ -15,6 +15,10 @@
 
 namespace dfc {
 
+// YYYYMMDDTHHMMSSZ (UTC): how copies and the folders a restore puts the
+// replaced database in are named, so that by name is by time.
+std::string StateStamp(int64_t unix_s);
+
 struct StateBackupOptions {
   std::string database;  // the running coordinator's STATE/jobs.db
   std::string dir;       // --backup-dir: where the copies go
