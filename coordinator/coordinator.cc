@@ -166,12 +166,28 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
                                                       kKeepDeletedIds).count());
   absl::MutexLock lock(&c->mu_);
   for (v1::Job& job : jobs) {
-    // Ranks of a job that was placed when the coordinator died are orphans
-    // now: the job goes back to the queue and resumes from its checkpoint.
-    if (job.state() == v1::SCHEDULED || job.state() == v1::RUNNING) {
+    // The ranks of a RUNNING job train on while the coordinator is away: it
+    // waits for their workers to report them back (reattach_timeout). A
+    // SCHEDULED job's ranks may not all have been sent, and those that were
+    // cannot be sent the rest (the rendezvous key is not kept): it goes back
+    // to the queue, its ranks are stopped as stale, and it resumes from its
+    // checkpoint.
+    if (job.state() == v1::RUNNING && job.workers_size() > 0) {
+      ActiveJob a;
+      a.scheduled_ms = c->Elapsed();
+      a.attempt = job.attempt();
+      a.ranks.resize(job.workers_size());
+      for (RankSlot& s : a.ranks) s.sent = true;
+      a.reattaching = true;
+      c->active_[job.job_id()] = std::move(a);
+      c->AddEvent(job, "reattaching",
+                  absl::StrCat("the coordinator restarted; waiting up to ", c->options_.reattach_timeout.count() / 1000,
+                               " s for the workers to report the job's ", job.workers_size(), " rank(s) back"));
+      DFC_RETURN_IF_ERROR(c->Save(job));
+    } else if (job.state() == v1::SCHEDULED || job.state() == v1::RUNNING) {
       job.set_state(v1::QUEUED);
       job.clear_workers();
-      c->AddEvent(job, "requeued", "the coordinator restarted; the job's ranks were orphaned and are stopped");
+      c->AddEvent(job, "requeued", "the coordinator restarted before all of the job's ranks had started; they are stopped");
       DFC_RETURN_IF_ERROR(c->Save(job));
     }
     DFC_RETURN_IF_ERROR(c->ReconcileEpochsLocked(job));
@@ -492,6 +508,15 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   absl::MutexLock lock(&mu_);
   const std::string id = absl::StrCat("worker-", next_worker_++, "-", Now() % 100000);
   workers_[id] = WorkerInfo{r.address(), slots, Elapsed(), r.cpu_slots(), r.gpus()};
+  // Its ranks, before anything is placed on it: those of a job taken over
+  // from the coordinator before a restart are claimed, and hold their slots.
+  // What else they say (a stale rank's stop, an exit) is said again by the
+  // next heartbeat.
+  {
+    v1::HeartbeatResponse ignored;
+    for (int i = 0; i < std::min(r.ranks_size(), slots); ++i) (void)RecordRankStatusLocked(id, r.ranks(i), &ignored);
+    (void)AdvanceJobsLocked();
+  }
   v1::RegisterWorkerResponse resp;
   resp.set_worker_id(id);
   resp.set_heartbeat_interval_ms(static_cast<int32_t>(options_.heartbeat_interval.count()));
@@ -521,6 +546,7 @@ void Coordinator::StopRanks(const std::string& job_id) {
   auto it = active_.find(job_id);
   if (it == active_.end()) return;
   for (const RankSlot& s : it->second.ranks) {
+    if (s.worker_id.empty()) continue;  // not reported back since a restart: stopped as stale if it is
     int& attempt = stop_[s.worker_id][job_id];
     attempt = std::max(attempt, it->second.attempt);
   }
@@ -670,7 +696,7 @@ void Coordinator::ExpireWorkersLocked() {
   std::vector<std::pair<std::string, std::string>> hit;  // job, worker
   for (const auto& [job_id, a] : active_) {
     for (const RankSlot& s : a.ranks) {
-      if (!workers_.count(s.worker_id)) {
+      if (!s.worker_id.empty() && !workers_.count(s.worker_id)) {
         hit.emplace_back(job_id, s.worker_id);
         break;
       }
@@ -807,10 +833,59 @@ void Coordinator::RequeueUnstartedLocked() {
   }
 }
 
+absl::Status Coordinator::FinishReattachLocked(const std::string& job_id, ActiveJob& a) {
+  v1::Job job = jobs_[job_id];
+  job.clear_workers();
+  std::string placement;
+  for (size_t r = 0; r < a.ranks.size(); ++r) {
+    job.add_workers(a.ranks[r].worker_id);
+    absl::StrAppend(&placement, r ? ", " : "", "rank ", r, " on ", a.ranks[r].worker_id);
+  }
+  // `dfc logs` finds a rank's worker by its attempt's placement.
+  for (v1::Placement& p : *job.mutable_placements()) {
+    if (p.attempt() == a.attempt) *p.mutable_workers() = job.workers();
+  }
+  AddEvent(job, "reattached", absl::StrCat("attempt ", a.attempt, " ran on while the coordinator was away: ", placement));
+  DFC_RETURN_IF_ERROR(Save(job));
+  a.reattaching = false;
+  a.store_host = workers_[a.ranks[0].worker_id].address;
+  return absl::OkStatus();
+}
+
+void Coordinator::RequeueUnreattachedLocked() {
+  const int64_t now = Elapsed();
+  for (auto it = active_.begin(); it != active_.end();) {
+    const ActiveJob& a = it->second;
+    if (!a.reattaching || now - a.scheduled_ms <= options_.reattach_timeout.count()) {
+      ++it;
+      continue;
+    }
+    std::string missing;
+    for (size_t r = 0; r < a.ranks.size(); ++r) {
+      if (a.ranks[r].worker_id.empty()) absl::StrAppend(&missing, missing.empty() ? "" : ", ", r);
+    }
+    v1::Job job = jobs_[it->first];
+    job.set_state(v1::QUEUED);
+    job.clear_workers();
+    AddEvent(job, "requeued",
+             absl::StrCat("the coordinator restarted and rank(s) ", missing, " of attempt ", a.attempt,
+                          " were not reported back by a worker within ", options_.reattach_timeout.count() / 1000,
+                          " s (their worker is gone or cannot reach the coordinator); the job resumes from its "
+                          "checkpoint"));
+    if (!Save(job).ok()) {  // the store logs why; tried again at the next tick
+      ++it;
+      continue;
+    }
+    const std::string id = (it++)->first;
+    StopRanks(id);  // those that were reported back; erases the entry
+  }
+}
+
 void Coordinator::Tick() {
   absl::MutexLock lock(&mu_);
   ExpireWorkersLocked();
   RequeueUnstartedLocked();
+  RequeueUnreattachedLocked();
   ScheduleLocked();
   DeleteExpiredLocked();
 }
@@ -858,6 +933,18 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
 absl::Status Coordinator::RecordRankStatusLocked(const std::string& worker_id, const v1::RankStatus& st,
                                                  v1::HeartbeatResponse* resp) {
   auto a = active_.find(st.job_id());
+  if (a != active_.end() && a->second.reattaching && a->second.attempt == st.attempt() && st.rank() >= 0 &&
+      st.rank() < static_cast<int>(a->second.ranks.size()) && a->second.ranks[st.rank()].worker_id.empty() &&
+      (st.running() || st.exited())) {
+    // A rank of a job taken over from the coordinator before a restart: it
+    // ran on here meanwhile (no rank_started event; an exit is recorded below).
+    RankSlot& slot = a->second.ranks[st.rank()];
+    slot.worker_id = worker_id;
+    slot.running = st.running();
+    bool all = true;
+    for (const RankSlot& s : a->second.ranks) all &= !s.worker_id.empty();
+    if (all) DFC_RETURN_IF_ERROR(FinishReattachLocked(st.job_id(), a->second));  // else AdvanceJobsLocked tries again
+  }
   if (a == active_.end() || a->second.attempt != st.attempt() || st.rank() < 0 ||
       st.rank() >= static_cast<int>(a->second.ranks.size()) ||
       a->second.ranks[st.rank()].worker_id != worker_id) {
@@ -897,10 +984,11 @@ absl::Status Coordinator::AdvanceJobsLocked() {
   for (const auto& [id, a] : active_) ids.push_back(id);
   for (const std::string& id : ids) {
     ActiveJob& a = active_[id];
-    bool all_running = true, all_ok = true, failed = false, permanent = false;
+    bool all_running = true, all_ok = true, failed = false, permanent = false, all_reported = true;
     std::string error;
     for (size_t i = 0; i < a.ranks.size(); ++i) {
       const RankSlot& s = a.ranks[i];
+      all_reported &= !s.worker_id.empty();
       all_running &= s.running || s.exited;
       all_ok &= s.exited && s.exit_code == 0;
       if (s.exited && s.exit_code != 0 && !failed) {
@@ -912,8 +1000,13 @@ absl::Status Coordinator::AdvanceJobsLocked() {
     }
     // A job leaves active_ only once its new state is written: a write that
     // fails (a full disk) is tried again at the next heartbeat.
-    v1::Job job = jobs_[id];
     absl::Status st;
+    if (a.reattaching && all_reported) {
+      DFC_RETURN_IF_ERROR(FinishReattachLocked(id, a));
+    } else if (a.reattaching && !failed) {
+      continue;  // a rank that failed meanwhile fails the attempt now; otherwise wait for the rest
+    }
+    v1::Job job = jobs_[id];
     if (failed) {
       st = FailAttempt(id, error, permanent);
     } else if (all_ok) {

@@ -47,6 +47,11 @@ struct CoordinatorOptions {
   std::chrono::milliseconds keep_ended{0};
   // A SCHEDULED job whose rank 0 has not started after this goes back to the queue.
   std::chrono::milliseconds schedule_timeout{60000};
+  // A job that was RUNNING when the coordinator stopped keeps its ranks (they
+  // train on meanwhile) if every one of them is reported back by a worker
+  // within this long of the start; otherwise it goes back to the queue and
+  // resumes from its checkpoint, the ranks that did report back stopped.
+  std::chrono::milliseconds reattach_timeout{60000};
   // How many later jobs may start ahead of a queue head that does not fit
   // yet (backfill), before the head holds the queue strictly until it runs.
   int max_bypass = 8;
@@ -159,6 +164,11 @@ class Coordinator {
     int store_port = 0;
     std::string store_host;
     std::string rendezvous_key;  // RankAssignment.rendezvous_key; in memory only
+    // Taken over from the coordinator before a restart (Create): ranks whose
+    // worker has not reported them back yet have no worker_id. Until every
+    // rank has one, nothing is sent to them; at reattach_timeout the job goes
+    // back to the queue (RequeueUnreattachedLocked).
+    bool reattaching = false;
   };
 
   explicit Coordinator(CoordinatorOptions options, std::unique_ptr<JobStore> store)
@@ -243,6 +253,12 @@ class Coordinator {
   std::map<std::string, int> bypassed_ ABSL_GUARDED_BY(mu_);
   int TotalLiveSlotsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RequeueUnstartedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A reattaching job whose ranks have all been reported back keeps running
+  // on the workers that reported them (its record says where, with a
+  // "reattached" event) once that is written.
+  absl::Status FinishReattachLocked(const std::string& job_id, ActiveJob& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reattaching jobs past reattach_timeout go back to the queue.
+  void RequeueUnreattachedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Deletes a job's record and epochs, forgets it, tells the workers.
   absl::Status DeleteRecordLocked(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // NOT_FOUND for a job this coordinator does not hold: "was deleted at

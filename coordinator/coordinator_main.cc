@@ -33,6 +33,11 @@ int main(int argc, char** argv) {
   int schedule_timeout_s = 60;
   app.add_option("--schedule-timeout", schedule_timeout_s, "Seconds a placed job's rank 0 may take to start before "
                  "the job goes back to the queue")->check(CLI::Range(1, 3600));
+  int reattach_timeout_s = 60;
+  app.add_option("--reattach-timeout", reattach_timeout_s,
+                 "Seconds in which the workers must report back every rank of a job that was running when this "
+                 "coordinator started, for the job to run on untouched; else it resumes from its checkpoint")
+      ->check(CLI::Range(1, 3600));
   app.add_option("--max-bypass", opts.max_bypass, "Jobs that may start ahead of a queue head that does not fit yet")
       ->check(CLI::Range(0, 1000));
   app.add_option("--data-root", opts.data_roots,
@@ -155,6 +160,7 @@ int main(int argc, char** argv) {
   }
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   opts.schedule_timeout = std::chrono::seconds(schedule_timeout_s);
+  opts.reattach_timeout = std::chrono::seconds(reattach_timeout_s);
   opts.worker_timeout = std::chrono::milliseconds(worker_timeout_ms);
   opts.max_restart_backoff = std::chrono::seconds(max_restart_backoff_s);
   opts.keep_ended = std::chrono::hours(24 * keep_ended_days);

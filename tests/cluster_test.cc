@@ -309,6 +309,89 @@ TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
   EXPECT_NE(watch_log.find("SUCCEEDED"), std::string::npos) << watch_log;
 }
 
+// The coordinator is killed and started again while a job trains on two
+// workers: the ranks train on meanwhile, the workers register again naming
+// them, and the job keeps its attempt and its rank processes, which report
+// their next epochs to the new coordinator. No restart, no epoch trained again.
+TEST(ClusterTest, ARunningJobKeepsItsRanksThroughACoordinatorRestart) {
+  Cluster c(2);
+  const std::string shards = testing::SyntheticShards(c.dir(), 64);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 2 --epochs 50 --batch-size 16 --bn-momentum 0.9 --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  std::string status;
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) >= 1; },
+      std::chrono::seconds(240)))
+      << status;
+  const pid_t rank0 = c.RankPid(job, 1, 0), rank1 = c.RankPid(job, 1, 1);
+  ASSERT_GT(rank0, 0);
+  ASSERT_GT(rank1, 0);
+  c.KillCoordinator();
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // the ranks train on
+  const auto started = std::chrono::steady_clock::now();
+  c.StartCoordinator();
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        status = RunCommand(c.Dfc("status --json " + job)).out;
+        return status.find("\"reattached\"") != std::string::npos || JsonString(status, "state") != "RUNNING";
+      },
+      std::chrono::seconds(60)))
+      << status << c.processes().Log("coordinator.log");
+  std::fprintf(stderr, "the ranks were reported back %.1f s after the coordinator started\n",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  auto j = nlohmann::json::parse(status);
+  EXPECT_EQ(j["state"], "RUNNING") << j.dump();
+  EXPECT_EQ(j.value("attempt", 0), 1) << "the job was restarted: " << j.dump();
+  EXPECT_EQ(j.value("restarts", 0), 0) << j.dump();
+  std::string kinds;
+  for (const auto& e : j["events"]) kinds += e["kind"].get<std::string>() + " ";
+  EXPECT_NE(kinds.find("running reattaching reattached"), std::string::npos) << kinds;
+  EXPECT_EQ(kinds.find("requeued"), std::string::npos) << kinds;
+  // The same processes train on and report to the new coordinator.
+  EXPECT_EQ(::kill(rank0, 0), 0);
+  EXPECT_EQ(::kill(rank1, 0), 0);
+  const int epochs = CountEpochs(status);
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) > epochs; },
+      std::chrono::seconds(120)))
+      << status;
+  EXPECT_EQ(c.RankPid(job, 2, 0), -1) << "a second attempt was started";
+  EXPECT_EQ(nlohmann::json::parse(status).value("attempt", 0), 1) << status;
+  EXPECT_EQ(RunCommand(c.Dfc("cancel " + job)).exit_code, 0);
+}
+
+// The job ends while the coordinator is down: its worker keeps the rank's
+// exit until a coordinator takes it (a heartbeat answered "register again"
+// took nothing), and the job ends SUCCEEDED as attempt 1, not restarted
+// from its final checkpoint.
+TEST(ClusterTest, AJobThatEndedWhileTheCoordinatorWasDownEndsAsItsOwnAttempt) {
+  Cluster c(1);
+  const std::string shards = testing::SyntheticShards(c.dir(), 48);
+  auto r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 3 --threads 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  std::string status;
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) >= 1; },
+      std::chrono::seconds(240)))
+      << status;
+  const pid_t rank = c.RankPid(job, 1, 0);
+  ASSERT_GT(rank, 0);
+  c.KillCoordinator();
+  ASSERT_TRUE(testing::WaitUntil([&] { return ::kill(rank, 0) != 0; }, std::chrono::seconds(240)));
+  c.StartCoordinator();
+  auto watch = RunCommand(c.Dfc("watch --timeout 240 " + job));
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err;
+  status = RunCommand(c.Dfc("status --json " + job)).out;
+  EXPECT_EQ(JsonString(status, "state"), "SUCCEEDED") << status;
+  EXPECT_EQ(nlohmann::json::parse(status).value("attempt", 0), 1) << status;
+  EXPECT_EQ(CountEpochs(status), 3) << status;
+  EXPECT_NE(status.find("\"reattached\""), std::string::npos) << status;
+  EXPECT_EQ(status.find("\"requeued\""), std::string::npos) << status;
+}
+
 TEST(ClusterTest, CancelStopsEveryRankWithinSeconds) {
   Cluster c(2);
   const std::string shards = testing::SyntheticShards(c.dir(), 400);
@@ -1691,7 +1774,10 @@ TEST(ClusterTest, ARestoredBackupReplacesTheStateAndTheReplacedOneIsKept) {
 // last epoch; the outputs hold 4 epochs and a final checkpoint. The restored
 // coordinator ends the job SUCCEEDED with its 4 epochs from what its run left.
 TEST(ClusterTest, AJobThatFinishedAfterTheBackupEndsSucceededAfterARestore) {
-  Cluster c(1);
+  Cluster::Options o{1};
+  // The copy's ranks are long gone: none will be reported back.
+  o.coordinator_flags.insert(o.coordinator_flags.end(), {"--reattach-timeout", "3"});
+  Cluster c(o);
   const std::string shards = testing::SyntheticShards(c.dir(), 48);
   auto submitted = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 4 --threads 1"));
   ASSERT_EQ(submitted.exit_code, 0) << submitted.err;

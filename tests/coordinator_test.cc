@@ -834,5 +834,172 @@ TEST_F(CoordinatorTest, NotebookPhasesAreKeptApartAndTheSelectionIsAResumePoint)
   EXPECT_EQ(j.epochs_size(), 1) << j.DebugString();
 }
 
+
+// A coordinator restart while a job runs: its ranks train on, their workers
+// register again (as new worker ids) naming them, and the job keeps its
+// attempt and its ranks instead of restarting from its checkpoint. Until
+// every rank is back the job holds its slots on the workers that are, and
+// nothing is sent to its ranks.
+class ReattachTest : public CoordinatorTest {
+ protected:
+  // A job of `world` ranks RUNNING on `world` one-slot workers, and a
+  // one-rank job QUEUED behind it; the coordinator is then gone.
+  void RunAndLoseTheCoordinator(int world) {
+    auto c = Make(8, /*in_memory=*/false);
+    std::vector<std::string> workers;
+    for (int i = 0; i < world; ++i) workers.push_back(Worker(*c, 1));
+    job_ = Submit(*c, world);
+    queued_ = Submit(*c, 1);
+    const v1::Job placed = *c->GetJob(job_);
+    ASSERT_EQ(placed.state(), v1::SCHEDULED);
+    attempt_ = placed.attempt();
+    for (int r = 0; r < world; ++r) Beat(*c, placed.workers(r), {{job_, attempt_, r}});
+    ASSERT_EQ(State(*c, job_), v1::RUNNING);
+    ASSERT_EQ(State(*c, queued_), v1::QUEUED);
+  }
+  std::unique_ptr<Coordinator> Restart() {
+    return Make(8, /*in_memory=*/false, [](CoordinatorOptions& o) { o.reattach_timeout = std::chrono::seconds(10); });
+  }
+  // A worker registering with the rank `rank` of the job running (or exited with `exit_code`).
+  std::string WorkerWithRank(Coordinator& c, int rank, int exit_code = -1) {
+    v1::RegisterWorkerRequest r;
+    r.set_address("127.0.0.1");
+    r.set_cpu_slots(1);
+    v1::RankStatus* s = r.add_ranks();
+    s->set_job_id(job_);
+    s->set_attempt(attempt_);
+    s->set_rank(rank);
+    s->set_running(exit_code < 0);
+    s->set_exited(exit_code >= 0);
+    s->set_exit_code(std::max(exit_code, 0));
+    auto resp = c.RegisterWorker(r);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return resp.ok() ? resp->worker_id() : "";
+  }
+  static bool Stops(const v1::HeartbeatResponse& resp, const std::string& job) {
+    for (const v1::StopRanks& s : resp.stop()) {
+      if (s.job_id() == job) return true;
+    }
+    return false;
+  }
+  static std::string Kinds(const v1::Job& j) {
+    std::string kinds;
+    for (const v1::TimelineEvent& e : j.events()) kinds += e.kind() + " ";
+    return kinds;
+  }
+  std::string job_, queued_;
+  int attempt_ = 0;
+};
+
+TEST_F(ReattachTest, AJobWhoseRanksAllReportBackRunsOnWithoutARestart) {
+  RunAndLoseTheCoordinator(2);
+  auto c = Restart();
+  EXPECT_EQ(State(*c, job_), v1::RUNNING);
+  const std::string a = WorkerWithRank(*c, 1);
+  // Rank 1's worker is back, rank 0's not yet: its slot is the job's, not
+  // the queued job's, and the rank it runs is not told to stop.
+  EXPECT_EQ(State(*c, queued_), v1::QUEUED);
+  auto beat = Beat(*c, a, {{job_, attempt_, 1}});
+  EXPECT_FALSE(Stops(beat, job_)) << beat.DebugString();
+  EXPECT_EQ(beat.start_size(), 0) << beat.DebugString();
+  for (int i = 0; i < 10; ++i) {
+    now_ += 500;
+    Beat(*c, a, {{job_, attempt_, 1}});
+    c->Tick();
+  }
+  EXPECT_EQ(State(*c, job_), v1::RUNNING);
+  const std::string b = WorkerWithRank(*c, 0);
+  const v1::Job j = *c->GetJob(job_);
+  EXPECT_EQ(j.state(), v1::RUNNING);
+  EXPECT_EQ(j.attempt(), attempt_);
+  EXPECT_EQ(j.restarts(), 0);
+  ASSERT_EQ(j.workers_size(), 2);
+  EXPECT_EQ(j.workers(0), b);
+  EXPECT_EQ(j.workers(1), a);
+  ASSERT_GE(j.placements_size(), 1);
+  EXPECT_EQ(j.placements(j.placements_size() - 1).workers(0), b) << "dfc logs would ask the worker that is gone";
+  EXPECT_EQ(j.events(j.events_size() - 1).kind(), "reattached") << Kinds(j);
+  EXPECT_NE(j.events(j.events_size() - 1).message().find("rank 0 on " + b + ", rank 1 on " + a), std::string::npos)
+      << j.DebugString();
+  EXPECT_EQ(Kinds(j).find("requeued"), std::string::npos) << Kinds(j);
+  // Long past the reattach timeout it still runs, and ends as its ranks do.
+  for (int i = 0; i < 40; ++i) {
+    now_ += 500;
+    EXPECT_FALSE(Stops(Beat(*c, a, {{job_, attempt_, 1}}), job_));
+    EXPECT_FALSE(Stops(Beat(*c, b, {{job_, attempt_, 0}}), job_));
+    c->Tick();
+  }
+  EXPECT_EQ(State(*c, job_), v1::RUNNING);
+  EXPECT_EQ(State(*c, queued_), v1::QUEUED) << "a slot of a running job was given away";
+  for (const std::string& w : {a, b}) {
+    v1::HeartbeatRequest r;
+    r.set_worker_id(w);
+    v1::RankStatus* s = r.add_ranks();
+    s->set_job_id(job_);
+    s->set_attempt(attempt_);
+    s->set_rank(w == b ? 0 : 1);
+    s->set_exited(true);
+    ASSERT_TRUE(c->Heartbeat(r).ok());
+  }
+  EXPECT_EQ(State(*c, job_), v1::SUCCEEDED);
+  Beat(*c, a);
+  EXPECT_EQ(State(*c, queued_), v1::SCHEDULED);
+}
+
+// Ranks that ended while the coordinator was away are reported with the
+// registration: a job whose ranks all finished ends SUCCEEDED at once.
+TEST_F(ReattachTest, AJobThatFinishedWhileTheCoordinatorWasAwaySucceeds) {
+  RunAndLoseTheCoordinator(2);
+  auto c = Restart();
+  WorkerWithRank(*c, 0, /*exit_code=*/0);
+  WorkerWithRank(*c, 1, /*exit_code=*/0);
+  const v1::Job j = *c->GetJob(job_);
+  EXPECT_EQ(j.state(), v1::SUCCEEDED) << Kinds(j);
+  EXPECT_EQ(j.restarts(), 0);
+  EXPECT_NE(Kinds(j).find("running reattaching rank_exited reattached rank_exited succeeded"), std::string::npos) << Kinds(j);
+}
+
+// A rank that is not reported back in time (its worker died with the
+// coordinator away): the job goes back to the queue, not counted as a
+// restart, and the rank that was reported back is stopped.
+TEST_F(ReattachTest, AJobWithARankNotReportedBackInTimeGoesBackToTheQueue) {
+  RunAndLoseTheCoordinator(2);
+  auto c = Restart();
+  const std::string a = WorkerWithRank(*c, 0);
+  for (int i = 0; i < 19; ++i) {
+    now_ += 500;
+    EXPECT_FALSE(Stops(Beat(*c, a, {{job_, attempt_, 0}}), job_));
+    c->Tick();
+  }
+  EXPECT_EQ(State(*c, job_), v1::RUNNING) << "requeued before the reattach timeout";
+  for (int i = 0; i < 2; ++i) {
+    now_ += 500;
+    Beat(*c, a, {{job_, attempt_, 0}});
+    c->Tick();
+  }
+  const v1::Job j = *c->GetJob(job_);
+  EXPECT_EQ(j.state(), v1::QUEUED) << Kinds(j);
+  EXPECT_EQ(j.restarts(), 0);
+  EXPECT_EQ(j.workers_size(), 0);
+  EXPECT_NE(j.events(j.events_size() - 1)
+                .message()
+                .find("rank(s) 1 of attempt " + std::to_string(attempt_) + " were not reported back by a worker within 10 s"),
+            std::string::npos)
+      << j.DebugString();
+  EXPECT_TRUE(Stops(Beat(*c, a, {{job_, attempt_, 0}}), job_)) << "the rank that came back was left running";
+}
+
+// A rank of the job that failed while the coordinator was away fails the
+// attempt as any failure does (a restart, counted), without waiting for the rest.
+TEST_F(ReattachTest, ARankThatFailedWhileTheCoordinatorWasAwayRestartsTheJob) {
+  RunAndLoseTheCoordinator(2);
+  auto c = Restart();
+  WorkerWithRank(*c, 1, /*exit_code=*/1);
+  const v1::Job j = *c->GetJob(job_);
+  EXPECT_EQ(j.state(), v1::FAILED) << Kinds(j) << " (max_restarts 0)";
+  EXPECT_EQ(j.restarts(), 0);
+  ASSERT_GE(j.failures_size(), 1);
+  EXPECT_NE(j.reason().find("rank 1 exited with status 1"), std::string::npos) << j.DebugString();
+}
 }  // namespace
 }  // namespace dfc

@@ -62,6 +62,8 @@ absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
     const std::string name = it->path().filename().string();
     if (IsPlainName(name) && it->is_directory(ec)) req.add_held_jobs(name);
   }
+  // Ranks still here when the coordinator restarted: it takes their jobs back.
+  AddRankStatuses(req.mutable_ranks());
   v1::RegisterWorkerResponse resp;
   auto ctx = MakeContext(options_.security);
   absl::Status st = FromGrpc(stub.RegisterWorker(ctx.get(), req, &resp));
@@ -337,6 +339,29 @@ void WorkerAgent::ForwardReports(v1::WorkerService::Stub& stub) {
   }
 }
 
+bool WorkerAgent::Held(const Rank& r, std::chrono::steady_clock::time_point now) {
+  return r.exited && r.reports_pending && now - r.exited_at < kReportsGrace;
+}
+
+void WorkerAgent::AddRankStatuses(google::protobuf::RepeatedPtrField<v1::RankStatus>* out,
+                                  std::chrono::steady_clock::time_point now) const {
+  for (const Rank& r : ranks_) {
+    const bool exited = r.exited && !Held(r, now);
+    v1::RankStatus* s = out->Add();
+    s->set_job_id(r.assignment.job_id());
+    s->set_attempt(r.assignment.attempt());
+    s->set_rank(r.assignment.rank());
+    s->set_running(!exited);
+    s->set_exited(exited);
+    if (exited) s->set_exit_code(r.exit_code);
+    s->set_store_port(r.store_port);
+    // The rank's error line may quote file names or a weights file's layer
+    // names in any encoding; a non-UTF-8 string would make the coordinator
+    // refuse the whole heartbeat (and take this worker for dead).
+    if (exited) s->set_error(ValidUtf8(r.error));
+  }
+}
+
 absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
   if (options_.work_dir.empty()) {
     const char* tmp = std::getenv("TMPDIR");
@@ -364,26 +389,8 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
     ForwardReports(*stub);
     v1::HeartbeatRequest req;
     req.set_worker_id(worker_id_);
-    // An exited rank whose reports are not all forwarded yet is reported as
-    // running for a while longer: its exit would end the attempt and its
-    // last epochs would arrive too late or not at all.
     const auto now = std::chrono::steady_clock::now();
-    auto held = [now](const Rank& r) { return r.exited && r.reports_pending && now - r.exited_at < kReportsGrace; };
-    for (const Rank& r : ranks_) {
-      const bool exited = r.exited && !held(r);
-      v1::RankStatus* s = req.add_ranks();
-      s->set_job_id(r.assignment.job_id());
-      s->set_attempt(r.assignment.attempt());
-      s->set_rank(r.assignment.rank());
-      s->set_running(!exited);
-      s->set_exited(exited);
-      if (exited) s->set_exit_code(r.exit_code);
-      s->set_store_port(r.store_port);
-      // The rank's error line may quote file names or a weights file's layer
-      // names in any encoding; a non-UTF-8 string would make the coordinator
-      // refuse the whole heartbeat (and take this worker for dead).
-      if (exited) s->set_error(ValidUtf8(r.error));
-    }
+    AddRankStatuses(req.mutable_ranks(), now);
     for (v1::LogChunk& chunk : log_answers_) *req.add_logs() = std::move(chunk);
     log_answers_.clear();
     v1::HeartbeatResponse resp;
@@ -402,12 +409,17 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
       std::fprintf(stderr, "dfc-worker: the coordinator takes heartbeats again\n");
     }
     heartbeat_error = st.ok() ? "" : st.ToString();
-    if (st.ok()) {
+    if (st.ok() && resp.reregister()) {
+      // The coordinator does not know this worker (it restarted): it took
+      // nothing of this heartbeat, so exited ranks are kept, and every rank
+      // goes with the registration.
+      (void)Register(*stub);
+    } else if (st.ok()) {
       // Exited ranks were reported; forget them, and their reports (forwarded,
       // or given up after kReportsGrace): a rank's folder keeps its log alone.
       std::vector<Rank> keep;
       for (Rank& r : ranks_) {
-        if (!r.exited || held(r)) {
+        if (!r.exited || Held(r, now)) {
           keep.push_back(std::move(r));
         } else {
           ::unlink(ReportsPath(r.dir).c_str());  // the link itself, should the rank have made it one
@@ -419,7 +431,6 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
       for (const std::string& job : resp.forget_jobs()) ForgetJob(job);
       for (const v1::RankAssignment& a : resp.start()) StartRank(a);
       for (const v1::LogRequest& l : resp.logs()) log_answers_.push_back(ReadRankLog(l));
-      if (resp.reregister()) (void)Register(*stub);
     }
     if (options_.metrics != nullptr) {
       int running = 0;

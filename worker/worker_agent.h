@@ -80,6 +80,13 @@ class WorkerAgent {
   // still heartbeated as running, so its exit does not arrive (and the rank
   // is not forgotten) before its last epochs do.
   static constexpr std::chrono::seconds kReportsGrace{30};
+  // An exited rank whose reports are not all forwarded yet is reported as
+  // running for a while longer (kReportsGrace): its exit would end the
+  // attempt and its last epochs would arrive too late or not at all.
+  static bool Held(const Rank& r, std::chrono::steady_clock::time_point now);
+  // Every rank's state, as heartbeats and registrations report it.
+  void AddRankStatuses(google::protobuf::RepeatedPtrField<v1::RankStatus>* out,
+                       std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now()) const;
   // How a rank ended, for the metrics.
   static std::string ExitResult(const Rank& r);
   absl::Status Register(v1::WorkerService::Stub& stub);

@@ -148,6 +148,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
   if (round_robin) args.SetLoadBalancingPolicyName("round_robin");
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // gRPC backs off reconnecting up to 120 s by default: a worker would find a
+  // coordinator restarted after a minute's outage only a minute or so later,
+  // past its jobs' --reattach-timeout. A few seconds at most.
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (s.insecure()) {
     creds = grpc::InsecureChannelCredentials();

@@ -18,6 +18,8 @@ namespace dfc {
 // Message size limit on every channel and server (images and metrics only;
 // checkpoints travel on the shared volume, never over gRPC).
 inline constexpr int kMaxMessageBytes = 16 << 20;
+// The longest a channel waits before trying to reconnect (gRPC: 120 s).
+inline constexpr int kMaxReconnectBackoffMs = 5000;
 // Default deadline of a unary call.
 inline constexpr std::chrono::milliseconds kRpcDeadline{10000};
 
