@@ -848,7 +848,7 @@ absl::Status Coordinator::FinishReattachLocked(const std::string& job_id, Active
   AddEvent(job, "reattached", absl::StrCat("attempt ", a.attempt, " ran on while the coordinator was away: ", placement));
   DFC_RETURN_IF_ERROR(Save(job));
   a.reattaching = false;
-  a.store_host = workers_[a.ranks[0].worker_id].address;
+  if (auto w = workers_.find(a.ranks[0].worker_id); w != workers_.end()) a.store_host = w->second.address;
   return absl::OkStatus();
 }
 
