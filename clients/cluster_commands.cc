@@ -528,6 +528,7 @@ int RunClusterUp(const ClusterArgs& a) {
   }
   // Each pid with its start time: `cluster down` signals only processes that
   // are still the ones started here (a pid may be reused after they exit).
+  // The coordinator's line is the first: `cluster down` stops it last.
   std::string pid_text;
   for (const Subprocess& p : procs) pid_text += absl::StrCat(p.pid(), " ", ProcessStartTime(p.pid()), "\n");
   if (absl::Status st = WriteFileAtomically((state / "cluster.pids").string(), pid_text); !st.ok()) return ReportError(st);
@@ -601,8 +602,12 @@ int RunClusterDown(const ClusterArgs& a) {
   const fs::path pids_file = fs::path(a.state) / "cluster.pids";
   auto text = ReadFile(pids_file.string());
   if (!text.ok()) return ReportError(text.status());
-  std::vector<pid_t> pids;
+  std::vector<pid_t> pids;  // workers and servers
+  pid_t coordinator = 0;    // the first line's
+  bool first = true;
   for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+    const bool is_coordinator = first;
+    first = false;
     std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
     int pid = 0;
     unsigned long long start = 0;
@@ -616,25 +621,37 @@ int RunClusterDown(const ClusterArgs& a) {
                    "left alone\n", pid);
       continue;
     }
-    pids.push_back(pid);
-  }
-  // Workers and servers first (workers stop their ranks), the coordinator last.
-  // SIGCONT: a stopped process acts on SIGTERM (a clean shutdown) only once it runs.
-  for (size_t i = pids.size(); i-- > 0;) {
-    ::kill(pids[i], SIGTERM);
-    ::kill(pids[i], SIGCONT);
-  }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  for (pid_t p : pids) {
-    while (::kill(p, 0) == 0 && std::chrono::steady_clock::now() < deadline) {
-      ::waitpid(p, nullptr, WNOHANG);
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (is_coordinator) {
+      coordinator = pid;
+    } else {
+      pids.push_back(pid);
     }
-    if (::kill(p, 0) == 0) ::kill(p, SIGKILL);
   }
+  // SIGTERM, then SIGKILL for what is still there after `seconds`. SIGCONT:
+  // a stopped process acts on SIGTERM (a clean shutdown) only once it runs.
+  auto stop = [](const std::vector<pid_t>& group, int seconds) {
+    for (pid_t p : group) {
+      ::kill(p, SIGTERM);
+      ::kill(p, SIGCONT);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+    for (pid_t p : group) {
+      while (::kill(p, 0) == 0 && std::chrono::steady_clock::now() < deadline) {
+        ::waitpid(p, nullptr, WNOHANG);
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      if (::kill(p, 0) == 0) ::kill(p, SIGKILL);
+    }
+  };
+  // Workers and servers first, while the coordinator still answers: a worker
+  // tells it that it is leaving (its jobs go back to the queue, to resume at
+  // the next `cluster up`) and stops its ranks (5 s for the call, 3 s for the
+  // ranks). The coordinator, the first line of the file, last.
+  stop(pids, 15);
+  if (coordinator > 0) stop({coordinator}, 10);
   std::error_code ec;
   fs::remove(pids_file, ec);
-  std::printf("cluster down: stopped %zu process(es)\n", pids.size());
+  std::printf("cluster down: stopped %zu process(es)\n", pids.size() + (coordinator > 0 ? 1 : 0));
   return kExitOk;
 }
 

@@ -833,6 +833,40 @@ void Coordinator::RequeueUnstartedLocked() {
   }
 }
 
+absl::Status Coordinator::LeaveLocked(const std::string& worker_id) {
+  std::vector<std::string> hit;
+  for (const auto& [job_id, a] : active_) {
+    for (const RankSlot& s : a.ranks) {
+      if (s.worker_id == worker_id) {
+        hit.push_back(job_id);
+        break;
+      }
+    }
+  }
+  for (const std::string& id : hit) {
+    v1::Job job = jobs_[id];
+    RecordFailure(job, absl::StrCat("worker ", worker_id, " shut down (SIGTERM: a drain, an upgrade or a scale-down) ",
+                                    "and stopped its ranks; not counted as a restart"),
+                  /*permanent=*/false);
+    job.set_state(v1::QUEUED);
+    job.clear_workers();
+    job.clear_progress();
+    AddEvent(job, "requeued", job.failures(job.failures_size() - 1).reason());
+    DFC_RETURN_IF_ERROR(Save(job));
+    StopRanks(id);
+    not_before_ms_[id] = Elapsed() + RetryDelayMs();  // the other ranks stop first
+  }
+  gone_.emplace_back(worker_id, workers_[worker_id]);
+  if (gone_.size() > 16) gone_.pop_front();
+  workers_.erase(worker_id);
+  stop_.erase(worker_id);
+  forget_.erase(worker_id);
+  log_requests_.erase(worker_id);
+  std::fprintf(stderr, "dfc-coordinator: worker %s left (shut down); %zu job(s) back in the queue\n", worker_id.c_str(),
+               hit.size());
+  return absl::OkStatus();
+}
+
 absl::Status Coordinator::FinishReattachLocked(const std::string& job_id, ActiveJob& a) {
   v1::Job job = jobs_[job_id];
   job.clear_workers();
@@ -911,6 +945,10 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
     log_requests_.erase(logs);
   }
   DFC_RETURN_IF_ERROR(AdvanceJobsLocked());
+  if (r.leaving()) {
+    DFC_RETURN_IF_ERROR(LeaveLocked(r.worker_id()));
+    return resp;
+  }
   ExpireWorkersLocked();
   ScheduleLocked();
   AssignRanksLocked(r.worker_id(), &resp);

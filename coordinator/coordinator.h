@@ -253,6 +253,11 @@ class Coordinator {
   std::map<std::string, int> bypassed_ ABSL_GUARDED_BY(mu_);
   int TotalLiveSlotsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RequeueUnstartedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // HeartbeatRequest.leaving: every job with a rank on the worker goes back
+  // to the queue (not a restart; its other ranks are stopped), and the worker
+  // is gone. A write that fails leaves the rest as they were (the error goes
+  // back to the worker).
+  absl::Status LeaveLocked(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A reattaching job whose ranks have all been reported back keeps running
   // on the workers that reported them (its record says where, with a
   // "reattached" event) once that is written.

@@ -392,6 +392,66 @@ TEST(ClusterTest, AJobThatEndedWhileTheCoordinatorWasDownEndsAsItsOwnAttempt) {
   EXPECT_EQ(status.find("\"requeued\""), std::string::npos) << status;
 }
 
+// A worker shut down with SIGTERM (a drain, an upgrade, a scale-down) while
+// it runs rank 0 of a job with no restarts allowed: it tells the coordinator
+// before it stops the rank, so the job goes back to the queue naming the
+// shutdown (not failing on "Connection reset by peer" from the broken
+// collective) and resumes from its checkpoint on the workers left.
+TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem) {
+  Cluster c(3);
+  const std::string shards = testing::SyntheticShards(c.dir(), 64);
+  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
+                            " --world-size 2 --epochs 50 --batch-size 16 --bn-momentum 0.9 --threads 1 --max-restarts 0"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  std::string status;
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) >= 1; },
+      std::chrono::seconds(240)))
+      << status;
+  const std::string out_dir = JsonString(status, "output_dir");
+  const std::string first_epoch = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/metrics.jsonl"))[0];
+  const pid_t pid = c.WorkerOf(job, 0);
+  int w = -1;
+  for (int i = 0; i < c.workers(); ++i) {
+    if (c.worker(i).pid() == pid) w = i;
+  }
+  ASSERT_GE(w, 0);
+  ASSERT_TRUE(c.worker(w).Signal(SIGTERM));
+  EXPECT_EQ(c.worker(w).Wait(), 0);
+  const std::string log = c.processes().Log("worker-" + std::to_string(w) + ".log");
+  EXPECT_NE(log.find("shutting down: the coordinator put the jobs of its 1 running rank(s) back in the queue"),
+            std::string::npos)
+      << log;
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        status = RunCommand(c.Dfc("status --json " + job)).out;
+        return JsonString(status, "state") != "RUNNING" || nlohmann::json::parse(status).value("attempt", 0) >= 2;
+      },
+      std::chrono::seconds(120)))
+      << status;
+  auto j = nlohmann::json::parse(status);
+  ASSERT_NE(j["state"], "FAILED") << j.dump();
+  EXPECT_EQ(j.value("restarts", 0), 0) << j.dump();
+  ASSERT_GE(j["failures"].size(), 1u) << j.dump();
+  EXPECT_NE(j["failures"][0]["reason"].get<std::string>().find("shut down (SIGTERM"), std::string::npos) << j.dump();
+  // Attempt 2 runs on the two workers left, from the checkpoint.
+  status = WaitForState(c, job, "RUNNING", 120);
+  j = nlohmann::json::parse(status);
+  EXPECT_EQ(j.value("attempt", 0), 2) << j.dump();
+  const int epochs = CountEpochs(status);
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) > epochs; },
+      std::chrono::seconds(120)))
+      << status;
+  // Resumed, not started over: epoch 1 was not trained again.
+  const auto lines = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/metrics.jsonl"));
+  ASSERT_GE(lines.size(), 2u);
+  EXPECT_EQ(lines[0], first_epoch);
+  for (size_t i = 0; i < lines.size(); ++i) EXPECT_EQ(nlohmann::json::parse(lines[i])["epoch"], i + 1) << lines[i];
+  EXPECT_EQ(RunCommand(c.Dfc("cancel " + job)).exit_code, 0);
+}
+
 TEST(ClusterTest, CancelStopsEveryRankWithinSeconds) {
   Cluster c(2);
   const std::string shards = testing::SyntheticShards(c.dir(), 400);
@@ -1157,6 +1217,51 @@ TEST(ClusterTest, ClusterUpOnAFreePortAndDownLeavesAReusedPidAlone) {
   EXPECT_EQ(::kill(bystander, 0), 0) << "cluster down killed an unrelated process";
   EXPECT_TRUE(WaitGone(coordinator, 10));
   EXPECT_NE(testing::ReadFileOrDie(state + "/logs/coordinator.log").find("shut down cleanly"), std::string::npos);
+}
+
+// `cluster down` stops the workers while the coordinator still answers: a
+// job that was running is back in the queue (not failed, not counted as a
+// restart), and the next `cluster up` on the state resumes it.
+TEST(ClusterTest, ClusterDownPutsRunningJobsBackInTheQueueForTheNextUp) {
+  testing::TempDir dir;
+  const std::string state = dir.Join("state");
+  const std::string shards = testing::SyntheticShards(dir, 64);
+  auto up = [&] {
+    auto r = RunCommand(testing::DfcBinary() + " cluster up --workers 2 --servers 0 --listen 127.0.0.1:0 --state " + state);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::smatch m;
+    EXPECT_TRUE(std::regex_search(r.out, m, std::regex("cluster up: coordinator (127\\.0\\.0\\.1:[0-9]+),"))) << r.out;
+    return testing::DfcBinary() + " --coordinator " + m[1].str() + " ";
+  };
+  std::string dfc = up();
+  auto r = RunCommand(dfc + "submit --json --model mesoinception4 --data " + shards +
+                      " --world-size 2 --epochs 50 --batch-size 16 --bn-momentum 0.9 --threads 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  std::string status;
+  EXPECT_TRUE(testing::WaitUntil([&] { return CountEpochs(status = RunCommand(dfc + "status --json " + job).out) >= 1; },
+                                 std::chrono::seconds(240)))
+      << status;
+  auto down = RunCommand(testing::DfcBinary() + " cluster down --state " + state);
+  EXPECT_EQ(down.exit_code, 0) << down.err;
+  EXPECT_NE(testing::ReadFileOrDie(state + "/logs/coordinator.log").find("left (shut down); 1 job(s) back in the queue"),
+            std::string::npos)
+      << testing::ReadFileOrDie(state + "/logs/coordinator.log");
+  dfc = up();
+  status = RunCommand(dfc + "status --json " + job).out;
+  auto j = nlohmann::json::parse(status);
+  ASSERT_NE(j["state"], "FAILED") << status;
+  EXPECT_EQ(j.value("restarts", 0), 0) << status;
+  ASSERT_GE(j["failures"].size(), 1u) << status;
+  EXPECT_NE(j["failures"][0]["reason"].get<std::string>().find("shut down (SIGTERM"), std::string::npos) << status;
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] {
+        status = RunCommand(dfc + "status --json " + job).out;
+        return JsonString(status, "state") == "RUNNING" && nlohmann::json::parse(status).value("attempt", 0) == 2;
+      },
+      std::chrono::seconds(120)))
+      << status;
+  EXPECT_EQ(RunCommand(testing::DfcBinary() + " cluster down --state " + state).exit_code, 0);
 }
 
 // Every field of a submission is checked at submit, by the same validator

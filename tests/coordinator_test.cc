@@ -835,6 +835,66 @@ TEST_F(CoordinatorTest, NotebookPhasesAreKeptApartAndTheSelectionIsAResumePoint)
 }
 
 
+// A worker shut down with SIGTERM (a drain, an upgrade, a scale-down) says so
+// before it stops its ranks: the job goes back to the queue instead of
+// failing (max_restarts 0) on its ranks' broken collectives, its other ranks
+// are stopped, and it is placed again on the workers left.
+TEST_F(CoordinatorTest, AWorkerThatLeavesPutsItsJobsBackInTheQueueWithoutARestart) {
+  auto c = Make();
+  const std::string w1 = Worker(*c, 1), w2 = Worker(*c, 1), w3 = Worker(*c, 1);
+  const std::string job = Submit(*c, 2);
+  const v1::Job placed = *c->GetJob(job);
+  ASSERT_EQ(placed.workers_size(), 2);
+  const std::string leaving = placed.workers(0), staying = placed.workers(1);
+  Beat(*c, leaving, {{job, 1, 0}});
+  Beat(*c, staying, {{job, 1, 1}});
+  ASSERT_EQ(State(*c, job), v1::RUNNING);
+  v1::HeartbeatRequest bye;
+  bye.set_worker_id(leaving);
+  bye.set_leaving(true);
+  v1::RankStatus* s = bye.add_ranks();
+  s->set_job_id(job);
+  s->set_attempt(1);
+  s->set_rank(0);
+  s->set_running(true);
+  auto answer = c->Heartbeat(bye);
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->start_size(), 0) << "a leaving worker was given ranks";
+  v1::Job j = *c->GetJob(job);
+  EXPECT_EQ(j.state(), v1::QUEUED) << j.DebugString();
+  EXPECT_EQ(j.restarts(), 0);
+  ASSERT_EQ(j.failures_size(), 1);
+  EXPECT_NE(j.failures(0).reason().find("worker " + leaving + " shut down (SIGTERM"), std::string::npos)
+      << j.DebugString();
+  EXPECT_EQ(j.events(j.events_size() - 1).kind(), "requeued");
+  // The rank left on the other worker is stopped, exactly its attempt.
+  const auto stay = Beat(*c, staying, {{job, 1, 1}});
+  ASSERT_GE(stay.stop_size(), 1) << stay.DebugString();
+  for (const v1::StopRanks& stop : stay.stop()) {
+    EXPECT_EQ(stop.job_id(), job);
+    EXPECT_EQ(stop.attempt(), 1);
+  }
+  const v1::ListWorkersResponse listed = c->ListWorkers();
+  bool listed_gone = false;
+  for (const v1::WorkerSummary& w : listed.workers()) {
+    if (w.worker_id() == leaving) listed_gone = w.state() == "gone";
+  }
+  EXPECT_TRUE(listed_gone) << listed.DebugString();
+  EXPECT_TRUE(Beat(*c, leaving).reregister());
+  // Placed again on the two workers left, as attempt 2.
+  for (int i = 0; i < 6; ++i) {
+    now_ += 500;
+    for (const std::string& w : {w1, w2, w3}) {
+      if (w != leaving) Beat(*c, w);
+    }
+    c->Tick();
+  }
+  j = *c->GetJob(job);
+  EXPECT_EQ(j.state(), v1::SCHEDULED) << j.DebugString();
+  EXPECT_EQ(j.attempt(), 2);
+  for (const std::string& w : j.workers()) EXPECT_NE(w, leaving);
+}
+
 // A coordinator restart while a job runs: its ranks train on, their workers
 // register again (as new worker ids) naming them, and the job keeps its
 // attempt and its ranks instead of restarting from its checkpoint. Until

@@ -339,6 +339,26 @@ void WorkerAgent::ForwardReports(v1::WorkerService::Stub& stub) {
   }
 }
 
+void WorkerAgent::Leave(v1::WorkerService::Stub& stub) {
+  int running = 0;
+  for (const Rank& r : ranks_) running += !r.exited;
+  if (running == 0 || worker_id_.empty()) return;
+  v1::HeartbeatRequest req;
+  req.set_worker_id(worker_id_);
+  req.set_leaving(true);
+  AddRankStatuses(req.mutable_ranks());
+  v1::HeartbeatResponse resp;
+  auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
+  absl::Status st = FromGrpc(stub.Heartbeat(ctx.get(), req, &resp));
+  if (st.ok()) {
+    std::fprintf(stderr, "dfc-worker: shutting down: the coordinator put the jobs of its %d running rank(s) back in "
+                 "the queue; stopping them\n", running);
+  } else {
+    std::fprintf(stderr, "dfc-worker: shutting down: could not tell the coordinator (%s); stopping %d rank(s), "
+                 "their jobs restart or fail as for a lost worker\n", std::string(st.message()).c_str(), running);
+  }
+}
+
 bool WorkerAgent::Held(const Rank& r, std::chrono::steady_clock::time_point now) {
   return r.exited && r.reports_pending && now - r.exited_at < kReportsGrace;
 }
@@ -439,6 +459,7 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
     }
     std::this_thread::sleep_for(interval_);
   }
+  Leave(*stub);
   for (Rank& r : ranks_) r.process.Terminate(options_.kill_grace);
   for (Rank& r : ranks_) r.process.Wait();
   return absl::OkStatus();

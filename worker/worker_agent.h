@@ -84,6 +84,10 @@ class WorkerAgent {
   // running for a while longer (kReportsGrace): its exit would end the
   // attempt and its last epochs would arrive too late or not at all.
   static bool Held(const Rank& r, std::chrono::steady_clock::time_point now);
+  // Shutting down with ranks running: tells the coordinator first
+  // (HeartbeatRequest.leaving), so that their jobs go back to the queue
+  // instead of failing when the ranks stop.
+  void Leave(v1::WorkerService::Stub& stub);
   // Every rank's state, as heartbeats and registrations report it.
   void AddRankStatuses(google::protobuf::RepeatedPtrField<v1::RankStatus>* out,
                        std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now()) const;
