@@ -350,6 +350,7 @@ void WorkerAgent::Leave(v1::WorkerService::Stub& stub) {
   v1::HeartbeatResponse resp;
   auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
   absl::Status st = FromGrpc(stub.Heartbeat(ctx.get(), req, &resp));
+  if (st.ok() && resp.reregister()) st = absl::UnavailableError("it restarted and does not know this worker yet");
   if (st.ok()) {
     std::fprintf(stderr, "dfc-worker: shutting down: the coordinator put the jobs of its %d running rank(s) back in "
                  "the queue; stopping them\n", running);
