@@ -74,6 +74,23 @@ std::string WaitForState(Cluster& c, const std::string& job, const std::string& 
   return json;
 }
 
+// Submits a job on `images` synthetic images with `flags` (one thread per
+// rank) and waits until its first epoch is recorded; returns its id, or ""
+// with *status saying why.
+std::string SubmitAndWaitForAnEpoch(Cluster& c, int images, const std::string& flags, std::string* status) {
+  const std::string shards = testing::SyntheticShards(c.dir(), images);
+  auto r = RunCommand(c.Dfc("submit --json --threads 1 --data " + shards + " " + flags));
+  if (r.exit_code != 0) {
+    *status = r.err;
+    return "";
+  }
+  const std::string job = JsonString(r.out, "job_id");
+  const bool trained = testing::WaitUntil(
+      [&] { return CountEpochs(*status = RunCommand(c.Dfc("status --json " + job)).out) >= 1; },
+      std::chrono::seconds(240));
+  return trained ? job : "";
+}
+
 // A one-epoch meso4 job on `shards`, run to its end: its id once it
 // SUCCEEDED, else "" (*status says why: the submit's error or its last status).
 std::string OneEpochThatSucceeded(Cluster& c, const std::string& shards, std::string* status) {
@@ -316,16 +333,10 @@ TEST(ClusterTest, KilledCoordinatorLosesNoJob) {
 // their next epochs to the new coordinator. No restart, no epoch trained again.
 TEST(ClusterTest, ARunningJobKeepsItsRanksThroughACoordinatorRestart) {
   Cluster c(2);
-  const std::string shards = testing::SyntheticShards(c.dir(), 64);
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
-                            " --world-size 2 --epochs 50 --batch-size 16 --bn-momentum 0.9 --threads 1"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
   std::string status;
-  ASSERT_TRUE(testing::WaitUntil(
-      [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) >= 1; },
-      std::chrono::seconds(240)))
-      << status;
+  const std::string job = SubmitAndWaitForAnEpoch(
+      c, 64, "--model mesoinception4 --world-size 2 --epochs 50 --batch-size 16 --bn-momentum 0.9", &status);
+  ASSERT_FALSE(job.empty()) << status;
   const pid_t rank0 = c.RankPid(job, 1, 0), rank1 = c.RankPid(job, 1, 1);
   ASSERT_GT(rank0, 0);
   ASSERT_GT(rank1, 0);
@@ -369,15 +380,9 @@ TEST(ClusterTest, ARunningJobKeepsItsRanksThroughACoordinatorRestart) {
 // from its final checkpoint.
 TEST(ClusterTest, AJobThatEndedWhileTheCoordinatorWasDownEndsAsItsOwnAttempt) {
   Cluster c(1);
-  const std::string shards = testing::SyntheticShards(c.dir(), 48);
-  auto r = RunCommand(c.Dfc("submit --json --model meso4 --data " + shards + " --epochs 3 --threads 1"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
   std::string status;
-  ASSERT_TRUE(testing::WaitUntil(
-      [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) >= 1; },
-      std::chrono::seconds(240)))
-      << status;
+  const std::string job = SubmitAndWaitForAnEpoch(c, 48, "--model meso4 --epochs 3", &status);
+  ASSERT_FALSE(job.empty()) << status;
   const pid_t rank = c.RankPid(job, 1, 0);
   ASSERT_GT(rank, 0);
   c.KillCoordinator();
@@ -400,16 +405,11 @@ TEST(ClusterTest, AJobThatEndedWhileTheCoordinatorWasDownEndsAsItsOwnAttempt) {
 // collective) and resumes from its checkpoint on the workers left.
 TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem) {
   Cluster c(3);
-  const std::string shards = testing::SyntheticShards(c.dir(), 64);
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
-                            " --world-size 2 --epochs 50 --batch-size 16 --bn-momentum 0.9 --threads 1 --max-restarts 0"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
   std::string status;
-  ASSERT_TRUE(testing::WaitUntil(
-      [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) >= 1; },
-      std::chrono::seconds(240)))
-      << status;
+  const std::string job = SubmitAndWaitForAnEpoch(
+      c, 64, "--model mesoinception4 --world-size 2 --epochs 50 --batch-size 16 --bn-momentum 0.9 --max-restarts 0",
+      &status);
+  ASSERT_FALSE(job.empty()) << status;
   const std::string out_dir = JsonString(status, "output_dir");
   const std::string first_epoch = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/metrics.jsonl"))[0];
   const pid_t pid = c.WorkerOf(job, 0);
