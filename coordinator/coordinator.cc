@@ -686,11 +686,7 @@ void Coordinator::ExpireWorkersLocked() {
   for (const auto& [id, w] : workers_) {
     if (now - w.last_seen_ms > options_.worker_timeout.count()) dead.push_back(id);
   }
-  for (const std::string& id : dead) {
-    gone_.emplace_back(id, workers_[id]);
-    if (gone_.size() > 16) gone_.pop_front();
-    workers_.erase(id);
-  }
+  for (const std::string& id : dead) RetireWorkerLocked(id);
   // Attempts with a rank on a worker that is gone, now or at an earlier tick
   // whose failure could not be written (the store logs why; tried again here).
   std::vector<std::pair<std::string, std::string>> hit;  // job, worker
@@ -822,15 +818,26 @@ void Coordinator::RequeueUnstartedLocked() {
   }
   for (const std::string& id : late) {
     v1::Job job = jobs_[id];
-    RecordFailure(job, absl::StrCat("rank 0 did not start within ", options_.schedule_timeout.count() / 1000,
-                                    " s of scheduling; back to the queue"),
-                  /*permanent=*/false);
-    job.set_state(v1::QUEUED);
-    job.clear_workers();
-    AddEvent(job, "requeued", job.failures(job.failures_size() - 1).reason());
-    if (!Save(job).ok()) continue;  // the store logs why; tried again at the next tick
-    StopRanks(id);
+    const std::string reason = absl::StrCat("rank 0 did not start within ", options_.schedule_timeout.count() / 1000,
+                                            " s of scheduling; back to the queue");
+    RecordFailure(job, reason, /*permanent=*/false);
+    (void)RequeueLocked(std::move(job), reason);  // the store logs why; tried again at the next tick
   }
+}
+
+absl::Status Coordinator::RequeueLocked(v1::Job job, const std::string& reason) {
+  job.set_state(v1::QUEUED);
+  job.clear_workers();
+  AddEvent(job, "requeued", reason);
+  DFC_RETURN_IF_ERROR(Save(job));
+  StopRanks(job.job_id());
+  return absl::OkStatus();
+}
+
+void Coordinator::RetireWorkerLocked(const std::string& worker_id) {
+  gone_.emplace_back(worker_id, workers_[worker_id]);
+  if (gone_.size() > 16) gone_.pop_front();
+  workers_.erase(worker_id);
 }
 
 absl::Status Coordinator::LeaveLocked(const std::string& worker_id) {
@@ -843,22 +850,16 @@ absl::Status Coordinator::LeaveLocked(const std::string& worker_id) {
       }
     }
   }
+  const std::string reason = absl::StrCat("worker ", worker_id, " shut down (SIGTERM: a drain, an upgrade or a "
+                                          "scale-down) and stopped its ranks; not counted as a restart");
   for (const std::string& id : hit) {
     v1::Job job = jobs_[id];
-    RecordFailure(job, absl::StrCat("worker ", worker_id, " shut down (SIGTERM: a drain, an upgrade or a scale-down) ",
-                                    "and stopped its ranks; not counted as a restart"),
-                  /*permanent=*/false);
-    job.set_state(v1::QUEUED);
-    job.clear_workers();
+    RecordFailure(job, reason, /*permanent=*/false);
     job.clear_progress();
-    AddEvent(job, "requeued", job.failures(job.failures_size() - 1).reason());
-    DFC_RETURN_IF_ERROR(Save(job));
-    StopRanks(id);
+    DFC_RETURN_IF_ERROR(RequeueLocked(std::move(job), reason));
     not_before_ms_[id] = Elapsed() + RetryDelayMs();  // the other ranks stop first
   }
-  gone_.emplace_back(worker_id, workers_[worker_id]);
-  if (gone_.size() > 16) gone_.pop_front();
-  workers_.erase(worker_id);
+  RetireWorkerLocked(worker_id);
   stop_.erase(worker_id);
   forget_.erase(worker_id);
   log_requests_.erase(worker_id);
@@ -888,31 +889,22 @@ absl::Status Coordinator::FinishReattachLocked(const std::string& job_id, Active
 
 void Coordinator::RequeueUnreattachedLocked() {
   const int64_t now = Elapsed();
-  for (auto it = active_.begin(); it != active_.end();) {
-    const ActiveJob& a = it->second;
-    if (!a.reattaching || now - a.scheduled_ms <= options_.reattach_timeout.count()) {
-      ++it;
-      continue;
-    }
+  std::vector<std::pair<std::string, std::string>> late;  // job, why
+  for (const auto& [id, a] : active_) {
+    if (!a.reattaching || now - a.scheduled_ms <= options_.reattach_timeout.count()) continue;
     std::string missing;
     for (size_t r = 0; r < a.ranks.size(); ++r) {
       if (a.ranks[r].worker_id.empty()) absl::StrAppend(&missing, missing.empty() ? "" : ", ", r);
     }
-    v1::Job job = jobs_[it->first];
-    job.set_state(v1::QUEUED);
-    job.clear_workers();
-    AddEvent(job, "requeued",
-             absl::StrCat("the coordinator restarted and rank(s) ", missing, " of attempt ", a.attempt,
-                          " were not reported back by a worker within ", options_.reattach_timeout.count() / 1000,
-                          " s (their worker is gone or cannot reach the coordinator); the job resumes from its "
-                          "checkpoint"));
-    if (!Save(job).ok()) {  // the store logs why; tried again at the next tick
-      ++it;
-      continue;
-    }
-    const std::string id = (it++)->first;
-    StopRanks(id);  // those that were reported back; erases the entry
+    late.emplace_back(id, absl::StrCat("the coordinator restarted and rank(s) ", missing, " of attempt ", a.attempt,
+                                       " were not reported back by a worker within ",
+                                       options_.reattach_timeout.count() / 1000,
+                                       " s (their worker is gone or cannot reach the coordinator); the job resumes "
+                                       "from its checkpoint"));
   }
+  // The ranks that were reported back are stopped; a write that fails is
+  // tried again at the next tick (the store logs why).
+  for (const auto& [id, why] : late) (void)RequeueLocked(jobs_[id], why);
 }
 
 void Coordinator::Tick() {
@@ -979,9 +971,9 @@ absl::Status Coordinator::RecordRankStatusLocked(const std::string& worker_id, c
     RankSlot& slot = a->second.ranks[st.rank()];
     slot.worker_id = worker_id;
     slot.running = st.running();
-    bool all = true;
-    for (const RankSlot& s : a->second.ranks) all &= !s.worker_id.empty();
-    if (all) DFC_RETURN_IF_ERROR(FinishReattachLocked(st.job_id(), a->second));  // else AdvanceJobsLocked tries again
+    if (AllReported(a->second)) {
+      DFC_RETURN_IF_ERROR(FinishReattachLocked(st.job_id(), a->second));  // else AdvanceJobsLocked tries again
+    }
   }
   if (a == active_.end() || a->second.attempt != st.attempt() || st.rank() < 0 ||
       st.rank() >= static_cast<int>(a->second.ranks.size()) ||
@@ -1022,11 +1014,10 @@ absl::Status Coordinator::AdvanceJobsLocked() {
   for (const auto& [id, a] : active_) ids.push_back(id);
   for (const std::string& id : ids) {
     ActiveJob& a = active_[id];
-    bool all_running = true, all_ok = true, failed = false, permanent = false, all_reported = true;
+    bool all_running = true, all_ok = true, failed = false, permanent = false;
     std::string error;
     for (size_t i = 0; i < a.ranks.size(); ++i) {
       const RankSlot& s = a.ranks[i];
-      all_reported &= !s.worker_id.empty();
       all_running &= s.running || s.exited;
       all_ok &= s.exited && s.exit_code == 0;
       if (s.exited && s.exit_code != 0 && !failed) {
@@ -1039,7 +1030,7 @@ absl::Status Coordinator::AdvanceJobsLocked() {
     // A job leaves active_ only once its new state is written: a write that
     // fails (a full disk) is tried again at the next heartbeat.
     absl::Status st;
-    if (a.reattaching && all_reported) {
+    if (a.reattaching && AllReported(a)) {
       DFC_RETURN_IF_ERROR(FinishReattachLocked(id, a));
     } else if (a.reattaching && !failed) {
       continue;  // a rank that failed meanwhile fails the attempt now; otherwise wait for the rest

@@ -253,6 +253,19 @@ class Coordinator {
   std::map<std::string, int> bypassed_ ABSL_GUARDED_BY(mu_);
   int TotalLiveSlotsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RequeueUnstartedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts `job` back in the queue as it is (no restart counted; a caller that
+  // records a failure has done so), with a "requeued" event saying `reason`,
+  // and stops its ranks once that is written.
+  absl::Status RequeueLocked(v1::Job job, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The worker leaves the registry for the last few that went (ListWorkers: gone).
+  void RetireWorkerLocked(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Every rank of a reattaching job has been reported back by a worker.
+  static bool AllReported(const ActiveJob& a) {
+    for (const RankSlot& s : a.ranks) {
+      if (s.worker_id.empty()) return false;
+    }
+    return true;
+  }
   // HeartbeatRequest.leaving: every job with a rank on the worker goes back
   // to the queue (not a restart; its other ranks are stopped), and the worker
   // is gone. A write that fails leaves the rest as they were (the error goes
