@@ -261,9 +261,21 @@ int RunLogs(ClientArgs& c, const LogsArgs& a) {
     offset = size;
     if (!a.follow) return kExitOk;
   }
+  bool said_waiting = false;
   for (;;) {
     v1::GetRankLogResponse resp;
-    if (grpc::Status st = fetch(offset, 0, &resp); !st.ok()) return ReportRpcError(st);
+    if (grpc::Status st = fetch(offset, 0, &resp); !st.ok()) {
+      // Following, a coordinator that restarts (or whose worker has not
+      // registered again yet) is waited for, as `watch` does; the log goes on
+      // where it was.
+      if (!a.follow || st.error_code() != grpc::StatusCode::UNAVAILABLE) return ReportRpcError(st);
+      if (!said_waiting) std::fprintf(stderr, "dfc: %s; waiting\n", ForTerminal(st.error_message()).c_str());
+      said_waiting = true;
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
+    if (said_waiting) std::fprintf(stderr, "dfc: the log is reachable again\n");
+    said_waiting = false;
     offset += static_cast<int64_t>(resp.data().size());
     out.Add(resp.data());
     if (offset < resp.size()) continue;  // more to read now

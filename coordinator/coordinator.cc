@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -160,6 +161,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
   }
   std::unique_ptr<Coordinator> c(new Coordinator(std::move(o), std::move(*store)));
   c->lock_fd_ = lock_fd;
+  c->started_ms_ = c->Elapsed();
   DFC_ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c->store_->List());
   // Deletions are remembered for kKeepDeletedIds (a full disk leaves them for the next start).
   (void)c->store_->ForgetDeletedBefore(c->Now() - std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -506,7 +508,7 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   }
   if (r.address().empty()) return absl::InvalidArgumentError("address: required");
   absl::MutexLock lock(&mu_);
-  const std::string id = absl::StrCat("worker-", next_worker_++, "-", Now() % 100000);
+  const std::string id = WorkerIdLocked(r.previous_worker_id());
   workers_[id] = WorkerInfo{r.address(), slots, Elapsed(), r.cpu_slots(), r.gpus()};
   // Its ranks, before anything is placed on it: those of a job taken over
   // from the coordinator before a restart are claimed, and hold their slots.
@@ -530,6 +532,25 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   }
   ScheduleLocked();
   return resp;
+}
+
+std::string Coordinator::WorkerIdLocked(const std::string& previous) {
+  bool free = previous.size() <= 64 && absl::StartsWith(previous, "worker-") && IsPlainName(previous) &&
+              !workers_.count(previous);
+  for (const auto& [job_id, a] : active_) {
+    for (const RankSlot& s : a.ranks) free = free && s.worker_id != previous;
+  }
+  if (free) {
+    // Back from the gone (a worker that stopped and went on, a partition).
+    gone_.erase(std::remove_if(gone_.begin(), gone_.end(), [&](const auto& g) { return g.first == previous; }),
+                gone_.end());
+    return previous;
+  }
+  std::string id;
+  do {
+    id = absl::StrCat("worker-", next_worker_++, "-", Now() % 100000);
+  } while (workers_.count(id));
+  return id;
 }
 
 int Coordinator::FreeSlots(const std::string& worker_id) const {
@@ -1279,8 +1300,23 @@ absl::StatusOr<v1::GetRankLogResponse> Coordinator::GetRankLog(const v1::GetRank
   }
   const std::string worker = placement->workers(r.rank());
   if (workers_.count(worker) == 0) {
-    return absl::UnavailableError(absl::StrCat("worker ", worker, " that ran rank ", r.rank(), " of attempt ",
-                                               placement->attempt(), " is gone; its logs went with it"));
+    const std::string which =
+        absl::StrCat("worker ", worker, " that ran rank ", r.rank(), " of attempt ", placement->attempt());
+    for (const auto& [id, info] : gone_) {
+      if (id == worker) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            which, " is gone (no heartbeat); the log is on it, and can be read if it comes back"));
+      }
+    }
+    // Not heard from since this coordinator started: workers register again
+    // within seconds of a restart (dfc logs --follow waits for it).
+    const int64_t since_s = (Elapsed() - started_ms_) / 1000;
+    if (Elapsed() - started_ms_ < options_.reattach_timeout.count()) {
+      return absl::UnavailableError(
+          absl::StrCat(which, " has not registered again since the coordinator restarted ", since_s, " s ago"));
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        which, " has not registered since the coordinator started ", since_s, " s ago; the log is on it"));
   }
   v1::LogRequest req;
   req.set_request_id(next_log_request_++);

@@ -237,13 +237,14 @@ class Coordinator {
   std::map<std::string, std::set<std::string>> forget_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t last_ran_ms_ ABSL_GUARDED_BY(mu_) = 0;  // CreditOwnPauseLocked's last call
-  std::map<std::string, int64_t> servers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int64_t> servers_ ABSL_GUARDED_BY(mu_);  // address -> last announced (ms)
   // dfc logs: requests waiting for a worker's heartbeat, and its answers.
   std::map<std::string, std::vector<v1::LogRequest>> log_requests_ ABSL_GUARDED_BY(mu_);
   std::map<int64_t, v1::LogChunk> log_answers_ ABSL_GUARDED_BY(mu_);
   int64_t next_log_request_ ABSL_GUARDED_BY(mu_) = 1;
   absl::CondVar log_answered_;
-  std::deque<std::pair<std::string, WorkerInfo>> gone_ ABSL_GUARDED_BY(mu_);  // timed out, newest last (<= 16)  // address -> last announced (ms)
+  std::deque<std::pair<std::string, WorkerInfo>> gone_ ABSL_GUARDED_BY(mu_);  // timed out, newest last (<= 16)
+  int64_t started_ms_ = 0;  // Elapsed() at Create
   // A restarted job waits a couple of heartbeats before it is placed again,
   // so that a worker that just died has stopped looking alive.
   std::map<std::string, int64_t> not_before_ms_ ABSL_GUARDED_BY(mu_);
@@ -259,6 +260,10 @@ class Coordinator {
   absl::Status RequeueLocked(v1::Job job, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The worker leaves the registry for the last few that went (ListWorkers: gone).
   void RetireWorkerLocked(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The id a registering worker gets: the one it had (`previous`, from this
+  // coordinator or one before a restart) when no live worker holds it and no
+  // running attempt has a rank on it; a new one otherwise.
+  std::string WorkerIdLocked(const std::string& previous) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Every rank of a reattaching job has been reported back by a worker.
   static bool AllReported(const ActiveJob& a) {
     for (const RankSlot& s : a.ranks) {

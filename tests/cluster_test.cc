@@ -340,6 +340,12 @@ TEST(ClusterTest, ARunningJobKeepsItsRanksThroughACoordinatorRestart) {
   const pid_t rank0 = c.RankPid(job, 1, 0), rank1 = c.RankPid(job, 1, 1);
   ASSERT_GT(rank0, 0);
   ASSERT_GT(rank1, 0);
+  const auto workers = nlohmann::json::parse(status)["workers"];
+  // A user following rank 0's log through the restart.
+  Subprocess& follow = c.processes().Start(
+      {"/bin/sh", "-c", c.Dfc("logs --follow --rank 0 " + job) + " 2>" + c.dir().Join("follow.err")}, "follow.out");
+  ASSERT_TRUE(testing::WaitUntil([&] { return !c.processes().Log("follow.out").empty(); }, std::chrono::seconds(30)));
+  const size_t logged_before = testing::ReadFileOrDie(c.RankLog(job, 1, 0)).size();
   c.KillCoordinator();
   std::this_thread::sleep_for(std::chrono::seconds(3));  // the ranks train on
   const auto started = std::chrono::steady_clock::now();
@@ -361,6 +367,8 @@ TEST(ClusterTest, ARunningJobKeepsItsRanksThroughACoordinatorRestart) {
   for (const auto& e : j["events"]) kinds += e["kind"].get<std::string>() + " ";
   EXPECT_NE(kinds.find("running reattaching reattached"), std::string::npos) << kinds;
   EXPECT_EQ(kinds.find("requeued"), std::string::npos) << kinds;
+  // The workers registered again under the ids they had.
+  EXPECT_EQ(j["workers"], workers) << j.dump();
   // The same processes train on and report to the new coordinator.
   EXPECT_EQ(::kill(rank0, 0), 0);
   EXPECT_EQ(::kill(rank1, 0), 0);
@@ -371,7 +379,18 @@ TEST(ClusterTest, ARunningJobKeepsItsRanksThroughACoordinatorRestart) {
       << status;
   EXPECT_EQ(c.RankPid(job, 2, 0), -1) << "a second attempt was started";
   EXPECT_EQ(nlohmann::json::parse(status).value("attempt", 0), 1) << status;
+  auto logs = RunCommand(c.Dfc("logs --rank 1 " + job));
+  EXPECT_EQ(logs.exit_code, 0) << logs.err;
   EXPECT_EQ(RunCommand(c.Dfc("cancel " + job)).exit_code, 0);
+  // The follower waited out the restart and went on where it was, to the
+  // job's end: what it printed is the log, from its start, with what was
+  // written after the restart.
+  EXPECT_EQ(follow.Wait(), 0) << c.processes().Log("follow.err");
+  const std::string followed = c.processes().Log("follow.out");
+  const std::string rank_log = testing::ReadFileOrDie(c.RankLog(job, 1, 0));
+  EXPECT_GT(followed.size(), logged_before);
+  EXPECT_EQ(rank_log.substr(0, followed.size()), followed);
+  EXPECT_NE(c.processes().Log("follow.err").find("waiting"), std::string::npos) << c.processes().Log("follow.err");
 }
 
 // The job ends while the coordinator is down: its worker keeps the rank's

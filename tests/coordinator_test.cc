@@ -235,6 +235,15 @@ TEST_F(CoordinatorTest, AFailureThatCannotBeWrittenIsWrittenAtALaterTick) {
                                             dir_.Join("state/jobs.db") + "' is locked by another program"),
             std::string::npos)
       << refused.status();
+  // The worker registers again while its rank's attempt still runs there on
+  // record: it gets a new id, so that attempt still fails over (below).
+  v1::RegisterWorkerRequest again;
+  again.set_address("127.0.0.1");
+  again.set_cpu_slots(1);
+  again.set_previous_worker_id(w);
+  auto back = c->RegisterWorker(again);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_NE(back->worker_id(), w);
   ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
   sqlite3_close(other);
   c->Tick();
@@ -839,6 +848,52 @@ TEST_F(CoordinatorTest, NotebookPhasesAreKeptApartAndTheSelectionIsAResumePoint)
 // before it stops its ranks: the job goes back to the queue instead of
 // failing (max_restarts 0) on its ranks' broken collectives, its other ranks
 // are stopped, and it is placed again on the workers left.
+// A worker that was given up (stopped, or cut off, past its timeout) and
+// registers again gets its id back: the jobs on record as run there, and
+// their rank logs, are its own again, and it is listed once, live.
+TEST_F(CoordinatorTest, AWorkerBackFromTheGoneGetsItsIdBackAndItsRankLogsWithIt) {
+  auto c = Make();
+  const std::string w = Worker(*c, 1);
+  const std::string job = Submit(*c, 1);
+  Beat(*c, w, {{job, 1, 0}});
+  v1::HeartbeatRequest done;
+  done.set_worker_id(w);
+  v1::RankStatus* s = done.add_ranks();
+  s->set_job_id(job);
+  s->set_attempt(1);
+  s->set_rank(0);
+  s->set_exited(true);
+  ASSERT_TRUE(c->Heartbeat(done).ok());
+  ASSERT_EQ(State(*c, job), v1::SUCCEEDED);
+  for (int i = 0; i < 7; ++i) {
+    now_ += 500;
+    c->Tick();
+  }
+  ASSERT_EQ(c->ListWorkers().workers(0).state(), "gone");
+  v1::GetRankLogRequest log;
+  log.set_job_id(job);
+  auto gone = c->GetRankLog(log, std::chrono::milliseconds(1));
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kFailedPrecondition) << gone.status();
+  EXPECT_NE(gone.status().message().find("worker " + w + " that ran rank 0 of attempt 1 is gone"), std::string::npos)
+      << gone.status();
+  ASSERT_TRUE(Beat(*c, w).reregister());
+  v1::RegisterWorkerRequest again;
+  again.set_address("127.0.0.1");
+  again.set_cpu_slots(1);
+  again.set_previous_worker_id(w);
+  auto back = c->RegisterWorker(again);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->worker_id(), w);
+  const v1::ListWorkersResponse listed = c->ListWorkers();
+  ASSERT_EQ(listed.workers_size(), 1) << listed.DebugString();
+  EXPECT_EQ(listed.workers(0).state(), "live");
+  auto asked = c->GetRankLog(log, std::chrono::milliseconds(1));
+  EXPECT_EQ(asked.status().code(), absl::StatusCode::kDeadlineExceeded) << asked.status();
+  const v1::HeartbeatResponse beat = Beat(*c, w);
+  ASSERT_EQ(beat.logs_size(), 1) << beat.DebugString();
+  EXPECT_EQ(beat.logs(0).job_id(), job);
+}
+
 TEST_F(CoordinatorTest, AWorkerThatLeavesPutsItsJobsBackInTheQueueWithoutARestart) {
   auto c = Make();
   const std::string w1 = Worker(*c, 1), w2 = Worker(*c, 1), w3 = Worker(*c, 1);
@@ -921,8 +976,9 @@ class ReattachTest : public CoordinatorTest {
     return Make(8, /*in_memory=*/false, [](CoordinatorOptions& o) { o.reattach_timeout = std::chrono::seconds(10); });
   }
   // A worker registering with the rank `rank` of the job running (or exited with `exit_code`).
-  std::string WorkerWithRank(Coordinator& c, int rank, int exit_code = -1) {
+  std::string WorkerWithRank(Coordinator& c, int rank, int exit_code = -1, const std::string& previous_id = "") {
     v1::RegisterWorkerRequest r;
+    r.set_previous_worker_id(previous_id);
     r.set_address("127.0.0.1");
     r.set_cpu_slots(1);
     v1::RankStatus* s = r.add_ranks();
@@ -1004,6 +1060,50 @@ TEST_F(ReattachTest, AJobWhoseRanksAllReportBackRunsOnWithoutARestart) {
   EXPECT_EQ(State(*c, job_), v1::SUCCEEDED);
   Beat(*c, a);
   EXPECT_EQ(State(*c, queued_), v1::SCHEDULED);
+}
+
+// A worker that registers again after the restart gets its id back, so the
+// placement on record reaches it: `dfc logs` of its rank is asked of it. Until
+// it is back, the log is "not yet" (UNAVAILABLE: `logs --follow` waits); past
+// the reattach timeout a worker never seen again is named as such.
+TEST_F(ReattachTest, ARanksLogIsAskedOfItsWorkerOnceItRegistersAgain) {
+  RunAndLoseTheCoordinator(2);
+  auto c = Restart();
+  const v1::Job placed = *c->GetJob(job_);
+  ASSERT_EQ(placed.workers_size(), 2);
+  v1::GetRankLogRequest log;
+  log.set_job_id(job_);
+  log.set_rank(0);
+  auto early = c->GetRankLog(log, std::chrono::milliseconds(1));
+  EXPECT_EQ(early.status().code(), absl::StatusCode::kUnavailable) << early.status();
+  EXPECT_NE(early.status().message().find("worker " + placed.workers(0) + " that ran rank 0 of attempt " +
+                                          std::to_string(attempt_) +
+                                          " has not registered again since the coordinator restarted 0 s ago"),
+            std::string::npos)
+      << early.status();
+  EXPECT_EQ(WorkerWithRank(*c, 0, -1, placed.workers(0)), placed.workers(0));
+  // Its id is its own: a second worker naming it gets a new one.
+  v1::RegisterWorkerRequest r;
+  r.set_address("127.0.0.1");
+  r.set_cpu_slots(1);
+  r.set_previous_worker_id(placed.workers(0));
+  auto other = c->RegisterWorker(r);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_NE(other->worker_id(), placed.workers(0));
+  auto asked = c->GetRankLog(log, std::chrono::milliseconds(1));
+  EXPECT_EQ(asked.status().code(), absl::StatusCode::kDeadlineExceeded) << asked.status();
+  const v1::HeartbeatResponse beat = Beat(*c, placed.workers(0), {{job_, attempt_, 0}});
+  ASSERT_EQ(beat.logs_size(), 1) << beat.DebugString();
+  EXPECT_EQ(beat.logs(0).job_id(), job_);
+  EXPECT_EQ(beat.logs(0).rank(), 0);
+  EXPECT_EQ(beat.logs(0).attempt(), attempt_);
+  now_ += 10500;
+  log.set_rank(1);
+  auto late = c->GetRankLog(log, std::chrono::milliseconds(1));
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition) << late.status();
+  EXPECT_NE(late.status().message().find("has not registered since the coordinator started 10 s ago"),
+            std::string::npos)
+      << late.status();
 }
 
 // Ranks that ended while the coordinator was away are reported with the

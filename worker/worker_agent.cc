@@ -64,10 +64,12 @@ absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
   }
   // Ranks still here when the coordinator restarted: it takes their jobs back.
   AddRankStatuses(req.mutable_ranks());
+  req.set_previous_worker_id(worker_id_);
   v1::RegisterWorkerResponse resp;
   auto ctx = MakeContext(options_.security);
   absl::Status st = FromGrpc(stub.RegisterWorker(ctx.get(), req, &resp));
   if (!st.ok()) return st;
+  const bool again = !worker_id_.empty() && worker_id_ == resp.worker_id();
   worker_id_ = resp.worker_id();
   interval_ = std::chrono::milliseconds(std::max(50, resp.heartbeat_interval_ms()));
   for (const std::string& job : resp.forget_jobs()) ForgetJob(job);
@@ -79,8 +81,8 @@ absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
   const std::string of = options_.cpus > 0
                              ? absl::StrCat("--cpus ", options_.cpus, " (this process may use ", cpus.Describe(), ")")
                              : cpus.Describe();
-  std::fprintf(stderr, "dfc-worker: registered as %s with %d slot(s), %d CPU(s) per rank of %s\n",
-               worker_id_.c_str(), slots, cpus_per_rank_, of.c_str());
+  std::fprintf(stderr, "dfc-worker: registered%s as %s with %d slot(s), %d CPU(s) per rank of %s\n",
+               again ? " again" : "", worker_id_.c_str(), slots, cpus_per_rank_, of.c_str());
   return absl::OkStatus();
 }
 
