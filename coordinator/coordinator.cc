@@ -1,7 +1,5 @@
 #include "coordinator/coordinator.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,6 +22,7 @@
 #include "common/exit_codes.h"
 #include "common/random_token.h"
 #include "common/atomic_file.h"
+#include "common/dir_lock.h"
 #include "common/run_dir.h"
 #include "common/training_config.h"
 #include "coordinator/state_backups.h"
@@ -77,27 +76,8 @@ absl::Status ValidateSubmit(const v1::SubmitJobRequest& r, const std::vector<std
 std::string StateDatabase(const std::string& state_dir) { return (fs::path(state_dir) / "jobs.db").string(); }
 
 absl::StatusOr<int> LockStateDir(const std::string& state_dir) {
-  const std::string path = (fs::path(state_dir) / "coordinator.lock").string();
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::PermissionDeniedError(absl::StrCat("--state: cannot open ", path, ": ", std::strerror(errno)));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    char holder[256] = {0};
-    const ssize_t n = ::pread(fd, holder, sizeof(holder) - 1, 0);
-    ::close(fd);
-    std::string who = n > 0 ? std::string(holder, static_cast<size_t>(n)) : "unknown process";
-    while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
-    return absl::FailedPreconditionError(absl::StrCat("--state: '", state_dir, "' is in use by another dfc-coordinator (",
-                                                      who, "); two coordinators on one state directory would run "
-                                                      "every job twice"));
-  }
-  char host[256] = {0};
-  ::gethostname(host, sizeof(host) - 1);
-  const std::string me = absl::StrCat("pid ", ::getpid(), " on ", host, "\n");
-  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
-    ::close(fd);
-    return absl::PermissionDeniedError(absl::StrCat("--state: cannot write ", path, ": ", std::strerror(errno)));
-  }
-  return fd;  // held (and the lock with it) for the process's life
+  return LockDirectory(state_dir, "coordinator.lock", "--state", "dfc-coordinator",
+                       "two coordinators on one state directory would run every job twice");
 }
 
 absl::StatusOr<RestoredState> RestoreState(const std::string& state_dir, const std::string& from) {
@@ -542,7 +522,7 @@ std::string Coordinator::WorkerIdLocked(const std::string& previous) {
   }
   if (free) {
     // Back from the gone (a worker that stopped and went on, a partition).
-    gone_.erase(std::remove_if(gone_.begin(), gone_.end(), [&](const auto& g) { return g.first == previous; }),
+    gone_.erase(std::remove_if(gone_.begin(), gone_.end(), [&](const GoneWorker& g) { return g.id == previous; }),
                 gone_.end());
     return previous;
   }
@@ -707,7 +687,7 @@ void Coordinator::ExpireWorkersLocked() {
   for (const auto& [id, w] : workers_) {
     if (now - w.last_seen_ms > options_.worker_timeout.count()) dead.push_back(id);
   }
-  for (const std::string& id : dead) RetireWorkerLocked(id);
+  for (const std::string& id : dead) RetireWorkerLocked(id, "gone");
   // Attempts with a rank on a worker that is gone, now or at an earlier tick
   // whose failure could not be written (the store logs why; tried again here).
   std::vector<std::pair<std::string, std::string>> hit;  // job, worker
@@ -855,8 +835,8 @@ absl::Status Coordinator::RequeueLocked(v1::Job job, const std::string& reason) 
   return absl::OkStatus();
 }
 
-void Coordinator::RetireWorkerLocked(const std::string& worker_id) {
-  gone_.emplace_back(worker_id, workers_[worker_id]);
+void Coordinator::RetireWorkerLocked(const std::string& worker_id, const std::string& state) {
+  gone_.push_back(GoneWorker{worker_id, workers_[worker_id], state});
   if (gone_.size() > 16) gone_.pop_front();
   workers_.erase(worker_id);
 }
@@ -880,7 +860,7 @@ absl::Status Coordinator::LeaveLocked(const std::string& worker_id) {
     DFC_RETURN_IF_ERROR(RequeueLocked(std::move(job), reason));
     not_before_ms_[id] = Elapsed() + RetryDelayMs();  // the other ranks stop first
   }
-  RetireWorkerLocked(worker_id);
+  RetireWorkerLocked(worker_id, "left");
   stop_.erase(worker_id);
   forget_.erase(worker_id);
   log_requests_.erase(worker_id);
@@ -1208,7 +1188,7 @@ v1::ListWorkersResponse Coordinator::ListWorkers() {
   absl::MutexLock lock(&mu_);
   const int64_t now = Elapsed();
   v1::ListWorkersResponse resp;
-  auto fill = [&](const std::string& id, const WorkerInfo& w, const char* state) {
+  auto fill = [&](const std::string& id, const WorkerInfo& w, const std::string& state) {
     v1::WorkerSummary* s = resp.add_workers();
     s->set_worker_id(id);
     s->set_address(w.address);
@@ -1233,7 +1213,7 @@ v1::ListWorkersResponse Coordinator::ListWorkers() {
       }
     }
   }
-  for (auto it = gone_.rbegin(); it != gone_.rend(); ++it) fill(it->first, it->second, "gone");
+  for (auto it = gone_.rbegin(); it != gone_.rend(); ++it) fill(it->id, it->info, it->state);
   return resp;
 }
 
@@ -1302,10 +1282,11 @@ absl::StatusOr<v1::GetRankLogResponse> Coordinator::GetRankLog(const v1::GetRank
   if (workers_.count(worker) == 0) {
     const std::string which =
         absl::StrCat("worker ", worker, " that ran rank ", r.rank(), " of attempt ", placement->attempt());
-    for (const auto& [id, info] : gone_) {
-      if (id == worker) {
+    for (const GoneWorker& g : gone_) {
+      if (g.id == worker) {
         return absl::FailedPreconditionError(absl::StrCat(
-            which, " is gone (no heartbeat); the log is on it, and can be read if it comes back"));
+            which, g.state == "left" ? " was shut down" : " is gone (no heartbeat)",
+            "; the log is in its work directory, and can be read once a worker runs there again"));
       }
     }
     // Not heard from since this coordinator started: workers register again

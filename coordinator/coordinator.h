@@ -243,7 +243,12 @@ class Coordinator {
   std::map<int64_t, v1::LogChunk> log_answers_ ABSL_GUARDED_BY(mu_);
   int64_t next_log_request_ ABSL_GUARDED_BY(mu_) = 1;
   absl::CondVar log_answered_;
-  std::deque<std::pair<std::string, WorkerInfo>> gone_ ABSL_GUARDED_BY(mu_);  // timed out, newest last (<= 16)
+  struct GoneWorker {
+    std::string id;
+    WorkerInfo info;
+    std::string state;  // "gone" (timed out) or "left" (shut down)
+  };
+  std::deque<GoneWorker> gone_ ABSL_GUARDED_BY(mu_);  // newest last (<= 16)
   int64_t started_ms_ = 0;  // Elapsed() at Create
   // A restarted job waits a couple of heartbeats before it is placed again,
   // so that a worker that just died has stopped looking alive.
@@ -258,8 +263,9 @@ class Coordinator {
   // records a failure has done so), with a "requeued" event saying `reason`,
   // and stops its ranks once that is written.
   absl::Status RequeueLocked(v1::Job job, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The worker leaves the registry for the last few that went (ListWorkers: gone).
-  void RetireWorkerLocked(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The worker leaves the registry for the last few that went (ListWorkers:
+  // `state`, gone or left).
+  void RetireWorkerLocked(const std::string& worker_id, const std::string& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The id a registering worker gets: the one it had (`previous`, from this
   // coordinator or one before a restart) when no live worker holds it and no
   // running attempt has a rank on it; a new one otherwise.

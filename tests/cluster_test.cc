@@ -1256,6 +1256,16 @@ TEST(ClusterTest, ClusterDownPutsRunningJobsBackInTheQueueForTheNextUp) {
   std::string dfc = up();
   // Whatever fails below, the processes of the last `cluster up` go.
   absl::Cleanup down_at_end = [&] { RunCommand(testing::DfcBinary() + " cluster down --state " + state); };
+  auto worker_ids = [&] {
+    std::set<std::string> ids;
+    const auto listed = nlohmann::json::parse(RunCommand(dfc + "workers --json").out);
+    for (const auto& w : listed["workers"]) {
+      if (w["state"] == "live") ids.insert(w["worker_id"].get<std::string>());
+    }
+    return ids;
+  };
+  const std::set<std::string> first_ids = worker_ids();
+  ASSERT_EQ(first_ids.size(), 2u) << RunCommand(dfc + "workers --json").out;
   auto r = RunCommand(dfc + "submit --json --model mesoinception4 --data " + shards +
                       " --world-size 2 --epochs 50 --batch-size 16 --bn-momentum 0.9 --threads 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -1283,6 +1293,36 @@ TEST(ClusterTest, ClusterDownPutsRunningJobsBackInTheQueueForTheNextUp) {
       },
       std::chrono::seconds(120)))
       << status;
+  // The workers came back under their ids (kept in their work directories),
+  // so the first attempt's logs are still theirs to send.
+  EXPECT_EQ(worker_ids(), first_ids);
+  auto logs = RunCommand(dfc + "logs --attempt 1 --rank 0 " + job);
+  EXPECT_EQ(logs.exit_code, 0) << logs.err;
+  std::string on_disk;
+  for (const char* w : {"worker-0", "worker-1"}) {
+    const std::string path = state + "/workers/" + w + "/" + job + "/attempt-1/rank-0/log";
+    if (std::filesystem::exists(path)) on_disk = testing::ReadFileOrDie(path);
+  }
+  EXPECT_FALSE(on_disk.empty());
+  EXPECT_EQ(logs.out, on_disk);
+}
+
+// A second worker started on a work directory that a worker uses (a copied
+// command line, a unit started twice) is refused naming the first; it would
+// remove that worker's rank folders (jobs it takes for deleted) and take its id.
+TEST(ClusterTest, ASecondWorkerOnTheSameWorkDirIsRefusedNamingTheFirst) {
+  Cluster c(1);
+  // (timeout: a second worker that is not refused runs on)
+  auto second = RunCommand("timeout 20 " + Bin("dfc-worker") + " --coordinator " + c.address() +
+                           " --cpu-slots 1 --work-dir " + c.WorkerDir(0));
+  EXPECT_NE(second.exit_code, 0);
+  EXPECT_NE(second.err.find("--work-dir: '" + c.WorkerDir(0) + "' is in use by another dfc-worker (pid " +
+                            std::to_string(c.worker(0).pid()) + " on "),
+            std::string::npos)
+      << second.err;
+  const auto listed = nlohmann::json::parse(RunCommand(c.Dfc("workers --json")).out)["workers"];
+  ASSERT_EQ(listed.size(), 1u) << listed.dump();
+  EXPECT_EQ(listed[0]["state"], "live");
 }
 
 // Every field of a submission is checked at submit, by the same validator

@@ -930,11 +930,18 @@ TEST_F(CoordinatorTest, AWorkerThatLeavesPutsItsJobsBackInTheQueueWithoutARestar
     EXPECT_EQ(stop.attempt(), 1);
   }
   const v1::ListWorkersResponse listed = c->ListWorkers();
-  bool listed_gone = false;
+  bool listed_left = false;
   for (const v1::WorkerSummary& w : listed.workers()) {
-    if (w.worker_id() == leaving) listed_gone = w.state() == "gone";
+    if (w.worker_id() == leaving) listed_left = w.state() == "left";
   }
-  EXPECT_TRUE(listed_gone) << listed.DebugString();
+  EXPECT_TRUE(listed_left) << listed.DebugString();
+  v1::GetRankLogRequest log;
+  log.set_job_id(job);
+  auto unreachable = c->GetRankLog(log, std::chrono::milliseconds(1));
+  EXPECT_EQ(unreachable.status().code(), absl::StatusCode::kFailedPrecondition) << unreachable.status();
+  EXPECT_NE(unreachable.status().message().find("worker " + leaving + " that ran rank 0 of attempt 1 was shut down"),
+            std::string::npos)
+      << unreachable.status();
   EXPECT_TRUE(Beat(*c, leaving).reregister());
   // Placed again on the two workers left, as attempt 2.
   for (int i = 0; i < 6; ++i) {

@@ -23,9 +23,11 @@
 #include "training/rank_launcher.h"
 #include "common/atomic_file.h"
 #include "common/cpus.h"
+#include "common/dir_lock.h"
 #include "common/exit_codes.h"
 #include "common/record_file.h"
 #include "common/run_dir.h"
+#include "common/status_macros.h"
 #include "common/subprocess.h"
 #include "common/training_config.h"
 #include "common/utf8.h"
@@ -46,8 +48,14 @@ int64_t FreeBytes(const std::string& path) {
 constexpr int64_t kLowSpace = int64_t{16} << 20;
 // Below this, a rank that failed without an error line could not write one.
 constexpr int64_t kNoSpace = int64_t{1} << 20;
+// In the work directory: the id the worker was given (Register).
+constexpr char kWorkerIdFile[] = "worker-id";
 
 }  // namespace
+
+WorkerAgent::~WorkerAgent() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
 
 absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
   v1::RegisterWorkerRequest req;
@@ -64,13 +72,24 @@ absl::Status WorkerAgent::Register(v1::WorkerService::Stub& stub) {
   }
   // Ranks still here when the coordinator restarted: it takes their jobs back.
   AddRankStatuses(req.mutable_ranks());
-  req.set_previous_worker_id(worker_id_);
+  const std::string previous = worker_id_.empty() ? previous_id_ : worker_id_;
+  req.set_previous_worker_id(previous);
   v1::RegisterWorkerResponse resp;
   auto ctx = MakeContext(options_.security);
   absl::Status st = FromGrpc(stub.RegisterWorker(ctx.get(), req, &resp));
   if (!st.ok()) return st;
-  const bool again = !worker_id_.empty() && worker_id_ == resp.worker_id();
+  const bool again = !previous.empty() && previous == resp.worker_id();
   worker_id_ = resp.worker_id();
+  if (worker_id_ != previous_id_) {
+    // Kept for the next run on this work directory: the ranks' logs here
+    // stay reachable through `dfc logs` under the id they ran with.
+    const fs::path file = fs::path(options_.work_dir) / kWorkerIdFile;
+    if (absl::Status saved = WriteFileAtomically(file.string(), worker_id_ + "\n"); !saved.ok()) {
+      std::fprintf(stderr, "dfc-worker: warning: %s; a restart of this worker will not keep its id\n",
+                   std::string(saved.message()).c_str());
+    }
+    previous_id_ = worker_id_;
+  }
   interval_ = std::chrono::milliseconds(std::max(50, resp.heartbeat_interval_ms()));
   for (const std::string& job : resp.forget_jobs()) ForgetJob(job);
   // Each slot's rank gets its share of the CPUs this worker may use (its
@@ -393,6 +412,12 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
   std::error_code ec;
   fs::create_directories(options_.work_dir, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("--work-dir: cannot create '", options_.work_dir, "': ", ec.message()));
+  DFC_ASSIGN_OR_RETURN(lock_fd_, LockDirectory(options_.work_dir, "worker.lock", "--work-dir", "dfc-worker",
+                                               "two workers on one work directory would remove each other's rank "
+                                               "folders and take one worker id"));
+  if (auto id = ReadFirstLine((fs::path(options_.work_dir) / kWorkerIdFile).string(), 256); id.ok() && IsPlainName(*id)) {
+    previous_id_ = *id;
+  }
   auto channel = MakeChannel(options_.coordinator, options_.security);
   if (!channel.ok()) return channel.status();
   auto stub = v1::WorkerService::NewStub(*channel);

@@ -54,6 +54,9 @@ struct WorkerAgentOptions {
 class WorkerAgent {
  public:
   explicit WorkerAgent(WorkerAgentOptions options) : options_(std::move(options)) {}
+  ~WorkerAgent();
+  WorkerAgent(const WorkerAgent&) = delete;
+  WorkerAgent& operator=(const WorkerAgent&) = delete;
   // Runs until *stop becomes true; then stops its ranks.
   absl::Status Run(const std::atomic<bool>* stop);
 
@@ -115,6 +118,10 @@ class WorkerAgent {
 
   WorkerAgentOptions options_;  // work_dir is filled in by Run
   std::string worker_id_;
+  // The id this worker had when it last ran on its work directory
+  // (WORK/worker-id), asked back at its first registration.
+  std::string previous_id_;
+  int lock_fd_ = -1;  // WORK/worker.lock, held while Run runs
   std::chrono::milliseconds interval_{500};
   int cpus_per_rank_ = 1;  // a slot's share of the usable CPUs (Register)
   std::vector<Rank> ranks_;

@@ -72,7 +72,7 @@ function workersTable(workers) {
   const rows = workers.map(w => el('tr', {'data-worker': w.worker_id},
     el('td', {}, w.worker_id), el('td', {}, w.address),
     el('td', {class: `state-${w.state}`}, w.state),
-    el('td', {class: 'num'}, w.slots), el('td', {class: 'num'}, w.state === 'gone' ? '—' : w.free_slots),
+    el('td', {class: 'num'}, w.slots), el('td', {class: 'num'}, w.state === 'gone' || w.state === 'left' ? '—' : w.free_slots),
     el('td', {class: 'num'}, w.gpus),
     el('td', {}, (w.ranks || []).map(r => `${r.job_id}/${r.rank}`).join(', ') || '—'),
     el('td', {class: 'num'}, `${fixed(w.seconds_since_heartbeat, 1)} s`)));
