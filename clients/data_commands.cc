@@ -78,7 +78,7 @@ int RunSynth(SynthArgs& a) {
 
 int RunShard(const ShardArgs& a) {
   if (a.src.empty() || a.out.empty()) {
-    return ReportError(absl::InvalidArgumentError("shard: --src and --out are required (or use `dfc shard verify DIR`)"));
+    return ReportError(absl::InvalidArgumentError("shard: a source (SRC or --src) and --out are required (or use `dfc shard verify DIR`)"));
   }
   ScanOptions scan;
   scan.validation_split = a.validation_split;
@@ -167,7 +167,7 @@ void AddPlotCommand(CLI::App& app, RunFn* run) {
 void AddShardCommand(CLI::App& app, RunFn* run) {
   auto args = std::make_shared<ShardArgs>();
   CLI::App* cmd = app.add_subcommand("shard", "Turn a class-folder dataset into checksummed shards");
-  cmd->add_option("--src", args->src, "Dataset root: class folders, or train:test/ [+ validation/]");
+  cmd->add_option("src,--src", args->src, "Dataset root: class folders, or train:test/ [+ validation/]");
   cmd->add_option("--out", args->out, "Output shard directory (must not hold shards yet)");
   cmd->add_option("--validation-split", args->validation_split,
                   "Fraction of each class held out, as Keras (default 0.2; 0 when validation/ exists)")

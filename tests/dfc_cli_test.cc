@@ -111,8 +111,9 @@ TEST(DfcCliTest, SynthShardVerifyAndCorruption) {
   testing::TempDir dir;
   auto synth = RunCommand(Dfc() + " synth --out " + dir.Join("syn") + " --count 20 --seed 3 --image-size 64");
   ASSERT_EQ(synth.exit_code, 0) << synth.err;
-  auto shard = RunCommand(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh") +
-                   " --validation-split 0.2 --shard-size 6 --image-size 64");
+  // The source as a positional argument too (--src below).
+  auto shard = RunCommand(Dfc() + " shard " + dir.Join("syn") + " --out " + dir.Join("sh") +
+                          " --validation-split 0.2 --shard-size 6 --image-size 64");
   ASSERT_EQ(shard.exit_code, 0) << shard.err;
   EXPECT_NE(shard.out.find("train      16 images (df 8, real 8)"), std::string::npos) << shard.out;
   EXPECT_NE(shard.out.find("validation 4 images (df 2, real 2)"), std::string::npos) << shard.out;
