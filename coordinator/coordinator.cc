@@ -521,7 +521,8 @@ std::string Coordinator::WorkerIdLocked(const std::string& previous) {
     for (const RankSlot& s : a.ranks) free = free && s.worker_id != previous;
   }
   if (free) {
-    // Back from the gone (a worker that stopped and went on, a partition).
+    // Back from gone or left: a worker that was frozen or cut off, or that
+    // restarted on its work directory.
     gone_.erase(std::remove_if(gone_.begin(), gone_.end(), [&](const GoneWorker& g) { return g.id == previous; }),
                 gone_.end());
     return previous;

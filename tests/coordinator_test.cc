@@ -38,10 +38,12 @@ class CoordinatorTest : public ::testing::Test {
     EXPECT_TRUE(c.ok()) << c.status();
     return std::move(*c);
   }
-  std::string Worker(Coordinator& c, int slots) {
+  // Registers a worker (asking for `previous_id` back, when given); returns its id.
+  std::string Worker(Coordinator& c, int slots, const std::string& previous_id = "") {
     v1::RegisterWorkerRequest r;
     r.set_address("127.0.0.1");
     r.set_cpu_slots(slots);
+    r.set_previous_worker_id(previous_id);
     auto resp = c.RegisterWorker(r);
     EXPECT_TRUE(resp.ok()) << resp.status();
     return resp->worker_id();
@@ -237,13 +239,7 @@ TEST_F(CoordinatorTest, AFailureThatCannotBeWrittenIsWrittenAtALaterTick) {
       << refused.status();
   // The worker registers again while its rank's attempt still runs there on
   // record: it gets a new id, so that attempt still fails over (below).
-  v1::RegisterWorkerRequest again;
-  again.set_address("127.0.0.1");
-  again.set_cpu_slots(1);
-  again.set_previous_worker_id(w);
-  auto back = c->RegisterWorker(again);
-  ASSERT_TRUE(back.ok()) << back.status();
-  EXPECT_NE(back->worker_id(), w);
+  EXPECT_NE(Worker(*c, 1, w), w);
   ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
   sqlite3_close(other);
   c->Tick();
@@ -877,13 +873,7 @@ TEST_F(CoordinatorTest, AWorkerBackFromTheGoneGetsItsIdBackAndItsRankLogsWithIt)
   EXPECT_NE(gone.status().message().find("worker " + w + " that ran rank 0 of attempt 1 is gone"), std::string::npos)
       << gone.status();
   ASSERT_TRUE(Beat(*c, w).reregister());
-  v1::RegisterWorkerRequest again;
-  again.set_address("127.0.0.1");
-  again.set_cpu_slots(1);
-  again.set_previous_worker_id(w);
-  auto back = c->RegisterWorker(again);
-  ASSERT_TRUE(back.ok()) << back.status();
-  EXPECT_EQ(back->worker_id(), w);
+  EXPECT_EQ(Worker(*c, 1, w), w);
   const v1::ListWorkersResponse listed = c->ListWorkers();
   ASSERT_EQ(listed.workers_size(), 1) << listed.DebugString();
   EXPECT_EQ(listed.workers(0).state(), "live");
@@ -1090,13 +1080,7 @@ TEST_F(ReattachTest, ARanksLogIsAskedOfItsWorkerOnceItRegistersAgain) {
       << early.status();
   EXPECT_EQ(WorkerWithRank(*c, 0, -1, placed.workers(0)), placed.workers(0));
   // Its id is its own: a second worker naming it gets a new one.
-  v1::RegisterWorkerRequest r;
-  r.set_address("127.0.0.1");
-  r.set_cpu_slots(1);
-  r.set_previous_worker_id(placed.workers(0));
-  auto other = c->RegisterWorker(r);
-  ASSERT_TRUE(other.ok()) << other.status();
-  EXPECT_NE(other->worker_id(), placed.workers(0));
+  EXPECT_NE(Worker(*c, 1, placed.workers(0)), placed.workers(0));
   auto asked = c->GetRankLog(log, std::chrono::milliseconds(1));
   EXPECT_EQ(asked.status().code(), absl::StatusCode::kDeadlineExceeded) << asked.status();
   const v1::HeartbeatResponse beat = Beat(*c, placed.workers(0), {{job_, attempt_, 0}});

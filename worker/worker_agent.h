@@ -121,7 +121,7 @@ class WorkerAgent {
   // The id this worker had when it last ran on its work directory
   // (WORK/worker-id), asked back at its first registration.
   std::string previous_id_;
-  int lock_fd_ = -1;  // WORK/worker.lock, held while Run runs
+  int lock_fd_ = -1;  // WORK/worker.lock, taken by Run and held until the agent goes
   std::chrono::milliseconds interval_{500};
   int cpus_per_rank_ = 1;  // a slot's share of the usable CPUs (Register)
   std::vector<Rank> ranks_;
