@@ -269,7 +269,9 @@ int RunLogs(ClientArgs& c, const LogsArgs& a) {
       // registered again yet) is waited for, as `watch` does; the log goes on
       // where it was.
       if (!a.follow || st.error_code() != grpc::StatusCode::UNAVAILABLE) return ReportRpcError(st);
-      if (!said_waiting) std::fprintf(stderr, "dfc: %s; waiting\n", ForTerminal(st.error_message()).c_str());
+      if (!said_waiting) {
+        std::fprintf(stderr, "dfc: the log cannot be read now (%s); waiting\n", ForTerminal(st.error_message()).c_str());
+      }
       said_waiting = true;
       std::this_thread::sleep_for(std::chrono::seconds(1));
       continue;

@@ -390,7 +390,9 @@ TEST(ClusterTest, ARunningJobKeepsItsRanksThroughACoordinatorRestart) {
   const std::string rank_log = testing::ReadFileOrDie(c.RankLog(job, 1, 0));
   EXPECT_GT(followed.size(), logged_before);
   EXPECT_EQ(rank_log.substr(0, followed.size()), followed);
-  EXPECT_NE(c.processes().Log("follow.err").find("waiting"), std::string::npos) << c.processes().Log("follow.err");
+  const std::string said = c.processes().Log("follow.err");
+  EXPECT_NE(said.find("dfc: the log cannot be read now ("), std::string::npos) << said;
+  EXPECT_NE(said.find("); waiting\ndfc: the log is reachable again\n"), std::string::npos) << said;
 }
 
 // The job ends while the coordinator is down: its worker keeps the rank's
