@@ -515,12 +515,8 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
 }
 
 std::string Coordinator::WorkerIdLocked(const std::string& previous) {
-  bool free = previous.size() <= 64 && absl::StartsWith(previous, "worker-") && IsPlainName(previous) &&
-              !workers_.count(previous);
-  for (const auto& [job_id, a] : active_) {
-    for (const RankSlot& s : a.ranks) free = free && s.worker_id != previous;
-  }
-  if (free) {
+  if (previous.size() <= 64 && absl::StartsWith(previous, "worker-") && IsPlainName(previous) &&
+      !workers_.count(previous) && RanksOn(previous) == 0) {
     // Back from gone or left: a worker that was frozen or cut off, or that
     // restarted on its work directory.
     gone_.erase(std::remove_if(gone_.begin(), gone_.end(), [&](const GoneWorker& g) { return g.id == previous; }),
@@ -534,14 +530,18 @@ std::string Coordinator::WorkerIdLocked(const std::string& previous) {
   return id;
 }
 
+int Coordinator::RanksOn(const std::string& worker_id) const {
+  int ranks = 0;
+  for (const auto& [id, a] : active_) {
+    for (const RankSlot& s : a.ranks) ranks += s.worker_id == worker_id;
+  }
+  return ranks;
+}
+
 int Coordinator::FreeSlots(const std::string& worker_id) const {
   auto w = workers_.find(worker_id);
   if (w == workers_.end()) return 0;
-  int used = 0;
-  for (const auto& [id, a] : active_) {
-    for (const RankSlot& s : a.ranks) used += s.worker_id == worker_id;
-  }
-  return w->second.slots - used;
+  return w->second.slots - RanksOn(worker_id);
 }
 
 void Coordinator::StopRanks(const std::string& job_id) {
@@ -1292,13 +1292,13 @@ absl::StatusOr<v1::GetRankLogResponse> Coordinator::GetRankLog(const v1::GetRank
     }
     // Not heard from since this coordinator started: workers register again
     // within seconds of a restart (dfc logs --follow waits for it).
-    const int64_t since_s = (Elapsed() - started_ms_) / 1000;
-    if (Elapsed() - started_ms_ < options_.reattach_timeout.count()) {
+    const int64_t since_ms = Elapsed() - started_ms_;
+    if (since_ms < options_.reattach_timeout.count()) {
       return absl::UnavailableError(
-          absl::StrCat(which, " has not registered again since the coordinator restarted ", since_s, " s ago"));
+          absl::StrCat(which, " has not registered again since the coordinator restarted ", since_ms / 1000, " s ago"));
     }
     return absl::FailedPreconditionError(absl::StrCat(
-        which, " has not registered since the coordinator started ", since_s, " s ago; the log is on it"));
+        which, " has not registered since the coordinator started ", since_ms / 1000, " s ago; the log is on it"));
   }
   v1::LogRequest req;
   req.set_request_id(next_log_request_++);

@@ -218,6 +218,8 @@ class Coordinator {
   // job's scheduling time, forward by the excess. Called first by whatever
   // judges liveness.
   void CreditOwnPauseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The ranks of running attempts placed on (or claimed by) the worker.
+  int RanksOn(const std::string& worker_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int FreeSlots(const std::string& worker_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Not heard from within two heartbeats: "suspect", and given no new ranks.
   bool Late(const WorkerInfo& w, int64_t now) const { return now - w.last_seen_ms > 2 * options_.heartbeat_interval.count(); }
