@@ -82,9 +82,10 @@ class CoordinatorTest : public ::testing::Test {
     return *resp;
   }
   v1::JobState State(Coordinator& c, const std::string& job) { return c.GetJob(job)->state(); }
-  // `worker` reports that `job`'s rank 0 of `attempt` exited with code 1.
-  void FailRank(Coordinator& c, const std::string& worker, const std::string& job, int attempt,
-                const std::string& error) {
+  // `worker` reports that `job`'s rank 0 of `attempt` exited with `exit_code`
+  // (and its error line); returns the coordinator's answer.
+  v1::HeartbeatResponse ExitRank(Coordinator& c, const std::string& worker, const std::string& job, int attempt,
+                                 int exit_code, const std::string& error = "") {
     v1::HeartbeatRequest r;
     r.set_worker_id(worker);
     v1::RankStatus* s = r.add_ranks();
@@ -92,9 +93,16 @@ class CoordinatorTest : public ::testing::Test {
     s->set_attempt(attempt);
     s->set_rank(0);
     s->set_exited(true);
-    s->set_exit_code(1);
+    s->set_exit_code(exit_code);
     s->set_error(error);
-    ASSERT_TRUE(c.Heartbeat(r).ok());
+    auto resp = c.Heartbeat(r);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return resp.ok() ? *resp : v1::HeartbeatResponse();
+  }
+  // The same with code 1.
+  void FailRank(Coordinator& c, const std::string& worker, const std::string& job, int attempt,
+                const std::string& error) {
+    ExitRank(c, worker, job, attempt, 1, error);
   }
 
   testing::TempDir dir_;
@@ -540,21 +548,11 @@ TEST_F(CoordinatorTest, AStopNamesTheAttemptAndSparesTheNewOne) {
   Beat(*c, w, {{job, 1, 0}});
   ASSERT_EQ(State(*c, job), v1::RUNNING);
   // The rank fails transiently; the job restarts as attempt 2 on the same worker.
-  v1::HeartbeatRequest r;
-  r.set_worker_id(w);
-  v1::RankStatus* s = r.add_ranks();
-  s->set_job_id(job);
-  s->set_attempt(1);
-  s->set_rank(0);
-  s->set_exited(true);
-  s->set_exit_code(1);
-  s->set_error("Gloo timeout");
-  auto failed = c->Heartbeat(r);
-  ASSERT_TRUE(failed.ok());
+  const v1::HeartbeatResponse failed = ExitRank(*c, w, job, 1, 1, "Gloo timeout");
   EXPECT_EQ(c->GetJob(job)->reason().find("restarting (1 of 1) after: rank 0: Gloo timeout"), 0u)
       << c->GetJob(job)->reason();
-  ASSERT_EQ(failed->stop_size(), 1);
-  EXPECT_EQ(failed->stop(0).attempt(), 1);
+  ASSERT_EQ(failed.stop_size(), 1);
+  EXPECT_EQ(failed.stop(0).attempt(), 1);
   now_ += 5000;  // past the restart back-off
   auto next = Beat(*c, w);
   ASSERT_EQ(next.start_size(), 1);
@@ -566,14 +564,7 @@ TEST_F(CoordinatorTest, AStopNamesTheAttemptAndSparesTheNewOne) {
   EXPECT_EQ(stale.stop(0).attempt(), 1);
   EXPECT_EQ(State(*c, job), v1::RUNNING);
   // Success clears the reason; the failure stays in the history.
-  v1::HeartbeatRequest done;
-  done.set_worker_id(w);
-  v1::RankStatus* d = done.add_ranks();
-  d->set_job_id(job);
-  d->set_attempt(2);
-  d->set_rank(0);
-  d->set_exited(true);
-  ASSERT_TRUE(c->Heartbeat(done).ok());
+  ExitRank(*c, w, job, 2, 0);
   // The timeline tells the story in order.
   const v1::Job timeline = *c->GetJob(job);
   std::vector<std::string> kinds;
@@ -817,16 +808,7 @@ TEST_F(CoordinatorTest, NotebookPhasesAreKeptApartAndTheSelectionIsAResumePoint)
     // The rank fails while selecting: the next attempt resumes from the
     // selection's checkpoint (the run's own latest.ckpt does not exist yet).
     testing::WriteFileOrDie(out + "/selection/latest.ckpt", "stand-in");
-    v1::HeartbeatRequest r;
-    r.set_worker_id(w);
-    v1::RankStatus* st = r.add_ranks();
-    st->set_job_id(job);
-    st->set_attempt(1);
-    st->set_rank(0);
-    st->set_exited(true);
-    st->set_exit_code(1);
-    st->set_error("worker lost");
-    ASSERT_TRUE(c->Heartbeat(r).ok());
+    FailRank(*c, w, job, 1, "worker lost");
     now_ += 5000;  // past the restart back-off
     auto next = Beat(*c, w);
     ASSERT_EQ(next.start_size(), 1);
@@ -839,11 +821,6 @@ TEST_F(CoordinatorTest, NotebookPhasesAreKeptApartAndTheSelectionIsAResumePoint)
   EXPECT_EQ(j.epochs_size(), 1) << j.DebugString();
 }
 
-
-// A worker shut down with SIGTERM (a drain, an upgrade, a scale-down) says so
-// before it stops its ranks: the job goes back to the queue instead of
-// failing (max_restarts 0) on its ranks' broken collectives, its other ranks
-// are stopped, and it is placed again on the workers left.
 // A worker that was given up (stopped, or cut off, past its timeout) and
 // registers again gets its id back: the jobs on record as run there, and
 // their rank logs, are its own again, and it is listed once, live.
@@ -852,14 +829,7 @@ TEST_F(CoordinatorTest, AWorkerBackFromTheGoneGetsItsIdBackAndItsRankLogsWithIt)
   const std::string w = Worker(*c, 1);
   const std::string job = Submit(*c, 1);
   Beat(*c, w, {{job, 1, 0}});
-  v1::HeartbeatRequest done;
-  done.set_worker_id(w);
-  v1::RankStatus* s = done.add_ranks();
-  s->set_job_id(job);
-  s->set_attempt(1);
-  s->set_rank(0);
-  s->set_exited(true);
-  ASSERT_TRUE(c->Heartbeat(done).ok());
+  ExitRank(*c, w, job, 1, 0);
   ASSERT_EQ(State(*c, job), v1::SUCCEEDED);
   for (int i = 0; i < 7; ++i) {
     now_ += 500;
@@ -884,6 +854,10 @@ TEST_F(CoordinatorTest, AWorkerBackFromTheGoneGetsItsIdBackAndItsRankLogsWithIt)
   EXPECT_EQ(beat.logs(0).job_id(), job);
 }
 
+// A worker shut down with SIGTERM (a drain, an upgrade, a scale-down) says so
+// before it stops its ranks: the job goes back to the queue instead of
+// failing (max_restarts 0) on its ranks' broken collectives, its other ranks
+// are stopped, and it is placed again on the workers left.
 TEST_F(CoordinatorTest, AWorkerThatLeavesPutsItsJobsBackInTheQueueWithoutARestart) {
   auto c = Make();
   const std::string w1 = Worker(*c, 1), w2 = Worker(*c, 1), w3 = Worker(*c, 1);
