@@ -1,3 +1,4 @@
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -7,6 +8,7 @@
 #include "clients/commands.h"
 #include "clients/training_flags.h"
 #include "common/progress.h"
+#include "common/stop_signal.h"
 #include "common/subprocess.h"
 #include "training/collective.h"
 #include "training/rank_launcher.h"
@@ -58,7 +60,12 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
     lo.argv = CommandLine();
     lo.argv[0] = SelfExecutable();
     lo.world_size = d.world_size;
+    CatchStopSignals({SIGINT, SIGTERM});  // passed on to the ranks, which save their step
     absl::Status st = LaunchRanks(lo);
+    if (st.code() == absl::StatusCode::kCancelled) {
+      std::fprintf(stderr, "dfc: %s\n", std::string(st.message()).c_str());
+      return 128 + StopSignal();
+    }
     if (!st.ok()) return ReportError(st);
     return kExitOk;
   }
@@ -76,7 +83,15 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
   }
   ConsoleObserver obs;
   const bool talk = d.rank <= 0;
+  // Ctrl-C (or SIGTERM, or the launcher's): stop after the step in progress,
+  // saved to OUT/interrupted.ckpt for --resume.
+  CatchStopSignals({SIGINT, SIGTERM});
+  o.stop_requested = [] { return StopSignal() != 0; };
   auto result = RunTraining(o, talk ? &obs : nullptr);
+  if (result.status().code() == absl::StatusCode::kCancelled && StopSignal() != 0) {
+    if (talk) std::fprintf(stderr, "dfc: stopped by %s: %s\n", StopSignalName(), std::string(result.status().message()).c_str());
+    return 128 + StopSignal();
+  }
   if (!result.ok()) return ReportError(result.status());
   if (talk) std::printf("%s\n", result->ToJson().c_str());
   return kExitOk;
@@ -93,7 +108,8 @@ void AddTrainCommand(CLI::App& app, RunFn* run) {
   auto o = std::make_shared<TrainOptions>();  // the local-only fields
   cmd->add_option("--out", o->out_dir, "Output directory for checkpoints and metrics.jsonl")->required();
   cmd->add_flag("--resume", o->resume,
-                "Continue from OUT/latest.ckpt (--recipe notebook: from the phase that was interrupted)");
+                "Continue from OUT/latest.ckpt, or from OUT/interrupted.ckpt where a stop (Ctrl-C, SIGTERM) saved a "
+                "step after it (--recipe notebook: in the phase that was interrupted)");
   cmd->add_option("--loader-threads", o->loader_threads,
                   "Decode threads (0 = of this rank's share of the usable CPUs: half on CPU, all but one on a GPU)")
       ->check(CLI::Range(0, 1024));

@@ -29,11 +29,12 @@ int MetricsLineEpoch(const nlohmann::json& line) {
   return epoch >= 1 && epoch <= std::numeric_limits<int>::max() ? static_cast<int>(epoch) : 0;
 }
 
-bool HasResumePoint(const std::string& dir) {
+bool PhaseHasResumePoint(const std::string& dir) {
   std::error_code ec;
-  return std::filesystem::exists(Checkpoint(dir, kLatest), ec) ||
-         std::filesystem::exists(Checkpoint(SelectionDir(dir), kLatest), ec);
+  return std::filesystem::exists(Checkpoint(dir, kLatest), ec) || std::filesystem::exists(Checkpoint(dir, kInterrupted), ec);
 }
+
+bool HasResumePoint(const std::string& dir) { return PhaseHasResumePoint(dir) || PhaseHasResumePoint(SelectionDir(dir)); }
 
 std::string AttemptFile(const std::string& dir) { return (std::filesystem::path(dir) / "attempt").string(); }
 

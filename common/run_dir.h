@@ -15,6 +15,9 @@ namespace dfc {
 // the serving tier and `dfc plot` read it), defined once:
 //   latest.ckpt      weights + optimizer after the last finished epoch
 //   best.ckpt        the epoch with the best validation accuracy so far
+//   interrupted.ckpt weights + optimizer + the epoch's progress where training
+//                    was asked to stop mid-epoch (SIGTERM, SIGINT); a resume
+//                    goes on from its step; removed once the epoch ends
 //   epoch-N.ckpt     weights after epoch N
 //   metrics.jsonl    one JSON object per finished epoch
 //   X.ckpt.json      beside every checkpoint: its epoch and metrics, so that
@@ -28,11 +31,12 @@ namespace run_dir {
 
 inline constexpr char kLatest[] = "latest";
 inline constexpr char kBest[] = "best";
+inline constexpr char kInterrupted[] = "interrupted";
 // The notebook recipe's first phase: its folder under the run directory and
 // its name in EpochMetrics.phase / StepProgress.phase.
 inline constexpr char kSelection[] = "selection";
 
-std::string Checkpoint(const std::string& dir, const std::string& which);  // which: latest | best
+std::string Checkpoint(const std::string& dir, const std::string& which);  // which: latest | best | interrupted
 std::string EpochCheckpoint(const std::string& dir, int64_t epoch);
 std::string Metrics(const std::string& dir);
 std::string Sidecar(const std::string& checkpoint_path);
@@ -42,8 +46,11 @@ std::string SelectionDir(const std::string& dir);
 // none (a torn last line, or not an object).
 int MetricsLineEpoch(const nlohmann::json& line);
 
-// Whether a restart can resume rather than start over: latest.ckpt of the run
-// or of its selection phase exists.
+// Whether a phase's folder has something to resume from: latest.ckpt or
+// interrupted.ckpt.
+bool PhaseHasResumePoint(const std::string& dir);
+// Whether a restart can resume rather than start over: the run or its
+// selection phase has a resume point.
 bool HasResumePoint(const std::string& dir);
 
 // Fencing of a cluster job's run directory. The coordinator writes the

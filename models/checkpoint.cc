@@ -38,6 +38,7 @@ void WriteMeta(torch::serialize::OutputArchive& a, const CheckpointMeta& m) {
   a.write("dfc/lr", torch::tensor(m.lr, torch::kFloat64));
   a.write("dfc/metrics", StringTensor(m.metrics_json));
   a.write("dfc/options", StringTensor(m.options_json));
+  if (!m.epoch_progress_json.empty()) a.write("dfc/epoch_progress", StringTensor(m.epoch_progress_json));
 }
 
 absl::StatusOr<CheckpointMeta> ReadMeta(torch::serialize::InputArchive& a, const std::string& path) {
@@ -64,6 +65,7 @@ absl::StatusOr<CheckpointMeta> ReadMeta(torch::serialize::InputArchive& a, const
   m.lr = get("dfc/lr").item<double>();
   m.metrics_json = TensorString(get("dfc/metrics"));
   m.options_json = TensorString(get("dfc/options"));
+  if (torch::Tensor progress; a.try_read("dfc/epoch_progress", progress)) m.epoch_progress_json = TensorString(progress);
   return m;
 }
 

@@ -22,6 +22,11 @@ struct CheckpointMeta {
   std::string metrics_json = "[]";
   // JSON object of the training options (for `--resume` checks).
   std::string options_json = "{}";
+  // Empty for a checkpoint at the end of an epoch. A checkpoint written when
+  // training was asked to stop in the middle of epoch `epoch + 1`
+  // (interrupted.ckpt) holds, as a JSON object, how far that epoch got: its
+  // steps taken and running totals (Trainer's EpochTotals).
+  std::string epoch_progress_json;
 };
 
 // Saves model parameters and buffers, the optimizer state, the CPU RNG state

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -200,6 +201,53 @@ TEST(DfcCliTest, TwoRanksTrainLikeOneProcess) {
   auto plot = RunCommand(Dfc() + " plot " + dir.Join("two") + " --out " + dir.Join("curves.svg"));
   EXPECT_EQ(plot.exit_code, 0) << plot.err;
   EXPECT_NE(testing::ReadFileOrDie(dir.Join("curves.svg")).find("class=\"val_loss\""), std::string::npos);
+}
+
+// Ctrl-C in `dfc train` (here SIGINT to its launcher, which passes it on to
+// the ranks): the ranks finish their step, agree and save it in
+// OUT/interrupted.ckpt; the command says so and exits 128 + SIGINT, and
+// --resume goes on from that step: the epoch still takes exactly its steps.
+TEST(DfcCliTest, CtrlCSavesTheStepAndResumeGoesOnFromIt) {
+  testing::TempDir dir;
+  const std::string shards = MakeShards(dir, 600);  // 450 to train on: 45 steps an epoch in batches of 10
+  const std::string out = dir.Join("run");
+  const std::string train = Dfc() + " train --model mesoinception4 --data " + shards +
+                            " --epochs 2 --batch-size 10 --threads 1 --out " + out + " --world-size 2";
+  testing::CommandResult stopped;
+  std::thread run([&] { stopped = RunCommand(train); });
+  // Once epoch 2 is under way: its first steps take about half a second.
+  const bool started = testing::WaitUntil(
+      [&] { return std::filesystem::exists(out + "/metrics.jsonl") && !MetricLines(out + "/metrics.jsonl").empty(); },
+      std::chrono::seconds(240));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // [2]: the pattern must not match this pgrep's own command line; the ranks' lines go on after it.
+  const bool signalled = RunCommand("pkill -INT -f -- '--out " + out + " --world-size [2]$'").exit_code == 0;
+  run.join();
+  ASSERT_TRUE(started) << stopped.err;
+  ASSERT_TRUE(signalled) << "no launcher to signal";
+  EXPECT_EQ(stopped.exit_code, 128 + SIGINT) << stopped.err;
+  std::smatch at;
+  ASSERT_TRUE(std::regex_search(stopped.err, at,
+                                std::regex("dfc: stopped by SIGTERM: training stopped as asked in epoch 2 after step "
+                                           "([0-9]+) of 45; --resume goes on from '" + out + "/interrupted.ckpt'")))
+      << stopped.err;
+  const int step = std::stoi(at[1]);
+  EXPECT_GT(step, 0);
+  EXPECT_LT(step, 45);
+  EXPECT_NE(stopped.err.find("dfc: stopped by SIGINT"), std::string::npos) << stopped.err;  // the launcher
+  EXPECT_EQ(MetricLines(out + "/metrics.jsonl").size(), 1u);
+
+  auto resumed = RunCommand(train + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("resuming epoch 2 after its step " + std::to_string(step) + " (" + out +
+                             "/interrupted.ckpt)"),
+            std::string::npos)
+      << resumed.out;
+  const auto lines = MetricLines(out + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(RawField(lines[1], "epoch"), "2");
+  EXPECT_EQ(RawField(lines[1], "step"), "90");
+  EXPECT_FALSE(std::filesystem::exists(out + "/interrupted.ckpt"));
 }
 
 // Without --threads, training sizes its threads by the CPUs it may run on,

@@ -160,6 +160,131 @@ TEST_F(TrainerTest, ResumedCheckpointTakesTheSameNextSteps) {
   }
 }
 
+// Asks to stop before step `step` (0-based) of `phase`'s epoch `epoch`
+// (TrainOptions::stop_requested is asked before each step; OnStep follows
+// each step on CPU); records the epochs it saw end and what the trainer said.
+class StopMidEpoch : public TrainObserver {
+ public:
+  StopMidEpoch(std::string phase, int epoch, int64_t step) : phase_(std::move(phase)), epoch_(epoch), step_(step) {}
+  void OnPhase(const std::string& d) override { said.push_back(d); }
+  void OnEpochStart(const std::string& phase, int epoch, int, int64_t) override {
+    phase_now_ = phase;
+    epoch_now_ = epoch;
+    done_ = 0;
+  }
+  void OnStep(int, int64_t step, int64_t, double, double) override { done_ = step; }
+  void OnEpoch(const EpochMetrics& m) override { seen.push_back(m.phase + ":" + std::to_string(m.epoch)); }
+  bool Asked() const { return phase_now_ == phase_ && epoch_now_ == epoch_ && done_ == step_; }
+  bool Said(const std::string& text) const {
+    for (const std::string& d : said) {
+      if (d.find(text) != std::string::npos) return true;
+    }
+    return false;
+  }
+  std::vector<std::string> seen, said;
+
+ private:
+  const std::string phase_;
+  const int epoch_;
+  const int64_t step_;
+  std::string phase_now_;
+  int epoch_now_ = 0;
+  int64_t done_ = 0;
+};
+
+// Asked to stop in the middle of an epoch (dfc-worker's SIGTERM to a rank,
+// Ctrl-C in dfc train), training saves the step it reached in
+// interrupted.ckpt and says so; --resume goes on from that step and ends with
+// the weights and the epoch's metrics of a run that was never stopped. A stop
+// before an epoch's first step saves nothing new (latest.ckpt holds it), and
+// an interrupted.ckpt behind latest.ckpt (left by an attempt that was
+// replaced) is not resumed from.
+TEST_F(TrainerTest, AStopMidEpochIsSavedAndResumeGoesOnFromThatStep) {
+  testing::TempDir straight, split;
+  TrainOptions o = Options(straight.path());
+  o.epochs = 2;
+  ASSERT_TRUE(RunTraining(o, nullptr).ok());
+
+  // 48 images in batches of 16: 3 steps an epoch. Stopped before step 3 of epoch 2.
+  TrainOptions first = Options(split.path());
+  first.epochs = 2;
+  StopMidEpoch stop("", 2, 2);
+  first.stop_requested = [&] { return stop.Asked(); };
+  auto stopped = RunTraining(first, &stop);
+  ASSERT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << stopped.status();
+  EXPECT_EQ(stopped.status().message(), "training stopped as asked in epoch 2 after step 2 of 3; --resume goes on "
+                                        "from '" + split.Join("interrupted.ckpt") + "'");
+  EXPECT_EQ(stop.seen, std::vector<std::string>{":1"});
+  auto meta = ReadCheckpointMeta(split.Join("interrupted.ckpt"));
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ(meta->epoch, 1);
+  EXPECT_EQ(meta->step, 5);
+  const auto progress = nlohmann::json::parse(meta->epoch_progress_json);
+  EXPECT_EQ(progress["step_in_epoch"], 2);
+  EXPECT_EQ(progress["seen"], 32);
+  const std::string saved = testing::ReadFileOrDie(split.Join("interrupted.ckpt"));
+  const std::string saved_sidecar = testing::ReadFileOrDie(split.Join("interrupted.ckpt.json"));
+  EXPECT_EQ(testing::SplitLines(testing::ReadFileOrDie(split.Join("metrics.jsonl"))).size(), 1u);
+
+  torch::manual_seed(12345);  // another process's RNG
+  torch::rand({100});
+  TrainOptions resumed = Options(split.path());
+  resumed.epochs = 2;
+  resumed.resume = true;
+  StopMidEpoch watch("none", 0, 0);
+  resumed.stop_requested = [&] { return watch.Asked(); };
+  auto r = RunTraining(resumed, &watch);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(watch.Said("resuming epoch 2 after its step 2 (" + split.Join("interrupted.ckpt") + ")"));
+  EXPECT_EQ(watch.seen, std::vector<std::string>{":2"});
+  EXPECT_FALSE(std::filesystem::exists(split.Join("interrupted.ckpt"))) << "the epoch ended: latest.ckpt is ahead";
+  const auto a = Params(straight.Join("latest.ckpt"));
+  const auto b = Params(split.Join("latest.ckpt"));
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "tensor " << i;
+  EXPECT_EQ(ReadCheckpointMeta(split.Join("latest.ckpt"))->step, 6);
+  const auto want = testing::SplitLines(testing::ReadFileOrDie(straight.Join("metrics.jsonl")));
+  const auto got = testing::SplitLines(testing::ReadFileOrDie(split.Join("metrics.jsonl")));
+  ASSERT_EQ(got.size(), 2u);
+  for (const char* key : {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "step"}) {
+    EXPECT_EQ(nlohmann::json::parse(got[1])[key], nlohmann::json::parse(want[1])[key]) << key;
+  }
+
+  // Stopped before the first step of epoch 3: nothing new to save.
+  TrainOptions more = Options(split.path());
+  more.epochs = 3;
+  more.resume = true;
+  StopMidEpoch at_start("", 3, 0);
+  more.stop_requested = [&] { return at_start.Asked(); };
+  auto between = RunTraining(more, &at_start);
+  ASSERT_EQ(between.status().code(), absl::StatusCode::kCancelled) << between.status();
+  EXPECT_EQ(between.status().message(), "training stopped as asked in epoch 3 after step 0 of 3; --resume goes on "
+                                        "from '" + split.Join("latest.ckpt") + "'");
+  EXPECT_FALSE(std::filesystem::exists(split.Join("interrupted.ckpt")));
+
+  // A leftover interrupted.ckpt of epoch 2 is behind latest.ckpt (epoch 2 done).
+  testing::WriteFileOrDie(split.Join("interrupted.ckpt"), saved);
+  testing::WriteFileOrDie(split.Join("interrupted.ckpt.json"), saved_sidecar);
+  StopMidEpoch after("none", 0, 0);
+  more.stop_requested = [&] { return after.Asked(); };
+  auto on = RunTraining(more, &after);
+  ASSERT_TRUE(on.ok()) << on.status();
+  EXPECT_EQ(after.seen, std::vector<std::string>{":3"});
+  EXPECT_FALSE(after.Said("resuming epoch")) << "resumed from the leftover";
+  EXPECT_EQ(ReadCheckpointMeta(split.Join("latest.ckpt"))->step, 9);
+  EXPECT_FALSE(std::filesystem::exists(split.Join("interrupted.ckpt")));
+
+  // A stop before the very first step leaves nothing to resume from.
+  testing::TempDir fresh;
+  TrainOptions none = Options(fresh.path());
+  StopMidEpoch at_once("", 1, 0);
+  none.stop_requested = [&] { return at_once.Asked(); };
+  auto nothing = RunTraining(none, &at_once);
+  ASSERT_EQ(nothing.status().code(), absl::StatusCode::kCancelled) << nothing.status();
+  EXPECT_EQ(nothing.status().message(), "training stopped as asked in epoch 1 after step 0 of 3, before any step: "
+                                        "nothing to resume from was saved");
+}
+
 TEST_F(TrainerTest, NotebookRecipeChoosesEpochsThenRetrains) {
   testing::TempDir out;
   TrainOptions o = Options(out.path());
@@ -224,20 +349,36 @@ TEST_F(TrainerTest, NotebookRecipeResumesInThePhaseItStopped) {
   struct Case {
     std::string phase;
     int epoch;
+    int64_t step;                      // -1: killed after the epoch; else asked to stop before this step of it
     std::vector<std::string> resumed;  // the epochs the resumed run trains
   };
   std::vector<std::string> after_selection_2 = {"selection:3"};
   for (int e = 1; e <= chosen; ++e) after_selection_2.push_back(":" + std::to_string(e));
   std::vector<std::string> after_retraining_1;
   for (int e = 2; e <= chosen; ++e) after_retraining_1.push_back(":" + std::to_string(e));
-  for (const Case& c : {Case{"selection", 2, after_selection_2}, Case{"", 1, after_retraining_1}}) {
-    SCOPED_TRACE("stopped after " + c.phase + " epoch " + std::to_string(c.epoch));
+  std::vector<std::string> in_selection_2 = {"selection:2", "selection:3"};
+  for (int e = 1; e <= chosen; ++e) in_selection_2.push_back(":" + std::to_string(e));
+  std::vector<std::string> in_retraining_1;
+  for (int e = 1; e <= chosen; ++e) in_retraining_1.push_back(":" + std::to_string(e));
+  // The selection trains on 24 images (2 steps an epoch), the retraining on 48 (3).
+  for (const Case& c : {Case{"selection", 2, -1, after_selection_2}, Case{"", 1, -1, after_retraining_1},
+                        Case{"selection", 2, 1, in_selection_2}, Case{"", 1, 2, in_retraining_1}}) {
+    SCOPED_TRACE(absl::StrCat("stopped in ", c.phase, " epoch ", c.epoch, " at step ", c.step));
     testing::TempDir out;
     TrainOptions first = Options(out.path());
     first.recipe = "notebook";
     first.epochs = 3;
-    StopAfter stop(c.phase, c.epoch);
-    EXPECT_THROW((void)RunTraining(first, &stop), StopAfter::Stopped);
+    if (c.step < 0) {
+      StopAfter stop(c.phase, c.epoch);
+      EXPECT_THROW((void)RunTraining(first, &stop), StopAfter::Stopped);
+    } else {
+      StopMidEpoch stop(c.phase, c.epoch, c.step);
+      first.stop_requested = [&] { return stop.Asked(); };
+      auto stopped = RunTraining(first, &stop);
+      EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << stopped.status();
+      const std::string dir = c.phase.empty() ? out.path() : out.Join(c.phase);
+      EXPECT_TRUE(std::filesystem::exists(dir + "/interrupted.ckpt"));
+    }
     torch::manual_seed(12345);  // another process's RNG
     torch::rand({100});
     TrainOptions resumed = first;

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/random_token.h"
+#include "common/stop_signal.h"
 #include "common/subprocess.h"
 
 namespace dfc {
@@ -40,8 +41,12 @@ absl::Status LaunchRanks(const RankLaunchOptions& o) {
     ranks.push_back(std::move(*p));  // the ones started so far are killed if we return
   }
   absl::Status first;
-  bool stopping = false;
+  bool stopping = false, asked = false;
   for (size_t left = ranks.size(); left > 0;) {
+    if (!asked && StopSignal() != 0) {
+      asked = true;
+      for (Subprocess& p : ranks) p.Terminate(o.stop_grace);
+    }
     left = 0;
     for (size_t r = 0; r < ranks.size(); ++r) {
       Subprocess& p = ranks[r];
@@ -60,6 +65,8 @@ absl::Status LaunchRanks(const RankLaunchOptions& o) {
     }
     if (left > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  // Each rank said how it stopped (rank 0: where it saved the step).
+  if (asked) return absl::CancelledError(absl::StrCat("stopped by ", StopSignalName(), ", passed on to the ranks as SIGTERM"));
   return first;
 }
 

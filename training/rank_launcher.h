@@ -27,11 +27,16 @@ struct RankLaunchOptions {
   // After the first rank fails, the others get SIGTERM, and SIGKILL this long
   // after: a dead peer never leaves ranks hanging.
   std::chrono::milliseconds kill_grace{5000};
+  // Once this process is asked to stop (common/stop_signal.h: it catches the
+  // signals), the ranks get SIGTERM, to finish their step and save it, and
+  // SIGKILL this long after.
+  std::chrono::milliseconds stop_grace{60000};
 };
 
 // Runs one process per rank (the torchrun model) and supervises them:
-// returns OK when every rank exits 0, otherwise the first failure (rank,
-// exit code or signal) after stopping the rest.
+// returns OK when every rank exits 0, CANCELLED when this process was asked
+// to stop (a signal, above), otherwise the first failure (rank, exit code or
+// signal) after stopping the rest.
 absl::Status LaunchRanks(const RankLaunchOptions& options);
 
 }  // namespace dfc

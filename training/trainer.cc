@@ -324,6 +324,7 @@ class Trainer {
     fs::create_directories(phase_.out_dir, ec);
     if (ec) return absl::InvalidArgumentError(absl::StrCat("--out: cannot create '", phase_.out_dir, "': ", ec.message()));
     latest_ = run_dir::Checkpoint(phase_.out_dir, run_dir::kLatest);
+    interrupted_ = run_dir::Checkpoint(phase_.out_dir, run_dir::kInterrupted);
     best_ = run_dir::Checkpoint(phase_.out_dir, run_dir::kBest);
     metrics_path_ = run_dir::Metrics(phase_.out_dir);
 
@@ -342,17 +343,28 @@ class Trainer {
   }
 
   // --resume: weights, optimizer, RNG, epoch, step and history from
-  // latest.ckpt; otherwise a fresh metrics.jsonl.
+  // interrupted.ckpt where it is ahead of latest.ckpt (with how far its epoch
+  // got), else from latest.ckpt; otherwise a fresh metrics.jsonl, and no
+  // interrupted.ckpt of an earlier run to be taken up later.
   absl::Status Resume() {
     std::error_code ec;
     if (!phase_.resume) {
-      if (writer_ && fs::exists(metrics_path_, ec)) {
+      if (writer_ && (fs::exists(metrics_path_, ec) || fs::exists(interrupted_, ec))) {
         DFC_RETURN_IF_ERROR(MayWrite());
         fs::remove(metrics_path_, ec);
+        RemoveInterrupted();
       }
       return absl::OkStatus();
     }
-    auto meta = LoadCheckpoint(latest_, *model_, optimizer_.get(), /*restore_rng=*/true);
+    std::string from = latest_;
+    if (fs::exists(interrupted_, ec)) {
+      auto mid = run_dir::ReadSidecar(interrupted_);
+      auto end = run_dir::ReadSidecar(latest_);
+      // One older than latest.ckpt is left over: a later attempt took over
+      // before it was removed.
+      if (!fs::exists(latest_, ec) || (mid.ok() && (!end.ok() || mid->epoch >= end->epoch))) from = interrupted_;
+    }
+    auto meta = LoadCheckpoint(from, *model_, optimizer_.get(), /*restore_rng=*/true);
     if (!meta.ok()) return absl::Status(meta.status().code(), absl::StrCat("--resume: ", meta.status().message()));
     start_epoch_ = static_cast<int>(meta->epoch);
     step_ = meta->step;
@@ -360,7 +372,26 @@ class Trainer {
     if (history_.is_discarded()) history_ = nlohmann::json::array();
     result_.history = HistoryFromJson(history_, phase_.name);
     std::tie(best_epoch_, best_acc_) = BestEpoch(result_.history);
+    resume_point_ = from;
+    if (!meta->epoch_progress_json.empty()) {
+      resume_progress_ = nlohmann::json::parse(meta->epoch_progress_json, nullptr, false);
+      const auto steps = resume_progress_.is_object() ? resume_progress_.find("step_in_epoch") : resume_progress_.end();
+      if (steps == resume_progress_.end() || !steps->is_number_integer() || steps->get<int64_t>() < 1) {
+        return absl::DataLossError(absl::StrCat("--resume: '", from, "' records no step of the epoch it stopped in"));
+      }
+      resume_step_ = steps->get<int64_t>();
+      if (obs_) {
+        obs_->OnPhase(absl::StrCat("resuming ", phase_.name, phase_.name.empty() ? "" : " ", "epoch ", start_epoch_ + 1,
+                                   " after its step ", resume_step_, " (", from, ")"));
+      }
+    }
     return writer_ ? TrimMetricsFile() : absl::OkStatus();
+  }
+
+  void RemoveInterrupted() {
+    std::error_code ec;
+    fs::remove(interrupted_, ec);
+    fs::remove(run_dir::Sidecar(interrupted_), ec);
   }
 
   // An epoch's metrics line is written just before its latest.ckpt: a run
@@ -416,14 +447,38 @@ class Trainer {
     model_->train();
     const RankEpochPlan plan = PlanRankEpoch(static_cast<uint32_t>(phase_.train.size()), o_.batch_size, world_, rank_,
                                              o_.seed, static_cast<uint64_t>(epoch));
-    train_loader_->StartEpochWithBatches(plan.steps);
     EpochTotals t;
     t.steps = static_cast<int64_t>(plan.steps.size());
     t.loss_dev = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
     t.correct_dev = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
-    if (obs_) obs_->OnEpochStart(phase_.name, epoch + 1, phase_.epochs, t.steps);
     t.start = Clock::now();
-    for (int64_t s = 0; s < t.steps; ++s) {
+    // Resumed from interrupted.ckpt: the epoch goes on after its saved step,
+    // with its totals so far (all ranks' sums, on rank 0).
+    int64_t first = 0;
+    if (resume_step_ > 0 && epoch == start_epoch_) {
+      first = std::min<int64_t>(resume_step_, t.steps);
+      const nlohmann::json& p = resume_progress_;
+      if (rank_ == 0) {
+        t.loss_dev.fill_(p.value("loss_sum", 0.0));
+        t.correct_dev.fill_(p.value("correct", 0.0));
+        t.seen = p.value("seen", 0.0);
+        t.loss_sum = p.value("loss_sum", 0.0);
+        t.correct = p.value("correct", 0.0);
+      }
+      t.data_s = p.value("data_seconds", 0.0);
+      t.compute_s = p.value("compute_seconds", 0.0);
+      t.wait_s = p.value("wait_seconds", 0.0);
+      t.start -= std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(p.value("seconds", 0.0)));
+      loss_scale_ = p.value("loss_scale", loss_scale_);
+      finite_steps_ = p.value("finite_steps", finite_steps_);
+    }
+    resume_step_ = 0;
+    train_loader_->StartEpochWithBatches(
+        std::vector<std::vector<uint32_t>>(plan.steps.begin() + first, plan.steps.end()));
+    if (obs_) obs_->OnEpochStart(phase_.name, epoch + 1, phase_.epochs, t.steps);
+    for (int64_t s = first; s < t.steps; ++s) {
+      DFC_ASSIGN_OR_RETURN(const bool stop, StopAgreed(s));
+      if (stop) return StopAt(epoch, s, t);
       const auto t_data = Clock::now();
       DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, train_loader_->Next());
       if (!batch) return absl::InternalError("the loader ended before the epoch's plan");
@@ -433,6 +488,7 @@ class Trainer {
       DFC_RETURN_IF_ERROR(Step(*batch, plan.global_batch[s], &t));
       t.seen += batch->count;
       ++step_;
+      stepped_ = true;
       if (o_.progress) o_.progress();
       // On a GPU the running sums are read every kReadEvery steps, so that
       // the host queues the next steps while the device works.
@@ -447,6 +503,69 @@ class Trainer {
     }
     t.train_seconds = Seconds(t.start, Clock::now());
     return t;
+  }
+
+  // Whether to stop before step `s` (o_.stop_requested): every rank asks, and
+  // the ranks of a data-parallel job sum their answers, so they all stop at
+  // the same step. On a GPU they do so every kReadEvery steps only: the sum
+  // waits for the device.
+  absl::StatusOr<bool> StopAgreed(int64_t s) {
+    if (!o_.stop_requested) return false;
+    if (world_ > 1 && device_.is_cuda() && s % kReadEvery != 0) return false;
+    bool stop = o_.stop_requested();
+    if (world_ > 1) {
+      torch::Tensor votes = torch::tensor({stop ? 1.0 : 0.0}, torch::kFloat64);
+      DFC_RETURN_IF_ERROR(collective_->AllReduceSum(votes));
+      stop = votes.item<double>() > 0;
+    }
+    return stop;
+  }
+
+  // Training stops before step `s` of `epoch` (0-based): rank 0 saves
+  // interrupted.ckpt with the epoch's progress (the totals summed over the
+  // ranks) unless no step was taken since the last checkpoint; CANCELLED
+  // saying where it stopped and what --resume goes on from.
+  absl::Status StopAt(int epoch, int64_t s, EpochTotals& t) {
+    const std::string where = absl::StrCat(phase_.name, phase_.name.empty() ? "" : " ", "epoch ", epoch + 1,
+                                           " after step ", s, " of ", t.steps);
+    if (stepped_) {
+      torch::Tensor sums = torch::tensor({t.loss_dev.item<double>(), t.correct_dev.item<double>(), t.seen},
+                                         torch::kFloat64);
+      if (world_ > 1) DFC_RETURN_IF_ERROR(collective_->AllReduceSum(sums));
+      const nlohmann::json progress = {{"step_in_epoch", s},
+                                       {"loss_sum", sums[0].item<double>()},
+                                       {"correct", sums[1].item<double>()},
+                                       {"seen", sums[2].item<double>()},
+                                       {"seconds", Seconds(t.start, Clock::now())},
+                                       {"data_seconds", t.data_s},
+                                       {"compute_seconds", t.compute_s},
+                                       {"wait_seconds", t.wait_s},
+                                       {"loss_scale", loss_scale_},
+                                       {"finite_steps", finite_steps_}};
+      CheckpointMeta meta;
+      meta.arch = o_.arch;
+      meta.epoch = epoch;
+      meta.step = step_;
+      meta.lr = lr_;
+      meta.metrics_json = history_.dump();
+      meta.options_json = o_.ToJson();
+      meta.epoch_progress_json = progress.dump();
+      if (graphed_) graphed_->SyncOptimizerState();
+      if (writer_) {
+        DFC_RETURN_IF_ERROR(MayWrite());
+        DFC_RETURN_IF_ERROR(SaveCheckpoint(interrupted_, *model_, optimizer_.get(), meta));
+      }
+      if (world_ > 1) DFC_RETURN_IF_ERROR(collective_->Barrier());
+      resume_point_ = interrupted_;
+      stepped_ = false;
+    }
+    if (obs_) obs_->OnPhase(absl::StrCat("stopped as asked in ", where));
+    if (resume_point_.empty()) {
+      return absl::CancelledError(absl::StrCat("training stopped as asked in ", where, ", before any step: nothing "
+                                               "to resume from was saved"));
+    }
+    return absl::CancelledError(absl::StrCat("training stopped as asked in ", where, "; --resume goes on from '",
+                                             resume_point_, "'"));
   }
 
   // Forward (autocast), the loss in float32, backward with the bucketed
@@ -570,8 +689,11 @@ class Trainer {
       // Weights only, so that any epoch can be evaluated later (`--checkpoint N`).
       DFC_RETURN_IF_ERROR(SaveCheckpoint(run_dir::EpochCheckpoint(phase_.out_dir, m.epoch), *model_, nullptr, meta));
       if (improved) DFC_RETURN_IF_ERROR(SaveCheckpoint(best_, *model_, optimizer_.get(), meta));
+      RemoveInterrupted();  // latest.ckpt is ahead of it now
     }
     if (world_ > 1) DFC_RETURN_IF_ERROR(collective_->Barrier());
+    resume_point_ = latest_;
+    stepped_ = false;
     return absl::OkStatus();
   }
 
@@ -617,10 +739,16 @@ class Trainer {
   std::optional<at::ScalarType> amp_;
   double loss_scale_ = 1.0;
   int64_t finite_steps_ = 0;
-  std::string latest_, best_, metrics_path_;
+  std::string latest_, best_, interrupted_, metrics_path_;
   std::unique_ptr<BatchLoader> train_loader_, bn_loader_, val_loader_;
   TrainResult result_;
   int start_epoch_ = 0;
+  // Resumed from interrupted.ckpt: the steps of epoch start_epoch_ it took,
+  // and its progress object (CheckpointMeta::epoch_progress_json).
+  int64_t resume_step_ = 0;
+  nlohmann::json resume_progress_;
+  std::string resume_point_;  // the checkpoint a --resume would go on from now; "" none
+  bool stepped_ = false;      // a step was taken since resume_point_ was written
   int64_t step_ = 0;
   double lr_ = 0;
   nlohmann::json history_ = nlohmann::json::array();
@@ -766,8 +894,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& given, TrainObserver
   }
   if (o.recipe != "notebook") {
     Phase phase{"", train, val, o.epochs, o.early_stopping_patience, o.out_dir, o.resume};
-    if (o.resume && !fs::exists(run_dir::Checkpoint(o.out_dir, run_dir::kLatest))) {
-      return absl::NotFoundError(absl::StrCat("--resume: no checkpoint at '", o.out_dir, "/latest.ckpt'"));
+    if (o.resume && !run_dir::PhaseHasResumePoint(o.out_dir)) {
+      return absl::NotFoundError(
+          absl::StrCat("--resume: no checkpoint at '", o.out_dir, "/latest.ckpt' (nor interrupted.ckpt)"));
     }
     return TrainPhase(o, *shards, phase, obs);
   }
@@ -776,12 +905,13 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& given, TrainObserver
   // in the phase that was interrupted: the retraining once it has a
   // checkpoint (the selection is then complete, and its checkpoint tells the
   // epoch count), else the selection.
-  const bool retraining_started = fs::exists(run_dir::Checkpoint(o.out_dir, run_dir::kLatest));
+  const bool retraining_started = run_dir::PhaseHasResumePoint(o.out_dir);
   Phase select;
   select.name = run_dir::kSelection;
   select.out_dir = run_dir::SelectionDir(o.out_dir);
-  if (o.resume && !fs::exists(run_dir::Checkpoint(select.out_dir, run_dir::kLatest))) {
-    return absl::NotFoundError(absl::StrCat("--resume: no checkpoint at '", select.out_dir, "/latest.ckpt'"));
+  if (o.resume && !run_dir::PhaseHasResumePoint(select.out_dir)) {
+    return absl::NotFoundError(
+        absl::StrCat("--resume: no checkpoint at '", select.out_dir, "/latest.ckpt' (nor interrupted.ckpt)"));
   }
   std::vector<int32_t> labels;
   for (const RecordRef& r : train) labels.push_back(r.label);

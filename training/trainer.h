@@ -80,6 +80,15 @@ struct TrainOptions {
   // training with it, nothing written. Cluster ranks check that their attempt
   // still owns the directory (run_dir::CheckOwnedBy). Empty: always.
   std::function<absl::Status()> may_write;
+  // Asked before each training step (every step on CPU, every 8th on a GPU,
+  // where asking means waiting for the device): true stops training there.
+  // The ranks of a data-parallel job agree first (one rank asked stops them
+  // all at the same step). Rank 0 then writes interrupted.ckpt, which
+  // --resume goes on from, and RunTraining returns CANCELLED saying where it
+  // stopped. A stop before a phase's first step of an epoch writes nothing:
+  // latest.ckpt holds it. Empty: never (dfc-worker ranks and `dfc train`
+  // set it on SIGTERM, and `dfc train` on SIGINT too).
+  std::function<bool()> stop_requested;
 
   std::string ToJson() const;
 };
