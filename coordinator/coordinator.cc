@@ -842,7 +842,7 @@ void Coordinator::RetireWorkerLocked(const std::string& worker_id, const std::st
   workers_.erase(worker_id);
 }
 
-absl::Status Coordinator::LeaveLocked(const std::string& worker_id) {
+absl::Status Coordinator::LeaveLocked(const std::string& worker_id, int64_t stop_grace_ms) {
   std::vector<std::string> hit;
   for (const auto& [job_id, a] : active_) {
     for (const RankSlot& s : a.ranks) {
@@ -853,13 +853,16 @@ absl::Status Coordinator::LeaveLocked(const std::string& worker_id) {
     }
   }
   const std::string reason = absl::StrCat("worker ", worker_id, " shut down (SIGTERM: a drain, an upgrade or a "
-                                          "scale-down) and stopped its ranks; not counted as a restart");
+                                          "scale-down) and stopped its ranks, which save their step; not counted as "
+                                          "a restart");
   for (const std::string& id : hit) {
     v1::Job job = jobs_[id];
     RecordFailure(job, reason, /*permanent=*/false);
     job.clear_progress();
     DFC_RETURN_IF_ERROR(RequeueLocked(std::move(job), reason));
-    not_before_ms_[id] = Elapsed() + RetryDelayMs();  // the other ranks stop first
+    // The ranks stop first, saving their step: placed again once the
+    // leaving worker would have killed them (at most a minute).
+    not_before_ms_[id] = Elapsed() + RetryDelayMs() + std::clamp<int64_t>(stop_grace_ms, 0, 60000);
   }
   RetireWorkerLocked(worker_id, "left");
   stop_.erase(worker_id);
@@ -940,7 +943,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   }
   DFC_RETURN_IF_ERROR(AdvanceJobsLocked());
   if (r.leaving()) {
-    DFC_RETURN_IF_ERROR(LeaveLocked(r.worker_id()));
+    DFC_RETURN_IF_ERROR(LeaveLocked(r.worker_id(), r.stop_grace_ms()));
     return resp;
   }
   ExpireWorkersLocked();

@@ -280,10 +280,11 @@ class Coordinator {
     return true;
   }
   // HeartbeatRequest.leaving: every job with a rank on the worker goes back
-  // to the queue (not a restart; its other ranks are stopped), and the worker
-  // is gone. A write that fails leaves the rest as they were (the error goes
+  // to the queue (not a restart; its other ranks are stopped; placed again
+  // after the worker's stop grace, when they have saved their step), and the
+  // worker is gone. A write that fails leaves the rest as they were (the error goes
   // back to the worker).
-  absl::Status LeaveLocked(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status LeaveLocked(const std::string& worker_id, int64_t stop_grace_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A reattaching job whose ranks have all been reported back keeps running
   // on the workers that reported them (its record says where, with a
   // "reattached" event) once that is written.

@@ -18,6 +18,8 @@
 #include <nlohmann/json.hpp>
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 
 #include "common/checksum.h"
 #include "common/cpus.h"
@@ -424,15 +426,40 @@ TEST(ClusterTest, AJobThatEndedWhileTheCoordinatorWasDownEndsAsItsOwnAttempt) {
 // before it stops the rank, so the job goes back to the queue naming the
 // shutdown (not failing on "Connection reset by peer" from the broken
 // collective) and resumes from its checkpoint on the workers left.
+// A proto JSON integer: int64 fields are strings there, and zeros are left out.
+int64_t ProtoJsonInt(const nlohmann::json& j, const char* key) {
+  if (!j.is_object() || !j.contains(key)) return 0;
+  const auto& v = j[key];
+  if (v.is_number_integer()) return v.get<int64_t>();
+  int64_t n = 0;
+  return v.is_string() && absl::SimpleAtoi(v.get<std::string>(), &n) ? n : 0;
+}
+
+// A worker shut down with SIGTERM in the middle of an epoch (a drain, a
+// scale-down, a spot node reclaimed): its job goes back to the queue without
+// counting a restart, its ranks finish the step they are in, agree, and rank
+// 0 saves it; the next attempt, on the workers left, goes on from that step.
 TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem) {
   Cluster c(3);
   std::string status;
+  // 256 images: 192 to train on, 24 steps an epoch in global batches of 8.
   const std::string job = SubmitAndWaitForAnEpoch(
-      c, 64, "--model mesoinception4 --world-size 2 --epochs 50 --batch-size 16 --bn-momentum 0.9 --max-restarts 0",
+      c, 256, "--model mesoinception4 --world-size 2 --epochs 50 --batch-size 8 --bn-momentum 0.9 --max-restarts 0",
       &status);
   ASSERT_FALSE(job.empty()) << status;
   const std::string out_dir = JsonString(status, "output_dir");
   const std::string first_epoch = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/metrics.jsonl"))[0];
+  const int64_t steps = nlohmann::json::parse(first_epoch).value("step", int64_t{0});
+  ASSERT_EQ(steps, 24) << first_epoch;
+  // In the middle of an epoch, as its progress says (sent once a second).
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        status = RunCommand(c.Dfc("status --json " + job)).out;
+        const auto p = nlohmann::json::parse(status, nullptr, false).value("progress", nlohmann::json::object());
+        return ProtoJsonInt(p, "step") >= 1 && ProtoJsonInt(p, "step") <= steps - 12;
+      },
+      std::chrono::seconds(120)))
+      << status;
   const pid_t pid = c.WorkerOf(job, 0);
   int w = -1;
   for (int i = 0; i < c.workers(); ++i) {
@@ -457,7 +484,7 @@ TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem)
   EXPECT_EQ(j.value("restarts", 0), 0) << j.dump();
   ASSERT_GE(j["failures"].size(), 1u) << j.dump();
   EXPECT_NE(j["failures"][0]["reason"].get<std::string>().find("shut down (SIGTERM"), std::string::npos) << j.dump();
-  // Attempt 2 runs on the two workers left, from the checkpoint.
+  // Attempt 2 runs on the two workers left, from the step the ranks saved.
   status = WaitForState(c, job, "RUNNING", 120);
   j = nlohmann::json::parse(status);
   EXPECT_EQ(j.value("attempt", 0), 2) << j.dump();
@@ -466,11 +493,33 @@ TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem)
       [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) > epochs; },
       std::chrono::seconds(120)))
       << status;
-  // Resumed, not started over: epoch 1 was not trained again.
+  // Rank 1's worker stayed: its log of attempt 1 says where the ranks stopped.
+  const std::string stopped_log = RunCommand(c.Dfc("logs --attempt 1 --rank 1 " + job)).out;
+  std::smatch at;
+  ASSERT_TRUE(
+      std::regex_search(stopped_log, at, std::regex("stopped as asked in epoch ([0-9]+) after step ([0-9]+) of ([0-9]+)")))
+      << stopped_log;
+  const int stop_epoch = std::stoi(at[1]);
+  const int64_t stop_step = std::stoll(at[2]);
+  EXPECT_GE(stop_epoch, 2);
+  EXPECT_GT(stop_step, 0) << stopped_log;
+  EXPECT_LT(stop_step, steps) << stopped_log;
+  EXPECT_EQ(std::stoll(at[3]), steps);
+  const std::string resumed_log = RunCommand(c.Dfc("logs --attempt 2 --rank 0 " + job)).out;
+  EXPECT_NE(resumed_log.find(absl::StrCat("resuming epoch ", stop_epoch, " after its step ", stop_step, " (", out_dir,
+                                          "/interrupted.ckpt)")),
+            std::string::npos)
+      << resumed_log;
+  // Resumed, neither started over nor from the epoch's start: each epoch is
+  // in the file once, and the stopped one took exactly its 24 steps.
   const auto lines = testing::SplitLines(testing::ReadFileOrDie(out_dir + "/metrics.jsonl"));
-  ASSERT_GE(lines.size(), 2u);
+  ASSERT_GE(lines.size(), static_cast<size_t>(stop_epoch));
   EXPECT_EQ(lines[0], first_epoch);
-  for (size_t i = 0; i < lines.size(); ++i) EXPECT_EQ(nlohmann::json::parse(lines[i])["epoch"], i + 1) << lines[i];
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const auto line = nlohmann::json::parse(lines[i]);
+    EXPECT_EQ(line["epoch"], i + 1) << lines[i];
+    EXPECT_EQ(line["step"], static_cast<int64_t>(i + 1) * steps) << lines[i];
+  }
   EXPECT_EQ(RunCommand(c.Dfc("cancel " + job)).exit_code, 0);
 }
 

@@ -857,7 +857,8 @@ TEST_F(CoordinatorTest, AWorkerBackFromTheGoneGetsItsIdBackAndItsRankLogsWithIt)
 // A worker shut down with SIGTERM (a drain, an upgrade, a scale-down) says so
 // before it stops its ranks: the job goes back to the queue instead of
 // failing (max_restarts 0) on its ranks' broken collectives, its other ranks
-// are stopped, and it is placed again on the workers left.
+// are stopped, and it is placed again on the workers left once the leaving
+// worker's stop grace is over (its ranks save their step meanwhile).
 TEST_F(CoordinatorTest, AWorkerThatLeavesPutsItsJobsBackInTheQueueWithoutARestart) {
   auto c = Make();
   const std::string w1 = Worker(*c, 1), w2 = Worker(*c, 1), w3 = Worker(*c, 1);
@@ -871,6 +872,7 @@ TEST_F(CoordinatorTest, AWorkerThatLeavesPutsItsJobsBackInTheQueueWithoutARestar
   v1::HeartbeatRequest bye;
   bye.set_worker_id(leaving);
   bye.set_leaving(true);
+  bye.set_stop_grace_ms(4000);
   v1::RankStatus* s = bye.add_ranks();
   s->set_job_id(job);
   s->set_attempt(1);
@@ -907,14 +909,21 @@ TEST_F(CoordinatorTest, AWorkerThatLeavesPutsItsJobsBackInTheQueueWithoutARestar
             std::string::npos)
       << unreachable.status();
   EXPECT_TRUE(Beat(*c, leaving).reregister());
-  // Placed again on the two workers left, as attempt 2.
-  for (int i = 0; i < 6; ++i) {
-    now_ += 500;
-    for (const std::string& w : {w1, w2, w3}) {
-      if (w != leaving) Beat(*c, w);
+  // Placed again on the two workers left, as attempt 2: not before the stop
+  // grace and the retry delay (1.5 s) are over.
+  auto tick_for = [&](int ms) {
+    for (int t = 0; t < ms; t += 500) {
+      now_ += 500;
+      for (const std::string& w : {w1, w2, w3}) {
+        if (w != leaving) Beat(*c, w);
+      }
+      c->Tick();
     }
-    c->Tick();
-  }
+  };
+  tick_for(5000);
+  j = *c->GetJob(job);
+  EXPECT_EQ(j.state(), v1::QUEUED) << j.DebugString();
+  tick_for(1000);
   j = *c->GetJob(job);
   EXPECT_EQ(j.state(), v1::SCHEDULED) << j.DebugString();
   EXPECT_EQ(j.attempt(), 2);

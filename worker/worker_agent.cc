@@ -28,6 +28,7 @@
 #include "common/record_file.h"
 #include "common/run_dir.h"
 #include "common/status_macros.h"
+#include "common/stop_signal.h"
 #include "common/subprocess.h"
 #include "common/training_config.h"
 #include "common/utf8.h"
@@ -367,6 +368,7 @@ void WorkerAgent::Leave(v1::WorkerService::Stub& stub) {
   v1::HeartbeatRequest req;
   req.set_worker_id(worker_id_);
   req.set_leaving(true);
+  req.set_stop_grace_ms(options_.kill_grace.count());
   AddRankStatuses(req.mutable_ranks());
   v1::HeartbeatResponse resp;
   auto ctx = MakeContext(options_.security, std::chrono::milliseconds(5000));
@@ -602,7 +604,7 @@ class LoggingObserver : public TrainObserver {
 absl::Status RunRank(const v1::RankAssignment& a, int cpus) {
   std::printf("rank %d of %d: job %s attempt %d: %s on %s%s\n", a.rank(), a.world_size(), a.job_id().c_str(),
               a.attempt(), ModelName(a.config().model()).c_str(), a.config().data().c_str(),
-              a.resume() ? " (resuming from latest.ckpt)" : "");
+              a.resume() ? " (resuming)" : "");
   std::fflush(stdout);
   TrainOptions o = TrainOptionsFromConfig(a.config());
   o.out_dir = a.output_dir();
@@ -641,7 +643,15 @@ absl::Status RunRank(const v1::RankAssignment& a, int cpus) {
     observer = std::make_unique<ReportingObserver>(reports_fd, a.job_id(), a.attempt());
   }
   LoggingObserver logging(a.rank(), observer.get());
+  // Stopped by its worker (SIGTERM: the job cancelled or moved, the worker
+  // shutting down): the ranks finish the step they are in, agree, and rank
+  // 0 saves it for the next attempt (interrupted.ckpt) before they exit.
+  CatchStopSignals({SIGTERM});
+  o.stop_requested = [] { return StopSignal() != 0; };
   auto result = RunTraining(o, &logging);
+  if (result.status().code() == absl::StatusCode::kCancelled && StopSignal() != 0) {
+    return absl::CancelledError(absl::StrCat("stopped by ", StopSignalName(), ": ", result.status().message()));
+  }
   if (progress_fd >= 0) ::close(progress_fd);
   if (reports_fd >= 0) ::close(reports_fd);
   return result.status();

@@ -33,7 +33,10 @@ struct WorkerAgentOptions {
   // machine (dfc cluster up) divide its CPUs between them.
   int cpus = 0;
   std::string rank_binary;        // the dfc-worker executable (runs `rank`)
-  std::chrono::milliseconds kill_grace{3000};  // SIGTERM -> SIGKILL for stopped ranks
+  // SIGTERM -> SIGKILL for stopped ranks: a rank stopped mid-epoch finishes
+  // its step and saves it (interrupted.ckpt) within this, or is killed and
+  // its job resumes from its last epoch (--stop-grace).
+  std::chrono::milliseconds kill_grace{3000};
   // Per-rank folders (log, progress, error): WORK/JOB/attempt-A/rank-R.
   // Default: $TMPDIR/dfc-worker-PID.
   std::string work_dir;

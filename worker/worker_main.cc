@@ -59,6 +59,9 @@ int main(int argc, char** argv) {
   int hang_timeout_s = 300;
   app.add_option("--hang-timeout", hang_timeout_s, "Seconds without step progress before a rank is killed as hung "
                  "(a job's hang_timeout_s overrides)")->check(CLI::Range(5, 86400));
+  double stop_grace_s = 3;
+  app.add_option("--stop-grace", stop_grace_s, "Seconds a stopped rank (its job cancelled or moved, this worker shut "
+                 "down) has to finish its step, save it and exit before it is killed")->check(CLI::Range(0.0, 600.0));
   app.add_option("--tls-ca", opts.security.tls_ca, "CA (PEM) of the coordinator's certificate; enables TLS");
   app.add_option("--tls-cert", opts.security.tls_cert, "Client certificate (PEM)");
   app.add_option("--tls-key", opts.security.tls_key, "Client key (PEM)");
@@ -96,6 +99,7 @@ int main(int argc, char** argv) {
     opts.security.token = dfc::BearerToken(token_from_env);
   }
   opts.hang_timeout = std::chrono::seconds(hang_timeout_s);
+  opts.kill_grace = std::chrono::milliseconds(static_cast<int64_t>(stop_grace_s * 1000));
   if (rank_cmd->parsed()) {
     std::string bytes;
     dfc::v1::RankAssignment a;
