@@ -89,7 +89,10 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
   o.stop_requested = [] { return StopSignal() != 0; };
   auto result = RunTraining(o, talk ? &obs : nullptr);
   if (result.status().code() == absl::StatusCode::kCancelled && StopSignal() != 0) {
-    if (talk) std::fprintf(stderr, "dfc: stopped by %s: %s\n", StopSignalName(), std::string(result.status().message()).c_str());
+    if (talk) {
+      std::fprintf(stderr, "dfc: stopped by %s: %s\n", StopSignalName(),
+                   std::string(result.status().message()).c_str());
+    }
     return 128 + StopSignal();
   }
   if (!result.ok()) return ReportError(result.status());

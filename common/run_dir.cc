@@ -31,10 +31,13 @@ int MetricsLineEpoch(const nlohmann::json& line) {
 
 bool PhaseHasResumePoint(const std::string& dir) {
   std::error_code ec;
-  return std::filesystem::exists(Checkpoint(dir, kLatest), ec) || std::filesystem::exists(Checkpoint(dir, kInterrupted), ec);
+  return std::filesystem::exists(Checkpoint(dir, kLatest), ec) ||
+         std::filesystem::exists(Checkpoint(dir, kInterrupted), ec);
 }
 
-bool HasResumePoint(const std::string& dir) { return PhaseHasResumePoint(dir) || PhaseHasResumePoint(SelectionDir(dir)); }
+bool HasResumePoint(const std::string& dir) {
+  return PhaseHasResumePoint(dir) || PhaseHasResumePoint(SelectionDir(dir));
+}
 
 std::string AttemptFile(const std::string& dir) { return (std::filesystem::path(dir) / "attempt").string(); }
 

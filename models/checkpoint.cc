@@ -65,7 +65,9 @@ absl::StatusOr<CheckpointMeta> ReadMeta(torch::serialize::InputArchive& a, const
   m.lr = get("dfc/lr").item<double>();
   m.metrics_json = TensorString(get("dfc/metrics"));
   m.options_json = TensorString(get("dfc/options"));
-  if (torch::Tensor progress; a.try_read("dfc/epoch_progress", progress)) m.epoch_progress_json = TensorString(progress);
+  if (torch::Tensor progress; a.try_read("dfc/epoch_progress", progress)) {
+    m.epoch_progress_json = TensorString(progress);
+  }
   return m;
 }
 

@@ -496,9 +496,8 @@ TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem)
   // Rank 1's worker stayed: its log of attempt 1 says where the ranks stopped.
   const std::string stopped_log = RunCommand(c.Dfc("logs --attempt 1 --rank 1 " + job)).out;
   std::smatch at;
-  ASSERT_TRUE(
-      std::regex_search(stopped_log, at, std::regex("stopped as asked in epoch ([0-9]+) after step ([0-9]+) of ([0-9]+)")))
-      << stopped_log;
+  const std::regex stop_line("stopped as asked in epoch ([0-9]+) after step ([0-9]+) of ([0-9]+)");
+  ASSERT_TRUE(std::regex_search(stopped_log, at, stop_line)) << stopped_log;
   const int stop_epoch = std::stoi(at[1]);
   const int64_t stop_step = std::stoll(at[2]);
   EXPECT_GE(stop_epoch, 2);

@@ -66,7 +66,9 @@ absl::Status LaunchRanks(const RankLaunchOptions& o) {
     if (left > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   // Each rank said how it stopped (rank 0: where it saved the step).
-  if (asked) return absl::CancelledError(absl::StrCat("stopped by ", StopSignalName(), ", passed on to the ranks as SIGTERM"));
+  if (asked) {
+    return absl::CancelledError(absl::StrCat("stopped by ", StopSignalName(), ", passed on to the ranks as SIGTERM"));
+  }
   return first;
 }
 

@@ -649,11 +649,11 @@ absl::Status RunRank(const v1::RankAssignment& a, int cpus) {
   CatchStopSignals({SIGTERM});
   o.stop_requested = [] { return StopSignal() != 0; };
   auto result = RunTraining(o, &logging);
+  if (progress_fd >= 0) ::close(progress_fd);
+  if (reports_fd >= 0) ::close(reports_fd);
   if (result.status().code() == absl::StatusCode::kCancelled && StopSignal() != 0) {
     return absl::CancelledError(absl::StrCat("stopped by ", StopSignalName(), ": ", result.status().message()));
   }
-  if (progress_fd >= 0) ::close(progress_fd);
-  if (reports_fd >= 0) ::close(reports_fd);
   return result.status();
 }
 
