@@ -24,8 +24,9 @@ void OnStopSignal(int sig) {
   }
   if (g_stop_signal != 0) return;  // another one (dfc train's launcher passing on a Ctrl-C)
   g_stop_signal = sig;
-  static constexpr char kNote[] = "dfc: asked to stop: stopping after this training step, saving it (the same "
-                                  "signal again ends this process at once)\n";
+  static constexpr char kNote[] = "dfc: asked to stop: stopping before the next training step or validation "
+                                  "batch, saving how far training got (the same signal again ends this process at "
+                                  "once)\n";
   Say(kNote, sizeof(kNote) - 1);
 }
 

@@ -162,10 +162,13 @@ TEST_F(TrainerTest, ResumedCheckpointTakesTheSameNextSteps) {
 
 // Asks to stop before step `step` (0-based) of `phase`'s epoch `epoch`
 // (TrainOptions::stop_requested is asked before each step; OnStep follows
-// each step on CPU); records the epochs it saw end and what the trainer said.
+// each step on CPU) -- at the `nth` time it is asked there: after an epoch's
+// last step it is asked before each precise-BatchNorm and validation batch.
+// Records the epochs it saw end and what the trainer said.
 class StopMidEpoch : public TrainObserver {
  public:
-  StopMidEpoch(std::string phase, int epoch, int64_t step) : phase_(std::move(phase)), epoch_(epoch), step_(step) {}
+  StopMidEpoch(std::string phase, int epoch, int64_t step, int nth = 1)
+      : phase_(std::move(phase)), epoch_(epoch), step_(step), nth_(nth) {}
   void OnPhase(const std::string& d) override { said.push_back(d); }
   void OnEpochStart(const std::string& phase, int epoch, int, int64_t) override {
     phase_now_ = phase;
@@ -174,7 +177,7 @@ class StopMidEpoch : public TrainObserver {
   }
   void OnStep(int, int64_t step, int64_t, double, double) override { done_ = step; }
   void OnEpoch(const EpochMetrics& m) override { seen.push_back(m.phase + ":" + std::to_string(m.epoch)); }
-  bool Asked() const { return phase_now_ == phase_ && epoch_now_ == epoch_ && done_ == step_; }
+  bool Asked() { return phase_now_ == phase_ && epoch_now_ == epoch_ && done_ == step_ && ++asked_ == nth_; }
   bool Said(const std::string& text) const {
     for (const std::string& d : said) {
       if (d.find(text) != std::string::npos) return true;
@@ -187,6 +190,8 @@ class StopMidEpoch : public TrainObserver {
   const std::string phase_;
   const int epoch_;
   const int64_t step_;
+  const int nth_;
+  int asked_ = 0;
   std::string phase_now_;
   int epoch_now_ = 0;
   int64_t done_ = 0;
@@ -283,6 +288,61 @@ TEST_F(TrainerTest, AStopMidEpochIsSavedAndResumeGoesOnFromThatStep) {
   ASSERT_EQ(nothing.status().code(), absl::StatusCode::kCancelled) << nothing.status();
   EXPECT_EQ(nothing.status().message(), "training stopped as asked in epoch 1 after step 0 of 3, before any step: "
                                         "nothing to resume from was saved");
+}
+
+// A stop asked after an epoch's last step, during its precise BatchNorm or
+// its validation, ends them and saves the epoch as trained (its 3 steps; the
+// RNG as the last step left it); the resumed run validates it and goes on
+// with the weights and metrics of a run that was never stopped.
+TEST_F(TrainerTest, AStopDuringValidationSavesTheEpochsStepsAndResumeValidatesIt) {
+  testing::TempDir straight;
+  TrainOptions o = Options(straight.path());
+  o.epochs = 2;
+  ASSERT_TRUE(RunTraining(o, nullptr).ok());
+  const auto want = testing::SplitLines(testing::ReadFileOrDie(straight.Join("metrics.jsonl")));
+  const auto weights = Params(straight.Join("latest.ckpt"));
+  // Asked before each of the 3 precise-BatchNorm batches, then before the one
+  // validation batch (16 images).
+  for (const int nth : {1, 4}) {
+    SCOPED_TRACE(nth == 1 ? "in precise BatchNorm" : "in validation");
+    testing::TempDir split;
+    TrainOptions first = Options(split.path());
+    first.epochs = 2;
+    StopMidEpoch stop("", 1, 3, nth);
+    first.stop_requested = [&] { return stop.Asked(); };
+    auto stopped = RunTraining(first, &stop);
+    ASSERT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << stopped.status();
+    EXPECT_EQ(stopped.status().message(), "training stopped as asked in epoch 1 after step 3 of 3, before its "
+                                          "validation ended; --resume goes on from '" + split.Join("interrupted.ckpt") +
+                                          "'");
+    EXPECT_TRUE(stop.seen.empty());
+    EXPECT_FALSE(std::filesystem::exists(split.Join("metrics.jsonl")));
+    auto meta = ReadCheckpointMeta(split.Join("interrupted.ckpt"));
+    ASSERT_TRUE(meta.ok()) << meta.status();
+    EXPECT_EQ(meta->epoch, 0);
+    EXPECT_EQ(meta->step, 3);
+    EXPECT_EQ(nlohmann::json::parse(meta->epoch_progress_json)["step_in_epoch"], 3);
+
+    torch::manual_seed(12345);  // another process's RNG
+    torch::rand({100});
+    TrainOptions resumed = first;
+    resumed.resume = true;
+    StopMidEpoch watch("none", 0, 0);
+    resumed.stop_requested = [&] { return watch.Asked(); };
+    auto r = RunTraining(resumed, &watch);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(watch.seen, (std::vector<std::string>{":1", ":2"}));
+    const auto got = testing::SplitLines(testing::ReadFileOrDie(split.Join("metrics.jsonl")));
+    ASSERT_EQ(got.size(), 2u);
+    for (size_t e = 0; e < 2; ++e) {
+      for (const char* key : {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "step"}) {
+        EXPECT_EQ(nlohmann::json::parse(got[e])[key], nlohmann::json::parse(want[e])[key]) << key << " of epoch " << e + 1;
+      }
+    }
+    const auto w = Params(split.Join("latest.ckpt"));
+    ASSERT_EQ(w.size(), weights.size());
+    for (size_t i = 0; i < w.size(); ++i) EXPECT_TRUE(torch::equal(w[i], weights[i])) << "tensor " << i;
+  }
 }
 
 TEST_F(TrainerTest, NotebookRecipeChoosesEpochsThenRetrains) {

@@ -6,6 +6,7 @@
 #include <thread>
 #include <tuple>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/cleanup/cleanup.h"
@@ -127,12 +128,23 @@ void AllReduceOrThrow(Collective* c, torch::Tensor& t) {
   if (!st.ok()) throw std::runtime_error(std::string(st.message()));
 }
 
+// Asked before batch k of precise BatchNorm and validation: true stops them
+// (CANCELLED). The same on every rank (Trainer::StopAgreed); empty: never.
+using StopVote = std::function<absl::StatusOr<bool>(int64_t k)>;
+
+absl::Status VoteToGoOn(const StopVote& stop, int64_t k, const char* what) {
+  if (!stop) return absl::OkStatus();
+  DFC_ASSIGN_OR_RETURN(const bool stopping, stop(k));
+  return stopping ? absl::CancelledError(absl::StrCat(what, " stopped as asked")) : absl::OkStatus();
+}
+
 // Evaluates the loader's `records` (in order); with a collective each rank
 // scores its share and the scores are summed into place so every rank sees
 // them all.
 absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, const std::vector<RecordRef>& records,
                                     const std::string& loss_kind, const torch::Device& device, Collective* collective,
-                                    int64_t batch_size, const std::function<void()>& progress) {
+                                    int64_t batch_size, const std::function<void()>& progress,
+                                    const StopVote& stop = {}) {
   const size_t num_records = records.size();
   model.eval();
   torch::NoGradGuard no_grad;
@@ -143,7 +155,8 @@ absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, co
   loader.StartEpochWithBatches(plan.steps);
   // Scores by record position, then the summed loss: one all-reduce for both.
   std::vector<double> scores(num_records + 1, 0.0);
-  for (;;) {
+  for (int64_t k = 0;; ++k) {
+    if (k < static_cast<int64_t>(plan.steps.size())) DFC_RETURN_IF_ERROR(VoteToGoOn(stop, k, "validation"));
     DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, loader.Next());
     if (!batch) break;
     if (batch->count == 0) continue;
@@ -178,7 +191,8 @@ absl::StatusOr<EvalResult> Evaluate(DetectorImpl& model, BatchLoader& loader, co
 // statistics global and identical on every rank.
 absl::Status RecomputeBatchNormStats(DetectorImpl& model, BatchLoader& loader, const std::vector<RecordRef>& records,
                                      int batches, int64_t global_batch, int world, int rank, uint64_t seed, int epoch,
-                                     const torch::Device& device, const std::function<void()>& progress) {
+                                     const torch::Device& device, const std::function<void()>& progress,
+                                     const StopVote& stop = {}) {
   RankEpochPlan plan = PlanRankEpoch(static_cast<uint32_t>(records.size()), static_cast<int>(global_batch), world, rank,
                                      seed ^ 0x5eed, static_cast<uint64_t>(epoch));
   if (static_cast<int>(plan.steps.size()) > batches) {
@@ -191,6 +205,7 @@ absl::Status RecomputeBatchNormStats(DetectorImpl& model, BatchLoader& loader, c
   torch::NoGradGuard no_grad;
   absl::Cleanup own_momentum = [&model] { model.SetBatchNormMomentumOverride(-1); };  // on every return
   for (size_t k = 0; k < plan.steps.size(); ++k) {
+    DFC_RETURN_IF_ERROR(VoteToGoOn(stop, static_cast<int64_t>(k), "precise BatchNorm"));
     DFC_ASSIGN_OR_RETURN(std::optional<Batch> batch, loader.Next());
     if (!batch) return absl::InternalError("the loader ended before the precise-BatchNorm plan");
     model.SetBatchNormMomentumOverride(1.0 / static_cast<double>(k + 1));
@@ -502,6 +517,13 @@ class Trainer {
       if (read && obs_ && t.seen > 0) obs_->OnStep(epoch + 1, s + 1, t.steps, t.loss_sum / t.seen, t.correct / t.seen);
     }
     t.train_seconds = Seconds(t.start, Clock::now());
+    if (o_.stop_requested) {  // what a stop during validation saves (StopAt)
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      rng_after_steps_ = gen.get_state();
+      buffers_after_steps_.clear();
+      for (const torch::Tensor& b : model_->buffers()) buffers_after_steps_.push_back(b.detach().clone());
+    }
     return t;
   }
 
@@ -518,6 +540,7 @@ class Trainer {
       DFC_RETURN_IF_ERROR(collective_->AllReduceSum(votes));
       stop = votes.item<double>() > 0;
     }
+    stop_agreed_ = stop;
     return stop;
   }
 
@@ -526,9 +549,24 @@ class Trainer {
   // ranks) unless no step was taken since the last checkpoint; CANCELLED
   // saying where it stopped and what --resume goes on from.
   absl::Status StopAt(int epoch, int64_t s, EpochTotals& t) {
-    const std::string where = absl::StrCat(phase_.name, phase_.name.empty() ? "" : " ", "epoch ", epoch + 1,
-                                           " after step ", s, " of ", t.steps);
+    const std::string where =
+        absl::StrCat(phase_.name, phase_.name.empty() ? "" : " ", "epoch ", epoch + 1, " after step ", s, " of ",
+                     t.steps, s == t.steps ? ", before its validation ended" : "");
     if (stepped_) {
+      // Stopped in precise BatchNorm or validation: the RNG and the
+      // buffers as the epoch's last step left them, which the resumed run's
+      // precise BatchNorm starts from (its training-mode passes draw dropout
+      // masks and count batches in every BatchNorm).
+      if (s == t.steps && rng_after_steps_.defined()) {
+        auto gen = at::detail::getDefaultCPUGenerator();
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        gen.set_state(rng_after_steps_);
+        torch::NoGradGuard no_grad;
+        const auto buffers = model_->buffers();
+        for (size_t i = 0; i < buffers.size() && i < buffers_after_steps_.size(); ++i) {
+          buffers[i].copy_(buffers_after_steps_[i]);
+        }
+      }
       torch::Tensor sums = torch::tensor({t.loss_dev.item<double>(), t.correct_dev.item<double>(), t.seen},
                                          torch::kFloat64);
       if (world_ > 1) DFC_RETURN_IF_ERROR(collective_->AllReduceSum(sums));
@@ -536,7 +574,8 @@ class Trainer {
                                        {"loss_sum", sums[0].item<double>()},
                                        {"correct", sums[1].item<double>()},
                                        {"seen", sums[2].item<double>()},
-                                       {"seconds", Seconds(t.start, Clock::now())},
+                                       // the training part's, not the validation's
+                                       {"seconds", s == t.steps ? t.train_seconds : Seconds(t.start, Clock::now())},
                                        {"data_seconds", t.data_s},
                                        {"compute_seconds", t.compute_s},
                                        {"wait_seconds", t.wait_s},
@@ -628,30 +667,40 @@ class Trainer {
 
   // Precise BatchNorm, the epoch's totals over all ranks, the validation
   // pass: the epoch's metrics.
+  // A stop asked meanwhile ends them (the ranks vote before each batch) and
+  // saves the epoch as trained to its last step.
   absl::StatusOr<EpochMetrics> Validate(int epoch, EpochTotals& t) {
+    StopVote vote;
+    if (o_.stop_requested) vote = [this](int64_t k) { return StopAgreed(k); };
     if (o_.precise_bn_batches > 0) {
-      DFC_RETURN_IF_ERROR(RecomputeBatchNormStats(*model_, *bn_loader_, phase_.train, o_.precise_bn_batches,
-                                                  o_.batch_size, world_, rank_, o_.seed, epoch, device_, o_.progress));
+      absl::Status st = RecomputeBatchNormStats(*model_, *bn_loader_, phase_.train, o_.precise_bn_batches,
+                                                o_.batch_size, world_, rank_, o_.seed, epoch, device_, o_.progress, vote);
+      if (stop_agreed_) return StopAt(epoch, t.steps, t);
+      DFC_RETURN_IF_ERROR(st);
     }
+    // All ranks' totals; t keeps this rank's (a stop below saves their sum).
+    double loss_sum = t.loss_sum, correct = t.correct, seen = t.seen;
     if (world_ > 1) {
       torch::Tensor totals = torch::tensor({t.loss_sum, t.correct, t.seen}, torch::kFloat64);
       DFC_RETURN_IF_ERROR(collective_->AllReduceSum(totals));
-      t.loss_sum = totals[0].item<double>();
-      t.correct = totals[1].item<double>();
-      t.seen = totals[2].item<double>();
+      loss_sum = totals[0].item<double>();
+      correct = totals[1].item<double>();
+      seen = totals[2].item<double>();
     }
-    DFC_ASSIGN_OR_RETURN(EvalResult ev, Evaluate(*model_, *val_loader_, phase_.val, o_.loss, device_, collective_,
-                                                 std::max(1, o_.batch_size / world_), o_.progress));
+    absl::StatusOr<EvalResult> ev = Evaluate(*model_, *val_loader_, phase_.val, o_.loss, device_, collective_,
+                                             std::max(1, o_.batch_size / world_), o_.progress, vote);
+    if (stop_agreed_) return StopAt(epoch, t.steps, t);
+    if (!ev.ok()) return ev.status();
     EpochMetrics m;
     m.phase = phase_.name;
     m.epoch = epoch + 1;
     m.lr = lr_;
-    m.loss = t.seen ? t.loss_sum / t.seen : 0;
-    m.accuracy = t.seen ? t.correct / t.seen : 0;
-    m.val_loss = ev.loss;
-    m.val_accuracy = ev.accuracy;
-    m.val_auc = ev.auc;
-    m.images_per_second = t.train_seconds > 0 ? t.seen / t.train_seconds : 0;
+    m.loss = seen ? loss_sum / seen : 0;
+    m.accuracy = seen ? correct / seen : 0;
+    m.val_loss = ev->loss;
+    m.val_accuracy = ev->accuracy;
+    m.val_auc = ev->auc;
+    m.images_per_second = t.train_seconds > 0 ? seen / t.train_seconds : 0;
     m.data_wait_share = t.train_seconds > 0 ? t.data_s / t.train_seconds : 0;
     m.step_data_seconds = t.steps ? t.data_s / t.steps : 0;
     m.step_compute_seconds = t.steps ? (t.compute_s - t.wait_s) / t.steps : 0;
@@ -749,6 +798,11 @@ class Trainer {
   nlohmann::json resume_progress_;
   std::string resume_point_;  // the checkpoint a --resume would go on from now; "" none
   bool stepped_ = false;      // a step was taken since resume_point_ was written
+  bool stop_agreed_ = false;  // StopAgreed said stop
+  // With stop_requested: the CPU RNG and the model's buffers after the
+  // epoch's last step.
+  torch::Tensor rng_after_steps_;
+  std::vector<torch::Tensor> buffers_after_steps_;
   int64_t step_ = 0;
   double lr_ = 0;
   nlohmann::json history_ = nlohmann::json::array();

@@ -80,7 +80,8 @@ struct TrainOptions {
   // training with it, nothing written. Cluster ranks check that their attempt
   // still owns the directory (run_dir::CheckOwnedBy). Empty: always.
   std::function<absl::Status()> may_write;
-  // Asked before each training step (every step on CPU, every 8th on a GPU,
+  // Asked before each training step and each precise-BatchNorm and
+  // validation batch (each on CPU, every 8th on a GPU with several ranks,
   // where asking means waiting for the device): true stops training there.
   // The ranks of a data-parallel job agree first (one rank asked stops them
   // all at the same step). Rank 0 then writes interrupted.ckpt, which
