@@ -67,6 +67,21 @@ class TrainerTest : public ::testing::Test {
     return out;
   }
 
+  // The checkpoint's parameters and buffers are `want`, bit for bit.
+  static void ExpectSameWeights(const std::vector<torch::Tensor>& want, const std::string& ckpt) {
+    const auto got = Params(ckpt);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(torch::equal(got[i], want[i])) << "tensor " << i;
+  }
+
+  // Two metrics lines record the same training (timings aside).
+  static void ExpectSameEpoch(const std::string& want, const std::string& got) {
+    const auto w = nlohmann::json::parse(want), g = nlohmann::json::parse(got);
+    for (const char* key : {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "step"}) {
+      EXPECT_EQ(g[key], w[key]) << key << " in " << got;
+    }
+  }
+
   static testing::TempDir* dir_;
 };
 testing::TempDir* TrainerTest::dir_ = nullptr;
@@ -142,10 +157,7 @@ TEST_F(TrainerTest, ResumedCheckpointTakesTheSameNextSteps) {
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->history.size(), 3u);  // two restored + one trained
 
-  auto a = Params(straight.Join("latest.ckpt"));
-  auto b = Params(split.Join("latest.ckpt"));
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "tensor " << i;
+  ExpectSameWeights(Params(straight.Join("latest.ckpt")), split.Join("latest.ckpt"));
   auto meta_a = ReadCheckpointMeta(straight.Join("latest.ckpt"));
   auto meta_b = ReadCheckpointMeta(split.Join("latest.ckpt"));
   ASSERT_TRUE(meta_a.ok() && meta_b.ok());
@@ -243,17 +255,12 @@ TEST_F(TrainerTest, AStopMidEpochIsSavedAndResumeGoesOnFromThatStep) {
   EXPECT_TRUE(watch.Said("resuming epoch 2 after its step 2 (" + split.Join("interrupted.ckpt") + ")"));
   EXPECT_EQ(watch.seen, std::vector<std::string>{":2"});
   EXPECT_FALSE(std::filesystem::exists(split.Join("interrupted.ckpt"))) << "the epoch ended: latest.ckpt is ahead";
-  const auto a = Params(straight.Join("latest.ckpt"));
-  const auto b = Params(split.Join("latest.ckpt"));
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "tensor " << i;
+  ExpectSameWeights(Params(straight.Join("latest.ckpt")), split.Join("latest.ckpt"));
   EXPECT_EQ(ReadCheckpointMeta(split.Join("latest.ckpt"))->step, 6);
   const auto want = testing::SplitLines(testing::ReadFileOrDie(straight.Join("metrics.jsonl")));
   const auto got = testing::SplitLines(testing::ReadFileOrDie(split.Join("metrics.jsonl")));
   ASSERT_EQ(got.size(), 2u);
-  for (const char* key : {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "step"}) {
-    EXPECT_EQ(nlohmann::json::parse(got[1])[key], nlohmann::json::parse(want[1])[key]) << key;
-  }
+  ExpectSameEpoch(want[1], got[1]);
 
   // Stopped before the first step of epoch 3: nothing new to save.
   TrainOptions more = Options(split.path());
@@ -334,14 +341,8 @@ TEST_F(TrainerTest, AStopDuringValidationSavesTheEpochsStepsAndResumeValidatesIt
     EXPECT_EQ(watch.seen, (std::vector<std::string>{":1", ":2"}));
     const auto got = testing::SplitLines(testing::ReadFileOrDie(split.Join("metrics.jsonl")));
     ASSERT_EQ(got.size(), 2u);
-    for (size_t e = 0; e < 2; ++e) {
-      for (const char* key : {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "step"}) {
-        EXPECT_EQ(nlohmann::json::parse(got[e])[key], nlohmann::json::parse(want[e])[key]) << key << " of epoch " << e + 1;
-      }
-    }
-    const auto w = Params(split.Join("latest.ckpt"));
-    ASSERT_EQ(w.size(), weights.size());
-    for (size_t i = 0; i < w.size(); ++i) EXPECT_TRUE(torch::equal(w[i], weights[i])) << "tensor " << i;
+    for (size_t e = 0; e < 2; ++e) ExpectSameEpoch(want[e], got[e]);
+    ExpectSameWeights(weights, split.Join("latest.ckpt"));
   }
 }
 
@@ -451,9 +452,7 @@ TEST_F(TrainerTest, NotebookRecipeResumesInThePhaseItStopped) {
     EXPECT_EQ(testing::SplitLines(testing::ReadFileOrDie(out.Join("selection/metrics.jsonl"))).size(), 3u);
     EXPECT_EQ(testing::SplitLines(testing::ReadFileOrDie(out.Join("metrics.jsonl"))).size(),
               static_cast<size_t>(chosen));
-    const auto w = Params(out.Join("latest.ckpt"));
-    ASSERT_EQ(w.size(), final_weights.size());
-    for (size_t i = 0; i < w.size(); ++i) EXPECT_TRUE(torch::equal(w[i], final_weights[i])) << "tensor " << i;
+    ExpectSameWeights(final_weights, out.Join("latest.ckpt"));
   }
   // Nothing to resume: the error names the flag and the missing checkpoint.
   testing::TempDir empty;
