@@ -60,7 +60,7 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
     lo.argv = CommandLine();
     lo.argv[0] = SelfExecutable();
     lo.world_size = d.world_size;
-    CatchStopSignals({SIGINT, SIGTERM});  // passed on to the ranks, which save their step
+    CatchStopSignals({SIGINT, SIGTERM}, "dfc");  // passed on to the ranks, which save their step
     absl::Status st = LaunchRanks(lo);
     if (st.code() == absl::StatusCode::kCancelled) {
       std::fprintf(stderr, "dfc: %s\n", std::string(st.message()).c_str());
@@ -85,7 +85,7 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
   const bool talk = d.rank <= 0;
   // Ctrl-C (or SIGTERM, or the launcher's): stop after the step in progress,
   // saved to OUT/interrupted.ckpt for --resume.
-  CatchStopSignals({SIGINT, SIGTERM});
+  CatchStopSignals({SIGINT, SIGTERM}, d.rank < 0 ? "dfc" : "dfc rank " + std::to_string(d.rank));
   o.stop_requested = [] { return StopSignal() != 0; };
   auto result = RunTraining(o, talk ? &obs : nullptr);
   if (result.status().code() == absl::StatusCode::kCancelled && StopSignal() != 0) {

@@ -3,17 +3,17 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
+#include <cstring>
 
 namespace dfc {
 namespace {
 
 volatile std::sig_atomic_t g_stop_signal = 0;
-
-void Say(const char* text, size_t size) {
-  const ssize_t n = ::write(STDERR_FILENO, text, size);
-  (void)n;
-}
+// The line the handler writes, made before any signal can come.
+char g_note[512];
+size_t g_note_size = 0;
 
 void OnStopSignal(int sig) {
   // signal, raise and write are async-signal-safe.
@@ -24,15 +24,17 @@ void OnStopSignal(int sig) {
   }
   if (g_stop_signal != 0) return;  // another one (dfc train's launcher passing on a Ctrl-C)
   g_stop_signal = sig;
-  static constexpr char kNote[] = "dfc: asked to stop: stopping before the next training step or validation "
-                                  "batch, saving how far training got (the same signal again ends this process at "
-                                  "once)\n";
-  Say(kNote, sizeof(kNote) - 1);
+  const ssize_t n = ::write(STDERR_FILENO, g_note, g_note_size);
+  (void)n;
 }
 
 }  // namespace
 
-void CatchStopSignals(std::initializer_list<int> signals) {
+void CatchStopSignals(std::initializer_list<int> signals, const std::string& who) {
+  const std::string note = who + ": asked to stop: stopping before the next training step or validation batch, "
+                                 "saving how far training got (the same signal again ends this process at once)\n";
+  g_note_size = std::min(note.size(), sizeof(g_note));
+  std::memcpy(g_note, note.data(), g_note_size);
   struct sigaction sa {};
   sa.sa_handler = OnStopSignal;
   sigemptyset(&sa.sa_mask);

@@ -2,6 +2,7 @@
 #define DFC_COMMON_STOP_SIGNAL_H_
 
 #include <initializer_list>
+#include <string>
 
 namespace dfc {
 
@@ -13,7 +14,8 @@ namespace dfc {
 // its default would (Ctrl-C twice); a different one is ignored (dfc train's
 // launcher passes a Ctrl-C on to its ranks as SIGTERM, and a terminal sends
 // them SIGINT too).
-void CatchStopSignals(std::initializer_list<int> signals);
+// `who` starts that line ("dfc", "rank 1").
+void CatchStopSignals(std::initializer_list<int> signals, const std::string& who);
 
 // The first caught signal, 0 while none came, and its name ("SIGTERM").
 int StopSignal();

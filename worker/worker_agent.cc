@@ -646,7 +646,7 @@ absl::Status RunRank(const v1::RankAssignment& a, int cpus) {
   // Stopped by its worker (SIGTERM: the job cancelled or moved, the worker
   // shutting down): the ranks finish the step they are in, agree, and rank
   // 0 saves it for the next attempt (interrupted.ckpt) before they exit.
-  CatchStopSignals({SIGTERM});
+  CatchStopSignals({SIGTERM}, absl::StrCat("rank ", a.rank()));
   o.stop_requested = [] { return StopSignal() != 0; };
   auto result = RunTraining(o, &logging);
   if (progress_fd >= 0) ::close(progress_fd);
