@@ -78,7 +78,8 @@ int RunSynth(SynthArgs& a) {
 
 int RunShard(const ShardArgs& a) {
   if (a.src.empty() || a.out.empty()) {
-    return ReportError(absl::InvalidArgumentError("shard: a source (SRC or --src) and --out are required (or use `dfc shard verify DIR`)"));
+    return ReportError(absl::InvalidArgumentError(
+        "shard: a source (SRC or --src) and --out are required (or use `dfc shard verify DIR`)"));
   }
   ScanOptions scan;
   scan.validation_split = a.validation_split;

@@ -133,11 +133,7 @@ absl::Status SaveCheckpoint(const std::string& path, DetectorImpl& model, torch:
       optimizer->save(opt_archive);
       archive.write("optimizer", opt_archive);
     }
-    auto gen = at::detail::getDefaultCPUGenerator();
-    {
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      archive.write("rng/cpu", gen.get_state());
-    }
+    archive.write("rng/cpu", CpuRngState());
     archive.save_to(out);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("cannot serialise checkpoint: ", e.what_without_backtrace()));
@@ -154,6 +150,18 @@ absl::Status SaveCheckpoint(const std::string& path, DetectorImpl& model, torch:
     summary.val_loss = history.back().value("val_loss", 0.0);
   }
   return run_dir::WriteSidecar(path, summary);
+}
+
+torch::Tensor CpuRngState() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void SetCpuRngState(const torch::Tensor& state) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
 }
 
 absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path) {
@@ -200,11 +208,7 @@ absl::StatusOr<CheckpointMeta> LoadCheckpoint(const std::string& path, DetectorI
     }
     if (restore_rng) {
       torch::Tensor state;
-      if (archive.try_read("rng/cpu", state)) {
-        auto gen = at::detail::getDefaultCPUGenerator();
-        std::lock_guard<std::mutex> lock(gen.mutex());
-        gen.set_state(state);
-      }
+      if (archive.try_read("rng/cpu", state)) SetCpuRngState(state);
     }
     return meta;
   } catch (const c10::Error& e) {

@@ -34,6 +34,11 @@ struct CheckpointMeta {
 absl::Status SaveCheckpoint(const std::string& path, DetectorImpl& model, torch::optim::Optimizer* optimizer,
                             const CheckpointMeta& meta);
 
+// The default CPU generator's state (what checkpoints keep as "rng/cpu"),
+// read and set under its lock.
+torch::Tensor CpuRngState();
+void SetCpuRngState(const torch::Tensor& state);
+
 // Reads only the metadata (to choose the architecture before building a model).
 absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path);
 

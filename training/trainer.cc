@@ -6,7 +6,6 @@
 #include <thread>
 #include <tuple>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/cleanup/cleanup.h"
@@ -518,9 +517,7 @@ class Trainer {
     }
     t.train_seconds = Seconds(t.start, Clock::now());
     if (o_.stop_requested) {  // what a stop during validation saves (StopAt)
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      rng_after_steps_ = gen.get_state();
+      rng_after_steps_ = CpuRngState();
       buffers_after_steps_.clear();
       for (const torch::Tensor& b : model_->buffers()) buffers_after_steps_.push_back(b.detach().clone());
     }
@@ -558,9 +555,7 @@ class Trainer {
       // precise BatchNorm starts from (its training-mode passes draw dropout
       // masks and count batches in every BatchNorm).
       if (s == t.steps && rng_after_steps_.defined()) {
-        auto gen = at::detail::getDefaultCPUGenerator();
-        std::lock_guard<std::mutex> lock(gen.mutex());
-        gen.set_state(rng_after_steps_);
+        SetCpuRngState(rng_after_steps_);
         torch::NoGradGuard no_grad;
         const auto buffers = model_->buffers();
         for (size_t i = 0; i < buffers.size() && i < buffers_after_steps_.size(); ++i) {
@@ -581,13 +576,7 @@ class Trainer {
                                        {"wait_seconds", t.wait_s},
                                        {"loss_scale", loss_scale_},
                                        {"finite_steps", finite_steps_}};
-      CheckpointMeta meta;
-      meta.arch = o_.arch;
-      meta.epoch = epoch;
-      meta.step = step_;
-      meta.lr = lr_;
-      meta.metrics_json = history_.dump();
-      meta.options_json = o_.ToJson();
+      CheckpointMeta meta = MetaAfter(epoch);
       meta.epoch_progress_json = progress.dump();
       if (graphed_) graphed_->SyncOptimizerState();
       if (writer_) {
@@ -711,18 +700,24 @@ class Trainer {
     return m;
   }
 
+  // What a checkpoint written now, after `epochs` finished epochs, records.
+  CheckpointMeta MetaAfter(int64_t epochs) const {
+    CheckpointMeta meta;
+    meta.arch = o_.arch;
+    meta.epoch = epochs;
+    meta.step = step_;
+    meta.lr = lr_;
+    meta.metrics_json = history_.dump();
+    meta.options_json = o_.ToJson();
+    return meta;
+  }
+
   // metrics.jsonl, latest.ckpt, epoch-N.ckpt (weights only) and best.ckpt
   // (rank 0), then a barrier so that a restart finds them complete.
   absl::Status Checkpoint(const EpochMetrics& m) {
     result_.history.push_back(m);
     history_.push_back(nlohmann::json::parse(m.ToJson()));
-    CheckpointMeta meta;
-    meta.arch = o_.arch;
-    meta.epoch = m.epoch;
-    meta.step = step_;
-    meta.lr = lr_;
-    meta.metrics_json = history_.dump();
-    meta.options_json = o_.ToJson();
+    const CheckpointMeta meta = MetaAfter(m.epoch);
     const bool improved = m.val_accuracy > best_acc_;
     if (improved) {
       best_acc_ = m.val_accuracy;
