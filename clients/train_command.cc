@@ -2,12 +2,15 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "clients/commands.h"
 #include "clients/training_flags.h"
 #include "common/progress.h"
+#include "common/run_dir.h"
 #include "common/stop_signal.h"
 #include "common/subprocess.h"
 #include "training/collective.h"
@@ -60,6 +63,17 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
     lo.argv = CommandLine();
     lo.argv[0] = SelfExecutable();
     lo.world_size = d.world_size;
+    // Rank 0 takes the run directory's lock; a run already there is named
+    // once here rather than by a rank among its peers' errors.
+    std::error_code ec;
+    if (std::filesystem::is_directory(o.out_dir, ec)) {
+      std::string note;
+      auto lock = run_dir::LockForWriting(o.out_dir, /*shared=*/false, "dfc train", &note);
+      if (!lock.ok()) {
+        return ReportError(absl::Status(lock.status().code(), absl::StrCat("--out: ", lock.status().message())));
+      }
+      if (*lock >= 0) ::close(*lock);
+    }
     CatchStopSignals({SIGINT, SIGTERM}, "dfc");  // passed on to the ranks, which save their step
     absl::Status st = LaunchRanks(lo);
     if (st.code() == absl::StatusCode::kCancelled) {
@@ -87,6 +101,7 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
   // saved to OUT/interrupted.ckpt for --resume.
   CatchStopSignals({SIGINT, SIGTERM}, d.rank < 0 ? "dfc" : "dfc rank " + std::to_string(d.rank));
   o.stop_requested = [] { return StopSignal() != 0; };
+  if (d.rank >= 0) o.run_holder = absl::StrCat("rank 0 of a dfc train --world-size ", d.world_size);
   auto result = RunTraining(o, talk ? &obs : nullptr);
   if (result.status().code() == absl::StatusCode::kCancelled && StopSignal() != 0) {
     if (talk) {

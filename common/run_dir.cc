@@ -10,7 +10,10 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/atomic_file.h"
+#include "common/dir_lock.h"
 #include "common/status_macros.h"
 
 namespace dfc {
@@ -89,6 +92,27 @@ absl::Status CheckClaimedFor(const std::string& dir, int attempt, std::chrono::m
       owner == 0 ? "there is none" : absl::StrCat("it names attempt ", owner),
       " on this worker: this worker does not see the coordinator's --output-root (the coordinator and every worker "
       "need the same shared storage at that path)"));
+}
+
+absl::StatusOr<int> LockForWriting(const std::string& dir, bool shared, const std::string& who, std::string* note) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot create the run directory '", dir, "': ", ec.message()));
+  const std::string path = (std::filesystem::path(dir) / kLockFile).string();
+  const std::string me = absl::StrCat(who, " (", ThisProcess(), " since ",
+                                      absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::Now(), absl::UTCTimeZone()), " UTC)");
+  auto fd = TryLockFile(path, shared ? LockMode::kShared : LockMode::kExclusive, me);
+  if (fd.ok()) return fd;
+  if (absl::IsUnimplemented(fd.status())) {
+    *note = absl::StrCat(fd.status().message(), ": the run directory is not locked, so nothing keeps a second run "
+                         "from writing there at the same time");
+    return -1;
+  }
+  if (!absl::IsFailedPrecondition(fd.status())) return fd.status();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "'", dir, "' is in use by ", fd.status().message(), "; two runs in one directory would interleave their epochs "
+      "in metrics.jsonl and overwrite each other's checkpoints: wait for it to end (or stop it: Ctrl-C or SIGTERM "
+      "saves its step), or write elsewhere"));
 }
 
 std::string CheckpointSummary::ToJson() const {

@@ -26,6 +26,7 @@ namespace dfc {
 //                    50/50 split of the training split, laid out as above; the
 //                    files above are then the retraining on all of it.
 //   attempt          cluster jobs: the attempt that owns the directory (below)
+//   run.lock         held by the process writing there while it trains (below)
 // Torch-free.
 namespace run_dir {
 
@@ -73,6 +74,19 @@ absl::Status CheckOwnedBy(const std::string& dir, int attempt);
 // train into a directory nobody else reads, and a restart elsewhere would
 // start over.
 absl::Status CheckClaimedFor(const std::string& dir, int attempt, std::chrono::milliseconds wait);
+
+// The lock a run's writer (rank 0) holds on DIR/run.lock while it trains:
+// exclusive for `dfc train`, so that a second run on one --out (another
+// terminal, a forgotten one) is refused instead of interleaving epochs in
+// metrics.jsonl and overwriting the first's checkpoints; shared for a cluster
+// attempt's rank 0, so that a local run is kept out of a job's directory
+// while attempts of the job are not kept out by a stale one still running
+// (`attempt` fences those). Creates DIR. Refused: FAILED_PRECONDITION
+// "'DIR' is in use by WHO (pid P on HOST since T UTC); ...". A flock that
+// fails otherwise (ENOLCK: an NFSv3 server without a lock daemon): no lock,
+// -1, and `note` says so.
+inline constexpr char kLockFile[] = "run.lock";
+absl::StatusOr<int> LockForWriting(const std::string& dir, bool shared, const std::string& who, std::string* note);
 
 // What a checkpoint's sidecar records.
 struct CheckpointSummary {

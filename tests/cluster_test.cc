@@ -23,6 +23,7 @@
 
 #include "common/checksum.h"
 #include "common/cpus.h"
+#include "common/dir_lock.h"
 #include "common/rpc/rpc_util.h"
 #include "common/subprocess.h"
 #include "data_shards/shard_format.h"
@@ -789,6 +790,46 @@ TEST(ClusterTest, AFrozenWorkersRankIsFencedOffTheRestartedJobsRunDirectory) {
   EXPECT_NE(stale_log.find("attempt 1 no longer owns " + out + ": the job was restarted as attempt 2"),
             std::string::npos)
       << stale_log;
+}
+
+// A job's run directory is no place for a local run, nor a local run's for a
+// job: `dfc train --out` on a running job's directory is refused naming the
+// job's attempt, and a job whose directory a local run holds fails at once
+// (a permanent error, not a restart) naming that run, training nothing
+// there. The second holder here is this test, through the lock `dfc train`
+// takes: a job's directory is known only once it is submitted.
+TEST(ClusterTest, ALocalRunAndAJobAreKeptOutOfEachOthersRunDirectory) {
+  Cluster c(1);
+  const std::string job = SubmitAndWaitForSteps(c, 200, "--world-size 1 --epochs 20 --batch-size 16");
+  const std::string shards = c.dir().Join("sh");
+  const std::string out = JsonString(RunCommand(c.Dfc("status --json " + job)).out, "output_dir");
+  ASSERT_FALSE(out.empty());
+  auto local = RunCommand(testing::DfcBinary() + " train --model meso4 --threads 1 --epochs 1 --data " + shards +
+                          " --out " + out);
+  EXPECT_EQ(local.exit_code, 1) << local.err;
+  EXPECT_NE(local.err.find("--out: '" + out + "' is in use by job " + job + " attempt 1 (its rank 0) (pid "),
+            std::string::npos)
+      << local.err;
+  EXPECT_EQ(RunCommand(c.Dfc("cancel " + job)).exit_code, 0);
+  EXPECT_EQ(JsonString(WaitForState(c, job, "CANCELLED", 60), "state"), "CANCELLED");
+
+  auto r = RunCommand(c.Dfc("submit --json --model meso4 --threads 1 --epochs 1 --max-restarts 3 --data " + shards));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string second = JsonString(r.out, "job_id");
+  const std::string taken = (std::filesystem::path(out).parent_path() / second).string();
+  std::filesystem::create_directories(taken);
+  auto held = TryLockFile(taken + "/run.lock", LockMode::kExclusive, "dfc train (this test)");
+  ASSERT_TRUE(held.ok()) << held.status();
+  const std::string json = WaitForState(c, second, "FAILED", 120);
+  ::close(*held);
+  EXPECT_EQ(JsonString(json, "state"), "FAILED") << json;
+  EXPECT_EQ(JsonString(json, "output_dir"), taken);
+  EXPECT_EQ(JsonInt(json, "restarts"), 0) << "another run in the directory is not a transient fault: " << json;
+  const std::string reason = JsonString(json, "reason");
+  EXPECT_NE(reason.find("the job's run directory '" + taken + "' is in use by dfc train (this test); "),
+            std::string::npos)
+      << reason;
+  EXPECT_FALSE(std::filesystem::exists(taken + "/metrics.jsonl"));
 }
 
 // Cancel of a job whose rank is stopped (SIGTERM acts only once it runs):

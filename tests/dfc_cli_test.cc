@@ -250,6 +250,59 @@ TEST(DfcCliTest, CtrlCSavesTheStepAndResumeGoesOnFromIt) {
   EXPECT_FALSE(std::filesystem::exists(out + "/interrupted.ckpt"));
 }
 
+// A second `dfc train` on one --out (another terminal, a forgotten run) is
+// refused naming the first, whether it is one process or a launcher, and
+// writes nothing: the first's metrics.jsonl keeps exactly its epochs. The
+// lock goes with its holder however it ends: after a SIGKILL of the
+// launcher (its ranks die with it), --resume takes the directory again.
+TEST(DfcCliTest, ASecondRunOnOneOutIsRefusedNamingTheFirst) {
+  testing::TempDir dir;
+  const std::string shards = MakeShards(dir, 200);  // 150 to train on: 15 steps an epoch in batches of 10
+  const std::string out = dir.Join("run");
+  const std::string train = Dfc() + " train --model meso4 --data " + shards + " --batch-size 10 --threads 1 --out " +
+                            out;
+  const std::string lock = out + "/run.lock";
+  auto holder = [&] { return std::filesystem::exists(lock) ? testing::ReadFileOrDie(lock) : std::string(); };
+  testing::CommandResult first;
+  std::thread run([&] { first = RunCommand(train + " --epochs 3 --world-size 2"); });
+  const bool locked = testing::WaitUntil([&] { return holder().find("rank 0 of a dfc train --world-size 2") == 0; },
+                                         std::chrono::seconds(120));
+  const std::string in_use = "--out: '" + out + "' is in use by rank 0 of a dfc train --world-size 2 (pid ";
+  auto second = RunCommand(train + " --epochs 1");
+  auto launcher = RunCommand(train + " --epochs 1 --world-size 2");
+  run.join();
+  ASSERT_TRUE(locked) << holder() << first.err;
+  EXPECT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_EQ(second.exit_code, 1) << second.err;
+  EXPECT_NE(second.err.find(in_use), std::string::npos) << second.err;
+  EXPECT_NE(second.err.find("two runs in one directory would interleave their epochs"), std::string::npos)
+      << second.err;
+  EXPECT_EQ(launcher.exit_code, 1) << launcher.err;
+  EXPECT_NE(launcher.err.find(in_use), std::string::npos) << launcher.err;
+  EXPECT_EQ(launcher.err.find("exited with status"), std::string::npos) << "refused before its ranks started: "
+                                                                          << launcher.err;
+  std::vector<std::string> epochs;
+  for (const std::string& line : MetricLines(out + "/metrics.jsonl")) epochs.push_back(RawField(line, "epoch"));
+  EXPECT_EQ(epochs, (std::vector<std::string>{"1", "2", "3"}));
+
+  testing::CommandResult killed;
+  std::thread more([&] { killed = RunCommand(train + " --epochs 6 --world-size 2 --resume"); });
+  const bool relocked = testing::WaitUntil(
+      [&] { return MetricLines(out + "/metrics.jsonl").size() >= 4; }, std::chrono::seconds(120));
+  const bool signalled = RunCommand("pkill -KILL -f -- '--out " + out + " --epochs 6 --world-size [2] --resume$'")
+                             .exit_code == 0;
+  more.join();
+  ASSERT_TRUE(relocked) << killed.err;
+  ASSERT_TRUE(signalled) << "no launcher to kill";
+  EXPECT_EQ(killed.exit_code, 128 + SIGKILL);
+  const bool ranks_gone = testing::WaitUntil(
+      [&] { return RunCommand("pgrep -f -- '--out " + out + " --ran[k]'").exit_code == 1; }, std::chrono::seconds(10));
+  EXPECT_TRUE(ranks_gone) << "a rank outlived its launcher";
+  auto again = RunCommand(train + " --epochs 5 --resume");
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(MetricLines(out + "/metrics.jsonl").size(), 5u);
+}
+
 // Without --threads, training sizes its threads by the CPUs it may run on,
 // not by the machine's: pinned to one CPU (taskset; a pod pinned by the
 // kubelet's CPU manager), one intra-op and one decode thread. Unpinned, all

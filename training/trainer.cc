@@ -1,5 +1,7 @@
 #include "training/trainer.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -940,6 +942,23 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& given, TrainObserver
   if (val.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("--data: '", o.data_dir,
                                                    "' has no validation records (shard with --validation-split > 0)"));
+  }
+  // Rank 0 writes the run directory: a second run there is refused while
+  // this one trains.
+  int lock_fd = -1;
+  absl::Cleanup unlock = [&lock_fd] {
+    if (lock_fd >= 0) ::close(lock_fd);
+  };
+  if (o.collective == nullptr || o.collective->rank() == 0) {
+    std::string note;
+    auto fd = run_dir::LockForWriting(o.out_dir, o.run_lock_shared, o.run_holder.empty() ? "dfc train" : o.run_holder,
+                                      &note);
+    if (!fd.ok()) {
+      return absl::Status(fd.status().code(), absl::StrCat(o.run_lock_shared ? "the job's run directory " : "--out: ",
+                                                           fd.status().message()));
+    }
+    lock_fd = *fd;
+    if (obs && !note.empty()) obs->OnPhase(note);
   }
   if (o.recipe != "notebook") {
     Phase phase{"", train, val, o.epochs, o.early_stopping_patience, o.out_dir, o.resume};

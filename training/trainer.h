@@ -90,6 +90,12 @@ struct TrainOptions {
   // latest.ckpt holds it. Empty: never (dfc-worker ranks and `dfc train`
   // set it on SIGTERM, and `dfc train` on SIGINT too).
   std::function<bool()> stop_requested;
+  // Rank 0 holds the run directory's lock while it trains (run_dir::
+  // LockForWriting): who it names to a second run refused there ("" = "dfc
+  // train"), and whether it is taken shared (cluster attempts, which
+  // OUT/attempt fences from each other) rather than exclusive.
+  std::string run_holder;
+  bool run_lock_shared = false;
 
   std::string ToJson() const;
 };

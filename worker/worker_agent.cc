@@ -617,6 +617,8 @@ absl::Status RunRank(const v1::RankAssignment& a, int cpus) {
   }
   if (progress_fd >= 0) o.progress = [progress_fd] { ::futimens(progress_fd, nullptr); };
   o.may_write = [dir = a.output_dir(), attempt = a.attempt()] { return run_dir::CheckOwnedBy(dir, attempt); };
+  o.run_holder = absl::StrCat("job ", a.job_id(), " attempt ", a.attempt(), " (its rank 0)");
+  o.run_lock_shared = true;  // attempts of the job are fenced by OUT/attempt
   std::unique_ptr<Collective> collective;
   if (a.world_size() > 1) {
     CollectiveOptions co;
