@@ -440,6 +440,7 @@ absl::Status Coordinator::DeleteRecordLocked(const std::string& job_id) {
   jobs_.erase(job_id);
   versions_.erase(job_id);
   not_before_ms_.erase(job_id);
+  leave_holds_.erase(job_id);
   unclaimed_.erase(job_id);
   bypassed_.erase(job_id);
   for (const auto& [wid, w] : workers_) forget_[wid].insert(job_id);
@@ -786,6 +787,7 @@ void Coordinator::ScheduleLocked() {
     a.store_host = workers_[a.ranks[0].worker_id].address;
     a.rendezvous_key = RandomHexToken();
     not_before_ms_.erase(id);
+    leave_holds_.erase(id);
     job.set_attempt(a.attempt);
     job.set_state(v1::SCHEDULED);
     job.clear_workers();
@@ -863,6 +865,7 @@ absl::Status Coordinator::LeaveLocked(const std::string& worker_id, int64_t stop
     // The ranks stop first, saving their step: placed again once the
     // leaving worker would have killed them (at most a minute).
     not_before_ms_[id] = Elapsed() + RetryDelayMs() + std::clamp<int64_t>(stop_grace_ms, 0, 60000);
+    if (stop_grace_ms > 0) leave_holds_[id] = LeaveHold{worker_id, Elapsed()};
   }
   RetireWorkerLocked(worker_id, "left");
   stop_.erase(worker_id);
@@ -871,6 +874,25 @@ absl::Status Coordinator::LeaveLocked(const std::string& worker_id, int64_t stop
   std::fprintf(stderr, "dfc-coordinator: worker %s left (shut down); %zu job(s) back in the queue\n", worker_id.c_str(),
                hit.size());
   return absl::OkStatus();
+}
+
+void Coordinator::EndLeaveHoldsLocked(const std::string& worker_id) {
+  int ended = 0;
+  for (auto it = leave_holds_.begin(); it != leave_holds_.end();) {
+    if (it->second.worker_id != worker_id) {
+      ++it;
+      continue;
+    }
+    if (auto wait = not_before_ms_.find(it->first); wait != not_before_ms_.end()) {
+      wait->second = std::min(wait->second, std::max(Elapsed(), it->second.left_ms + RetryDelayMs()));
+      ++ended;
+    }
+    it = leave_holds_.erase(it);
+  }
+  if (ended == 0) return;
+  std::fprintf(stderr, "dfc-coordinator: the ranks of worker %s (left) have stopped; %d job(s) held back for its "
+               "stop grace are placed now\n", worker_id.c_str(), ended);
+  ScheduleLocked();
 }
 
 absl::Status Coordinator::FinishReattachLocked(const std::string& job_id, ActiveJob& a) {
@@ -926,6 +948,10 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   v1::HeartbeatResponse resp;
   auto w = workers_.find(r.worker_id());
   if (w == workers_.end()) {
+    if (r.leaving() && r.ranks_stopped()) {  // it left before: its last word
+      EndLeaveHoldsLocked(r.worker_id());
+      return resp;
+    }
     resp.set_reregister(true);
     return resp;
   }
@@ -943,7 +969,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   }
   DFC_RETURN_IF_ERROR(AdvanceJobsLocked());
   if (r.leaving()) {
-    DFC_RETURN_IF_ERROR(LeaveLocked(r.worker_id(), r.stop_grace_ms()));
+    DFC_RETURN_IF_ERROR(LeaveLocked(r.worker_id(), r.ranks_stopped() ? 0 : r.stop_grace_ms()));
     return resp;
   }
   ExpireWorkersLocked();

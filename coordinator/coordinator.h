@@ -255,6 +255,13 @@ class Coordinator {
   // A restarted job waits a couple of heartbeats before it is placed again,
   // so that a worker that just died has stopped looking alive.
   std::map<std::string, int64_t> not_before_ms_ ABSL_GUARDED_BY(mu_);
+  // Jobs requeued because a worker left, held back for its stop grace: that
+  // worker and when it left. Its `ranks_stopped` heartbeat ends the hold.
+  struct LeaveHold {
+    std::string worker_id;
+    int64_t left_ms = 0;
+  };
+  std::map<std::string, LeaveHold> leave_holds_ ABSL_GUARDED_BY(mu_);
   // Queued jobs whose run directory could not be claimed: why (status says it).
   std::map<std::string, std::string> unclaimed_ ABSL_GUARDED_BY(mu_);
   // Queue head -> jobs started ahead of it so far (bounded by max_bypass).
@@ -285,6 +292,9 @@ class Coordinator {
   // worker is gone. A write that fails leaves the rest as they were (the error goes
   // back to the worker).
   absl::Status LeaveLocked(const std::string& worker_id, int64_t stop_grace_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // HeartbeatRequest.ranks_stopped of a worker that left: the jobs it held
+  // back are placed once the retry delay since it left is over.
+  void EndLeaveHoldsLocked(const std::string& worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A reattaching job whose ranks have all been reported back keeps running
   // on the workers that reported them (its record says where, with a
   // "reattached" event) once that is written.

@@ -440,8 +440,14 @@ int64_t ProtoJsonInt(const nlohmann::json& j, const char* key) {
 // scale-down, a spot node reclaimed): its job goes back to the queue without
 // counting a restart, its ranks finish the step they are in, agree, and rank
 // 0 saves it; the next attempt, on the workers left, goes on from that step.
+// The workers give their ranks 30 s to stop (--stop-grace), as a
+// ResNet-50 step may need; the job is placed again as soon as the ranks
+// have saved and the worker says so, not after the 30 s.
 TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem) {
-  Cluster c(3);
+  Cluster::Options o;
+  o.workers = 3;
+  o.worker_flags = {"--cpu-slots", "1", "--stop-grace", "30"};
+  Cluster c(o);
   std::string status;
   // 256 images: 192 to train on, 24 steps an epoch in global batches of 8.
   const std::string job = SubmitAndWaitForAnEpoch(
@@ -473,6 +479,9 @@ TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem)
   EXPECT_NE(log.find("shutting down: the coordinator put the jobs of its 1 running rank(s) back in the queue"),
             std::string::npos)
       << log;
+  EXPECT_NE(log.find("its ranks have stopped; told the coordinator, which places their jobs again now"),
+            std::string::npos)
+      << log;
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
         status = RunCommand(c.Dfc("status --json " + job)).out;
@@ -489,6 +498,13 @@ TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem)
   status = WaitForState(c, job, "RUNNING", 120);
   j = nlohmann::json::parse(status);
   EXPECT_EQ(j.value("attempt", 0), 2) << j.dump();
+  int64_t requeued_ms = 0, placed_ms = 0;
+  for (const auto& e : j["events"]) {
+    if (e.value("kind", "") == "requeued") requeued_ms = ProtoJsonInt(e, "unix_ms");
+    if (e.value("kind", "") == "scheduled" && e.value("attempt", 0) == 2) placed_ms = ProtoJsonInt(e, "unix_ms");
+  }
+  ASSERT_GT(requeued_ms, 0) << j.dump();
+  EXPECT_LT(placed_ms - requeued_ms, 15000) << "the job waited out the leaving worker's 30 s stop grace: " << j.dump();
   const int epochs = CountEpochs(status);
   EXPECT_TRUE(testing::WaitUntil(
       [&] { return CountEpochs(status = RunCommand(c.Dfc("status --json " + job)).out) > epochs; },

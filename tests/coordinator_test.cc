@@ -3,6 +3,7 @@
 // an in-memory store (SQLite ":memory:"): no processes and no waiting. The
 // durable store is exercised by cluster_test's coordinator restarts, and here
 // by the notebook-phase test, which reopens its SQLite file.
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <thread>
@@ -82,6 +83,14 @@ class CoordinatorTest : public ::testing::Test {
     return *resp;
   }
   v1::JobState State(Coordinator& c, const std::string& job) { return c.GetJob(job)->state(); }
+  // `ms` pass in steps of 500 ms, each a heartbeat of every one of `workers`, then a tick.
+  void Pass(Coordinator& c, int ms, const std::vector<std::string>& workers) {
+    for (int t = 0; t < ms; t += 500) {
+      now_ += 500;
+      for (const std::string& w : workers) Beat(c, w);
+      c.Tick();
+    }
+  }
   // `worker` reports that `job`'s rank 0 of `attempt` exited with `exit_code`
   // (and its error line); returns the coordinator's answer.
   v1::HeartbeatResponse ExitRank(Coordinator& c, const std::string& worker, const std::string& job, int attempt,
@@ -911,23 +920,76 @@ TEST_F(CoordinatorTest, AWorkerThatLeavesPutsItsJobsBackInTheQueueWithoutARestar
   EXPECT_TRUE(Beat(*c, leaving).reregister());
   // Placed again on the two workers left, as attempt 2: not before the stop
   // grace and the retry delay (1.5 s) are over.
-  auto tick_for = [&](int ms) {
-    for (int t = 0; t < ms; t += 500) {
-      now_ += 500;
-      for (const std::string& w : {w1, w2, w3}) {
-        if (w != leaving) Beat(*c, w);
-      }
-      c->Tick();
-    }
-  };
-  tick_for(5000);
+  std::vector<std::string> left;
+  for (const std::string& w : {w1, w2, w3}) {
+    if (w != leaving) left.push_back(w);
+  }
+  Pass(*c, 5000, left);
   j = *c->GetJob(job);
   EXPECT_EQ(j.state(), v1::QUEUED) << j.DebugString();
-  tick_for(1000);
+  Pass(*c, 1000, left);
   j = *c->GetJob(job);
   EXPECT_EQ(j.state(), v1::SCHEDULED) << j.DebugString();
   EXPECT_EQ(j.attempt(), 2);
   for (const std::string& w : j.workers()) EXPECT_NE(w, leaving);
+}
+
+// A leaving worker speaks again once its ranks have all exited (they saved
+// their step: HeartbeatRequest.ranks_stopped): the jobs it held back for its
+// stop grace are placed after the retry delay alone, not 20 s later. The word
+// of another worker ends no hold. A worker whose leave did not get through
+// (the coordinator did not answer) and that says both at once has its jobs
+// requeued without the grace.
+TEST_F(CoordinatorTest, AWorkerWhoseRanksHaveStoppedHoldsItsJobsNoLongerThanTheRetryDelay) {
+  auto c = Make();
+  const std::vector<std::string> workers = {Worker(*c, 1), Worker(*c, 1), Worker(*c, 1), Worker(*c, 1)};
+  const std::string job = Submit(*c, 1);
+  const std::string leaving = c->GetJob(job)->workers(0);
+  std::vector<std::string> left;
+  for (const std::string& w : workers) {
+    if (w != leaving) left.push_back(w);
+  }
+  Beat(*c, leaving, {{job, 1, 0}});
+  ASSERT_EQ(State(*c, job), v1::RUNNING);
+  v1::HeartbeatRequest bye;
+  bye.set_worker_id(leaving);
+  bye.set_leaving(true);
+  bye.set_stop_grace_ms(20000);
+  ASSERT_TRUE(c->Heartbeat(bye).ok());
+  ASSERT_EQ(State(*c, job), v1::QUEUED);
+  Pass(*c, 500, left);
+  v1::HeartbeatRequest other = bye;
+  other.set_worker_id("w-nobody");
+  other.set_ranks_stopped(true);
+  ASSERT_TRUE(c->Heartbeat(other).ok());
+  Pass(*c, 1500, left);
+  EXPECT_EQ(State(*c, job), v1::QUEUED) << "another worker's word ended the hold";
+  v1::HeartbeatRequest stopped = bye;
+  stopped.set_ranks_stopped(true);
+  auto answer = c->Heartbeat(stopped);
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_FALSE(answer->reregister()) << "a worker that left was asked to register again";
+  v1::Job j = *c->GetJob(job);
+  EXPECT_EQ(j.state(), v1::SCHEDULED) << j.DebugString();
+  EXPECT_EQ(j.attempt(), 2);
+
+  // Its leave never got through: it is still registered when it says both.
+  const std::string second = Submit(*c, 1);
+  const std::string on = c->GetJob(second)->workers(0);
+  Beat(*c, on, {{second, 1, 0}});
+  ASSERT_EQ(State(*c, second), v1::RUNNING);
+  v1::HeartbeatRequest both;
+  both.set_worker_id(on);
+  both.set_leaving(true);
+  both.set_stop_grace_ms(20000);
+  both.set_ranks_stopped(true);
+  ASSERT_TRUE(c->Heartbeat(both).ok());
+  EXPECT_EQ(State(*c, second), v1::QUEUED);
+  left.erase(std::find(left.begin(), left.end(), on));
+  Pass(*c, 1500, left);
+  j = *c->GetJob(second);
+  EXPECT_EQ(j.state(), v1::SCHEDULED) << "waited out a grace its ranks no longer needed: " << j.DebugString();
+  EXPECT_EQ(j.restarts(), 0);
 }
 
 // A coordinator restart while a job runs: its ranks train on, their workers

@@ -361,10 +361,10 @@ void WorkerAgent::ForwardReports(v1::WorkerService::Stub& stub) {
   }
 }
 
-void WorkerAgent::Leave(v1::WorkerService::Stub& stub) {
+int WorkerAgent::Leave(v1::WorkerService::Stub& stub) {
   int running = 0;
   for (const Rank& r : ranks_) running += !r.exited;
-  if (running == 0 || worker_id_.empty()) return;
+  if (running == 0 || worker_id_.empty()) return 0;
   v1::HeartbeatRequest req;
   req.set_worker_id(worker_id_);
   req.set_leaving(true);
@@ -380,6 +380,24 @@ void WorkerAgent::Leave(v1::WorkerService::Stub& stub) {
   } else {
     std::fprintf(stderr, "dfc-worker: shutting down: could not tell the coordinator (%s); stopping %d rank(s), "
                  "their jobs restart or fail as for a lost worker\n", std::string(st.message()).c_str(), running);
+  }
+  return running;
+}
+
+void WorkerAgent::Left(v1::WorkerService::Stub& stub) {
+  v1::HeartbeatRequest req;
+  req.set_worker_id(worker_id_);
+  req.set_leaving(true);
+  req.set_ranks_stopped(true);  // no rank statuses: their exits are the leave's, not failures
+  v1::HeartbeatResponse resp;
+  auto ctx = MakeContext(options_.security, std::chrono::milliseconds(2000));
+  const absl::Status st = FromGrpc(stub.Heartbeat(ctx.get(), req, &resp));
+  if (st.ok()) {
+    std::fprintf(stderr, "dfc-worker: its ranks have stopped; told the coordinator, which places their jobs again "
+                 "now\n");
+  } else {
+    std::fprintf(stderr, "dfc-worker: its ranks have stopped; could not tell the coordinator (%s): their jobs wait "
+                 "out the stop grace\n", std::string(st.message()).c_str());
   }
 }
 
@@ -489,9 +507,10 @@ absl::Status WorkerAgent::Run(const std::atomic<bool>* stop) {
     }
     std::this_thread::sleep_for(interval_);
   }
-  Leave(*stub);
+  const int left = Leave(*stub);
   for (Rank& r : ranks_) r.process.Terminate(options_.kill_grace);
   for (Rank& r : ranks_) r.process.Wait();
+  if (left > 0) Left(*stub);
   return absl::OkStatus();
 }
 

@@ -92,8 +92,11 @@ class WorkerAgent {
   static bool Held(const Rank& r, std::chrono::steady_clock::time_point now);
   // Shutting down with ranks running: tells the coordinator first
   // (HeartbeatRequest.leaving), so that their jobs go back to the queue
-  // instead of failing when the ranks stop.
-  void Leave(v1::WorkerService::Stub& stub);
+  // instead of failing when the ranks stop. Returns how many ran.
+  int Leave(v1::WorkerService::Stub& stub);
+  // Once they have all exited: tells it again (ranks_stopped), so that their
+  // jobs are placed again without waiting out the rest of the stop grace.
+  void Left(v1::WorkerService::Stub& stub);
   // Every rank's state, as heartbeats and registrations report it.
   void AddRankStatuses(google::protobuf::RepeatedPtrField<v1::RankStatus>* out,
                        std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now()) const;
