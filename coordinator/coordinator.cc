@@ -421,7 +421,22 @@ absl::StatusOr<std::string> Coordinator::Delete(const std::string& job_id, bool 
   // first, so that what cannot be removed leaves a record to delete again.
   if (!run_dir.empty()) {
     std::error_code ec;
+    // Not from under a run that writes there: a `dfc train --resume` that
+    // goes on with the job by hand, or a rank of it still running on a worker
+    // cut off from this coordinator. Held while removing, so none starts.
+    int held = -1;
+    if (fs::is_directory(run_dir, ec)) {
+      auto lock = TryLockFile((fs::path(run_dir) / run_dir::kLockFile).string(), LockMode::kExclusive,
+                              absl::StrCat("dfc-coordinator deleting job ", job_id, "'s outputs (", ThisProcess(), ")"));
+      if (absl::IsFailedPrecondition(lock.status())) {
+        return absl::FailedPreconditionError(absl::StrCat("job ", job_id, "'s outputs at '", run_dir, "' are in use by ",
+                                                          lock.status().message(), ": nothing was deleted (delete them "
+                                                          "once it has ended, or delete the job without --outputs)"));
+      }
+      if (lock.ok()) held = *lock;
+    }
     fs::remove_all(run_dir, ec);
+    if (held >= 0) ::close(held);
     if (ec) {
       return absl::InternalError(absl::StrCat("the job was not deleted: its outputs at '", run_dir,
                                               "' could not all be removed (", ec.message(), "); what is left is there"));

@@ -810,7 +810,9 @@ TEST(ClusterTest, AFrozenWorkersRankIsFencedOffTheRestartedJobsRunDirectory) {
 
 // A job's run directory is no place for a local run, nor a local run's for a
 // job: `dfc train --out` on a running job's directory is refused naming the
-// job's attempt, and a job whose directory a local run holds fails at once
+// job's attempt, `dfc delete --outputs` does not remove a cancelled job's
+// directory while a `dfc train --resume` goes on with it by hand, and a job
+// whose directory a local run holds fails at once
 // (a permanent error, not a restart) naming that run, training nothing
 // there. The second holder here is this test, through the lock `dfc train`
 // takes: a job's directory is known only once it is submitted.
@@ -826,8 +828,35 @@ TEST(ClusterTest, ALocalRunAndAJobAreKeptOutOfEachOthersRunDirectory) {
   EXPECT_NE(local.err.find("--out: '" + out + "' is in use by job " + job + " attempt 1 (its rank 0) (pid "),
             std::string::npos)
       << local.err;
+  const pid_t rank = c.RankPid(job, 1, 0);
   EXPECT_EQ(RunCommand(c.Dfc("cancel " + job)).exit_code, 0);
   EXPECT_EQ(JsonString(WaitForState(c, job, "CANCELLED", 60), "state"), "CANCELLED");
+  // Going on with the cancelled job by hand, once its rank has saved its
+  // step and exited (until then a run there is refused naming it, as
+  // above): its outputs are not deleted from under that run, and are once it
+  // has stopped.
+  EXPECT_TRUE(WaitGone(rank, 60));
+  testing::CommandResult by_hand;
+  std::thread going_on([&] {
+    by_hand = RunCommand(testing::DfcBinary() + " train --model mesoinception4 --threads 1 --batch-size 16 --epochs 20 "
+                         "--data " + shards + " --resume --out " + out);
+  });
+  const bool took_over = testing::WaitUntil(
+      [&] { return testing::ReadFileOrDie(out + "/run.lock").find("dfc train (pid ") == 0; }, std::chrono::seconds(60));
+  auto refused = RunCommand(c.Dfc("delete --outputs " + job));
+  const bool stopped = RunCommand("pkill -INT -f -- '--resume --out " + out + "$'").exit_code == 0;
+  going_on.join();
+  ASSERT_TRUE(took_over) << "exit " << by_hand.exit_code << "\n" << by_hand.out << by_hand.err;
+  ASSERT_TRUE(stopped) << by_hand.out << by_hand.err;
+  EXPECT_EQ(by_hand.exit_code, 128 + SIGINT) << by_hand.err;
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("job " + job + "'s outputs at '" + out + "' are in use by dfc train (pid "),
+            std::string::npos)
+      << refused.err;
+  EXPECT_TRUE(std::filesystem::exists(out + "/attempt"));
+  auto deleted = RunCommand(c.Dfc("delete --outputs " + job));
+  EXPECT_EQ(deleted.exit_code, 0) << deleted.err;
+  EXPECT_FALSE(std::filesystem::exists(out));
 
   auto r = RunCommand(c.Dfc("submit --json --model meso4 --threads 1 --epochs 1 --max-restarts 3 --data " + shards));
   ASSERT_EQ(r.exit_code, 0) << r.err;
