@@ -32,6 +32,11 @@ absl::StatusOr<int> TryLockFile(const std::string& path, LockMode mode, const st
     ::close(fd);
     std::string who = n > 0 ? std::string(holder, static_cast<size_t>(n)) : "";
     if (const size_t nl = who.find('\n'); nl != std::string::npos) who.resize(nl);
+    // Its holders write printable ASCII; anything else (a file a rank wrote)
+    // must not reach a terminal or a gRPC status as it is.
+    for (char& ch : who) {
+      if (ch < 0x20 || ch > 0x7e) ch = '?';
+    }
     return absl::FailedPreconditionError(who.empty() ? "unknown process" : who);
   }
   // Shared holders each write themselves: the file names the latest.

@@ -13,8 +13,9 @@ enum class LockMode { kExclusive, kShared };
 // the returned descriptor is open (the kernel drops it when the process
 // goes, however it goes), and writes "ME\n" there for whoever is refused.
 // Refused (another process holds it exclusively, or shared where `mode` is
-// exclusive): FAILED_PRECONDITION whose message is what the holder wrote
-// ("unknown process" when nothing). A flock that fails otherwise (ENOLCK:
+// exclusive): FAILED_PRECONDITION whose message is the first line the holder
+// wrote, anything but printable ASCII as '?' ("unknown process" when
+// nothing). A flock that fails otherwise (ENOLCK:
 // an NFSv3 server without a lock daemon): UNIMPLEMENTED naming PATH and the
 // error. PATH that cannot be opened or written: PERMISSION_DENIED.
 absl::StatusOr<int> TryLockFile(const std::string& path, LockMode mode, const std::string& me);

@@ -504,6 +504,7 @@ TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem)
     if (e.value("kind", "") == "scheduled" && e.value("attempt", 0) == 2) placed_ms = ProtoJsonInt(e, "unix_ms");
   }
   ASSERT_GT(requeued_ms, 0) << j.dump();
+  std::printf("attempt 2 placed %lld ms after the requeue\n", static_cast<long long>(placed_ms - requeued_ms));
   EXPECT_LT(placed_ms - requeued_ms, 15000) << "the job waited out the leaving worker's 30 s stop grace: " << j.dump();
   const int epochs = CountEpochs(status);
   EXPECT_TRUE(testing::WaitUntil(

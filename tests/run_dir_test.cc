@@ -1,5 +1,8 @@
-// The run directory's fencing file: which attempt of a cluster job may write.
+// The run directory's fencing file (which attempt of a cluster job may
+// write) and its lock (which run writes there now).
 #include "common/run_dir.h"
+
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -8,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/dir_lock.h"
 #include "tests/test_util.h"
 
 namespace dfc {
@@ -68,6 +72,47 @@ TEST(RunDirTest, ARankStartsOnlyWhereTheCoordinatorClaimedItsRunDirectory) {
   const absl::Status waited = run_dir::CheckClaimedFor(late, 1, std::chrono::seconds(10));
   claim.join();
   EXPECT_TRUE(waited.ok()) << waited;
+}
+
+// `dfc train` holds the lock alone; cluster attempts share it with each
+// other and keep `dfc train` out; whoever is refused is told who holds it,
+// in printable ASCII whatever the file holds (a rank may write it).
+TEST(RunDirTest, TheLockKeepsASecondRunOutAndNamesTheFirst) {
+  testing::TempDir dir;
+  const std::string out = dir.Join("run");  // not there yet: the lock creates it
+  std::string note;
+  auto train = run_dir::LockForWriting(out, /*shared=*/false, "dfc train", &note);
+  ASSERT_TRUE(train.ok()) << train.status();
+  EXPECT_EQ(note, "");
+  EXPECT_EQ(testing::ReadFileOrDie(out + "/run.lock").rfind("dfc train (pid " + std::to_string(::getpid()) + " on ", 0),
+            0u);
+  for (const bool shared : {false, true}) {
+    auto second = run_dir::LockForWriting(out, shared, "job j attempt 1 (its rank 0)", &note);
+    ASSERT_FALSE(second.ok());
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(second.status().message().find("'" + out + "' is in use by dfc train (pid "), std::string::npos)
+        << second.status();
+  }
+  ::close(*train);
+  auto attempt1 = run_dir::LockForWriting(out, true, "job j attempt 1 (its rank 0)", &note);
+  auto attempt2 = run_dir::LockForWriting(out, true, "job j attempt 2 (its rank 0)", &note);
+  ASSERT_TRUE(attempt1.ok()) << attempt1.status();
+  ASSERT_TRUE(attempt2.ok()) << "a stale attempt kept the next out: " << attempt2.status();
+  auto local = run_dir::LockForWriting(out, false, "dfc train", &note);
+  ASSERT_FALSE(local.ok());
+  EXPECT_NE(local.status().message().find("is in use by job j attempt 2 (its rank 0) (pid "), std::string::npos)
+      << local.status();
+  ::close(*attempt1);
+  ::close(*attempt2);
+
+  auto hostile = TryLockFile(out + "/run.lock", LockMode::kExclusive, "a\x1b[2Jb\xff\x01" "c\nsecond line");
+  ASSERT_TRUE(hostile.ok()) << hostile.status();
+  auto refused = TryLockFile(out + "/run.lock", LockMode::kShared, "x");
+  EXPECT_EQ(refused.status().message(), "a?[2Jb??c");
+  ::close(*hostile);
+  auto free_again = run_dir::LockForWriting(out, false, "dfc train", &note);
+  EXPECT_TRUE(free_again.ok()) << free_again.status();
+  if (free_again.ok()) ::close(*free_again);
 }
 
 }  // namespace
