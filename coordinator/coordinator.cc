@@ -906,7 +906,7 @@ void Coordinator::EndLeaveHoldsLocked(const std::string& worker_id) {
   }
   if (ended == 0) return;
   std::fprintf(stderr, "dfc-coordinator: the ranks of worker %s (left) have stopped; %d job(s) held back for its "
-               "stop grace are placed now\n", worker_id.c_str(), ended);
+               "stop grace may be placed again\n", worker_id.c_str(), ended);
   ScheduleLocked();
 }
 

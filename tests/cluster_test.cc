@@ -479,7 +479,7 @@ TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem)
   EXPECT_NE(log.find("shutting down: the coordinator put the jobs of its 1 running rank(s) back in the queue"),
             std::string::npos)
       << log;
-  EXPECT_NE(log.find("its ranks have stopped; told the coordinator, which places their jobs again now"),
+  EXPECT_NE(log.find("its ranks have stopped; told the coordinator, so their jobs need not wait out the stop grace"),
             std::string::npos)
       << log;
   ASSERT_TRUE(testing::WaitUntil(

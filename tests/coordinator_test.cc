@@ -83,6 +83,15 @@ class CoordinatorTest : public ::testing::Test {
     return *resp;
   }
   v1::JobState State(Coordinator& c, const std::string& job) { return c.GetJob(job)->state(); }
+  // The heartbeat of `worker` shut down (SIGTERM), giving its ranks `grace_ms`.
+  static v1::HeartbeatRequest Leaving(const std::string& worker, int64_t grace_ms, bool ranks_stopped = false) {
+    v1::HeartbeatRequest r;
+    r.set_worker_id(worker);
+    r.set_leaving(true);
+    r.set_stop_grace_ms(grace_ms);
+    r.set_ranks_stopped(ranks_stopped);
+    return r;
+  }
   // `ms` pass in steps of 500 ms, each a heartbeat of every one of `workers`, then a tick.
   void Pass(Coordinator& c, int ms, const std::vector<std::string>& workers) {
     for (int t = 0; t < ms; t += 500) {
@@ -878,10 +887,7 @@ TEST_F(CoordinatorTest, AWorkerThatLeavesPutsItsJobsBackInTheQueueWithoutARestar
   Beat(*c, leaving, {{job, 1, 0}});
   Beat(*c, staying, {{job, 1, 1}});
   ASSERT_EQ(State(*c, job), v1::RUNNING);
-  v1::HeartbeatRequest bye;
-  bye.set_worker_id(leaving);
-  bye.set_leaving(true);
-  bye.set_stop_grace_ms(4000);
+  v1::HeartbeatRequest bye = Leaving(leaving, 4000);
   v1::RankStatus* s = bye.add_ranks();
   s->set_job_id(job);
   s->set_attempt(1);
@@ -951,22 +957,13 @@ TEST_F(CoordinatorTest, AWorkerWhoseRanksHaveStoppedHoldsItsJobsNoLongerThanTheR
   }
   Beat(*c, leaving, {{job, 1, 0}});
   ASSERT_EQ(State(*c, job), v1::RUNNING);
-  v1::HeartbeatRequest bye;
-  bye.set_worker_id(leaving);
-  bye.set_leaving(true);
-  bye.set_stop_grace_ms(20000);
-  ASSERT_TRUE(c->Heartbeat(bye).ok());
+  ASSERT_TRUE(c->Heartbeat(Leaving(leaving, 20000)).ok());
   ASSERT_EQ(State(*c, job), v1::QUEUED);
   Pass(*c, 500, left);
-  v1::HeartbeatRequest other = bye;
-  other.set_worker_id("w-nobody");
-  other.set_ranks_stopped(true);
-  ASSERT_TRUE(c->Heartbeat(other).ok());
+  ASSERT_TRUE(c->Heartbeat(Leaving("w-nobody", 20000, /*ranks_stopped=*/true)).ok());
   Pass(*c, 1500, left);
   EXPECT_EQ(State(*c, job), v1::QUEUED) << "another worker's word ended the hold";
-  v1::HeartbeatRequest stopped = bye;
-  stopped.set_ranks_stopped(true);
-  auto answer = c->Heartbeat(stopped);
+  auto answer = c->Heartbeat(Leaving(leaving, 20000, /*ranks_stopped=*/true));
   ASSERT_TRUE(answer.ok()) << answer.status();
   EXPECT_FALSE(answer->reregister()) << "a worker that left was asked to register again";
   v1::Job j = *c->GetJob(job);
@@ -978,12 +975,7 @@ TEST_F(CoordinatorTest, AWorkerWhoseRanksHaveStoppedHoldsItsJobsNoLongerThanTheR
   const std::string on = c->GetJob(second)->workers(0);
   Beat(*c, on, {{second, 1, 0}});
   ASSERT_EQ(State(*c, second), v1::RUNNING);
-  v1::HeartbeatRequest both;
-  both.set_worker_id(on);
-  both.set_leaving(true);
-  both.set_stop_grace_ms(20000);
-  both.set_ranks_stopped(true);
-  ASSERT_TRUE(c->Heartbeat(both).ok());
+  ASSERT_TRUE(c->Heartbeat(Leaving(on, 20000, /*ranks_stopped=*/true)).ok());
   EXPECT_EQ(State(*c, second), v1::QUEUED);
   left.erase(std::find(left.begin(), left.end(), on));
   Pass(*c, 1500, left);

@@ -393,8 +393,8 @@ void WorkerAgent::Left(v1::WorkerService::Stub& stub) {
   auto ctx = MakeContext(options_.security, std::chrono::milliseconds(2000));
   const absl::Status st = FromGrpc(stub.Heartbeat(ctx.get(), req, &resp));
   if (st.ok()) {
-    std::fprintf(stderr, "dfc-worker: its ranks have stopped; told the coordinator, which places their jobs again "
-                 "now\n");
+    std::fprintf(stderr, "dfc-worker: its ranks have stopped; told the coordinator, so their jobs need not wait "
+                 "out the stop grace\n");
   } else {
     std::fprintf(stderr, "dfc-worker: its ranks have stopped; could not tell the coordinator (%s): their jobs wait "
                  "out the stop grace\n", std::string(st.message()).c_str());
