@@ -69,9 +69,7 @@ int RunTrain(TrainOptions o, const DistributedArgs& d) {
     if (std::filesystem::is_directory(o.out_dir, ec)) {
       std::string note;
       auto lock = run_dir::LockForWriting(o.out_dir, /*shared=*/false, "dfc train", &note);
-      if (!lock.ok()) {
-        return ReportError(absl::Status(lock.status().code(), absl::StrCat("--out: ", lock.status().message())));
-      }
+      if (!lock.ok()) return ReportError(lock.status());
       if (*lock >= 0) ::close(*lock);
     }
     CatchStopSignals({SIGINT, SIGTERM}, "dfc");  // passed on to the ranks, which save their step

@@ -110,7 +110,7 @@ absl::StatusOr<int> LockForWriting(const std::string& dir, bool shared, const st
   }
   if (!absl::IsFailedPrecondition(fd.status())) return fd.status();
   return absl::FailedPreconditionError(absl::StrCat(
-      "'", dir, "' is in use by ", fd.status().message(), "; two runs in one directory would interleave their epochs "
+      shared ? "the job's run directory '" : "--out: '", dir, "' is in use by ", fd.status().message(), "; two runs in one directory would interleave their epochs "
       "in metrics.jsonl and overwrite each other's checkpoints: wait for it to end (or stop it: Ctrl-C or SIGTERM "
       "saves its step), or write elsewhere"));
 }

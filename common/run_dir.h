@@ -82,7 +82,8 @@ absl::Status CheckClaimedFor(const std::string& dir, int attempt, std::chrono::m
 // attempt's rank 0, so that a local run is kept out of a job's directory
 // while attempts of the job are not kept out by a stale one still running
 // (`attempt` fences those). Creates DIR. Refused: FAILED_PRECONDITION
-// "'DIR' is in use by WHO (pid P on HOST since T UTC); ...". A flock that
+// "--out: 'DIR' is in use by WHO (pid P on HOST since T UTC); ..." (shared:
+// "the job's run directory 'DIR' ..."). A flock that
 // fails otherwise (ENOLCK: an NFSv3 server without a lock daemon): no lock,
 // -1, and `note` says so.
 inline constexpr char kLockFile[] = "run.lock";

@@ -461,6 +461,20 @@ TEST(DfcCliTest, TrainRejectsAbsurdFlags) {
   r = RunCommand(Dfc() + " train --data /nonexistent-shards --out /tmp/x");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("/nonexistent-shards"), std::string::npos) << r.err;
+  // --resume with nothing to go on from, in either recipe: refused, and no
+  // run directory is made for it.
+  testing::TempDir dir;
+  const std::string shards = MakeShards(dir, 24);
+  for (const std::string& recipe : {"", " --recipe notebook"}) {
+    r = RunCommand(Dfc() + " train --model meso4 --epochs 1 --data " + shards + " --resume --out " + dir.Join("none") +
+                   recipe);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("--resume: no checkpoint at '" + dir.Join(recipe.empty() ? "none" : "none/selection") +
+                         "/latest.ckpt' (nor interrupted.ckpt)"),
+              std::string::npos)
+        << r.err;
+    EXPECT_FALSE(std::filesystem::exists(dir.Join("none")));
+  }
 }
 
 }  // namespace

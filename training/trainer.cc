@@ -943,6 +943,13 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& given, TrainObserver
     return absl::InvalidArgumentError(absl::StrCat("--data: '", o.data_dir,
                                                    "' has no validation records (shard with --validation-split > 0)"));
   }
+  // --resume needs something to go on from: in the run, or (the notebook
+  // recipe) first in its selection phase. Asked before the lock creates OUT.
+  if (const std::string first = o.recipe == "notebook" ? run_dir::SelectionDir(o.out_dir) : o.out_dir;
+      o.resume && !run_dir::PhaseHasResumePoint(first)) {
+    return absl::NotFoundError(
+        absl::StrCat("--resume: no checkpoint at '", first, "/latest.ckpt' (nor interrupted.ckpt)"));
+  }
   // Rank 0 writes the run directory: a second run there is refused while
   // this one trains.
   int lock_fd = -1;
@@ -953,19 +960,12 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& given, TrainObserver
     std::string note;
     auto fd = run_dir::LockForWriting(o.out_dir, o.run_lock_shared, o.run_holder.empty() ? "dfc train" : o.run_holder,
                                       &note);
-    if (!fd.ok()) {
-      return absl::Status(fd.status().code(), absl::StrCat(o.run_lock_shared ? "the job's run directory " : "--out: ",
-                                                           fd.status().message()));
-    }
+    if (!fd.ok()) return fd.status();
     lock_fd = *fd;
     if (obs && !note.empty()) obs->OnPhase(note);
   }
   if (o.recipe != "notebook") {
     Phase phase{"", train, val, o.epochs, o.early_stopping_patience, o.out_dir, o.resume};
-    if (o.resume && !run_dir::PhaseHasResumePoint(o.out_dir)) {
-      return absl::NotFoundError(
-          absl::StrCat("--resume: no checkpoint at '", o.out_dir, "/latest.ckpt' (nor interrupted.ckpt)"));
-    }
     return TrainPhase(o, *shards, phase, obs);
   }
   // The notebook's protocol: choose the epoch count on a 50/50 split of the
@@ -977,10 +977,6 @@ absl::StatusOr<TrainResult> RunTraining(const TrainOptions& given, TrainObserver
   Phase select;
   select.name = run_dir::kSelection;
   select.out_dir = run_dir::SelectionDir(o.out_dir);
-  if (o.resume && !run_dir::PhaseHasResumePoint(select.out_dir)) {
-    return absl::NotFoundError(
-        absl::StrCat("--resume: no checkpoint at '", select.out_dir, "/latest.ckpt' (nor interrupted.ckpt)"));
-  }
   std::vector<int32_t> labels;
   for (const RecordRef& r : train) labels.push_back(r.label);
   const std::vector<bool> is_val = KerasValidationMask(labels, 2, 0.5, /*from_end=*/false);
