@@ -309,6 +309,7 @@ int RunWorkers(ClientArgs& c) {
   for (const auto& w : resp.workers()) {
     std::string ranks;
     for (const auto& r : w.ranks()) absl::StrAppend(&ranks, ranks.empty() ? "" : " ", r.job_id(), "/", r.rank());
+    if (w.stopping_ranks() > 0) absl::StrAppend(&ranks, ranks.empty() ? "" : " ", "(+", w.stopping_ranks(), " stopping)");
     std::printf("%-20s %-22s %-8s %5s %5d %8.1fs  %s\n", ForTerminal(w.worker_id()).c_str(),
                 ForTerminal(w.address()).c_str(), ForTerminal(w.state()).c_str(),
                 absl::StrCat(w.slots(), w.gpus() > 0 ? "g" : "").c_str(), w.free_slots(), w.seconds_since_heartbeat(),

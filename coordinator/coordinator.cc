@@ -513,6 +513,7 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   {
     v1::HeartbeatResponse ignored;
     for (int i = 0; i < std::min(r.ranks_size(), slots); ++i) (void)RecordRankStatusLocked(id, r.ranks(i), &ignored);
+    CountStoppingLocked(id, r.ranks());  // the rest hold their slots until they have gone
     (void)AdvanceJobsLocked();
   }
   v1::RegisterWorkerResponse resp;
@@ -557,7 +558,22 @@ int Coordinator::RanksOn(const std::string& worker_id) const {
 int Coordinator::FreeSlots(const std::string& worker_id) const {
   auto w = workers_.find(worker_id);
   if (w == workers_.end()) return 0;
-  return w->second.slots - RanksOn(worker_id);
+  return w->second.slots - RanksOn(worker_id) - w->second.stopping;
+}
+
+bool Coordinator::OwnedLocked(const std::string& worker_id, const v1::RankStatus& st) const {
+  auto a = active_.find(st.job_id());
+  return a != active_.end() && a->second.attempt == st.attempt() && st.rank() >= 0 &&
+         st.rank() < static_cast<int>(a->second.ranks.size()) && a->second.ranks[st.rank()].worker_id == worker_id;
+}
+
+void Coordinator::CountStoppingLocked(const std::string& worker_id,
+                                      const google::protobuf::RepeatedPtrField<v1::RankStatus>& ranks) {
+  auto w = workers_.find(worker_id);
+  if (w == workers_.end()) return;
+  int stopping = 0;
+  for (const v1::RankStatus& st : ranks) stopping += st.running() && !OwnedLocked(worker_id, st);
+  w->second.stopping = std::min(stopping, w->second.slots);  // it can free no more than its slots
 }
 
 void Coordinator::StopRanks(const std::string& job_id) {
@@ -567,6 +583,12 @@ void Coordinator::StopRanks(const std::string& job_id) {
     if (s.worker_id.empty()) continue;  // not reported back since a restart: stopped as stale if it is
     int& attempt = stop_[s.worker_id][job_id];
     attempt = std::max(attempt, it->second.attempt);
+    // Its slot stays taken until the worker reports the rank gone: a rank
+    // told to stop first saves its step (up to the worker's stop grace), and
+    // a rank placed there meanwhile would share its GPU.
+    if (auto w = workers_.find(s.worker_id); w != workers_.end() && s.sent && !s.exited) {
+      w->second.stopping = std::min(w->second.stopping + 1, w->second.slots);
+    }
   }
   active_.erase(it);
 }
@@ -609,11 +631,12 @@ void Coordinator::FillWaitingLocked(v1::Job* job, const std::vector<std::string>
   if (job->state() != v1::QUEUED) return;
   const int position = static_cast<int>(std::find(order.begin(), order.end(), job->job_id()) - order.begin()) + 1;
   const int64_t now = Elapsed();
-  int free = 0, live = 0;
+  int free = 0, live = 0, stopping = 0;
   for (const auto& [wid, w] : workers_) {
     if (Late(w, now)) continue;
     ++live;
     free += std::max(0, FreeSlots(wid));
+    stopping += w.stopping;
   }
   const int capacity = TotalLiveSlotsLocked();
   const int need = job->world_size();
@@ -633,6 +656,10 @@ void Coordinator::FillWaitingLocked(v1::Job* job, const std::vector<std::string>
     reason = absl::StrCat("restarting: placed again in ", (backoff->second - now + 999) / 1000, " s");
   } else if (free < need) {
     reason = absl::StrCat("needs ", need, " slot", need == 1 ? "" : "s", " on live workers; ", free, " free");
+    if (stopping > 0) {
+      absl::StrAppend(&reason, " (", stopping, " held by ranks of ended attempts that are still stopping: they save "
+                      "their step first)");
+    }
   } else if (position > 1) {
     reason = absl::StrCat(position - 1, " job(s) ahead of it in the queue");
   } else {
@@ -973,6 +1000,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   CreditOwnPauseLocked();  // before this worker's time is refreshed
   w->second.last_seen_ms = Elapsed();
   for (const v1::RankStatus& st : r.ranks()) DFC_RETURN_IF_ERROR(RecordRankStatusLocked(r.worker_id(), st, &resp));
+  CountStoppingLocked(r.worker_id(), r.ranks());  // after any claims; before AdvanceJobsLocked stops more
   for (const v1::LogChunk& chunk : r.logs()) {
     if (chunk.request_id() > 0 && chunk.request_id() < next_log_request_) log_answers_[chunk.request_id()] = chunk;
   }
@@ -993,6 +1021,11 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   auto stops = stop_.find(r.worker_id());
   if (stops != stop_.end()) {
     for (const auto& [id, attempt] : stops->second) {
+      const bool told = std::any_of(resp.stop().begin(), resp.stop().end(), [&, &id = id, &attempt = attempt](
+                                                                               const v1::StopRanks& s) {
+        return s.job_id() == id && s.attempt() >= attempt;  // already, for the stale rank it reported
+      });
+      if (told) continue;
       v1::StopRanks* stop = resp.add_stop();
       stop->set_job_id(id);
       stop->set_attempt(attempt);
@@ -1021,9 +1054,7 @@ absl::Status Coordinator::RecordRankStatusLocked(const std::string& worker_id, c
       DFC_RETURN_IF_ERROR(FinishReattachLocked(st.job_id(), a->second));  // else AdvanceJobsLocked tries again
     }
   }
-  if (a == active_.end() || a->second.attempt != st.attempt() || st.rank() < 0 ||
-      st.rank() >= static_cast<int>(a->second.ranks.size()) ||
-      a->second.ranks[st.rank()].worker_id != worker_id) {
+  if (!OwnedLocked(worker_id, st)) {
     if (st.running()) {  // a stale rank: stop exactly its attempt
       v1::StopRanks* stop = resp->add_stop();
       stop->set_job_id(st.job_id());
@@ -1248,6 +1279,7 @@ v1::ListWorkersResponse Coordinator::ListWorkers() {
     const bool late = Late(w, now);
     v1::WorkerSummary* s = fill(id, w, late ? "suspect" : "live");
     s->set_free_slots(FreeSlots(id));
+    s->set_stopping_ranks(w.stopping);
     for (const auto& [job_id, a] : active_) {
       for (size_t r = 0; r < a.ranks.size(); ++r) {
         if (a.ranks[r].worker_id != id) continue;

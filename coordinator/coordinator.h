@@ -150,6 +150,12 @@ class Coordinator {
     int slots = 0;
     int64_t last_seen_ms = 0;
     int cpu_slots = 0, gpus = 0;
+    // Ranks still running there that no placed attempt owns: an ended
+    // attempt's (cancelled, failed, moved) saving their step before they
+    // exit, or a stale one being stopped. They hold their GPU or CPUs until
+    // they exit, so they hold their slots. Counted from each heartbeat's
+    // report, and raised by StopRanks until the next one.
+    int stopping = 0;
   };
   struct RankSlot {
     std::string worker_id;
@@ -218,8 +224,14 @@ class Coordinator {
   // job's scheduling time, forward by the excess. Called first by whatever
   // judges liveness.
   void CreditOwnPauseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `st` is a rank of a placed attempt, placed on (or claimed by) `worker_id`.
+  bool OwnedLocked(const std::string& worker_id, const v1::RankStatus& st) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // WorkerInfo.stopping from what the worker reports: its running ranks that no placed attempt owns.
+  void CountStoppingLocked(const std::string& worker_id, const google::protobuf::RepeatedPtrField<v1::RankStatus>& ranks)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The ranks of running attempts placed on (or claimed by) the worker.
   int RanksOn(const std::string& worker_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Its slots less those ranks and its stopping ones.
   int FreeSlots(const std::string& worker_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Not heard from within two heartbeats: "suspect", and given no new ranks.
   bool Late(const WorkerInfo& w, int64_t now) const { return now - w.last_seen_ms > 2 * options_.heartbeat_interval.count(); }

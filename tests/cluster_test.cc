@@ -540,30 +540,6 @@ TEST(ClusterTest, AWorkerShutDownWithSigtermRequeuesItsJobsInsteadOfFailingThem)
   EXPECT_EQ(RunCommand(c.Dfc("cancel " + job)).exit_code, 0);
 }
 
-TEST(ClusterTest, CancelStopsEveryRankWithinSeconds) {
-  Cluster c(2);
-  const std::string shards = testing::SyntheticShards(c.dir(), 400);
-  auto r = RunCommand(c.Dfc("submit --json --model mesoinception4 --data " + shards +
-                            " --world-size 2 --epochs 50 --batch-size 16 --threads 1"));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string job = JsonString(r.out, "job_id");
-  WaitForState(c, job, "RUNNING", 60);
-  const auto t0 = std::chrono::steady_clock::now();
-  auto cancel = RunCommand(c.Dfc("cancel --json " + job));
-  EXPECT_EQ(cancel.exit_code, 0) << cancel.err;
-  EXPECT_EQ(JsonString(cancel.out, "state"), "CANCELLED");
-  bool gone = false;
-  while (!gone && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(15)) {
-    // [a]: the pattern must not match this pgrep's own command line.
-    gone = RunCommand("pgrep -f 'dfc-worker.*r[a]nk --assignment'").exit_code == 1 ||
-           RunCommand("pgrep -f -- '" + job + "'").exit_code == 1;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  EXPECT_TRUE(gone) << "ranks still running 15 s after cancel";
-  auto watch = RunCommand(c.Dfc("watch " + job));
-  EXPECT_EQ(watch.exit_code, 5);
-}
-
 bool ProcessGone(pid_t pid) {
   // A zombie is gone too: its worker reaps it.
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
@@ -576,6 +552,76 @@ bool ProcessGone(pid_t pid) {
 bool WaitGone(pid_t pid, int seconds) {
   for (int i = 0; i < seconds * 10 && !ProcessGone(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   return ProcessGone(pid);
+}
+
+// A cancelled job's ranks save their step and exit within seconds, and the
+// job queued behind it gets their slots only then: it used to be started in
+// the very heartbeat that told the cancelled ranks to stop, beside them (on
+// a GPU worker, with no GPU left for it).
+TEST(ClusterTest, CancelStopsEveryRankWithinSecondsAndTheirSlotsAreGivenOnlyOnceTheyHaveGone) {
+  Cluster c(2);
+  const std::string shards = testing::SyntheticShards(c.dir(), 400);
+  const std::string submit = "submit --json --model mesoinception4 --data " + shards + " --world-size 2 --batch-size 16 "
+                             "--threads 1 --epochs ";
+  auto r = RunCommand(c.Dfc(submit + "50"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string job = JsonString(r.out, "job_id");
+  WaitForState(c, job, "RUNNING", 60);
+  const pid_t ranks[] = {c.RankPid(job, 1, 0), c.RankPid(job, 1, 1)};
+  ASSERT_GT(ranks[0], 0);
+  ASSERT_GT(ranks[1], 0);
+  auto next = RunCommand(c.Dfc(submit + "1"));
+  ASSERT_EQ(next.exit_code, 0) << next.err;
+  const std::string queued = JsonString(next.out, "job_id");
+  EXPECT_EQ(JsonString(RunCommand(c.Dfc("status --json " + queued)).out, "state"), "QUEUED");
+  const auto t0 = std::chrono::steady_clock::now();
+  auto cancel = RunCommand(c.Dfc("cancel --json " + job));
+  EXPECT_EQ(cancel.exit_code, 0) << cancel.err;
+  EXPECT_EQ(JsonString(cancel.out, "state"), "CANCELLED");
+  // When the cancelled ranks were last seen running, and when the next
+  // job's first rank started (its start time in /proc): it comes after.
+  auto ms = [&](std::chrono::steady_clock::time_point t) {
+    return static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(t - t0).count());
+  };
+  std::chrono::steady_clock::time_point last_seen = t0;
+  pid_t first = -1;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30)) {
+    const auto now = std::chrono::steady_clock::now();
+    const bool running = !ProcessGone(ranks[0]) || !ProcessGone(ranks[1]);
+    if (running) last_seen = now;
+    if (first < 0) first = std::max(c.RankPid(queued, 1, 0), c.RankPid(queued, 1, 1));
+    if (!running && first > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(ProcessGone(ranks[0]) && ProcessGone(ranks[1])) << "ranks still running 30 s after cancel";
+  EXPECT_LT(last_seen - t0, std::chrono::seconds(15)) << "ranks still running 15 s after cancel";
+  ASSERT_GT(first, 0) << "the queued job was not placed within 30 s of the cancel";
+  const auto started = testing::ProcessStartTime(first);
+  ASSERT_TRUE(started.has_value());
+  std::printf("cancelled ranks last seen running %lld ms after the cancel; the next job's rank started at %lld ms\n",
+              ms(last_seen), ms(*started));
+  // /proc's start time is in clock ticks (10 ms): a margin of two.
+  EXPECT_GE(ms(*started), ms(last_seen) - 20) << "started beside a cancelled rank still running";
+  // In the record: the next job was placed once a heartbeat after the one
+  // that carried the stop reported the ranks gone (one interval: 200 ms),
+  // not in the cancel itself.
+  auto event_ms = [&](const std::string& id, const std::string& kind) -> int64_t {
+    const nlohmann::json j = nlohmann::json::parse(RunCommand(c.Dfc("status --json " + id)).out, nullptr, false);
+    if (j.is_object() && j.contains("events")) {
+      for (const auto& e : j["events"]) {
+        if (e.value("kind", "") == kind) return ProtoJsonInt(e, "unix_ms");
+      }
+    }
+    return 0;
+  };
+  const int64_t cancelled_ms = event_ms(job, "cancelled"), placed_ms = event_ms(queued, "scheduled");
+  ASSERT_GT(cancelled_ms, 0);
+  ASSERT_GT(placed_ms, 0);
+  std::printf("the next job was placed %lld ms after the cancel\n", static_cast<long long>(placed_ms - cancelled_ms));
+  EXPECT_GE(placed_ms - cancelled_ms, 150) << "placed before the cancelled ranks' worker could report them gone";
+  auto watch = RunCommand(c.Dfc("watch " + job));
+  EXPECT_EQ(watch.exit_code, 5);
+  EXPECT_EQ(RunCommand(c.Dfc("cancel " + queued)).exit_code, 0);
 }
 
 // Waits until the job reports step progress (its ranks are training).

@@ -335,13 +335,15 @@ TEST_F(CoordinatorTest, ARequeueThatCannotBeWrittenIsMadeAtALaterTick) {
   ASSERT_EQ(j.failures_size(), 1) << j.DebugString();
   EXPECT_NE(j.failures(0).reason().find("rank 0 did not start within 60 s of scheduling"), std::string::npos)
       << j.failures(0).reason();
-  EXPECT_EQ(j.state(), v1::SCHEDULED) << "placed again at once: the worker's slot is free";
-  EXPECT_EQ(j.attempt(), 2);
+  // Its slot is held until the worker says whether the rank runs there
+  // after all; it does not, and the job is placed again at once.
+  EXPECT_EQ(j.state(), v1::QUEUED);
   const v1::HeartbeatResponse after = Beat(*c, w);
   ASSERT_EQ(after.stop_size(), 1) << after.DebugString();
   EXPECT_EQ(after.stop(0).attempt(), 1);
   ASSERT_EQ(after.start_size(), 1) << after.DebugString();
   EXPECT_EQ(after.start(0).attempt(), 2);
+  EXPECT_EQ(State(*c, job), v1::SCHEDULED);
 }
 
 // Only a job that ended is deleted. With outputs its run directory goes too,
@@ -600,6 +602,86 @@ TEST_F(CoordinatorTest, AStopNamesTheAttemptAndSparesTheNewOne) {
   EXPECT_EQ(j.reason(), "");
   ASSERT_EQ(j.failures_size(), 1);
   EXPECT_EQ(j.failures(0).reason(), "rank 0: Gloo timeout");
+}
+
+// A rank told to stop (its job cancelled, its attempt failed) first saves
+// its step, for up to its worker's stop grace; its GPU and CPUs are taken
+// until it exits. Its slot was given to the next queued job at once: on a
+// GPU worker that rank found no free GPU and trained on the CPU. The slot
+// is now held until the worker reports the rank gone; the queued job says
+// why it waits, and `dfc workers` counts the stopping rank.
+TEST_F(CoordinatorTest, ARankThatWasToldToStopHoldsItsSlotUntilItsWorkerReportsItGone) {
+  auto c = Make();
+  const std::string w = Worker(*c, 1);
+  const std::string a = Submit(*c, 1);
+  Beat(*c, w, {{a, 1, 0}});
+  ASSERT_EQ(State(*c, a), v1::RUNNING);
+  const std::string b = Submit(*c, 1);
+  ASSERT_TRUE(c->Cancel(a).ok());
+  EXPECT_EQ(State(*c, b), v1::QUEUED) << "placed while the cancelled rank still runs";
+  EXPECT_EQ(c->GetJob(b)->waiting().reason(),
+            "needs 1 slot on live workers; 0 free (1 held by ranks of ended attempts that are still stopping: they "
+            "save their step first)");
+  ASSERT_EQ(c->ListWorkers().workers_size(), 1);
+  EXPECT_EQ(c->ListWorkers().workers(0).stopping_ranks(), 1);
+  EXPECT_EQ(c->ListWorkers().workers(0).free_slots(), 0);
+  // The worker is told to stop it, and reports it running while it saves.
+  for (int i = 0; i < 3; ++i) {
+    now_ += 500;
+    const v1::HeartbeatResponse saving = Beat(*c, w, {{a, 1, 0}});
+    EXPECT_EQ(saving.start_size(), 0) << "a rank was started beside the stopping one";
+    ASSERT_EQ(saving.stop_size(), 1);
+    EXPECT_EQ(saving.stop(0).job_id(), a);
+    EXPECT_EQ(State(*c, b), v1::QUEUED);
+  }
+  // Gone: the next job takes the slot at once.
+  const v1::HeartbeatResponse gone = ExitRank(*c, w, a, 1, 0);
+  ASSERT_EQ(gone.start_size(), 1);
+  EXPECT_EQ(gone.start(0).job_id(), b);
+  EXPECT_EQ(c->ListWorkers().workers(0).stopping_ranks(), 0);
+
+  // A failed attempt's other ranks hold theirs the same way: a world-2 job
+  // on two workers whose rank 0 fails leaves its rank 1 stopping on the
+  // second, and a one-rank job goes to the first.
+  ExitRank(*c, w, b, 1, 0);
+  const std::string w2 = Worker(*c, 1);
+  const std::string pair = Submit(*c, 2);
+  const v1::Job placed = *c->GetJob(pair);
+  ASSERT_EQ(placed.workers_size(), 2);
+  const std::string zero = placed.workers(0), one = placed.workers(1);
+  ASSERT_NE(zero, one);
+  ASSERT_EQ(Beat(*c, zero).start_size(), 1);
+  Beat(*c, zero, {{pair, 1, 0}});
+  ASSERT_EQ(Beat(*c, one).start_size(), 1);
+  Beat(*c, one, {{pair, 1, 1}});
+  ASSERT_EQ(State(*c, pair), v1::RUNNING);
+  const std::string next = Submit(*c, 1);
+  const v1::HeartbeatResponse failed = ExitRank(*c, zero, pair, 1, 1, "out of memory");
+  ASSERT_EQ(State(*c, pair), v1::FAILED);
+  ASSERT_EQ(failed.start_size(), 1);
+  EXPECT_EQ(failed.start(0).job_id(), next);
+  EXPECT_EQ(c->GetJob(next)->workers(0), zero) << "placed beside the failed attempt's stopping rank";
+  EXPECT_EQ(Beat(*c, one, {{pair, 1, 1}}).start_size(), 0);
+
+  // A worker that registers with a rank of no placed attempt (one a
+  // coordinator before a restart placed, since ended) holds its slot too.
+  c.reset();
+  auto fresh = Make();
+  v1::RegisterWorkerRequest r;
+  r.set_address("127.0.0.1");
+  r.set_cpu_slots(1);
+  v1::RankStatus* old = r.add_ranks();
+  old->set_job_id("job-ended-meanwhile");
+  old->set_attempt(1);
+  old->set_running(true);
+  auto registered = fresh->RegisterWorker(r);
+  ASSERT_TRUE(registered.ok()) << registered.status();
+  const std::string queued = Submit(*fresh, 1);
+  EXPECT_EQ(State(*fresh, queued), v1::QUEUED) << "placed beside a rank its worker still runs";
+  const v1::HeartbeatResponse stale = Beat(*fresh, registered->worker_id(), {{"job-ended-meanwhile", 1, 0}});
+  EXPECT_EQ(stale.start_size(), 0);
+  ASSERT_EQ(stale.stop_size(), 1);
+  EXPECT_EQ(Beat(*fresh, registered->worker_id()).start_size(), 1);
 }
 
 // A fault that lasts (a full disk, a peer machine rebooting) fails each

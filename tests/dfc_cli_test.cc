@@ -465,7 +465,7 @@ TEST(DfcCliTest, TrainRejectsAbsurdFlags) {
   // run directory is made for it.
   testing::TempDir dir;
   const std::string shards = MakeShards(dir, 24);
-  for (const std::string& recipe : {"", " --recipe notebook"}) {
+  for (const std::string& recipe : std::vector<std::string>{"", " --recipe notebook"}) {
     r = RunCommand(Dfc() + " train --model meso4 --epochs 1 --data " + shards + " --resume --out " + dir.Join("none") +
                    recipe);
     EXPECT_EQ(r.exit_code, 2) << r.err;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -138,6 +139,27 @@ std::string ProcStatus(pid_t pid, const std::string& field) {
     return v == std::string::npos ? "" : line.substr(v);
   }
   return "";
+}
+
+std::optional<std::chrono::steady_clock::time_point> ProcessStartTime(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return std::nullopt;
+  // Field 22 (starttime), counted after the command name's closing ')', which is field 2.
+  const size_t close = line.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream fields(line.substr(close + 1));
+  std::string field;
+  for (int i = 3; i <= 22 && fields >> field; ++i) {
+  }
+  const double ticks = std::strtod(field.c_str(), nullptr);
+  // Ticks since boot (CLOCK_BOOTTIME), taken back from now on both clocks.
+  timespec boot{};
+  ::clock_gettime(CLOCK_BOOTTIME, &boot);
+  const auto now = std::chrono::steady_clock::now();
+  const double ago_s = static_cast<double>(boot.tv_sec) + static_cast<double>(boot.tv_nsec) / 1e9 -
+                       ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  return now - std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(ago_s));
 }
 
 std::vector<pid_t> ChildPids(pid_t pid, const std::string& exe) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,9 @@ std::string ProcStatus(pid_t pid, const std::string& field);
 // The process's children, all its threads' (/proc/PID/task/*/children);
 // with `exe`, only those running the program of that file name.
 std::vector<pid_t> ChildPids(pid_t pid, const std::string& exe = "");
+// When a live process started (/proc/PID/stat, to a clock tick: 10 ms), on
+// the steady clock; none once it has gone.
+std::optional<std::chrono::steady_clock::time_point> ProcessStartTime(pid_t pid);
 
 // Certificates made by openssl (P-256 keys, valid 2 days) in a folder of
 // their own: two CAs, and for each a server certificate for 127.0.0.1 and a

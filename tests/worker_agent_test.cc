@@ -60,7 +60,7 @@ class RegisteringCoordinator : public v1::WorkerService::Service {
 // Runs `body` while a worker on `work_dir`, whose ranks run `rank_binary`,
 // works for `fake` on loopback; stops the worker after.
 void WhileAWorkerRuns(v1::WorkerService::Service& fake, const std::string& rank_binary, const std::string& work_dir,
-                      const std::function<void()>& body) {
+                      const std::function<void()>& body, int gpus = 0) {
   int port = 0;
   auto server = StartGrpcServer("127.0.0.1:0", grpc::InsecureServerCredentials(), {&fake}, &port);
   ASSERT_NE(server, nullptr);
@@ -68,6 +68,7 @@ void WhileAWorkerRuns(v1::WorkerService::Service& fake, const std::string& rank_
   o.coordinator = "127.0.0.1:" + std::to_string(port);
   o.rank_binary = rank_binary;
   o.work_dir = work_dir;
+  o.gpus = gpus;
   WorkerAgent agent(o);
   std::atomic<bool> stop{false};
   std::thread run([&] { EXPECT_TRUE(agent.Run(&stop).ok()); });
@@ -294,6 +295,79 @@ TEST(WorkerAgentTest, FoldersOfAJobDeletedWhileTheWorkerWasAwayGoWhenItRegisters
   EXPECT_TRUE(fs::exists(work + "/job-live/attempt-1/rank-0/log"));
   EXPECT_TRUE(fs::exists(work + "/notes"));
   EXPECT_TRUE(fs::is_directory(work + "/.hidden"));
+}
+
+// Starts job-1's rank on a worker of one GPU, and once it runs, job-2's
+// too (as a coordinator that counted a stopping rank's slot free did);
+// notes how job-2's rank ended.
+class OverplacingCoordinator final : public RegisteringCoordinator {
+ public:
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
+                         v1::HeartbeatResponse* resp) override {
+    absl::MutexLock lock(&mu_);
+    if (AssignOnce(resp)) return grpc::Status::OK;
+    for (const v1::RankStatus& r : req->ranks()) {
+      if (r.job_id() == "job-1" && r.running() && !second_sent_) {
+        second_sent_ = true;
+        v1::RankAssignment* a = resp->add_start();
+        a->set_job_id("job-2");
+        a->set_attempt(1);
+        a->set_rank(0);
+        a->set_world_size(1);
+      }
+      if (r.job_id() == "job-2" && r.exited()) {
+        second_exited_ = true;
+        second_code_ = r.exit_code();
+        second_error_ = r.error();
+      }
+    }
+    return grpc::Status::OK;
+  }
+  bool second_exited() {
+    absl::MutexLock lock(&mu_);
+    return second_exited_;
+  }
+  std::pair<int, std::string> second_exit() {
+    absl::MutexLock lock(&mu_);
+    return {second_code_, second_error_};
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool second_sent_ = false, second_exited_ = false;
+  int second_code_ = 0;
+  std::string second_error_;
+};
+
+// A GPU worker given more ranks than it has free GPUs used to start the
+// extra rank with no GPU (CUDA_VISIBLE_DEVICES empty): a CUDA build trained
+// it on the CPU, tens of times slower, or failed its NCCL peers. It is now
+// not started, and reported as ended with a transient error naming the rank
+// that holds the GPU, so its job is restarted once that one has gone.
+TEST(WorkerAgentTest, ARankForWhichNoGpuIsFreeIsNotStartedAndSaysWhichRankHoldsIt) {
+  testing::TempDir dir;
+  const std::string work = dir.Join("work");
+  const std::string script = dir.Join("rank.sh");
+  testing::WriteFileOrDie(script, "#!/bin/sh\nprintf '%s' \"$CUDA_VISIBLE_DEVICES\" > \"$DFC_RANK_DIR/gpu\"\n"
+                                  "while [ ! -e '" + dir.Join("release") + "' ]; do sleep 0.05; done\n");
+  ASSERT_EQ(::chmod(script.c_str(), 0755), 0);
+  OverplacingCoordinator fake;
+  namespace fs = std::filesystem;
+  WhileAWorkerRuns(
+      fake, script, work,
+      [&] {
+        EXPECT_TRUE(WaitUntil([&] { return fake.second_exited(); }, std::chrono::seconds(20)))
+            << "job-2's rank was never reported as ended";
+        const auto [code, error] = fake.second_exit();
+        EXPECT_EQ(code, 127);
+        EXPECT_EQ(error, "no free GPU on this worker: its 1 are held by job-1 attempt 1 rank 0; the rank was not started");
+        ASSERT_TRUE(WaitUntil([&] { return fs::exists(work + "/job-1/attempt-1/rank-0/gpu"); },
+                              std::chrono::seconds(20)));
+        EXPECT_EQ(testing::ReadFileOrDie(work + "/job-1/attempt-1/rank-0/gpu"), "0");
+        EXPECT_FALSE(fs::exists(work + "/job-2/attempt-1/rank-0/gpu")) << "job-2's rank ran without a GPU";
+        testing::WriteFileOrDie(dir.Join("release"), "");
+      },
+      /*gpus=*/1);
 }
 
 // A rank's CUDA_VISIBLE_DEVICES: none on a CPU slot; on a GPU, that GPU as

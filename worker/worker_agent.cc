@@ -114,10 +114,16 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
     r.assignment.set_store_port(r.store_port);
     r.assignment.set_store_host(options_.advertise_host);
   }
+  std::string no_gpu;  // why a GPU worker cannot run it
   if (options_.gpus > 0) {
     std::vector<bool> used(static_cast<size_t>(options_.gpus), false);
     for (const Rank& other : ranks_) {
-      if (!other.exited && other.gpu >= 0 && other.gpu < options_.gpus) used[other.gpu] = true;
+      if (!other.exited && other.gpu >= 0 && other.gpu < options_.gpus) {
+        used[other.gpu] = true;
+        absl::StrAppend(&no_gpu, no_gpu.empty() ? "" : ", ", other.assignment.job_id(), " attempt ",
+                        other.assignment.attempt(), " rank ", other.assignment.rank(),
+                        other.stopping ? " (stopping)" : "");
+      }
     }
     for (int g = 0; g < options_.gpus && r.gpu < 0; ++g) {
       if (!used[g]) r.gpu = g;
@@ -159,18 +165,23 @@ void WorkerAgent::StartRank(const v1::RankAssignment& a) {
   // A CPU slot's rank sees no GPU (else a CUDA build would train it on GPU 0
   // beside that GPU's own rank, and pick NCCL).
   so.env.push_back("CUDA_VISIBLE_DEVICES=" + RankCudaDevices(r.gpu, std::getenv("CUDA_VISIBLE_DEVICES")));
-  auto started = Subprocess::Start(so);
+  // Not on the CPU instead (a CUDA build's rank would train there, or pick
+  // Gloo beside NCCL peers), nor beside another rank on its GPU.
+  absl::StatusOr<Subprocess> started = absl::ResourceExhaustedError(absl::StrCat(
+      "no free GPU on this worker: its ", options_.gpus, " are held by ", no_gpu, "; the rank was not started"));
+  if (options_.gpus == 0 || r.gpu >= 0) started = Subprocess::Start(so);
   if (started.ok()) {
     r.process = std::move(*started);
+    std::fprintf(stderr, "dfc-worker: started %s attempt %d rank %d/%d (pid %d)\n", a.job_id().c_str(), a.attempt(),
+                 a.rank(), a.world_size(), static_cast<int>(r.process.pid()));
   } else {
     r.exited = true;
     r.exit_code = 127;
     r.error = std::string(started.status().message());
+    std::fprintf(stderr, "dfc-worker: %s attempt %d rank %d/%d: %s\n", a.job_id().c_str(), a.attempt(), a.rank(),
+                 a.world_size(), r.error.c_str());
   }
   if (options_.metrics != nullptr) options_.metrics->RankStarted();
-  const pid_t pid = r.process.pid();
-  std::fprintf(stderr, "dfc-worker: started %s attempt %d rank %d/%d (pid %d)\n", a.job_id().c_str(), a.attempt(),
-               a.rank(), a.world_size(), static_cast<int>(pid));
   ranks_.push_back(std::move(r));
 }
 
