@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "common/atomic_file.h"
 #include "common/checksum.h"
+#include "common/dir_lock.h"
 #include "common/status_macros.h"
 #include "common/utf8.h"
 
@@ -300,6 +302,29 @@ absl::StatusOr<Manifest> WriteShards(const ScannedDataset& dataset, const std::s
   std::error_code ec;
   fs::create_directories(opt.out_dir, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot create '", opt.out_dir, "': ", ec.message()));
+  // One writer per directory: two runs on one --out both "succeeded", their
+  // records interleaved in the same shard files under one run's manifest.
+  // Taken before the manifest is looked for, so a run that comes after
+  // another has ended finds its manifest. Removed at the end: one that opened
+  // the file before then takes an unlinked file's lock, and finds the manifest.
+  const std::string lock_path = (fs::path(opt.out_dir) / kShardLockFile).string();
+  auto lock = TryLockFile(lock_path, LockMode::kExclusive, absl::StrCat("dfc shard (", ThisProcess(), ")"));
+  if (absl::IsFailedPrecondition(lock.status())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--out: '", opt.out_dir, "' is being written by ", lock.status().message(), "; two runs would interleave "
+        "their records in one set of shard files: wait for it to end, or write elsewhere"));
+  }
+  if (absl::IsPermissionDenied(lock.status())) return lock.status();
+  if (!lock.ok()) std::fprintf(stderr, "dfc: %s; going on without it\n", std::string(lock.status().message()).c_str());
+  struct Unlock {
+    int fd;
+    std::string path;
+    ~Unlock() {
+      if (fd < 0) return;
+      ::unlink(path.c_str());
+      ::close(fd);
+    }
+  } unlock{lock.ok() ? *lock : -1, lock_path};
   if (fs::exists(fs::path(opt.out_dir) / kManifestFile, ec)) {
     return absl::AlreadyExistsError(absl::StrCat("'", opt.out_dir, "' already holds shards (", kManifestFile,
                                                  " exists); choose an empty directory"));

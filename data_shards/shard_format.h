@@ -23,6 +23,8 @@ enum class RecordFormat : uint8_t {
 };
 
 inline constexpr char kManifestFile[] = "manifest.json";
+// Held (flock) by the `dfc shard` writing the directory, and removed when it ends.
+inline constexpr char kShardLockFile[] = "shard.lock";
 inline constexpr char kShardMagic[8] = {'D', 'F', 'C', 'S', 'H', 'R', 'D', '1'};
 inline constexpr uint32_t kRecordMagic = 0x43455244;  // "DREC"
 inline constexpr size_t kShardHeaderBytes = 8;

@@ -1,5 +1,8 @@
 // The `dfc` binary as a user runs it: output formats, exit codes, errors.
+#include <fcntl.h>
 #include <sched.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -135,6 +138,26 @@ TEST(DfcCliTest, SynthShardVerifyAndCorruption) {
   auto again = RunCommand(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("sh"));
   EXPECT_EQ(again.exit_code, 2);
   EXPECT_NE(again.err.find("already holds shards"), std::string::npos) << again.err;
+  // A second run on a directory another is writing is refused naming it,
+  // and writes nothing there; the flock plays that first run.
+  std::filesystem::create_directories(dir.Join("busy"));
+  const int held = ::open(dir.Join("busy/shard.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(held, 0);
+  ASSERT_EQ(::flock(held, LOCK_EX | LOCK_NB), 0);
+  ASSERT_EQ(::write(held, "dfc shard (pid 1 on elsewhere)\n", 31), 31);
+  auto busy = RunCommand(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("busy"));
+  EXPECT_EQ(busy.exit_code, 1) << busy.err;
+  EXPECT_NE(busy.err.find("--out: '" + dir.Join("busy") + "' is being written by dfc shard (pid 1 on elsewhere); two "
+                          "runs would interleave their records"),
+            std::string::npos)
+      << busy.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("busy/train-00000.dfcs")));
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("busy/manifest.json")));
+  ::close(held);
+  auto after = RunCommand(Dfc() + " shard --src " + dir.Join("syn") + " --out " + dir.Join("busy"));
+  EXPECT_EQ(after.exit_code, 0) << after.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("busy/shard.lock"))) << "left behind in the shard directory";
+  EXPECT_EQ(RunCommand(Dfc() + " shard verify " + dir.Join("busy")).exit_code, 0);
   auto no_src = RunCommand(Dfc() + " shard --src " + dir.Join("nothing") + " --out " + dir.Join("sh2"));
   EXPECT_EQ(no_src.exit_code, 2);
   EXPECT_NE(no_src.err.find("nothing"), std::string::npos) << no_src.err;
