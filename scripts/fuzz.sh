@@ -130,7 +130,7 @@ fi
 if [[ $target == shard || $target == all ]]; then
   build shard_fuzz tests/fuzz/shard_fuzz.cc data_shards/shard_format.cc data_shards/batch_loader.cc \
     data_shards/shuffle.cc data_shards/image_codec.cc data_shards/dataset_scan.cc common/atomic_file.cc common/utf8.cc \
-    common/checksum.cc
+    common/checksum.cc common/dir_lock.cc
   seeds_shard
   run shard 16384 || status=1
 fi
